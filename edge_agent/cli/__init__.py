@@ -1,0 +1,48 @@
+"""The ``hearth`` command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edge_agent.cli import bench, infer, models, profiles, run
+from edge_agent.cli.common import console_err
+from edge_agent.errors import HearthError
+
+app = typer.Typer(
+    name="hearth",
+    help="Hearth: a private AI mesh for home appliances. Nothing leaves the home.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(profiles.app, name="profiles")
+app.add_typer(models.app, name="models")
+app.add_typer(bench.app, name="bench")
+app.command("chat")(infer.chat)
+app.command("embed")(infer.embed)
+app.command("run")(run.run)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except HearthError as exc:
+        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console_err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,60 @@
+"""``hearth bench``: side-by-side benchmarks against peer engines on the same weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_agent.cli.common import console
+
+app = typer.Typer(
+    help="Benchmarks vs peer engines (same weights, same threads, interleaved runs, medians). "
+    "Results go to benchmarks/results/ as JSON + Markdown (+ PNG).",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object: raw medians + `ratios` (>1 = Hearth ahead).")]
+OutOpt = Annotated[Path, typer.Option(help="Directory for JSON/Markdown/PNG results.")]
+ThreadsOpt = Annotated[int, typer.Option(help="Threads for both engines.")]
+
+
+def _emit(result: dict[str, object], as_json: bool, markdown: str) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(markdown, markup=False)
+
+
+@app.command()
+def llm(
+    as_json: JsonOpt = False,
+    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 5,
+    tokens: Annotated[int, typer.Option(help="Tokens to generate per run (both engines).")] = 128,
+    threads: ThreadsOpt = 2,
+    variant: Annotated[str, typer.Option(help="Which of our packs to run.")] = "int4",
+    out: OutOpt = Path("benchmarks/results"),
+) -> None:
+    """SmolLM2-135M: our ONNX pack vs llama.cpp (llama-cpp-python) on the same GGUF."""
+    from benchmarks.llm import run_llm_bench
+
+    result, md = run_llm_bench(runs=runs, tokens=tokens, threads=threads, variant=variant, out_dir=out,
+                               quiet=as_json)  # fmt: skip
+    _emit(result, as_json, md)
+
+
+@app.command()
+def embed(
+    as_json: JsonOpt = False,
+    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 5,
+    threads: ThreadsOpt = 2,
+    variant: Annotated[str, typer.Option(help="Which of our packs to run.")] = "int8",
+    out: OutOpt = Path("benchmarks/results"),
+) -> None:
+    """all-MiniLM-L6-v2: our ONNX pack vs sentence-transformers (torch CPU) on the same sentences."""
+    from benchmarks.embed import run_embed_bench
+
+    result, md = run_embed_bench(runs=runs, threads=threads, variant=variant, out_dir=out, quiet=as_json)
+    _emit(result, as_json, md)

@@ -1,0 +1,120 @@
+"""``hearth chat`` and ``hearth embed``: one request against the local agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from edge_agent.agent import Agent
+from edge_agent.cli.common import console, console_err, load_context, setup_logging
+from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest, GenerateStats
+
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML.", exists=False)]
+
+
+async def stream_chat(agent: Agent, request: GenerateRequest, *, show_stats: bool) -> tuple[str, GenerateStats]:
+    """Print the answer as it streams; return it with its stats."""
+    parts: list[str] = []
+    stats: GenerateStats | None = None
+    async for chunk in agent.generate(request):
+        if chunk.text:
+            console.print(chunk.text, end="", markup=False, soft_wrap=True)
+            parts.append(chunk.text)
+        stats = chunk.stats or stats
+    console.print()
+    assert stats is not None
+    if show_stats:
+        console_err.print(
+            f"[dim]{stats.prompt_tokens} prompt + {stats.completion_tokens} generated tokens · "
+            f"first token {stats.ttft_ms:.0f} ms · {stats.decode_tok_s:.0f} tok/s · {stats.finish_reason}[/]"
+        )
+    return "".join(parts), stats
+
+
+def chat(
+    prompt: Annotated[str, typer.Argument(help="What to ask. Use '-' to read it from stdin.")],
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy; higher = more varied.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass (with temperature > 0).")] = None,
+    top_k: Annotated[int, typer.Option(help="Sample from the k most likely tokens (0 = off).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Random seed for reproducible sampling.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop when this text appears (repeatable).")] = None,
+    stats: Annotated[bool, typer.Option(help="Print token counts and speed to stderr.")] = True,
+) -> None:
+    """Ask the local LLM; the answer streams as it is generated.
+
+    Example: hearth chat "Suggest a dinner with eggs and spinach" --max-tokens 120
+    """
+    import sys
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    ctx = load_context(config, profile)
+    setup_logging(ctx.config.agent.log_level if ctx.config.agent.log_level != "info" else "warning")
+    g = ctx.config.generate
+    request = GenerateRequest.from_prompt(
+        prompt,
+        system=system if system is not None else g.system_prompt,
+        max_tokens=max_tokens or g.max_tokens,
+        temperature=g.temperature if temperature is None else temperature,
+        top_p=g.top_p if top_p is None else top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=stop or [],
+    )
+
+    async def go() -> None:
+        async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
+            await stream_chat(agent, request, show_stats=stats)
+
+    asyncio.run(go())
+
+
+def embed(
+    texts: Annotated[list[str], typer.Argument(help="Sentences to embed ('-' reads one per line from stdin).")],
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the vectors as JSON.")] = False,
+) -> None:
+    """Embed sentences and print their cosine similarities.
+
+    Example: hearth embed "turn off the lights" "switch the lights off" "open the garage"
+    """
+    import sys
+
+    if texts == ["-"]:
+        texts = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    ctx = load_context(config, profile)
+    setup_logging("warning")
+
+    async def go() -> None:
+        async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
+            result = await agent.embed(EmbedRequest(texts=texts))
+        if as_json:
+            console.print_json(json.dumps(result.model_dump()))
+            return
+        print_similarity(texts, np.asarray(result.vectors, dtype=np.float32), result.model)
+
+    asyncio.run(go())
+
+
+def print_similarity(texts: list[str], vectors: np.ndarray, model: str) -> None:
+    sims = vectors @ vectors.T
+    table = Table(title=f"cosine similarity ({model}, {vectors.shape[1]} dims)")
+    table.add_column("")
+    for i in range(len(texts)):
+        table.add_column(f"#{i}", justify="right")
+    for i, t in enumerate(texts):
+        label = f"#{i} {t[:48]}" + ("…" if len(t) > 48 else "")
+        table.add_row(label, *(f"{sims[i, j]:.3f}" for j in range(len(texts))))
+    console.print(table)

@@ -1,0 +1,127 @@
+"""Agent configuration: a TOML file, overridden by ``HEARTH_<SECTION>__<FIELD>`` environment variables.
+
+Errors name where the bad value came from (the file, or the environment variable) and the field path,
+e.g. ``config/hub.toml: engines.idle_unload_s: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import ConfigError
+from edge_agent.validation import field_path
+
+ENV_PREFIX = "HEARTH_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentSection(_Section):
+    name: str = Field(default_factory=lambda: socket.gethostname(), min_length=1, max_length=64)
+    """Name this agent shows to users and peers."""
+    profile: str = "auto"
+    """Firmware profile id, a path to a profile YAML, or 'auto' to detect the host."""
+    home: Path | None = None
+    """State directory (packs, keys); default $HEARTH_HOME or the user data dir."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class EnginesSection(_Section):
+    threads: int | None = Field(default=None, ge=1, le=512)
+    """Inference threads; default: the profile's."""
+    idle_unload_s: float = Field(default=300.0, gt=0)
+    """Unload a model after this many seconds without requests."""
+    max_embed_batch: int = Field(default=256, ge=1, le=4096)
+    verify_on_load: bool = True
+    """Re-hash pack files before loading (refuses tampered or corrupt files)."""
+
+
+class GenerateSection(_Section):
+    max_tokens: int = Field(default=256, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    system_prompt: str | None = None
+
+
+class DemoSection(_Section):
+    """What ``hearth run --demo`` (the ``make run`` job) asks the agent."""
+
+    chat: str = "What is the capital of France? Answer in one sentence."
+    embed: list[str] = Field(
+        default=["Turn off the kitchen lights.", "Switch the lights in the kitchen off.", "The fridge door is open."],
+        min_length=2,
+    )
+
+
+class AgentConfig(_Section):
+    agent: AgentSection = Field(default_factory=AgentSection)
+    engines: EnginesSection = Field(default_factory=EnginesSection)
+    generate: GenerateSection = Field(default_factory=GenerateSection)
+    demo: DemoSection = Field(default_factory=DemoSection)
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Nested dict from ``HEARTH_SECTION__FIELD=value``; values parse as JSON when they can."""
+    data: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue  # HEARTH_HOME etc. are read elsewhere
+        path = tuple(p.lower() for p in key[len(ENV_PREFIX) :].split("__"))
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key} (environment): conflicts with another HEARTH_ variable")
+        node[path[-1]] = value
+        origin[path] = key
+    return data, origin
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Path | None = None, environ: dict[str, str] | None = None) -> AgentConfig:
+    """Load and validate; raise ConfigError naming file/variable, field path and reason."""
+    environ = dict(os.environ) if environ is None else environ
+    file_data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            file_data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: config file not found") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    env_data, env_origin = _env_overrides(environ)
+    try:
+        return AgentConfig.model_validate(_merge(file_data, env_data))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(str(p) for p in err["loc"])
+            where = next((f"{var} (environment)" for p, var in env_origin.items() if loc[: len(p)] == p), source)
+            lines.append(f"{where}: {field_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("\n".join(lines)) from exc

@@ -1,0 +1,12 @@
+"""Inference engines on onnxruntime. Never imports the mesh: engines only know packs and profiles."""
+
+from edge_agent.engines.interfaces import (
+    ChatMessage,
+    EmbedRequest,
+    EmbedResult,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateStats,
+)
+
+__all__ = ["ChatMessage", "EmbedRequest", "EmbedResult", "GenerateChunk", "GenerateRequest", "GenerateStats"]

@@ -1,0 +1,25 @@
+"""Rendering a pack's chat template (Jinja, as in Hugging Face tokenizer configs) in a sandbox."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edge_agent.errors import PackError
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str) -> Any:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    try:
+        return env.from_string(template)
+    except TemplateError as exc:
+        raise PackError(f"the pack's chat template does not compile: {exc}") from exc
+
+
+def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """The prompt text the model was trained on for these messages."""
+    return str(_compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt))

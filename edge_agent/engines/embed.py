@@ -1,0 +1,68 @@
+"""Sentence embeddings on onnxruntime.
+
+Mean pooling and L2 normalisation are part of the exported graph, so one session run gives unit vectors.
+Texts are sorted by token length and cut into micro-batches so padding stays small.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from edge_agent.engines.interfaces import EmbedRequest, EmbedResult
+
+
+class EmbedEngine:
+    def __init__(self, pack_dir: Path, task_info: dict[str, Any], threads: int, max_batch: int = 256) -> None:
+        self.name = str(task_info.get("model", pack_dir.name))
+        self.max_seq_length = int(task_info.get("max_seq_length", 256))
+        self.dim = int(task_info.get("dim", 384))
+        self.micro_batch = int(task_info.get("micro_batch", 32))
+        self.max_batch = max_batch
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(pack_dir / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = Tokenizer.from_file(str(pack_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+        self._lock = threading.Lock()
+
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        request.validate_text(self.max_batch)
+        vectors = self.embed_array(request.texts)
+        truncated = [i for i, e in enumerate(self._last_lengths) if e >= self.max_seq_length]
+        return EmbedResult(vectors=vectors.tolist(), dim=self.dim, model=self.name, truncated=truncated)
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm embeddings, shape (len(texts), dim), float32."""
+        encodings = self.tokenizer.encode_batch(texts)
+        lengths = [len(e.ids) for e in encodings]
+        self._last_lengths = lengths
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with self._lock:
+            for start in range(0, len(order), self.micro_batch):
+                idx = order[start : start + self.micro_batch]
+                width = max(lengths[i] for i in idx)
+                ids = np.zeros((len(idx), width), dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for row, i in enumerate(idx):
+                    ids[row, : lengths[i]] = encodings[i].ids
+                    mask[row, : lengths[i]] = 1
+                feed = {"input_ids": ids, "attention_mask": mask}
+                if "token_type_ids" in self.input_names:
+                    feed["token_type_ids"] = np.zeros_like(ids)
+                (emb,) = self.session.run(["sentence_embedding"], feed)
+                out[idx] = emb
+        return out

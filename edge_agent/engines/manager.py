@@ -1,0 +1,135 @@
+"""Owns loaded engines: lazy load on first use, unload when idle, never past the RAM budget."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.errors import BudgetExceededError, NoLocalModelError
+from edge_agent.models.selection import Plan
+from edge_agent.models.store import InstalledPack, PackStore
+from edge_agent.profiles.model import FirmwareProfile
+from edge_agent.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Loaded:
+    pack: InstalledPack
+    engine: Any
+    last_used: float
+    in_use: int = 0
+
+
+def _load_engine(task: Task, pack: InstalledPack, threads: int, max_batch: int) -> Any:
+    info = pack.manifest.task_info
+    if task == "generate":
+        from edge_agent.engines.generate import GenerateEngine
+
+        return GenerateEngine(pack.path, info, threads)
+    if task == "embed":
+        from edge_agent.engines.embed import EmbedEngine
+
+        return EmbedEngine(pack.path, info, threads, max_batch=max_batch)
+    raise NoLocalModelError(f"no local engine for task '{task}' yet")
+
+
+class ModelManager:
+    def __init__(
+        self,
+        store: PackStore,
+        profile: FirmwareProfile,
+        plan: Plan,
+        *,
+        idle_unload_s: float = 300.0,
+        threads: int | None = None,
+        max_embed_batch: int = 256,
+        verify_on_load: bool = True,
+    ) -> None:
+        self.store = store
+        self.profile = profile
+        self.plan = plan
+        self.idle_unload_s = idle_unload_s
+        self.threads = threads or profile.threads
+        self.max_embed_batch = max_embed_batch
+        self.verify_on_load = verify_on_load
+        self._loaded: dict[Task, _Loaded] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def budget_mb(self) -> int:
+        return self.profile.model_ram_budget_mb
+
+    @property
+    def used_mb(self) -> float:
+        return sum(entry.pack.manifest.peak_ram_mb for entry in self._loaded.values())
+
+    def loaded_tasks(self) -> list[Task]:
+        return list(self._loaded)
+
+    async def _ensure(self, task: Task) -> _Loaded:
+        async with self._lock:
+            if task in self._loaded:
+                return self._loaded[task]
+            tp = self.plan.for_task(task)
+            if tp.chosen is None:
+                detail = "; ".join(f"{r.pack_id}: {r.reason}" for r in tp.rejected) or tp.reason
+                raise NoLocalModelError(f"'{task}' cannot run on {self.profile.id} ({tp.mode}): {detail}")
+            pack = self.store.get(tp.chosen.pack_id)
+            need = pack.manifest.peak_ram_mb
+            if need > self.budget_mb:
+                raise BudgetExceededError(
+                    f"{pack.pack_id} needs {need:.0f} MB, more than the whole budget of {self.budget_mb} MB"
+                )
+            # Make room by unloading idle engines, least recently used first.
+            for other, entry in sorted(self._loaded.items(), key=lambda kv: kv[1].last_used):
+                if self.used_mb + need <= self.budget_mb:
+                    break
+                if entry.in_use == 0:
+                    log.info("unloading %s to make room for %s", entry.pack.pack_id, pack.pack_id)
+                    del self._loaded[other]
+            if self.used_mb + need > self.budget_mb:
+                raise BudgetExceededError(
+                    f"loading {pack.pack_id} ({need:.0f} MB) would pass the budget of {self.budget_mb} MB; "
+                    f"{self.used_mb:.0f} MB is held by busy models ({', '.join(self._loaded)})"
+                )
+            if self.verify_on_load:
+                await asyncio.to_thread(self.store.verify, pack)
+            engine = await asyncio.to_thread(_load_engine, task, pack, self.threads, self.max_embed_batch)
+            log.info("loaded %s (%.0f MB of %d MB budget)", pack.pack_id, need, self.budget_mb)
+            entry = _Loaded(pack, engine, time.monotonic())
+            self._loaded[task] = entry
+            return entry
+
+    @asynccontextmanager
+    async def use(self, task: Task) -> AsyncIterator[Any]:
+        """Borrow the engine for ``task``, loading it if needed; it is not unloaded while borrowed."""
+        entry = await self._ensure(task)
+        entry.in_use += 1
+        try:
+            yield entry.engine
+        finally:
+            entry.in_use -= 1
+            entry.last_used = time.monotonic()
+
+    def unload_idle(self, now: float | None = None) -> list[Task]:
+        now = time.monotonic() if now is None else now
+        gone = [t for t, e in self._loaded.items() if e.in_use == 0 and now - e.last_used >= self.idle_unload_s]
+        for t in gone:
+            log.info("unloading idle %s", self._loaded[t].pack.pack_id)
+            del self._loaded[t]
+        return gone
+
+    async def reap_idle_forever(self) -> None:
+        """Background task: unload engines idle longer than ``idle_unload_s``."""
+        interval = max(1.0, min(30.0, self.idle_unload_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            async with self._lock:
+                self.unload_idle()

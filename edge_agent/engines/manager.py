@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,7 +57,8 @@ class ModelManager:
         self.profile = profile
         self.plan = plan
         self.idle_unload_s = idle_unload_s
-        self.threads = threads or profile.threads
+        # A profile describes its device; when it runs on a smaller host, oversubscribing cores only slows it.
+        self.threads = min(threads or profile.threads, os.cpu_count() or 1)
         self.max_embed_batch = max_embed_batch
         self.verify_on_load = verify_on_load
         self._loaded: dict[Task, _Loaded] = {}

@@ -78,9 +78,12 @@ def _export_fp32(model_dir: Path, out: Path, work: Path) -> None:
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    # The fused graph has com.microsoft ops that shape inference cannot type; tell the quantizer they are float.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[Path, PackManifest]:
@@ -110,7 +113,8 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         "model": NAME,
         "dim": 384,
         "max_seq_length": MAX_SEQ_LENGTH,
-        "micro_batch": 32,
+        "micro_batch": 64,
+        "max_batch_tokens": 1024,
         "pooling": "mean",
         "normalized": True,
     }

@@ -1,0 +1,58 @@
+"""Shared fixtures. Model tests run the real engines on the packs `make packs` builds into $HEARTH_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_agent.models.store import InstalledPack, PackStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def store() -> PackStore:
+    s = PackStore()
+    if not s.list():
+        pytest.fail(f"no model packs in {s.packs}: run `make packs` (or `hearth models build`) first")
+    return s
+
+
+@pytest.fixture(scope="session")
+def pack(store: PackStore):  # type: ignore[no-untyped-def]
+    def get(pack_id: str) -> InstalledPack:
+        return store.get(pack_id)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def llm_int4(pack):  # type: ignore[no-untyped-def]
+    from edge_agent.engines.generate import GenerateEngine
+
+    p = pack("smollm2-135m-instruct@int4")
+    return GenerateEngine(p.path, p.manifest.task_info, threads=2)
+
+
+@pytest.fixture(scope="session")
+def embed_engines(pack):  # type: ignore[no-untyped-def]
+    from edge_agent.engines.embed import EmbedEngine
+
+    return {q: EmbedEngine(pack(f"all-minilm-l6-v2@{q}").path, pack(f"all-minilm-l6-v2@{q}").manifest.task_info, 2)
+            for q in ("fp32", "int8")}  # fmt: skip
+
+
+@pytest.fixture
+def hearth_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses: the shared pack store, no stray HEARTH_ overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_") or k == "HEARTH_HOME"}
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "200"
+    return env
+
+
+def read_json(path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(path.read_text())

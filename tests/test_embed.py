@@ -9,7 +9,7 @@ from edge_agent.engines.embed import EmbedEngine
 from edge_agent.engines.interfaces import EmbedRequest
 from edge_agent.errors import InvalidRequestError
 from edge_agent.models.builders.common import package_dir
-from tests.sentences import SENTENCES
+from benchmarks.sentences import SENTENCES
 
 INT8_MAX_BOUND = 0.05  # measured max |Δcos| 0.037, mean 0.0096 on this set; bounds stated in the README
 INT8_MEAN_BOUND = 0.015

@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from edge_agent.cli import bench, infer, models, profiles, run
 from edge_agent.cli.common import console_err
 from edge_agent.errors import HearthError
+from edge_agent.validation import format_validation_error
 
 app = typer.Typer(
     name="hearth",
@@ -32,6 +34,9 @@ def main() -> None:
     except HearthError as exc:
         console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         sys.exit(exc.exit_code)
+    except ValidationError as exc:  # request options out of range, e.g. --temperature 9
+        console_err.print(f"[bold red]error:[/] {format_validation_error('invalid request', exc)}", highlight=False)
+        sys.exit(2)
     except KeyboardInterrupt:
         console_err.print("interrupted")
         sys.exit(130)

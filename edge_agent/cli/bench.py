@@ -25,7 +25,7 @@ def _emit(result: dict[str, object], as_json: bool, markdown: str) -> None:
     if as_json:
         print(json.dumps(result))
     else:
-        console.print(markdown, markup=False)
+        print(markdown)
 
 
 @app.command()

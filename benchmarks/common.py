@@ -21,8 +21,12 @@ class Worker:
         self.kind = kind
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", kind, json.dumps(params)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
         self.ready = self._read()
 
     def _read(self) -> dict[str, Any]:
@@ -54,9 +58,20 @@ def median(xs: list[float]) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "date": datetime.now(UTC).isoformat()}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(),
+    }
 
 
 def write_report(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> None:
@@ -65,7 +80,9 @@ def write_report(out_dir: Path, name: str, result: dict[str, Any], markdown: str
     (out_dir / f"{name}.md").write_text(markdown + "\n")
 
 
-def bar_plot(path: Path, title: str, metrics: dict[str, tuple[float, float, str]], labels: tuple[str, str]) -> None:
+def bar_plot(
+    path: Path, title: str, metrics: dict[str, tuple[float, float, str]], labels: tuple[str, str]
+) -> None:
     """One panel per metric: ours vs peer."""
     import matplotlib
 
@@ -73,7 +90,9 @@ def bar_plot(path: Path, title: str, metrics: dict[str, tuple[float, float, str]
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
-    for ax, (metric, (ours, peer, unit)) in zip(axes if len(metrics) > 1 else [axes], metrics.items(), strict=True):
+    for ax, (metric, (ours, peer, unit)) in zip(
+        axes if len(metrics) > 1 else [axes], metrics.items(), strict=True
+    ):
         bars = ax.bar(labels, [ours, peer], color=["#d9480f", "#868e96"])
         ax.set_title(f"{metric} ({unit})", fontsize=10)
         ax.bar_label(bars, fmt="%.1f", fontsize=9)

@@ -54,12 +54,18 @@ class LlamaCpp:
     def __init__(self, p: dict[str, Any]) -> None:
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=p["gguf"], n_threads=p["threads"], n_threads_batch=p["threads"], n_ctx=2048,
-                         verbose=False, seed=0)  # fmt: skip
+        self.llm = Llama(
+            model_path=p["gguf"],
+            n_threads=p["threads"],
+            n_threads_batch=p["threads"],
+            n_ctx=2048,
+            verbose=False,
+            seed=0,
+        )
 
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
         n = msg["tokens"]
-        self.llm.reset()  # no prompt-prefix reuse between runs: TTFT includes the prompt every time
+        self.llm.reset()  # type: ignore[no-untyped-call]  # no prompt-prefix reuse between runs: TTFT includes the prompt every time
         out: list[int] = []
         t0 = time.perf_counter()
         t1 = 0.0
@@ -101,14 +107,19 @@ class SentenceTransformers:
         return {"seconds": time.perf_counter() - t0}
 
 
-KINDS = {"hearth-llm": HearthLLM, "llama-cpp": LlamaCpp, "hearth-embed": HearthEmbed, "sentence-transformers": SentenceTransformers}
+KINDS = {
+    "hearth-llm": HearthLLM,
+    "llama-cpp": LlamaCpp,
+    "hearth-embed": HearthEmbed,
+    "sentence-transformers": SentenceTransformers,
+}
 
 
 def main() -> None:
     kind, params = sys.argv[1], json.loads(sys.argv[2])
     base = _kb("VmRSS")
     try:
-        engine = KINDS[kind](params)
+        engine: Any = KINDS[kind](params)
     except Exception as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return
@@ -116,10 +127,12 @@ def main() -> None:
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["op"] == "memory":
-            print(json.dumps({"peak_rss_mb": _kb("VmHWM"), "rss_mb": _kb("VmRSS"), "rss_before_load_mb": base}),
-                  flush=True)  # fmt: skip
+            print(
+                json.dumps({"peak_rss_mb": _kb("VmHWM"), "rss_mb": _kb("VmRSS"), "rss_before_load_mb": base}),
+                flush=True,
+            )
         elif msg["op"] == "tokenize":
-            print(json.dumps({"ids": engine.tokenize(msg["text"])}), flush=True)  # type: ignore[attr-defined]
+            print(json.dumps({"ids": engine.tokenize(msg["text"])}), flush=True)
         else:
             print(json.dumps(engine.run(msg)), flush=True)
 

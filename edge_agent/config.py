@@ -57,7 +57,11 @@ class DemoSection(_Section):
 
     chat: str = "What is the capital of France? Answer in one sentence."
     embed: list[str] = Field(
-        default=["Turn off the kitchen lights.", "Switch the lights in the kitchen off.", "The fridge door is open."],
+        default=[
+            "Turn off the kitchen lights.",
+            "Switch the lights in the kitchen off.",
+            "The fridge door is open.",
+        ],
         min_length=2,
     )
 
@@ -122,6 +126,8 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
         lines = []
         for err in exc.errors(include_url=False):
             loc = tuple(str(p) for p in err["loc"])
-            where = next((f"{var} (environment)" for p, var in env_origin.items() if loc[: len(p)] == p), source)
+            where = next(
+                (f"{var} (environment)" for p, var in env_origin.items() if loc[: len(p)] == p), source
+            )
             lines.append(f"{where}: {field_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("\n".join(lines)) from exc

@@ -41,8 +41,12 @@ def llm_int4(pack):  # type: ignore[no-untyped-def]
 def embed_engines(pack):  # type: ignore[no-untyped-def]
     from edge_agent.engines.embed import EmbedEngine
 
-    return {q: EmbedEngine(pack(f"all-minilm-l6-v2@{q}").path, pack(f"all-minilm-l6-v2@{q}").manifest.task_info, 2)
-            for q in ("fp32", "int8")}  # fmt: skip
+    return {
+        q: EmbedEngine(
+            pack(f"all-minilm-l6-v2@{q}").path, pack(f"all-minilm-l6-v2@{q}").manifest.task_info, 2
+        )
+        for q in ("fp32", "int8")
+    }
 
 
 @pytest.fixture

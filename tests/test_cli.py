@@ -10,8 +10,14 @@ import pytest
 
 
 def hearth(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True, env=env,
-                          input=stdin, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=300,
+    )
 
 
 def test_help_teaches(hearth_env: dict[str, str]) -> None:
@@ -28,12 +34,18 @@ def test_profiles_commands(hearth_env: dict[str, str]) -> None:
     detected = json.loads(hearth("profiles", "detect", "--json", env=hearth_env).stdout)
     assert detected["nearest"] and detected["generated"]["cpu"]["cores"] >= 1
     bad = hearth("profiles", "show", "toaster", env=hearth_env)
-    assert bad.returncode == 2 and "unknown firmware profile 'toaster'" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "unknown firmware profile 'toaster'" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
 
 
 def test_models_plan_differs_by_device(hearth_env: dict[str, str]) -> None:
-    plans = {p: json.loads(hearth("models", "plan", "--profile", p, "--json", env=hearth_env).stdout)
-             for p in ("fridge-panel", "hub", "gpu-server")}  # fmt: skip
+    plans = {
+        p: json.loads(hearth("models", "plan", "--profile", p, "--json", env=hearth_env).stdout)
+        for p in ("fridge-panel", "hub", "gpu-server")
+    }
     gen = {p: plans[p]["tasks"]["generate"] for p in plans}
     assert gen["fridge-panel"]["mode"] == "offload-only" and gen["fridge-panel"]["pack"] is None
     assert gen["hub"]["pack"] == "smollm2-135m-instruct@int4"
@@ -52,11 +64,14 @@ def test_models_list_and_verify(hearth_env: dict[str, str]) -> None:
 
 
 def test_chat_streams_and_embed_prints_similarities(hearth_env: dict[str, str]) -> None:
-    chat = hearth("chat", "What is the capital of France? Answer in one sentence.", "--profile", "hub",
-                  env=hearth_env)  # fmt: skip
+    chat = hearth(
+        "chat", "What is the capital of France? Answer in one sentence.", "--profile", "hub", env=hearth_env
+    )
     assert chat.returncode == 0, chat.stderr
     assert "Paris" in chat.stdout and "tok/s" in chat.stderr
-    emb = hearth("embed", "turn off the lights", "switch the lights off", "--profile", "hub", "--json", env=hearth_env)
+    emb = hearth(
+        "embed", "turn off the lights", "switch the lights off", "--profile", "hub", "--json", env=hearth_env
+    )
     vectors = json.loads(emb.stdout)["vectors"]
     assert len(vectors) == 2 and len(vectors[0]) == 384
 
@@ -65,13 +80,22 @@ def test_chat_streams_and_embed_prints_similarities(hearth_env: dict[str, str]) 
     ("args", "code", "message"),
     [
         (("chat", "   ", "--profile", "hub"), 2, "empty prompt"),
-        (("chat", "hi", "--profile", "fridge-panel"), 1, "'generate' cannot run on fridge-panel (offload-only)"),
-        (("chat", "hi", "--profile", "hub", "--temperature", "9"), 2,
-         "invalid request: temperature: Input should be less than or equal to 2"),
+        (
+            ("chat", "hi", "--profile", "fridge-panel"),
+            1,
+            "'generate' cannot run on fridge-panel (offload-only)",
+        ),
+        (
+            ("chat", "hi", "--profile", "hub", "--temperature", "9"),
+            2,
+            "invalid request: temperature: Input should be less than or equal to 2",
+        ),
         (("embed", "", "--profile", "hub"), 2, "text 0 is empty"),
     ],
 )
-def test_bad_input_gets_a_clear_error(hearth_env: dict[str, str], args: tuple[str, ...], code: int, message: str) -> None:
+def test_bad_input_gets_a_clear_error(
+    hearth_env: dict[str, str], args: tuple[str, ...], code: int, message: str
+) -> None:
     proc = hearth(*args, env=hearth_env)
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr.replace("\n", " ")
@@ -79,8 +103,12 @@ def test_bad_input_gets_a_clear_error(hearth_env: dict[str, str], args: tuple[st
 
 
 def test_non_utf8_argument_is_rejected(hearth_env: dict[str, str]) -> None:
-    proc = subprocess.run([sys.executable.encode(), b"-m", b"edge_agent", b"chat", b"caf\xe9", b"--profile", b"hub"],
-                          capture_output=True, env=hearth_env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable.encode(), b"-m", b"edge_agent", b"chat", b"caf\xe9", b"--profile", b"hub"],
+        capture_output=True,
+        env=hearth_env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert b"is not valid UTF-8 text (byte 0xe9" in proc.stderr and b"Traceback" not in proc.stderr
 

@@ -28,16 +28,25 @@ def test_env_overrides_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "env", "expected"),
     [
-        ("[engines]\nidle_unload_s = -1\n", {}, r"{path}: engines.idle_unload_s: Input should be greater than 0"),
+        (
+            "[engines]\nidle_unload_s = -1\n",
+            {},
+            r"{path}: engines.idle_unload_s: Input should be greater than 0",
+        ),
         ("[agent]\nlog_level = 'loud'\n", {}, r"{path}: agent.log_level: Input should be 'debug'"),
         ("[engines]\nthreds = 2\n", {}, r"{path}: engines.threds: Extra inputs are not permitted"),
         ("[demo]\nembed = ['one']\n", {}, r"{path}: demo.embed: List should have at least 2 items"),
         ("[engines\n", {}, r"{path}: invalid TOML"),
-        ("", {"HEARTH_ENGINES__THREADS": "zero"},
-         r"HEARTH_ENGINES__THREADS \(environment\): engines.threads: Input should be a valid integer"),
+        (
+            "",
+            {"HEARTH_ENGINES__THREADS": "zero"},
+            r"HEARTH_ENGINES__THREADS \(environment\): engines.threads: Input should be a valid integer",
+        ),
     ],
-)  # fmt: skip
-def test_invalid_config_names_source_field_and_reason(tmp_path: Path, toml: str, env: dict, expected: str) -> None:  # type: ignore[type-arg]
+)
+def test_invalid_config_names_source_field_and_reason(
+    tmp_path: Path, toml: str, env: dict, expected: str
+) -> None:  # type: ignore[type-arg]
     path = tmp_path / "agent.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError, match=expected.format(path=path)):
@@ -56,8 +65,16 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 def test_cli_reports_invalid_config_with_exit_code_2(tmp_path: Path, hearth_env: dict[str, str]) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[engines]\nmax_embed_batch = 0\n")
-    proc = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--config", str(path), "--profile", "hub"],
-                          capture_output=True, text=True, env=hearth_env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(path), "--profile", "hub"],
+        capture_output=True,
+        text=True,
+        env=hearth_env,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert f"{path}: engines.max_embed_batch: Input should be greater than or equal to 1" in proc.stderr.replace("\n", "")
+    assert (
+        f"{path}: engines.max_embed_batch: Input should be greater than or equal to 1"
+        in proc.stderr.replace("\n", "")
+    )
     assert "Traceback" not in proc.stderr

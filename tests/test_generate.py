@@ -15,7 +15,10 @@ from edge_agent.models.builders.smollm2 import GGUF_FILE, check_tokenizer
 
 @pytest.mark.parametrize(
     ("quant", "prompt"),
-    [("int4", "What is the capital of France? Answer in one sentence."), ("fp32", "What is the capital of France?")],
+    [
+        ("int4", "What is the capital of France? Answer in one sentence."),
+        ("fp32", "What is the capital of France?"),
+    ],
 )
 def test_capital_of_france_mentions_paris_and_stops_at_im_end(pack, quant: str, prompt: str) -> None:  # type: ignore[no-untyped-def]
     p = pack(f"smollm2-135m-instruct@{quant}")
@@ -69,8 +72,9 @@ def test_stop_matcher_holds_back_partial_matches() -> None:
 
 
 def test_seeded_sampling_is_reproducible(llm_int4: GenerateEngine) -> None:
-    req = GenerateRequest.from_prompt("Invent a name for a robot.", max_tokens=20, temperature=1.0, top_p=0.95,
-                                      seed=1234)  # fmt: skip
+    req = GenerateRequest.from_prompt(
+        "Invent a name for a robot.", max_tokens=20, temperature=1.0, top_p=0.95, seed=1234
+    )
     a, _ = llm_int4.complete(req)
     b, _ = llm_int4.complete(req)
     assert a == b
@@ -81,24 +85,27 @@ def test_seeded_sampling_is_reproducible(llm_int4: GenerateEngine) -> None:
 def test_cancel_stops_generation(llm_int4: GenerateEngine) -> None:
     cancel = threading.Event()
     req = GenerateRequest.from_prompt("Write an essay about bread.", max_tokens=200)
-    n = 0
-    for chunk in llm_int4.stream(req, cancel):
-        n += 1
+    chunks = []
+    for n, chunk in enumerate(llm_int4.stream(req, cancel), start=1):
+        chunks.append(chunk)
         if n == 3:
             cancel.set()
-        if chunk.stats:
-            assert chunk.stats.finish_reason == "cancelled"
-            assert chunk.stats.completion_tokens <= 4
+    stats = chunks[-1].stats
+    assert stats is not None and stats.finish_reason == "cancelled"
+    assert stats.completion_tokens <= 4
 
 
 @pytest.mark.parametrize(
     ("request_", "match"),
     [
         (GenerateRequest.from_prompt("   "), "empty prompt"),
-        (GenerateRequest.from_prompt("caf\udce9 au lait"), r"message 0 \(user\) is not valid UTF-8 text \(byte 0xe9"),
+        (
+            GenerateRequest.from_prompt("caf\udce9 au lait"),
+            r"message 0 \(user\) is not valid UTF-8 text \(byte 0xe9",
+        ),
         (GenerateRequest.from_prompt("word " * 3000), r"prompt is \d+ tokens but the context holds 2048"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_a_clear_error(llm_int4: GenerateEngine, request_: GenerateRequest, match: str) -> None:
     with pytest.raises(InvalidRequestError, match=match):
         list(llm_int4.stream(request_))

@@ -5,8 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-LIGHT = ["edge_agent.config", "edge_agent.profiles", "edge_agent.models", "edge_agent.models.store",
-         "edge_agent.models.selection", "edge_agent.engines.interfaces", "edge_agent.errors"]  # fmt: skip
+LIGHT = [
+    "edge_agent.config",
+    "edge_agent.profiles",
+    "edge_agent.models",
+    "edge_agent.models.store",
+    "edge_agent.models.selection",
+    "edge_agent.engines.interfaces",
+    "edge_agent.errors",
+]
 
 
 def test_light_modules_do_not_import_onnxruntime_or_torch() -> None:
@@ -17,7 +24,9 @@ def test_light_modules_do_not_import_onnxruntime_or_torch() -> None:
         "{'onnxruntime', 'onnxruntime_genai', 'torch', 'transformers'})\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"light modules imported: {out}"
 
 

@@ -44,7 +44,9 @@ async def test_budget_makes_room_by_unloading_idle_models(store: PackStore) -> N
     mgr = _manager(store, prof)
     async with mgr.use("generate"):
         # The LLM is busy: loading the embedder must be refused, not squeezed in.
-        with pytest.raises(BudgetExceededError, match=r"would pass the budget .* held by busy models \(generate\)"):
+        with pytest.raises(
+            BudgetExceededError, match=r"would pass the budget .* held by busy models \(generate\)"
+        ):
             async with mgr.use("embed"):
                 pass
     async with mgr.use("embed"):  # the LLM is idle now: it is unloaded to make room
@@ -54,7 +56,9 @@ async def test_budget_makes_room_by_unloading_idle_models(store: PackStore) -> N
 
 async def test_offload_only_task_is_refused_with_the_plan_reason(store: PackStore) -> None:
     mgr = _manager(store, load_profile("fridge-panel"))
-    with pytest.raises(NoLocalModelError, match=r"'generate' cannot run on fridge-panel \(offload-only\).*budget is 153 MB"):
+    with pytest.raises(
+        NoLocalModelError, match=r"'generate' cannot run on fridge-panel \(offload-only\).*budget is 153 MB"
+    ):
         async with mgr.use("generate"):
             pass
 
@@ -75,18 +79,29 @@ async def test_tampered_pack_is_refused_at_load(tmp_path, store: PackStore) -> N
     data[100] ^= 1
     tok.write_bytes(bytes(data))
     mgr = _manager(copy, load_profile("hub"))
-    with pytest.raises(PackIntegrityError, match="tokenizer.json has sha256"):
+    with pytest.raises(PackIntegrityError, match=r"tokenizer\.json has sha256"):
         async with mgr.use("embed"):
             pass
 
 
 async def test_agent_streams_and_embeds_concurrently(store: PackStore) -> None:
     async with Agent(AgentConfig(), load_profile("hub"), store) as agent:
-        async def chat() -> str:
-            return "".join([c.text async for c in agent.generate(GenerateRequest.from_prompt(
-                "What is the capital of France? Answer in one sentence.", max_tokens=40))])  # fmt: skip
 
-        text, emb = await asyncio.gather(chat(), agent.embed(EmbedRequest(texts=["a fridge", "a refrigerator"])))
+        async def chat() -> str:
+            return "".join(
+                [
+                    c.text
+                    async for c in agent.generate(
+                        GenerateRequest.from_prompt(
+                            "What is the capital of France? Answer in one sentence.", max_tokens=40
+                        )
+                    )
+                ]
+            )
+
+        text, emb = await asyncio.gather(
+            chat(), agent.embed(EmbedRequest(texts=["a fridge", "a refrigerator"]))
+        )
         assert "Paris" in text and emb.dim == 384
         # Cancelling a consumer mid-stream stops cleanly and frees the engine for the next request.
         stream = agent.generate(GenerateRequest.from_prompt("Write a long poem about snow.", max_tokens=200))

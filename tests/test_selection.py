@@ -14,12 +14,17 @@ from edge_agent.profiles import load_profile
 
 def _pack(name: str, task: str, quant: str, peak: float, isa: list[str] | None = None) -> PackManifest:
     return PackManifest(
-        name=name, task=task, variant=Variant(quantization=quant, precision=quant),  # type: ignore[arg-type]
+        name=name,
+        task=task,
+        variant=Variant(quantization=quant, precision=quant),  # type: ignore[arg-type]
         files=[{"path": "model.onnx", "size": 1, "sha256": "0" * 64}],  # type: ignore[list-item]
-        peak_ram_mb=peak, requirements=Requirements(runtime="onnxruntime", opset=17, isa=isa or []),
-        provenance=Provenance(source_package="x", source_version="1", source_file="f", source_sha256="0" * 64,
-                              builder="t"), created=datetime.now(UTC),
-    )  # fmt: skip
+        peak_ram_mb=peak,
+        requirements=Requirements(runtime="onnxruntime", opset=17, isa=isa or []),
+        provenance=Provenance(
+            source_package="x", source_version="1", source_file="f", source_sha256="0" * 64, builder="t"
+        ),
+        created=datetime.now(UTC),
+    )
 
 
 PACKS = [
@@ -73,8 +78,10 @@ def test_unbuilt_task_is_unavailable_and_plan_is_deterministic() -> None:
 
 @pytest.mark.parametrize("profile", ["fridge-panel", "hub", "gpu-server"])
 def test_plans_on_real_packs_differ(store: PackStore, profile: str) -> None:
-    plans = {p: plan_for_profile(load_profile(p), [x.manifest for x in store.list()]).for_task("generate")
-             for p in ("fridge-panel", "hub", "gpu-server")}  # fmt: skip
+    plans = {
+        p: plan_for_profile(load_profile(p), [x.manifest for x in store.list()]).for_task("generate")
+        for p in ("fridge-panel", "hub", "gpu-server")
+    }
     assert plans["fridge-panel"].mode == "offload-only"
     assert plans["hub"].chosen_id == "smollm2-135m-instruct@int4"
     assert plans["gpu-server"].chosen_id == "smollm2-135m-instruct@fp32"

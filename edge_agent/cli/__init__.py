@@ -35,7 +35,9 @@ def main() -> None:
         console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         sys.exit(exc.exit_code)
     except ValidationError as exc:  # request options out of range, e.g. --temperature 9
-        console_err.print(f"[bold red]error:[/] {format_validation_error('invalid request', exc)}", highlight=False)
+        console_err.print(
+            f"[bold red]error:[/] {format_validation_error('invalid request', exc)}", highlight=False
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         console_err.print("interrupted")

@@ -8,15 +8,15 @@ from typing import Annotated
 
 import typer
 
-from edge_agent.cli.common import console
-
 app = typer.Typer(
     help="Benchmarks vs peer engines (same weights, same threads, interleaved runs, medians). "
     "Results go to benchmarks/results/ as JSON + Markdown (+ PNG).",
     no_args_is_help=True,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object: raw medians + `ratios` (>1 = Hearth ahead).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object: raw medians + `ratios` (>1 = Hearth ahead).")
+]
 OutOpt = Annotated[Path, typer.Option(help="Directory for JSON/Markdown/PNG results.")]
 ThreadsOpt = Annotated[int, typer.Option(help="Threads for both engines.")]
 
@@ -40,8 +40,9 @@ def llm(
     """SmolLM2-135M: our ONNX pack vs llama.cpp (llama-cpp-python) on the same GGUF."""
     from benchmarks.llm import run_llm_bench
 
-    result, md = run_llm_bench(runs=runs, tokens=tokens, threads=threads, variant=variant, out_dir=out,
-                               quiet=as_json)  # fmt: skip
+    result, md = run_llm_bench(
+        runs=runs, tokens=tokens, threads=threads, variant=variant, out_dir=out, quiet=as_json
+    )
     _emit(result, as_json, md)
 
 

@@ -19,7 +19,9 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML.", exists=False)]
 
 
-async def stream_chat(agent: Agent, request: GenerateRequest, *, show_stats: bool) -> tuple[str, GenerateStats]:
+async def stream_chat(
+    agent: Agent, request: GenerateRequest, *, show_stats: bool
+) -> tuple[str, GenerateStats]:
     """Print the answer as it streams; return it with its stats."""
     parts: list[str] = []
     stats: GenerateStats | None = None
@@ -81,7 +83,9 @@ def chat(
 
 
 def embed(
-    texts: Annotated[list[str], typer.Argument(help="Sentences to embed ('-' reads one per line from stdin).")],
+    texts: Annotated[
+        list[str], typer.Argument(help="Sentences to embed ('-' reads one per line from stdin).")
+    ],
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the vectors as JSON.")] = False,

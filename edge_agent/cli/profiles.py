@@ -13,7 +13,9 @@ from rich.table import Table
 from edge_agent.cli.common import console
 from edge_agent.profiles import detect_host, list_profiles, load_profile, nearest_profile, profile_for_host
 
-app = typer.Typer(help="Firmware profiles: device classes, their hardware and model budgets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Firmware profiles: device classes, their hardware and model budgets.", no_args_is_help=True
+)
 
 
 @app.command("list")
@@ -41,7 +43,9 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
 
 @app.command("show")
 def show(
-    profile_id: Annotated[str, typer.Argument(help="Profile id (see `hearth profiles list`) or a YAML path.")],
+    profile_id: Annotated[
+        str, typer.Argument(help="Profile id (see `hearth profiles list`) or a YAML path.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
 ) -> None:
     """Show one profile in full."""
@@ -56,7 +60,9 @@ def show(
 
 @app.command("detect")
 def detect(
-    write: Annotated[Path | None, typer.Option(help="Also write the generated profile to this YAML file.")] = None,
+    write: Annotated[
+        Path | None, typer.Option(help="Also write the generated profile to this YAML file.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Read this host (cores, RAM, ISA flags, GPUs), print the nearest profile and one generated for it."""
@@ -64,14 +70,27 @@ def detect(
     nearest = nearest_profile(host, list_profiles())
     generated = profile_for_host(host, nearest)
     if as_json:
-        console.print_json(json.dumps({
-            "host": {"arch": host.arch, "cpu": host.cpu_model, "cores": host.cores, "clock_ghz": host.clock_ghz,
-                     "ram_mb": host.ram_mb, "isa": sorted(host.isa), "gpus": host.gpus},
-            "nearest": nearest.id,
-            "generated": generated.model_dump(),
-        }))  # fmt: skip
+        console.print_json(
+            json.dumps(
+                {
+                    "host": {
+                        "arch": host.arch,
+                        "cpu": host.cpu_model,
+                        "cores": host.cores,
+                        "clock_ghz": host.clock_ghz,
+                        "ram_mb": host.ram_mb,
+                        "isa": sorted(host.isa),
+                        "gpus": host.gpus,
+                    },
+                    "nearest": nearest.id,
+                    "generated": generated.model_dump(),
+                }
+            )
+        )
     else:
-        console.print(f"[bold]host[/]: {host.cpu_model}, {host.cores} cores, {host.ram_mb} MB RAM, {host.arch}")
+        console.print(
+            f"[bold]host[/]: {host.cpu_model}, {host.cores} cores, {host.ram_mb} MB RAM, {host.arch}"
+        )
         console.print(f"[bold]ISA[/]: {', '.join(sorted(host.isa)) or 'none detected'}")
         console.print(f"[bold]GPUs[/]: {', '.join(host.gpus) or 'none'}")
         console.print(f"[bold]nearest profile[/]: {nearest.id} ({nearest.display_name})")

@@ -18,9 +18,15 @@ from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 
 
 def run(
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")] = None,
-    demo: Annotated[bool, typer.Option(help="Answer the config's [demo] chat + embedding request, then exit.")] = False,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Answer the config's [demo] chat + embedding request, then exit.")
+    ] = False,
 ) -> None:
     """Run the edge agent: print its plan, then serve until Ctrl-C (or run the demo job and exit).
 
@@ -30,20 +36,32 @@ def run(
     setup_logging(ctx.config.agent.log_level)
     cfg = ctx.config
     threads = min(cfg.engines.threads or ctx.profile.threads, os.cpu_count() or 1)
-    console.print(f"[bold]Hearth agent[/] '{cfg.agent.name}' on {ctx.profile.display_name} "
-                  f"(budget {ctx.profile.model_ram_budget_mb} MB, {threads} threads)")  # fmt: skip
+    console.print(
+        f"[bold]Hearth agent[/] '{cfg.agent.name}' on {ctx.profile.display_name} "
+        f"(budget {ctx.profile.model_ram_budget_mb} MB, {threads} threads)"
+    )
     for task, tp in ctx.plan.tasks.items():
-        console.print(f"  {task}: {tp.mode}" + (f" → {tp.chosen_id}" if tp.chosen_id else "") + f" ({tp.reason})",
-                      markup=False)
+        console.print(
+            f"  {task}: {tp.mode}" + (f" → {tp.chosen_id}" if tp.chosen_id else "") + f" ({tp.reason})",
+            markup=False,
+        )
 
     async def go() -> None:
         async with Agent(cfg, ctx.profile, ctx.store) as agent:
             if demo:
                 g = cfg.generate
                 console.print(f"\n[bold]chat[/] » {cfg.demo.chat}")
-                await stream_chat(agent, GenerateRequest.from_prompt(
-                    cfg.demo.chat, system=g.system_prompt, max_tokens=g.max_tokens,
-                    temperature=g.temperature, top_p=g.top_p), show_stats=True)  # fmt: skip
+                await stream_chat(
+                    agent,
+                    GenerateRequest.from_prompt(
+                        cfg.demo.chat,
+                        system=g.system_prompt,
+                        max_tokens=g.max_tokens,
+                        temperature=g.temperature,
+                        top_p=g.top_p,
+                    ),
+                    show_stats=True,
+                )
                 console.print("\n[bold]embed[/] »", "; ".join(cfg.demo.embed))
                 result = await agent.embed(EmbedRequest(texts=cfg.demo.embed))
                 print_similarity(cfg.demo.embed, np.asarray(result.vectors, dtype=np.float32), result.model)

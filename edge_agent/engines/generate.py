@@ -63,8 +63,13 @@ class GenerateEngine:
         config.clear_providers()
         config.overlay(
             json.dumps(
-                {"model": {"decoder": {"session_options": {
-                    "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}  # fmt: skip
+                {
+                    "model": {
+                        "decoder": {
+                            "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+                        }
+                    }
+                }
             )
         )
         self.model = og.Model(config)
@@ -83,13 +88,17 @@ class GenerateEngine:
             )
         return ids
 
-    def stream(self, request: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[GenerateChunk]:
+    def stream(
+        self, request: GenerateRequest, cancel: threading.Event | None = None
+    ) -> Iterator[GenerateChunk]:
         """Blocking token stream; run it in a worker thread from async code."""
         ids = self.prompt_ids(request)
         with self._lock:
             yield from self._run(request, ids, cancel)
 
-    def _run(self, request: GenerateRequest, ids: list[int], cancel: threading.Event | None) -> Iterator[GenerateChunk]:
+    def _run(
+        self, request: GenerateRequest, ids: list[int], cancel: threading.Event | None
+    ) -> Iterator[GenerateChunk]:
         max_length = min(len(ids) + request.max_tokens, self.context_length)
         params = og.GeneratorParams(self.model)
         options: dict[str, Any] = {"max_length": max_length}

@@ -122,7 +122,9 @@ class ModelManager:
 
     def unload_idle(self, now: float | None = None) -> list[Task]:
         now = time.monotonic() if now is None else now
-        gone = [t for t, e in self._loaded.items() if e.in_use == 0 and now - e.last_used >= self.idle_unload_s]
+        gone = [
+            t for t, e in self._loaded.items() if e.in_use == 0 and now - e.last_used >= self.idle_unload_s
+        ]
         for t in gone:
             log.info("unloading idle %s", self._loaded[t].pack.pack_id)
             del self._loaded[t]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent.tasks import Quantization, Task
 
-PACK_SCHEMA_VERSION = 1
+PACK_SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "pack.json"
 
 
@@ -63,14 +63,18 @@ class Provenance(_Model):
 
 class PackManifest(_Model):
     schema_version: Literal[1] = PACK_SCHEMA_VERSION
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$", description="Model name, e.g. smollm2-135m-instruct.")
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$", description="Model name, e.g. smollm2-135m-instruct."
+    )
     task: Task
     variant: Variant
     files: list[PackFile] = Field(min_length=1)
     peak_ram_mb: float = Field(gt=0, description="Measured RSS growth when loaded and run once.")
     requirements: Requirements
     provenance: Provenance
-    task_info: dict[str, Any] = Field(default_factory=dict, description="Task-specific facts (context, dims).")
+    task_info: dict[str, Any] = Field(
+        default_factory=dict, description="Task-specific facts (context, dims)."
+    )
     created: datetime
 
     @property

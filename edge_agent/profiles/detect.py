@@ -59,7 +59,9 @@ def _nvidia_gpus() -> list[str]:
     if root.is_dir():
         for gpu in sorted(root.iterdir()):
             info = (gpu / "information").read_text(errors="replace") if (gpu / "information").exists() else ""
-            model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Model")), "")
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Model")), ""
+            )
             gpus.append(model or "NVIDIA GPU")
     return gpus
 

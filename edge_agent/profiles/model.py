@@ -14,11 +14,28 @@ DeviceClass = Literal["appliance", "vehicle", "hub", "phone", "laptop", "server"
 
 KNOWN_ISA = {
     # arm
-    "neon", "dotprod", "i8mm", "fp16", "bf16", "sve", "sve2",
+    "neon",
+    "dotprod",
+    "i8mm",
+    "fp16",
+    "bf16",
+    "sve",
+    "sve2",
     # x86
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16",
-}  # fmt: skip
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_int8",
+    "amx_bf16",
+}
 """ISA features a pack may require; other flags in a profile are rejected as likely typos."""
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge_agent.errors import BuildError
+from edge_agent.models.pack import PackManifest
+
+Builder = Callable[[str, Path, Path, Callable[[str], None]], tuple[Path, PackManifest]]
+"""``build(quant, work_dir, out_root, progress) -> (pack_dir, manifest)``, one per model family."""
 
 
 @dataclass(frozen=True)
@@ -19,8 +25,9 @@ class BuildSpec:
     def pack_id(self) -> str:
         return f"{self.name}@{self.quant}"
 
-    def builder(self):  # type: ignore[no-untyped-def]
-        return importlib.import_module(self.module).build
+    def builder(self) -> Builder:
+        build: Builder = importlib.import_module(self.module).build
+        return build
 
 
 CATALOG: tuple[BuildSpec, ...] = (

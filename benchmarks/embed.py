@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Worker, bar_plot, machine, median, write_report
+from benchmarks.common import Worker, bar_plot, interleaved, machine, median, write_report
 from benchmarks.sentences import benchmark_corpus
 
 
@@ -25,11 +25,8 @@ def run_embed_bench(
     peer = Worker("sentence-transformers", model_dir=model_dir, threads=threads)
     for w in (ours, peer):
         w.call(op="run", texts=texts[:64])
-    secs: dict[str, list[float]] = {"hearth": [], "sentence-transformers": []}
-    pair = [("hearth", ours), ("sentence-transformers", peer)]
-    for r in range(runs):
-        for name, w in pair if r % 2 == 0 else pair[::-1]:
-            secs[name].append(w.call(op="run", texts=texts)["seconds"])
+    runs_ = interleaved({"hearth": ours, "sentence-transformers": peer}, runs, texts=texts)
+    secs = {name: [r["seconds"] for r in res] for name, res in runs_.items()}
     mem = {"hearth": ours.close(), "sentence-transformers": peer.close()}
     med = {
         n: {"sentences_per_s": len(texts) / median(s), "peak_rss_mb": mem[n]["peak_rss_mb"]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Worker, bar_plot, machine, median, write_report
+from benchmarks.common import Worker, bar_plot, interleaved, machine, median, write_report
 
 PROMPT = "Write a short story about a robot who learns to cook dinner for a family."
 QUALITY_PROMPTS = [
@@ -46,18 +46,12 @@ def run_llm_bench(
     ours = Worker("hearth-llm", pack_id=pack_id, threads=threads)
     peer = Worker("llama-cpp", gguf=gguf, threads=threads)
     ids = ours.call(op="tokenize", text=_render(info, PROMPT))["ids"]
-    samples: dict[str, dict[str, list[float]]] = {
-        "hearth": {"ttft_ms": [], "decode_tok_s": []},
-        "llama.cpp": {"ttft_ms": [], "decode_tok_s": []},
-    }
-    pair = [("hearth", ours), ("llama.cpp", peer)]
     for w in (ours, peer):  # warm-up: first-run allocations are not steady state
         w.call(op="run", prompt_ids=ids, tokens=8)
-    for r in range(runs):
-        for name, w in pair if r % 2 == 0 else pair[::-1]:
-            res = w.call(op="run", prompt_ids=ids, tokens=tokens)
-            samples[name]["ttft_ms"].append(res["ttft_ms"])
-            samples[name]["decode_tok_s"].append(res["decode_tok_s"])
+    runs_ = interleaved({"hearth": ours, "llama.cpp": peer}, runs, prompt_ids=ids, tokens=tokens)
+    samples = {
+        name: {k: [r[k] for r in res] for k in ("ttft_ms", "decode_tok_s")} for name, res in runs_.items()
+    }
     # Agreement of greedy continuations on the same prompts (quality vs the peer on the same weights).
     exact, prefixes = 0, []
     for q in QUALITY_PROMPTS:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,51 +48,52 @@ TOKENIZER_PROBES = [
     "Numbers 1234567 and 3.14159; code: def f(x): return x**2",
 ]
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "int4": {
-        "precision": "int4",
-        # Symmetric: the builder's asymmetric mode breaks the tied embedding/lm_head (uint8 Gather output).
-        "extra": ["accuracy_level=4", "block_size=32"],
-        "variant": Variant(
+_FUSED_OPS = (
+    "GroupQueryAttention",
+    "SkipSimplifiedLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "RotaryEmbedding",
+)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How the onnxruntime-genai builder is asked to produce one variant."""
+
+    precision: str
+    extra: tuple[str, ...]
+    variant: Variant
+    contrib_ops: tuple[str, ...]
+
+
+VARIANTS: dict[str, _Recipe] = {
+    # Symmetric: the builder's asymmetric mode breaks the tied embedding/lm_head (uint8 Gather output).
+    "int4": _Recipe(
+        "int4",
+        ("accuracy_level=4", "block_size=32"),
+        Variant(
             quantization="int4",
             precision="int8-compute",
             note="MatMulNBits int4, block 32, symmetric; int8 activations (VNNI/dotprod)",
         ),
-        "contrib_ops": [
-            "MatMulNBits",
-            "GroupQueryAttention",
-            "SkipSimplifiedLayerNormalization",
-            "SimplifiedLayerNormalization",
-            "RotaryEmbedding",
-        ],
-    },
-    "int8": {
-        "precision": "int8",
-        "extra": ["accuracy_level=4", "block_size=32"],
-        "variant": Variant(
+        ("MatMulNBits", *_FUSED_OPS),
+    ),
+    "int8": _Recipe(
+        "int8",
+        ("accuracy_level=4", "block_size=32"),
+        Variant(
             quantization="int8",
             precision="int8-compute",
             note="MatMulNBits int8, block 32, symmetric; int8 activations",
         ),
-        "contrib_ops": [
-            "MatMulNBits",
-            "GroupQueryAttention",
-            "SkipSimplifiedLayerNormalization",
-            "SimplifiedLayerNormalization",
-            "RotaryEmbedding",
-        ],
-    },
-    "fp32": {
-        "precision": "fp32",
-        "extra": [],
-        "variant": Variant(quantization="fp32", precision="fp32", note="dequantized GGUF weights, fp32"),
-        "contrib_ops": [
-            "GroupQueryAttention",
-            "SkipSimplifiedLayerNormalization",
-            "SimplifiedLayerNormalization",
-            "RotaryEmbedding",
-        ],
-    },
+        ("MatMulNBits", *_FUSED_OPS),
+    ),
+    "fp32": _Recipe(
+        "fp32",
+        (),
+        Variant(quantization="fp32", precision="fp32", note="dequantized GGUF weights, fp32"),
+        _FUSED_OPS,
+    ),
 }
 
 
@@ -179,7 +181,7 @@ def check_tokenizer(pack_dir: Path, gguf_path: Path) -> None:
 def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[Path, PackManifest]:
     if quant not in VARIANTS:
         raise BuildError(f"{NAME}: no variant '{quant}' (choose from {', '.join(VARIANTS)})")
-    spec = VARIANTS[quant]
+    recipe = VARIANTS[quant]
     src = _source()
     hf = _hf_folder(src, work, progress)
     out = out_root / f"{NAME}@{quant}"
@@ -194,14 +196,14 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         "-o",
         str(out),
         "-p",
-        spec["precision"],
+        recipe.precision,
         "-e",
         "cpu",
         "-c",
         str(work / "cache"),
     ]
-    if spec["extra"]:
-        cmd += ["--extra_options", *spec["extra"]]
+    if recipe.extra:
+        cmd += ["--extra_options", *recipe.extra]
     run_logged(cmd, work / f"builder-{quant}.log", "onnxruntime-genai builder")
     _fix_genai_config(out)
     progress("checking tokenizer against llama.cpp")
@@ -221,8 +223,10 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         out_dir=out,
         name=NAME,
         task="generate",
-        variant=spec["variant"],
-        requirements=Requirements(runtime="onnxruntime-genai", opset=21, contrib_ops=spec["contrib_ops"]),
+        variant=recipe.variant,
+        requirements=Requirements(
+            runtime="onnxruntime-genai", opset=21, contrib_ops=list(recipe.contrib_ops)
+        ),
         provenance=Provenance(
             source_package=src.package,
             source_version=src.version,

@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,12 +153,26 @@ def _fix_genai_config(out: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def check_tokenizer(pack_dir: Path, gguf_path: Path) -> None:
     """The pack tokenizer must give llama.cpp's token ids and decode them back to the same text."""
     import onnxruntime_genai as og
     from llama_cpp import Llama
 
-    ref = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    with _quiet_stderr():  # llama.cpp logs from C straight to fd 2
+        ref = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     cfg = og.Config(str(pack_dir))
     model = og.Model(cfg)
     tok = og.Tokenizer(model)

@@ -43,8 +43,11 @@ class PlainOrtLoop:
     def run(self, ids: list[int], n: int) -> tuple[list[int], float, float]:
         binding = self.sess.io_binding()
         empty = np.zeros((1, self.kv_heads, 0, self.head), dtype=np.float32)
-        past = {f"past_key_values.{i}.{kv}": ort.OrtValue.ortvalue_from_numpy(empty)
-                for i in range(self.layers) for kv in ("key", "value")}  # fmt: skip
+        past = {
+            f"past_key_values.{i}.{kv}": ort.OrtValue.ortvalue_from_numpy(empty)
+            for i in range(self.layers)
+            for kv in ("key", "value")
+        }
         step_ids = np.asarray([ids], dtype=np.int64)
         total = len(ids)
         out: list[int] = []
@@ -83,8 +86,12 @@ def main(runs: int = 5, tokens: int = 128, threads: int = 2) -> None:
     pack = PackStore().get("smollm2-135m-instruct@int4")
     genai = GenerateEngine(pack.path, pack.manifest.task_info, threads)
     loop = PlainOrtLoop(pack.path, threads)
-    ids = [int(t) for t in genai.tokenizer.encode(render_chat(pack.manifest.task_info["chat_template"],
-                                                                [{"role": "user", "content": PROMPT}]))]  # fmt: skip
+    ids = [
+        int(t)
+        for t in genai.tokenizer.encode(
+            render_chat(pack.manifest.task_info["chat_template"], [{"role": "user", "content": PROMPT}])
+        )
+    ]
 
     def run_genai() -> tuple[list[int], float, float]:
         params = og.GeneratorParams(genai.model)
@@ -111,8 +118,13 @@ def main(runs: int = 5, tokens: int = 128, threads: int = 2) -> None:
             res[name].append(fn())
     a, b = res["genai"][0][0], res["plain-ort"][0][0]
     common = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
-    summary = {name: {"ttft_ms": statistics.median(x[1] for x in v), "decode_tok_s": statistics.median(x[2] for x in v)}
-               for name, v in res.items()}  # fmt: skip
+    summary = {
+        name: {
+            "ttft_ms": statistics.median(x[1] for x in v),
+            "decode_tok_s": statistics.median(x[2] for x in v),
+        }
+        for name, v in res.items()
+    }
     print(
         json.dumps(
             {"common_prefix_tokens": common, "threads": threads, "tokens": tokens, **summary}, indent=1

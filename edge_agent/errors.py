@@ -10,6 +10,12 @@ prints it as one line instead of a traceback::
     │   ├── PackNotFoundError
     │   ├── PackIntegrityError digest or size mismatch: the file is refused
     │   └── BuildError         a pack could not be built from its source weights
+    ├── PeerError              a peer's message is refused: dropped and logged, never fatal
+    │   ├── MalformedMessageError  not a Hearth envelope, wrong version, oversized, bad fields
+    │   ├── NotAMemberError        unknown sender, bad/expired certificate, revoked device
+    │   ├── ForgedMessageError     bad signature or failed decryption (tampered in transit)
+    │   └── ReplayError            counter already seen, or timestamp outside the freshness window
+    ├── IdentityError          local keys missing, unreadable or stored with unsafe permissions
     └── EngineError            inference problems
         ├── InvalidRequestError  empty prompt, too long, bad text, batch too large (caller's fault)
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
@@ -51,6 +57,30 @@ class PackIntegrityError(PackError):
 
 class BuildError(PackError):
     """Building a pack from source weights failed."""
+
+
+class PeerError(HearthError):
+    """A message from the network is refused. The agent drops it, logs why, and keeps running."""
+
+
+class MalformedMessageError(PeerError):
+    """Bytes that are not a valid Hearth envelope (truncated, oversized, wrong version)."""
+
+
+class NotAMemberError(PeerError):
+    """The sender holds no valid household certificate, or it was revoked or has expired."""
+
+
+class ForgedMessageError(PeerError):
+    """Signature or authenticated decryption failed: the message was altered or forged."""
+
+
+class ReplayError(PeerError):
+    """The message was seen before, or is too old or too far in the future to be accepted."""
+
+
+class IdentityError(HearthError):
+    """This device's own keys are missing, unreadable, or stored with unsafe permissions."""
 
 
 class EngineError(HearthError):

@@ -13,6 +13,10 @@ LIGHT = [
     "edge_agent.models.selection",
     "edge_agent.engines.interfaces",
     "edge_agent.errors",
+    "edge_agent.mesh.identity",
+    "edge_agent.mesh.household",
+    "edge_agent.mesh.envelope",
+    "edge_agent.mesh.replay",
 ]
 
 

@@ -17,6 +17,7 @@ LIGHT = [
     "edge_agent.mesh.household",
     "edge_agent.mesh.envelope",
     "edge_agent.mesh.replay",
+    "edge_agent.mesh.pairing",
 ]
 
 

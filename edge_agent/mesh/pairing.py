@@ -1,0 +1,274 @@
+"""Pairing a new device with the household: a one-time setup code, SPAKE2, and key confirmation.
+
+Like Matter's PASE: the hub shows a short setup code (`hearth household invite`); the new device types it
+(`hearth pair`). SPAKE2 turns the code into a strong shared key without revealing it, so a recording of
+the exchange does not allow an offline guess; every online guess costs one of at most 20 attempts, and
+the invitation expires after at most 15 minutes. Explicit key confirmation (HMAC over the transcript) comes
+first from the hub, so a device never sends its keys to someone who does not know the code. Everything
+after confirmation is encrypted under the SPAKE2 key. These classes are IO-free: any transport (MQTT, a
+local socket, a test) carries their pydantic messages.
+
+    device                                   hub
+    PairHello(device spake msg)      ->
+                                     <-      PairChallenge(hub spake msg, hub confirmation)
+    PairProof(device confirmation,   ->      verifies, issues a certificate
+              sealed keys + profile)
+                                     <-      PairWelcome(sealed certificate, root key, CRL, group key)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import nacl.bindings as sodium
+from nacl.public import PublicKey
+from nacl.signing import VerifyKey
+from pydantic import BaseModel, ConfigDict, Field
+from spake2 import SPAKE2_A, SPAKE2_B
+from spake2.spake2 import SPAKEError
+
+from edge_agent.errors import HearthError, PeerError
+from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, RevocationList
+from edge_agent.mesh.identity import DeviceIdentity
+from edge_agent.tasks import Task
+
+MAX_ATTEMPTS = 20
+MAX_LIFETIME = timedelta(minutes=15)
+CODE_DIGITS = 8
+_ID_DEVICE, _ID_HUB = b"hearth-pair-device", b"hearth-pair-hub"
+_TRIVIAL = {"12345678", "87654321", "01234567", "76543210", "12341234", "11223344", "12121212"}
+
+
+class PairingError(HearthError):
+    """Pairing cannot proceed (wrong code, expired or exhausted invitation, bad message)."""
+
+    exit_code = 2
+
+
+def validate_code(code: str) -> str:
+    """Normalize ``1234-5678`` to ``12345678``; refuse malformed or trivially guessable codes."""
+    digits = code.replace("-", "").replace(" ", "")
+    if len(digits) != CODE_DIGITS or not digits.isdigit():
+        raise PairingError(f"a setup code is {CODE_DIGITS} digits, like 4827-1930 (got {code!r})")
+    if len(set(digits)) == 1 or digits in _TRIVIAL:
+        raise PairingError(f"setup code {code!r} is trivially guessable; use `hearth household invite`")
+    return digits
+
+
+def new_code() -> str:
+    while True:
+        digits = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+        try:
+            validate_code(digits)
+        except PairingError:
+            continue
+        return f"{digits[:4]}-{digits[4:]}"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PairHello(_Msg):
+    type: str = Field(default="pair-hello", pattern="^pair-hello$")
+    invitation: str = Field(pattern=r"^[0-9a-f]{16}$")
+    spake: str = Field(pattern=r"^[0-9a-f]{66}$")
+
+
+class PairChallenge(_Msg):
+    type: str = Field(default="pair-challenge", pattern="^pair-challenge$")
+    spake: str = Field(pattern=r"^[0-9a-f]{66}$")
+    confirm: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PairProof(_Msg):
+    type: str = Field(default="pair-proof", pattern="^pair-proof$")
+    confirm: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sealed: str = Field(max_length=8192, pattern=r"^[0-9a-f]+$")
+
+
+class PairWelcome(_Msg):
+    type: str = Field(default="pair-welcome", pattern="^pair-welcome$")
+    sealed: str = Field(max_length=65536, pattern=r"^[0-9a-f]+$")
+
+
+class DeviceRequest(_Msg):
+    sign_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    box_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field(min_length=1, max_length=64)
+    profile: str = Field(min_length=1, max_length=63)
+    requests: list[Task]
+    serves: list[Task]
+
+
+class Welcome(_Msg):
+    certificate: DeviceCertificate
+    root_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    crl: RevocationList
+    group_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    group_epoch: int = Field(ge=0)
+
+
+def _confirm(key: bytes, role: bytes, transcript: bytes) -> str:
+    return hmac.new(key, b"hearth-pair-confirm-v1|" + role + b"|" + transcript, hashlib.sha256).hexdigest()
+
+
+def _seal(key: bytes, label: bytes, data: bytes) -> str:
+    nonce = secrets.token_bytes(24)
+    return (nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(data, label, nonce, key)).hex()
+
+
+def _unseal(key: bytes, label: bytes, hexdata: str) -> bytes:
+    raw = bytes.fromhex(hexdata)
+    try:
+        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(raw[24:], label, raw[:24], key)
+    except Exception as exc:
+        raise PairingError("sealed pairing data does not decrypt") from exc
+
+
+def _session_key(spake_key: bytes) -> bytes:
+    return hashlib.blake2b(spake_key, digest_size=32, person=b"hearth-pair-key").digest()
+
+
+@dataclass
+class Invitation:
+    """Hub side: one invitation, valid for a limited time and a limited number of wrong codes."""
+
+    root: HouseholdRoot
+    group_key: bytes
+    group_epoch: int = 0
+    lifetime: timedelta = MAX_LIFETIME
+    code: str = field(default_factory=new_code)
+    invitation_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    attempts_left: int = MAX_ATTEMPTS
+    used: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lifetime > MAX_LIFETIME:
+            raise PairingError(f"an invitation may live at most {MAX_LIFETIME} (asked {self.lifetime})")
+        validate_code(self.code)
+
+    @property
+    def expires(self) -> datetime:
+        return self.created + self.lifetime
+
+    def _usable(self, now: datetime) -> None:
+        if self.used:
+            raise PairingError("this invitation was already used; create a new one")
+        if now >= self.expires:
+            raise PairingError(f"the invitation expired at {self.expires:%H:%M:%S}; create a new one")
+        if self.attempts_left <= 0:
+            raise PairingError(f"the invitation is closed after {MAX_ATTEMPTS} wrong codes; create a new one")
+
+    def challenge(self, hello: PairHello, now: datetime | None = None) -> tuple[PairChallenge, _HubAttempt]:
+        now = now or datetime.now(UTC)
+        self._usable(now)
+        if hello.invitation != self.invitation_id:
+            raise PairingError("unknown invitation")
+        # Each challenge lets the peer test exactly one guess (SPAKE2), whether or not it ever answers,
+        # so every challenge consumes an attempt.
+        self.attempts_left -= 1
+        spake = SPAKE2_B(validate_code(self.code).encode(), idA=_ID_DEVICE, idB=_ID_HUB)
+        msg = spake.start()
+        try:
+            key = _session_key(spake.finish(bytes.fromhex(hello.spake)))
+        except (SPAKEError, ValueError) as exc:
+            raise PairingError(f"bad pairing message: {exc}") from exc
+        transcript = bytes.fromhex(hello.spake) + msg
+        attempt = _HubAttempt(self, key, transcript)
+        return PairChallenge(spake=msg.hex(), confirm=_confirm(key, b"hub", transcript)), attempt
+
+
+@dataclass
+class _HubAttempt:
+    invitation: Invitation
+    key: bytes
+    transcript: bytes
+
+    def welcome(self, proof: PairProof, now: datetime | None = None) -> tuple[PairWelcome, DeviceCertificate]:
+        inv = self.invitation
+        inv._usable(now or datetime.now(UTC))
+        if not hmac.compare_digest(proof.confirm, _confirm(self.key, b"device", self.transcript)):
+            raise PairingError(f"wrong setup code ({inv.attempts_left} attempts left)")
+        try:
+            req = DeviceRequest.model_validate_json(_unseal(self.key, b"device-request", proof.sealed))
+        except ValueError as exc:
+            raise PairingError(f"bad device request: {exc}") from exc
+        cert = inv.root.issue(
+            (VerifyKey(bytes.fromhex(req.sign_key)), PublicKey(bytes.fromhex(req.box_key))),
+            name=req.name,
+            profile=req.profile,
+            requests=req.requests,
+            serves=req.serves,
+        )
+        inv.used = True
+        welcome = Welcome(
+            certificate=cert,
+            root_key=bytes(inv.root.key.verify_key).hex(),
+            crl=inv.root.crl,
+            group_key=inv.group_key.hex(),
+            group_epoch=inv.group_epoch,
+        )
+        return PairWelcome(sealed=_seal(self.key, b"welcome", welcome.model_dump_json().encode())), cert
+
+
+class DevicePairing:
+    """Device side of one pairing attempt."""
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        code: str,
+        invitation_id: str,
+        *,
+        name: str,
+        profile: str,
+        requests: list[Task],
+        serves: list[Task],
+    ) -> None:
+        self.identity = identity
+        self.request = DeviceRequest(
+            sign_key=bytes(identity.verify_key).hex(),
+            box_key=bytes(identity.public_box_key).hex(),
+            name=name,
+            profile=profile,
+            requests=requests,
+            serves=serves,
+        )
+        self._spake = SPAKE2_A(validate_code(code).encode(), idA=_ID_DEVICE, idB=_ID_HUB)
+        self._msg = self._spake.start()
+        self.hello = PairHello(invitation=invitation_id, spake=self._msg.hex())
+        self._key: bytes | None = None
+
+    def prove(self, challenge: PairChallenge) -> PairProof:
+        """Check the hub knows the code, then send our keys sealed under the session key."""
+        try:
+            key = _session_key(self._spake.finish(bytes.fromhex(challenge.spake)))
+        except (SPAKEError, ValueError) as exc:
+            raise PairingError(f"bad pairing message from the hub: {exc}") from exc
+        transcript = self._msg + bytes.fromhex(challenge.spake)
+        if not hmac.compare_digest(challenge.confirm, _confirm(key, b"hub", transcript)):
+            raise PairingError("the hub could not prove it knows the setup code: wrong code, or not your hub")
+        self._key = key
+        sealed = _seal(key, b"device-request", self.request.model_dump_json().encode())
+        return PairProof(confirm=_confirm(key, b"device", transcript), sealed=sealed)
+
+    def finish(self, welcome: PairWelcome) -> Welcome:
+        """Open the hub's welcome and check the certificate is ours and signed by the pinned root."""
+        if self._key is None:
+            raise PairingError("prove() must come before finish()")
+        result = Welcome.model_validate(json.loads(_unseal(self._key, b"welcome", welcome.sealed)))
+        root = VerifyKey(bytes.fromhex(result.root_key))
+        try:
+            result.certificate.verify(root)
+        except PeerError as exc:
+            raise PairingError(f"the certificate from the hub does not verify: {exc}") from exc
+        if result.certificate.device_id != self.identity.device_id:
+            raise PairingError("the hub issued a certificate for another device")
+        return result

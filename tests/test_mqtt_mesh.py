@@ -13,12 +13,12 @@ import paho.mqtt.publish as paho_publish
 import pytest
 from nacl.signing import SigningKey
 
+from benchmarks.brokers import RecordingRelay, run_mosquitto
 from edge_agent.mesh import topics
 from edge_agent.mesh.household import HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.transports.mqtt import MqttTransport
-from tests.brokers import RecordingRelay, run_mosquitto
 
 CANARY = b"CANARY-9d1c-the-broker-must-not-see-this"
 

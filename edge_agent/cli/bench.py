@@ -59,3 +59,17 @@ def embed(
 
     result, md = run_embed_bench(runs=runs, threads=threads, variant=variant, out_dir=out, quiet=as_json)
     _emit(result, as_json, md)
+
+
+@app.command()
+def mesh(
+    as_json: JsonOpt = False,
+    runs: Annotated[int, typer.Option(help="Round trips per payload size and stack.")] = 300,
+    qos: Annotated[int, typer.Option(min=0, max=1, help="MQTT QoS for both stacks.")] = 1,
+    out: OutOpt = Path("benchmarks/results"),
+) -> None:
+    """Encrypted mesh request/response vs raw paho round trips through the same (real) Mosquitto."""
+    from benchmarks.mesh import run_mesh_bench
+
+    result, md = run_mesh_bench(runs=runs, qos=qos, out_dir=out)
+    _emit(result, as_json, md)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -26,7 +27,9 @@ class MqttTransport(Transport):
         tls: ssl.SSLContext | None = None,
         will: tuple[str, bytes] | None = None,
         max_queued: int = 10_000,
+        qos: int = 1,
     ) -> None:
+        self.qos = qos
         self._client = aiomqtt.Client(
             host,
             port,
@@ -38,6 +41,8 @@ class MqttTransport(Transport):
             protocol=aiomqtt.ProtocolVersion.V5,
             max_queued_incoming_messages=max_queued,
             timeout=10,
+            # Small request/ack packets must not wait for Nagle + delayed ACK (~40 ms each way).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def __aenter__(self) -> MqttTransport:
@@ -50,10 +55,10 @@ class MqttTransport(Transport):
         await self._client.__aexit__(exc_type, exc, tb)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        await self._client.publish(topic, payload, qos=1, retain=retain)
+        await self._client.publish(topic, payload, qos=self.qos, retain=retain)
 
     async def subscribe(self, pattern: str) -> None:
-        await self._client.subscribe(pattern, qos=1)
+        await self._client.subscribe(pattern, qos=self.qos)
 
     async def frames(self) -> AsyncIterator[Frame]:
         async for message in self._client.messages:

@@ -1,4 +1,4 @@
-"""A real Mosquitto per test, on a free loopback port, stopped by its PID; and a recording TCP relay."""
+"""A real Mosquitto on a free loopback port, stopped by its PID (tests, benchmarks); a recording TCP relay."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def run_mosquitto(workdir: Path, port: int | None = None) -> Iterator[Mosquitto]
     conf.write_text(
         f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {workdir}/\npersistence_file mosquitto.db\n"
-        "max_packet_size 2097152\nlog_dest stderr\n"
+        "max_packet_size 2097152\nset_tcp_nodelay true\nlog_dest stderr\n"
     )
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     broker = Mosquitto(port, workdir, proc)

@@ -44,15 +44,18 @@ class EmbedEngine:
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         request.validate_text(self.max_batch)
-        vectors = self.embed_array(request.texts)
-        truncated = [i for i, e in enumerate(self._last_lengths) if e >= self.max_seq_length]
+        vectors, lengths = self._embed(request.texts)
+        truncated = [i for i, n in enumerate(lengths) if n >= self.max_seq_length]
         return EmbedResult(vectors=vectors.tolist(), dim=self.dim, model=self.name, truncated=truncated)
 
     def embed_array(self, texts: list[str]) -> np.ndarray:
         """Unit-norm embeddings, shape (len(texts), dim), float32."""
+        return self._embed(texts)[0]
+
+    def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Embeddings and each text's token count (after truncation)."""
         encodings = self.tokenizer.encode_batch(texts)
         lengths = [len(e.ids) for e in encodings]
-        self._last_lengths = lengths
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with self._lock:
@@ -68,7 +71,7 @@ class EmbedEngine:
                     feed["token_type_ids"] = np.zeros_like(ids)
                 (emb,) = self.session.run(["sentence_embedding"], feed)
                 out[idx] = emb
-        return out
+        return out, lengths
 
     def _micro_batches(self, order: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
         """Consecutive runs of the length-sorted order, each within the token and size limits."""

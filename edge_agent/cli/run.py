@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +14,7 @@ from edge_agent.agent import Agent
 from edge_agent.cli.common import console, load_context, setup_logging
 from edge_agent.cli.infer import print_similarity, stream_chat
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
+from edge_agent.engines.manager import effective_threads
 
 
 def run(
@@ -35,7 +35,7 @@ def run(
     ctx = load_context(config, profile)
     setup_logging(ctx.config.agent.log_level)
     cfg = ctx.config
-    threads = min(cfg.engines.threads or ctx.profile.threads, os.cpu_count() or 1)
+    threads = effective_threads(ctx.profile, cfg.engines.threads)
     console.print(
         f"[bold]Hearth agent[/] '{cfg.agent.name}' on {ctx.profile.display_name} "
         f"(budget {ctx.profile.model_ram_budget_mb} MB, {threads} threads)"

@@ -41,6 +41,14 @@ def _load_engine(task: Task, pack: InstalledPack, threads: int, max_batch: int) 
     raise NoLocalModelError(f"no local engine for task '{task}' yet")
 
 
+def effective_threads(profile: FirmwareProfile, configured: int | None = None) -> int:
+    """Threads to use: the config's, else the profile's, capped at this host's cores.
+
+    A profile describes its device; when it runs on a smaller host, oversubscribing cores only slows it.
+    """
+    return min(configured or profile.threads, os.cpu_count() or 1)
+
+
 class ModelManager:
     def __init__(
         self,
@@ -57,8 +65,7 @@ class ModelManager:
         self.profile = profile
         self.plan = plan
         self.idle_unload_s = idle_unload_s
-        # A profile describes its device; when it runs on a smaller host, oversubscribing cores only slows it.
-        self.threads = min(threads or profile.threads, os.cpu_count() or 1)
+        self.threads = effective_threads(profile, threads)
         self.max_embed_batch = max_embed_batch
         self.verify_on_load = verify_on_load
         self._loaded: dict[Task, _Loaded] = {}

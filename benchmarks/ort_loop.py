@@ -17,7 +17,6 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent.engines.chat_template import render_chat
-from edge_agent.engines.generate import GenerateEngine
 from edge_agent.models.store import PackStore
 
 PROMPT = "Write a short story about a robot who learns to cook dinner for a family."
@@ -81,33 +80,17 @@ class PlainOrtLoop:
 
 
 def main(runs: int = 5, tokens: int = 128, threads: int = 2) -> None:
-    import onnxruntime_genai as og
+    from benchmarks.worker import HearthLLM
 
     pack = PackStore().get("smollm2-135m-instruct@int4")
-    genai = GenerateEngine(pack.path, pack.manifest.task_info, threads)
+    genai = HearthLLM({"pack_id": pack.pack_id, "threads": threads})
     loop = PlainOrtLoop(pack.path, threads)
-    ids = [
-        int(t)
-        for t in genai.tokenizer.encode(
-            render_chat(pack.manifest.task_info["chat_template"], [{"role": "user", "content": PROMPT}])
-        )
-    ]
+    prompt = render_chat(pack.manifest.task_info["chat_template"], [{"role": "user", "content": PROMPT}])
+    ids = genai.tokenize(prompt)
 
     def run_genai() -> tuple[list[int], float, float]:
-        params = og.GeneratorParams(genai.model)
-        params.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
-        gen = og.Generator(genai.model, params)
-        t0 = time.perf_counter()
-        gen.append_tokens(ids)
-        out: list[int] = []
-        t1 = 0.0
-        while len(out) < tokens:
-            gen.generate_next_token()
-            out.append(int(gen.get_next_tokens()[0]))
-            if len(out) == 1:
-                t1 = time.perf_counter()
-        t2 = time.perf_counter()
-        return out, (t1 - t0) * 1000, (tokens - 1) / (t2 - t1)
+        r = genai.run({"prompt_ids": ids, "tokens": tokens})
+        return r["tokens"], r["ttft_ms"], r["decode_tok_s"]
 
     res: dict[str, list[tuple[list[int], float, float]]] = {"genai": [], "plain-ort": []}
     run_genai()

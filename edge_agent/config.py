@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import ConfigError
+from edge_agent.profiles.model import DeviceClass
+from edge_agent.tasks import Task
 from edge_agent.validation import field_path
 
 ENV_PREFIX = "HEARTH_"
@@ -52,6 +54,46 @@ class GenerateSection(_Section):
     system_prompt: str | None = None
 
 
+class MeshSection(_Section):
+    """How this agent joins the household mesh (see `hearth household --help`)."""
+
+    enabled: bool = False
+    broker: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    """Broker URL; mqtts:// uses TLS (set tls_ca, and tls_cert/tls_key for client certificates)."""
+    embedded_broker: bool = False
+    """Run an amqtt broker inside this agent on the broker URL's port (the no-install default)."""
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    presence_interval_s: float = Field(default=5.0, gt=0, le=600)
+    self_benchmark: bool = True
+    """Measure each served task briefly at start, so peers route by real speed."""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        rest = self.broker.split("://", 1)[1].rstrip("/")
+        host, _, port = rest.partition(":")
+        return host, int(port) if port else (8883 if self.broker.startswith("mqtts") else 1883)
+
+
+class RoutingSection(_Section):
+    """Where this agent's own requests run: locally, or on the peer expected to finish first."""
+
+    mode: Literal["auto", "local-only", "offload-first"] = "auto"
+    prefer_local: bool = False
+    """Run locally whenever this device can serve the task, even if a peer would be faster."""
+    never_offload: list[Task] = Field(default_factory=list)
+    """Tasks that must never leave this device (e.g. ["transcribe", "vad"] for voice)."""
+    peer_classes: list[DeviceClass] | None = None
+    """Only offload to peers of these device classes (e.g. ["hub", "laptop"]); default any."""
+    deadline_s: float = Field(default=120.0, gt=0, le=3600)
+    stall_timeout_s: float = Field(default=3.0, gt=0, le=600)
+    """Fail over when the serving peer sends nothing for this long."""
+    max_attempts: int = Field(default=4, ge=1, le=32)
+
+
 class DemoSection(_Section):
     """What ``hearth run --demo`` (the ``make run`` job) asks the agent."""
 
@@ -70,6 +112,8 @@ class AgentConfig(_Section):
     agent: AgentSection = Field(default_factory=AgentSection)
     engines: EnginesSection = Field(default_factory=EnginesSection)
     generate: GenerateSection = Field(default_factory=GenerateSection)
+    mesh: MeshSection = Field(default_factory=MeshSection)
+    routing: RoutingSection = Field(default_factory=RoutingSection)
     demo: DemoSection = Field(default_factory=DemoSection)
 
 

@@ -99,3 +99,25 @@ class BudgetExceededError(EngineError):
 
 class NoLocalModelError(EngineError):
     """No pack for this task fits this device: the task must be offloaded to a peer."""
+
+
+class OffloadError(HearthError):
+    """A request handed to a peer did not complete there."""
+
+
+class PeerLostError(OffloadError):
+    """The serving peer died, disconnected or stalled mid-request; the router fails over."""
+
+
+class PeerRefusedError(OffloadError):
+    """The peer answered with a failure (busy, not served, invalid request, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class NoRouteError(OffloadError):
+    """Neither this device nor any reachable peer may serve the request."""
+
+    exit_code = 3

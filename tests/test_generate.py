@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from edge_agent.engines.generate import GenerateEngine, _StopMatcher
-from edge_agent.engines.interfaces import GenerateRequest
+from edge_agent.engines.interfaces import Continuation, GenerateRequest
 from edge_agent.errors import InvalidRequestError
 from edge_agent.models.builders.common import package_dir
 from edge_agent.models.builders.smollm2 import GGUF_FILE, check_tokenizer
@@ -117,3 +117,40 @@ def test_request_model_rejects_out_of_range_options() -> None:
     for bad in ({"max_tokens": 0}, {"temperature": 3}, {"top_p": 0}, {"stop": [""]}):
         with pytest.raises(ValidationError):
             GenerateRequest.from_prompt("hi", **bad)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 17, 29])
+def test_continuation_resumes_without_gap_or_repeat(llm_int4: GenerateEngine, cut: int) -> None:
+    """Failover's engine half: prompt + the tokens already streamed carries on where the stream stopped."""
+    request = GenerateRequest.from_prompt("Describe a kitchen in three sentences.", max_tokens=48, stop=["zz"])
+    chunks = list(llm_int4.stream(request))
+    tokens = [t for c in chunks for t in c.token_ids]
+    reference = "".join(c.text for c in chunks)
+    total = chunks[-1].stats.completion_tokens  # type: ignore[union-attr]
+    assert len(tokens) in (total, total - 1)  # the end-of-turn token is counted, not streamed
+    assert len(tokens) > 29
+    assert llm_int4.tokenizer.decode(tokens) == reference
+    # What a requester had when its peer died: whole chunks up to `cut` tokens.
+    got_tokens: list[int] = []
+    shown = ""
+    for c in chunks:
+        if len(got_tokens) + len(c.token_ids) > cut:
+            break
+        got_tokens += c.token_ids
+        shown += c.text
+    resumed = request.model_copy(
+        update={"continuation": Continuation(token_ids=got_tokens, emitted_text=shown)}
+    )
+    rest = list(llm_int4.stream(resumed))
+    assert shown + "".join(c.text for c in rest) == reference
+    assert got_tokens + [t for c in rest for t in c.token_ids] == tokens
+    assert rest[-1].stats.completion_tokens == total - len(got_tokens)  # type: ignore[union-attr]
+
+
+def test_continuation_that_does_not_match_its_tokens_is_refused(llm_int4: GenerateEngine) -> None:
+    ids = llm_int4.tokenizer.encode("Hello there")
+    bad = GenerateRequest.from_prompt(
+        "Hi", continuation=Continuation(token_ids=[int(i) for i in ids], emitted_text="Goodbye")
+    )
+    with pytest.raises(InvalidRequestError, match="does not match"):
+        list(llm_int4.stream(bad))

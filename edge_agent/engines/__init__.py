@@ -2,6 +2,7 @@
 
 from edge_agent.engines.interfaces import (
     ChatMessage,
+    Continuation,
     EmbedRequest,
     EmbedResult,
     GenerateChunk,
@@ -9,4 +10,12 @@ from edge_agent.engines.interfaces import (
     GenerateStats,
 )
 
-__all__ = ["ChatMessage", "EmbedRequest", "EmbedResult", "GenerateChunk", "GenerateRequest", "GenerateStats"]
+__all__ = [
+    "ChatMessage",
+    "Continuation",
+    "EmbedRequest",
+    "EmbedResult",
+    "GenerateChunk",
+    "GenerateRequest",
+    "GenerateStats",
+]

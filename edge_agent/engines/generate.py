@@ -99,6 +99,13 @@ class GenerateEngine:
     def _run(
         self, request: GenerateRequest, ids: list[int], cancel: threading.Event | None
     ) -> Iterator[GenerateChunk]:
+        cont = request.continuation
+        prefix = cont.token_ids if cont else []
+        if len(ids) + len(prefix) >= self.context_length:
+            raise InvalidRequestError(
+                f"prompt ({len(ids)}) plus resumed tokens ({len(prefix)}) "
+                f"fill the {self.context_length}-token context"
+            )
         max_length = min(len(ids) + request.max_tokens, self.context_length)
         params = og.GeneratorParams(self.model)
         options: dict[str, Any] = {"max_length": max_length}
@@ -114,13 +121,26 @@ class GenerateEngine:
         generator = og.Generator(self.model, params)
         detok = self.tokenizer.create_stream()
         stops = _StopMatcher(request.stop)
+        if prefix:
+            # Prime the detokenizer with the resumed tokens; whatever of their text the caller has not
+            # seen yet (held back for stop matching) becomes our pending text.
+            seen = "".join(detok.decode(t) for t in prefix)
+            shown = cont.emitted_text if cont else ""
+            if not seen.startswith(shown):
+                raise InvalidRequestError("continuation text does not match its tokens")
+            stops.pending = seen[len(shown) :]
         t0 = time.perf_counter()
         generator.append_tokens(ids)
+        for token in prefix:
+            # One step per resumed token, as they were first produced: a batched prefill takes other
+            # kernels (GEMM, not GEMV) whose rounding can flip a greedy choice later in the answer.
+            generator.append_tokens([token])
         t_first: float | None = None
         n = 0
         index = 0
+        tokens: list[int] = []
         finish: FinishReason = "length"
-        while True:
+        while len(prefix) < request.max_tokens:
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
@@ -134,17 +154,22 @@ class GenerateEngine:
             if token in self._eos:
                 finish = "stop"
                 break
+            tokens.append(token)
             text, hit = stops.feed(detok.decode(token))
             if text:
-                yield GenerateChunk(index=index, text=text, token_ids=[token])
+                yield GenerateChunk(index=index, text=text, token_ids=tokens)
+                tokens = []
                 index += 1
             if hit:
                 finish = "stop_sequence"
                 break
-        if finish != "stop_sequence":
+        if finish == "stop_sequence":
+            tokens = []  # the stop sequence's tokens are not part of the answer
+        else:
             rest = stops.flush()
-            if rest:
-                yield GenerateChunk(index=index, text=rest)
+            if rest or tokens:
+                yield GenerateChunk(index=index, text=rest, token_ids=tokens)
+                tokens = []
                 index += 1
         t_end = time.perf_counter()
         first = t_first or t_end

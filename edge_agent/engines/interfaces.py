@@ -32,6 +32,18 @@ class ChatMessage(_Model):
     content: str
 
 
+class Continuation(_Model):
+    """Resume an interrupted answer: the tokens already produced and the text already shown.
+
+    Used for failover: another device (or this one) feeds prompt + ``token_ids`` and carries on, so the
+    caller's stream has no gap and no repeat. ``emitted_text`` may trail the tokens (text held back while
+    it might start a stop sequence); the engine re-derives that held-back tail itself.
+    """
+
+    token_ids: list[int] = Field(default_factory=list, max_length=8192)
+    emitted_text: str = ""
+
+
 class GenerateRequest(_Model):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int = Field(default=256, ge=1, le=8192)
@@ -40,6 +52,7 @@ class GenerateRequest(_Model):
     top_k: int = Field(default=0, ge=0, le=1000, description="0 disables top-k.")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     stop: list[str] = Field(default_factory=list, max_length=8)
+    continuation: Continuation | None = None
 
     @field_validator("stop")
     @classmethod
@@ -74,7 +87,11 @@ class GenerateStats(_Model):
 
 
 class GenerateChunk(_Model):
-    """One piece of a streamed answer; the last chunk carries ``stats``."""
+    """One piece of a streamed answer; the last chunk carries ``stats``.
+
+    ``token_ids`` are every token generated since the previous chunk (some tokens produce no text yet),
+    so the concatenation over a stream is the exact token sequence, which failover needs.
+    """
 
     index: int
     text: str

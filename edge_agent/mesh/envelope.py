@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -30,7 +31,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.utils import random as random_bytes
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.errors import ForgedMessageError, MalformedMessageError, ReplayError
+from edge_agent.errors import ForgedMessageError, MalformedMessageError, NotAMemberError, ReplayError
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.replay import ReplayGuard
@@ -132,7 +133,23 @@ class EnvelopeOpener:
     max_skew_ms: int = 60_000
     _pair_keys: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
 
-    def open(self, frame: bytes, topic: str, now_ms: int | None = None) -> Opened:
+    def open(
+        self,
+        frame: bytes,
+        topic: str,
+        now_ms: int | None = None,
+        *,
+        introduce: Callable[[bytes], None] | None = None,
+        replay: ReplayGuard | None = None,
+    ) -> Opened:
+        """Verify and decrypt one frame, or raise a PeerError saying why not.
+
+        ``introduce``: for group messages from a sender not yet known, decrypt first (only members hold
+        the group key) and let the caller learn the root-signed certificate the payload carries (a
+        presence advert); the signature is then checked against that certificate as usual.
+        ``replay``: a separate counter window (presence adverts keep theirs in memory only, so a
+        retained advert is accepted again after a restart while it is still fresh).
+        """
         if len(frame) > self.max_frame:
             raise MalformedMessageError(f"oversized frame: {len(frame)} bytes > limit {self.max_frame}")
         if len(frame) < MIN_FRAME:
@@ -165,8 +182,14 @@ class EnvelopeOpener:
             raise MalformedMessageError("group message with a recipient id")
         if header.topic != topic:
             raise ForgedMessageError(f"envelope bound to topic {header.topic!r} arrived on {topic!r}")
-        cert = self.membership.member(header.sender)
         body, signature = frame[:-SIG_BYTES], frame[-SIG_BYTES:]
+        try:
+            cert = self.membership.member(header.sender)
+        except NotAMemberError:
+            if introduce is None or header.kind != KIND_GROUP or header.sender in self.membership.revoked:
+                raise
+            introduce(self._decrypt(frame, body, end_aad, self._key_for(header, None), header.sender))
+            cert = self.membership.member(header.sender)
         try:
             cert.verify_key.verify(_digest(body), signature)
         except BadSignatureError:
@@ -179,23 +202,27 @@ class EnvelopeOpener:
             raise ReplayError(
                 f"message from {header.sender} timestamped {when} is outside the freshness window"
             )
-        self.replay.check(header.sender, header.counter)
-        key = self._key_for(header, cert)
+        guard = self.replay if replay is None else replay
+        guard.check(header.sender, header.counter)
+        payload = self._decrypt(frame, body, end_aad, self._key_for(header, cert), header.sender)
+        guard.commit(header.sender, header.counter)
+        return Opened(header, cert, payload)
+
+    @staticmethod
+    def _decrypt(frame: bytes, body: bytes, end_aad: int, key: bytes, sender: str) -> bytes:
         nonce = frame[end_aad : end_aad + NONCE_BYTES]
         try:
-            payload = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
                 bytes(body[end_aad + NONCE_BYTES :]), bytes(frame[:end_aad]), bytes(nonce), key
             )
         except CryptoError:
-            raise ForgedMessageError(
-                f"message from {header.sender} failed authenticated decryption"
-            ) from None
-        self.replay.commit(header.sender, header.counter)
-        return Opened(header, cert, payload)
+            raise ForgedMessageError(f"message from {sender} failed authenticated decryption") from None
 
-    def _key_for(self, header: EnvelopeHeader, cert: DeviceCertificate) -> bytes:
+    def _key_for(self, header: EnvelopeHeader, cert: DeviceCertificate | None) -> bytes:
         if header.kind == KIND_GROUP:
             if header.epoch not in self.group_keys:
                 raise ForgedMessageError(f"no household group key for epoch {header.epoch}")
             return self.group_keys[header.epoch]
+        if cert is None:
+            raise NotAMemberError(f"device {header.sender} is not a known household member")
         return _pair_key(self.identity, cert, self._pair_keys)

@@ -149,6 +149,7 @@ class Membership:
         self.certs: dict[str, DeviceCertificate] = {}
         self.revoked: frozenset[str] = frozenset()
         self.crl_version = -1
+        self.crl: RevocationList | None = None
 
     def add_certificate(self, cert: DeviceCertificate) -> None:
         """Verify and remember a certificate (from pairing or a peer's presence)."""
@@ -169,6 +170,7 @@ class Membership:
         if crl.version <= self.crl_version:
             return False
         self.crl_version = crl.version
+        self.crl = crl
         self.revoked = frozenset(crl.revoked)
         return True
 

@@ -7,6 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
+from edge_agent.errors import HearthError
+
+
+class TransportError(HearthError):
+    """The link to the broker is down (or never came up); the endpoint reconnects."""
+
 
 @dataclass(frozen=True)
 class Frame:

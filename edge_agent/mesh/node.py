@@ -8,15 +8,25 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.errors import PeerError
+from pydantic import ValidationError
+
+from edge_agent.errors import MalformedMessageError, PeerError, ReplayError
 from edge_agent.mesh import topics
 from edge_agent.mesh.envelope import EnvelopeOpener, Opened, seal
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Transport
+from edge_agent.mesh.protocol import Presence
 from edge_agent.mesh.replay import ReplayGuard, SendCounter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Departed:
+    """A peer's presence was emptied (its last will fired, or it left cleanly)."""
+
+    device_id: str
 
 
 @dataclass
@@ -29,7 +39,7 @@ class MeshNode:
     group_epoch: int = 0
     max_frame: int = 1 << 20
     dropped: Counter[str] = field(default_factory=Counter)
-    """Refused frames by reason class, for diagnostics (`hearth peers` will show them)."""
+    """Refused frames by reason class, for diagnostics (`hearth peers` shows them)."""
 
     def __post_init__(self) -> None:
         self.counter = SendCounter(self.state_dir / "send-counter.json")
@@ -40,14 +50,22 @@ class MeshNode:
             {self.group_epoch: self.group_key} if self.group_key else {},
             max_frame=self.max_frame,
         )
+        # Presence is state, not a command: its window lives in memory, so after a restart a retained
+        # advert (fresh, since peers re-publish every few seconds) is accepted again.
+        self.presence_replay = ReplayGuard()
 
     @property
     def household(self) -> str:
         return self.membership.household_id
 
+    @property
+    def device_id(self) -> str:
+        return self.identity.device_id
+
     async def start(self) -> None:
-        await self.transport.subscribe(topics.requests(self.household, self.identity.device_id))
-        await self.transport.subscribe(topics.responses(self.household, self.identity.device_id))
+        await self.transport.subscribe(topics.requests(self.household, self.device_id))
+        await self.transport.subscribe(topics.responses(self.household, self.device_id))
+        await self.transport.subscribe(topics.all_presence(self.household))
 
     async def send(self, to: DeviceCertificate, topic: str, payload: bytes) -> None:
         frame = seal(self.identity, topic=topic, counter=self.counter.next(), payload=payload, recipient=to)
@@ -58,16 +76,43 @@ class MeshNode:
                      group_key=self.group_key, epoch=self.group_epoch)  # fmt: skip
         await self.transport.publish(topic, frame, retain=retain)
 
-    async def receive(self) -> AsyncIterator[Opened]:
-        """Verified messages only. Anything else is dropped with a log line naming the reason."""
+    def _introduce(self, payload: bytes) -> None:
+        """Learn a sender's certificate (and newer CRL) from the presence advert it signed."""
+        try:
+            presence = Presence.model_validate_json(payload)
+        except ValidationError as exc:
+            raise MalformedMessageError(f"presence from an unknown sender is not valid: {exc}") from None
+        if presence.crl is not None:
+            self.membership.apply_revocations(presence.crl)
+        self.membership.add_certificate(presence.certificate)
+
+    async def receive(self) -> AsyncIterator[Opened | Departed]:
+        """Verified messages and departures only. Anything else is dropped with a log line saying why."""
         async for frame in self.transport.frames():
+            presence_of = topics.presence_device(frame.topic)
             if not frame.payload:
-                continue  # an emptied retained topic (last will), handled by presence tracking
+                if presence_of and presence_of != self.device_id:
+                    yield Departed(presence_of)
+                continue
             try:
-                yield self.opener.open(frame.payload, frame.topic)
+                if presence_of is not None:
+                    opened = self.opener.open(
+                        frame.payload, frame.topic, introduce=self._introduce, replay=self.presence_replay
+                    )
+                    if opened.header.sender != presence_of:
+                        raise MalformedMessageError(
+                            f"presence of {opened.header.sender} on the topic of {presence_of}"
+                        )
+                else:
+                    opened = self.opener.open(frame.payload, frame.topic)
             except PeerError as exc:
+                if frame.retained and isinstance(exc, ReplayError):
+                    log.debug("retained frame on %s seen before", frame.topic)
+                    continue
                 self.dropped[type(exc).__name__] += 1
                 log.warning("dropped frame on %s (%d bytes): %s", frame.topic, len(frame.payload), exc)
+                continue
+            yield opened
 
     def save_state(self) -> None:
         if self.opener.replay.dirty:

@@ -112,6 +112,8 @@ class Welcome(_Msg):
     crl: RevocationList
     group_key: str = Field(pattern=r"^[0-9a-f]{64}$")
     group_epoch: int = Field(ge=0)
+    roster: list[DeviceCertificate] = Field(default_factory=list, max_length=256)
+    """Certificates of current members, so the new device trusts them before their next presence."""
 
 
 def _confirm(key: bytes, role: bytes, transcript: bytes) -> str:
@@ -142,6 +144,7 @@ class Invitation:
     root: HouseholdRoot
     group_key: bytes
     group_epoch: int = 0
+    roster: list[DeviceCertificate] = field(default_factory=list)
     lifetime: timedelta = MAX_LIFETIME
     code: str = field(default_factory=new_code)
     invitation_id: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -214,6 +217,7 @@ class _HubAttempt:
             crl=inv.root.crl,
             group_key=inv.group_key.hex(),
             group_epoch=inv.group_epoch,
+            roster=inv.roster,
         )
         return PairWelcome(sealed=_seal(self.key, b"welcome", welcome.model_dump_json().encode())), cert
 

@@ -1,8 +1,11 @@
 """MQTT topic layout. Topics are visible to the broker, so they carry ids only, never content.
 
 hearth/<household>/presence/<device>   retained, group-sealed presence; emptied by the last will
-hearth/<household>/req/<device>        requests addressed to <device>
+hearth/<household>/req/<device>        requests (and cancels, pings) addressed to <device>
 hearth/<household>/resp/<device>       responses and stream chunks addressed to <device>
+hearth/pair/open                       retained: the one open invitation (ids only; see pairing_link)
+hearth/pair/<invitation>/hub           pairing messages to the hub (SPAKE2-protected)
+hearth/pair/<invitation>/dev/<session> pairing messages to the new device
 """
 
 from __future__ import annotations
@@ -24,3 +27,22 @@ def responses(household: str, device: str) -> str:
 
 def all_presence(household: str) -> str:
     return f"{ROOT}/{household}/presence/+"
+
+
+def presence_device(topic: str) -> str | None:
+    """The device id of a presence topic, or None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == ROOT and parts[2] == "presence":
+        return parts[3]
+    return None
+
+
+PAIR_OPEN = f"{ROOT}/pair/open"
+
+
+def pair_to_hub(invitation: str) -> str:
+    return f"{ROOT}/pair/{invitation}/hub"
+
+
+def pair_to_device(invitation: str, session: str) -> str:
+    return f"{ROOT}/pair/{invitation}/dev/{session}"

@@ -1,0 +1,400 @@
+"""The request/stream protocol on top of a MeshNode: presence, serving, streaming, cancellation.
+
+One reader task owns the connection and dispatches each verified message; it reconnects with backoff
+when the broker goes away. A requester's stream fails fast (PeerLostError) when its peer's presence is
+emptied by the broker (last will), when the peer ages out, or when nothing arrives within the stall
+timeout (servers send keepalives while queued), so the router can fail over. Knows nothing about
+engines: a handler turns a Request into Chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_agent.errors import (
+    BudgetExceededError,
+    HearthError,
+    InvalidRequestError,
+    NoLocalModelError,
+    PeerLostError,
+    PeerRefusedError,
+)
+from edge_agent.mesh import topics
+from edge_agent.mesh.envelope import KIND_DIRECT, KIND_GROUP, Opened
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.interfaces import TransportError
+from edge_agent.mesh.node import Departed, MeshNode
+from edge_agent.mesh.peers import Peer, PeerTable
+from edge_agent.mesh.protocol import (
+    Accepted,
+    Cancel,
+    Chunk,
+    Failure,
+    FailureCode,
+    Ping,
+    Pong,
+    Presence,
+    Request,
+    decode,
+    encode,
+)
+from edge_agent.tasks import Task
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request, DeviceCertificate], AsyncIterator[Chunk]]
+"""Serves one request: yields chunks (id/seq are filled in by the endpoint), the last one final."""
+
+
+@dataclass
+class _Stream:
+    peer: str
+    queue: asyncio.Queue[Chunk | Accepted | Failure | PeerLostError] = field(default_factory=asyncio.Queue)
+    next_seq: int = 0
+    early: dict[int, Chunk] = field(default_factory=dict)
+
+    def deliver(self, msg: Chunk | Accepted | Failure) -> None:
+        if not isinstance(msg, Chunk):
+            self.queue.put_nowait(msg)
+            return
+        if msg.seq < self.next_seq or msg.seq in self.early:
+            return  # a QoS 1 redelivery
+        if len(self.early) > 1024:
+            self.queue.put_nowait(PeerLostError("stream gap: chunks missing"))
+            return
+        self.early[msg.seq] = msg
+        while self.next_seq in self.early:
+            self.queue.put_nowait(self.early.pop(self.next_seq))
+            self.next_seq += 1
+
+
+def _failure_code(exc: BaseException) -> FailureCode:
+    if isinstance(exc, InvalidRequestError | ValidationError):
+        return "invalid"
+    if isinstance(exc, NoLocalModelError):
+        return "not-served"
+    if isinstance(exc, BudgetExceededError):
+        return "busy"
+    if isinstance(exc, TimeoutError):
+        return "deadline"
+    return "internal"
+
+
+class MeshEndpoint:
+    def __init__(
+        self,
+        node: MeshNode,
+        *,
+        presence: Callable[[], Presence] | None,
+        handler: Handler | None = None,
+        presence_interval_s: float = 5.0,
+        max_concurrent: int = 8,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        self.node = node
+        self._presence = presence
+        self.handler = handler
+        self.presence_interval_s = presence_interval_s
+        self.max_concurrent = max_concurrent
+        self.reconnect_max_s = reconnect_max_s
+        self.peers = PeerTable(node.device_id)
+        self.connected = asyncio.Event()
+        self.peers_changed = asyncio.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._serving: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._pings: dict[int, tuple[str, float, asyncio.Future[float]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.own_presence_seen = False
+
+    @property
+    def device_id(self) -> str:
+        return self.node.device_id
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._serving)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> MeshEndpoint:
+        self._tasks.append(asyncio.create_task(self._connection_loop(), name="mesh-connection"))
+        self._tasks.append(asyncio.create_task(self._housekeeping_loop(), name="mesh-housekeeping"))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self, *, clean: bool = True) -> None:
+        """Stop serving; with ``clean`` also empty our retained presence so peers see us leave now."""
+        self._closing = True
+        for task in list(self._serving.values()):
+            task.cancel()
+        if clean and self.connected.is_set() and self._presence is not None:
+            with contextlib.suppress(TransportError):
+                await self.node.transport.publish(
+                    topics.presence(self.node.household, self.device_id), b"", retain=True
+                )
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.node.save_state()
+
+    async def wait_connected(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except TimeoutError:
+            raise TransportError(f"no connection to the MQTT broker within {timeout:g} s") from None
+
+    async def _connection_loop(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                async with self.node.transport:
+                    await self.node.start()
+                    self.connected.set()
+                    delay = 0.1
+                    if self._presence is not None:
+                        await self.publish_presence()
+                    async for item in self.node.receive():
+                        self._dispatch(item)
+            except TransportError as exc:
+                if self._closing:
+                    return
+                log.warning("mesh link down (%s); reconnecting in %.1f s", exc, delay)
+            finally:
+                self.connected.clear()
+            # Whatever we were waiting for over this link will not come: fail over now.
+            for stream in self._streams.values():
+                stream.queue.put_nowait(PeerLostError("the connection to the broker dropped"))
+            await asyncio.sleep(delay)
+            delay = min(self.reconnect_max_s, delay * 2)
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_interval_s)
+            for peer in self.peers.expire():
+                log.info("peer %s (%s) aged out", peer.name, peer.device_id[:8])
+                self._lost(peer.device_id, f"{peer.name} went silent (no presence)")
+            if self.connected.is_set() and self._presence is not None:
+                with contextlib.suppress(TransportError):
+                    await self.publish_presence()
+            self.node.save_state()
+
+    async def publish_presence(self) -> None:
+        assert self._presence is not None
+        presence = self._presence()
+        await self.node.broadcast(
+            topics.presence(self.node.household, self.device_id), encode(presence), retain=True
+        )
+
+    # -- dispatch -------------------------------------------------------------------------------------
+
+    def _dispatch(self, item: Opened | Departed) -> None:
+        if isinstance(item, Departed):
+            peer = self.peers.forget(item.device_id)
+            if peer is not None:
+                log.info("peer %s left the mesh", peer.name)
+                self.peers_changed.set()
+            self._lost(item.device_id, f"{peer.name if peer else item.device_id} left the mesh")
+            return
+        sender = item.header.sender
+        try:
+            msg = decode(item.payload)
+        except ValidationError as exc:
+            self.node.dropped["InvalidMessage"] += 1
+            log.warning("dropped invalid message from %s: %s", sender[:8], exc.errors()[0]["msg"])
+            return
+        on_presence_topic = topics.presence_device(item.header.topic) is not None
+        expected_kind = KIND_GROUP if isinstance(msg, Presence) else KIND_DIRECT
+        if item.header.kind != expected_kind or on_presence_topic != isinstance(msg, Presence):
+            self.node.dropped["WrongChannel"] += 1
+            log.warning(
+                "dropped %s from %s on the wrong channel (%s)", msg.type, sender[:8], item.header.topic
+            )
+            return
+        if isinstance(msg, Presence):
+            if sender == self.device_id:
+                self.own_presence_seen = True
+            elif msg.certificate.device_id == sender:
+                self.peers.update(item.sender, msg)
+                if msg.crl is not None:
+                    with contextlib.suppress(HearthError):
+                        self.node.membership.apply_revocations(msg.crl)
+                self.peers_changed.set()
+        elif isinstance(msg, Request):
+            self._accept(item.sender, msg)
+        elif isinstance(msg, Cancel):
+            task = self._serving.get((sender, msg.id))
+            if task is not None:
+                task.cancel()
+        elif isinstance(msg, Chunk | Accepted | Failure):
+            stream = self._streams.get(msg.id)
+            if stream is not None and stream.peer == sender:
+                stream.deliver(msg)
+        elif isinstance(msg, Ping):
+            self._spawn(self._send(item.sender, topics.responses, Pong(nonce=msg.nonce)))
+        elif isinstance(msg, Pong):
+            waiting = self._pings.get(msg.nonce)
+            if waiting is not None and waiting[0] == sender and not waiting[2].done():
+                waiting[2].set_result((time.perf_counter() - waiting[1]) * 1000)
+
+    def _lost(self, device_id: str, reason: str) -> None:
+        for stream in self._streams.values():
+            if stream.peer == device_id:
+                stream.queue.put_nowait(PeerLostError(reason))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _send(self, to: DeviceCertificate, topic_for: Callable[[str, str], str], msg: Any) -> None:
+        try:
+            await self.node.send(to, topic_for(self.node.household, to.device_id), encode(msg))
+        except TransportError as exc:
+            log.debug("send to %s failed: %s", to.name, exc)
+
+    # -- serving --------------------------------------------------------------------------------------
+
+    def _accept(self, requester: DeviceCertificate, req: Request) -> None:
+        key = (requester.device_id, req.id)
+        if key in self._serving:
+            return  # a QoS 1 redelivery of a request we are already serving
+        own = self.node.membership.certs.get(self.device_id)
+        refusal: tuple[FailureCode, str] | None = None
+        if req.task not in requester.requests:
+            refusal = ("forbidden", f"{requester.name}'s certificate does not allow requesting {req.task}")
+        elif self.handler is None or own is None or req.task not in own.serves:
+            refusal = ("not-served", f"this device does not serve {req.task}")
+        elif len(self._serving) >= self.max_concurrent:
+            refusal = ("busy", f"{len(self._serving)} requests in progress")
+        if refusal is not None:
+            self._spawn(self._send(requester, topics.responses, Failure(id=req.id, code=refusal[0],
+                                                                        message=refusal[1])))  # fmt: skip
+            return
+        task = asyncio.create_task(self._serve(requester, req), name=f"serve-{req.id[:8]}")
+        self._serving[key] = task
+        task.add_done_callback(lambda _: self._serving.pop(key, None))
+
+    async def _serve(self, requester: DeviceCertificate, req: Request) -> None:
+        assert self.handler is not None
+        last_sent = time.monotonic()
+
+        async def reply(msg: Any) -> None:
+            nonlocal last_sent
+            last_sent = time.monotonic()
+            await self.node.send(requester, topics.responses(self.node.household, requester.device_id),
+                                 encode(msg))  # fmt: skip
+
+        async def keepalive() -> None:
+            every = req.stall_ms / 3000
+            while True:
+                await asyncio.sleep(every)
+                if time.monotonic() - last_sent >= every:
+                    await reply(Accepted(id=req.id, queue_depth=self.queue_depth))
+
+        ka = asyncio.create_task(keepalive())
+        seq = 0
+        try:
+            await reply(Accepted(id=req.id, queue_depth=self.queue_depth))
+            async with asyncio.timeout(req.deadline_ms / 1000):
+                async for chunk in self.handler(req, requester):
+                    await reply(chunk.model_copy(update={"id": req.id, "seq": seq}))
+                    seq += 1
+        except asyncio.CancelledError:
+            log.info("request %s from %s cancelled", req.id[:8], requester.name)
+            raise
+        except TransportError as exc:
+            log.warning(
+                "request %s from %s: lost the link while answering (%s)", req.id[:8], requester.name, exc
+            )
+        except Exception as exc:  # reported to the requester; the agent keeps serving
+            code = _failure_code(exc)
+            if code == "internal":
+                log.exception("request %s from %s failed", req.id[:8], requester.name)
+            with contextlib.suppress(TransportError):
+                await reply(Failure(id=req.id, code=code, message=str(exc)[:2000] or type(exc).__name__))
+        finally:
+            ka.cancel()
+
+    # -- requesting -----------------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        peer: Peer,
+        task: Task,
+        body: dict[str, Any],
+        *,
+        deadline_s: float,
+        stall_s: float,
+    ) -> AsyncIterator[Chunk]:
+        """Send a request to ``peer`` and yield its chunks in order until the final one.
+
+        Raises PeerLostError (died, left, stalled, link down) or PeerRefusedError (it answered with a
+        failure). Closing the iterator early cancels the request on the peer.
+        """
+        rid = secrets.token_hex(16)
+        stream = self._streams[rid] = _Stream(peer.device_id)
+        finished = False
+        try:
+            if not self.connected.is_set():
+                raise PeerLostError("not connected to the broker")
+            request = Request(id=rid, task=task, body=body, deadline_ms=max(1, int(deadline_s * 1000)),
+                              stall_ms=max(50, int(stall_s * 1000)))  # fmt: skip
+            try:
+                await self.node.send(peer.certificate, topics.requests(self.node.household, peer.device_id),
+                                     encode(request))  # fmt: skip
+            except TransportError as exc:
+                raise PeerLostError(f"could not send to {peer.name}: {exc}") from exc
+            while True:
+                try:
+                    msg = await asyncio.wait_for(stream.queue.get(), stall_s)
+                except TimeoutError:
+                    raise PeerLostError(f"{peer.name} sent nothing for {stall_s:g} s (stalled)") from None
+                if isinstance(msg, PeerLostError):
+                    raise msg
+                if isinstance(msg, Failure):
+                    finished = True
+                    raise PeerRefusedError(msg.code, f"{peer.name}: {msg.message}")
+                if isinstance(msg, Accepted):
+                    continue
+                yield msg
+                if msg.final:
+                    finished = True
+                    return
+        finally:
+            del self._streams[rid]
+            if not finished and self.connected.is_set():
+                self._spawn(self._send(peer.certificate, topics.requests, Cancel(id=rid)))
+
+    async def ping(self, peer: Peer, timeout: float = 1.0) -> float | None:
+        """Round-trip time to ``peer`` in ms (None if it does not answer); kept on the peer as an EWMA."""
+        nonce = secrets.randbits(62)
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings[nonce] = (peer.device_id, time.perf_counter(), future)
+        try:
+            await self.node.send(peer.certificate, topics.requests(self.node.household, peer.device_id),
+                                 encode(Ping(nonce=nonce)))  # fmt: skip
+            rtt = await asyncio.wait_for(future, timeout)
+        except (TimeoutError, TransportError):
+            return None
+        finally:
+            self._pings.pop(nonce, None)
+        peer.rtt_ms = rtt if peer.rtt_ms is None else 0.7 * peer.rtt_ms + 0.3 * rtt
+        return rtt

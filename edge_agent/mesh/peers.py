@@ -1,0 +1,88 @@
+"""Who is out there: the peers whose signed presence we hold, how far away and how busy they are."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.protocol import Offer, Presence
+from edge_agent.tasks import Task
+
+AGE_OUT_INTERVALS = 3.0
+"""A peer silent for this many of its own presence intervals is considered gone."""
+
+
+@dataclass
+class Peer:
+    certificate: DeviceCertificate
+    presence: Presence
+    seen: float
+    rtt_ms: float | None = None
+    banned_until: float = 0.0
+    failures: int = 0
+
+    @property
+    def device_id(self) -> str:
+        return self.certificate.device_id
+
+    @property
+    def name(self) -> str:
+        return self.certificate.name
+
+    def alive(self, now: float) -> bool:
+        return now - self.seen <= AGE_OUT_INTERVALS * self.presence.interval_s
+
+    def banned(self, now: float) -> bool:
+        return now < self.banned_until
+
+    def offer(self, task: Task) -> Offer | None:
+        """What the peer offers for ``task``, if its certificate also allows it to serve that task."""
+        if task not in self.certificate.serves:
+            return None
+        return next((o for o in self.presence.offers if o.task == task), None)
+
+
+class PeerTable:
+    def __init__(self, own_id: str) -> None:
+        self.own_id = own_id
+        self._peers: dict[str, Peer] = {}
+
+    def update(self, certificate: DeviceCertificate, presence: Presence, now: float | None = None) -> Peer:
+        now = time.monotonic() if now is None else now
+        peer = self._peers.get(certificate.device_id)
+        if peer is None:
+            peer = self._peers[certificate.device_id] = Peer(certificate, presence, now)
+        else:
+            peer.certificate, peer.presence, peer.seen = certificate, presence, now
+        return peer
+
+    def forget(self, device_id: str) -> Peer | None:
+        return self._peers.pop(device_id, None)
+
+    def get(self, device_id: str) -> Peer | None:
+        return self._peers.get(device_id)
+
+    def expire(self, now: float | None = None) -> list[Peer]:
+        """Drop peers that have gone silent; return them."""
+        now = time.monotonic() if now is None else now
+        gone = [p for p in self._peers.values() if not p.alive(now)]
+        for p in gone:
+            del self._peers[p.device_id]
+        return gone
+
+    def all(self) -> list[Peer]:
+        return sorted(self._peers.values(), key=lambda p: p.name)
+
+    def ban(self, device_id: str, seconds: float, now: float | None = None) -> None:
+        """Skip a peer that just failed us, for a while growing with repeated failures (Petals-style)."""
+        peer = self._peers.get(device_id)
+        if peer is not None:
+            now = time.monotonic() if now is None else now
+            peer.failures += 1
+            peer.banned_until = now + seconds * min(8, 2 ** (peer.failures - 1))
+
+    def succeeded(self, device_id: str) -> None:
+        peer = self._peers.get(device_id)
+        if peer is not None:
+            peer.failures = 0

@@ -1,0 +1,208 @@
+"""Household state on disk, under ``<home>/mesh/`` (directory 0700, secret files 0600).
+
+identity.json    this device's keys (see identity.py)
+household.json   membership: pinned root key, own certificate, newest CRL, group key, known peers
+root.json        hub only: the household root signing key, certificate serial, CRL, group key
+counters/        send counter reservation and the replay window (see replay.py)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from nacl.signing import SigningKey, VerifyKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import HearthError, IdentityError
+from edge_agent.mesh.files import write_private
+from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, Membership, RevocationList
+from edge_agent.mesh.identity import DeviceIdentity
+from edge_agent.mesh.pairing import Welcome
+from edge_agent.tasks import Task
+
+
+class NotPairedError(HearthError):
+    """This device is not a household member yet."""
+
+    exit_code = 2
+
+
+def mesh_dir(home: Path) -> Path:
+    d = home / "mesh"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(d, 0o700)
+    return d
+
+
+class _Stored(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HouseholdFile(_Stored):
+    version: int = 1
+    root_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    certificate: DeviceCertificate
+    crl: RevocationList
+    group_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    group_epoch: int = Field(ge=0)
+    peers: list[DeviceCertificate] = Field(default_factory=list)
+
+    @classmethod
+    def from_welcome(cls, welcome: Welcome) -> HouseholdFile:
+        return cls(
+            root_key=welcome.root_key,
+            certificate=welcome.certificate,
+            crl=welcome.crl,
+            group_key=welcome.group_key,
+            group_epoch=welcome.group_epoch,
+            peers=welcome.roster,
+        )
+
+
+class RootFile(_Stored):
+    version: int = 1
+    seed: str = Field(pattern=r"^[0-9a-f]{64}$")
+    serial: int = Field(ge=0)
+    crl: RevocationList
+    group_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    group_epoch: int = Field(ge=0)
+    issued: list[DeviceCertificate] = Field(default_factory=list)
+
+
+M = TypeVar("M", bound=_Stored)
+
+
+def _read(model: type[M], path: Path) -> M:
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValidationError) as exc:
+        raise IdentityError(f"{path}: unreadable household state ({exc})") from exc
+
+
+class HouseholdState:
+    """One device's view of its household, loaded from and saved to ``<home>/mesh``."""
+
+    def __init__(self, home: Path) -> None:
+        self.dir = mesh_dir(home)
+        self.identity = DeviceIdentity.load_or_create(self.dir / "identity.json")
+
+    @property
+    def household_path(self) -> Path:
+        return self.dir / "household.json"
+
+    @property
+    def root_path(self) -> Path:
+        return self.dir / "root.json"
+
+    @property
+    def counters_dir(self) -> Path:
+        d = self.dir / "counters"
+        d.mkdir(exist_ok=True, mode=0o700)
+        return d
+
+    def is_member(self) -> bool:
+        return self.household_path.exists()
+
+    def is_root(self) -> bool:
+        return self.root_path.exists()
+
+    def load(self) -> HouseholdFile:
+        try:
+            return _read(HouseholdFile, self.household_path)
+        except FileNotFoundError:
+            raise NotPairedError(
+                f"this device ({self.dir.parent}) is not in a household yet: run `hearth household init` "
+                "on the hub, or `hearth pair CODE` with a code from `hearth household invite`"
+            ) from None
+
+    def save(self, data: HouseholdFile) -> None:
+        write_private(self.household_path, data.model_dump_json(indent=1))
+
+    def membership(self) -> tuple[Membership, HouseholdFile]:
+        data = self.load()
+        membership = Membership(VerifyKey(bytes.fromhex(data.root_key)))
+        membership.apply_revocations(data.crl)
+        for cert in [data.certificate, *data.peers]:
+            membership.add_certificate(cert)
+        return membership, data
+
+    def remember(self, membership: Membership) -> None:
+        """Persist certificates and the newest CRL learned from peers' presence."""
+        data = self.load()
+        own = data.certificate.device_id
+        peers = sorted((c for d, c in membership.certs.items() if d != own), key=lambda c: c.device_id)
+        crl = data.crl
+        if membership.crl_version > data.crl.version and membership.crl is not None:
+            crl = membership.crl
+        if peers != data.peers or crl != data.crl:
+            self.save(data.model_copy(update={"peers": peers, "crl": crl}))
+
+    # -- hub side -------------------------------------------------------------------------------------
+
+    def load_root(self) -> tuple[HouseholdRoot, RootFile]:
+        try:
+            data = _read(RootFile, self.root_path)
+        except FileNotFoundError:
+            raise NotPairedError(
+                f"{self.dir.parent} holds no household root; run `hearth household init` on the hub"
+            ) from None
+        root = HouseholdRoot(SigningKey(bytes.fromhex(data.seed)))
+        root._serial = data.serial
+        root.crl = data.crl
+        return root, data
+
+    def save_root(self, root: HouseholdRoot, data: RootFile) -> None:
+        data = data.model_copy(update={"serial": root._serial, "crl": root.crl})
+        write_private(self.root_path, data.model_dump_json(indent=1))
+
+    def init_household(
+        self, *, name: str, profile: str, requests: list[Task], serves: list[Task]
+    ) -> HouseholdFile:
+        """Create the household root on this device (the hub) and make the hub its first member."""
+        if self.is_root() or self.is_member():
+            raise HearthError(
+                f"{self.dir.parent} already belongs to a household; remove {self.dir} to start over"
+            )
+        root = HouseholdRoot(SigningKey.generate())
+        group_key = secrets.token_bytes(32)
+        cert = root.issue(self.identity, name=name, profile=profile, requests=requests, serves=serves,
+                          admin=True)  # fmt: skip
+        root_file = RootFile(
+            seed=bytes(root.key).hex(),
+            serial=0,
+            crl=root.crl,
+            group_key=group_key.hex(),
+            group_epoch=0,
+            issued=[cert],
+        )
+        self.save_root(root, root_file)
+        household = HouseholdFile(
+            root_key=bytes(root.key.verify_key).hex(),
+            certificate=cert,
+            crl=root.crl,
+            group_key=group_key.hex(),
+            group_epoch=0,
+        )
+        self.save(household)
+        return household
+
+    def record_issued(self, root: HouseholdRoot, cert: DeviceCertificate) -> None:
+        _, data = self.load_root()
+        self.save_root(root, data.model_copy(update={"issued": [*data.issued, cert]}))
+        household = self.load()
+        peers = [p for p in household.peers if p.device_id != cert.device_id] + [cert]
+        self.save(household.model_copy(update={"peers": peers}))
+
+    def revoke(self, device_ids: list[str]) -> RevocationList:
+        root, data = self.load_root()
+        crl = root.revoke(*device_ids, now=datetime.now(UTC))
+        self.save_root(root, data)
+        household = self.load()
+        self.save(household.model_copy(update={"crl": crl}))
+        return crl

@@ -1,0 +1,296 @@
+"""Local or offload, per request, and failover mid-stream.
+
+Each candidate (this device, or a live peer offering the task) gets an expected completion time:
+
+    local:  queue * job + first_ms + work / rate
+    peer:   rtt + queue * job + first_ms + work / rate       (rate and first_ms measured by the peer)
+
+Policy filters first (``never_offload``, ``peer_classes``, ``local-only``, ``prefer_local``), then the
+fastest expected candidate inside the deadline wins. If the serving peer dies, leaves or stalls, the
+router resumes on the next candidate with the prompt plus every token already streamed, so the caller
+sees one stream with nothing lost or repeated (a Petals idea, kept inside the privacy boundary).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.config import RoutingSection
+from edge_agent.engines.interfaces import (
+    Continuation,
+    EmbedRequest,
+    EmbedResult,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateStats,
+)
+from edge_agent.errors import InvalidRequestError, NoRouteError, PeerLostError, PeerRefusedError
+from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.peers import Peer
+from edge_agent.mesh.protocol import Offer
+from edge_agent.models.selection import Plan
+from edge_agent.tasks import Task
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RTT_MS = 5.0
+BAN_S = 15.0
+_RETRYABLE = {"busy", "not-served", "internal", "deadline"}
+
+
+def work_units(task: Task, body: GenerateRequest | EmbedRequest) -> int:
+    if isinstance(body, GenerateRequest):
+        done = len(body.continuation.token_ids) if body.continuation else 0
+        return max(1, body.max_tokens - done)
+    return len(body.texts)
+
+
+@dataclass
+class Candidate:
+    name: str
+    peer: Peer | None  # None: this device
+    expected_ms: float
+    detail: str
+    excluded: str | None = None
+
+    @property
+    def where(self) -> str:
+        return "local" if self.peer is None else f"peer {self.name}"
+
+
+@dataclass
+class Decision:
+    task: Task
+    ranked: list[Candidate]
+    excluded: list[Candidate]
+
+    @property
+    def reason(self) -> str:
+        if not self.ranked:
+            why = "; ".join(f"{c.name}: {c.excluded}" for c in self.excluded) or "no candidates"
+            return f"nowhere to run {self.task}: {why}"
+        best = self.ranked[0]
+        return f"{best.where}: expected {best.expected_ms:.0f} ms ({best.detail})"
+
+    def explain(self) -> list[str]:
+        lines = [f"{c.where}: {c.expected_ms:.0f} ms ({c.detail})" for c in self.ranked]
+        lines += [f"{c.where}: excluded, {c.excluded}" for c in self.excluded]
+        return lines
+
+
+@dataclass
+class Attempt:
+    served_by: str
+    started: float
+    tokens_before: int
+    error: str | None = None
+
+
+@dataclass
+class RoutedStream:
+    """One routed answer. Iterate for chunks; afterwards ``attempts`` shows who served which part."""
+
+    router: Router
+    request: GenerateRequest
+    decision: Decision
+    attempts: list[Attempt] = field(default_factory=list)
+    stats: GenerateStats | None = None
+
+    @property
+    def served_by(self) -> str:
+        return self.attempts[-1].served_by if self.attempts else "nobody"
+
+    @property
+    def failovers(self) -> int:
+        return max(0, len(self.attempts) - 1)
+
+    def __aiter__(self) -> AsyncIterator[GenerateChunk]:
+        return self.router._run_generate(self)
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        plan: Plan,
+        policy: RoutingSection,
+        local: Any | None = None,
+        endpoint: MeshEndpoint | None = None,
+        local_offers: dict[Task, Offer] | None = None,
+        local_name: str = "this device",
+    ) -> None:
+        self.plan = plan
+        self.policy = policy
+        self.local = local
+        self.endpoint = endpoint
+        self.local_offers = local_offers if local_offers is not None else {}
+        self.local_name = local_name
+        self.local_in_flight = 0
+
+    # -- deciding -------------------------------------------------------------------------------------
+
+    def _estimate(self, offer: Offer | None, units: int, queue: int) -> tuple[float, str]:
+        if offer is None or offer.rate <= 0:
+            return float("inf"), "speed not measured"
+        job = offer.first_ms + units / offer.rate * 1000
+        return queue * job + job, f"first {offer.first_ms:.0f} ms + {units} at {offer.rate:.0f}/s" + (
+            f" + queue {queue}" if queue else ""
+        )
+
+    def decide(
+        self, task: Task, body: GenerateRequest | EmbedRequest, deadline_s: float | None = None
+    ) -> Decision:
+        deadline_ms = (deadline_s or self.policy.deadline_s) * 1000
+        units = work_units(task, body)
+        ranked: list[Candidate] = []
+        excluded: list[Candidate] = []
+        tp = self.plan.for_task(task)
+        if self.local is not None:
+            local_ms, detail = self._estimate(self.local_offers.get(task), units, self.local_in_flight)
+            cand = Candidate(self.local_name, None, local_ms, detail)
+            if tp.mode != "local":
+                cand.excluded = f"{tp.mode} here ({tp.reason})"
+            elif local_ms == float("inf"):
+                cand.expected_ms, cand.detail = 1e9, "speed not measured"
+            (excluded if cand.excluded else ranked).append(cand)
+        now = time.monotonic()
+        for peer in self.endpoint.peers.all() if self.endpoint is not None else []:
+            offer = peer.offer(task)
+            rtt = peer.rtt_ms if peer.rtt_ms is not None else DEFAULT_RTT_MS
+            ms, detail = self._estimate(offer, units, peer.presence.queue_depth)
+            cand = Candidate(peer.name, peer, ms + rtt, f"rtt {rtt:.1f} ms + {detail}")
+            if offer is None:
+                cand.excluded = f"does not serve {task}"
+            elif not peer.alive(now):
+                cand.excluded = "silent"
+            elif peer.banned(now):
+                cand.excluded = f"failed recently (retry in {peer.banned_until - now:.0f} s)"
+            elif self.policy.mode == "local-only":
+                cand.excluded = "policy: local-only"
+            elif task in self.policy.never_offload:
+                cand.excluded = f"policy: never offload {task}"
+            elif self.policy.peer_classes and peer.presence.device_class not in self.policy.peer_classes:
+                cand.excluded = (
+                    f"policy: class {peer.presence.device_class} not in {self.policy.peer_classes}"
+                )
+            elif task not in self._own_requests():
+                cand.excluded = f"this device's certificate does not allow requesting {task}"
+            elif cand.expected_ms > deadline_ms:
+                cand.excluded = (
+                    f"expected {cand.expected_ms:.0f} ms is past the {deadline_ms:.0f} ms deadline"
+                )
+            (excluded if cand.excluded else ranked).append(cand)
+        ranked.sort(key=lambda c: c.expected_ms)
+        local_first = self.policy.prefer_local or self.policy.mode == "local-only"
+        if self.policy.mode == "offload-first":
+            ranked.sort(key=lambda c: c.peer is None)
+        elif local_first:
+            ranked.sort(key=lambda c: c.peer is not None)
+        return Decision(task, ranked, excluded)
+
+    def _own_requests(self) -> list[Task]:
+        if self.endpoint is None:
+            return []
+        own = self.endpoint.node.membership.certs.get(self.endpoint.device_id)
+        return own.requests if own else []
+
+    # -- running --------------------------------------------------------------------------------------
+
+    def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
+        request.validate_text()
+        return RoutedStream(self, request, self.decide("generate", request, deadline_s))
+
+    async def _run_generate(self, routed: RoutedStream) -> AsyncIterator[GenerateChunk]:
+        request = routed.request
+        deadline = time.monotonic() + self.policy.deadline_s
+        tokens: list[int] = []
+        shown = ""
+        index = 0
+        decision = routed.decision
+        tried: set[str] = set()
+        for _ in range(self.policy.max_attempts):
+            options = [c for c in decision.ranked if c.name not in tried]
+            if not options:
+                break
+            cand = options[0]
+            tried.add(cand.name)
+            attempt = Attempt(
+                cand.name if cand.peer else f"{self.local_name} (local)", time.monotonic(), len(tokens)
+            )
+            routed.attempts.append(attempt)
+            part = request
+            if tokens or shown:
+                part = request.model_copy(
+                    update={"continuation": Continuation(token_ids=list(tokens), emitted_text=shown)}
+                )
+            try:
+                async for chunk in self._source(cand, part, deadline):
+                    tokens += chunk.token_ids
+                    shown += chunk.text
+                    if chunk.stats is not None:
+                        routed.stats = chunk.stats.model_copy(
+                            update={"completion_tokens": len(tokens) + (chunk.stats.finish_reason == "stop")}
+                        )
+                    yield chunk.model_copy(update={"index": index})
+                    index += 1
+                if cand.peer is not None and self.endpoint is not None:
+                    self.endpoint.peers.succeeded(cand.peer.device_id)
+                return
+            except (PeerLostError, PeerRefusedError) as exc:
+                if isinstance(exc, PeerRefusedError) and exc.code == "invalid":
+                    raise InvalidRequestError(str(exc)) from None
+                if isinstance(exc, PeerRefusedError) and exc.code not in _RETRYABLE:
+                    raise
+                attempt.error = str(exc)
+                log.warning("%s failed after %d tokens (%s); failing over", cand.name, len(tokens), exc)
+                if cand.peer is not None and self.endpoint is not None:
+                    self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
+                decision = self.decide("generate", part, max(0.001, deadline - time.monotonic()))
+        errors = "; ".join(f"{a.served_by}: {a.error}" for a in routed.attempts) or decision.reason
+        raise NoRouteError(f"no device could finish the request ({errors})")
+
+    async def _source(
+        self, cand: Candidate, request: GenerateRequest, deadline: float
+    ) -> AsyncIterator[GenerateChunk]:
+        if cand.peer is None:
+            self.local_in_flight += 1
+            try:
+                async for chunk in self.local.generate(request):  # type: ignore[union-attr]
+                    yield chunk
+            finally:
+                self.local_in_flight -= 1
+            return
+        assert self.endpoint is not None
+        remaining = max(0.05, deadline - time.monotonic())
+        body = request.model_dump(mode="json")
+        async for msg in self.endpoint.stream(cand.peer, "generate", body, deadline_s=remaining,
+                                              stall_s=self.policy.stall_timeout_s):  # fmt: skip
+            stats = GenerateStats.model_validate(msg.body) if msg.final and msg.body else None
+            yield GenerateChunk(index=msg.seq, text=msg.text, token_ids=msg.token_ids, stats=stats)
+
+    async def embed(self, request: EmbedRequest, deadline_s: float | None = None) -> tuple[EmbedResult, str]:
+        """Embed locally or on a peer, retrying elsewhere if the peer fails; returns (result, served by)."""
+        deadline = time.monotonic() + (deadline_s or self.policy.deadline_s)
+        decision = self.decide("embed", request, deadline_s)
+        errors: list[str] = []
+        for cand in decision.ranked[: self.policy.max_attempts]:
+            if cand.peer is None:
+                result: EmbedResult = await self.local.embed(request)  # type: ignore[union-attr]
+                return result, f"{self.local_name} (local)"
+            assert self.endpoint is not None
+            try:
+                async for msg in self.endpoint.stream(cand.peer, "embed", request.model_dump(mode="json"),
+                                                      deadline_s=max(0.05, deadline - time.monotonic()),
+                                                      stall_s=self.policy.stall_timeout_s):  # fmt: skip
+                    if msg.final and msg.body is not None:
+                        return EmbedResult.model_validate(msg.body), cand.name
+            except (PeerLostError, PeerRefusedError) as exc:
+                if isinstance(exc, PeerRefusedError) and exc.code not in _RETRYABLE:
+                    raise
+                errors.append(f"{cand.name}: {exc}")
+                self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
+        raise NoRouteError("; ".join(errors) or decision.reason)

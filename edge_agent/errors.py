@@ -109,6 +109,10 @@ class PeerLostError(OffloadError):
     """The serving peer died, disconnected or stalled mid-request; the router fails over."""
 
 
+class LinkDownError(PeerLostError):
+    """Our own connection to the broker dropped: wait for it to come back, then resume (no peer is to blame)."""
+
+
 class PeerRefusedError(OffloadError):
     """The peer answered with a failure (busy, not served, invalid request, ...)."""
 

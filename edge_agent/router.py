@@ -28,7 +28,14 @@ from edge_agent.engines.interfaces import (
     GenerateRequest,
     GenerateStats,
 )
-from edge_agent.errors import InvalidRequestError, NoRouteError, PeerLostError, PeerRefusedError
+from edge_agent.errors import (
+    InvalidRequestError,
+    LinkDownError,
+    NoRouteError,
+    PeerLostError,
+    PeerRefusedError,
+)
+from edge_agent.mesh.interfaces import TransportError
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import Offer
@@ -212,7 +219,8 @@ class Router:
         index = 0
         decision = routed.decision
         tried: set[str] = set()
-        for _ in range(self.policy.max_attempts):
+        failures = link_drops = 0
+        while failures < self.policy.max_attempts and link_drops <= 10:
             options = [c for c in decision.ranked if c.name not in tried]
             if not options:
                 break
@@ -247,6 +255,18 @@ class Router:
                     raise
                 attempt.error = str(exc)
                 log.warning("%s failed after %d tokens (%s); failing over", cand.name, len(tokens), exc)
+                if isinstance(exc, LinkDownError) and self.endpoint is not None:
+                    # Our link, not the peer: wait for the reconnect, then resume (same peer allowed).
+                    tried.discard(cand.name)
+                    link_drops += 1
+                    try:
+                        await self.endpoint.wait_connected(max(0.05, deadline - time.monotonic()))
+                    except TransportError:
+                        break
+                    if cand.peer is not None:
+                        await self.endpoint.wait_for_presence(cand.peer.device_id, self.policy.stall_timeout_s)
+                    continue
+                failures += 1
                 if cand.peer is not None and self.endpoint is not None:
                     self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
                 decision = self.decide("generate", part, max(0.001, deadline - time.monotonic()))

@@ -18,8 +18,9 @@ def provision(hub_home: Path, home: Path, name: str, profile: str) -> HouseholdS
     """Make ``home`` a member of the hub's household without the network (pairing has its own tests)."""
     hub = HouseholdState(hub_home)
     if not hub.is_root():
-        prof = load_profile("hub")
-        hub.init_household(name="hub", profile="hub", requests=list(TASKS), serves=list(prof.serves))
+        assert hub_home == home, "provision the hub itself first"
+        hub.init_household(name=name, profile=profile, requests=list(TASKS),
+                           serves=list(load_profile(profile).serves))  # fmt: skip
     member = HouseholdState(home)
     if hub_home == home:
         return member

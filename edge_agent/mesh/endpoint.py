@@ -25,6 +25,7 @@ from edge_agent.errors import (
     BudgetExceededError,
     HearthError,
     InvalidRequestError,
+    LinkDownError,
     NoLocalModelError,
     PeerLostError,
     PeerRefusedError,
@@ -161,6 +162,21 @@ class MeshEndpoint:
         except TimeoutError:
             raise TransportError(f"no connection to the MQTT broker within {timeout:g} s") from None
 
+    async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
+        """Wait for a presence from ``device_id`` received after ``since`` (default now): it has
+        (re)connected and subscribed."""
+        since = time.monotonic() if since is None else since
+        end = time.monotonic() + timeout
+        while True:
+            peer = self.peers.get(device_id)
+            if peer is not None and peer.seen > since:
+                return True
+            self.peers_changed.clear()
+            if (remaining := end - time.monotonic()) <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.peers_changed.wait(), remaining)
+
     async def _connection_loop(self) -> None:
         delay = 0.1
         while not self._closing:
@@ -181,7 +197,7 @@ class MeshEndpoint:
                 self.connected.clear()
             # Whatever we were waiting for over this link will not come: fail over now.
             for stream in self._streams.values():
-                stream.queue.put_nowait(PeerLostError("the connection to the broker dropped"))
+                stream.queue.put_nowait(LinkDownError("the connection to the broker dropped"))
             await asyncio.sleep(delay)
             delay = min(self.reconnect_max_s, delay * 2)
 
@@ -354,14 +370,14 @@ class MeshEndpoint:
         finished = False
         try:
             if not self.connected.is_set():
-                raise PeerLostError("not connected to the broker")
+                raise LinkDownError("not connected to the broker")
             request = Request(id=rid, task=task, body=body, deadline_ms=max(1, int(deadline_s * 1000)),
                               stall_ms=max(50, int(stall_s * 1000)))  # fmt: skip
             try:
                 await self.node.send(peer.certificate, topics.requests(self.node.household, peer.device_id),
                                      encode(request))  # fmt: skip
             except TransportError as exc:
-                raise PeerLostError(f"could not send to {peer.name}: {exc}") from exc
+                raise LinkDownError(f"could not send to {peer.name}: {exc}") from exc
             while True:
                 try:
                     msg = await asyncio.wait_for(stream.queue.get(), stall_s)

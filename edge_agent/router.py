@@ -222,6 +222,14 @@ class Router:
         failures = link_drops = 0
         while failures < self.policy.max_attempts and link_drops <= 10:
             options = [c for c in decision.ranked if c.name not in tried]
+            if not options and routed.attempts and self.endpoint is not None:
+                # Everyone we know failed: give peers a moment to come back (a restarting agent or
+                # broker re-announces itself), then decide again.
+                await self.endpoint.wait_peers_changed(min(2 * self.policy.stall_timeout_s,
+                                                           max(0.0, deadline - time.monotonic())))  # fmt: skip
+                decision = self.decide("generate", request, max(0.001, deadline - time.monotonic()))
+                tried.clear()
+                options = decision.ranked
             if not options:
                 break
             cand = options[0]

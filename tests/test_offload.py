@@ -114,3 +114,41 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
         "hub-b", "hub-a", "hub-b", "hub-a"
     ]  # each hub died mid-stream and each resumed the other's stream
     assert fridge.node.dropped == {}
+
+
+async def test_broker_restart_mid_stream_reconnects_and_the_stream_completes(
+    tmp_path: Path, store: PackStore, llm_int4: GenerateEngine
+) -> None:
+    from benchmarks.brokers import free_port
+
+    port = free_port()
+    provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
+    provision(tmp_path / "hub", tmp_path / "fridge", "fridge", "fridge-panel")
+    hub = service(tmp_path / "hub", config("hub", port, "hub"), store)
+    fridge = service(tmp_path / "fridge", config("fridge", port, "fridge-panel"), store)
+    expected = reference(llm_int4)
+    broker = run_mosquitto(tmp_path / "broker", port=port)
+    mosq = broker.__enter__()
+    try:
+        async with hub, fridge:
+            for restart_after in (3, 20):
+                await fridge.wait_for_peers("generate", timeout=5)
+                routed = fridge.router.generate(GenerateRequest.from_prompt(PROMPT, max_tokens=48))
+                text, seen, restarted = "", 0, False
+                async for chunk in routed:
+                    text += chunk.text
+                    seen += len(chunk.token_ids)
+                    if not restarted and seen >= restart_after:
+                        restarted = True
+                        broker.__exit__(None, None, None)  # SIGTERM, waits for the PID to exit
+                        assert mosq.proc.poll() is not None
+                        await asyncio.sleep(0.5)
+                        broker = run_mosquitto(tmp_path / "broker", port=port)
+                        mosq = broker.__enter__()
+                assert restarted and text == expected
+                assert routed.served_by == "hub" and routed.failovers >= 1
+                # Mosquitto fires wills as it shuts down, so the first attempt ends as "hub left" or
+                # "link dropped"; either way the hub re-announces itself and the stream resumes there.
+                assert routed.attempts[0].error and routed.attempts[-1].error is None, routed.attempts
+    finally:
+        broker.__exit__(None, None, None)

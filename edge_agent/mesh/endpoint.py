@@ -162,6 +162,14 @@ class MeshEndpoint:
         except TimeoutError:
             raise TransportError(f"no connection to the MQTT broker within {timeout:g} s") from None
 
+    async def wait_peers_changed(self, timeout: float) -> bool:
+        self.peers_changed.clear()
+        try:
+            await asyncio.wait_for(self.peers_changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
         """Wait for a presence from ``device_id`` received after ``since`` (default now): it has
         (re)connected and subscribed."""

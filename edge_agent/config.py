@@ -67,6 +67,8 @@ class MeshSection(_Section):
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    state_dir: Path | None = None
+    """Keys, certificate and counters; default <home>/mesh. Owner-only permissions."""
     presence_interval_s: float = Field(default=5.0, gt=0, le=600)
     self_benchmark: bool = True
     """Measure each served task briefly at start, so peers route by real speed."""

@@ -110,7 +110,7 @@ class PeerLostError(OffloadError):
 
 
 class LinkDownError(PeerLostError):
-    """Our own connection to the broker dropped: wait for it to come back, then resume (no peer is to blame)."""
+    """Our own link to the broker dropped: wait for it to return, then resume (no peer is to blame)."""
 
 
 class PeerRefusedError(OffloadError):

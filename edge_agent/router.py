@@ -35,8 +35,8 @@ from edge_agent.errors import (
     PeerLostError,
     PeerRefusedError,
 )
-from edge_agent.mesh.interfaces import TransportError
 from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.interfaces import TransportError
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import Offer
 from edge_agent.models.selection import Plan
@@ -225,8 +225,9 @@ class Router:
             if not options and routed.attempts and self.endpoint is not None:
                 # Everyone we know failed: give peers a moment to come back (a restarting agent or
                 # broker re-announces itself), then decide again.
-                await self.endpoint.wait_peers_changed(min(2 * self.policy.stall_timeout_s,
-                                                           max(0.0, deadline - time.monotonic())))  # fmt: skip
+                await self.endpoint.wait_peers_changed(
+                    min(2 * self.policy.stall_timeout_s, max(0.0, deadline - time.monotonic()))
+                )
                 decision = self.decide("generate", request, max(0.001, deadline - time.monotonic()))
                 tried.clear()
                 options = decision.ranked
@@ -272,7 +273,9 @@ class Router:
                     except TransportError:
                         break
                     if cand.peer is not None:
-                        await self.endpoint.wait_for_presence(cand.peer.device_id, self.policy.stall_timeout_s)
+                        await self.endpoint.wait_for_presence(
+                            cand.peer.device_id, self.policy.stall_timeout_s
+                        )
                     continue
                 failures += 1
                 if cand.peer is not None and self.endpoint is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,9 +115,30 @@ def test_non_utf8_argument_is_rejected(hearth_env: dict[str, str]) -> None:
 
 
 def test_run_demo_answers_chat_and_embedding(hearth_env: dict[str, str]) -> None:
-    from pathlib import Path
-
     cfg = Path(__file__).resolve().parent.parent / "config" / "hub.toml"
-    proc = hearth("run", "--config", str(cfg), "--demo", env=hearth_env)
+    proc = hearth("run", "--config", str(cfg), "--demo", env={**hearth_env, "HEARTH_MESH__ENABLED": "false"})
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout and "cosine similarity" in proc.stdout
+
+
+def test_make_run_demo_offloads_the_fridge_chat_to_the_hub(hearth_env: dict[str, str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`make run`: two agent processes, real pairing over the hub's embedded broker, offload, stream back."""
+    import os
+    import shutil
+
+    repo = Path(__file__).resolve().parent.parent
+    home = tmp_path / "home"
+    (home).mkdir()
+    from edge_agent.paths import hearth_home
+
+    os.symlink(hearth_home().resolve() / "store", home / "store")
+    env = {**hearth_env, "HEARTH_HOME": str(home)}
+    for _ in range(2):  # the second run reuses the household and pairing
+        proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert "served by hub" in proc.stdout and "Paris" in proc.stdout, proc.stdout
+        assert "(local)" in proc.stdout, proc.stdout  # embeddings stay on the fridge
+    assert "paired the fridge panel" not in proc.stdout  # already paired on the first run
+    assert (home / "demo" / "hub" / "root.json").stat().st_mode & 0o077 == 0
+    shutil.rmtree(home / "demo")

@@ -122,7 +122,9 @@ def test_request_model_rejects_out_of_range_options() -> None:
 @pytest.mark.parametrize("cut", [1, 5, 17, 29])
 def test_continuation_resumes_without_gap_or_repeat(llm_int4: GenerateEngine, cut: int) -> None:
     """Failover's engine half: prompt + the tokens already streamed carries on where the stream stopped."""
-    request = GenerateRequest.from_prompt("Describe a kitchen in three sentences.", max_tokens=48, stop=["zz"])
+    request = GenerateRequest.from_prompt(
+        "Describe a kitchen in three sentences.", max_tokens=48, stop=["zz"]
+    )
     chunks = list(llm_int4.stream(request))
     tokens = [t for c in chunks for t in c.token_ids]
     reference = "".join(c.text for c in chunks)

@@ -102,7 +102,9 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
                 update={"mesh": cfgs[victim].mesh.model_copy(update={"self_benchmark": False})}
             )
             hubs[victim] = service(tmp_path / victim, cfg, store, agent=agents[victim])
-            hubs[victim].offers.update({t: o.model_copy(update={"rate": o.rate / 2}) for t, o in offers.items()})
+            hubs[victim].offers.update(
+                {t: o.model_copy(update={"rate": o.rate / 2}) for t, o in offers.items()}
+            )
             survivor = hubs[next(n for n in names if n != victim)]
             survivor.offers.update(offers)
             since = time.monotonic()
@@ -111,7 +113,10 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
             for hub in (hubs[victim], survivor):
                 assert await fridge.endpoint.wait_for_presence(hub.certificate.device_id, 5, since)
     assert served_first[:4] == ["hub-a", "hub-b", "hub-a", "hub-b"] or served_first[:4] == [
-        "hub-b", "hub-a", "hub-b", "hub-a"
+        "hub-b",
+        "hub-a",
+        "hub-b",
+        "hub-a",
     ]  # each hub died mid-stream and each resumed the other's stream
     assert fridge.node.dropped == {}
 

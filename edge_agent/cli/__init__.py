@@ -7,7 +7,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from edge_agent.cli import bench, infer, models, profiles, run
+from edge_agent.cli import bench, broker, demo, household, infer, models, peers, profiles, run
 from edge_agent.cli.common import console_err
 from edge_agent.errors import HearthError
 from edge_agent.validation import format_validation_error
@@ -23,6 +23,11 @@ app = typer.Typer(
 app.add_typer(profiles.app, name="profiles")
 app.add_typer(models.app, name="models")
 app.add_typer(bench.app, name="bench")
+app.add_typer(household.app, name="household")
+app.add_typer(broker.app, name="broker")
+app.command("pair")(household.pair)
+app.command("peers")(peers.peers)
+app.command("demo")(demo.demo)
 app.command("chat")(infer.chat)
 app.command("embed")(infer.embed)
 app.command("run")(run.run)

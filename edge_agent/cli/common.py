@@ -50,3 +50,18 @@ def load_context(config_path: Path | None, profile: str | None) -> Context:
     prof = resolve_profile(profile or cfg.agent.profile)
     store = PackStore()
     return Context(cfg, prof, store, plan_for_profile(prof, [p.manifest for p in store.list()]))
+
+
+def mesh_state_dir(config: AgentConfig) -> Path:
+    """Where this device's mesh keys and household state live (``[mesh] state_dir`` or <home>/mesh)."""
+    from edge_agent.mesh.state import state_dir_for
+    from edge_agent.paths import hearth_home
+
+    return state_dir_for(config.mesh.state_dir, hearth_home())
+
+
+def load_config_only(config_path: Path | None) -> AgentConfig:
+    cfg = load_config(config_path)
+    if cfg.agent.home is not None:
+        os.environ["HEARTH_HOME"] = str(cfg.agent.home.expanduser())
+    return cfg

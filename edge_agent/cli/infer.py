@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,20 +14,24 @@ import typer
 from rich.table import Table
 
 from edge_agent.agent import Agent
-from edge_agent.cli.common import console, console_err, load_context, setup_logging
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest, GenerateStats
+from edge_agent.cli.common import (
+    console,
+    console_err,
+    load_context,
+    mesh_state_dir,
+    setup_logging,
+)
+from edge_agent.engines.interfaces import EmbedRequest, GenerateChunk, GenerateRequest, GenerateStats
 
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML.", exists=False)]
 
 
-async def stream_chat(
-    agent: Agent, request: GenerateRequest, *, show_stats: bool
-) -> tuple[str, GenerateStats]:
+async def stream_chat(source: AsyncIterable[GenerateChunk], *, show_stats: bool) -> tuple[str, GenerateStats]:
     """Print the answer as it streams; return it with its stats."""
     parts: list[str] = []
     stats: GenerateStats | None = None
-    async for chunk in agent.generate(request):
+    async for chunk in source:
         if chunk.text:
             console.print(chunk.text, end="", markup=False, soft_wrap=True)
             parts.append(chunk.text)
@@ -52,10 +58,17 @@ def chat(
     seed: Annotated[int | None, typer.Option(help="Random seed for reproducible sampling.")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop when this text appears (repeatable).")] = None,
     stats: Annotated[bool, typer.Option(help="Print token counts and speed to stderr.")] = True,
+    explain: Annotated[
+        bool, typer.Option(help="Show where the request runs and why (every candidate and its estimate).")
+    ] = False,
+    local: Annotated[bool, typer.Option("--local", help="Ignore the mesh; run on this device only.")] = False,
 ) -> None:
-    """Ask the local LLM; the answer streams as it is generated.
+    """Ask the LLM; the answer streams as it is generated.
 
-    Example: hearth chat "Suggest a dinner with eggs and spinach" --max-tokens 120
+    With [mesh] enabled and this device paired, the router picks this device or the household peer
+    expected to finish first, and fails over mid-answer if that peer goes away.
+
+    Example: hearth chat "Suggest a dinner with eggs and spinach" --max-tokens 120 --explain
     """
     import sys
 
@@ -75,9 +88,45 @@ def chat(
         stop=stop or [],
     )
 
+    from edge_agent.mesh.state import HouseholdState
+
+    use_mesh = (
+        ctx.config.mesh.enabled and not local and HouseholdState(mesh_state_dir(ctx.config)).is_member()
+    )
+    if explain and not use_mesh:
+        why = "--local" if local else "[mesh] is disabled" if not ctx.config.mesh.enabled else "not paired"
+        console_err.print(f"[dim]route: local ({why}); plan: {ctx.plan.for_task('generate').reason}[/]")
+
     async def go() -> None:
         async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
-            await stream_chat(agent, request, show_stats=stats)
+            if not use_mesh:
+                await stream_chat(agent.generate(request), show_stats=stats)
+                return
+            from edge_agent.service import MeshService
+
+            service = MeshService(
+                ctx.config,
+                ctx.profile,
+                ctx.plan,
+                mesh_state_dir(ctx.config),
+                agent=agent,
+                serve=False,
+                client_id_suffix=f"-cli{os.getpid()}",
+            )
+            async with service:
+                local_ok = ctx.plan.for_task("generate").mode == "local"
+                await service.wait_for_peers("generate", timeout=0.5 if local_ok else 3.0)
+                routed = service.router.generate(request)
+                if explain:
+                    console_err.print("[dim]route: " + routed.decision.reason + "[/]", markup=True)
+                    for line in routed.decision.explain():
+                        console_err.print(f"[dim]  · {line}[/]")
+                await stream_chat(routed, show_stats=stats)
+                hops = " → ".join(
+                    a.served_by + (f" (failed after {a.tokens_before} tokens: {a.error})" if a.error else "")
+                    for a in routed.attempts
+                )
+                console_err.print(f"[dim]served by {hops}[/]")
 
     asyncio.run(go())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +12,11 @@ import numpy as np
 import typer
 
 from edge_agent.agent import Agent
-from edge_agent.cli.common import console, load_context, setup_logging
+from edge_agent.cli.common import console, load_context, mesh_state_dir, setup_logging
 from edge_agent.cli.infer import print_similarity, stream_chat
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.engines.manager import effective_threads
+from edge_agent.router import Router
 
 
 def run(
@@ -46,32 +48,65 @@ def run(
             markup=False,
         )
 
+    async def demo_job(agent: Agent, router: Router | None) -> None:
+        g = cfg.generate
+        request = GenerateRequest.from_prompt(
+            cfg.demo.chat,
+            system=g.system_prompt,
+            max_tokens=g.max_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+        )
+        console.print(f"\n[bold]chat[/] » {cfg.demo.chat}")
+        if router is None:
+            await stream_chat(agent.generate(request), show_stats=True)
+        else:
+            routed = router.generate(request)
+            console.print(f"[dim]route: {routed.decision.reason}[/]")
+            t0 = time.perf_counter()
+            _, stats = await stream_chat(routed, show_stats=True)
+            console.print(
+                f"[bold]served by {routed.served_by}[/] · {stats.completion_tokens} tokens in "
+                f"{(time.perf_counter() - t0) * 1000:.0f} ms end to end over the mesh"
+                + (f" · {routed.failovers} failover(s)" if routed.failovers else "")
+            )
+        console.print("\n[bold]embed[/] »", "; ".join(cfg.demo.embed))
+        if router is None:
+            result, where = await agent.embed(EmbedRequest(texts=cfg.demo.embed)), "local"
+        else:
+            result, where = await router.embed(EmbedRequest(texts=cfg.demo.embed))
+        print_similarity(
+            cfg.demo.embed, np.asarray(result.vectors, dtype=np.float32), f"{result.model}, {where}"
+        )
+
+    async def serve_until_stopped() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        console.print("serving; Ctrl-C to stop")
+        await stop.wait()
+        console.print("stopping")
+
     async def go() -> None:
         async with Agent(cfg, ctx.profile, ctx.store) as agent:
-            if demo:
-                g = cfg.generate
-                console.print(f"\n[bold]chat[/] » {cfg.demo.chat}")
-                await stream_chat(
-                    agent,
-                    GenerateRequest.from_prompt(
-                        cfg.demo.chat,
-                        system=g.system_prompt,
-                        max_tokens=g.max_tokens,
-                        temperature=g.temperature,
-                        top_p=g.top_p,
-                    ),
-                    show_stats=True,
-                )
-                console.print("\n[bold]embed[/] »", "; ".join(cfg.demo.embed))
-                result = await agent.embed(EmbedRequest(texts=cfg.demo.embed))
-                print_similarity(cfg.demo.embed, np.asarray(result.vectors, dtype=np.float32), result.model)
+            if not cfg.mesh.enabled:
+                await (demo_job(agent, None) if demo else serve_until_stopped())
                 return
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            console.print("serving; Ctrl-C to stop")
-            await stop.wait()
-            console.print("stopping")
+            from edge_agent.service import MeshService
+
+            service = MeshService(cfg, ctx.profile, ctx.plan, mesh_state_dir(cfg), agent=agent)
+            async with service:
+                served = ", ".join(f"{o.task} {o.rate:.0f}/s" for o in service.offers.values()) or "nothing"
+                console.print(
+                    f"mesh: household {service.membership.household_id} via {cfg.mesh.broker}"
+                    + (" (embedded broker)" if service.broker else "")
+                    + f"; measured {served}"
+                )
+                if demo:
+                    await service.wait_for_peers("generate", timeout=5.0)
+                    await demo_job(agent, service.router)
+                else:
+                    await serve_until_stopped()
 
     asyncio.run(go())

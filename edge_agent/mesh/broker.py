@@ -26,8 +26,9 @@ class EmbeddedBroker:
     async def start(self) -> None:
         from amqtt.broker import Broker
 
+        # amqtt logs every dropped TCP probe as an ERROR; the mesh's own logs say what matters.
         for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         self._broker = Broker(
             {
                 "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},

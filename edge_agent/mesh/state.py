@@ -1,4 +1,4 @@
-"""Household state on disk, under ``<home>/mesh/`` (directory 0700, secret files 0600).
+"""Household state on disk, in the mesh state directory (default ``<home>/mesh/``; 0700, secrets 0600).
 
 identity.json    this device's keys (see identity.py)
 household.json   membership: pinned root key, own certificate, newest CRL, group key, known peers
@@ -31,11 +31,14 @@ class NotPairedError(HearthError):
     exit_code = 2
 
 
-def mesh_dir(home: Path) -> Path:
-    d = home / "mesh"
+def private_dir(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(d, 0o700)
     return d
+
+
+def state_dir_for(config_state_dir: Path | None, home: Path) -> Path:
+    return config_state_dir.expanduser() if config_state_dir is not None else home / "mesh"
 
 
 class _Stored(BaseModel):
@@ -86,10 +89,10 @@ def _read(model: type[M], path: Path) -> M:
 
 
 class HouseholdState:
-    """One device's view of its household, loaded from and saved to ``<home>/mesh``."""
+    """One device's view of its household, loaded from and saved to its mesh state directory."""
 
-    def __init__(self, home: Path) -> None:
-        self.dir = mesh_dir(home)
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = private_dir(state_dir)
         self.identity = DeviceIdentity.load_or_create(self.dir / "identity.json")
 
     @property
@@ -117,7 +120,7 @@ class HouseholdState:
             return _read(HouseholdFile, self.household_path)
         except FileNotFoundError:
             raise NotPairedError(
-                f"this device ({self.dir.parent}) is not in a household yet: run `hearth household init` "
+                f"this device ({self.dir}) is not in a household yet: run `hearth household init` "
                 "on the hub, or `hearth pair CODE` with a code from `hearth household invite`"
             ) from None
 
@@ -150,7 +153,7 @@ class HouseholdState:
             data = _read(RootFile, self.root_path)
         except FileNotFoundError:
             raise NotPairedError(
-                f"{self.dir.parent} holds no household root; run `hearth household init` on the hub"
+                f"{self.dir} holds no household root; run `hearth household init` on the hub"
             ) from None
         root = HouseholdRoot(SigningKey(bytes.fromhex(data.seed)))
         root._serial = data.serial
@@ -167,7 +170,7 @@ class HouseholdState:
         """Create the household root on this device (the hub) and make the hub its first member."""
         if self.is_root() or self.is_member():
             raise HearthError(
-                f"{self.dir.parent} already belongs to a household; remove {self.dir} to start over"
+                f"{self.dir} already belongs to a household; remove that directory to start over"
             )
         root = HouseholdRoot(SigningKey.generate())
         group_key = secrets.token_bytes(32)

@@ -1,0 +1,118 @@
+"""``hearth demo`` (what `make run` runs): a hub and a fridge panel, paired, the fridge's chat offloaded.
+
+Two real agent processes on one machine: the hub (`hearth run -c config/hub.toml`, embedded broker,
+runs the LLM) and the fridge panel (`hearth run -c config/fridge-panel.toml --demo`), whose plan says the
+LLM is offload-only. On first run the fridge pairs with the hub through a real invitation (setup code,
+SPAKE2) over the hub's broker. Both keep their keys under <home>/demo/{hub,fridge}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_agent.cli.common import console, load_config_only, load_context
+from edge_agent.errors import HearthError
+from edge_agent.mesh.pairing import DevicePairing, Invitation
+from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
+from edge_agent.mesh.state import HouseholdFile, HouseholdState
+from edge_agent.mesh.transports.mqtt import MqttTransport
+from edge_agent.paths import hearth_home
+from edge_agent.tasks import TASKS
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise HearthError(f"the hub agent exited with code {proc.returncode} before its broker came up")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise HearthError(f"the hub's embedded broker did not open port {port} within {timeout:g} s")
+
+
+async def _pair(hub: HouseholdState, fridge: HouseholdState, port: int, fridge_cfg: Path) -> str:
+    ctx = load_context(fridge_cfg, None)
+    root, root_file = hub.load_root()
+    household = hub.load()
+    invitation = Invitation(root, bytes.fromhex(root_file.group_key), root_file.group_epoch,
+                            roster=[household.certificate, *household.peers])  # fmt: skip
+
+    def make(invitation_id: str) -> DevicePairing:
+        return DevicePairing(fridge.identity, invitation.code, invitation_id, name=ctx.config.agent.name,
+                             profile=ctx.profile.id, requests=list(TASKS), serves=list(ctx.profile.serves))  # fmt: skip
+
+    async with (
+        MqttTransport("127.0.0.1", port, client_id="demo-hub-invite") as hub_link,
+        MqttTransport("127.0.0.1", port, client_id="demo-fridge-pair") as fridge_link,
+    ):
+        served = asyncio.create_task(
+            serve_invitation(hub_link, invitation, lambda c: hub.record_issued(root, c))
+        )
+        await asyncio.sleep(0.2)
+        welcome = await pair_with_hub(fridge_link, make, timeout=20)
+        await served
+    fridge.save(HouseholdFile.from_welcome(welcome))
+    return invitation.code
+
+
+def demo(
+    hub_config: Annotated[Path, typer.Option(help="The hub agent's config.")] = Path("config/hub.toml"),
+    fridge_config: Annotated[Path, typer.Option(help="The fridge panel's config.")] = Path(
+        "config/fridge-panel.toml"
+    ),
+) -> None:
+    """Run a hub and a fridge-panel agent; the fridge's chat is served by the hub and streamed back."""
+    load_config_only(hub_config)  # validates it, and applies its [agent] home
+    base = hearth_home() / "demo"
+    dirs = {"hub": base / "hub", "fridge": base / "fridge"}
+    hub, fridge = HouseholdState(dirs["hub"]), HouseholdState(dirs["fridge"])
+    if not hub.is_root():
+        ctx = load_context(hub_config, None)
+        hub.init_household(name=ctx.config.agent.name, profile=ctx.profile.id, requests=list(TASKS),
+                           serves=list(ctx.profile.serves))  # fmt: skip
+        console.print(f"created household {hub.load().certificate.household_id} on the hub")
+    port = _free_port()
+    env = dict(os.environ, HEARTH_MESH__BROKER=f"mqtt://127.0.0.1:{port}")
+    hub_env = dict(env, HEARTH_MESH__STATE_DIR=str(dirs["hub"]), HEARTH_AGENT__LOG_LEVEL="warning")
+    exe = [sys.executable, "-m", "edge_agent"]
+    console.print(
+        f"[bold]starting the hub agent[/] (embedded broker on 127.0.0.1:{port}, LLM self-benchmark)"
+    )
+    hub_proc = subprocess.Popen([*exe, "run", "--config", str(hub_config)], env=hub_env,
+                                stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_port(port, hub_proc, 60)
+        if not fridge.is_member():
+            code = asyncio.run(_pair(hub, fridge, port, fridge_config))
+            console.print(f"paired the fridge panel with setup code {code} (SPAKE2 over the hub's broker)")
+        console.print("[bold]starting the fridge-panel agent[/] and sending it a chat")
+        fridge_env = dict(env, HEARTH_MESH__STATE_DIR=str(dirs["fridge"]))
+        rc = subprocess.call([*exe, "run", "--config", str(fridge_config), "--demo"], env=fridge_env)
+        if rc != 0:
+            raise HearthError(f"the fridge-panel agent failed (exit code {rc})")
+    finally:
+        if hub_proc.poll() is None:
+            hub_proc.send_signal(signal.SIGTERM)
+            try:
+                hub_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                hub_proc.kill()
+                hub_proc.wait()

@@ -1,0 +1,236 @@
+"""``hearth household ...`` (the hub's root of trust) and ``hearth pair`` (joining a household)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.panel import Panel
+from rich.table import Table
+
+from edge_agent.cli.common import (
+    console,
+    console_err,
+    load_config_only,
+    load_context,
+    mesh_state_dir,
+    setup_logging,
+)
+from edge_agent.config import AgentConfig
+from edge_agent.errors import HearthError
+from edge_agent.mesh.pairing import MAX_LIFETIME, DevicePairing, Invitation
+from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
+from edge_agent.mesh.state import HouseholdFile, HouseholdState
+from edge_agent.mesh.transports.mqtt import MqttTransport
+from edge_agent.tasks import TASKS
+
+app = typer.Typer(
+    help="The household: its root of trust (on the hub), invitations, members, revocation.",
+    no_args_is_help=True,
+)
+
+
+@dataclass
+class _Cfg:
+    config: AgentConfig
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
+
+
+def _transport(config: AgentConfig, broker: str | None) -> MqttTransport:
+    from edge_agent.service import tls_context
+
+    mesh = config.mesh if broker is None else config.mesh.model_copy(update={"broker": broker})
+    host, port = mesh.host_port
+    return MqttTransport(
+        host,
+        port,
+        client_id=f"hearth-pair-{secrets.token_hex(4)}",
+        username=mesh.username,
+        password=mesh.password,
+        tls=tls_context(config.model_copy(update={"mesh": mesh})),
+    )
+
+
+@app.command()
+def init(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Create a household with this device (the hub) as its root of trust and first member.
+
+    Example: hearth household init --config config/hub.toml
+    """
+    ctx = load_context(config, profile)
+    state = HouseholdState(mesh_state_dir(ctx.config))
+    data = state.init_household(
+        name=ctx.config.agent.name,
+        profile=ctx.profile.id,
+        requests=list(TASKS),
+        serves=list(ctx.profile.serves),
+    )
+    console.print(
+        f"household [bold]{data.certificate.household_id}[/] created; this device "
+        f"'{data.certificate.name}' ({data.certificate.device_id}) holds its root key in {state.dir}"
+    )
+    console.print("next: `hearth household invite` here, then `hearth pair CODE` on the new device")
+
+
+@app.command()
+def invite(
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    minutes: Annotated[float, typer.Option(help="Invitation lifetime (at most 15).", min=0.1, max=15)] = 10,
+    broker: Annotated[
+        str | None, typer.Option(help="Broker URL (default: the config's [mesh] broker).")
+    ] = None,
+) -> None:
+    """Show a one-time setup code and wait for one device to pair with it (`hearth pair CODE`).
+
+    The code is checked with SPAKE2, so watching the exchange does not reveal it; the invitation
+    closes after one pairing, 20 wrong codes, or its lifetime.
+    """
+    from datetime import timedelta
+
+    ctx = load_context(config, profile)
+    setup_logging("warning")
+    state = HouseholdState(mesh_state_dir(ctx.config))
+    root, root_file = state.load_root()
+    household = state.load()
+    roster = [household.certificate] + [
+        p for p in household.peers if p.device_id not in household.crl.revoked
+    ]
+    inv = Invitation(
+        root,
+        bytes.fromhex(root_file.group_key),
+        root_file.group_epoch,
+        roster=roster,
+        lifetime=min(MAX_LIFETIME, timedelta(minutes=minutes)),
+    )
+    console.print(
+        Panel.fit(
+            f"[bold]{inv.code}[/]",
+            title="setup code",
+            subtitle=f"valid until {inv.expires.astimezone():%H:%M:%S}",
+        )
+    )
+    console.print("on the new device: [bold]hearth pair " + inv.code + "[/]  (waiting…)")
+
+    def paired(cert: object) -> None:
+        state.record_issued(root, cert)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        async with _transport(ctx.config, broker) as transport:
+            cert = await serve_invitation(transport, inv, paired)
+        console.print(
+            f"[green]paired[/] '{cert.name}' ({cert.profile}) as {cert.device_id}; "
+            f"it may request {', '.join(cert.requests) or 'nothing'} and serve "
+            f"{', '.join(cert.serves) or 'nothing'}"
+        )
+
+    asyncio.run(go())
+
+
+def pair(
+    code: Annotated[
+        str, typer.Argument(help="The setup code `hearth household invite` shows, e.g. 4827-1930.")
+    ],
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    broker: Annotated[
+        str | None, typer.Option(help="Broker URL (default: the config's [mesh] broker).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the hub.")] = 30,
+) -> None:
+    """Join the household of the hub that shows CODE. Run it on the new device.
+
+    Example: hearth pair 4827-1930 --config config/fridge-panel.toml
+    """
+    from edge_agent.mesh.pairing import validate_code
+
+    validate_code(code)  # refuse a mistyped code before touching the network
+    ctx = load_context(config, profile)
+    setup_logging("warning")
+    state = HouseholdState(mesh_state_dir(ctx.config))
+    if state.is_member():
+        raise HearthError(f"this device already belongs to a household ({state.household_path})")
+
+    def make(invitation_id: str) -> DevicePairing:
+        return DevicePairing(
+            state.identity,
+            code,
+            invitation_id,
+            name=ctx.config.agent.name,
+            profile=ctx.profile.id,
+            requests=list(TASKS),
+            serves=list(ctx.profile.serves),
+        )
+
+    async def go() -> None:
+        async with _transport(ctx.config, broker) as transport:
+            welcome = await pair_with_hub(transport, make, timeout=timeout)
+        state.save(HouseholdFile.from_welcome(welcome))
+        cert = welcome.certificate
+        console.print(
+            f"[green]joined[/] household {cert.household_id} as '{cert.name}' ({cert.device_id}); "
+            f"{len(welcome.roster)} members known"
+        )
+
+    try:
+        asyncio.run(go())
+    except TimeoutError:
+        raise HearthError(
+            f"no open invitation answered within {timeout:g} s: run `hearth household invite` "
+            "on the hub and check the broker address"
+        ) from None
+
+
+@app.command()
+def show(config: ConfigOpt = None) -> None:
+    """This device's household: id, own certificate, members, revocations."""
+    ctx = _Cfg(load_config_only(config))
+    state = HouseholdState(mesh_state_dir(ctx.config))
+    data = state.load()
+    me = data.certificate
+    console.print(
+        f"household {me.household_id} · this device '{me.name}' {me.device_id}"
+        + (" · holds the root key" if state.is_root() else "")
+    )
+    table = Table("name", "device id", "profile", "requests", "serves", "expires", "status")
+    for cert in [me, *data.peers]:
+        status = "revoked" if cert.device_id in data.crl.revoked else "ok"
+        table.add_row(
+            cert.name,
+            cert.device_id,
+            cert.profile,
+            ",".join(cert.requests),
+            ",".join(cert.serves),
+            f"{cert.expires_at:%Y-%m-%d}",
+            status,
+        )
+    console.print(table)
+    console.print(f"revocation list version {data.crl.version}: {len(data.crl.revoked)} revoked")
+
+
+@app.command()
+def revoke(
+    device: Annotated[str, typer.Argument(help="Device id (or its unique name) to revoke.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a member (hub only). Every peer refuses it once it sees the new signed list."""
+    ctx = _Cfg(load_config_only(config))
+    state = HouseholdState(mesh_state_dir(ctx.config))
+    data = state.load()
+    matches = [c for c in data.peers if device in (c.device_id, c.name)]
+    if len(matches) != 1:
+        raise HearthError(
+            f"{device!r} matches {len(matches)} members; use the device id from `hearth household show`"
+        )
+    crl = state.revoke([matches[0].device_id])
+    console_err.print(
+        f"revoked '{matches[0].name}' ({matches[0].device_id}); revocation list version {crl.version}. "
+        "Running agents publish it with their next presence."
+    )

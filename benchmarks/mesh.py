@@ -28,7 +28,7 @@ from benchmarks.common import bar_plot, machine, write_report
 from edge_agent.mesh import topics
 from edge_agent.mesh.household import HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
-from edge_agent.mesh.node import MeshNode
+from edge_agent.mesh.node import Departed, MeshNode
 from edge_agent.mesh.transports.mqtt import MqttTransport
 
 SIZES = (200, 4096, 65536)
@@ -99,6 +99,8 @@ async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
 
             async def echo() -> None:
                 async for msg in hub.receive():
+                    if isinstance(msg, Departed):
+                        continue
                     await hub.send(
                         msg.sender, topics.responses(hub.household, msg.sender.device_id), msg.payload
                     )

@@ -163,6 +163,8 @@ class Router:
                 cand.excluded = f"{tp.mode} here ({tp.reason})"
             elif local_ms == float("inf"):
                 cand.expected_ms, cand.detail = 1e9, "speed not measured"
+            elif local_ms > deadline_ms:
+                cand.excluded = f"expected {local_ms:.0f} ms is past the {deadline_ms:.0f} ms deadline"
             (excluded if cand.excluded else ranked).append(cand)
         now = time.monotonic()
         for peer in self.endpoint.peers.all() if self.endpoint is not None else []:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.brokers import Mosquitto, run_mosquitto
+from benchmarks.meshkit import config, provision, service
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.models.store import PackStore
 from edge_agent.service import MeshService
-from tests.meshkit import config, provision, service
 
 PROMPT = "Describe a kitchen in three sentences."
 

@@ -52,12 +52,23 @@ async def _pair(hub: HouseholdState, fridge: HouseholdState, port: int, fridge_c
     ctx = load_context(fridge_cfg, None)
     root, root_file = hub.load_root()
     household = hub.load()
-    invitation = Invitation(root, bytes.fromhex(root_file.group_key), root_file.group_epoch,
-                            roster=[household.certificate, *household.peers])  # fmt: skip
+    invitation = Invitation(
+        root,
+        bytes.fromhex(root_file.group_key),
+        root_file.group_epoch,
+        roster=[household.certificate, *household.peers],
+    )
 
     def make(invitation_id: str) -> DevicePairing:
-        return DevicePairing(fridge.identity, invitation.code, invitation_id, name=ctx.config.agent.name,
-                             profile=ctx.profile.id, requests=list(TASKS), serves=list(ctx.profile.serves))  # fmt: skip
+        return DevicePairing(
+            fridge.identity,
+            invitation.code,
+            invitation_id,
+            name=ctx.config.agent.name,
+            profile=ctx.profile.id,
+            requests=list(TASKS),
+            serves=list(ctx.profile.serves),
+        )
 
     async with (
         MqttTransport("127.0.0.1", port, client_id="demo-hub-invite") as hub_link,
@@ -86,8 +97,12 @@ def demo(
     hub, fridge = HouseholdState(dirs["hub"]), HouseholdState(dirs["fridge"])
     if not hub.is_root():
         ctx = load_context(hub_config, None)
-        hub.init_household(name=ctx.config.agent.name, profile=ctx.profile.id, requests=list(TASKS),
-                           serves=list(ctx.profile.serves))  # fmt: skip
+        hub.init_household(
+            name=ctx.config.agent.name,
+            profile=ctx.profile.id,
+            requests=list(TASKS),
+            serves=list(ctx.profile.serves),
+        )
         console.print(f"created household {hub.load().certificate.household_id} on the hub")
     port = _free_port()
     env = dict(os.environ, HEARTH_MESH__BROKER=f"mqtt://127.0.0.1:{port}")
@@ -96,8 +111,9 @@ def demo(
     console.print(
         f"[bold]starting the hub agent[/] (embedded broker on 127.0.0.1:{port}, LLM self-benchmark)"
     )
-    hub_proc = subprocess.Popen([*exe, "run", "--config", str(hub_config)], env=hub_env,
-                                stdout=subprocess.DEVNULL)  # fmt: skip
+    hub_proc = subprocess.Popen(
+        [*exe, "run", "--config", str(hub_config)], env=hub_env, stdout=subprocess.DEVNULL
+    )
     try:
         _wait_port(port, hub_proc, 60)
         if not fridge.is_member():

@@ -103,5 +103,5 @@ class MqttTransport(Transport):
         client = self._client
         if client is not None:
             sock = client._client.socket()
-            if sock is not None:
+            if isinstance(sock, socket.socket):
                 sock.shutdown(socket.SHUT_RDWR)

@@ -1,4 +1,4 @@
-"""Helpers for mesh tests: households on disk, agents on the mesh, all real (Mosquitto, engines)."""
+"""Mesh fixtures for tests and benchmarks: households on disk, agents on the mesh, all real parts."""
 
 from __future__ import annotations
 

@@ -1,0 +1,196 @@
+"""Agents on a real Mosquitto: pairing over MQTT, hostile input while serving, revocation, routing policy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.publish as paho_publish
+import pytest
+
+from benchmarks.brokers import Mosquitto, run_mosquitto
+from benchmarks.meshkit import config, provision, service
+from edge_agent.config import RoutingSection
+from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
+from edge_agent.errors import NoRouteError
+from edge_agent.mesh import topics
+from edge_agent.mesh.household import HouseholdRoot
+from edge_agent.mesh.pairing import DevicePairing, Invitation, PairingError
+from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
+from edge_agent.mesh.peers import PeerTable
+from edge_agent.mesh.protocol import Offer, Presence
+from edge_agent.mesh.state import HouseholdFile, HouseholdState
+from edge_agent.mesh.transports.mqtt import MqttTransport
+from edge_agent.models.selection import plan_for_profile
+from edge_agent.models.store import PackStore
+from edge_agent.profiles import load_profile
+from edge_agent.router import Router
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with run_mosquitto(tmp_path / "broker") as b:
+        yield b
+
+
+async def test_pairing_over_mqtt_then_the_new_device_is_served(
+    tmp_path: Path, broker: Mosquitto, store: PackStore
+) -> None:
+    provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
+    hub_state, fridge_state = HouseholdState(tmp_path / "hub"), HouseholdState(tmp_path / "fridge")
+    root, root_file = hub_state.load_root()
+    inv = Invitation(root, bytes.fromhex(root_file.group_key), roster=[hub_state.load().certificate])
+
+    def make(code: str):  # type: ignore[no-untyped-def]
+        return lambda inv_id: DevicePairing(
+            fridge_state.identity,
+            code,
+            inv_id,
+            name="fridge",
+            profile="fridge-panel",
+            requests=["generate"],
+            serves=[],
+        )
+
+    async with (
+        MqttTransport("127.0.0.1", broker.port, client_id="hub-invite") as hub_link,
+        MqttTransport("127.0.0.1", broker.port, client_id="dev-1") as wrong_link,
+        MqttTransport("127.0.0.1", broker.port, client_id="dev-2") as dev_link,
+    ):
+        serving = asyncio.create_task(
+            serve_invitation(hub_link, inv, lambda c: hub_state.record_issued(root, c))
+        )
+        wrong = "1357-2468" if inv.code != "1357-2468" else "2468-1357"
+        with pytest.raises(PairingError, match=r"could not prove|refused"):
+            await pair_with_hub(wrong_link, make(wrong), timeout=10)
+        assert inv.attempts_left == 19 and not serving.done()
+        welcome = await pair_with_hub(dev_link, make(inv.code), timeout=10)
+        cert = await asyncio.wait_for(serving, 5)
+    assert cert.device_id == fridge_state.identity.device_id == welcome.certificate.device_id
+    fridge_state.save(HouseholdFile.from_welcome(welcome))
+    assert (tmp_path / "fridge" / "household.json").stat().st_mode & 0o777 == 0o600
+    # The running hub never saw the fridge's certificate: it learns it from the fridge's signed presence.
+    hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
+    fridge = service(
+        tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store, serve=False, suffix="-cli"
+    )
+    async with hub, fridge:
+        await fridge.wait_for_peers("generate", 5)
+        routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8))
+        assert "".join([c.text async for c in routed]) and routed.served_by == "hub"
+
+
+async def test_hostile_frames_while_serving_are_dropped_and_the_hub_keeps_serving(
+    tmp_path: Path, broker: Mosquitto, store: PackStore
+) -> None:
+    provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
+    provision(tmp_path / "hub", tmp_path / "fridge", "fridge", "fridge-panel")
+    hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
+    fridge = service(tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store)
+    async with hub, fridge:
+        req_topic = topics.requests(hub.membership.household_id, hub.certificate.device_id)
+        pres_topic = topics.presence(hub.membership.household_id, "f" * 32)
+        hostile = [os.urandom(n) for n in (1, 57, 300, 5000)] + [
+            b"HE" + os.urandom(200),
+            b"HE\x01",
+            os.urandom((1 << 20) + 100),  # over our 1 MiB frame limit, under the broker's
+        ]
+        for payload in hostile:
+            for topic in (req_topic, pres_topic):
+                paho_publish.single(topic, payload, qos=1, hostname="127.0.0.1", port=broker.port)
+        # A genuine envelope carrying garbage JSON from a real member: decrypts, then fails validation.
+        await fridge.node.send(hub.certificate, req_topic, b'{"type": "request", "id": "nope"}')
+        await fridge.wait_for_peers("generate", 5)
+        routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8))
+        assert [c async for c in routed] and routed.served_by == "hub"
+        await asyncio.sleep(0.3)
+        assert sum(hub.node.dropped.values()) >= len(hostile) + 1, hub.node.dropped
+        assert hub.node.dropped["InvalidMessage"] == 1
+
+
+async def test_revoked_device_is_refused_by_the_hub(
+    tmp_path: Path, broker: Mosquitto, store: PackStore
+) -> None:
+    provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
+    provision(tmp_path / "hub", tmp_path / "fridge", "fridge", "fridge-panel")
+    cfg = config("fridge", broker.port, "fridge-panel", stall_timeout_s=0.5, max_attempts=1)
+    hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
+    async with hub:
+        HouseholdState(tmp_path / "hub").revoke([HouseholdState(tmp_path / "fridge").identity.device_id])
+        await hub.endpoint.publish_presence()  # picks the new CRL up from disk and gossips it
+        fridge = service(tmp_path / "fridge", cfg, store)
+        async with fridge:
+            await fridge.wait_for_peers("generate", 5)
+            with pytest.raises(NoRouteError):
+                async for _ in fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8)):
+                    pass
+        assert hub.node.dropped["NotAMemberError"] >= 1
+
+
+def _presence(name: str, cls: str, rate: float, root: HouseholdRoot) -> tuple[object, Presence]:
+    from edge_agent.mesh.identity import DeviceIdentity
+
+    cert = root.issue(
+        DeviceIdentity.generate(), name=name, profile=cls, requests=[], serves=["generate", "embed"]
+    )
+    offers = [
+        Offer(task="generate", pack="llm@int4", rate=rate, first_ms=80),
+        Offer(task="embed", pack="e", rate=900, first_ms=3),
+    ]
+    return cert, Presence(certificate=cert, profile=cls, device_class=cls, offers=offers, interval_s=5)
+
+
+def test_router_policy_and_expected_completion_time(store: PackStore) -> None:
+    from nacl.signing import SigningKey
+
+    from edge_agent.mesh.household import Membership
+
+    root = HouseholdRoot(SigningKey.generate())
+    laptop = load_profile("laptop")
+    plan = plan_for_profile(laptop, [p.manifest for p in store.list()])
+
+    class _Endpoint:  # the router reads only these two attributes of a MeshEndpoint
+        def __init__(self) -> None:
+            self.peers = PeerTable("me")
+            self.device_id = "me"
+            self.node = type("N", (), {"membership": Membership(root.key.verify_key)})()
+
+    ep = _Endpoint()
+    for name, cls, rate in (("hub", "hub", 230.0), ("car", "vehicle", 400.0)):
+        cert, pres = _presence(name, cls, rate, root)
+        ep.peers.update(cert, pres)  # type: ignore[arg-type]
+        ep.peers.get(cert.device_id).rtt_ms = 1.0  # type: ignore[union-attr]
+    me = root.issue(
+        __import__("edge_agent.mesh.identity", fromlist=["x"]).DeviceIdentity.generate(),
+        name="me",
+        profile="laptop",
+        requests=["generate", "embed"],
+        serves=[],
+    )
+    ep.node.membership.certs["me"] = me
+    local = {"generate": Offer(task="generate", pack="llm@int4", rate=100, first_ms=90)}
+    req = GenerateRequest.from_prompt("hi", max_tokens=100)
+
+    def decide(**policy: object):  # type: ignore[no-untyped-def]
+        r = Router(
+            plan=plan, policy=RoutingSection(**policy), local=object(), endpoint=ep, local_offers=local
+        )  # type: ignore[arg-type]
+        return r.decide("generate", req)
+
+    d = decide()
+    assert [c.name for c in d.ranked] == ["car", "hub", "this device"]  # 80+250+1 < 80+435+1 < 90+1000
+    assert "rtt 1.0 ms" in d.ranked[0].detail
+    assert [c.name for c in decide(peer_classes=["hub", "laptop"]).ranked] == ["hub", "this device"]
+    assert decide(prefer_local=True).ranked[0].name == "this device"
+    assert [c.name for c in decide(mode="local-only").ranked] == ["this device"]
+    assert [c.name for c in decide(never_offload=["generate"]).ranked] == ["this device"]
+    assert [c.name for c in decide(deadline_s=0.5).ranked] == ["car"]  # only the car finishes in 500 ms
+    excluded = {c.name: c.excluded for c in decide(deadline_s=0.5).excluded}
+    assert "deadline" in (excluded["hub"] or "")
+    ep.peers.ban(d.ranked[0].peer.device_id, 15)  # type: ignore[union-attr]
+    assert decide().ranked[0].name == "hub"
+    assert Router(plan=plan, policy=RoutingSection(), local=None, endpoint=ep).decide(
+        "embed", EmbedRequest(texts=["x"])
+    ).ranked[0].name in ("hub", "car")

@@ -20,37 +20,26 @@ import time
 from pathlib import Path
 
 from benchmarks.brokers import run_mosquitto
-from benchmarks.meshkit import config, provision, service
+from benchmarks.meshkit import TwoHubs, config, crash, provision, service
 from edge_agent.engines.interfaces import GenerateRequest
 from edge_agent.models.store import PackStore
-from edge_agent.service import MeshService
 
 PROMPT = "Describe a kitchen in three sentences."
 RESULTS = Path(__file__).parent / "results"
 
 
-async def crash(svc: MeshService) -> None:
-    svc.transport.abort()
-    await svc.endpoint.close(clean=False)
-
-
 async def trials(n: int, tmp: Path) -> dict[str, object]:
     store = PackStore()
-    names = ("hub-a", "hub-b")
-    for name in names:
-        provision(tmp / "hub-a", tmp / name, name, "hub")
-    provision(tmp / "hub-a", tmp / "fridge", "fridge", "fridge-panel")
     request = GenerateRequest.from_prompt(PROMPT, max_tokens=48)
     with run_mosquitto(tmp / "broker") as broker:
-        cfgs = {n_: config(n_, broker.port, "hub") for n_ in names}
-        hubs = {n_: service(tmp / n_, cfgs[n_], store) for n_ in names}
-        agents = {n_: hubs[n_].agent for n_ in names}
+        rig = TwoHubs.create(tmp, broker.port, store)
+        provision(tmp / "hub-a", tmp / "fridge", "fridge", "fridge-panel")
         fridge = service(tmp / "fridge", config("fridge", broker.port, "fridge-panel"), store)
         exact = failed_over = 0
         gaps: list[float] = []
         problems: list[str] = []
-        async with hubs["hub-a"], hubs["hub-b"], fridge:
-            offers = dict(hubs["hub-a"].offers)
+        async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
+            rig.offers.update(rig.hubs["hub-a"].offers)
             await fridge.wait_for_peers("generate", timeout=5)
             expected = "".join([c.text async for c in fridge.router.generate(request)])
             for trial in range(n):
@@ -67,26 +56,13 @@ async def trials(n: int, tmp: Path) -> dict[str, object]:
                     if victim is None and seen >= kill_after:
                         victim = routed.served_by
                         killed_at = time.perf_counter()
-                        await crash(hubs[victim])
+                        await crash(rig.hubs[victim])
                 exact += text == expected
                 failed_over += routed.failovers == 1 and routed.served_by != victim
                 if text != expected:
                     problems.append(f"trial {trial}: killed {victim} after {kill_after}: {text!r}")
                 assert victim is not None
-                cfg = cfgs[victim].model_copy(
-                    update={"mesh": cfgs[victim].mesh.model_copy(update={"self_benchmark": False})}
-                )
-                hubs[victim] = service(tmp / victim, cfg, store, agent=agents[victim])
-                hubs[victim].offers.update(
-                    {t: o.model_copy(update={"rate": o.rate / 2}) for t, o in offers.items()}
-                )
-                survivor = hubs[next(x for x in names if x != victim)]
-                survivor.offers.update(offers)
-                since = time.monotonic()
-                await hubs[victim].__aenter__()
-                await survivor.endpoint.publish_presence()
-                for hub in (hubs[victim], survivor):
-                    await fridge.endpoint.wait_for_presence(hub.certificate.device_id, 5, since)
+                await rig.revive(victim, fridge)
         return {
             "trials": n,
             "exact_match": exact,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
+from edge_agent.mesh.protocol import Offer
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
 from edge_agent.service import MeshService
-from edge_agent.tasks import TASKS
+from edge_agent.tasks import TASKS, Task
 
 
 def provision(hub_home: Path, home: Path, name: str, profile: str) -> HouseholdState:
@@ -52,3 +55,46 @@ def service(home: Path, cfg: AgentConfig, store: PackStore, *, serve: bool = Tru
     if agent is None and serve:
         agent = Agent(cfg, profile, store)
     return MeshService(cfg, profile, plan, home, agent=agent, serve=serve, client_id_suffix=suffix)
+
+
+async def crash(svc: MeshService) -> None:
+    """What a dead agent looks like to the mesh: its TCP connection drops without DISCONNECT, so the
+    broker fires its last will (emptying its retained presence), and its work stops."""
+    svc.transport.abort()
+    await svc.endpoint.close(clean=False)
+
+
+@dataclass
+class TwoHubs:
+    """Two hub agents with the same LLM pack, for failover trials that kill one of them per trial."""
+
+    home: Path
+    store: PackStore
+    configs: dict[str, AgentConfig]
+    hubs: dict[str, MeshService]
+    offers: dict[Task, Offer] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, home: Path, port: int, store: PackStore) -> TwoHubs:
+        configs = {n: config(n, port, "hub") for n in ("hub-a", "hub-b")}
+        for name in configs:
+            provision(home / "hub-a", home / name, name, "hub")
+        return cls(home, store, configs, {n: service(home / n, c, store) for n, c in configs.items()})
+
+    async def revive(self, victim: str, watcher: MeshService) -> bool:
+        """Restart ``victim`` (same keys and state dir, model already loaded), advertising half the speed
+        while the survivor advertises full speed, so the next trial kills the other hub. True once
+        ``watcher`` has heard both adverts."""
+        cfg = self.configs[victim]
+        cfg = cfg.model_copy(update={"mesh": cfg.mesh.model_copy(update={"self_benchmark": False})})
+        agent = self.hubs[victim].agent
+        self.hubs[victim] = revived = service(self.home / victim, cfg, self.store, agent=agent)
+        revived.offers.update({t: o.model_copy(update={"rate": o.rate / 2}) for t, o in self.offers.items()})
+        survivor = self.hubs[next(n for n in self.hubs if n != victim)]
+        survivor.offers.update(self.offers)
+        since = time.monotonic()
+        await revived.__aenter__()
+        await survivor.endpoint.publish_presence()
+        heard = [await watcher.endpoint.wait_for_presence(h.certificate.device_id, 5, since)
+                 for h in (revived, survivor)]  # fmt: skip
+        return all(heard)

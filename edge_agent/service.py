@@ -8,7 +8,6 @@ peers`) as a non-serving client of the same household.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -141,14 +140,7 @@ class MeshService:
 
     async def wait_for_peers(self, task: Task, timeout: float) -> None:
         """Wait until some peer offers ``task`` (or ``timeout``), then measure RTT to the candidates."""
-        end = time.monotonic() + timeout
-        while not any(p.offer(task) for p in self.endpoint.peers.all()):
-            self.endpoint.peers_changed.clear()
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.endpoint.peers_changed.wait(), remaining)
+        await self.endpoint.wait_until(lambda: any(p.offer(task) for p in self.endpoint.peers.all()), timeout)
         await asyncio.gather(*(self.endpoint.ping(p) for p in self.endpoint.peers.all() if p.offer(task)))
 
     # -- presence -------------------------------------------------------------------------------------

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from benchmarks.brokers import Mosquitto, run_mosquitto
-from benchmarks.meshkit import config, provision, service
+from benchmarks.meshkit import TwoHubs, config, crash, provision, service
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.models.store import PackStore
-from edge_agent.service import MeshService
 
 PROMPT = "Describe a kitchen in three sentences."
 
@@ -54,32 +52,20 @@ async def test_fridge_chat_is_served_by_the_hub_and_streamed_back(
         assert hub.node.dropped == {} and fridge.node.dropped == {}
 
 
-async def _crash(svc: MeshService) -> None:
-    """What a dead agent looks like to the mesh: its TCP connection drops without DISCONNECT, so the
-    broker fires its last will (emptying its retained presence), and its work stops."""
-    svc.transport.abort()
-    await svc.endpoint.close(clean=False)
-
-
 FAILOVER_TRIALS = 50
 
 
 async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_repeat(
     tmp_path: Path, broker: Mosquitto, store: PackStore, llm_int4: GenerateEngine
 ) -> None:
-    names = ("hub-a", "hub-b")
-    for name in names:
-        provision(tmp_path / "hub-a", tmp_path / name, name, "hub")
+    rig = TwoHubs.create(tmp_path, broker.port, store)
     provision(tmp_path / "hub-a", tmp_path / "fridge", "fridge", "fridge-panel")
-    cfgs = {n: config(n, broker.port, "hub") for n in names}
-    hubs = {n: service(tmp_path / n, cfgs[n], store) for n in names}
-    agents = {n: hubs[n].agent for n in names}
     fridge = service(tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store)
     request = GenerateRequest.from_prompt(PROMPT, max_tokens=48)
     expected = reference(llm_int4)
     served_first: list[str] = []
-    async with hubs["hub-a"], hubs["hub-b"], fridge:
-        offers = dict(hubs["hub-a"].offers)
+    async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
+        rig.offers.update(rig.hubs["hub-a"].offers)
         for trial in range(FAILOVER_TRIALS):
             await fridge.wait_for_peers("generate", timeout=5)
             kill_after = 1 + (trial * 7) % 28  # tokens received before the serving hub dies
@@ -92,26 +78,11 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
                 if victim is None and seen >= kill_after:
                     victim = routed.served_by
                     served_first.append(victim)
-                    await _crash(hubs[victim])
+                    await crash(rig.hubs[victim])
             assert victim is not None
             assert text == expected, f"trial {trial}: killed {victim} after {kill_after} tokens"
             assert routed.failovers == 1 and routed.served_by != victim, routed.attempts
-            # Bring the dead hub back (same keys and state dir, model already loaded), advertising half the
-            # speed while the survivor advertises full speed, so the next trial kills the other hub.
-            cfg = cfgs[victim].model_copy(
-                update={"mesh": cfgs[victim].mesh.model_copy(update={"self_benchmark": False})}
-            )
-            hubs[victim] = service(tmp_path / victim, cfg, store, agent=agents[victim])
-            hubs[victim].offers.update(
-                {t: o.model_copy(update={"rate": o.rate / 2}) for t, o in offers.items()}
-            )
-            survivor = hubs[next(n for n in names if n != victim)]
-            survivor.offers.update(offers)
-            since = time.monotonic()
-            await hubs[victim].__aenter__()
-            await survivor.endpoint.publish_presence()
-            for hub in (hubs[victim], survivor):
-                assert await fridge.endpoint.wait_for_presence(hub.certificate.device_id, 5, since)
+            assert await rig.revive(victim, fridge)
     assert served_first[:4] == ["hub-a", "hub-b", "hub-a", "hub-b"] or served_first[:4] == [
         "hub-b",
         "hub-a",

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -65,3 +66,21 @@ def load_config_only(config_path: Path | None) -> AgentConfig:
     if cfg.agent.home is not None:
         os.environ["HEARTH_HOME"] = str(cfg.agent.home.expanduser())
     return cfg
+
+
+def mesh_client(ctx: Context, agent: Any) -> Any:
+    """This device as a one-shot, non-serving client of its household (``hearth chat``, ``hearth peers``).
+
+    Its own client id suffix, so it never displaces this device's running agent on the broker.
+    """
+    from edge_agent.service import MeshService
+
+    return MeshService(
+        ctx.config,
+        ctx.profile,
+        ctx.plan,
+        mesh_state_dir(ctx.config),
+        agent=agent,
+        serve=False,
+        client_id_suffix=f"-cli{os.getpid()}",
+    )

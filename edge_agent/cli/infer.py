@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +17,7 @@ from edge_agent.cli.common import (
     console,
     console_err,
     load_context,
+    mesh_client,
     mesh_state_dir,
     setup_logging,
 )
@@ -102,17 +102,7 @@ def chat(
             if not use_mesh:
                 await stream_chat(agent.generate(request), show_stats=stats)
                 return
-            from edge_agent.service import MeshService
-
-            service = MeshService(
-                ctx.config,
-                ctx.profile,
-                ctx.plan,
-                mesh_state_dir(ctx.config),
-                agent=agent,
-                serve=False,
-                client_id_suffix=f"-cli{os.getpid()}",
-            )
+            service = mesh_client(ctx, agent)
             async with service:
                 local_ok = ctx.plan.for_task("generate").mode == "local"
                 await service.wait_for_peers("generate", timeout=0.5 if local_ok else 3.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +12,7 @@ import typer
 from rich.table import Table
 
 from edge_agent.agent import Agent
-from edge_agent.cli.common import console, load_context, mesh_state_dir, setup_logging
+from edge_agent.cli.common import console, load_context, mesh_client, setup_logging
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")]
@@ -31,22 +30,12 @@ def peers(
 
     Example: hearth peers --config config/fridge-panel.toml
     """
-    from edge_agent.service import MeshService
-
     ctx = load_context(config, profile)
     setup_logging("warning")
 
     async def go() -> None:
         async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
-            service = MeshService(
-                ctx.config,
-                ctx.profile,
-                ctx.plan,
-                mesh_state_dir(ctx.config),
-                agent=agent,
-                serve=False,
-                client_id_suffix=f"-cli{os.getpid()}",
-            )
+            service = mesh_client(ctx, agent)
             async with service:
                 await asyncio.sleep(wait)
                 await service.wait_for_peers("generate", timeout=0)

@@ -60,7 +60,6 @@ def mosquitto_config(
     certfile: Path,
     keyfile: Path,
     persistence_dir: Path | None = None,
-    loopback_plain_port: int | None = None,
     max_packet_kb: int = 1024,
 ) -> MosquittoFiles:
     """Write ``mosquitto.conf`` + ``acl`` for one household.
@@ -106,8 +105,6 @@ def mosquitto_config(
         "use_identity_as_username true",
         "tls_version tlsv1.3",
     ]
-    if loopback_plain_port is not None:
-        lines += ["", f"listener {loopback_plain_port} 127.0.0.1"]
     if persistence_dir is not None:
         lines += ["", "persistence true", f"persistence_location {persistence_dir}/"]
     config = out_dir / "mosquitto.conf"

@@ -170,20 +170,27 @@ class MeshEndpoint:
             return False
         return True
 
-    async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
-        """Wait for a presence from ``device_id`` received after ``since`` (default now): it has
-        (re)connected and subscribed."""
-        since = time.monotonic() if since is None else since
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Re-check ``condition`` on every peer-table change until it holds or ``timeout`` passes."""
         end = time.monotonic() + timeout
-        while True:
-            peer = self.peers.get(device_id)
-            if peer is not None and peer.seen > since:
-                return True
+        while not condition():
             self.peers_changed.clear()
             if (remaining := end - time.monotonic()) <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.peers_changed.wait(), remaining)
+        return True
+
+    async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
+        """Wait for a presence from ``device_id`` received after ``since`` (default now): it has
+        (re)connected and subscribed."""
+        after = time.monotonic() if since is None else since
+
+        def heard() -> bool:
+            peer = self.peers.get(device_id)
+            return peer is not None and peer.seen > after
+
+        return await self.wait_until(heard, timeout)
 
     async def _connection_loop(self) -> None:
         delay = 0.1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -157,8 +156,3 @@ async def pair_with_hub(
             elif kind == "pair-welcome":
                 return pairing.finish(PairWelcome.model_validate(env.message))
     raise PairingError("the broker connection closed before pairing finished")
-
-
-def describe(welcome: Welcome) -> str:
-    cert = welcome.certificate
-    return json.dumps({"household": cert.household_id, "device": cert.device_id, "name": cert.name})

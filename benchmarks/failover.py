@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.brokers import run_mosquitto
-from benchmarks.meshkit import TwoHubs, config, crash, provision, service
+from benchmarks.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent.engines.interfaces import GenerateRequest
 from edge_agent.models.store import PackStore
 
@@ -43,26 +43,29 @@ async def trials(n: int, tmp: Path) -> dict[str, object]:
             await fridge.wait_for_peers("generate", timeout=5)
             expected = "".join([c.text async for c in fridge.router.generate(request)])
             for trial in range(n):
-                await fridge.wait_for_peers("generate", timeout=5)
-                kill_after = 1 + (trial * 7) % 28
-                routed = fridge.router.generate(request)
-                text, seen, victim, killed_at = "", 0, None, 0.0
-                async for chunk in routed:
-                    if killed_at and len(routed.attempts) == 2:
-                        gaps.append((time.perf_counter() - killed_at) * 1000)  # first chunk from the new peer
-                        killed_at = 0.0
-                    text += chunk.text
-                    seen += len(chunk.token_ids)
-                    if victim is None and seen >= kill_after:
-                        victim = routed.served_by
-                        killed_at = time.perf_counter()
-                        await crash(rig.hubs[victim])
-                exact += text == expected
-                failed_over += routed.failovers == 1 and routed.served_by != victim
-                if text != expected:
-                    problems.append(f"trial {trial}: killed {victim} after {kill_after}: {text!r}")
-                assert victim is not None
-                await rig.revive(victim, fridge)
+                async with watchdog(90, f"trial {trial}"):
+                    await fridge.wait_for_peers("generate", timeout=5)
+                    kill_after = 1 + (trial * 7) % 28
+                    routed = fridge.router.generate(request)
+                    text, seen, victim, killed_at = "", 0, None, 0.0
+                    async for chunk in routed:
+                        if killed_at and len(routed.attempts) == 2:
+                            gaps.append(
+                                (time.perf_counter() - killed_at) * 1000
+                            )  # first chunk from the new peer
+                            killed_at = 0.0
+                        text += chunk.text
+                        seen += len(chunk.token_ids)
+                        if victim is None and seen >= kill_after:
+                            victim = routed.served_by
+                            killed_at = time.perf_counter()
+                            await crash(rig.hubs[victim])
+                    exact += text == expected
+                    failed_over += routed.failovers == 1 and routed.served_by != victim
+                    if text != expected:
+                        problems.append(f"trial {trial}: killed {victim} after {kill_after}: {text!r}")
+                    assert victim is not None
+                    await rig.revive(victim, fridge)
         return {
             "trials": n,
             "exact_match": exact,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,3 +102,19 @@ class TwoHubs:
         heard = [await watcher.endpoint.wait_for_presence(h.certificate.device_id, 5, since)
                  for h in (revived, survivor)]  # fmt: skip
         return all(heard)
+
+
+@contextlib.asynccontextmanager
+async def watchdog(seconds: float, label: str) -> AsyncIterator[None]:
+    """Fail a trial that makes no progress within ``seconds``, printing where every task is waiting
+    (an intermittent hang was seen in long failover runs; this names the stage instead of a bare timeout)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=6, file=stacks)
+        raise AssertionError(
+            f"{label}: no progress within {seconds:g} s; tasks:\n{stacks.getvalue()}"
+        ) from None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.brokers import Mosquitto, run_mosquitto
-from benchmarks.meshkit import TwoHubs, config, crash, provision, service
+from benchmarks.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.models.store import PackStore
@@ -67,22 +67,23 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
     async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
         rig.offers.update(rig.hubs["hub-a"].offers)
         for trial in range(FAILOVER_TRIALS):
-            await fridge.wait_for_peers("generate", timeout=5)
-            kill_after = 1 + (trial * 7) % 28  # tokens received before the serving hub dies
-            routed = fridge.router.generate(request)
-            text, seen = "", 0
-            victim = None
-            async for chunk in routed:
-                text += chunk.text
-                seen += len(chunk.token_ids)
-                if victim is None and seen >= kill_after:
-                    victim = routed.served_by
-                    served_first.append(victim)
-                    await crash(rig.hubs[victim])
-            assert victim is not None
-            assert text == expected, f"trial {trial}: killed {victim} after {kill_after} tokens"
-            assert routed.failovers == 1 and routed.served_by != victim, routed.attempts
-            assert await rig.revive(victim, fridge)
+            async with watchdog(90, f"trial {trial}"):
+                await fridge.wait_for_peers("generate", timeout=5)
+                kill_after = 1 + (trial * 7) % 28  # tokens received before the serving hub dies
+                routed = fridge.router.generate(request)
+                text, seen = "", 0
+                victim = None
+                async for chunk in routed:
+                    text += chunk.text
+                    seen += len(chunk.token_ids)
+                    if victim is None and seen >= kill_after:
+                        victim = routed.served_by
+                        served_first.append(victim)
+                        await crash(rig.hubs[victim])
+                assert victim is not None
+                assert text == expected, f"trial {trial}: killed {victim} after {kill_after} tokens"
+                assert routed.failovers == 1 and routed.served_by != victim, routed.attempts
+                assert await rig.revive(victim, fridge)
     assert served_first[:4] == ["hub-a", "hub-b", "hub-a", "hub-b"] or served_first[:4] == [
         "hub-b",
         "hub-a",

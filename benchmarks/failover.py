@@ -12,7 +12,6 @@ next chunk).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.brokers import run_mosquitto
 from benchmarks.meshkit import TwoHubs, config, crash, provision, service, watchdog
+from edge_agent import aio
 from edge_agent.engines.interfaces import GenerateRequest
 from edge_agent.models.store import PackStore
 
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(trials(args.trials, Path(tmp)))
+        result = aio.run(trials(args.trials, Path(tmp)))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "failover.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.json:

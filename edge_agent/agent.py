@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 
 from edge_agent.config import AgentConfig
@@ -55,7 +55,7 @@ class Agent:
                 await task
         self._tasks.clear()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
         """Stream a chat completion. Cancelling the consumer stops generation at the next token."""
         async with self.models.use("generate") as engine:
             loop = asyncio.get_running_loop()

@@ -13,9 +13,10 @@ sees one stream with nothing lost or repeated (a Petals idea, kept inside the pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,15 +248,18 @@ class Router:
                     update={"continuation": Continuation(token_ids=list(tokens), emitted_text=shown)}
                 )
             try:
-                async for chunk in self._source(cand, part, deadline):
-                    tokens += chunk.token_ids
-                    shown += chunk.text
-                    if chunk.stats is not None:
-                        routed.stats = chunk.stats.model_copy(
-                            update={"completion_tokens": len(tokens) + (chunk.stats.finish_reason == "stop")}
-                        )
-                    yield chunk.model_copy(update={"index": index})
-                    index += 1
+                async with contextlib.aclosing(self._source(cand, part, deadline)) as chunks:
+                    async for chunk in chunks:
+                        tokens += chunk.token_ids
+                        shown += chunk.text
+                        if chunk.stats is not None:
+                            routed.stats = chunk.stats.model_copy(
+                                update={
+                                    "completion_tokens": len(tokens) + (chunk.stats.finish_reason == "stop")
+                                }
+                            )
+                        yield chunk.model_copy(update={"index": index})
+                        index += 1
                 if cand.peer is not None and self.endpoint is not None:
                     self.endpoint.peers.succeeded(cand.peer.device_id)
                 return
@@ -288,22 +292,25 @@ class Router:
 
     async def _source(
         self, cand: Candidate, request: GenerateRequest, deadline: float
-    ) -> AsyncIterator[GenerateChunk]:
+    ) -> AsyncGenerator[GenerateChunk, None]:
         if cand.peer is None:
             self.local_in_flight += 1
             try:
-                async for chunk in self.local.generate(request):  # type: ignore[union-attr]
-                    yield chunk
+                async with contextlib.aclosing(self.local.generate(request)) as chunks:  # type: ignore[union-attr]
+                    async for chunk in chunks:
+                        yield chunk
             finally:
                 self.local_in_flight -= 1
             return
         assert self.endpoint is not None
         remaining = max(0.05, deadline - time.monotonic())
         body = request.model_dump(mode="json")
-        async for msg in self.endpoint.stream(cand.peer, "generate", body, deadline_s=remaining,
-                                              stall_s=self.policy.stall_timeout_s):  # fmt: skip
-            stats = GenerateStats.model_validate(msg.body) if msg.final and msg.body else None
-            yield GenerateChunk(index=msg.seq, text=msg.text, token_ids=msg.token_ids, stats=stats)
+        stream = self.endpoint.stream(cand.peer, "generate", body, deadline_s=remaining,
+                                      stall_s=self.policy.stall_timeout_s)  # fmt: skip
+        async with contextlib.aclosing(stream) as msgs:
+            async for msg in msgs:
+                stats = GenerateStats.model_validate(msg.body) if msg.final and msg.body else None
+                yield GenerateChunk(index=msg.seq, text=msg.text, token_ids=msg.token_ids, stats=stats)
 
     async def embed(self, request: EmbedRequest, deadline_s: float | None = None) -> tuple[EmbedResult, str]:
         """Embed locally or on a peer, retrying elsewhere if the peer fails; returns (result, served by)."""

@@ -8,10 +8,11 @@ peers`) as a non-serving client of the same household.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import TracebackType
 
@@ -204,15 +205,17 @@ class MeshService:
 
     # -- serving --------------------------------------------------------------------------------------
 
-    async def _handle(self, req: Request, requester: DeviceCertificate) -> AsyncIterator[Chunk]:
+    async def _handle(self, req: Request, requester: DeviceCertificate) -> AsyncGenerator[Chunk, None]:
         assert self.agent is not None
         log.info("serving %s for %s", req.task, requester.name)
         if req.task == "generate":
             request = GenerateRequest.model_validate(req.body)
             request.validate_text()
-            async for c in self.agent.generate(request):
-                yield Chunk(id=req.id, seq=0, text=c.text, token_ids=c.token_ids, final=c.stats is not None,
-                            body=c.stats.model_dump(mode="json") if c.stats else None)  # fmt: skip
+            async with contextlib.aclosing(self.agent.generate(request)) as chunks:
+                async for c in chunks:
+                    body = c.stats.model_dump(mode="json") if c.stats else None
+                    yield Chunk(id=req.id, seq=0, text=c.text, token_ids=c.token_ids,
+                                final=c.stats is not None, body=body)  # fmt: skip
         elif req.task == "embed":
             result = await self.agent.embed(EmbedRequest.model_validate(req.body))
             yield Chunk(id=req.id, seq=0, final=True, body=result.model_dump(mode="json"))

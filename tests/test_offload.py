@@ -34,7 +34,10 @@ async def test_fridge_chat_is_served_by_the_hub_and_streamed_back(
     provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
     provision(tmp_path / "hub", tmp_path / "fridge", "fridge", "fridge-panel")
     hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
-    fridge = service(tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store)
+    # prefer_local as config/fridge-panel.toml: embeddings stay home even if the hub measured faster.
+    fridge = service(
+        tmp_path / "fridge", config("fridge", broker.port, "fridge-panel", prefer_local=True), store
+    )
     assert fridge.plan.for_task("generate").mode == "offload-only"
     async with hub, fridge:
         assert hub.offers["generate"].rate > 10  # measured by the self-benchmark

@@ -20,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from edge_agent import aio
 from edge_agent.cli.common import console, load_config_only, load_context
 from edge_agent.errors import HearthError
 from edge_agent.mesh.pairing import DevicePairing, Invitation
@@ -117,7 +118,7 @@ def demo(
     try:
         _wait_port(port, hub_proc, 60)
         if not fridge.is_member():
-            code = asyncio.run(_pair(hub, fridge, port, fridge_config))
+            code = aio.run(_pair(hub, fridge, port, fridge_config))
             console.print(f"paired the fridge panel with setup code {code} (SPAKE2 over the hub's broker)")
         console.print("[bold]starting the fridge-panel agent[/] and sending it a chat")
         fridge_env = dict(env, HEARTH_MESH__STATE_DIR=str(dirs["fridge"]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
+from edge_agent import aio
 from edge_agent.cli.common import (
     console,
     console_err,
@@ -131,7 +131,7 @@ def invite(
             f"{', '.join(cert.serves) or 'nothing'}"
         )
 
-    asyncio.run(go())
+    aio.run(go())
 
 
 def pair(
@@ -180,7 +180,7 @@ def pair(
         )
 
     try:
-        asyncio.run(go())
+        aio.run(go())
     except TimeoutError:
         raise HearthError(
             f"no open invitation answered within {timeout:g} s: run `hearth household invite` "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterable
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from edge_agent import aio
 from edge_agent.agent import Agent
 from edge_agent.cli.common import (
     console,
@@ -118,7 +118,7 @@ def chat(
                 )
                 console_err.print(f"[dim]served by {hops}[/]")
 
-    asyncio.run(go())
+    aio.run(go())
 
 
 def embed(
@@ -148,7 +148,7 @@ def embed(
             return
         print_similarity(texts, np.asarray(result.vectors, dtype=np.float32), result.model)
 
-    asyncio.run(go())
+    aio.run(go())
 
 
 def print_similarity(texts: list[str], vectors: np.ndarray, model: str) -> None:

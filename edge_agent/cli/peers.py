@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edge_agent import aio
 from edge_agent.agent import Agent
 from edge_agent.cli.common import console, load_context, mesh_client, setup_logging
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
@@ -106,4 +107,4 @@ def peers(
                     for line in d.explain()[1:]:
                         console.print(f"    {line}", markup=False)
 
-    asyncio.run(go())
+    aio.run(go())

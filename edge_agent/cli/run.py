@@ -11,6 +11,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from edge_agent import aio
 from edge_agent.agent import Agent
 from edge_agent.cli.common import console, load_context, mesh_state_dir, setup_logging
 from edge_agent.cli.infer import print_similarity, stream_chat
@@ -109,4 +110,4 @@ def run(
                 else:
                     await serve_until_stopped()
 
-    asyncio.run(go())
+    aio.run(go())

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -53,7 +53,7 @@ from edge_agent.tasks import Task
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request, DeviceCertificate], AsyncIterator[Chunk]]
+Handler = Callable[[Request, DeviceCertificate], AsyncGenerator[Chunk, None]]
 """Serves one request: yields chunks (id/seq are filled in by the endpoint), the last one final."""
 
 
@@ -77,6 +77,19 @@ class _Stream:
         while self.next_seq in self.early:
             self.queue.put_nowait(self.early.pop(self.next_seq))
             self.next_seq += 1
+
+
+async def _stop(tasks: list[asyncio.Task[None]], patience_s: float = 15.0) -> None:
+    """Cancel ``tasks`` and wait for them, re-cancelling any that swallowed the cancel (3.11's
+    asyncio.wait_for can), so closing an endpoint never hangs on one of its own tasks."""
+    pending = {t for t in tasks if not t.done() and t is not asyncio.current_task()}
+    end = time.monotonic() + patience_s
+    while pending and time.monotonic() < end:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in pending:
+        log.warning("task %s did not stop within %g s; leaving it", task.get_name(), patience_s)
 
 
 def _failure_code(exc: BaseException) -> FailureCode:
@@ -148,24 +161,22 @@ class MeshEndpoint:
                 await self.node.transport.publish(
                     topics.presence(self.node.household, self.device_id), b"", retain=True
                 )
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop(list(self._tasks) + list(self._serving.values()))
         self._tasks.clear()
         self.node.save_state()
 
     async def wait_connected(self, timeout: float) -> None:
         try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.connected.wait()
         except TimeoutError:
             raise TransportError(f"no connection to the MQTT broker within {timeout:g} s") from None
 
     async def wait_peers_changed(self, timeout: float) -> bool:
         self.peers_changed.clear()
         try:
-            await asyncio.wait_for(self.peers_changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.peers_changed.wait()
         except TimeoutError:
             return False
         return True
@@ -178,7 +189,8 @@ class MeshEndpoint:
             if (remaining := end - time.monotonic()) <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.peers_changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self.peers_changed.wait()
         return True
 
     async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
@@ -217,7 +229,9 @@ class MeshEndpoint:
             delay = min(self.reconnect_max_s, delay * 2)
 
     async def _housekeeping_loop(self) -> None:
-        while True:
+        # Checks _closing too: on 3.11 asyncio.wait_for (inside aiomqtt) can swallow a cancel that
+        # races with its result, and a loop that only stops on cancel would then run forever.
+        while not self._closing:
             await asyncio.sleep(self.presence_interval_s)
             for peer in self.peers.expire():
                 log.info("peer %s (%s) aged out", peer.name, peer.device_id[:8])
@@ -335,7 +349,7 @@ class MeshEndpoint:
 
         async def keepalive() -> None:
             every = req.stall_ms / 3000
-            while True:
+            while not self._closing:
                 await asyncio.sleep(every)
                 if time.monotonic() - last_sent >= every:
                     await reply(Accepted(id=req.id, queue_depth=self.queue_depth))
@@ -344,8 +358,12 @@ class MeshEndpoint:
         seq = 0
         try:
             await reply(Accepted(id=req.id, queue_depth=self.queue_depth))
-            async with asyncio.timeout(req.deadline_ms / 1000):
-                async for chunk in self.handler(req, requester):
+            # aclosing: a cancelled request stops the engine now, not when the generator is collected.
+            async with (
+                asyncio.timeout(req.deadline_ms / 1000),
+                contextlib.aclosing(self.handler(req, requester)) as chunks,
+            ):
+                async for chunk in chunks:
                     await reply(chunk.model_copy(update={"id": req.id, "seq": seq}))
                     seq += 1
         except asyncio.CancelledError:
@@ -363,6 +381,7 @@ class MeshEndpoint:
                 await reply(Failure(id=req.id, code=code, message=str(exc)[:2000] or type(exc).__name__))
         finally:
             ka.cancel()
+            await _stop([ka])
 
     # -- requesting -----------------------------------------------------------------------------------
 
@@ -374,7 +393,7 @@ class MeshEndpoint:
         *,
         deadline_s: float,
         stall_s: float,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Send a request to ``peer`` and yield its chunks in order until the final one.
 
         Raises PeerLostError (died, left, stalled, link down) or PeerRefusedError (it answered with a
@@ -395,7 +414,8 @@ class MeshEndpoint:
                 raise LinkDownError(f"could not send to {peer.name}: {exc}") from exc
             while True:
                 try:
-                    msg = await asyncio.wait_for(stream.queue.get(), stall_s)
+                    async with asyncio.timeout(stall_s):
+                        msg = await stream.queue.get()
                 except TimeoutError:
                     raise PeerLostError(f"{peer.name} sent nothing for {stall_s:g} s (stalled)") from None
                 if isinstance(msg, PeerLostError):
@@ -422,7 +442,8 @@ class MeshEndpoint:
         try:
             await self.node.send(peer.certificate, topics.requests(self.node.household, peer.device_id),
                                  encode(Ping(nonce=nonce)))  # fmt: skip
-            rtt = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                rtt = await future
         except (TimeoutError, TransportError):
             return None
         finally:

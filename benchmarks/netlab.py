@@ -1,0 +1,133 @@
+"""Two hosts on one machine for multi-host tests: network namespaces joined by a veth pair, packet loss
+with nftables (``numgen random``), processes started inside a namespace and stopped by their PID.
+
+Needs root (CAP_NET_ADMIN), iproute2 and nftables (``make system-deps`` installs both). Traffic stays
+between the two namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Host:
+    ns: str
+    ip: str
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *args]
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(*args), input=stdin, capture_output=True, text=True, check=True)
+
+
+def available() -> str | None:
+    """Why namespaces cannot be used here, or None if they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (make system-deps)"
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def two_hosts() -> Iterator[tuple[Host, Host]]:
+    """Hosts a (x.x.x.1) and b (x.x.x.2) on a private /24, removed again on exit."""
+    tag = secrets.token_hex(3)
+    net = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    a, b = Host(f"hearth-{tag}-a", f"{net}.1"), Host(f"hearth-{tag}-b", f"{net}.2")
+    veth = (f"hv{tag}a", f"hv{tag}b")
+    try:
+        for host in (a, b):
+            _ip("netns", "add", host.ns)
+        _ip("link", "add", veth[0], "type", "veth", "peer", "name", veth[1])
+        for host, dev in zip((a, b), veth, strict=True):
+            _ip("link", "set", dev, "netns", host.ns)
+            _ip("-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", dev)
+            _ip("-n", host.ns, "link", "set", dev, "up")
+            _ip("-n", host.ns, "link", "set", "lo", "up")
+        yield a, b
+    finally:
+        for host in (a, b):  # deleting a namespace deletes its end of the veth, and so the pair
+            subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
+
+
+def set_loss(host: Host, percent: int) -> None:
+    """Drop ``percent`` % of the packets ``host`` sends and receives (replaces any earlier rule)."""
+    subprocess.run(host.cmd("nft", "delete", "table", "inet", "hearth_loss"), capture_output=True)
+    if percent <= 0:
+        return
+    rule = f"numgen random mod 100 < {percent} counter drop" if percent < 100 else "counter drop"
+    host.run("nft", "-f", "-", stdin=(
+        "table inet hearth_loss {\n"
+        f"  chain input {{ type filter hook input priority 0; policy accept; {rule}; }}\n"
+        f"  chain output {{ type filter hook output priority 0; policy accept; {rule}; }}\n"
+        "}\n"
+    ))  # fmt: skip
+
+
+def dropped_packets(host: Host) -> int:
+    listing = host.run("nft", "list", "table", "inet", "hearth_loss").stdout
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+
+
+@contextlib.contextmanager
+def process_in(host: Host, *args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Start ``args`` inside ``host`` (``ip netns exec`` execs it, so the PID is the program's own);
+    stop it by that PID on exit."""
+    proc = subprocess.Popen(host.cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, limit: int = 2000) -> list[str]:
+    """Read ``proc``'s output until a line contains ``needle``; all lines read so far."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    for _ in range(limit):
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process exited (code {proc.wait()}) before '{needle}':\n" + "".join(seen))
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise RuntimeError(f"no '{needle}' in {limit} lines:\n" + "".join(seen))
+
+
+def mosquitto_in(host: Host, workdir: Path, port: int = 1883) -> list[str]:
+    """The command line for a Mosquitto listening on ``host``'s address (plain, anonymous: every
+    payload is an envelope; the TLS + ACL setup has its own test)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"{user}listener {port} {host.ip}\nallow_anonymous true\nset_tcp_nodelay true\n"
+                    "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n")  # fmt: skip
+    return [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)]
+
+
+HEARTH = str(Path(sys.executable).parent / "hearth")  # the CLI of the environment running the tests

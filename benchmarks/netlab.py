@@ -103,6 +103,8 @@ def process_in(host: Host, *args: str, env: dict[str, str] | None = None) -> Ite
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, limit: int = 2000) -> list[str]:
@@ -119,6 +121,22 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, limit: int = 2000) -
     raise RuntimeError(f"no '{needle}' in {limit} lines:\n" + "".join(seen))
 
 
+def wait_for_port(client: Host, ip: str, port: int, timeout: float = 15.0) -> None:
+    """Wait until ``client`` can open a TCP connection to ``ip``:``port``."""
+    probe = (
+        "import socket, sys, time\n"
+        f"end = time.monotonic() + {timeout}\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        f"        socket.create_connection(('{ip}', {port}), timeout=0.5).close(); sys.exit(0)\n"
+        "    except OSError:\n"
+        "        time.sleep(0.05)\n"
+        "sys.exit(1)\n"
+    )
+    if subprocess.run(client.cmd(sys.executable, "-c", probe)).returncode != 0:
+        raise RuntimeError(f"{ip}:{port} not reachable from {client.ns} within {timeout:g} s")
+
+
 def mosquitto_in(host: Host, workdir: Path, port: int = 1883) -> list[str]:
     """The command line for a Mosquitto listening on ``host``'s address (plain, anonymous: every
     payload is an envelope; the TLS + ACL setup has its own test)."""
@@ -126,7 +144,7 @@ def mosquitto_in(host: Host, workdir: Path, port: int = 1883) -> list[str]:
     conf = workdir / "mosquitto.conf"
     user = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(f"{user}listener {port} {host.ip}\nallow_anonymous true\nset_tcp_nodelay true\n"
-                    "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n")  # fmt: skip
+                    "log_dest none\n")  # fmt: skip
     return [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)]
 
 

@@ -47,8 +47,8 @@ def lan(tmp_path: Path, hearth_env: dict[str, str]) -> Iterator[tuple[netlab.Hos
             tmp_path / "fridge",
             stall_timeout_s=5.0,
         )
-        with netlab.process_in(a, *netlab.mosquitto_in(a, tmp_path / "broker")) as mosquitto:
-            netlab.wait_for_line(mosquitto, "running")
+        with netlab.process_in(a, *netlab.mosquitto_in(a, tmp_path / "broker")):
+            netlab.wait_for_port(b, a.ip, 1883)
             with netlab.process_in(a, netlab.HEARTH, "run", "--config", str(hub_cfg), env=hearth_env) as hub:
                 netlab.wait_for_line(hub, "serving")
                 yield a, b, fridge_cfg

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from edge_agent import processes
 
 
 def free_port() -> int:
@@ -32,13 +33,7 @@ class Mosquitto:
         return self.workdir / "mosquitto.db"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # clean stop: writes the persistence file
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        processes.stop(self.proc, timeout=10)  # SIGTERM first: Mosquitto writes its persistence file
 
 
 @contextlib.contextmanager

@@ -31,13 +31,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.brokers import run_mosquitto
 from benchmarks.common import bar_plot, machine, write_report
-from benchmarks.mesh_echo import RAW_REQ, RAW_RESP
+from benchmarks.mesh_echo import RAW_REQ, RAW_RESP, node_at
 from benchmarks.meshkit import provision
-from edge_agent import aio
+from edge_agent import aio, processes
 from edge_agent.mesh import topics
 from edge_agent.mesh.node import Departed, MeshNode
-from edge_agent.mesh.state import HouseholdState
-from edge_agent.mesh.transports.mqtt import MqttTransport
 
 SIZES = (200, 4096, 65536)
 WINDOW = 64
@@ -55,12 +53,7 @@ def echo_process(*args: str) -> Iterator[subprocess.Popen[str]]:
             raise RuntimeError(f"mesh echo {args[0]} did not start (exit code {proc.poll()})")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc, timeout=10)
 
 
 class RawRequester:
@@ -122,14 +115,10 @@ async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
             echo_process("hearth", str(broker.port), "--home", str(homes["hub"]), "--qos", str(qos)),
         ):
             raw = RawRequester(broker.port, qos)
-            state = HouseholdState(homes["fridge"])
-            membership, data = state.membership()
-            transport = MqttTransport("127.0.0.1", broker.port, client_id="mesh-req", qos=qos)
-            fridge = MeshNode(state.identity, membership, transport, state.counters_dir,
-                              group_key=bytes.fromhex(data.group_key), group_epoch=data.group_epoch)  # fmt: skip
-            hub = next(c for c in membership.certs.values() if c.name == "hub")
+            fridge = node_at(homes["fridge"], broker.port, "mesh-req", qos)
+            hub = next(c for c in fridge.membership.certs.values() if c.name == "hub")
             req_topic = topics.requests(fridge.household, hub.device_id)
-            async with transport:
+            async with fridge.transport:
                 await fridge.start()
                 replies = fridge.receive()
 

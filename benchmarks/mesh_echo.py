@@ -15,7 +15,10 @@ import argparse
 import asyncio
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_agent.mesh.node import MeshNode
 
 RAW_REQ, RAW_RESP = "raw/req", "raw/resp"
 
@@ -39,17 +42,25 @@ def raw_echo(port: int, qos: int) -> None:
     client.loop_forever()
 
 
-async def hearth_echo(port: int, home: Path, qos: int) -> None:
-    from edge_agent.mesh import topics
-    from edge_agent.mesh.node import Departed, MeshNode
+def node_at(home: Path, port: int, client_id: str, qos: int) -> MeshNode:
+    """The MeshNode of the device whose household state is in ``home``, on a loopback broker."""
+    from edge_agent.mesh.node import MeshNode
     from edge_agent.mesh.state import HouseholdState
     from edge_agent.mesh.transports.mqtt import MqttTransport
 
     state = HouseholdState(home)
     membership, data = state.membership()
-    transport = MqttTransport("127.0.0.1", port, client_id="mesh-echo", qos=qos)
-    node = MeshNode(state.identity, membership, transport, state.counters_dir,
+    transport = MqttTransport("127.0.0.1", port, client_id=client_id, qos=qos)
+    return MeshNode(state.identity, membership, transport, state.counters_dir,
                     group_key=bytes.fromhex(data.group_key), group_epoch=data.group_epoch)  # fmt: skip
+
+
+async def hearth_echo(port: int, home: Path, qos: int) -> None:
+    from edge_agent.mesh import topics
+    from edge_agent.mesh.node import Departed
+
+    node = node_at(home, port, "mesh-echo", qos)
+    transport = node.transport
     replies: set[asyncio.Task[None]] = set()
     async with transport:
         await node.start()

@@ -12,12 +12,13 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge_agent import processes
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,7 @@ def process_in(host: Host, *args: str, env: dict[str, str] | None = None) -> Ite
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        processes.stop(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 

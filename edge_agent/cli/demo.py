@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from edge_agent import aio
+from edge_agent import aio, processes
 from edge_agent.cli.common import console, load_config_only, load_context
 from edge_agent.errors import HearthError
 from edge_agent.mesh.pairing import DevicePairing, Invitation
@@ -126,10 +125,4 @@ def demo(
         if rc != 0:
             raise HearthError(f"the fridge-panel agent failed (exit code {rc})")
     finally:
-        if hub_proc.poll() is None:
-            hub_proc.send_signal(signal.SIGTERM)
-            try:
-                hub_proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                hub_proc.kill()
-                hub_proc.wait()
+        processes.stop(hub_proc)

@@ -380,7 +380,6 @@ class MeshEndpoint:
             with contextlib.suppress(TransportError):
                 await reply(Failure(id=req.id, code=code, message=str(exc)[:2000] or type(exc).__name__))
         finally:
-            ka.cancel()
             await _stop([ka])
 
     # -- requesting -----------------------------------------------------------------------------------

@@ -36,23 +36,9 @@ class Mosquitto:
         processes.stop(self.proc, timeout=10)  # SIGTERM first: Mosquitto writes its persistence file
 
 
-@contextlib.contextmanager
-def run_mosquitto(workdir: Path, port: int | None = None) -> Iterator[Mosquitto]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = port or free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "mosquitto.conf"
-    # As root, mosquitto would drop to user "mosquitto", which cannot write into the test's directory.
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(
-        f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {workdir}/\npersistence_file mosquitto.db\n"
-        "max_packet_size 2097152\nset_tcp_nodelay true\nlog_dest stderr\n"
-    )
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    broker = Mosquitto(port, workdir, proc)
-    try:
-        deadline = time.monotonic() + 10
+def wait_for_ports(proc: subprocess.Popen[bytes], ports: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for port in ports:
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -61,6 +47,37 @@ def run_mosquitto(workdir: Path, port: int | None = None) -> Iterator[Mosquitto]
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"mosquitto did not start on port {port}") from None
                 time.sleep(0.05)
+
+
+def start_mosquitto(conf: Path, ports: list[int], workdir: Path) -> Mosquitto:
+    """Mosquitto on ``conf``; returns once every port accepts connections. Stop it with ``.stop()``."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = Mosquitto(ports[0], workdir, proc)
+    try:
+        wait_for_ports(proc, ports)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+# As root, mosquitto would drop to user "mosquitto", which cannot read or write the test's directory.
+AS_ROOT = "user root\n" if os.geteuid() == 0 else ""
+
+
+@contextlib.contextmanager
+def run_mosquitto(workdir: Path, port: int | None = None) -> Iterator[Mosquitto]:
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"{AS_ROOT}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {workdir}/\npersistence_file mosquitto.db\n"
+        "max_packet_size 2097152\nset_tcp_nodelay true\nlog_dest stderr\n"
+    )
+    broker = start_mosquitto(conf, [port], workdir)
+    try:
         yield broker
     finally:
         broker.stop()

@@ -21,6 +21,7 @@ from edge_agent.tasks import Task
 from edge_agent.validation import field_path
 
 ENV_PREFIX = "HEARTH_"
+BROKER_URL = r"^mqtts?://[^/:]+(:\d+)?/?$"
 
 
 class _Section(BaseModel):
@@ -58,15 +59,22 @@ class MeshSection(_Section):
     """How this agent joins the household mesh (see `hearth household --help`)."""
 
     enabled: bool = False
-    broker: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
-    """Broker URL; mqtts:// uses TLS (set tls_ca, and tls_cert/tls_key for client certificates)."""
+    broker: str = Field(default="mqtt://127.0.0.1:1883", pattern=BROKER_URL)
+    """Broker URL; mqtts:// uses TLS, verified against the household's pinned broker CA and with this
+    device's client certificate (both arrive with pairing), unless tls_* below name other files."""
+    pairing_broker: str | None = Field(default=None, pattern=BROKER_URL)
+    """Where `hearth pair` reaches the hub before this device has a client certificate: the pairing
+    listener `hearth broker config` writes (mqtts://HOST:8884). Default: the broker above."""
     embedded_broker: bool = False
     """Run an amqtt broker inside this agent on the broker URL's port (the no-install default)."""
     username: str | None = None
     password: str | None = None
     tls_ca: Path | None = None
+    """CA that signed the broker's certificate; default the pinned <state_dir>/broker-ca.crt."""
     tls_cert: Path | None = None
+    """Client certificate; default <state_dir>/broker-client.crt (issued by the hub at pairing)."""
     tls_key: Path | None = None
+    """Client key; default <state_dir>/broker-client.key (created on this device, never sent)."""
     state_dir: Path | None = None
     """Keys, certificate and counters; default <home>/mesh. Owner-only permissions."""
     presence_interval_s: float = Field(default=5.0, gt=0, le=600)
@@ -75,9 +83,13 @@ class MeshSection(_Section):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        rest = self.broker.split("://", 1)[1].rstrip("/")
-        host, _, port = rest.partition(":")
-        return host, int(port) if port else (8883 if self.broker.startswith("mqtts") else 1883)
+        return broker_host_port(self.broker)
+
+
+def broker_host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[1].rstrip("/")
+    host, _, port = rest.partition(":")
+    return host, int(port) if port else (8883 if url.startswith("mqtts") else 1883)
 
 
 class RoutingSection(_Section):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -22,12 +21,12 @@ from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.errors import NoLocalModelError
 from edge_agent.mesh import topics
 from edge_agent.mesh.broker import EmbeddedBroker
+from edge_agent.mesh.connect import member_transport
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request
 from edge_agent.mesh.state import HouseholdState
-from edge_agent.mesh.transports.mqtt import MqttTransport
 from edge_agent.models.selection import Plan
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import Router
@@ -38,17 +37,6 @@ log = logging.getLogger(__name__)
 _BENCH_PROMPT = "Name three fruits."
 _BENCH_TEXTS = ["Turn off the kitchen lights.", "Is the fridge door open?", "Play some music.",
                 "What's the weather tomorrow?"] * 2  # fmt: skip
-
-
-def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
-    mesh = config.mesh
-    if not mesh.broker.startswith("mqtts"):
-        return None
-    ctx = ssl.create_default_context(cafile=str(mesh.tls_ca) if mesh.tls_ca else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    if mesh.tls_cert is not None:
-        ctx.load_cert_chain(str(mesh.tls_cert), str(mesh.tls_key) if mesh.tls_key else None)
-    return ctx
 
 
 class MeshService:
@@ -73,15 +61,11 @@ class MeshService:
         self.certificate: DeviceCertificate = self.household.certificate
         self.offers: dict[Task, Offer] = {}
         self.broker: EmbeddedBroker | None = None
-        host, port = config.mesh.host_port
         will = (topics.presence(self.membership.household_id, self.certificate.device_id), b"")
-        self.transport = MqttTransport(
-            host,
-            port,
-            client_id=self.certificate.device_id + client_id_suffix,
-            username=config.mesh.username,
-            password=config.mesh.password,
-            tls=tls_context(config),
+        self.transport = member_transport(
+            config.mesh,
+            self.state.dir,
+            self.certificate.device_id + client_id_suffix,
             will=will if self.serve else None,
         )
         self.node = MeshNode(

@@ -20,6 +20,8 @@ LIGHT = [
     "edge_agent.mesh.pairing",
     "edge_agent.mesh.node",
     "edge_agent.mesh.transports.mqtt",
+    "edge_agent.mesh.connect",
+    "edge_agent.mesh.broker_pki",
 ]
 
 

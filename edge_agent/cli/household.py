@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -22,10 +21,11 @@ from edge_agent.cli.common import (
 )
 from edge_agent.config import AgentConfig
 from edge_agent.errors import HearthError
+from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer, public_key_pem
+from edge_agent.mesh.connect import member_transport, pairing_transport
 from edge_agent.mesh.pairing import MAX_LIFETIME, DevicePairing, Invitation
 from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
-from edge_agent.mesh.transports.mqtt import MqttTransport
 from edge_agent.tasks import TASKS
 
 app = typer.Typer(
@@ -41,21 +41,6 @@ class _Cfg:
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
-
-
-def _transport(config: AgentConfig, broker: str | None) -> MqttTransport:
-    from edge_agent.service import tls_context
-
-    mesh = config.mesh if broker is None else config.mesh.model_copy(update={"broker": broker})
-    host, port = mesh.host_port
-    return MqttTransport(
-        host,
-        port,
-        client_id=f"hearth-pair-{secrets.token_hex(4)}",
-        username=mesh.username,
-        password=mesh.password,
-        tls=tls_context(config.model_copy(update={"mesh": mesh})),
-    )
 
 
 @app.command()
@@ -109,6 +94,7 @@ def invite(
         root_file.group_epoch,
         roster=roster,
         lifetime=min(MAX_LIFETIME, timedelta(minutes=minutes)),
+        issue_tls=broker_certificate_issuer(state.dir),
     )
     console.print(
         Panel.fit(
@@ -123,7 +109,8 @@ def invite(
         state.record_issued(root, cert)  # type: ignore[arg-type]
 
     async def go() -> None:
-        async with _transport(ctx.config, broker) as transport:
+        client_id = f"{household.certificate.device_id}-invite"
+        async with member_transport(ctx.config.mesh, state.dir, client_id, url=broker) as transport:
             cert = await serve_invitation(transport, inv, paired)
         console.print(
             f"[green]paired[/] '{cert.name}' ({cert.profile}) as {cert.device_id}; "
@@ -158,6 +145,8 @@ def pair(
     if state.is_member():
         raise HearthError(f"this device already belongs to a household ({state.household_path})")
 
+    pki = BrokerPki(state.dir)
+
     def make(invitation_id: str) -> DevicePairing:
         return DevicePairing(
             state.identity,
@@ -167,11 +156,14 @@ def pair(
             profile=ctx.profile.id,
             requests=list(TASKS),
             serves=list(ctx.profile.serves),
+            tls_key=public_key_pem(pki.client_key()),
         )
 
     async def go() -> None:
-        async with _transport(ctx.config, broker) as transport:
+        async with pairing_transport(ctx.config.mesh, broker) as transport:
             welcome = await pair_with_hub(transport, make, timeout=timeout)
+        if welcome.broker_cert and welcome.broker_ca:
+            pki.install(welcome.broker_cert, welcome.broker_ca)
         state.save(HouseholdFile.from_welcome(welcome))
         cert = welcome.certificate
         console.print(
@@ -234,3 +226,10 @@ def revoke(
         f"revoked '{matches[0].name}' ({matches[0].device_id}); revocation list version {crl.version}. "
         "Running agents publish it with their next presence."
     )
+    pki = BrokerPki(state.dir)
+    if pki.has_ca():
+        console_err.print(
+            f"The broker's certificate revocation list is updated ({pki.crl_path}). Reload Mosquitto "
+            "(`systemctl reload mosquitto` or SIGHUP) so it refuses new connections with that "
+            "device's certificate; restart it to drop a connection it already has."
+        )

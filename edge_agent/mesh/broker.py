@@ -47,66 +47,104 @@ class EmbeddedBroker:
 @dataclass(frozen=True)
 class MosquittoFiles:
     config: Path
-    acl: Path
+    member_acl: Path
+    pairing_acl: Path
 
 
 def mosquitto_config(
     out_dir: Path,
     household: str,
+    hub_device: str,
     *,
-    port: int = 8883,
-    bind: str = "0.0.0.0",
     cafile: Path,
     certfile: Path,
     keyfile: Path,
+    crlfile: Path | None,
+    port: int = 8883,
+    pairing_port: int | None = 8884,
+    bind: str = "0.0.0.0",
     persistence_dir: Path | None = None,
     max_packet_kb: int = 1024,
 ) -> MosquittoFiles:
-    """Write ``mosquitto.conf`` + ``acl`` for one household.
+    """Write ``mosquitto.conf`` and its two ACL files for one household.
 
-    Clients authenticate with a certificate issued by ``cafile`` whose CN is their device id
-    (``use_identity_as_username``), so ``%u`` in the ACL patterns is the device id: a device may
-    publish its own presence, requests to anyone and responses to anyone, and may read only its own
-    request and response topics and everyone's presence. Pairing topics are open to members only.
+    Two listeners with their own settings (``per_listener_settings true``):
+
+    * members (``port``): mutual TLS 1.3; the client certificate's CN is the device id
+      (``use_identity_as_username``), so ``%u`` in the ACL patterns is the device id. A device may
+      write its own presence and anyone's request/response topics, and read only its own request and
+      response topics and everyone's presence. Only the hub may host invitations.
+    * pairing (``pairing_port``): server-authenticated TLS, anonymous, and nothing but the pairing
+      topics, so a device without a certificate yet can run `hearth pair` (SPAKE2 protects the
+      content) and cannot see or touch the household's topics.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     root = f"hearth/{household}"
-    acl = out_dir / "acl"
-    acl.write_text(
+    member_acl, pairing_acl = out_dir / "acl", out_dir / "acl-pairing"
+    member_acl.write_text(
         "\n".join(
             [
-                "# Hearth per-device ACL: %u is the client certificate's CN, i.e. the device id.",
+                "# Hearth members: %u is the client certificate's CN, i.e. the device id.",
                 f"pattern write {root}/presence/%u",
                 f"pattern read {root}/presence/+",
                 f"pattern write {root}/req/+",
                 f"pattern read {root}/req/%u",
                 f"pattern write {root}/resp/+",
                 f"pattern read {root}/resp/%u",
-                "pattern readwrite hearth/pair/#",
+                "",
+                "# The hub hosts invitations (`hearth household invite`).",
+                f"user {hub_device}",
+                "topic write hearth/pair/open",
+                "topic read hearth/pair/+/hub",
+                "topic write hearth/pair/+/dev/+",
+                "",
+            ]
+        )
+    )
+    pairing_acl.write_text(
+        "\n".join(
+            [
+                "# Anonymous devices that are pairing: the open invitation, and their own session.",
+                "topic read hearth/pair/open",
+                "topic write hearth/pair/+/hub",
+                "topic read hearth/pair/+/dev/+",
                 "",
             ]
         )
     )
     lines = [
         "# Written by `hearth broker config`. Every payload is a Hearth envelope; the broker sees ids only.",
-        "per_listener_settings false",
-        "allow_anonymous false",
-        f"acl_file {acl}",
+        "per_listener_settings true",
         "set_tcp_nodelay true",
         f"max_packet_size {max_packet_kb * 1024}",
-        f"message_size_limit {max_packet_kb * 1024}",
         "max_inflight_messages 100",
         "",
+        "# Household members: mutual TLS, one client certificate per device.",
         f"listener {port} {bind}",
         f"cafile {cafile}",
         f"certfile {certfile}",
         f"keyfile {keyfile}",
+        *([f"crlfile {crlfile}"] if crlfile is not None else []),
         "require_certificate true",
         "use_identity_as_username true",
         "tls_version tlsv1.3",
+        "allow_anonymous false",
+        f"acl_file {member_acl}",
     ]
+    if pairing_port is not None:
+        lines += [
+            "",
+            "# Pairing only: devices without a certificate yet; SPAKE2 authenticates the hub.",
+            f"listener {pairing_port} {bind}",
+            f"certfile {certfile}",
+            f"keyfile {keyfile}",
+            "tls_version tlsv1.3",
+            "allow_anonymous true",
+            "max_connections 16",
+            f"acl_file {pairing_acl}",
+        ]
     if persistence_dir is not None:
         lines += ["", "persistence true", f"persistence_location {persistence_dir}/"]
     config = out_dir / "mosquitto.conf"
     config.write_text("\n".join(lines) + "\n")
-    return MosquittoFiles(config, acl)
+    return MosquittoFiles(config, member_acl, pairing_acl)

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -104,6 +105,8 @@ class DeviceRequest(_Msg):
     profile: str = Field(min_length=1, max_length=63)
     requests: list[Task]
     serves: list[Task]
+    tls_key: str | None = Field(default=None, max_length=1024)
+    """PEM public key for the broker client certificate (see broker_pki); sealed, so the code binds it."""
 
 
 class Welcome(_Msg):
@@ -114,6 +117,10 @@ class Welcome(_Msg):
     group_epoch: int = Field(ge=0)
     roster: list[DeviceCertificate] = Field(default_factory=list, max_length=256)
     """Certificates of current members, so the new device trusts them before their next presence."""
+    broker_cert: str | None = Field(default=None, max_length=8192)
+    """PEM client certificate for the broker (CN = device id), when the hub runs the broker CA."""
+    broker_ca: str | None = Field(default=None, max_length=8192)
+    """PEM broker CA the device pins from now on."""
 
 
 def _confirm(key: bytes, role: bytes, transcript: bytes) -> str:
@@ -151,6 +158,8 @@ class Invitation:
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
     attempts_left: int = MAX_ATTEMPTS
     used: bool = False
+    issue_tls: Callable[[DeviceCertificate, str], tuple[str, str]] | None = None
+    """(certificate, device TLS public key PEM) -> (client certificate PEM, CA PEM); see broker_pki."""
 
     def __post_init__(self) -> None:
         if self.lifetime > MAX_LIFETIME:
@@ -210,6 +219,12 @@ class _HubAttempt:
             requests=req.requests,
             serves=req.serves,
         )
+        broker_cert = broker_ca = None
+        if inv.issue_tls is not None and req.tls_key is not None:
+            try:
+                broker_cert, broker_ca = inv.issue_tls(cert, req.tls_key)
+            except HearthError as exc:
+                raise PairingError(f"cannot issue the broker certificate: {exc}") from exc
         inv.used = True
         welcome = Welcome(
             certificate=cert,
@@ -218,6 +233,8 @@ class _HubAttempt:
             group_key=inv.group_key.hex(),
             group_epoch=inv.group_epoch,
             roster=inv.roster,
+            broker_cert=broker_cert,
+            broker_ca=broker_ca,
         )
         return PairWelcome(sealed=_seal(self.key, b"welcome", welcome.model_dump_json().encode())), cert
 
@@ -235,6 +252,7 @@ class DevicePairing:
         profile: str,
         requests: list[Task],
         serves: list[Task],
+        tls_key: str | None = None,
     ) -> None:
         self.identity = identity
         self.request = DeviceRequest(
@@ -244,6 +262,7 @@ class DevicePairing:
             profile=profile,
             requests=requests,
             serves=serves,
+            tls_key=tls_key,
         )
         self._spake = SPAKE2_A(validate_code(code).encode(), idA=_ID_DEVICE, idB=_ID_HUB)
         self._msg = self._spake.start()

@@ -18,6 +18,7 @@ from nacl.signing import SigningKey, VerifyKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import HearthError, IdentityError
+from edge_agent.mesh.broker_pki import BrokerPki
 from edge_agent.mesh.files import write_private
 from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, Membership, RevocationList
 from edge_agent.mesh.identity import DeviceIdentity
@@ -208,4 +209,7 @@ class HouseholdState:
         self.save_root(root, data)
         household = self.load()
         self.save(household.model_copy(update={"crl": crl}))
+        pki = BrokerPki(self.dir)
+        if pki.has_ca():
+            pki.write_crl(crl.revoked)  # the broker refuses their TLS client certificates too
         return crl

@@ -1,0 +1,303 @@
+"""X.509 for the production broker: a small CA on the hub, so Mosquitto can tell devices apart.
+
+The envelopes already authenticate every message, but the broker is the mesh's choke point: without
+client certificates any host on the LAN could subscribe to the household's topics (ciphertext, but
+also who talks to whom, and when) or flood them. With them, Mosquitto's ``acl_file`` patterns confine
+each device to its own topics (``use_identity_as_username``: the certificate's CN is the device id).
+
+The hub's CA issues a client certificate to each device during pairing (the device sends its TLS
+public key inside the SPAKE2-sealed request, so the code binds it) and lists revoked devices' serials
+in a CRL that Mosquitto checks. P-256 ECDSA rather than Ed25519: every TLS stack on appliances
+(mbedTLS, BearSSL, older OpenSSL) speaks it. A separate key from the household root on purpose: the
+root signs Hearth certificates only, this CA signs X.509 only.
+
+Files in the mesh state directory (owner-only):
+
+  broker-ca.key, broker-issued.json   hub only: the CA key, serials issued per device
+  broker-ca.crt                       every device: the pinned CA (verifies the broker, too)
+  broker-client.key, broker-client.crt  this device's TLS client identity
+  broker-crl.pem                      hub only: revoked client certificates, for Mosquitto's crlfile
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import HearthError, IdentityError
+from edge_agent.mesh.files import write_private
+from edge_agent.mesh.household import DeviceCertificate
+
+_LEEWAY = timedelta(minutes=5)  # clocks on appliances drift; certificates start a little in the past
+
+
+_CA_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+class PkiError(HearthError):
+    """The broker PKI files are missing, unreadable or inconsistent."""
+
+
+class _Issued(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    serials: dict[str, list[int]] = Field(default_factory=dict)
+    """Device id -> every client certificate serial issued to it (all are revoked together)."""
+    crl_copies: list[Path] = Field(default_factory=list)
+    """Where the broker reads the CRL (`hearth broker config --out`); refreshed on every revocation."""
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def public_key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hearth household"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # fmt: skip
+
+
+class BrokerPki:
+    """The broker certificates of one device's mesh state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.ca_key_path = state_dir / "broker-ca.key"
+        self.ca_cert_path = state_dir / "broker-ca.crt"
+        self.issued_path = state_dir / "broker-issued.json"
+        self.crl_path = state_dir / "broker-crl.pem"
+        self.client_key_path = state_dir / "broker-client.key"
+        self.client_cert_path = state_dir / "broker-client.crt"
+
+    # -- any device -----------------------------------------------------------------------------------
+
+    def has_client_identity(self) -> bool:
+        return self.client_cert_path.is_file() and self.client_key_path.is_file()
+
+    def client_key(self) -> ec.EllipticCurvePrivateKey:
+        """This device's TLS key, created on first use (it never leaves the device)."""
+        if not self.client_key_path.exists():
+            write_private(self.client_key_path, _key_pem(ec.generate_private_key(ec.SECP256R1())))
+        try:
+            key = serialization.load_pem_private_key(self.client_key_path.read_bytes(), None)
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"{self.client_key_path}: unreadable TLS key ({exc})") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise IdentityError(f"{self.client_key_path}: not an EC private key")
+        return key
+
+    def install(self, client_cert_pem: str, ca_pem: str) -> None:
+        """Keep the client certificate the hub issued and pin the hub's CA."""
+        cert = x509.load_pem_x509_certificate(client_cert_pem.encode())
+        ca = x509.load_pem_x509_certificate(ca_pem.encode())
+        if cert.public_key() != self.client_key().public_key():
+            raise PkiError("the hub issued a TLS certificate for another key")
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, Exception) as exc:
+            raise PkiError(f"the TLS certificate from the hub is not signed by its CA: {exc}") from exc
+        write_private(self.ca_cert_path, ca_pem)
+        write_private(self.client_cert_path, client_cert_pem)
+
+    # -- hub: the CA ----------------------------------------------------------------------------------
+
+    def has_ca(self) -> bool:
+        return self.ca_key_path.is_file() and self.ca_cert_path.is_file()
+
+    def create_ca(self, household_id: str, valid_for: timedelta = timedelta(days=3650)) -> None:
+        if self.has_ca():
+            return
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        name = _name(f"Hearth broker CA {household_id}")
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _LEEWAY)
+            .not_valid_after(now + valid_for)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_CA_USAGE, critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        write_private(self.ca_key_path, _key_pem(key))
+        write_private(self.ca_cert_path, _pem(cert))
+        self.write_crl([])
+
+    def _ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        if not self.has_ca():
+            raise PkiError(f"{self.dir} holds no broker CA; run `hearth broker config` on the hub")
+        try:
+            key = serialization.load_pem_private_key(self.ca_key_path.read_bytes(), None)
+            cert = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise PkiError(f"{self.dir}: unreadable broker CA ({exc})") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PkiError(f"{self.ca_key_path}: not an EC private key")
+        return key, cert
+
+    def ca_pem(self) -> str:
+        return self.ca_cert_path.read_text()
+
+    def _issue(
+        self,
+        subject: str,
+        public_key: ec.EllipticCurvePublicKey,
+        usage: x509.ObjectIdentifier,
+        not_after: datetime,
+        names: list[x509.GeneralName] | None = None,
+    ) -> x509.Certificate:
+        ca_key, ca_cert = self._ca()
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(subject))
+            .issuer_name(ca_cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _LEEWAY)
+            .not_valid_after(min(not_after, ca_cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    def issue_client(self, device_id: str, public_pem: str, not_after: datetime) -> str:
+        """A client certificate with CN = device id for ``public_pem`` (a P-256 public key)."""
+        try:
+            public = serialization.load_pem_public_key(public_pem.encode())
+        except ValueError as exc:
+            raise PkiError(f"the device's TLS public key is not valid PEM: {exc}") from exc
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise PkiError("the device's TLS public key must be a P-256 key")
+        cert = self._issue(device_id, public, ExtendedKeyUsageOID.CLIENT_AUTH, not_after)
+        issued = self._issued()
+        issued.serials.setdefault(device_id, []).append(cert.serial_number)
+        write_private(self.issued_path, issued.model_dump_json(indent=1))
+        return _pem(cert)
+
+    def issue_own_client(self, device_id: str, not_after: datetime) -> None:
+        """The hub's own client certificate (it pairs nobody to itself)."""
+        cert = self.issue_client(device_id, public_key_pem(self.client_key()), not_after)
+        write_private(self.client_cert_path, cert)
+
+    def issue_server(self, hostnames: list[str], cert_path: Path, key_path: Path) -> None:
+        """The broker's certificate; agents verify it against the pinned CA and these names."""
+        names: list[x509.GeneralName] = []
+        for host in dict.fromkeys(hostnames):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._issue(hostnames[0], key.public_key(), ExtendedKeyUsageOID.SERVER_AUTH,
+                           datetime.now(UTC) + timedelta(days=825), names)  # fmt: skip
+        write_public(key_path, _key_pem(key), mode=0o640)
+        write_public(cert_path, _pem(cert))
+
+    def _issued(self) -> _Issued:
+        try:
+            return _Issued.model_validate_json(self.issued_path.read_bytes())
+        except FileNotFoundError:
+            return _Issued()
+        except (OSError, ValidationError) as exc:
+            raise PkiError(f"{self.issued_path}: unreadable ({exc})") from exc
+
+    def write_crl(self, revoked_devices: list[str]) -> int:
+        """Revoke every client certificate issued to these devices; returns how many serials are listed."""
+        key, cert = self._ca()
+        serials = self._issued().serials
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(cert.subject)
+            .last_update(now - _LEEWAY)
+            .next_update(now + timedelta(days=3650))
+            .add_extension(x509.CRLNumber(secrets.randbelow(1 << 62)), critical=False)
+        )
+        count = 0
+        for device in revoked_devices:
+            for serial in serials.get(device, []):
+                entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+                builder = builder.add_revoked_certificate(entry)
+                count += 1
+        pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+        write_private(self.crl_path, pem)
+        for copy in self._issued().crl_copies:
+            if copy.parent.is_dir():
+                write_public(copy, pem)
+        return count
+
+    def publish_crl(self, path: Path) -> None:
+        """Copy the CRL to where the broker reads it, now and after every future revocation."""
+        write_public(path, self.crl_path.read_text())
+        issued = self._issued()
+        if path.resolve() not in issued.crl_copies:
+            issued.crl_copies.append(path.resolve())
+            write_private(self.issued_path, issued.model_dump_json(indent=1))
+
+
+def write_public(path: Path, text: str, mode: int = 0o644) -> None:
+    """Broker-side files: the broker runs as its own user (Mosquitto drops to `mosquitto`), so keys
+    are group-readable by that group when it exists, certificates world-readable."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    if mode & 0o040 and not mode & 0o004:
+        with contextlib.suppress(LookupError, PermissionError):
+            shutil.chown(tmp, group="mosquitto")
+    tmp.replace(path)
+
+
+def broker_certificate_issuer(state_dir: Path) -> Callable[[DeviceCertificate, str], tuple[str, str]] | None:
+    """For an invitation: issue the new device's broker client certificate, if this hub runs the CA."""
+    pki = BrokerPki(state_dir)
+    if not pki.has_ca():
+        return None
+
+    def issue(cert: DeviceCertificate, tls_public_pem: str) -> tuple[str, str]:
+        return pki.issue_client(cert.device_id, tls_public_pem, cert.expires_at), pki.ca_pem()
+
+    return issue

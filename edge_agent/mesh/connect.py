@@ -1,0 +1,76 @@
+"""Reaching the household broker: which URL, which TLS context, which client identity.
+
+Members connect with mutual TLS: the broker is verified against the household's pinned broker CA and
+the device shows the client certificate the hub issued at pairing (see broker_pki). A device that is
+not paired yet has neither, so `hearth pair` talks to the broker's pairing listener with TLS that
+encrypts but does not authenticate the broker: SPAKE2 with the setup code authenticates the hub end to
+end, which a CA could not add to, and the pinned CA arrives in the sealed welcome.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from pathlib import Path
+
+from edge_agent.config import MeshSection, broker_host_port
+from edge_agent.errors import ConfigError
+from edge_agent.mesh.broker_pki import BrokerPki
+from edge_agent.mesh.transports.mqtt import MqttTransport
+
+
+def tls_context(mesh: MeshSection, state_dir: Path, url: str | None = None) -> ssl.SSLContext | None:
+    """The TLS context for a member connection to ``url`` (default the mesh broker), None for mqtt://."""
+    if not (url or mesh.broker).startswith("mqtts"):
+        return None
+    pki = BrokerPki(state_dir)
+    ca = mesh.tls_ca or (pki.ca_cert_path if pki.ca_cert_path.is_file() else None)
+    cert = mesh.tls_cert or (pki.client_cert_path if pki.has_client_identity() else None)
+    key = mesh.tls_key or (pki.client_key_path if cert == pki.client_cert_path else None)
+    for label, path in (("tls_ca", ca), ("tls_cert", cert), ("tls_key", key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"mesh.{label}: {path}: no such file")
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
+def pairing_tls_context(mesh: MeshSection, url: str) -> ssl.SSLContext | None:
+    """Encrypted, not authenticated: the setup code (SPAKE2) authenticates the hub, see above."""
+    if not url.startswith("mqtts"):
+        return None
+    if mesh.tls_ca is not None:  # an operator who pinned a CA for this device gets it checked
+        ctx = ssl.create_default_context(cafile=str(mesh.tls_ca))
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+def member_transport(
+    mesh: MeshSection,
+    state_dir: Path,
+    client_id: str,
+    *,
+    will: tuple[str, bytes] | None = None,
+    url: str | None = None,
+) -> MqttTransport:
+    url = url or mesh.broker
+    host, port = broker_host_port(url)
+    return MqttTransport(host, port, client_id=client_id, username=mesh.username, password=mesh.password,
+                         tls=tls_context(mesh, state_dir, url), will=will)  # fmt: skip
+
+
+def pairing_transport(mesh: MeshSection, url: str | None = None) -> MqttTransport:
+    """For `hearth pair` on a device with no household yet: the pairing listener, anonymous."""
+    url = url or mesh.pairing_broker or mesh.broker
+    host, port = broker_host_port(url)
+    shared = url == mesh.broker  # no separate pairing listener: the broker's own login, if any
+    return MqttTransport(host, port, client_id=f"hearth-pair-{secrets.token_hex(4)}",
+                         username=mesh.username if shared else None,
+                         password=mesh.password if shared else None,
+                         tls=pairing_tls_context(mesh, url))  # fmt: skip

@@ -1,0 +1,217 @@
+"""`hearth broker config` on a real Mosquitto: mutual TLS, per-device ACLs, pairing listener, CRL.
+
+The user's path end to end: `household init` and `broker config` on the hub, Mosquitto on the written
+config, `household invite` + `pair` (the device reaches the hub through the pairing listener and leaves
+with a client certificate), offload over mutual TLS, then what the ACLs and the CRL refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from benchmarks.brokers import AS_ROOT, Mosquitto, free_port, start_mosquitto
+from benchmarks.meshkit import config, service
+from edge_agent import processes
+from edge_agent.config import AgentConfig
+from edge_agent.engines.interfaces import GenerateRequest
+from edge_agent.mesh import topics
+from edge_agent.mesh.broker_pki import BrokerPki
+from edge_agent.mesh.connect import member_transport, pairing_tls_context
+from edge_agent.mesh.state import HouseholdState
+from edge_agent.models.store import PackStore
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass
+class Site:
+    tmp: Path
+    env: dict[str, str]
+    port: int
+    pairing_port: int
+    broker: Mosquitto
+    conf: Path
+
+    def toml(self, name: str, profile: str) -> Path:
+        path = self.tmp / f"{name}.toml"
+        path.write_text(
+            f'[agent]\nname = "{name}"\nprofile = "{profile}"\n'
+            f'[mesh]\nenabled = true\nbroker = "mqtts://localhost:{self.port}"\n'
+            f'pairing_broker = "mqtts://localhost:{self.pairing_port}"\nstate_dir = "{self.tmp / name}"\n'
+        )
+        return path
+
+    def agent_config(self, name: str, profile: str) -> AgentConfig:
+        cfg = config(name, self.port, profile)
+        mesh = cfg.mesh.model_copy(update={"broker": f"mqtts://localhost:{self.port}"})
+        return cfg.model_copy(update={"mesh": mesh})
+
+
+def hearth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def site(tmp_path: Path, hearth_env: dict[str, str]) -> Iterator[Site]:
+    port, pairing_port = free_port(), free_port()
+    s = Site(tmp_path, hearth_env, port, pairing_port, None, tmp_path / "broker.conf")  # type: ignore[arg-type]
+    hub_toml = s.toml("hub", "hub")
+    ok(hearth("household", "init", "-c", str(hub_toml), env=hearth_env))
+    out = ok(hearth("broker", "config", "-c", str(hub_toml), "--out", str(tmp_path / "mosquitto"),
+                    "--hostname", "localhost", "--port", str(port), "--pairing-port", str(pairing_port),
+                    "--bind", "127.0.0.1", env=hearth_env))  # fmt: skip
+    assert f'broker = "mqtts://localhost:{port}"' in out
+    written = (tmp_path / "mosquitto" / "mosquitto.conf").read_text()
+    s.conf.write_text(AS_ROOT + written)
+    s.broker = start_mosquitto(s.conf, [port, pairing_port], tmp_path)
+    try:
+        yield s
+    finally:
+        s.broker.stop()
+
+
+def pair_fridge(site: Site) -> None:
+    """`hearth household invite` on the hub, `hearth pair CODE` on the fridge, as a user types them."""
+    invite = subprocess.Popen([sys.executable, "-m", "edge_agent", "household", "invite", "-c",
+                               str(site.tmp / "hub.toml"), "--minutes", "2"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=site.env)  # fmt: skip
+    try:
+        code = None
+        assert invite.stdout is not None
+        for line in invite.stdout:
+            if m := re.search(r"hearth pair (\d{4}-\d{4})", line):
+                code = m.group(1)
+                break
+        assert code, "invite printed no setup code"
+        fridge_toml = site.toml("fridge", "fridge-panel")
+        out = ok(hearth("pair", code, "-c", str(fridge_toml), env=site.env))
+        assert "joined household" in out
+        rest, err = invite.communicate(timeout=30)
+        assert invite.returncode == 0 and "paired 'fridge'" in rest, err
+    finally:
+        processes.stop(invite, timeout=5)
+
+
+def client_tls(state_dir: Path | None, site: Site) -> ssl.SSLContext:
+    """Verify the broker against the hub's CA; present ``state_dir``'s client certificate if given."""
+    ctx = ssl.create_default_context(cafile=str(site.tmp / "mosquitto" / "ca.crt"))
+    if state_dir is not None:
+        pki = BrokerPki(state_dir)
+        ctx.load_cert_chain(pki.client_cert_path, pki.client_key_path)
+    return ctx
+
+
+async def connects(port: int, tls: ssl.SSLContext, client_id: str) -> bool:
+    try:
+        async with aiomqtt.Client("localhost", port, identifier=client_id, tls_context=tls, timeout=2):
+            return True
+    except aiomqtt.MqttError:
+        return False
+
+
+async def reaches(reader: aiomqtt.Client, writer: aiomqtt.Client, topic: str, sub: str | None = None) -> bool:
+    """Does a message ``writer`` publishes on ``topic`` reach ``reader`` subscribed to ``sub``?
+
+    Mosquitto 2.0.11 grants every SUBSCRIBE and applies ``acl_file`` read rules at delivery, so the
+    only honest test of an ACL is whether a message arrives (loopback delivers in milliseconds)."""
+    payload = os.urandom(8).hex().encode()
+    await reader.subscribe(sub or topic, qos=1)
+    await writer.publish(topic, payload, qos=1)
+    try:
+        async with asyncio.timeout(0.5):
+            async for message in reader.messages:
+                if message.payload == payload:
+                    return True
+    except TimeoutError:
+        pass
+    return False
+
+
+async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: PackStore) -> None:
+    pair_fridge(site)
+    hub_dir, fridge_dir = site.tmp / "hub", site.tmp / "fridge"
+    hub_id = HouseholdState(hub_dir).identity.device_id
+    fridge_id = HouseholdState(fridge_dir).identity.device_id
+    household = HouseholdState(hub_dir).load().certificate.household_id
+    fridge_pki = BrokerPki(fridge_dir)
+    assert fridge_pki.has_client_identity() and fridge_pki.ca_cert_path.is_file()
+    for f in (fridge_pki.client_key_path, fridge_pki.client_cert_path, fridge_pki.ca_cert_path):
+        assert f.stat().st_mode & 0o777 == 0o600
+
+    # Offload over mutual TLS: the fridge's chat is served by the hub.
+    hub = service(hub_dir, site.agent_config("hub", "hub"), store)
+    fridge_cfg = site.agent_config("fridge", "fridge-panel")
+    fridge = service(fridge_dir, fridge_cfg, store, serve=False, suffix="-cli")
+    async with hub, fridge:
+        await fridge.wait_for_peers("generate", 10)
+        routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=6))
+        assert "".join([c.text async for c in routed]) and routed.served_by == "hub"
+
+        # The ACLs, checked with the devices' own certificates (other client ids, same identities).
+        hub_tls, fridge_tls = client_tls(hub_dir, site), client_tls(fridge_dir, site)
+        async with (
+            aiomqtt.Client("localhost", site.port, identifier="hub-acl", tls_context=hub_tls) as h,
+            aiomqtt.Client("localhost", site.port, identifier="fridge-acl", tls_context=fridge_tls) as f,
+        ):
+            assert await reaches(f, h, topics.requests(household, fridge_id))  # control: own inbox works
+            assert await reaches(h, f, topics.requests(household, hub_id))
+            assert not await reaches(f, h, topics.requests(household, hub_id))  # another's inbox
+            assert not await reaches(f, h, topics.responses(household, hub_id))
+            assert not await reaches(f, h, topics.responses(household, hub_id), sub="#")
+            assert not await reaches(h, f, topics.presence(household, hub_id))  # another's presence
+            assert not await reaches(h, f, topics.PAIR_OPEN)  # only the hub hosts invitations
+            assert not await reaches(h, f, "elsewhere/topic")  # nothing outside the household
+
+    # No certificate, or one from another CA: the members' listener refuses the TLS handshake.
+    # No certificate, or one from another CA: the members' listener refuses the TLS handshake.
+    assert not await connects(site.port, client_tls(None, site), "anon")
+    stranger = site.tmp / "stranger"
+    stranger_pki = BrokerPki(stranger)
+    stranger_pki.create_ca("0" * 16)
+    stranger_pki.issue_own_client(fridge_id, hub.certificate.expires_at)  # same CN, wrong issuer
+    assert not await connects(site.port, client_tls(stranger, site), "stranger")
+    assert await connects(site.port, client_tls(fridge_dir, site), "fridge-ok")
+
+    # The pairing listener: anonymous, the pairing topics only.
+    anon = pairing_tls_context(hub.config.mesh, "mqtts://")
+    async with (
+        aiomqtt.Client("localhost", site.pairing_port, identifier="anon", tls_context=anon) as a,
+        aiomqtt.Client("localhost", site.port, identifier="hub-acl-2", tls_context=hub_tls) as h,
+    ):
+        assert await reaches(a, h, topics.PAIR_OPEN)  # control: the open invitation is readable
+        assert await reaches(h, a, topics.pair_to_hub("0123456789abcdef"))
+        assert not await reaches(a, h, topics.requests(household, hub_id), sub=f"hearth/{household}/#")
+        assert not await reaches(a, h, topics.presence(household, hub_id), sub="#")
+        assert not await reaches(h, a, topics.requests(household, hub_id))
+        assert not await reaches(h, a, topics.PAIR_OPEN)  # an anonymous client cannot fake an invitation
+
+    # Revocation: the CRL the broker reads is refreshed; after a reload the fridge cannot connect.
+    crl_before = (site.tmp / "mosquitto" / "crl.pem").read_text()
+    ok(hearth("household", "revoke", fridge_id, "-c", str(site.tmp / "hub.toml"), env=site.env))
+    assert (site.tmp / "mosquitto" / "crl.pem").read_text() != crl_before
+    site.broker.proc.send_signal(signal.SIGHUP)  # what `systemctl reload mosquitto` does
+    await asyncio.sleep(0.5)
+    assert not await connects(site.port, client_tls(fridge_dir, site), "fridge-revoked")
+    transport = member_transport(hub.config.mesh, hub_dir, "hub-after")
+    async with transport:  # the hub itself still connects
+        pass
+    assert os.path.exists(site.tmp / "hub" / "broker-ca.key")

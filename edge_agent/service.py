@@ -75,12 +75,14 @@ class MeshService:
             self.state.counters_dir,
             group_key=bytes.fromhex(self.household.group_key),
             group_epoch=self.household.group_epoch,
+            past_group_keys=self.household.group_keys(),
         )
         self.endpoint = MeshEndpoint(
             self.node,
             presence=self.presence if self.serve else None,
             handler=self._handle if self.serve else None,
             presence_interval_s=config.mesh.presence_interval_s,
+            on_group_key=self._save_group_key,
         )
         self.router = Router(
             plan=plan,
@@ -144,17 +146,24 @@ class MeshService:
         )
 
     def presence(self) -> Presence:
-        self._refresh_crl()
+        self._refresh_household()
         return self._presence_message()
 
-    def _refresh_crl(self) -> None:
-        """Pick up a revocation made by `hearth household revoke` while we run."""
+    def _refresh_household(self) -> None:
+        """Pick up a revocation made by `hearth household revoke` while we run: the new CRL, and on
+        the hub the rotated group key, which it then seals to every remaining member."""
         try:
-            crl = self.state.load().crl
+            data = self.state.load()
         except Exception:  # a half-written file is retried next interval
             return
-        if crl.version > self.membership.crl_version:
-            self.membership.apply_revocations(crl)
+        if data.crl.version > self.membership.crl_version:
+            self.membership.apply_revocations(data.crl)
+        if self.node.use_group_key(bytes.fromhex(data.group_key), data.group_epoch):
+            log.info("household group key rotated to epoch %d", data.group_epoch)
+            self.endpoint.distribute_group_key()
+
+    def _save_group_key(self, key: bytes, epoch: int) -> None:
+        self.state.save(self.state.load().with_group_key(key, epoch))
 
     async def self_benchmark(self) -> None:
         """Measure each local task, so routing (ours, and peers' for what we serve) uses real speeds."""

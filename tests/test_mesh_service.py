@@ -20,7 +20,7 @@ from edge_agent.mesh.household import HouseholdRoot
 from edge_agent.mesh.pairing import DevicePairing, Invitation, PairingError
 from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
 from edge_agent.mesh.peers import PeerTable
-from edge_agent.mesh.protocol import Offer, Presence
+from edge_agent.mesh.protocol import GroupKey, Offer, Presence
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttTransport
 from edge_agent.models.selection import plan_for_profile
@@ -127,6 +127,57 @@ async def test_revoked_device_is_refused_by_the_hub(
                 async for _ in fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8)):
                     pass
         assert hub.node.dropped["NotAMemberError"] >= 1
+
+
+async def _until(condition, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    end = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > end:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_revocation_rotates_the_group_key_for_remaining_members_only(
+    tmp_path: Path, broker: Mosquitto, store: PackStore
+) -> None:
+    devices = (("hub", "hub"), ("fridge", "fridge-panel"), ("thief", "phone"), ("car", "car-headunit"))
+    for name, profile in devices:
+        provision(tmp_path / "hub", tmp_path / name, name, profile)
+    hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
+    clients = {n: service(tmp_path / n, config(n, broker.port, p), store, serve=False, suffix="-cli")
+               for n, p in (("fridge", "fridge-panel"), ("thief", "phone"))}  # fmt: skip
+    fridge, thief = clients["fridge"], clients["thief"]
+    async with hub, fridge, thief:
+        for c in clients.values():
+            await c.wait_for_peers("generate", 5)
+        assert hub.node.group_epoch == fridge.node.group_epoch == thief.node.group_epoch == 0
+        HouseholdState(tmp_path / "hub").revoke([thief.certificate.device_id])
+        await hub.endpoint.publish_presence()  # picks the revocation up, rotates, seals the key to members
+        assert hub.node.group_epoch == 1
+        assert await _until(lambda: fridge.node.group_epoch == 1), "the fridge never got the new key"
+        saved = HouseholdState(tmp_path / "fridge").load()
+        assert saved.group_epoch == 1 and saved.group_key == hub.node.group_key.hex()
+        assert 0 in saved.past_group_keys  # members that missed the rotation are still readable
+        # The revoked device cannot read the hub's adverts any more.
+        thief.node.dropped.clear()
+        await hub.endpoint.publish_presence()
+        assert await _until(lambda: thief.node.dropped["ForgedMessageError"] >= 1)
+        assert thief.node.group_epoch == 0 and hub.node.group_key not in thief.node.opener.group_keys.values()
+        # The fridge, on the new key, is still served.
+        routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=4))
+        assert "".join([c.text async for c in routed]) and routed.served_by == "hub"
+        # A member that was offline during the rotation gets the key when it next shows up.
+        car = service(tmp_path / "car", config("car", broker.port, "car-headunit"), store, serve=False,
+                      suffix="-cli")  # fmt: skip
+        async with car:
+            assert await _until(lambda: car.node.group_epoch == 1), "the hub did not rekey the late member"
+            # Only the hub (an admin certificate) may rotate the key.
+            forged = GroupKey(epoch=7, key=os.urandom(32).hex())
+            await fridge.endpoint._send(car.certificate, topics.requests, forged)
+            assert await _until(lambda: car.node.dropped["Forbidden"] == 1)
+            assert car.node.group_epoch == 1
+        assert HouseholdState(tmp_path / "car").load().group_epoch == 1
 
 
 def _presence(name: str, cls: str, rate: float, root: HouseholdRoot) -> tuple[object, Presence]:

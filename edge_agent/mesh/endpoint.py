@@ -42,6 +42,7 @@ from edge_agent.mesh.protocol import (
     Chunk,
     Failure,
     FailureCode,
+    GroupKey,
     Ping,
     Pong,
     Presence,
@@ -114,10 +115,14 @@ class MeshEndpoint:
         presence_interval_s: float = 5.0,
         max_concurrent: int = 8,
         reconnect_max_s: float = 5.0,
+        on_group_key: Callable[[bytes, int], None] | None = None,
     ) -> None:
         self.node = node
         self._presence = presence
         self.handler = handler
+        self.on_group_key = on_group_key
+        """Called after adopting a new group key from the hub, to persist it."""
+        self._rekeyed: dict[str, float] = {}
         self.presence_interval_s = presence_interval_s
         self.max_concurrent = max_concurrent
         self.reconnect_max_s = reconnect_max_s
@@ -273,6 +278,8 @@ class MeshEndpoint:
                 "dropped %s from %s on the wrong channel (%s)", msg.type, sender[:8], item.header.topic
             )
             return
+        if item.header.kind == KIND_GROUP and item.header.epoch < self.node.group_epoch:
+            self._rekey(item.sender)
         if isinstance(msg, Presence):
             if sender == self.device_id:
                 self.own_presence_seen = True
@@ -298,6 +305,47 @@ class MeshEndpoint:
             waiting = self._pings.get(msg.nonce)
             if waiting is not None and waiting[0] == sender and not waiting[2].done():
                 waiting[2].set_result((time.perf_counter() - waiting[1]) * 1000)
+        elif isinstance(msg, GroupKey):
+            self._adopt_group_key(item.sender, msg)
+
+    # -- group key rotation ---------------------------------------------------------------------------
+
+    def _adopt_group_key(self, sender: DeviceCertificate, msg: GroupKey) -> None:
+        if not sender.admin:
+            self.node.dropped["Forbidden"] += 1
+            log.warning("dropped a group key from %s: only the hub may rotate it", sender.name)
+            return
+        if self.node.use_group_key(bytes.fromhex(msg.key), msg.epoch):
+            log.info("household group key rotated to epoch %d by %s", msg.epoch, sender.name)
+            if self.on_group_key is not None:
+                self.on_group_key(bytes.fromhex(msg.key), msg.epoch)
+
+    def _own_certificate(self) -> DeviceCertificate | None:
+        return self.node.membership.certs.get(self.device_id)
+
+    def _rekey(self, member: DeviceCertificate, min_interval_s: float = 5.0) -> None:
+        """A member still seals broadcasts with an old group key: the hub sends it the current one."""
+        own = self._own_certificate()
+        if own is None or not own.admin or member.device_id == self.device_id:
+            return
+        now = time.monotonic()
+        if now - self._rekeyed.get(member.device_id, -min_interval_s) < min_interval_s:
+            return
+        self._rekeyed[member.device_id] = now
+        self._send_group_key(member)
+
+    def _send_group_key(self, member: DeviceCertificate) -> None:
+        key = GroupKey(epoch=self.node.group_epoch, key=self.node.group_key.hex())
+        self._spawn(self._send(member, topics.requests, key))
+
+    def distribute_group_key(self) -> None:
+        """After a revocation: seal the new group key to every member still in the household (each
+        with its own pairwise key, so the revoked device cannot read it). Members offline now get it
+        from _rekey when their next broadcast still uses the old key."""
+        members = self.node.membership
+        for device_id, cert in list(members.certs.items()):
+            if device_id not in members.revoked and device_id != self.device_id:
+                self._send_group_key(cert)
 
     def _lost(self, device_id: str, reason: str) -> None:
         for stream in self._streams.values():

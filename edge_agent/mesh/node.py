@@ -37,6 +37,8 @@ class MeshNode:
     state_dir: Path
     group_key: bytes = b""
     group_epoch: int = 0
+    past_group_keys: dict[int, bytes] = field(default_factory=dict)
+    """Keys of earlier epochs: members that missed a rotation still publish with them for a while."""
     max_frame: int = 1 << 20
     dropped: Counter[str] = field(default_factory=Counter)
     """Refused frames by reason class, for diagnostics (`hearth peers` shows them)."""
@@ -47,7 +49,7 @@ class MeshNode:
             self.identity,
             self.membership,
             ReplayGuard.load(self.state_dir / "replay.json"),
-            {self.group_epoch: self.group_key} if self.group_key else {},
+            {**self.past_group_keys, **({self.group_epoch: self.group_key} if self.group_key else {})},
             max_frame=self.max_frame,
         )
         # Presence is state, not a command: its window lives in memory, so after a restart a retained
@@ -61,6 +63,15 @@ class MeshNode:
     @property
     def device_id(self) -> str:
         return self.identity.device_id
+
+    def use_group_key(self, key: bytes, epoch: int) -> bool:
+        """Adopt a newer household group key (after a revocation); False if ``epoch`` is not newer."""
+        if epoch <= self.group_epoch:
+            return False
+        self.past_group_keys[self.group_epoch] = self.group_key
+        self.group_key, self.group_epoch = key, epoch
+        self.opener.group_keys[epoch] = key
+        return True
 
     async def start(self) -> None:
         await self.transport.subscribe(topics.requests(self.household, self.device_id))

@@ -13,6 +13,10 @@ batch) stay opaque JSON objects here: the mesh moves them, the router and engine
                                           <-    Failure(id, code, message)               (instead of a result)
     Ping(nonce)                           ->
                                           <-    Pong(nonce)
+
+    hub (admin)                                 member
+    GroupKey(epoch, key)                  ->    (sealed to one member: the new household group key
+                                                 after a revocation; only admin certificates may send it)
 """
 
 from __future__ import annotations
@@ -105,8 +109,15 @@ class Pong(_Wire):
     nonce: int = Field(ge=0)
 
 
+class GroupKey(_Wire):
+    type: Literal["group-key"] = "group-key"
+    epoch: int = Field(ge=1)
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 Message = Annotated[
-    Presence | Request | Accepted | Chunk | Failure | Cancel | Ping | Pong, Field(discriminator="type")
+    Presence | Request | Accepted | Chunk | Failure | Cancel | Ping | Pong | GroupKey,
+    Field(discriminator="type"),
 ]
 MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
 

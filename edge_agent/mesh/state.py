@@ -53,7 +53,19 @@ class HouseholdFile(_Stored):
     crl: RevocationList
     group_key: str = Field(pattern=r"^[0-9a-f]{64}$")
     group_epoch: int = Field(ge=0)
+    past_group_keys: dict[int, str] = Field(default_factory=dict)
+    """Earlier epochs' keys (hex): peers that missed a rotation still use them until rekeyed."""
     peers: list[DeviceCertificate] = Field(default_factory=list)
+
+    def group_keys(self) -> dict[int, bytes]:
+        return {e: bytes.fromhex(k) for e, k in self.past_group_keys.items()}
+
+    def with_group_key(self, key: bytes, epoch: int) -> HouseholdFile:
+        """This state after adopting a newer group key (the current one moves to the past keys)."""
+        if epoch <= self.group_epoch:
+            return self
+        past = {**self.past_group_keys, self.group_epoch: self.group_key}
+        return self.model_copy(update={"group_key": key.hex(), "group_epoch": epoch, "past_group_keys": past})
 
     @classmethod
     def from_welcome(cls, welcome: Welcome) -> HouseholdFile:
@@ -204,10 +216,13 @@ class HouseholdState:
         self.save(household.model_copy(update={"peers": peers}))
 
     def revoke(self, device_ids: list[str]) -> RevocationList:
+        """Sign a new CRL and rotate the household group key, so the revoked devices cannot read
+        broadcasts from now on (the running hub agent hands the new key to the remaining members)."""
         root, data = self.load_root()
         crl = root.revoke(*device_ids, now=datetime.now(UTC))
-        self.save_root(root, data)
-        household = self.load()
+        key, epoch = secrets.token_bytes(32), data.group_epoch + 1
+        self.save_root(root, data.model_copy(update={"group_key": key.hex(), "group_epoch": epoch}))
+        household = self.load().with_group_key(key, epoch)
         self.save(household.model_copy(update={"crl": crl}))
         pki = BrokerPki(self.dir)
         if pki.has_ca():

@@ -6,6 +6,7 @@ Separate keys rather than converting one into the other (libsodium's advice). St
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,8 +44,8 @@ class DeviceIdentity:
     signing_key: SigningKey
     box_key: PrivateKey
 
-    @property
-    def device_id(self) -> str:
+    @functools.cached_property
+    def device_id(self) -> str:  # on every message sealed and opened: hash once
         return device_id_for(self.signing_key.verify_key)
 
     @property

@@ -6,13 +6,17 @@ embedded amqtt broker speaks. A new aiomqtt client per connection, so the endpoi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from edge_agent.mesh.interfaces import Frame, Transport, TransportError
 
@@ -58,6 +62,7 @@ class MqttTransport(Transport):
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
             raise TransportError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from exc
+        _write_without_deferral(client)
         self._client = client
         return self
 
@@ -105,3 +110,40 @@ class MqttTransport(Transport):
             sock = client._client.socket()
             if isinstance(sock, socket.socket):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _write_without_deferral(client: aiomqtt.Client) -> None:
+    """Send each packet when it is queued, instead of one loop iteration later.
+
+    aiomqtt registers a writer through ``call_soon_threadsafe`` for every packet (it must, since
+    paho may queue from the executor thread that connects), which costs a self-pipe wake-up, an epoll
+    registration and an extra loop iteration per publish, and paho pokes a socketpair that nobody
+    reads when an event loop drives it. On the loop thread we write at once, exactly as paho does with
+    no external loop (and under the same guard: never from inside one of its callbacks); whatever
+    the socket does not take waits for writability as before, so no writer is left registered with
+    nothing to write.
+    """
+    paho = client._client
+    loop_thread = threading.get_ident()  # called on the event loop's thread
+    deferred = paho.on_socket_register_write
+    if deferred is None:  # not driven by aiomqtt's loop callbacks: nothing to change
+        return
+
+    def register_write(c: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() != loop_thread or not c._in_callback_mutex.acquire(False):
+            deferred(c, userdata, sock)
+            return
+        c._in_callback_mutex.release()
+        with contextlib.suppress(OSError):  # a broken socket surfaces on the next read, as before
+            c.loop_write()
+        if c._registered_write:  # the socket was full: the rest goes when it is writable
+            c._registered_write = False
+            deferred(c, userdata, sock)
+            c._registered_write = True
+
+    paho.on_socket_register_write = register_write
+    for name in ("_sockpairW", "_sockpairR"):  # paho's wake-up pair for its own select() loop
+        pair = getattr(paho, name, None)
+        if pair is not None:
+            pair.close()
+            setattr(paho, name, None)

@@ -63,6 +63,9 @@ class MqttTransport(Transport):
         except aiomqtt.MqttError as exc:
             raise TransportError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from exc
         _write_without_deferral(client)
+        # The reader task sees a lost connection as TransportError; this only stops asyncio from also
+        # printing "Future exception was never retrieved" for aiomqtt's internal disconnect future.
+        client._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._client = client
         return self
 

@@ -30,13 +30,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import HearthError, IdentityError
-from edge_agent.mesh.files import write_private
+from edge_agent.mesh.files import write_atomic, write_private
 from edge_agent.mesh.household import DeviceCertificate
 
 _LEEWAY = timedelta(minutes=5)  # clocks on appliances drift; certificates start a little in the past
@@ -128,7 +129,7 @@ class BrokerPki:
             raise PkiError("the hub issued a TLS certificate for another key")
         try:
             cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, Exception) as exc:
+        except (InvalidSignature, ValueError, TypeError) as exc:
             raise PkiError(f"the TLS certificate from the hub is not signed by its CA: {exc}") from exc
         write_private(self.ca_cert_path, ca_pem)
         write_private(self.client_cert_path, client_cert_pem)
@@ -248,7 +249,8 @@ class BrokerPki:
     def write_crl(self, revoked_devices: list[str]) -> int:
         """Revoke every client certificate issued to these devices; returns how many serials are listed."""
         key, cert = self._ca()
-        serials = self._issued().serials
+        issued = self._issued()
+        serials = issued.serials
         now = datetime.now(UTC)
         builder = (
             x509.CertificateRevocationListBuilder()
@@ -265,7 +267,7 @@ class BrokerPki:
                 count += 1
         pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
         write_private(self.crl_path, pem)
-        for copy in self._issued().crl_copies:
+        for copy in issued.crl_copies:
             if copy.parent.is_dir():
                 write_public(copy, pem)
         return count
@@ -282,13 +284,10 @@ class BrokerPki:
 def write_public(path: Path, text: str, mode: int = 0o644) -> None:
     """Broker-side files: the broker runs as its own user (Mosquitto drops to `mosquitto`), so keys
     are group-readable by that group when it exists, certificates world-readable."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
+    write_atomic(path, text, mode)
     if mode & 0o040 and not mode & 0o004:
         with contextlib.suppress(LookupError, PermissionError):
-            shutil.chown(tmp, group="mosquitto")
-    tmp.replace(path)
+            shutil.chown(path, group="mosquitto")
 
 
 def broker_certificate_issuer(state_dir: Path) -> Callable[[DeviceCertificate, str], tuple[str, str]] | None:

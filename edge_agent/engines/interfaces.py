@@ -116,3 +116,43 @@ class EmbedResult(_Model):
     dim: int
     model: str
     truncated: list[int] = Field(default_factory=list, description="Indices cut at the model's max length.")
+
+
+LANGUAGE = r"^[a-z]{2,3}$"
+
+
+class TranslateRequest(_Model):
+    """Translate texts (each may be a paragraph; it is split into sentences and rejoined)."""
+
+    texts: list[str] = Field(min_length=1, max_length=256)
+    source: str = Field(pattern=LANGUAGE, description="ISO 639-1 code of the input, e.g. 'en'.")
+    target: str = Field(pattern=LANGUAGE, description="ISO 639-1 code of the output, e.g. 'pt'.")
+    beam_size: int = Field(default=1, ge=1, le=8, description="1 is greedy (the model's own default).")
+    max_chars: int = Field(default=20_000, ge=1, le=200_000, description="Per text; longer is refused.")
+
+    @property
+    def pair(self) -> str:
+        return f"{self.source}-{self.target}"
+
+    def validate_text(self) -> None:
+        for i, t in enumerate(self.texts):
+            check_utf8(t, f"text {i}")
+            if len(t) > self.max_chars:
+                raise InvalidRequestError(f"text {i} has {len(t)} characters (limit {self.max_chars})")
+        if not any(t.strip() for t in self.texts):
+            raise InvalidRequestError("nothing to translate: every text is empty")
+
+
+class TranslateStats(_Model):
+    sentences: int
+    source_tokens: int
+    target_tokens: int
+    total_ms: float
+    cached: int = Field(default=0, description="Sentences answered from the translation memory.")
+
+
+class TranslateResult(_Model):
+    translations: list[str]
+    pair: str
+    model: str
+    stats: TranslateStats

@@ -18,15 +18,16 @@ Builder = Callable[[str, Path, Path, Callable[[str], None]], tuple[Path, PackMan
 class BuildSpec:
     name: str
     quant: str
-    module: str  # builder module with build(quant, work, out_root, progress)
+    module: str  # builder module
     default: bool = True
+    entry: str = "build"  # its function: entry(quant, work, out_root, progress)
 
     @property
     def pack_id(self) -> str:
         return f"{self.name}@{self.quant}"
 
     def builder(self) -> Builder:
-        build: Builder = importlib.import_module(self.module).build
+        build: Builder = getattr(importlib.import_module(self.module), self.entry)
         return build
 
 
@@ -36,6 +37,13 @@ CATALOG: tuple[BuildSpec, ...] = (
     BuildSpec("smollm2-135m-instruct", "fp32", "edge_agent.models.builders.smollm2"),
     BuildSpec("all-minilm-l6-v2", "fp32", "edge_agent.models.builders.minilm"),
     BuildSpec("all-minilm-l6-v2", "int8", "edge_agent.models.builders.minilm"),
+    *(
+        BuildSpec(
+            f"bergamot-tiny11-{pair}", quant, "edge_agent.models.builders.bergamot", entry=f"build_{fn}"
+        )
+        for pair, fn in (("en-pt", "en_pt"), ("pt-en", "pt_en"))
+        for quant in ("fp32", "int8")
+    ),
 )
 
 

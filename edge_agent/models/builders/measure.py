@@ -41,6 +41,15 @@ def main() -> None:
         # Worst cases: max-length texts (largest attention) and a full micro-batch of short ones.
         engine.embed_array(["word " * 400] * 16)
         engine.embed_array(["turn the kitchen lights off"] * int(info.get("micro_batch", 64)))
+    elif task == "translate":
+        from edge_agent.engines.translate import TranslateEngine
+
+        base = _status_kb("VmRSS")
+        engine = TranslateEngine(pack_dir, info, threads)
+        # Worst cases: a full micro-batch of long sentences (largest memory), then a short one.
+        long = "The kitchen lights, the oven and the dishwasher were all left on last night. " * 3
+        engine.translate_sentences([long] * 32)
+        engine.translate_sentences(["Turn off the lights."])
     else:
         raise SystemExit(f"unknown task {task}")
     peak = _status_kb("VmHWM")

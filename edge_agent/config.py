@@ -122,12 +122,28 @@ class DemoSection(_Section):
     )
 
 
+class TranslateSection(_Section):
+    """Translation defaults and the household's shared translation memory."""
+
+    beam_size: int = Field(default=1, ge=1, le=8)
+    """1 is greedy, the models' own setting; larger beams are slower and rarely better for tiny11."""
+    shared_memory: bool = True
+    """Reuse and share finished translations with household peers (signed by the device that made
+    them; they never leave the home). Off: no lookups are sent and peers' lookups get no answers."""
+    memory_entries: int = Field(default=4096, ge=0, le=1_000_000)
+    """Most sentences kept in the memory (least recently used go first); 0 disables the memory."""
+    memory_max_age_days: float = Field(default=30.0, gt=0, le=3650)
+    memory_lookup_ms: float = Field(default=150.0, ge=0, le=5000)
+    """How long to wait for peers' memory answers before translating."""
+
+
 class AgentConfig(_Section):
     agent: AgentSection = Field(default_factory=AgentSection)
     engines: EnginesSection = Field(default_factory=EnginesSection)
     generate: GenerateSection = Field(default_factory=GenerateSection)
     mesh: MeshSection = Field(default_factory=MeshSection)
     routing: RoutingSection = Field(default_factory=RoutingSection)
+    translate: TranslateSection = Field(default_factory=TranslateSection)
     demo: DemoSection = Field(default_factory=DemoSection)
 
 

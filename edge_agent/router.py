@@ -28,6 +28,8 @@ from edge_agent.engines.interfaces import (
     GenerateChunk,
     GenerateRequest,
     GenerateStats,
+    TranslateRequest,
+    TranslateResult,
 )
 from edge_agent.errors import (
     InvalidRequestError,
@@ -50,7 +52,10 @@ BAN_S = 15.0
 _RETRYABLE = {"busy", "not-served", "internal", "deadline"}
 
 
-def work_units(task: Task, body: GenerateRequest | EmbedRequest) -> int:
+Body = GenerateRequest | EmbedRequest | TranslateRequest
+
+
+def work_units(task: Task, body: Body) -> int:
     if isinstance(body, GenerateRequest):
         done = len(body.continuation.token_ids) if body.continuation else 0
         return max(1, body.max_tokens - done)
@@ -149,14 +154,13 @@ class Router:
             f" + queue {queue}" if queue else ""
         )
 
-    def decide(
-        self, task: Task, body: GenerateRequest | EmbedRequest, deadline_s: float | None = None
-    ) -> Decision:
+    def decide(self, task: Task, body: Body, deadline_s: float | None = None) -> Decision:
         deadline_ms = (deadline_s or self.policy.deadline_s) * 1000
         units = work_units(task, body)
         ranked: list[Candidate] = []
         excluded: list[Candidate] = []
-        tp = self.plan.for_task(task)
+        pair = body.pair if isinstance(body, TranslateRequest) else None
+        tp = self.plan.for_task(task, pair)
         if self.local is not None:
             local_ms, detail = self._estimate(self.local_offers.get(task), units, self.local_in_flight)
             cand = Candidate(self.local_name, None, local_ms, detail)
@@ -175,6 +179,8 @@ class Router:
             cand = Candidate(peer.name, peer, ms + rtt, f"rtt {rtt:.1f} ms + {detail}")
             if offer is None:
                 cand.excluded = f"does not serve {task}"
+            elif pair is not None and pair not in offer.pairs:
+                cand.excluded = f"does not translate {pair.replace('-', '→')}"
             elif not peer.alive(now):
                 cand.excluded = "silent"
             elif peer.banned(now):
@@ -334,3 +340,49 @@ class Router:
                 errors.append(f"{cand.name}: {exc}")
                 self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
         raise NoRouteError("; ".join(errors) or decision.reason)
+
+    async def translate(
+        self, request: TranslateRequest, deadline_s: float | None = None
+    ) -> tuple[TranslateResult, str]:
+        """Translate locally or on a peer with that language pair, retrying elsewhere if the peer fails;
+        returns (result, served by)."""
+        request.validate_text()
+        deadline = time.monotonic() + (deadline_s or self.policy.deadline_s)
+        known = sorted(set(self.plan.pairs(mode=None)) | self._peer_pairs())
+        if request.pair not in known:
+            arrows = ", ".join(p.replace("-", "→") for p in known) or "none"
+            raise InvalidRequestError(
+                f"no translation model for {request.source}→{request.target} on this device or any peer "
+                f"(available: {arrows})"
+            )
+        decision = self.decide("translate", request, deadline_s)
+        errors: list[str] = []
+        for cand in decision.ranked[: self.policy.max_attempts]:
+            if cand.peer is None:
+                self.local_in_flight += 1
+                try:
+                    result: TranslateResult = await self.local.translate(request)  # type: ignore[union-attr]
+                finally:
+                    self.local_in_flight -= 1
+                return result, f"{self.local_name} (local)"
+            assert self.endpoint is not None
+            try:
+                async for msg in self.endpoint.stream(cand.peer, "translate", request.model_dump(mode="json"),
+                                                      deadline_s=max(0.05, deadline - time.monotonic()),
+                                                      stall_s=self.policy.stall_timeout_s):  # fmt: skip
+                    if msg.final and msg.body is not None:
+                        self.endpoint.peers.succeeded(cand.peer.device_id)
+                        return TranslateResult.model_validate(msg.body), cand.name
+            except (PeerLostError, PeerRefusedError) as exc:
+                if isinstance(exc, PeerRefusedError) and exc.code == "invalid":
+                    raise InvalidRequestError(str(exc)) from None
+                if isinstance(exc, PeerRefusedError) and exc.code not in _RETRYABLE:
+                    raise
+                errors.append(f"{cand.name}: {exc}")
+                self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
+        raise NoRouteError("; ".join(errors) or decision.reason)
+
+    def _peer_pairs(self) -> set[str]:
+        if self.endpoint is None:
+            return set()
+        return {p for peer in self.endpoint.peers.all() if (o := peer.offer("translate")) for p in o.pairs}

@@ -11,19 +11,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
+from edge_agent.engines.interfaces import (
+    EmbedRequest,
+    GenerateRequest,
+    TranslateRequest,
+    TranslateResult,
+    TranslateStats,
+)
+from edge_agent.engines.sentences import split_sentences
 from edge_agent.errors import NoLocalModelError
 from edge_agent.mesh import topics
 from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.connect import member_transport
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.memory import TranslationMemory, fits, make_entry, normalize
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request
 from edge_agent.mesh.state import HouseholdState
@@ -32,11 +40,15 @@ from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import Router
 from edge_agent.tasks import Task
 
+Compute = Callable[[TranslateRequest], Awaitable[tuple[TranslateResult, str]]]
+
 log = logging.getLogger(__name__)
 
 _BENCH_PROMPT = "Name three fruits."
 _BENCH_TEXTS = ["Turn off the kitchen lights.", "Is the fridge door open?", "Play some music.",
                 "What's the weather tomorrow?"] * 2  # fmt: skip
+_BENCH_TRANSLATE = {"pt": ["Desligue as luzes da cozinha.", "A porta da geladeira está aberta?",
+                           "Toque uma música.", "Como vai estar o tempo amanhã?"] * 2}  # fmt: skip
 
 
 class MeshService:
@@ -77,12 +89,19 @@ class MeshService:
             group_epoch=self.household.group_epoch,
             past_group_keys=self.household.group_keys(),
         )
+        tcfg = config.translate
+        self.memory: TranslationMemory | None = None
+        if tcfg.shared_memory and tcfg.memory_entries > 0:
+            self.memory = TranslationMemory(max_entries=tcfg.memory_entries,
+                                            max_age_s=tcfg.memory_max_age_days * 86400,
+                                            salt=bytes.fromhex(self.membership.household_id))  # fmt: skip
         self.endpoint = MeshEndpoint(
             self.node,
             presence=self.presence if self.serve else None,
             handler=self._handle if self.serve else None,
             presence_interval_s=config.mesh.presence_interval_s,
             on_group_key=self._save_group_key,
+            memory=self.memory,
         )
         self.router = Router(
             plan=plan,
@@ -168,8 +187,8 @@ class MeshService:
     async def self_benchmark(self) -> None:
         """Measure each local task, so routing (ours, and peers' for what we serve) uses real speeds."""
         assert self.agent is not None
-        for task in self.plan.tasks:
-            tp = self.plan.for_task(task)
+        for tp in list(self.plan.tasks.values()):
+            task = tp.task
             if tp.mode != "local" or tp.chosen is None:
                 continue
             t0 = time.perf_counter()
@@ -192,9 +211,77 @@ class MeshService:
                 await self.agent.embed(EmbedRequest(texts=_BENCH_TEXTS))
                 rate = len(_BENCH_TEXTS) / (time.perf_counter() - t2)
                 self.offers[task] = Offer(task=task, pack=tp.chosen.pack_id, rate=rate, first_ms=first * 1000)
+            elif task == "translate" and tp.pair:
+                pairs = self.plan.pairs("translate")
+                if task in self.offers:  # one offer lists every pair; its speed is the first pair's
+                    continue
+                src, dst = tp.pair.split("-")
+                texts = _BENCH_TRANSLATE.get(src, _BENCH_TEXTS)
+                one = TranslateRequest(texts=texts[:1], source=src, target=dst)
+                await self.agent.translate(one)  # loads the model
+                t1 = time.perf_counter()
+                await self.agent.translate(one)
+                first = time.perf_counter() - t1
+                t2 = time.perf_counter()
+                await self.agent.translate(one.model_copy(update={"texts": texts}))
+                rate = len(texts) / (time.perf_counter() - t2)
+                self.offers[task] = Offer(task=task, pack=tp.chosen.pack_id, rate=rate, first_ms=first * 1000,
+                                          pairs=pairs)  # fmt: skip
             else:
                 continue
             log.info("self-benchmark %s: %s (%.1f s)", task, self.offers[task], time.perf_counter() - t0)
+
+    # -- translation ----------------------------------------------------------------------------------
+
+    async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
+        """Translate with the household's memory first (ours, then peers'), the router for the rest;
+        returns (result, who served the computed part)."""
+        return await self.translate_with_memory(request, self.router.translate, ask_peers=True)
+
+    async def _translate_here(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
+        assert self.agent is not None
+        return await self.agent.translate(request), f"{self.config.agent.name} (local)"
+
+    async def translate_with_memory(
+        self, request: TranslateRequest, compute: Compute, *, ask_peers: bool
+    ) -> tuple[TranslateResult, str]:
+        request.validate_text()
+        if self.memory is None:
+            return await compute(request)
+        t0 = time.perf_counter()
+        pair = request.pair
+        segmented = [split_sentences(t) for t in request.texts]
+        normalized = [[normalize(s) for s in seg.sentences] for seg in segmented]
+        answers: dict[str, str] = {}
+        wanted: dict[str, str] = {}  # digest -> sentence, for peers
+        for sentence in {n for ns in normalized for n in ns if n}:
+            entry = self.memory.get(pair, sentence)
+            if entry is not None:
+                answers[sentence] = entry.translation
+            else:
+                wanted[self.memory.key(pair, sentence)] = sentence
+        lookup_s = self.config.translate.memory_lookup_ms / 1000
+        if ask_peers and wanted and lookup_s > 0:
+            for entry in (await self.endpoint.ask_memory(pair, wanted, lookup_s)).values():
+                answers[entry.source] = entry.translation
+                self.memory.put(entry)
+        missing = sorted({n for ns in normalized for n in ns if n and n not in answers})
+        served, model, counts = "translation memory", "translation memory", (0, 0)
+        if missing:
+            computed, served = await compute(request.model_copy(update={"texts": missing}))
+            model, counts = computed.model, (computed.stats.source_tokens, computed.stats.target_tokens)
+            key, me = self.state.identity.signing_key, self.certificate.device_id
+            for sentence, translation in zip(missing, computed.translations, strict=True):
+                answers[sentence] = translation
+                if fits(sentence, translation):
+                    self.memory.put(make_entry(key, me, pair, sentence, translation, model))
+        translations = [seg.join([answers.get(n, "") if n else "" for n in ns])
+                        for seg, ns in zip(segmented, normalized, strict=True)]  # fmt: skip
+        done = [n for ns in normalized for n in ns if n]
+        stats = TranslateStats(sentences=len(done), source_tokens=counts[0], target_tokens=counts[1],
+                               total_ms=(time.perf_counter() - t0) * 1000,
+                               cached=sum(1 for n in done if n not in missing))  # fmt: skip
+        return TranslateResult(translations=translations, pair=pair, model=model, stats=stats), served
 
     # -- serving --------------------------------------------------------------------------------------
 
@@ -212,5 +299,10 @@ class MeshService:
         elif req.task == "embed":
             result = await self.agent.embed(EmbedRequest.model_validate(req.body))
             yield Chunk(id=req.id, seq=0, final=True, body=result.model_dump(mode="json"))
+        elif req.task == "translate":
+            translated, _ = await self.translate_with_memory(
+                TranslateRequest.model_validate(req.body), self._translate_here, ask_peers=False
+            )
+            yield Chunk(id=req.id, seq=0, final=True, body=translated.model_dump(mode="json"))
         else:
             raise NoLocalModelError(f"{req.task} is not served over the mesh yet")

@@ -7,7 +7,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from edge_agent.cli import bench, broker, demo, household, infer, models, peers, profiles, run
+from edge_agent.cli import bench, broker, demo, household, infer, models, peers, profiles, run, translate
 from edge_agent.cli.common import console_err
 from edge_agent.errors import HearthError
 from edge_agent.validation import format_validation_error
@@ -30,6 +30,7 @@ app.command("peers")(peers.peers)
 app.command("demo")(demo.demo)
 app.command("chat")(infer.chat)
 app.command("embed")(infer.embed)
+app.command("translate")(translate.translate)
 app.command("run")(run.run)
 
 

@@ -38,6 +38,10 @@ def _load_engine(task: Task, pack: InstalledPack, threads: int, max_batch: int) 
         from edge_agent.engines.embed import EmbedEngine
 
         return EmbedEngine(pack.path, info, threads, max_batch=max_batch)
+    if task == "translate":
+        from edge_agent.engines.translate import TranslateEngine
+
+        return TranslateEngine(pack.path, info, threads)
     raise NoLocalModelError(f"no local engine for task '{task}' yet")
 
 
@@ -68,7 +72,7 @@ class ModelManager:
         self.threads = effective_threads(profile, threads)
         self.max_embed_batch = max_embed_batch
         self.verify_on_load = verify_on_load
-        self._loaded: dict[Task, _Loaded] = {}
+        self._loaded: dict[str, _Loaded] = {}  # by plan slot: "embed", "translate:en-pt"
         self._lock = asyncio.Lock()
 
     @property
@@ -79,17 +83,19 @@ class ModelManager:
     def used_mb(self) -> float:
         return sum(entry.pack.manifest.peak_ram_mb for entry in self._loaded.values())
 
-    def loaded_tasks(self) -> list[Task]:
+    def loaded_tasks(self) -> list[str]:
+        """Plan slots with a loaded engine."""
         return list(self._loaded)
 
-    async def _ensure(self, task: Task) -> _Loaded:
+    async def _ensure(self, task: Task, pair: str | None) -> _Loaded:
+        tp = self.plan.for_task(task, pair)
         async with self._lock:
-            if task in self._loaded:
-                return self._loaded[task]
-            tp = self.plan.for_task(task)
+            if tp.slot in self._loaded:
+                return self._loaded[tp.slot]
             if tp.chosen is None:
                 detail = "; ".join(f"{r.pack_id}: {r.reason}" for r in tp.rejected) or tp.reason
-                raise NoLocalModelError(f"'{task}' cannot run on {self.profile.id} ({tp.mode}): {detail}")
+                what = f"{task} {pair}" if pair else task
+                raise NoLocalModelError(f"'{what}' cannot run on {self.profile.id} ({tp.mode}): {detail}")
             pack = self.store.get(tp.chosen.pack_id)
             need = pack.manifest.peak_ram_mb
             if need > self.budget_mb:
@@ -113,13 +119,14 @@ class ModelManager:
             engine = await asyncio.to_thread(_load_engine, task, pack, self.threads, self.max_embed_batch)
             log.info("loaded %s (%.0f MB of %d MB budget)", pack.pack_id, need, self.budget_mb)
             entry = _Loaded(pack, engine, time.monotonic())
-            self._loaded[task] = entry
+            self._loaded[tp.slot] = entry
             return entry
 
     @asynccontextmanager
-    async def use(self, task: Task) -> AsyncIterator[Any]:
-        """Borrow the engine for ``task``, loading it if needed; it is not unloaded while borrowed."""
-        entry = await self._ensure(task)
+    async def use(self, task: Task, pair: str | None = None) -> AsyncIterator[Any]:
+        """Borrow the engine for ``task`` (and language ``pair``), loading it if needed; it is not
+        unloaded while borrowed."""
+        entry = await self._ensure(task, pair)
         entry.in_use += 1
         try:
             yield entry.engine
@@ -127,7 +134,7 @@ class ModelManager:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
 
-    def unload_idle(self, now: float | None = None) -> list[Task]:
+    def unload_idle(self, now: float | None = None) -> list[str]:
         now = time.monotonic() if now is None else now
         gone = [
             t for t, e in self._loaded.items() if e.in_use == 0 and now - e.last_used >= self.idle_unload_s

@@ -168,7 +168,8 @@ class TranslateEngine:
         return batches
 
     def _embed(self, token_ids: np.ndarray) -> np.ndarray:
-        return self.embeddings[token_ids].astype(np.float32) * (self.embedding_scale * self.emb_mult)
+        rows: np.ndarray = self.embeddings[token_ids].astype(np.float32)
+        return rows * (self.embedding_scale * self.emb_mult)
 
     def _encode(self, rows: list[int], ids: list[list[int]]) -> _Encoded:
         lengths = np.array([len(ids[i]) for i in rows])
@@ -200,7 +201,8 @@ class TranslateEngine:
         return cand, self._embed_rows(cand), self.output_bias[cand]
 
     def _embed_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self.embeddings[rows].astype(np.float32) * self.embedding_scale
+        table: np.ndarray = self.embeddings[rows].astype(np.float32)
+        return table * self.embedding_scale
 
     def _step(self, prev: np.ndarray, t: int, states: list[np.ndarray], memory: dict[str, np.ndarray],
               out_w: np.ndarray, out_b: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip

@@ -34,6 +34,7 @@ from edge_agent.mesh import topics
 from edge_agent.mesh.envelope import KIND_DIRECT, KIND_GROUP, Opened
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import TransportError
+from edge_agent.mesh.memory import MemoryEntry, TranslationMemory, digest
 from edge_agent.mesh.node import Departed, MeshNode
 from edge_agent.mesh.peers import Peer, PeerTable
 from edge_agent.mesh.protocol import (
@@ -43,6 +44,8 @@ from edge_agent.mesh.protocol import (
     Failure,
     FailureCode,
     GroupKey,
+    MemoryHits,
+    MemoryQuery,
     Ping,
     Pong,
     Presence,
@@ -53,6 +56,7 @@ from edge_agent.mesh.protocol import (
 from edge_agent.tasks import Task
 
 log = logging.getLogger(__name__)
+MEMORY_REPLY_CHARS = 200_000  # keeps a memory answer far below the envelope's frame limit
 
 Handler = Callable[[Request, DeviceCertificate], AsyncGenerator[Chunk, None]]
 """Serves one request: yields chunks (id/seq are filled in by the endpoint), the last one final."""
@@ -116,8 +120,12 @@ class MeshEndpoint:
         max_concurrent: int = 8,
         reconnect_max_s: float = 5.0,
         on_group_key: Callable[[bytes, int], None] | None = None,
+        memory: TranslationMemory | None = None,
     ) -> None:
         self.node = node
+        self.memory = memory
+        """Shared translation memory answered to peers' queries; None: queries get no answer."""
+        self._memory_waits: dict[int, tuple[set[str], list[MemoryEntry], asyncio.Event]] = {}
         self._presence = presence
         self.handler = handler
         self.on_group_key = on_group_key
@@ -307,6 +315,84 @@ class MeshEndpoint:
                 waiting[2].set_result((time.perf_counter() - waiting[1]) * 1000)
         elif isinstance(msg, GroupKey):
             self._adopt_group_key(item.sender, msg)
+        elif isinstance(msg, MemoryQuery):
+            self._answer_memory(item.sender, msg)
+        elif isinstance(msg, MemoryHits):
+            asked = self._memory_waits.get(msg.nonce)
+            if asked is not None and sender in asked[0]:
+                asked[0].discard(sender)
+                asked[1].extend(msg.entries)
+                if not asked[0]:
+                    asked[2].set()
+
+    # -- shared translation memory --------------------------------------------------------------------
+
+    def _answer_memory(self, requester: DeviceCertificate, query: MemoryQuery) -> None:
+        if self.memory is None:
+            return  # policy off: stay silent, the requester's short timeout covers it
+        hits: list[MemoryEntry] = []
+        size = 0
+        for entry in self.memory.lookup(query.keys):
+            size += len(entry.source) + len(entry.translation)
+            if entry.pair != query.pair or size > MEMORY_REPLY_CHARS:
+                continue
+            hits.append(entry)
+        self._spawn(self._send(requester, topics.responses, MemoryHits(nonce=query.nonce, entries=hits)))
+
+    async def ask_memory(
+        self, pair: str, sentences: dict[str, str], timeout: float
+    ) -> dict[str, MemoryEntry]:
+        """Ask every live peer for translations of ``sentences`` (digest -> normalized sentence; the
+        first 256 are asked).
+
+        Returns verified entries by digest: signed by a current household member, fresh, and for exactly
+        the sentence asked. Waits until every peer answered or ``timeout``.
+        """
+        peers = [p for p in self.peers.all() if p.alive(time.monotonic())]
+        if not peers or not sentences or not self.connected.is_set():
+            return {}
+        nonce = secrets.randbits(62)
+        waiting: tuple[set[str], list[MemoryEntry], asyncio.Event] = (
+            {p.device_id for p in peers},
+            [],
+            asyncio.Event(),
+        )
+        self._memory_waits[nonce] = waiting
+        query = encode(MemoryQuery(nonce=nonce, pair=pair, keys=list(sentences)[:256]))
+        try:
+            for peer in peers:
+                with contextlib.suppress(TransportError):
+                    inbox = topics.requests(self.node.household, peer.device_id)
+                    await self.node.send(peer.certificate, inbox, query)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await waiting[2].wait()
+        finally:
+            self._memory_waits.pop(nonce, None)
+        return self._verified_entries(pair, sentences, waiting[1])
+
+    def _verified_entries(
+        self, pair: str, sentences: dict[str, str], entries: list[MemoryEntry]
+    ) -> dict[str, MemoryEntry]:
+        salt = self.memory.salt if self.memory is not None else b""
+        found: dict[str, MemoryEntry] = {}
+        for entry in entries:
+            key = digest(pair, entry.source, salt)
+            if entry.pair != pair or sentences.get(key) != entry.source or key in found:
+                continue
+            try:
+                producer = self.node.membership.member(entry.producer)
+            except HearthError:
+                self.node.dropped["MemoryNotAMember"] += 1
+                continue
+            if not entry.verify(producer.verify_key) or (self.memory and not self.memory.fresh(entry)):
+                self.node.dropped["MemoryForged"] += 1
+                log.warning(
+                    "dropped a translation-memory entry with a bad signature (claims %s)", producer.name
+                )
+                continue
+            found[key] = entry
+        return found
 
     # -- group key rotation ---------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from edge_agent.mesh.household import DeviceCertificate, RevocationList
+from edge_agent.mesh.memory import MemoryEntry
 from edge_agent.tasks import Task
 
 RequestId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
@@ -42,6 +43,9 @@ class Offer(_Wire):
     pack: str = Field(max_length=128)
     rate: float = Field(ge=0, description="Measured tokens/s (generate) or items/s (other tasks).")
     first_ms: float = Field(ge=0, description="Measured time to first token / per-request latency.")
+    pairs: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}-[a-z]{2,3}$")]] = Field(
+        default_factory=list, max_length=32, description="Language pairs served (translate only)."
+    )
 
 
 class Presence(_Wire):
@@ -115,8 +119,33 @@ class GroupKey(_Wire):
     key: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class MemoryQuery(_Wire):
+    """Ask a peer for translations it already has (keys: digests of normalized sentences)."""
+
+    type: Literal["memory-query"] = "memory-query"
+    nonce: int = Field(ge=0)
+    pair: str = Field(pattern=r"^[a-z]{2,3}-[a-z]{2,3}$")
+    keys: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(min_length=1, max_length=256)
+
+
+class MemoryHits(_Wire):
+    type: Literal["memory-hits"] = "memory-hits"
+    nonce: int = Field(ge=0)
+    entries: list[MemoryEntry] = Field(default_factory=list, max_length=256)
+
+
 Message = Annotated[
-    Presence | Request | Accepted | Chunk | Failure | Cancel | Ping | Pong | GroupKey,
+    Presence
+    | Request
+    | Accepted
+    | Chunk
+    | Failure
+    | Cancel
+    | Ping
+    | Pong
+    | GroupKey
+    | MemoryQuery
+    | MemoryHits,
     Field(discriminator="type"),
 ]
 MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)

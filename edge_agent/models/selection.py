@@ -9,6 +9,9 @@ The rules, in order, for every task:
 
 Among the packs that pass, the profile's quantization preference decides (then the smaller footprint).
 When packs exist for a task but none passes, the task is *offload only*: the router sends it to a peer.
+
+A plan is keyed by *slot*: the task, or for translation the task and its language pair
+(``translate:en-pt``), since each direction is its own model and a device may hold one and not the other.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ from edge_agent.tasks import TASKS, Task
 Mode = Literal["local", "offload-only", "unavailable"]
 
 
+def slot_of(task: Task, pair: str | None = None) -> str:
+    """Plan key: ``generate``, ``embed``, or ``translate:en-pt``."""
+    return f"{task}:{pair}" if pair else task
+
+
+def pack_slot(pack: PackManifest) -> str:
+    pair = pack.task_info.get("pair") if pack.task == "translate" else None
+    return slot_of(pack.task, str(pair) if pair else None)
+
+
 @dataclass(frozen=True)
 class Rejection:
     pack_id: str
@@ -37,6 +50,11 @@ class TaskPlan:
     chosen: PackManifest | None
     reason: str
     rejected: tuple[Rejection, ...] = ()
+    slot: str = ""
+
+    @property
+    def pair(self) -> str | None:
+        return self.slot.partition(":")[2] or None
 
     @property
     def chosen_id(self) -> str | None:
@@ -47,15 +65,25 @@ class TaskPlan:
 class Plan:
     profile_id: str
     budget_mb: int
-    tasks: dict[Task, TaskPlan] = field(default_factory=dict)
+    tasks: dict[str, TaskPlan] = field(default_factory=dict)
+    """By slot (see ``slot_of``)."""
 
     @property
     def resident_mb(self) -> float:
         """RAM if every locally planned model were loaded at once."""
         return sum(tp.chosen.peak_ram_mb for tp in self.tasks.values() if tp.chosen)
 
-    def for_task(self, task: Task) -> TaskPlan:
-        return self.tasks.get(task) or TaskPlan(task, "unavailable", None, "no pack built for this task")
+    def for_task(self, task: Task, pair: str | None = None) -> TaskPlan:
+        slot = slot_of(task, pair)
+        what = f"{task} {pair.replace('-', '→')}" if pair else task
+        return self.tasks.get(slot) or TaskPlan(
+            task, "unavailable", None, f"no pack built for {what}", slot=slot
+        )
+
+    def pairs(self, task: Task = "translate", mode: Mode | None = "local") -> list[str]:
+        """Language pairs planned for ``task`` (those in ``mode``; ``None`` for any)."""
+        return sorted(tp.pair for tp in self.tasks.values()
+                      if tp.task == task and tp.pair and (mode is None or tp.mode == mode))  # fmt: skip
 
 
 def _rejection(profile: FirmwareProfile, pack: PackManifest) -> str | None:
@@ -79,10 +107,13 @@ def _rejection(profile: FirmwareProfile, pack: PackManifest) -> str | None:
     return None
 
 
-def plan_task(profile: FirmwareProfile, task: Task, packs: Iterable[PackManifest]) -> TaskPlan:
-    candidates = [p for p in packs if p.task == task]
+def plan_task(
+    profile: FirmwareProfile, task: Task, packs: Iterable[PackManifest], pair: str | None = None
+) -> TaskPlan:
+    slot = slot_of(task, pair)
+    candidates = [p for p in packs if pack_slot(p) == slot]
     if not candidates:
-        return TaskPlan(task, "unavailable", None, "no pack built for this task")
+        return TaskPlan(task, "unavailable", None, "no pack built for this task", slot=slot)
     fitting: list[PackManifest] = []
     rejected: list[Rejection] = []
     for pack in sorted(candidates, key=lambda p: p.pack_id):
@@ -92,7 +123,7 @@ def plan_task(profile: FirmwareProfile, task: Task, packs: Iterable[PackManifest
         else:
             rejected.append(Rejection(pack.pack_id, why))
     if not fitting:
-        return TaskPlan(task, "offload-only", None, "no variant fits this device", tuple(rejected))
+        return TaskPlan(task, "offload-only", None, "no variant fits this device", tuple(rejected), slot)
     order = {q: i for i, q in enumerate(profile.quantizations)}
     best = min(fitting, key=lambda p: (order[p.variant.quantization], p.peak_ram_mb))
     rank = order[best.variant.quantization]
@@ -103,12 +134,15 @@ def plan_task(profile: FirmwareProfile, task: Task, packs: Iterable[PackManifest
         + f" in the profile's preference [{preferred}]"
     )
     others = tuple(Rejection(p.pack_id, "fits, but less preferred here") for p in fitting if p is not best)
-    return TaskPlan(task, "local", best, why_best, tuple(rejected) + others)
+    return TaskPlan(task, "local", best, why_best, tuple(rejected) + others, slot)
 
 
 def plan_for_profile(profile: FirmwareProfile, packs: Iterable[PackManifest]) -> Plan:
     """Decide, for each task that has packs, what this device runs locally or offloads."""
     pack_list = list(packs)
-    present = {p.task for p in pack_list}
-    tasks = {t: plan_task(profile, t, pack_list) for t in TASKS if t in present}
+    slots = sorted({pack_slot(p) for p in pack_list}, key=lambda s: (TASKS.index(s.split(":")[0]), s))
+    tasks = {}
+    for slot in slots:
+        task, _, pair = slot.partition(":")
+        tasks[slot] = plan_task(profile, task, pack_list, pair or None)  # type: ignore[arg-type]
     return Plan(profile.id, profile.model_ram_budget_mb, tasks)

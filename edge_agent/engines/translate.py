@@ -41,6 +41,17 @@ def positional_table(length: int, dim: int) -> np.ndarray:
 
 
 @dataclass
+class _Output:
+    """The output layer restricted to candidate ids; ``mask`` [rows, K] adds -1e9 outside each
+    sentence's own shortlist (None when every row may use every candidate)."""
+
+    cand: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    mask: np.ndarray | None
+
+
+@dataclass
 class _Encoded:
     """One micro-batch after the encoder: what every decoder step needs, row-aligned with ``rows``."""
 
@@ -131,12 +142,8 @@ class TranslateEngine:
         with self._lock:
             for rows in self._micro_batches(todo, ids):
                 enc = self._encode(rows, ids)
-                cand, out_w, out_b = self._output_layer([ids[i] for i in rows])
-                results = (
-                    self._greedy(enc, cand, out_w, out_b)
-                    if beam_size == 1
-                    else self._beam(enc, cand, out_w, out_b, beam_size)
-                )
+                out = self._output_layer([ids[i] for i in rows])
+                results = self._greedy(enc, out) if beam_size == 1 else self._beam(enc, out, beam_size)
                 for row, toks in zip(rows, results, strict=True):
                     out_ids[row] = toks
         texts = [self.sp.decode(t) if t else "" for t in out_ids]
@@ -186,42 +193,52 @@ class TranslateEngine:
         memory["src_bias"] = bias
         return _Encoded(np.array(rows), lengths, memory)
 
-    def _output_layer(self, sources: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidate ids and their output weights/biases: the shortlist of these sentences, or all."""
+    def _output_layer(self, sources: list[list[int]]) -> _Output:
+        """Candidate ids and their output weights/biases: the union of these sentences' shortlists
+        (or the whole vocabulary), plus a per-sentence mask so each sentence still chooses only among its
+        own shortlist, exactly as if it were translated alone."""
+        vocab = self.embeddings.shape[0]
         if not self.use_shortlist:
             if self._full_vocab is None:
-                self._full_vocab = self._embed_rows(np.arange(self.embeddings.shape[0]))
-            return np.arange(self.embeddings.shape[0]), self._full_vocab, self.output_bias
-        mark = np.zeros(self.embeddings.shape[0], dtype=bool)
-        mark[: self.always_candidates] = True
-        for tok in {t for s in sources for t in s}:
-            mark[self.shortlist_ids[self.shortlist_offsets[tok] : self.shortlist_offsets[tok + 1]]] = True
-        mark[UNK] = False
-        cand = np.flatnonzero(mark)
-        return cand, self._embed_rows(cand), self.output_bias[cand]
+                self._full_vocab = self._embed_rows(np.arange(vocab))
+            return _Output(np.arange(vocab), self._full_vocab, self.output_bias, None)
+        own = np.zeros((len(sources), vocab), dtype=bool)
+        own[:, : self.always_candidates] = True
+        for row, src in enumerate(sources):
+            for tok in set(src):
+                own[
+                    row, self.shortlist_ids[self.shortlist_offsets[tok] : self.shortlist_offsets[tok + 1]]
+                ] = True
+        own[:, UNK] = False
+        cand = np.flatnonzero(own.any(axis=0))
+        mask = None
+        if len(sources) > 1:
+            mask = np.where(own[:, cand], np.float32(0), NEG).astype(np.float32)
+        return _Output(cand, self._embed_rows(cand), self.output_bias[cand], mask)
 
     def _embed_rows(self, rows: np.ndarray) -> np.ndarray:
         table: np.ndarray = self.embeddings[rows].astype(np.float32)
         return table * self.embedding_scale
 
     def _step(self, prev: np.ndarray, t: int, states: list[np.ndarray], memory: dict[str, np.ndarray],
-              out_w: np.ndarray, out_b: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+              out: _Output, sent: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+        """One decoder step for the hypotheses of sentences ``sent`` (row indices of the batch)."""
         if t == 0:
             x = np.broadcast_to(self.positions[0], (len(prev), self.dim)).copy()
         else:
             x = self._embed(prev) + self.positions[t]
-        feed = {"tgt_embed": x, "out_w": out_w, "out_b": out_b, **memory}
+        feed = {"tgt_embed": x, "out_w": out.weight, "out_b": out.bias, **memory}
         for layer, st in enumerate(states, start=1):
             feed[f"state{layer}"] = st
         logits, *new_states = self.decoder.run(self.decoder_outputs, feed)
+        if out.mask is not None:
+            logits += out.mask[sent]
         return logits, new_states
 
     def _max_len(self, lengths: np.ndarray) -> np.ndarray:
         return np.floor(lengths * self.max_length_factor).astype(int)
 
-    def _greedy(
-        self, enc: _Encoded, cand: np.ndarray, out_w: np.ndarray, out_b: np.ndarray
-    ) -> list[list[int]]:
+    def _greedy(self, enc: _Encoded, out: _Output) -> list[list[int]]:
         n = len(enc.rows)
         limits = self._max_len(enc.lengths)
         results: list[list[int]] = [[] for _ in range(n)]
@@ -230,8 +247,8 @@ class TranslateEngine:
         states = [np.zeros((n, self.dim), np.float32) for _ in range(self.dec_layers)]
         prev = np.zeros(n, dtype=np.int64)
         for t in range(int(limits.max())):
-            logits, states = self._step(prev, t, states, memory, out_w, out_b)
-            best = cand[np.argmax(logits, axis=1)]
+            logits, states = self._step(prev, t, states, memory, out, alive)
+            best = out.cand[np.argmax(logits, axis=1)]
             keep = (best != EOS) & (t + 1 < limits[alive])
             for r, tok in zip(alive, best, strict=True):
                 if tok != EOS:
@@ -245,8 +262,7 @@ class TranslateEngine:
             prev = best
         return results
 
-    def _beam(self, enc: _Encoded, cand: np.ndarray, out_w: np.ndarray, out_b: np.ndarray,
-              beam: int) -> list[list[int]]:  # fmt: skip
+    def _beam(self, enc: _Encoded, out: _Output, beam: int) -> list[list[int]]:
         """Marian-style beam search: a sentence's beam shrinks as hypotheses finish; the best finished
         hypothesis by score / length**normalize wins."""
         n = len(enc.rows)
@@ -258,9 +274,10 @@ class TranslateEngine:
         memory = enc.memory
         states = [np.zeros((n, self.dim), np.float32) for _ in range(self.dec_layers)]
         prev = np.zeros(n, dtype=np.int64)
+        sent = np.arange(n)
         t = 0
         while hyps:
-            logits, states = self._step(prev, t, states, memory, out_w, out_b)
+            logits, states = self._step(prev, t, states, memory, out, sent)
             logits = logits - logits.max(axis=1, keepdims=True)
             logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             picks: list[tuple[int, int, float]] = []  # (hyp row, candidate column, score)
@@ -281,7 +298,7 @@ class TranslateEngine:
             keep_rows: list[int] = []
             for r, c, score in picks:
                 s, toks, _ = hyps[r]
-                tok = int(cand[c])
+                tok = int(out.cand[c])
                 if tok == EOS or t + 1 >= limits[s]:
                     done = toks if tok == EOS else [*toks, tok]
                     finished[s].append((score / (len(done) + 1) ** self.length_normalize, done))

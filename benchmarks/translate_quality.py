@@ -37,7 +37,7 @@ def numbers_kept(source: str, output: str) -> bool:
 
 
 def agreement(ours: list[str], native: list[str], sources: list[str]) -> dict[str, Any]:
-    from sacrebleu.metrics import CHRF
+    from sacrebleu.metrics.chrf import CHRF
 
     exact = sum(a == b for a, b in zip(ours, native, strict=True))
     chrf = CHRF().corpus_score(ours, [native]).score

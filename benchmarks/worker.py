@@ -179,7 +179,9 @@ class FridgeAgent:
 
         src, dst = self.pair.split("-")
         t0 = time.perf_counter()
-        result = asyncio.run(self.agent.translate(TranslateRequest(texts=msg["texts"], source=src, target=dst)))
+        result = asyncio.run(
+            self.agent.translate(TranslateRequest(texts=msg["texts"], source=src, target=dst))
+        )
         slot = f"translate:{self.pair}"
         return {"seconds": time.perf_counter() - t0, "pack": self.agent.models._loaded[slot].pack.pack_id,
                 "n": len(result.translations)}  # fmt: skip

@@ -45,6 +45,7 @@ class Agent:
             threads=config.engines.threads,
             max_embed_batch=config.engines.max_embed_batch,
             verify_on_load=config.engines.verify_on_load,
+            translate_batch_tokens=config.engines.translate_batch_tokens,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

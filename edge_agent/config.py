@@ -44,6 +44,9 @@ class EnginesSection(_Section):
     idle_unload_s: float = Field(default=300.0, gt=0)
     """Unload a model after this many seconds without requests."""
     max_embed_batch: int = Field(default=256, ge=1, le=4096)
+    translate_batch_tokens: int | None = Field(default=None, ge=16, le=65536)
+    """Padded source tokens per translation batch (bounds peak RAM); default: 512 on devices with a
+    model budget under 512 MB, else 2048."""
     verify_on_load: bool = True
     """Re-hash pack files before loading (refuses tampered or corrupt files)."""
 

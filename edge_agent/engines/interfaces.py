@@ -129,6 +129,11 @@ class TranslateRequest(_Model):
     target: str = Field(pattern=LANGUAGE, description="ISO 639-1 code of the output, e.g. 'pt'.")
     beam_size: int = Field(default=1, ge=1, le=8, description="1 is greedy (the model's own default).")
     max_chars: int = Field(default=20_000, ge=1, le=200_000, description="Per text; longer is refused.")
+    remember: bool = Field(
+        default=True,
+        description="Whether the device that translates may keep the result in the household's shared "
+        "translation memory (False when the requester's policy turns sharing off).",
+    )
 
     @property
     def pair(self) -> str:

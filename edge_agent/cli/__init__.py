@@ -49,13 +49,14 @@ def main() -> None:
         console_err.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        # Matched by shape, not class: typer >= 0.29 raises its vendored click's exceptions, older
+        # releases raise click's own.
+        name = type(exc).__name__
+        if name == "Exit" and isinstance(getattr(exc, "exit_code", None), int):
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if name == "Abort":
             sys.exit(130)
         raise

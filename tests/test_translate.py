@@ -16,7 +16,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.engines.interfaces import TranslateRequest
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.engines.translate import TranslateEngine
-from edge_agent.errors import BuildError, InvalidRequestError, NoLocalModelError
+from edge_agent.errors import BuildError, InvalidRequestError
 from edge_agent.models.builders.marian_format import read_model, read_shortlist
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
@@ -111,7 +111,9 @@ async def test_fridge_plan_and_unsupported_pair(store: PackStore) -> None:
         )
         assert result.translations[0] and result.model == "bergamot-tiny11-en-pt"
         assert agent.models.loaded_tasks() == ["translate:en-pt"]  # one direction loaded, not both
-        with pytest.raises(NoLocalModelError, match="no pack built for translate fr→pt"):
+        with pytest.raises(
+            InvalidRequestError, match=r"no translation model for fr→pt here \(available: en→pt, pt→en\)"
+        ):
             await agent.translate(TranslateRequest(texts=["Bonjour"], source="fr", target="pt"))
 
 

@@ -57,7 +57,10 @@ def translate(
         typer.Option("--file", help="Translate a file line by line (batch mode); blank lines kept."),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write translations here.")] = None,
-    beam: Annotated[int, typer.Option(help="Beam size; 1 is greedy, the model's default.", min=1, max=8)] = 1,
+    beam: Annotated[
+        int | None,
+        typer.Option(help="Beam size; 1 is greedy (default: [translate] beam_size, 1).", min=1, max=8),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with stats.")] = False,
     local: Annotated[bool, typer.Option("--local", help="Ignore the mesh; run on this device only.")] = False,
     profile: ProfileOpt = None,
@@ -66,7 +69,7 @@ def translate(
     """Translate between English and Portuguese, privately (Bergamot tiny11 models, on ONNX Runtime).
 
     Paragraphs are split into sentences and put back together with their spacing. In batch mode every
-    line is one text and the output has the same number of lines. With [mesh] enabled and this device
+    line is one text and the output has the same number of lines. With \\[mesh] enabled and this device
     paired, a device without the model (or a slower one) hands the job to a household peer, and
     translations already made in the household are reused from the shared translation memory.
 
@@ -77,6 +80,7 @@ def translate(
     """
     lines = _read_inputs(texts, file)
     ctx = load_context(config, profile)
+    beam_size = beam or ctx.config.translate.beam_size
     setup_logging("warning")
     from edge_agent.mesh.state import HouseholdState
 
@@ -99,7 +103,9 @@ def translate(
         async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
             batches = [indices[i : i + BATCH] for i in range(0, len(indices), BATCH)]
             make = [
-                TranslateRequest(texts=[lines[i] for i in b], source=source, target=target, beam_size=beam)
+                TranslateRequest(
+                    texts=[lines[i] for i in b], source=source, target=target, beam_size=beam_size
+                )
                 for b in batches
             ]
             if not use_mesh:

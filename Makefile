@@ -58,6 +58,8 @@ typecheck: install-dev  ## mypy --strict on the public API
 bench: install-dev packs  ## Run the benchmarks (results in benchmarks/results/)
 	$(BIN)/hearth bench llm
 	$(BIN)/hearth bench embed
+	$(BIN)/hearth bench translate
+	$(BIN)/hearth bench translate --pair pt-en
 
 clean:  ## Remove the venv and the local pack store
 	rm -rf $(VENV) .hearth

@@ -161,6 +161,7 @@ class MeshService:
             offers=[o for t, o in self.offers.items() if t in self.certificate.serves] if self.serve else [],
             queue_depth=self.endpoint.queue_depth + self.router.local_in_flight,
             free_model_ram_mb=max(0, int(self.profile.model_ram_budget_mb - used)),
+            translation_memory=self.memory is not None,
             interval_s=self.config.mesh.presence_interval_s,
         )
 

@@ -342,13 +342,14 @@ class MeshEndpoint:
     async def ask_memory(
         self, pair: str, sentences: dict[str, str], timeout: float
     ) -> dict[str, MemoryEntry]:
-        """Ask every live peer for translations of ``sentences`` (digest -> normalized sentence; the
-        first 256 are asked).
+        """Ask every live peer that keeps a shared memory for translations of ``sentences`` (digest ->
+        normalized sentence; the first 256 are asked).
 
         Returns verified entries by digest: signed by a current household member, fresh, and for exactly
         the sentence asked. Waits until every peer answered or ``timeout``.
         """
-        peers = [p for p in self.peers.all() if p.alive(time.monotonic())]
+        now = time.monotonic()
+        peers = [p for p in self.peers.all() if p.alive(now) and p.presence.translation_memory]
         if not peers or not sentences or not self.connected.is_set():
             return {}
         nonce = secrets.randbits(62)

@@ -59,6 +59,7 @@ class Presence(_Wire):
     offers: list[Offer] = Field(default_factory=list, max_length=16)
     queue_depth: int = Field(default=0, ge=0)
     free_model_ram_mb: int = Field(default=0, ge=0)
+    translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
     interval_s: float = Field(gt=0, le=3600, description="Next presence within this many seconds.")
 
 

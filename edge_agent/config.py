@@ -123,6 +123,11 @@ class DemoSection(_Section):
         ],
         min_length=2,
     )
+    translate: list[str] = Field(
+        default=["The dishwasher finished at 14:32.", "The fridge door has been open for three minutes."],
+        min_length=1,
+    )
+    """Notifications the demo translates English → Portuguese (on the device, or a peer)."""
 
 
 class TranslateSection(_Section):

@@ -119,6 +119,7 @@ def test_run_demo_answers_chat_and_embedding(hearth_env: dict[str, str]) -> None
     proc = hearth("run", "--config", str(cfg), "--demo", env={**hearth_env, "HEARTH_MESH__ENABLED": "false"})
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout and "cosine similarity" in proc.stdout
+    assert "A máquina de lavar louça terminou às 14:32." in proc.stdout  # the demo's translation
 
 
 def test_make_run_demo_offloads_the_fridge_chat_to_the_hub(hearth_env: dict[str, str], tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -139,6 +140,7 @@ def test_make_run_demo_offloads_the_fridge_chat_to_the_hub(hearth_env: dict[str,
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert "served by hub" in proc.stdout and "Paris" in proc.stdout, proc.stdout
         assert "(local)" in proc.stdout, proc.stdout  # embeddings stay on the fridge
+        assert "14:32" in proc.stdout and "translate en→pt" in proc.stdout, proc.stdout
     assert "paired the fridge panel" not in proc.stdout  # already paired on the first run
     assert (home / "demo" / "hub" / "root.json").stat().st_mode & 0o077 == 0
     shutil.rmtree(home / "demo")

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -15,9 +15,12 @@ from edge_agent import aio
 from edge_agent.agent import Agent
 from edge_agent.cli.common import console, load_context, mesh_state_dir, setup_logging
 from edge_agent.cli.infer import print_similarity, stream_chat
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
+from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest, TranslateRequest
 from edge_agent.engines.manager import effective_threads
 from edge_agent.router import Router
+
+if TYPE_CHECKING:
+    from edge_agent.service import MeshService
 
 
 def run(
@@ -49,7 +52,7 @@ def run(
             markup=False,
         )
 
-    async def demo_job(agent: Agent, router: Router | None) -> None:
+    async def demo_job(agent: Agent, router: Router | None, service: MeshService | None = None) -> None:
         g = cfg.generate
         request = GenerateRequest.from_prompt(
             cfg.demo.chat,
@@ -79,6 +82,18 @@ def run(
         print_similarity(
             cfg.demo.embed, np.asarray(result.vectors, dtype=np.float32), f"{result.model}, {where}"
         )
+        to_pt = TranslateRequest(texts=cfg.demo.translate, source="en", target="pt")
+        console.print("\n[bold]translate en→pt[/] »", "; ".join(cfg.demo.translate))
+        if service is None:
+            translated, where = await agent.translate(to_pt), "local"
+        else:
+            translated, where = await service.translate(to_pt)
+        for text in translated.translations:
+            console.print(f"  {text}", markup=False)
+        st = translated.stats
+        console.print(
+            f"[dim]{translated.model}, {where} · {st.sentences} sentences in {st.total_ms:.0f} ms[/]"
+        )
 
     async def serve_until_stopped() -> None:
         stop = asyncio.Event()
@@ -106,7 +121,7 @@ def run(
                 )
                 if demo:
                     await service.wait_for_peers("generate", timeout=5.0)
-                    await demo_job(agent, service.router)
+                    await demo_job(agent, service.router, service)
                 else:
                     await serve_until_stopped()
 

@@ -330,6 +330,12 @@ class MeshEndpoint:
     def _answer_memory(self, requester: DeviceCertificate, query: MemoryQuery) -> None:
         if self.memory is None:
             return  # policy off: stay silent, the requester's short timeout covers it
+        if "translate" not in requester.requests:
+            self.node.dropped["Forbidden"] += 1
+            log.warning(
+                "dropped a memory query from %s: its certificate does not allow translate", requester.name
+            )
+            return
         hits: list[MemoryEntry] = []
         size = 0
         for entry in self.memory.lookup(query.keys):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.config import RoutingSection
 from edge_agent.engines.interfaces import (
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RTT_MS = 5.0
 BAN_S = 15.0
 _RETRYABLE = {"busy", "not-served", "internal", "deadline"}
+ResultT = TypeVar("ResultT", EmbedResult, TranslateResult)
 
 
 Body = GenerateRequest | EmbedRequest | TranslateRequest
@@ -320,26 +321,10 @@ class Router:
 
     async def embed(self, request: EmbedRequest, deadline_s: float | None = None) -> tuple[EmbedResult, str]:
         """Embed locally or on a peer, retrying elsewhere if the peer fails; returns (result, served by)."""
-        deadline = time.monotonic() + (deadline_s or self.policy.deadline_s)
-        decision = self.decide("embed", request, deadline_s)
-        errors: list[str] = []
-        for cand in decision.ranked[: self.policy.max_attempts]:
-            if cand.peer is None:
-                result: EmbedResult = await self.local.embed(request)  # type: ignore[union-attr]
-                return result, f"{self.local_name} (local)"
-            assert self.endpoint is not None
-            try:
-                async for msg in self.endpoint.stream(cand.peer, "embed", request.model_dump(mode="json"),
-                                                      deadline_s=max(0.05, deadline - time.monotonic()),
-                                                      stall_s=self.policy.stall_timeout_s):  # fmt: skip
-                    if msg.final and msg.body is not None:
-                        return EmbedResult.model_validate(msg.body), cand.name
-            except (PeerLostError, PeerRefusedError) as exc:
-                if isinstance(exc, PeerRefusedError) and exc.code not in _RETRYABLE:
-                    raise
-                errors.append(f"{cand.name}: {exc}")
-                self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
-        raise NoRouteError("; ".join(errors) or decision.reason)
+        local: Any = self.local  # ranked only when set
+        return await self._request_reply(
+            "embed", request, deadline_s, lambda: local.embed(request), EmbedResult.model_validate
+        )
 
     async def translate(
         self, request: TranslateRequest, deadline_s: float | None = None
@@ -347,7 +332,6 @@ class Router:
         """Translate locally or on a peer with that language pair, retrying elsewhere if the peer fails;
         returns (result, served by)."""
         request.validate_text()
-        deadline = time.monotonic() + (deadline_s or self.policy.deadline_s)
         known = sorted(set(self.plan.pairs(mode=None)) | self._peer_pairs())
         if request.pair not in known:
             arrows = ", ".join(p.replace("-", "→") for p in known) or "none"
@@ -355,24 +339,38 @@ class Router:
                 f"no translation model for {request.source}→{request.target} on this device or any peer "
                 f"(available: {arrows})"
             )
-        decision = self.decide("translate", request, deadline_s)
+        local: Any = self.local  # ranked only when set
+        return await self._request_reply(
+            "translate", request, deadline_s, lambda: local.translate(request), TranslateResult.model_validate
+        )
+
+    async def _request_reply(
+        self,
+        task: Task,
+        request: EmbedRequest | TranslateRequest,
+        deadline_s: float | None,
+        run_local: Callable[[], Awaitable[ResultT]],
+        parse: Callable[[dict[str, Any]], ResultT],
+    ) -> tuple[ResultT, str]:
+        """One answer (no stream) from the best candidate, failing over to the next one if a peer fails."""
+        deadline = time.monotonic() + (deadline_s or self.policy.deadline_s)
+        decision = self.decide(task, request, deadline_s)
         errors: list[str] = []
         for cand in decision.ranked[: self.policy.max_attempts]:
             if cand.peer is None:
                 self.local_in_flight += 1
                 try:
-                    result: TranslateResult = await self.local.translate(request)  # type: ignore[union-attr]
+                    return await run_local(), f"{self.local_name} (local)"
                 finally:
                     self.local_in_flight -= 1
-                return result, f"{self.local_name} (local)"
             assert self.endpoint is not None
             try:
-                async for msg in self.endpoint.stream(cand.peer, "translate", request.model_dump(mode="json"),
+                async for msg in self.endpoint.stream(cand.peer, task, request.model_dump(mode="json"),
                                                       deadline_s=max(0.05, deadline - time.monotonic()),
                                                       stall_s=self.policy.stall_timeout_s):  # fmt: skip
                     if msg.final and msg.body is not None:
                         self.endpoint.peers.succeeded(cand.peer.device_id)
-                        return TranslateResult.model_validate(msg.body), cand.name
+                        return parse(msg.body), cand.name
             except (PeerLostError, PeerRefusedError) as exc:
                 if isinstance(exc, PeerRefusedError) and exc.code == "invalid":
                     raise InvalidRequestError(str(exc)) from None

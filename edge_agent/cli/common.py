@@ -6,8 +6,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -16,6 +17,9 @@ from edge_agent.models.selection import Plan, plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import FirmwareProfile, detect_host, list_profiles, load_profile, nearest_profile
 from edge_agent.profiles.detect import profile_for_host
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
 
 console = Console(highlight=False)
 console_err = Console(stderr=True, highlight=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +11,8 @@ from rich.table import Table
 
 from edge_agent import aio
 from edge_agent.cli.common import (
+    ConfigOpt,
+    ProfileOpt,
     console,
     console_err,
     load_config_only,
@@ -37,10 +38,6 @@ app = typer.Typer(
 @dataclass
 class _Cfg:
     config: AgentConfig
-
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
 
 
 @app.command()

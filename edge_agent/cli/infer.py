@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -14,6 +13,8 @@ from rich.table import Table
 from edge_agent import aio
 from edge_agent.agent import Agent
 from edge_agent.cli.common import (
+    ConfigOpt,
+    ProfileOpt,
     console,
     console_err,
     load_context,
@@ -22,9 +23,6 @@ from edge_agent.cli.common import (
     setup_logging,
 )
 from edge_agent.engines.interfaces import EmbedRequest, GenerateChunk, GenerateRequest, GenerateStats
-
-ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML.", exists=False)]
 
 
 async def stream_chat(source: AsyncIterable[GenerateChunk], *, show_stats: bool) -> tuple[str, GenerateStats]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,11 +12,8 @@ from rich.table import Table
 
 from edge_agent import aio
 from edge_agent.agent import Agent
-from edge_agent.cli.common import console, load_context, mesh_client, setup_logging
+from edge_agent.cli.common import ConfigOpt, ProfileOpt, console, load_context, mesh_client, setup_logging
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
 
 
 def peers(

@@ -12,6 +12,8 @@ import typer
 from edge_agent import aio
 from edge_agent.agent import Agent
 from edge_agent.cli.common import (
+    ConfigOpt,
+    ProfileOpt,
     console,
     console_err,
     load_context,
@@ -22,8 +24,6 @@ from edge_agent.cli.common import (
 from edge_agent.engines.interfaces import TranslateRequest, TranslateResult
 from edge_agent.errors import ConfigError
 
-ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML.", exists=False)]
 BATCH = 256  # texts per request: the request limit
 
 

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from edge_agent.engines.interfaces import EmbedRequest, EmbedResult
+from edge_agent.engines.sessions import cpu_session_options
 
 
 class EmbedEngine:
@@ -27,14 +28,10 @@ class EmbedEngine:
         self.micro_batch = int(task_info.get("micro_batch", 64))
         self.max_batch_tokens = int(task_info.get("max_batch_tokens", 512))
         self.max_batch = max_batch
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        opts.enable_cpu_mem_arena = False  # give activation memory back after each batch
         self.session = ort.InferenceSession(
-            str(pack_dir / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
+            str(pack_dir / "model.onnx"),
+            sess_options=cpu_session_options(threads),
+            providers=["CPUExecutionProvider"],
         )
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.tokenizer = Tokenizer.from_file(str(pack_dir / "tokenizer.json"))

@@ -28,6 +28,7 @@ import sentencepiece as spm
 
 from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.sentences import split_sentences
+from edge_agent.engines.sessions import cpu_session_options
 from edge_agent.errors import InvalidRequestError
 
 EOS = 0
@@ -86,12 +87,7 @@ class TranslateEngine:
         self.use_shortlist = use_shortlist and (pack_dir / "shortlist_ids.npy").exists()
         self.max_batch = max_batch
         self.max_batch_tokens = max_batch_tokens
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        opts.enable_cpu_mem_arena = False  # a batch's activations go back to the system afterwards
+        opts = cpu_session_options(threads)
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(pack_dir / "encoder.onnx"), opts, providers=providers)
         self.decoder = ort.InferenceSession(str(pack_dir / "decoder_step.onnx"), opts, providers=providers)

@@ -7,23 +7,43 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help run test packs install install-dev system-deps lint typecheck bench clean
+.PHONY: help run test packs install install-dev system-deps lint typecheck bench clean lock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+# Installs are locked: requirements/*.txt hold exact versions with hashes for every set (mesh = the base
+# install, agent, build, dev) and for the toolchain itself; `make lock` refreshes them on purpose.
+LOCK_SETS := mesh agent build dev
+PIP := $(BIN)/python -m pip
+PIP_LOCKED := $(PIP) install --quiet --require-hashes
+EDITABLE := $(PIP) install --quiet --no-deps --no-build-isolation -e .
 
-# The `build` extra pins torch==2.13.0 (CPU); an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed-build: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[build]'
+$(VENV)/.toolchain: requirements/toolchain.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_LOCKED) -r requirements/toolchain.txt
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# build = agent + the offline model-conversion toolchain (torch 2.13.0 CPU from local disk, transformers, …).
+$(VENV)/.installed-build: requirements/build.txt pyproject.toml | $(VENV)/.toolchain
+	$(PIP_LOCKED) -r requirements/build.txt
+	$(EDITABLE)
+	touch $@
+
+$(VENV)/.installed-dev: requirements/dev.txt pyproject.toml | $(VENV)/.toolchain
+	$(PIP_LOCKED) -r requirements/dev.txt
+	$(EDITABLE)
 	touch $@ $(VENV)/.installed-build
+
+# uv resolves (seconds, with hashes); pip installs. torch comes from the machine's local CPU wheel
+# (/opt/wheels), never a CUDA build from PyPI. After `make lock`, run `make test` before committing.
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --no-header --find-links /opt/wheels
+lock: | $(VENV)/.toolchain  ## Re-resolve every dependency set to today's newest allowed versions (then: make test)
+	$(BIN)/uv pip compile requirements/toolchain.in $(LOCK_FLAGS) --upgrade -o requirements/toolchain.txt
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --upgrade -o requirements/mesh.txt
+	for extra in agent build dev; do \
+	  $(BIN)/uv pip compile pyproject.toml --extra $$extra $(LOCK_FLAGS) --upgrade -o requirements/$$extra.txt || exit 1; \
+	done
 
 install: $(VENV)/.installed-build  ## Agent + model-build toolchain
 

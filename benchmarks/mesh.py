@@ -31,11 +31,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.brokers import run_mosquitto
 from benchmarks.common import bar_plot, machine, write_report
-from benchmarks.mesh_echo import RAW_REQ, RAW_RESP, node_at
+from benchmarks.mesh_echo import ECHO_SESSION, RAW_REQ, RAW_RESP, REQUESTER_SESSION, node_at
 from benchmarks.meshkit import provision
 from edge_agent import aio, processes
-from edge_agent.mesh import topics
-from edge_agent.mesh.node import Departed, MeshNode
+from edge_agent.mesh.envelope import Opened
+from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.node import MeshNode
 
 SIZES = (200, 4096, 65536)
 WINDOW = 64
@@ -115,15 +116,15 @@ async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
             echo_process("hearth", str(broker.port), "--home", str(homes["hub"]), "--qos", str(qos)),
         ):
             raw = RawRequester(broker.port, qos)
-            fridge = node_at(homes["fridge"], broker.port, "mesh-req", qos)
-            hub = next(c for c in fridge.membership.certs.values() if c.name == "hub")
-            req_topic = topics.requests(fridge.household, hub.device_id)
-            async with fridge.transport:
-                await fridge.start()
-                replies = fridge.receive()
+            fridge = node_at(homes["fridge"], broker.port, "mesh-req", qos, REQUESTER_SESSION)
+            hub = next(c for c in fridge.membership.certs.values() if c.name == "hub").device_id
+            link = fridge.transport
+            assert link is not None
+            async with link:
+                replies = fridge.receive(link)
 
                 async def reply() -> None:
-                    while isinstance(await anext(replies), Departed):
+                    while not isinstance(await anext(replies), Opened):
                         pass
 
                 for size in SIZES:
@@ -132,7 +133,7 @@ async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
                     for i in range(runs + 20):
                         t_raw = await asyncio.to_thread(raw.round_trip, payload)
                         t0 = time.perf_counter()
-                        await fridge.send(hub, req_topic, payload)
+                        await fridge.send(hub, Channel.REQUESTS, payload, session=ECHO_SESSION)
                         async with asyncio.timeout(5):
                             await reply()
                         t_mesh = time.perf_counter() - t0
@@ -140,7 +141,7 @@ async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
                             samples["raw"].append(t_raw * 1000)
                             samples["hearth"].append(t_mesh * 1000)
                     raw_rps = await asyncio.to_thread(raw.rate, payload, rate_n)
-                    hearth_rps = await _hearth_rate(fridge, hub, req_topic, payload, rate_n, reply)
+                    hearth_rps = await _hearth_rate(fridge, hub, payload, rate_n, reply)
                     results[str(size)] = {
                         name: {"p50_ms": statistics.median(v), "p99_ms": sorted(v)[int(len(v) * 0.99) - 1]}
                         for name, v in samples.items()
@@ -151,7 +152,7 @@ async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
     return results
 
 
-async def _hearth_rate(fridge: MeshNode, hub: Any, topic: str, payload: bytes, n: int, reply: Any) -> float:
+async def _hearth_rate(fridge: MeshNode, hub: str, payload: bytes, n: int, reply: Any) -> float:
     """``n`` requests with up to WINDOW in flight, each sent from its own task (concurrent callers)."""
     window = asyncio.Semaphore(WINDOW)
     sends: set[asyncio.Task[None]] = set()
@@ -165,7 +166,7 @@ async def _hearth_rate(fridge: MeshNode, hub: Any, topic: str, payload: bytes, n
     collector = asyncio.create_task(collect())
     for _ in range(n):
         await window.acquire()
-        task = asyncio.create_task(fridge.send(hub, topic, payload))
+        task = asyncio.create_task(fridge.send(hub, Channel.REQUESTS, payload, session=ECHO_SESSION))
         sends.add(task)
         task.add_done_callback(sends.discard)
     async with asyncio.timeout(60):

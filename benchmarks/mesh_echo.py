@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from edge_agent.mesh.node import MeshNode
 
 RAW_REQ, RAW_RESP = "raw/req", "raw/resp"
+ECHO_SESSION, REQUESTER_SESSION = "e" * 16, "f" * 16
+"""Fixed sessions for the two benchmark nodes (a real agent draws a random one per start)."""
 
 
 def raw_echo(port: int, qos: int) -> None:
@@ -42,35 +44,39 @@ def raw_echo(port: int, qos: int) -> None:
     client.loop_forever()
 
 
-def node_at(home: Path, port: int, client_id: str, qos: int) -> MeshNode:
-    """The MeshNode of the device whose household state is in ``home``, on a loopback broker."""
+def node_at(home: Path, port: int, client_id: str, qos: int, session: str) -> MeshNode:
+    """The MeshNode of the device whose household state is in ``home``, connected to a loopback broker."""
     from edge_agent.mesh.node import MeshNode
     from edge_agent.mesh.state import HouseholdState
-    from edge_agent.mesh.transports.mqtt import MqttTransport
+    from edge_agent.mesh.transports.mqtt import MqttConnector
 
     state = HouseholdState(home)
     membership, data = state.membership()
-    transport = MqttTransport("127.0.0.1", port, client_id=client_id, qos=qos)
-    return MeshNode(state.identity, membership, transport, state.counters_dir,
-                    group_key=bytes.fromhex(data.group_key), group_epoch=data.group_epoch)  # fmt: skip
+    node = MeshNode(state.identity, membership, state.counters_dir, group_keys=data.group_key_ring())
+    node.session = session
+    connector = MqttConnector(
+        "127.0.0.1", port, household=node.household, device=node.device_id, client_id=client_id, qos=qos
+    )
+    node.transport = connector.connect(None)
+    return node
 
 
 async def hearth_echo(port: int, home: Path, qos: int) -> None:
-    from edge_agent.mesh import topics
-    from edge_agent.mesh.node import Departed
+    from edge_agent.mesh.envelope import Opened
+    from edge_agent.mesh.interfaces import Channel
 
-    node = node_at(home, port, "mesh-echo", qos)
+    node = node_at(home, port, "mesh-echo", qos, ECHO_SESSION)
     transport = node.transport
+    assert transport is not None
     replies: set[asyncio.Task[None]] = set()
     async with transport:
-        await node.start()
         print("ready", flush=True)
-        async for msg in node.receive():
-            if isinstance(msg, Departed):
+        async for msg in node.receive(transport):
+            if not isinstance(msg, Opened):
                 continue
             # Each reply in its own task, as the endpoint serves requests concurrently.
             reply = asyncio.create_task(
-                node.send(msg.sender, topics.responses(node.household, msg.sender.device_id), msg.payload)
+                node.send(msg.sender.device_id, Channel.RESPONSES, msg.payload, session=REQUESTER_SESSION)
             )
             replies.add(reply)
             reply.add_done_callback(replies.discard)

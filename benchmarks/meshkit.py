@@ -27,13 +27,15 @@ def provision(hub_home: Path, home: Path, name: str, profile: str) -> HouseholdS
     if not hub.is_root():
         assert hub_home == home, "provision the hub itself first"
         hub.init_household(name=name, profile=profile, requests=list(TASKS),
-                           serves=list(load_profile(profile).serves))  # fmt: skip
+                           serves=list(load_profile(profile).serves),
+                           device_class=load_profile(profile).device_class)  # fmt: skip
     member = HouseholdState(home)
     if hub_home == home:
         return member
     root, _ = hub.load_root()
     cert = root.issue(member.identity, name=name, profile=profile, requests=list(TASKS),
-                      serves=list(load_profile(profile).serves))  # fmt: skip
+                      serves=list(load_profile(profile).serves),
+                      device_class=load_profile(profile).device_class)  # fmt: skip
     hub.record_issued(root, cert)
     data = hub.load()
     member.save(HouseholdFile(root_key=data.root_key, certificate=cert, crl=data.crl, group_key=data.group_key,
@@ -64,7 +66,8 @@ def service(home: Path, cfg: AgentConfig, store: PackStore, *, serve: bool = Tru
 async def crash(svc: MeshService) -> None:
     """What a dead agent looks like to the mesh: its TCP connection drops without DISCONNECT, so the
     broker fires its last will (emptying its retained presence), and its work stops."""
-    svc.transport.abort()
+    if svc.node.transport is not None:
+        svc.node.transport.abort()
     await svc.endpoint.close(clean=False)
 
 

@@ -13,11 +13,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
-from edge_agent.profiles.model import DeviceClass
-from edge_agent.tasks import Task
+from edge_agent.mesh.settings import MeshLimits, MeshSettings
+from edge_agent.tasks import DeviceClass, Task
 from edge_agent.validation import field_path
 
 ENV_PREFIX = "HEARTH_"
@@ -83,10 +83,31 @@ class MeshSection(_Section):
     presence_interval_s: float = Field(default=5.0, gt=0, le=600)
     self_benchmark: bool = True
     """Measure each served task briefly at start, so peers route by real speed."""
+    coalesce_ms: float = Field(default=4.0, ge=0, le=100)
+    """Stream tokens produced within this window travel as one frame (hides token lengths)."""
+    pad_bucket_bytes: int = Field(default=256, ge=1, le=65536)
+    """Mesh payloads are padded to size buckets of this many bytes; 1 turns padding off."""
+    limits: MeshLimits = Field(default_factory=MeshLimits)
+    """What a peer can make this device hold or do (`[mesh.limits]`; see edge_agent/mesh/settings.py)."""
 
     @property
     def host_port(self) -> tuple[str, int]:
         return broker_host_port(self.broker)
+
+    @model_validator(mode="after")
+    def _embedded_broker_on_loopback(self) -> MeshSection:
+        host = self.host_port[0]
+        if self.embedded_broker and host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(
+                f"the embedded broker has no authentication, so it only listens on loopback (broker is "
+                f"{self.broker}); for other hosts run Mosquitto (`hearth broker config`)"
+            )
+        return self
+
+    def settings(self) -> MeshSettings:
+        """The mesh library's view of this section."""
+        return MeshSettings(presence_interval_s=self.presence_interval_s, coalesce_ms=self.coalesce_ms,
+                            pad_bucket_bytes=self.pad_bucket_bytes, limits=self.limits)  # fmt: skip
 
 
 def broker_host_port(url: str) -> tuple[str, int]:

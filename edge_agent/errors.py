@@ -16,6 +16,9 @@ prints it as one line instead of a traceback::
     │   ├── ForgedMessageError     bad signature or failed decryption (tampered in transit)
     │   └── ReplayError            counter already seen, or timestamp outside the freshness window
     ├── IdentityError          local keys missing, unreadable or stored with unsafe permissions
+    ├── NetworkError           the network failed us; no peer is to blame
+    │   └── TransportError         the link to the broker is down or never came up
+    ├── RecipientNotMemberError  we refuse to send to a device that is no longer a household member
     └── EngineError            inference problems
         ├── InvalidRequestError  empty prompt, too long, bad text, batch too large (caller's fault)
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
@@ -81,6 +84,19 @@ class ReplayError(PeerError):
 
 class IdentityError(HearthError):
     """This device's own keys are missing, unreadable, or stored with unsafe permissions."""
+
+
+class NetworkError(HearthError):
+    """The network failed (timeout, unreachable, link dropped); nobody lied, so nobody is banned."""
+
+
+class TransportError(NetworkError):
+    """The link to the broker is down (or never came up); the endpoint reconnects."""
+
+
+class RecipientNotMemberError(HearthError):
+    """This device refuses to send to a peer that is revoked, expired or unknown (checked on every
+    outgoing path, so a revoked device receives nothing, whatever the broker still delivers)."""
 
 
 class EngineError(HearthError):

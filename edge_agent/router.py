@@ -20,6 +20,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from edge_agent.config import RoutingSection
 from edge_agent.engines.interfaces import (
     Continuation,
@@ -32,16 +34,17 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
 )
 from edge_agent.errors import (
+    HearthError,
     InvalidRequestError,
     LinkDownError,
     NoRouteError,
     PeerLostError,
     PeerRefusedError,
+    TransportError,
 )
 from edge_agent.mesh.endpoint import MeshEndpoint
-from edge_agent.mesh.interfaces import TransportError
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Offer
+from edge_agent.mesh.protocol import Chunk, Offer
 from edge_agent.models.selection import Plan
 from edge_agent.tasks import Task
 
@@ -111,6 +114,7 @@ class RoutedStream:
     router: Router
     request: GenerateRequest
     decision: Decision
+    deadline_s: float
     attempts: list[Attempt] = field(default_factory=list)
     stats: GenerateStats | None = None
 
@@ -147,11 +151,16 @@ class Router:
 
     # -- deciding -------------------------------------------------------------------------------------
 
-    def _estimate(self, offer: Offer | None, units: int, queue: int) -> tuple[float, str]:
+    def _estimate(
+        self, offer: Offer | None, units: int, queue: int, measured: float | None = None
+    ) -> tuple[float, str]:
+        """Expected ms. A peer's claimed rate is only a first guess: once we have measured its real
+        answers, that measurement wins (a device cannot talk its way into every offloaded prompt)."""
         if offer is None or offer.rate <= 0:
             return float("inf"), "speed not measured"
-        job = offer.first_ms + units / offer.rate * 1000
-        return queue * job + job, f"first {offer.first_ms:.0f} ms + {units} at {offer.rate:.0f}/s" + (
+        rate, source = (measured, "measured") if measured else (offer.rate, "claimed")
+        job = offer.first_ms + units / rate * 1000
+        return queue * job + job, f"first {offer.first_ms:.0f} ms + {units} at {rate:.0f}/s {source}" + (
             f" + queue {queue}" if queue else ""
         )
 
@@ -176,7 +185,7 @@ class Router:
         for peer in self.endpoint.peers.all() if self.endpoint is not None else []:
             offer = peer.offer(task)
             rtt = peer.rtt_ms if peer.rtt_ms is not None else DEFAULT_RTT_MS
-            ms, detail = self._estimate(offer, units, peer.presence.queue_depth)
+            ms, detail = self._estimate(offer, units, peer.presence.queue_depth, peer.throughput)
             cand = Candidate(peer.name, peer, ms + rtt, f"rtt {rtt:.1f} ms + {detail}")
             if offer is None:
                 cand.excluded = f"does not serve {task}"
@@ -190,10 +199,10 @@ class Router:
                 cand.excluded = "policy: local-only"
             elif task in self.policy.never_offload:
                 cand.excluded = f"policy: never offload {task}"
-            elif self.policy.peer_classes and peer.presence.device_class not in self.policy.peer_classes:
-                cand.excluded = (
-                    f"policy: class {peer.presence.device_class} not in {self.policy.peer_classes}"
-                )
+            elif self.policy.peer_classes and peer.device_class not in self.policy.peer_classes:
+                cand.excluded = f"policy: class {peer.device_class} not in {self.policy.peer_classes}"
+            elif not self._still_member(peer):
+                cand.excluded = "no longer a household member"
             elif task not in self._own_requests():
                 cand.excluded = f"this device's certificate does not allow requesting {task}"
             elif cand.expected_ms > deadline_ms:
@@ -209,6 +218,14 @@ class Router:
             ranked.sort(key=lambda c: c.peer is not None)
         return Decision(task, ranked, excluded)
 
+    def _still_member(self, peer: Peer) -> bool:
+        assert self.endpoint is not None
+        try:
+            self.endpoint.node.membership.member(peer.device_id)
+        except HearthError:
+            return False
+        return True
+
     def _own_requests(self) -> list[Task]:
         if self.endpoint is None:
             return []
@@ -219,56 +236,102 @@ class Router:
 
     def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
         request.validate_text()
-        return RoutedStream(self, request, self.decide("generate", request, deadline_s))
+        deadline = deadline_s or self.policy.deadline_s
+        return RoutedStream(self, request, self.decide("generate", request, deadline), deadline)
 
     async def _run_generate(self, routed: RoutedStream) -> AsyncIterator[GenerateChunk]:
-        request = routed.request
-        deadline = time.monotonic() + self.policy.deadline_s
         tokens: list[int] = []
         shown = ""
         index = 0
-        decision = routed.decision
+
+        def resume(request: Body) -> Body:
+            assert isinstance(request, GenerateRequest)
+            if not (tokens or shown):
+                return request
+            return request.model_copy(
+                update={"continuation": Continuation(token_ids=list(tokens), emitted_text=shown)}
+            )
+
+        async def source(cand: Candidate, part: Body, deadline: float) -> AsyncGenerator[GenerateChunk, None]:
+            assert isinstance(part, GenerateRequest)
+            if cand.peer is None:
+                async with contextlib.aclosing(self._local_generate(part)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            async with contextlib.aclosing(self._remote(cand.peer, "generate", part, deadline)) as msgs:
+                async for msg in msgs:
+                    stats = GenerateStats.model_validate(msg.body) if msg.final and msg.body else None
+                    yield GenerateChunk(index=msg.seq, text=msg.text, token_ids=msg.token_ids, stats=stats)
+
+        async with contextlib.aclosing(
+            self._failover(
+                "generate",
+                routed.request,
+                routed.deadline_s,
+                routed.decision,
+                routed.attempts,
+                source,
+                resume,
+                lambda c: len(c.token_ids),
+            )
+        ) as chunks:
+            async for chunk in chunks:
+                assert isinstance(chunk, GenerateChunk)
+                tokens += chunk.token_ids
+                shown += chunk.text
+                if chunk.stats is not None:
+                    routed.stats = chunk.stats.model_copy(
+                        update={"completion_tokens": len(tokens) + (chunk.stats.finish_reason == "stop")}
+                    )
+                yield chunk.model_copy(update={"index": index})
+                index += 1
+
+    async def _failover(
+        self,
+        task: Task,
+        request: Body,
+        deadline_s: float,
+        decision: Decision,
+        attempts: list[Attempt],
+        source: Callable[[Candidate, Body, float], AsyncGenerator[Any, None]],
+        resume: Callable[[Body], Body],
+        units_of: Callable[[Any], int],
+    ) -> AsyncGenerator[Any, None]:
+        """The one failover loop: try the best candidate; if a peer dies, leaves, stalls or refuses
+        (retryably), ban it and go on with the next, resuming from what was already received. A drop of
+        our own link bans nobody: wait for it to return and resume (the same peer allowed)."""
+        deadline = time.monotonic() + deadline_s
         tried: set[str] = set()
         failures = link_drops = 0
         while failures < self.policy.max_attempts and link_drops <= 10:
             options = [c for c in decision.ranked if c.name not in tried]
-            if not options and routed.attempts and self.endpoint is not None:
+            if not options and attempts and self.endpoint is not None:
                 # Everyone we know failed: give peers a moment to come back (a restarting agent or
                 # broker re-announces itself), then decide again.
                 await self.endpoint.wait_peers_changed(
                     min(2 * self.policy.stall_timeout_s, max(0.0, deadline - time.monotonic()))
                 )
-                decision = self.decide("generate", request, max(0.001, deadline - time.monotonic()))
+                decision = self.decide(task, resume(request), max(0.001, deadline - time.monotonic()))
                 tried.clear()
                 options = decision.ranked
             if not options:
                 break
             cand = options[0]
             tried.add(cand.name)
-            attempt = Attempt(
-                cand.name if cand.peer else f"{self.local_name} (local)", time.monotonic(), len(tokens)
-            )
-            routed.attempts.append(attempt)
-            part = request
-            if tokens or shown:
-                part = request.model_copy(
-                    update={"continuation": Continuation(token_ids=list(tokens), emitted_text=shown)}
-                )
+            attempt = Attempt(cand.name if cand.peer else f"{self.local_name} (local)", time.monotonic(), 0)
+            attempts.append(attempt)
+            part = resume(request)
+            units = 0
             try:
-                async with contextlib.aclosing(self._source(cand, part, deadline)) as chunks:
-                    async for chunk in chunks:
-                        tokens += chunk.token_ids
-                        shown += chunk.text
-                        if chunk.stats is not None:
-                            routed.stats = chunk.stats.model_copy(
-                                update={
-                                    "completion_tokens": len(tokens) + (chunk.stats.finish_reason == "stop")
-                                }
-                            )
-                        yield chunk.model_copy(update={"index": index})
-                        index += 1
+                async with contextlib.aclosing(source(cand, part, deadline)) as items:
+                    async for item in items:
+                        units += units_of(item)
+                        yield item
                 if cand.peer is not None and self.endpoint is not None:
-                    self.endpoint.peers.succeeded(cand.peer.device_id)
+                    self.endpoint.peers.succeeded(
+                        cand.peer.device_id, units, time.monotonic() - attempt.started
+                    )
                 return
             except (PeerLostError, PeerRefusedError) as exc:
                 if isinstance(exc, PeerRefusedError) and exc.code == "invalid":
@@ -276,9 +339,8 @@ class Router:
                 if isinstance(exc, PeerRefusedError) and exc.code not in _RETRYABLE:
                     raise
                 attempt.error = str(exc)
-                log.warning("%s failed after %d tokens (%s); failing over", cand.name, len(tokens), exc)
+                log.warning("%s failed (%s); failing over", cand.name, exc)
                 if isinstance(exc, LinkDownError) and self.endpoint is not None:
-                    # Our link, not the peer: wait for the reconnect, then resume (same peer allowed).
                     tried.discard(cand.name)
                     link_drops += 1
                     try:
@@ -293,31 +355,28 @@ class Router:
                 failures += 1
                 if cand.peer is not None and self.endpoint is not None:
                     self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
-                decision = self.decide("generate", part, max(0.001, deadline - time.monotonic()))
-        errors = "; ".join(f"{a.served_by}: {a.error}" for a in routed.attempts) or decision.reason
+                decision = self.decide(task, resume(request), max(0.001, deadline - time.monotonic()))
+        errors = "; ".join(f"{a.served_by}: {a.error}" for a in attempts) or decision.reason
         raise NoRouteError(f"no device could finish the request ({errors})")
 
-    async def _source(
-        self, cand: Candidate, request: GenerateRequest, deadline: float
-    ) -> AsyncGenerator[GenerateChunk, None]:
-        if cand.peer is None:
-            self.local_in_flight += 1
-            try:
-                async with contextlib.aclosing(self.local.generate(request)) as chunks:  # type: ignore[union-attr]
-                    async for chunk in chunks:
-                        yield chunk
-            finally:
-                self.local_in_flight -= 1
-            return
+    async def _local_generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
+        self.local_in_flight += 1
+        try:
+            async with contextlib.aclosing(self.local.generate(request)) as chunks:  # type: ignore[union-attr]
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self.local_in_flight -= 1
+
+    def _remote(self, peer: Peer, task: Task, request: Body, deadline: float) -> AsyncGenerator[Chunk, None]:
         assert self.endpoint is not None
-        remaining = max(0.05, deadline - time.monotonic())
-        body = request.model_dump(mode="json")
-        stream = self.endpoint.stream(cand.peer, "generate", body, deadline_s=remaining,
-                                      stall_s=self.policy.stall_timeout_s)  # fmt: skip
-        async with contextlib.aclosing(stream) as msgs:
-            async for msg in msgs:
-                stats = GenerateStats.model_validate(msg.body) if msg.final and msg.body else None
-                yield GenerateChunk(index=msg.seq, text=msg.text, token_ids=msg.token_ids, stats=stats)
+        return self.endpoint.stream(
+            peer,
+            task,
+            request.model_dump(mode="json"),
+            deadline_s=max(0.05, deadline - time.monotonic()),
+            stall_s=self.policy.stall_timeout_s,
+        )
 
     async def embed(self, request: EmbedRequest, deadline_s: float | None = None) -> tuple[EmbedResult, str]:
         """Embed locally or on a peer, retrying elsewhere if the peer fails; returns (result, served by)."""
@@ -352,33 +411,46 @@ class Router:
         run_local: Callable[[], Awaitable[ResultT]],
         parse: Callable[[dict[str, Any]], ResultT],
     ) -> tuple[ResultT, str]:
-        """One answer (no stream) from the best candidate, failing over to the next one if a peer fails."""
-        deadline = time.monotonic() + (deadline_s or self.policy.deadline_s)
-        decision = self.decide(task, request, deadline_s)
-        errors: list[str] = []
-        for cand in decision.ranked[: self.policy.max_attempts]:
+        """One answer (no stream) from the best candidate, through the same failover loop as generate."""
+        deadline = deadline_s or self.policy.deadline_s
+        attempts: list[Attempt] = []
+
+        async def source(cand: Candidate, part: Body, until: float) -> AsyncGenerator[ResultT, None]:
             if cand.peer is None:
                 self.local_in_flight += 1
                 try:
-                    return await run_local(), f"{self.local_name} (local)"
+                    yield await run_local()
                 finally:
                     self.local_in_flight -= 1
-            assert self.endpoint is not None
-            try:
-                async for msg in self.endpoint.stream(cand.peer, task, request.model_dump(mode="json"),
-                                                      deadline_s=max(0.05, deadline - time.monotonic()),
-                                                      stall_s=self.policy.stall_timeout_s):  # fmt: skip
-                    if msg.final and msg.body is not None:
-                        self.endpoint.peers.succeeded(cand.peer.device_id)
-                        return parse(msg.body), cand.name
-            except (PeerLostError, PeerRefusedError) as exc:
-                if isinstance(exc, PeerRefusedError) and exc.code == "invalid":
-                    raise InvalidRequestError(str(exc)) from None
-                if isinstance(exc, PeerRefusedError) and exc.code not in _RETRYABLE:
-                    raise
-                errors.append(f"{cand.name}: {exc}")
-                self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
-        raise NoRouteError("; ".join(errors) or decision.reason)
+                return
+            async with contextlib.aclosing(self._remote(cand.peer, task, part, until)) as msgs:
+                async for msg in msgs:
+                    if msg.final:
+                        if msg.body is None:
+                            raise PeerLostError(f"{cand.name} sent a final chunk without a result")
+                        try:
+                            yield parse(msg.body)
+                        except ValidationError as exc:
+                            raise PeerLostError(f"{cand.name} sent a malformed result: {exc}") from None
+                        return
+
+        decision = self.decide(task, request, deadline)
+        results = [
+            r
+            async for r in self._failover(
+                task,
+                request,
+                deadline,
+                decision,
+                attempts,
+                source,
+                lambda r: r,
+                lambda _: work_units(task, request),
+            )
+        ]
+        if not results:
+            raise NoRouteError(decision.reason)
+        return results[-1], attempts[-1].served_by
 
     def _peer_pairs(self) -> set[str]:
         if self.endpoint is None:

@@ -17,6 +17,7 @@ from types import TracebackType
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
+from edge_agent.connect import member_connector
 from edge_agent.engines.interfaces import (
     EmbedRequest,
     GenerateRequest,
@@ -26,14 +27,15 @@ from edge_agent.engines.interfaces import (
 )
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.errors import NoLocalModelError
-from edge_agent.mesh import topics
 from edge_agent.mesh.broker import EmbeddedBroker
-from edge_agent.mesh.connect import member_transport
 from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.features.group_keys import GroupKeyRotation
+from edge_agent.mesh.features.translation_memory import MemoryExchange
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.memory import TranslationMemory, fits, make_entry, normalize
 from edge_agent.mesh.node import MeshNode
-from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request
+from edge_agent.mesh.peers import Peer
+from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request, encode
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.selection import Plan
 from edge_agent.profiles.model import FirmwareProfile
@@ -45,10 +47,21 @@ Compute = Callable[[TranslateRequest], Awaitable[tuple[TranslateResult, str]]]
 log = logging.getLogger(__name__)
 
 _BENCH_PROMPT = "Name three fruits."
-_BENCH_TEXTS = ["Turn off the kitchen lights.", "Is the fridge door open?", "Play some music.",
-                "What's the weather tomorrow?"] * 2  # fmt: skip
-_BENCH_TRANSLATE = {"pt": ["Desligue as luzes da cozinha.", "A porta da geladeira está aberta?",
-                           "Toque uma música.", "Como vai estar o tempo amanhã?"] * 2}  # fmt: skip
+_BENCH_TEXTS = [
+    "Turn off the kitchen lights.",
+    "Is the fridge door open?",
+    "Play some music.",
+    "What's the weather tomorrow?",
+] * 2
+_BENCH_TRANSLATE = {
+    "pt": [
+        "Desligue as luzes da cozinha.",
+        "A porta da geladeira está aberta?",
+        "Toque uma música.",
+        "Como vai estar o tempo amanhã?",
+    ]
+    * 2
+}
 
 
 class MeshService:
@@ -73,36 +86,36 @@ class MeshService:
         self.certificate: DeviceCertificate = self.household.certificate
         self.offers: dict[Task, Offer] = {}
         self.broker: EmbeddedBroker | None = None
-        will = (topics.presence(self.membership.household_id, self.certificate.device_id), b"")
-        self.transport = member_transport(
+        self.connector = member_connector(
             config.mesh,
             self.state.dir,
-            self.certificate.device_id + client_id_suffix,
-            will=will if self.serve else None,
+            household=self.membership.household_id,
+            device=self.certificate.device_id,
+            client_id=self.certificate.device_id + client_id_suffix,
         )
         self.node = MeshNode(
             self.state.identity,
             self.membership,
-            self.transport,
             self.state.counters_dir,
-            group_key=bytes.fromhex(self.household.group_key),
-            group_epoch=self.household.group_epoch,
-            past_group_keys=self.household.group_keys(),
+            group_keys=self.household.group_key_ring(),
+            limits=config.mesh.limits,
         )
-        tcfg = config.translate
-        self.memory: TranslationMemory | None = None
-        if tcfg.shared_memory and tcfg.memory_entries > 0:
-            self.memory = TranslationMemory(max_entries=tcfg.memory_entries,
-                                            max_age_s=tcfg.memory_max_age_days * 86400,
-                                            salt=bytes.fromhex(self.membership.household_id))  # fmt: skip
         self.endpoint = MeshEndpoint(
             self.node,
+            self.connector,
             presence=self.presence if self.serve else None,
             handler=self._handle if self.serve else None,
-            presence_interval_s=config.mesh.presence_interval_s,
-            on_group_key=self._save_group_key,
-            memory=self.memory,
+            settings=config.mesh.settings(),
         )
+        self.rotation = GroupKeyRotation(self.endpoint, on_adopted=self._save_group_key)
+        tcfg = config.translate
+        self.memory: TranslationMemory | None = None
+        self.exchange: MemoryExchange | None = None
+        if tcfg.shared_memory and tcfg.memory_entries > 0:
+            self.memory = TranslationMemory(
+                max_entries=tcfg.memory_entries, max_age_s=tcfg.memory_max_age_days * 86400
+            )
+            self.exchange = MemoryExchange(self.endpoint, self.memory)
         self.router = Router(
             plan=plan,
             policy=config.routing,
@@ -139,10 +152,7 @@ class MeshService:
         certificate, unless this device's own agent is already advertising it."""
         await asyncio.sleep(0.2)  # retained adverts arrive right after subscribing
         if not self.endpoint.own_presence_seen:
-            await self.endpoint.node.broadcast(
-                topics.presence(self.membership.household_id, self.certificate.device_id),
-                self._presence_message().model_dump_json().encode(),
-            )
+            await self.node.announce(encode(self._presence_message()))
 
     async def wait_for_peers(self, task: Task, timeout: float) -> None:
         """Wait until some peer offers ``task`` (or ``timeout``), then measure RTT to the candidates."""
@@ -156,8 +166,9 @@ class MeshService:
         return Presence(
             certificate=self.certificate,
             crl=self.membership.crl,
+            session=self.node.session,
+            link=self.endpoint.link,
             profile=self.profile.id,
-            device_class=self.profile.device_class,
             offers=[o for t, o in self.offers.items() if t in self.certificate.serves] if self.serve else [],
             queue_depth=self.endpoint.queue_depth + self.router.local_in_flight,
             free_model_ram_mb=max(0, int(self.profile.model_ram_budget_mb - used)),
@@ -180,10 +191,10 @@ class MeshService:
             self.membership.apply_revocations(data.crl)
         if self.node.use_group_key(bytes.fromhex(data.group_key), data.group_epoch):
             log.info("household group key rotated to epoch %d", data.group_epoch)
-            self.endpoint.distribute_group_key()
+            self.rotation.distribute()
 
     def _save_group_key(self, key: bytes, epoch: int) -> None:
-        self.state.save(self.state.load().with_group_key(key, epoch))
+        self.state.save(self.state.load().with_group_key(key, epoch).with_past_keys(self.node.group))
 
     async def self_benchmark(self) -> None:
         """Measure each local task, so routing (ours, and peers' for what we serve) uses real speeds."""
@@ -201,8 +212,9 @@ class MeshService:
                         if chunk.stats is not None:
                             runs.append(chunk.stats)
                 stats = max(runs[1:], key=lambda s: s.decode_tok_s)
-                self.offers[task] = Offer(task=task, pack=tp.chosen.pack_id, rate=stats.decode_tok_s,
-                                          first_ms=stats.ttft_ms)  # fmt: skip
+                self.offers[task] = Offer(
+                    task=task, pack=tp.chosen.pack_id, rate=stats.decode_tok_s, first_ms=stats.ttft_ms
+                )
             elif task == "embed":
                 await self.agent.embed(EmbedRequest(texts=_BENCH_TEXTS[:1]))
                 t1 = time.perf_counter()
@@ -226,8 +238,9 @@ class MeshService:
                 t2 = time.perf_counter()
                 await self.agent.translate(one.model_copy(update={"texts": texts}))
                 rate = len(texts) / (time.perf_counter() - t2)
-                self.offers[task] = Offer(task=task, pack=tp.chosen.pack_id, rate=rate, first_ms=first * 1000,
-                                          pairs=pairs)  # fmt: skip
+                self.offers[task] = Offer(
+                    task=task, pack=tp.chosen.pack_id, rate=rate, first_ms=first * 1000, pairs=pairs
+                )
             else:
                 continue
             log.info("self-benchmark %s: %s (%.1f s)", task, self.offers[task], time.perf_counter() - t0)
@@ -264,8 +277,9 @@ class MeshService:
             else:
                 wanted[self.memory.key(pair, sentence)] = sentence
         lookup_s = self.config.translate.memory_lookup_ms / 1000
-        if ask_peers and wanted and lookup_s > 0:
-            for entry in (await self.endpoint.ask_memory(pair, wanted, lookup_s)).values():
+        if ask_peers and wanted and lookup_s > 0 and self.exchange is not None:
+            found = await self.exchange.ask(pair, wanted, lookup_s, allowed=self._may_see_text)
+            for entry in found.values():
                 answers[entry.source] = entry.translation
                 self.memory.put(entry)
         missing = sorted({n for ns in normalized for n in ns if n and n not in answers})
@@ -278,13 +292,26 @@ class MeshService:
                 answers[sentence] = translation
                 if request.remember and fits(sentence, translation):
                     self.memory.put(make_entry(key, me, pair, sentence, translation, model))
-        translations = [seg.join([answers.get(n, "") if n else "" for n in ns])
-                        for seg, ns in zip(segmented, normalized, strict=True)]  # fmt: skip
+        translations = [
+            seg.join([answers.get(n, "") if n else "" for n in ns])
+            for seg, ns in zip(segmented, normalized, strict=True)
+        ]
         done = [n for ns in normalized for n in ns if n]
-        stats = TranslateStats(sentences=len(done), source_tokens=counts[0], target_tokens=counts[1],
-                               total_ms=(time.perf_counter() - t0) * 1000,
-                               cached=sum(1 for n in done if n not in missing))  # fmt: skip
+        stats = TranslateStats(
+            sentences=len(done),
+            source_tokens=counts[0],
+            target_tokens=counts[1],
+            total_ms=(time.perf_counter() - t0) * 1000,
+            cached=sum(1 for n in done if n not in missing),
+        )
         return TranslateResult(translations=translations, pair=pair, model=model, stats=stats), served
+
+    def _may_see_text(self, peer: Peer) -> bool:
+        """Routing policy decides who may see our sentences, for memory lookups as for translation."""
+        policy = self.config.routing
+        if policy.mode == "local-only" or "translate" in policy.never_offload:
+            return False
+        return not policy.peer_classes or peer.device_class in policy.peer_classes
 
     # -- serving --------------------------------------------------------------------------------------
 
@@ -297,8 +324,14 @@ class MeshService:
             async with contextlib.aclosing(self.agent.generate(request)) as chunks:
                 async for c in chunks:
                     body = c.stats.model_dump(mode="json") if c.stats else None
-                    yield Chunk(id=req.id, seq=0, text=c.text, token_ids=c.token_ids,
-                                final=c.stats is not None, body=body)  # fmt: skip
+                    yield Chunk(
+                        id=req.id,
+                        seq=0,
+                        text=c.text,
+                        token_ids=c.token_ids,
+                        final=c.stats is not None,
+                        body=body,
+                    )
         elif req.task == "embed":
             result = await self.agent.embed(EmbedRequest.model_validate(req.body))
             yield Chunk(id=req.id, seq=0, final=True, body=result.model_dump(mode="json"))

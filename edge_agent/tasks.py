@@ -11,3 +11,6 @@ Quantization = Literal["int4", "int8", "fp16", "fp32"]
 """Weight format of a pack variant."""
 
 TASKS: tuple[Task, ...] = ("generate", "embed", "translate", "transcribe", "vad")
+
+DeviceClass = Literal["appliance", "vehicle", "hub", "phone", "laptop", "server"]
+"""What kind of device it is; certified by the household root (routing policy may filter on it)."""

@@ -8,6 +8,7 @@ with a client certificate), offload over mutual TLS, then what the ACLs and the 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -17,19 +18,34 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
+from pydantic import BaseModel
 
 from benchmarks.brokers import AS_ROOT, Mosquitto, free_port, start_mosquitto
 from benchmarks.meshkit import config, service
 from edge_agent import processes
 from edge_agent.config import AgentConfig
+from edge_agent.connect import member_client, pairing_client, pairing_tls_context
 from edge_agent.engines.interfaces import GenerateRequest
 from edge_agent.mesh import topics
-from edge_agent.mesh.broker_pki import BrokerPki
-from edge_agent.mesh.connect import member_transport, pairing_tls_context
+from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.identity import DeviceIdentity
+from edge_agent.mesh.pairing import (
+    MAX_ATTEMPTS,
+    DevicePairing,
+    Invitation,
+    PairChallenge,
+    PairProof,
+    PairWelcome,
+    new_session,
+)
+from edge_agent.mesh.pairing_link import serve_invitation
 from edge_agent.mesh.state import HouseholdState
+from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.models.store import PackStore
 
 pytestmark = pytest.mark.timeout(180)
@@ -191,14 +207,14 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
     assert not await connects(site.port, client_tls(stranger, site), "stranger")
     assert await connects(site.port, client_tls(fridge_dir, site), "fridge-ok")
 
-    # The pairing listener: anonymous, the pairing topics only.
-    anon = pairing_tls_context(hub.config.mesh, "mqtts://")
+    # The pairing listener: anonymous, the pairing topics only (sessions: test_pairing_sessions_...).
+    anon, session = pairing_tls_context(hub.config.mesh, "mqtts://"), new_session()
     async with (
-        aiomqtt.Client("localhost", site.pairing_port, identifier="anon", tls_context=anon) as a,
+        aiomqtt.Client("localhost", site.pairing_port, identifier=session, tls_context=anon) as a,
         aiomqtt.Client("localhost", site.port, identifier="hub-acl-2", tls_context=hub_tls) as h,
     ):
         assert await reaches(a, h, topics.PAIR_OPEN)  # control: the open invitation is readable
-        assert await reaches(h, a, topics.pair_to_hub("0123456789abcdef"))
+        assert await reaches(h, a, topics.pair_to_hub("0123456789abcdef", session))
         assert not await reaches(a, h, topics.requests(household, hub_id), sub=f"hearth/{household}/#")
         assert not await reaches(a, h, topics.presence(household, hub_id), sub="#")
         assert not await reaches(h, a, topics.requests(household, hub_id))
@@ -211,7 +227,142 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
     site.broker.proc.send_signal(signal.SIGHUP)  # what `systemctl reload mosquitto` does
     await asyncio.sleep(0.5)
     assert not await connects(site.port, client_tls(fridge_dir, site), "fridge-revoked")
-    transport = member_transport(hub.config.mesh, hub_dir, "hub-after")
+    transport = member_client(hub.config.mesh, hub_dir, "hub-after")
     async with transport:  # the hub itself still connects
         pass
     assert os.path.exists(site.tmp / "hub" / "broker-ca.key")
+
+
+async def delivered(
+    reader: aiomqtt.Client, writer: aiomqtt.Client, topic: str, marker: tuple[aiomqtt.Client, str],
+    sub: str | None = None,
+) -> bool:  # fmt: skip
+    """Does a message ``writer`` publishes on ``topic`` reach ``reader`` (subscribed to ``sub``)?
+
+    Decided without a timeout: once the broker has acknowledged it, a marker follows on a topic the
+    marker's writer may write and the reader may read. Mosquitto handles a QoS 1 publish (ACL check,
+    queueing to subscribers) before its PUBACK and sends a subscriber its messages in that order, so a
+    delivered message would arrive before the marker."""
+    payload, tag = os.urandom(8).hex().encode(), os.urandom(8).hex().encode()
+    marker_writer, marker_topic = marker
+    await reader.subscribe(sub or topic, qos=1)
+    await reader.subscribe(marker_topic, qos=1)
+    await writer.publish(topic, payload, qos=1)
+    await marker_writer.publish(marker_topic, tag, qos=1)
+    seen = False
+    async with asyncio.timeout(10):  # a safety net: the marker always arrives
+        async for message in reader.messages:
+            seen = seen or message.payload == payload
+            if message.payload == tag:
+                break
+    for pattern in {sub or topic, marker_topic}:
+        await reader.unsubscribe(pattern)
+    return seen
+
+
+async def test_pairing_sessions_are_bound_to_their_mqtt_client(site: Site) -> None:
+    """On the pairing listener an anonymous client reads and writes only the session named by its own
+    client id: another cannot learn a session (not even via `#`), read its challenge, or speak for it."""
+    inv, victim_id, other_id = "0123456789abcdef", new_session(), new_session()
+    anon = pairing_tls_context(site.agent_config("hub", "hub").mesh, "mqtts://")
+    hub_tls = client_tls(site.tmp / "hub", site)
+    async with (
+        aiomqtt.Client("localhost", site.port, identifier="hub-pair", tls_context=hub_tls) as hub,
+        aiomqtt.Client("localhost", site.pairing_port, identifier=victim_id, tls_context=anon) as victim,
+        aiomqtt.Client("localhost", site.pairing_port, identifier=other_id, tls_context=anon) as other,
+    ):
+        to_victim, to_other = topics.pair_to_device(inv, victim_id), topics.pair_to_device(inv, other_id)
+        from_victim, from_other = topics.pair_to_hub(inv, victim_id), topics.pair_to_hub(inv, other_id)
+        inbox = topics.pair_hub_inbox(inv)
+        # Controls: each side of a session reaches the other.
+        assert await delivered(victim, hub, to_victim, marker=(hub, to_victim))
+        assert await delivered(hub, victim, from_victim, marker=(victim, from_victim), sub=inbox)
+        # Another anonymous client does not receive the hub's messages to the victim's session...
+        assert not await delivered(other, hub, to_victim, marker=(hub, to_other))
+        assert not await delivered(other, hub, to_victim, marker=(hub, to_other), sub="hearth/pair/#")
+        assert not await delivered(other, hub, to_victim, marker=(hub, to_other), sub="#")
+        # ... cannot write to the hub in the victim's name, or on the old unbound inbox ...
+        assert not await delivered(hub, other, from_victim, marker=(other, from_other), sub=inbox)
+        assert not await delivered(hub, other, f"hearth/pair/{inv}/hub", marker=(other, from_other),
+                                   sub="hearth/pair/#")  # fmt: skip
+        # ... nor to the victim (a fake challenge or refusal).
+        assert not await delivered(victim, other, to_victim, marker=(hub, to_victim))
+
+
+async def test_an_anonymous_client_cannot_disturb_a_pairing_in_progress(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hub serves an invitation through the real broker; an attacker on the pairing listener that
+    even knows the victim's session id sends hellos and forged proofs for it, between the victim's
+    hello and its proof. The victim pairs, only its own hello counted, and the attacker saw nothing."""
+    hub_state = HouseholdState(site.tmp / "hub")
+    root, root_file = hub_state.load_root()
+    inv = Invitation(root, bytes.fromhex(root_file.group_key), root_file.group_epoch,
+                     issue_tls=broker_certificate_issuer(hub_state.dir))  # fmt: skip
+    mesh = site.agent_config("hub", "hub").mesh
+    pairing_url = f"mqtts://localhost:{site.pairing_port}"
+    victim_id, attacker_id = new_session(), new_session()
+    victim = DevicePairing(DeviceIdentity.generate(), inv.code, inv.invitation_id, session=victim_id,
+                           name="fridge", profile="fridge-panel", requests=[], serves=[])  # fmt: skip
+    paired: list[DeviceCertificate] = []
+
+    def envelope(session: str, message: BaseModel) -> bytes:
+        return json.dumps({"session": session, "message": message.model_dump()}).encode()
+
+    async def from_hub(link: MqttClient) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            async for frame in link.frames():
+                if frame.topic == topics.pair_to_device(inv.invitation_id, victim_id):
+                    env: dict[str, Any] = json.loads(frame.payload)
+                    assert env["refused"] is None, env
+                    message: dict[str, Any] = env["message"]
+                    return message
+        raise AssertionError("the connection closed")
+
+    hub_tls = client_tls(site.tmp / "hub", site)
+    async with (
+        member_client(mesh, hub_state.dir, "hub-invite") as hub_link,
+        pairing_client(mesh, pairing_url, session=victim_id) as victim_link,
+        pairing_client(mesh, pairing_url, session=attacker_id) as attacker_link,
+        aiomqtt.Client("localhost", site.port, identifier="hub-marker", tls_context=hub_tls) as marker,
+    ):
+        serving = asyncio.create_task(serve_invitation(hub_link, inv, paired.append))
+        await attacker_link.subscribe("hearth/pair/#")  # everything it may read
+        await victim_link.subscribe(topics.PAIR_OPEN)
+        async for frame in victim_link.frames():  # the retained invitation: the hub is listening
+            if frame.payload:
+                break
+        await victim_link.subscribe(topics.pair_to_device(inv.invitation_id, victim_id))
+        await victim_link.publish(topics.pair_to_hub(inv.invitation_id, victim_id),
+                                  envelope(victim_id, victim.hello))  # fmt: skip
+        challenge = PairChallenge.model_validate(await from_hub(victim_link))
+
+        intruder = DevicePairing(DeviceIdentity.generate(), inv.code, inv.invitation_id, session=victim_id,
+                                 name="x", profile="fridge-panel", requests=[], serves=[])  # fmt: skip
+        forged = PairProof(confirm="0" * 64, sealed="00" * 60)
+        in_its_name = topics.pair_to_hub(inv.invitation_id, victim_id)  # the broker's ACL refuses these
+        on_its_own = topics.pair_to_hub(inv.invitation_id, attacker_id)  # the hub drops these
+        for topic in (in_its_name, on_its_own):
+            await attacker_link.publish(topic, envelope(victim_id, intruder.hello))
+            await attacker_link.publish(topic, envelope(victim_id, forged))
+
+        await victim_link.publish(topics.pair_to_hub(inv.invitation_id, victim_id),
+                                  envelope(victim_id, victim.prove(challenge)))  # fmt: skip
+        welcome = victim.finish(PairWelcome.model_validate(await from_hub(victim_link)))
+        cert = await asyncio.wait_for(serving, 10)
+        assert welcome.certificate == cert == paired[0]
+        assert inv.attempts_left == MAX_ATTEMPTS - 1  # the victim's hello, nothing else
+        # The broker never delivered the frames in the victim's name; the hub dropped the others.
+        hub_log = [r.getMessage() for r in caplog.records if r.name == "edge_agent.mesh.pairing_link"]
+        assert hub_log == ["dropped a pairing message for another session than its topic's"] * 2
+
+        # What the attacker received, up to a marker the hub publishes after the welcome arrived.
+        marker_topic = topics.pair_to_device(inv.invitation_id, attacker_id)
+        await marker.publish(marker_topic, b"marker", qos=1)
+        seen: list[str] = []
+        async with asyncio.timeout(10):
+            async for frame in attacker_link.frames():
+                if frame.topic == marker_topic:
+                    break
+                seen.append(frame.topic)
+        assert set(seen) <= {topics.PAIR_OPEN}, seen  # the open invitation (and its withdrawal) only

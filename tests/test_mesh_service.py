@@ -15,14 +15,14 @@ from benchmarks.meshkit import config, provision, service
 from edge_agent.config import RoutingSection
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.errors import NoRouteError
-from edge_agent.mesh import topics
 from edge_agent.mesh.household import HouseholdRoot
-from edge_agent.mesh.pairing import DevicePairing, Invitation, PairingError
+from edge_agent.mesh.interfaces import Address, Channel
+from edge_agent.mesh.pairing import DevicePairing, Invitation, PairingError, new_session
 from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
 from edge_agent.mesh.peers import PeerTable
 from edge_agent.mesh.protocol import GroupKey, Offer, Presence
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
-from edge_agent.mesh.transports.mqtt import MqttTransport
+from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
@@ -44,29 +44,31 @@ async def test_pairing_over_mqtt_then_the_new_device_is_served(
     inv = Invitation(root, bytes.fromhex(root_file.group_key), roster=[hub_state.load().certificate])
 
     def make(code: str):  # type: ignore[no-untyped-def]
-        return lambda inv_id: DevicePairing(
+        return lambda inv_id, session: DevicePairing(
             fridge_state.identity,
             code,
             inv_id,
+            session=session,
             name="fridge",
             profile="fridge-panel",
             requests=["generate"],
             serves=[],
         )
 
+    wrong_session, session = new_session(), new_session()  # also the client ids, as `hearth pair` does
     async with (
-        MqttTransport("127.0.0.1", broker.port, client_id="hub-invite") as hub_link,
-        MqttTransport("127.0.0.1", broker.port, client_id="dev-1") as wrong_link,
-        MqttTransport("127.0.0.1", broker.port, client_id="dev-2") as dev_link,
+        MqttClient("127.0.0.1", broker.port, client_id="hub-invite") as hub_link,
+        MqttClient("127.0.0.1", broker.port, client_id=wrong_session) as wrong_link,
+        MqttClient("127.0.0.1", broker.port, client_id=session) as dev_link,
     ):
         serving = asyncio.create_task(
             serve_invitation(hub_link, inv, lambda c: hub_state.record_issued(root, c))
         )
         wrong = "1357-2468" if inv.code != "1357-2468" else "2468-1357"
         with pytest.raises(PairingError, match=r"could not prove|refused"):
-            await pair_with_hub(wrong_link, make(wrong), timeout=10)
+            await pair_with_hub(wrong_link, make(wrong), session=wrong_session, timeout=10)
         assert inv.attempts_left == 19 and not serving.done()
-        welcome = await pair_with_hub(dev_link, make(inv.code), timeout=10)
+        welcome = await pair_with_hub(dev_link, make(inv.code), session=session, timeout=10)
         cert = await asyncio.wait_for(serving, 5)
     assert cert.device_id == fridge_state.identity.device_id == welcome.certificate.device_id
     fridge_state.save(HouseholdFile.from_welcome(welcome))
@@ -90,8 +92,9 @@ async def test_hostile_frames_while_serving_are_dropped_and_the_hub_keeps_servin
     hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
     fridge = service(tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store)
     async with hub, fridge:
-        req_topic = topics.requests(hub.membership.household_id, hub.certificate.device_id)
-        pres_topic = topics.presence(hub.membership.household_id, "f" * 32)
+        household = hub.membership.household_id
+        req_topic = str(Address(household, hub.certificate.device_id, Channel.REQUESTS))
+        pres_topic = str(Address(household, "f" * 32, Channel.PRESENCE))
         hostile = [os.urandom(n) for n in (1, 57, 300, 5000)] + [
             b"HE" + os.urandom(200),
             b"HE\x01",
@@ -101,8 +104,13 @@ async def test_hostile_frames_while_serving_are_dropped_and_the_hub_keeps_servin
             for topic in (req_topic, pres_topic):
                 paho_publish.single(topic, payload, qos=1, hostname="127.0.0.1", port=broker.port)
         # A genuine envelope carrying garbage JSON from a real member: decrypts, then fails validation.
-        await fridge.node.send(hub.certificate, req_topic, b'{"type": "request", "id": "nope"}')
         await fridge.wait_for_peers("generate", 5)
+        await fridge.node.send(
+            hub.certificate.device_id,
+            Channel.REQUESTS,
+            b'{"type": "request", "id": "nope"}',
+            session=hub.node.session,
+        )
         routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8))
         assert [c async for c in routed] and routed.served_by == "hub"
         await asyncio.sleep(0.3)
@@ -145,8 +153,10 @@ async def test_revocation_rotates_the_group_key_for_remaining_members_only(
     for name, profile in devices:
         provision(tmp_path / "hub", tmp_path / name, name, profile)
     hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
-    clients = {n: service(tmp_path / n, config(n, broker.port, p), store, serve=False, suffix="-cli")
-               for n, p in (("fridge", "fridge-panel"), ("thief", "phone"))}  # fmt: skip
+    clients = {
+        n: service(tmp_path / n, config(n, broker.port, p), store, serve=False, suffix="-cli")
+        for n, p in (("fridge", "fridge-panel"), ("thief", "phone"))
+    }
     fridge, thief = clients["fridge"], clients["thief"]
     async with hub, fridge, thief:
         for c in clients.values():
@@ -168,13 +178,17 @@ async def test_revocation_rotates_the_group_key_for_remaining_members_only(
         routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=4))
         assert "".join([c.text async for c in routed]) and routed.served_by == "hub"
         # A member that was offline during the rotation gets the key when it next shows up.
-        car = service(tmp_path / "car", config("car", broker.port, "car-headunit"), store, serve=False,
-                      suffix="-cli")  # fmt: skip
+        car = service(
+            tmp_path / "car", config("car", broker.port, "car-headunit"), store, serve=False, suffix="-cli"
+        )
         async with car:
             assert await _until(lambda: car.node.group_epoch == 1), "the hub did not rekey the late member"
             # Only the hub (an admin certificate) may rotate the key.
             forged = GroupKey(epoch=7, key=os.urandom(32).hex())
-            await fridge.endpoint._send(car.certificate, topics.requests, forged)
+            assert await _until(lambda: car.certificate.device_id in fridge.node.membership.certs)
+            await fridge.endpoint._send(
+                car.certificate.device_id, Channel.REQUESTS, forged, session=car.node.session
+            )
             assert await _until(lambda: car.node.dropped["Forbidden"] == 1)
             assert car.node.group_epoch == 1
         assert HouseholdState(tmp_path / "car").load().group_epoch == 1
@@ -184,13 +198,20 @@ def _presence(name: str, cls: str, rate: float, root: HouseholdRoot) -> tuple[ob
     from edge_agent.mesh.identity import DeviceIdentity
 
     cert = root.issue(
-        DeviceIdentity.generate(), name=name, profile=cls, requests=[], serves=["generate", "embed"]
+        DeviceIdentity.generate(),
+        name=name,
+        profile=cls,
+        requests=[],
+        serves=["generate", "embed"],
+        device_class=cls,  # type: ignore[arg-type]
     )
     offers = [
         Offer(task="generate", pack="llm@int4", rate=rate, first_ms=80),
         Offer(task="embed", pack="e", rate=900, first_ms=3),
     ]
-    return cert, Presence(certificate=cert, profile=cls, device_class=cls, offers=offers, interval_s=5)
+    return cert, Presence(
+        certificate=cert, session="0" * 16, link=1, profile=cls, offers=offers, interval_s=5
+    )
 
 
 def test_router_policy_and_expected_completion_time(store: PackStore) -> None:
@@ -211,6 +232,7 @@ def test_router_policy_and_expected_completion_time(store: PackStore) -> None:
     ep = _Endpoint()
     for name, cls, rate in (("hub", "hub", 230.0), ("car", "vehicle", 400.0)):
         cert, pres = _presence(name, cls, rate, root)
+        ep.node.membership.add_certificate(cert)  # type: ignore[arg-type]
         ep.peers.update(cert, pres)  # type: ignore[arg-type]
         ep.peers.get(cert.device_id).rtt_ms = 1.0  # type: ignore[union-attr]
     me = root.issue(

@@ -14,11 +14,11 @@ import pytest
 from nacl.signing import SigningKey
 
 from benchmarks.brokers import RecordingRelay, run_mosquitto
-from edge_agent.mesh import topics
 from edge_agent.mesh.household import HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
-from edge_agent.mesh.node import MeshNode
-from edge_agent.mesh.transports.mqtt import MqttTransport
+from edge_agent.mesh.interfaces import Address, Channel
+from edge_agent.mesh.node import GroupKeys, MeshNode
+from edge_agent.mesh.transports.mqtt import MqttConnector, MqttTransport
 
 CANARY = b"CANARY-9d1c-the-broker-must-not-see-this"
 
@@ -32,15 +32,19 @@ class Household:
     def membership(self) -> Membership:
         m = Membership(self.root.key.verify_key)
         for name, ident in self.devices.items():
-            m.add_certificate(self.root.issue(ident, name=name, profile="hub", requests=["generate"],
-                                              serves=["generate"]))  # fmt: skip
+            m.add_certificate(
+                self.root.issue(ident, name=name, profile="hub", requests=["generate"], serves=["generate"])
+            )
         return m
 
 
 @pytest.fixture
 def household() -> Household:
-    return Household(HouseholdRoot(SigningKey.generate()), os.urandom(32),
-                     {"hub": DeviceIdentity.generate(), "fridge": DeviceIdentity.generate()})  # fmt: skip
+    return Household(
+        HouseholdRoot(SigningKey.generate()),
+        os.urandom(32),
+        {"hub": DeviceIdentity.generate(), "fridge": DeviceIdentity.generate()},
+    )
 
 
 @pytest.fixture
@@ -49,10 +53,18 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield b
 
 
-def _node(hh: Household, name: str, port: int, tmp: Path) -> MeshNode:
+def _node(hh: Household, name: str, port: int, tmp: Path) -> tuple[MeshNode, MqttTransport]:
     ident = hh.devices[name]
-    transport = MqttTransport("127.0.0.1", port, client_id=f"{name}-{ident.device_id[:8]}")
-    return MeshNode(ident, hh.membership(), transport, tmp / name, group_key=hh.group_key)
+    node = MeshNode(ident, hh.membership(), tmp / name, group_keys=GroupKeys(hh.group_key, 0, {}))
+    connector = MqttConnector(
+        "127.0.0.1",
+        port,
+        household=node.household,
+        device=ident.device_id,
+        client_id=f"{name}-{ident.device_id[:8]}",
+    )
+    node.transport = connector.connect(None)
+    return node, node.transport
 
 
 async def _first(it: AsyncIterator, timeout: float = 5.0):  # type: ignore[no-untyped-def, type-arg]
@@ -60,19 +72,16 @@ async def _first(it: AsyncIterator, timeout: float = 5.0):  # type: ignore[no-un
 
 
 async def test_request_and_reply_through_mosquitto(household: Household, broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    hub, fridge = (
+    (hub, hub_link), (fridge, fridge_link) = (
         _node(household, "hub", broker.port, tmp_path),
         _node(household, "fridge", broker.port, tmp_path),
     )
-    async with hub.transport, fridge.transport:
-        await hub.start()
-        await fridge.start()
-        hub_in, fridge_in = hub.receive(), fridge.receive()
-        hub_cert = hub.membership.certs[hub.identity.device_id]
-        await fridge.send(hub_cert, topics.requests(hub.household, hub.identity.device_id), b"what is 2+2?")
+    async with hub_link, fridge_link:
+        hub_in, fridge_in = hub.receive(hub_link), fridge.receive(fridge_link)
+        await fridge.send(hub.device_id, Channel.REQUESTS, b"what is 2+2?", session=hub.session)
         req = await _first(hub_in)
         assert req.payload == b"what is 2+2?" and req.sender.name == "fridge"
-        await hub.send(req.sender, topics.responses(hub.household, req.sender.device_id), b"4")
+        await hub.send(req.sender.device_id, Channel.RESPONSES, b"4", session=fridge.session)
         assert (await _first(fridge_in)).payload == b"4"
 
 
@@ -80,13 +89,11 @@ async def test_canary_is_not_in_broker_persistence_or_on_the_wire(
     household: Household, broker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     async with RecordingRelay(broker.port) as relay:
-        fridge = _node(household, "fridge", relay.port, tmp_path)
-        async with fridge.transport:
-            await fridge.start()
-            topic = topics.presence(fridge.household, fridge.identity.device_id)
-            await fridge.broadcast(topic, CANARY, retain=True)
-            hub = fridge.membership.certs[household.devices["hub"].device_id]
-            await fridge.send(hub, topics.requests(fridge.household, hub.device_id), CANARY)
+        fridge, link = _node(household, "fridge", relay.port, tmp_path)
+        async with link:
+            topic = str(Address(fridge.household, fridge.device_id, Channel.PRESENCE))
+            await fridge.announce(CANARY)
+            await fridge.send(household.devices["hub"].device_id, Channel.REQUESTS, CANARY, session="0" * 16)
     broker.stop()
     db = broker.db.read_bytes()
     assert topic.encode() in db  # the retained message really was persisted…
@@ -100,21 +107,20 @@ async def test_hostile_frames_are_dropped_and_the_node_keeps_serving(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
-    hub, fridge = (
+    (hub, hub_link), (fridge, fridge_link) = (
         _node(household, "hub", broker.port, tmp_path),
         _node(household, "fridge", broker.port, tmp_path),
     )
-    topic = topics.requests(hub.household, hub.identity.device_id)
+    topic = str(Address(hub.household, hub.device_id, Channel.REQUESTS))
     caplog.set_level(logging.WARNING, logger="edge_agent.mesh.node")
-    async with hub.transport, fridge.transport:
-        await hub.start()
-        incoming = hub.receive()
+    async with hub_link, fridge_link:
+        incoming = hub.receive(hub_link)
         hostile = [os.urandom(100), b"HE\x01\x00" + os.urandom(50), b"HE", os.urandom(1_500_000)]
         for payload in hostile:
             await asyncio.to_thread(
                 paho_publish.single, topic, payload, hostname="127.0.0.1", port=broker.port
             )
-        await fridge.send(hub.membership.certs[hub.identity.device_id], topic, b"still there?")
+        await fridge.send(hub.device_id, Channel.REQUESTS, b"still there?", session=hub.session)
         got = await _first(incoming)
         assert got.payload == b"still there?"
     assert sum(hub.dropped.values()) == len(hostile)

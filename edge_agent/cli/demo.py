@@ -22,10 +22,10 @@ import typer
 from edge_agent import aio, processes
 from edge_agent.cli.common import console, load_config_only, load_context
 from edge_agent.errors import HearthError
-from edge_agent.mesh.pairing import DevicePairing, Invitation
+from edge_agent.mesh.pairing import DevicePairing, Invitation, new_session
 from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
-from edge_agent.mesh.transports.mqtt import MqttTransport
+from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.paths import hearth_home
 from edge_agent.tasks import TASKS
 
@@ -59,26 +59,28 @@ async def _pair(hub: HouseholdState, fridge: HouseholdState, port: int, fridge_c
         roster=[household.certificate, *household.peers],
     )
 
-    def make(invitation_id: str) -> DevicePairing:
+    def make(invitation_id: str, session: str) -> DevicePairing:
         return DevicePairing(
             fridge.identity,
             invitation.code,
             invitation_id,
+            session=session,
             name=ctx.config.agent.name,
             profile=ctx.profile.id,
             requests=list(TASKS),
             serves=list(ctx.profile.serves),
         )
 
+    session = new_session()
     async with (
-        MqttTransport("127.0.0.1", port, client_id="demo-hub-invite") as hub_link,
-        MqttTransport("127.0.0.1", port, client_id="demo-fridge-pair") as fridge_link,
+        MqttClient("127.0.0.1", port, client_id="demo-hub-invite") as hub_link,
+        MqttClient("127.0.0.1", port, client_id=session) as fridge_link,
     ):
         served = asyncio.create_task(
             serve_invitation(hub_link, invitation, lambda c: hub.record_issued(root, c))
         )
         await asyncio.sleep(0.2)
-        welcome = await pair_with_hub(fridge_link, make, timeout=20)
+        welcome = await pair_with_hub(fridge_link, make, session=session, timeout=20)
         await served
     fridge.save(HouseholdFile.from_welcome(welcome))
     return invitation.code
@@ -102,6 +104,7 @@ def demo(
             profile=ctx.profile.id,
             requests=list(TASKS),
             serves=list(ctx.profile.serves),
+            device_class=ctx.profile.device_class,
         )
         console.print(f"created household {hub.load().certificate.household_id} on the hub")
     port = _free_port()

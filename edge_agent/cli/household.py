@@ -21,10 +21,10 @@ from edge_agent.cli.common import (
     setup_logging,
 )
 from edge_agent.config import AgentConfig
+from edge_agent.connect import member_client, pairing_client
 from edge_agent.errors import HearthError
 from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer, public_key_pem
-from edge_agent.mesh.connect import member_transport, pairing_transport
-from edge_agent.mesh.pairing import MAX_LIFETIME, DevicePairing, Invitation
+from edge_agent.mesh.pairing import MAX_LIFETIME, DevicePairing, Invitation, new_session
 from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
 from edge_agent.tasks import TASKS
@@ -53,6 +53,7 @@ def init(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
         profile=ctx.profile.id,
         requests=list(TASKS),
         serves=list(ctx.profile.serves),
+        device_class=ctx.profile.device_class,
     )
     console.print(
         f"household [bold]{data.certificate.household_id}[/] created; this device "
@@ -107,7 +108,7 @@ def invite(
 
     async def go() -> None:
         client_id = f"{household.certificate.device_id}-invite"
-        async with member_transport(ctx.config.mesh, state.dir, client_id, url=broker) as transport:
+        async with member_client(ctx.config.mesh, state.dir, client_id, url=broker) as transport:
             cert = await serve_invitation(transport, inv, paired)
         console.print(
             f"[green]paired[/] '{cert.name}' ({cert.profile}) as {cert.device_id}; "
@@ -144,11 +145,12 @@ def pair(
 
     pki = BrokerPki(state.dir)
 
-    def make(invitation_id: str) -> DevicePairing:
+    def make(invitation_id: str, session: str) -> DevicePairing:
         return DevicePairing(
             state.identity,
             code,
             invitation_id,
+            session=session,
             name=ctx.config.agent.name,
             profile=ctx.profile.id,
             requests=list(TASKS),
@@ -157,8 +159,9 @@ def pair(
         )
 
     async def go() -> None:
-        async with pairing_transport(ctx.config.mesh, broker) as transport:
-            welcome = await pair_with_hub(transport, make, timeout=timeout)
+        session = new_session()  # also the MQTT client id: the pairing listener binds it to our topics
+        async with pairing_client(ctx.config.mesh, broker, session=session) as transport:
+            welcome = await pair_with_hub(transport, make, session=session, timeout=timeout)
         if welcome.broker_cert and welcome.broker_ca:
             pki.install(welcome.broker_cert, welcome.broker_ca)
         state.save(HouseholdFile.from_welcome(welcome))

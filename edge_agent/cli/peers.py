@@ -52,7 +52,7 @@ def peers(
                                 "name": p.name,
                                 "device_id": p.device_id,
                                 "profile": p.presence.profile,
-                                "class": p.presence.device_class,
+                                "class": p.device_class,
                                 "rtt_ms": p.rtt_ms,
                                 "queue_depth": p.presence.queue_depth,
                                 "free_model_ram_mb": p.presence.free_model_ram_mb,
@@ -86,7 +86,7 @@ def peers(
                     table.add_row(
                         p.name,
                         p.device_id[:12],
-                        f"{p.presence.device_class} / {p.presence.profile}",
+                        f"{p.device_class} / {p.presence.profile}",
                         offers,
                         str(p.presence.queue_depth),
                         f"{p.presence.free_model_ram_mb} MB",

@@ -109,6 +109,9 @@ class GenerateEngine:
         max_length = min(len(ids) + request.max_tokens, self.context_length)
         params = og.GeneratorParams(self.model)
         options: dict[str, Any] = {"max_length": max_length}
+        if request.min_tokens:
+            # genai counts the whole sequence (prompt + resumed + new) and masks every EOS id below it.
+            options["min_length"] = min(len(ids) + request.min_tokens, max_length)
         if request.temperature > 0:
             options.update(do_sample=True, temperature=request.temperature, top_p=request.top_p)
             if request.top_k:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.errors import InvalidRequestError
 
@@ -47,12 +47,24 @@ class Continuation(_Model):
 class GenerateRequest(_Model):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int = Field(default=256, ge=1, le=8192)
+    min_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=8192,
+        description="Suppress end-of-turn until this many tokens are generated (resumed tokens count).",
+    )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, le=1000, description="0 disables top-k.")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     stop: list[str] = Field(default_factory=list, max_length=8)
     continuation: Continuation | None = None
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> GenerateRequest:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+        return self
 
     @field_validator("stop")
     @classmethod

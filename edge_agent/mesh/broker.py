@@ -13,13 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.mesh.files import write_atomic
+
 log = logging.getLogger(__name__)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class EmbeddedBroker:
     """amqtt in this process: loopback-only by default, anonymous (the envelopes carry the security)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
+        if not _loopback(host):
+            raise ValueError(
+                f"the embedded broker has no authentication and only binds loopback, not {host!r}; "
+                "use Mosquitto (`hearth broker config`) to serve other hosts"
+            )
         self.host, self.port = host, port
         self._broker: Any = None
 
@@ -66,7 +84,7 @@ def mosquitto_config(
     persistence_dir: Path | None = None,
     max_packet_kb: int = 1024,
 ) -> MosquittoFiles:
-    """Write ``mosquitto.conf`` and its two ACL files for one household.
+    """Write ``mosquitto.conf`` and its two ACL files for one household (atomically, mode 0644).
 
     Two listeners with their own settings (``per_listener_settings true``):
 
@@ -76,44 +94,53 @@ def mosquitto_config(
       response topics and everyone's presence. Only the hub may host invitations.
     * pairing (``pairing_port``): server-authenticated TLS, anonymous, and nothing but the pairing
       topics, so a device without a certificate yet can run `hearth pair` (SPAKE2 protects the
-      content) and cannot see or touch the household's topics.
+      content) and cannot see or touch the household's topics. A pairing device's MQTT client id is
+      its random session id, and ``%c`` patterns confine it to that session: it writes only
+      ``hearth/pair/<inv>/hub/<its id>`` and reads only ``hearth/pair/<inv>/dev/<its id>``, so nobody
+      else learns its session or speaks in its name.
+
+    What Mosquitto 2.0.11 cannot do per listener: ``max_packet_size``, ``message_size_limit`` and
+    ``retain_available`` are global (members need 1 MiB frames and retained presence), and an
+    ``acl_file`` cannot refuse the retain flag. So the hub itself drops retained frames and frames
+    over 16 KiB on its pairing inbox (see pairing_link); the pairing listener gets what is per
+    listener: ``max_connections``, ``max_qos 1`` and no empty client ids.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     root = f"hearth/{household}"
     member_acl, pairing_acl = out_dir / "acl", out_dir / "acl-pairing"
-    member_acl.write_text(
-        "\n".join(
-            [
-                "# Hearth members: %u is the client certificate's CN, i.e. the device id.",
-                f"pattern write {root}/presence/%u",
-                f"pattern read {root}/presence/+",
-                f"pattern write {root}/req/+",
-                f"pattern read {root}/req/%u",
-                f"pattern write {root}/resp/+",
-                f"pattern read {root}/resp/%u",
-                "",
-                "# The hub hosts invitations (`hearth household invite`).",
-                f"user {hub_device}",
-                "topic write hearth/pair/open",
-                "topic read hearth/pair/+/hub",
-                "topic write hearth/pair/+/dev/+",
-                "",
-            ]
-        )
+    _write(
+        member_acl,
+        [
+            "# Hearth members: %u is the client certificate's CN, i.e. the device id.",
+            f"pattern write {root}/presence/%u",
+            f"pattern read {root}/presence/+",
+            f"pattern write {root}/req/+",
+            f"pattern read {root}/req/%u",
+            f"pattern write {root}/resp/+",
+            f"pattern read {root}/resp/%u",
+            "",
+            "# The hub hosts invitations (`hearth household invite`): the last topic level is the",
+            "# pairing device's session id, which the pairing listener binds to its client id.",
+            f"user {hub_device}",
+            "topic write hearth/pair/open",
+            "topic read hearth/pair/+/hub/+",
+            "topic write hearth/pair/+/dev/+",
+        ],
     )
-    pairing_acl.write_text(
-        "\n".join(
-            [
-                "# Anonymous devices that are pairing: the open invitation, and their own session.",
-                "topic read hearth/pair/open",
-                "topic write hearth/pair/+/hub",
-                "topic read hearth/pair/+/dev/+",
-                "",
-            ]
-        )
+    _write(
+        pairing_acl,
+        [
+            "# Anonymous devices that are pairing: the open invitation, and their own session only.",
+            "# %c is the MQTT client id, which `hearth pair` sets to its random session id.",
+            "topic read hearth/pair/open",
+            "pattern write hearth/pair/+/hub/%c",
+            "pattern read hearth/pair/+/dev/%c",
+        ],
     )
     lines = [
         "# Written by `hearth broker config`. Every payload is a Hearth envelope; the broker sees ids only.",
+        "# Global in Mosquitto 2.0.11 (not per listener): max_packet_size, message_size_limit,",
+        "# retain_available. The hub drops retained and >16 KiB frames on its pairing inbox itself.",
         "per_listener_settings true",
         "set_tcp_nodelay true",
         f"max_packet_size {max_packet_kb * 1024}",
@@ -140,11 +167,18 @@ def mosquitto_config(
             f"keyfile {keyfile}",
             "tls_version tlsv1.3",
             "allow_anonymous true",
+            "allow_zero_length_clientid false",
             "max_connections 16",
+            "max_qos 1",
             f"acl_file {pairing_acl}",
         ]
     if persistence_dir is not None:
         lines += ["", "persistence true", f"persistence_location {persistence_dir}/"]
     config = out_dir / "mosquitto.conf"
-    config.write_text("\n".join(lines) + "\n")
+    _write(config, lines)
     return MosquittoFiles(config, member_acl, pairing_acl)
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    """Atomically: Mosquitto rereads its ACLs on every SIGHUP and must never see half a file."""
+    write_atomic(path, "\n".join(lines) + "\n", 0o644)

@@ -13,7 +13,7 @@ root signs Hearth certificates only, this CA signs X.509 only.
 
 Files in the mesh state directory (owner-only):
 
-  broker-ca.key, broker-issued.json   hub only: the CA key, serials issued per device
+  broker-ca.key, broker-issued.json   hub only: the CA key, serials issued per device, last CRL number
   broker-ca.crt                       every device: the pinned CA (verifies the broker, too)
   broker-client.key, broker-client.crt  this device's TLS client identity
   broker-crl.pem                      hub only: revoked client certificates, for Mosquitto's crlfile
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import secrets
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import HearthError, IdentityError
-from edge_agent.mesh.files import write_atomic, write_private
+from edge_agent.mesh.files import read_private, write_atomic, write_private
 from edge_agent.mesh.household import DeviceCertificate
 
 _LEEWAY = timedelta(minutes=5)  # clocks on appliances drift; certificates start a little in the past
@@ -67,6 +66,8 @@ class _Issued(BaseModel):
     """Device id -> every client certificate serial issued to it (all are revoked together)."""
     crl_copies: list[Path] = Field(default_factory=list)
     """Where the broker reads the CRL (`hearth broker config --out`); refreshed on every revocation."""
+    crl_number: int = Field(default=0, ge=0)
+    """Number of the newest CRL signed: RFC 5280 wants each new CRL's number strictly larger."""
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -114,7 +115,7 @@ class BrokerPki:
         if not self.client_key_path.exists():
             write_private(self.client_key_path, _key_pem(ec.generate_private_key(ec.SECP256R1())))
         try:
-            key = serialization.load_pem_private_key(self.client_key_path.read_bytes(), None)
+            key = serialization.load_pem_private_key(read_private(self.client_key_path), None)
         except (OSError, ValueError) as exc:
             raise IdentityError(f"{self.client_key_path}: unreadable TLS key ({exc})") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -166,7 +167,7 @@ class BrokerPki:
         if not self.has_ca():
             raise PkiError(f"{self.dir} holds no broker CA; run `hearth broker config` on the hub")
         try:
-            key = serialization.load_pem_private_key(self.ca_key_path.read_bytes(), None)
+            key = serialization.load_pem_private_key(read_private(self.ca_key_path), None)
             cert = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
         except (OSError, ValueError) as exc:
             raise PkiError(f"{self.dir}: unreadable broker CA ({exc})") from exc
@@ -251,13 +252,16 @@ class BrokerPki:
         key, cert = self._ca()
         issued = self._issued()
         serials = issued.serials
+        number = max(issued.crl_number, self._current_crl_number()) + 1
+        issued.crl_number = number
+        write_private(self.issued_path, issued.model_dump_json(indent=1))  # before the CRL: never reused
         now = datetime.now(UTC)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(cert.subject)
             .last_update(now - _LEEWAY)
             .next_update(now + timedelta(days=3650))
-            .add_extension(x509.CRLNumber(secrets.randbelow(1 << 62)), critical=False)
+            .add_extension(x509.CRLNumber(number), critical=False)
         )
         count = 0
         for device in revoked_devices:
@@ -271,6 +275,17 @@ class BrokerPki:
             if copy.parent.is_dir():
                 write_public(copy, pem)
         return count
+
+    def _current_crl_number(self) -> int:
+        """The number of the CRL on disk (0 if none): CRLs signed before the counter existed carry
+        random numbers, and the next one must still be larger."""
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+            return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, x509.ExtensionNotFound) as exc:
+            raise PkiError(f"{self.crl_path}: unreadable CRL ({exc}); remove it to start over") from exc
 
     def publish_crl(self, path: Path) -> None:
         """Copy the CRL to where the broker reads it, now and after every future revocation."""

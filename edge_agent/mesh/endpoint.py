@@ -1,25 +1,29 @@
-"""The request/stream protocol on top of a MeshNode: presence, serving, streaming, cancellation.
+"""The mesh endpoint: one connection loop, dispatch of verified messages, and request/stream RPC.
 
-One reader task owns the connection and dispatches each verified message; it reconnects with backoff
-when the broker goes away. A requester's stream fails fast (PeerLostError) when its peer's presence is
-emptied by the broker (last will), when the peer ages out, or when nothing arrives within the stall
-timeout (servers send keepalives while queued), so the router can fail over. Knows nothing about
-engines: a handler turns a Request into Chunks.
+One reader task owns the connection (a fresh transport from the `Connector` per link) and dispatches
+each verified message; it reconnects with backoff when the link drops. Features (the shared translation
+memory, group-key rotation, later model updates) register handlers for their own message types. A
+requester's stream fails fast (PeerLostError) when its peer departs (signed notice), ages out, stalls,
+is revoked, or our link drops (LinkDownError), so the router can fail over. Knows nothing about
+engines: a handler turns a Request into Chunks. The rules themselves (who may ask, ordering, merging)
+live IO-free in rpc.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Self, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edge_agent.errors import (
     BudgetExceededError,
@@ -27,25 +31,24 @@ from edge_agent.errors import (
     InvalidRequestError,
     LinkDownError,
     NoLocalModelError,
+    PeerError,
     PeerLostError,
     PeerRefusedError,
+    RecipientNotMemberError,
+    TransportError,
 )
-from edge_agent.mesh import topics
 from edge_agent.mesh.envelope import KIND_DIRECT, KIND_GROUP, Opened
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import TransportError
-from edge_agent.mesh.memory import MemoryEntry, TranslationMemory, digest
-from edge_agent.mesh.node import Departed, MeshNode
+from edge_agent.mesh.interfaces import Channel, Connector
+from edge_agent.mesh.node import Announced, MeshNode, VanishHint
 from edge_agent.mesh.peers import Peer, PeerTable
 from edge_agent.mesh.protocol import (
     Accepted,
     Cancel,
     Chunk,
+    Departure,
     Failure,
     FailureCode,
-    GroupKey,
-    MemoryHits,
-    MemoryQuery,
     Ping,
     Pong,
     Presence,
@@ -53,38 +56,59 @@ from edge_agent.mesh.protocol import (
     decode,
     encode,
 )
+from edge_agent.mesh.rpc import StreamBroken, StreamReassembler, admit, keepalive_every_s, merge_chunks
+from edge_agent.mesh.settings import MeshSettings
 from edge_agent.tasks import Task
 
 log = logging.getLogger(__name__)
-MEMORY_REPLY_CHARS = 200_000  # keeps a memory answer far below the envelope's frame limit
+
+__all__ = ["EndpointState", "Handler", "MeshEndpoint"]
 
 Handler = Callable[[Request, DeviceCertificate], AsyncGenerator[Chunk, None]]
 """Serves one request: yields chunks (id/seq are filled in by the endpoint), the last one final."""
+M = TypeVar("M", bound=BaseModel)
+FeatureHandler = Callable[[DeviceCertificate, Any], None]
+
+_SAFE_MESSAGES: set[FailureCode] = {"invalid", "not-served", "busy", "deadline", "forbidden"}
+
+
+class EndpointState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
 
 
 @dataclass
 class _Stream:
     peer: str
+    reassembler: StreamReassembler
     queue: asyncio.Queue[Chunk | Accepted | Failure | PeerLostError] = field(default_factory=asyncio.Queue)
-    next_seq: int = 0
-    early: dict[int, Chunk] = field(default_factory=dict)
+    broken: bool = False
 
-    def deliver(self, msg: Chunk | Accepted | Failure) -> None:
+    def fail(self, error: PeerLostError) -> None:
+        if not self.broken:
+            self.broken = True
+            self.queue.put_nowait(error)
+
+    def deliver(self, msg: Chunk | Accepted | Failure, max_queue: int) -> None:
+        if self.broken:
+            return
+        if self.queue.qsize() >= max_queue:
+            self.fail(StreamBroken(f"stream from {self.peer[:8]} outran its consumer ({max_queue} queued)"))
+            return
         if not isinstance(msg, Chunk):
             self.queue.put_nowait(msg)
             return
-        if msg.seq < self.next_seq or msg.seq in self.early:
-            return  # a QoS 1 redelivery
-        if len(self.early) > 1024:
-            self.queue.put_nowait(PeerLostError("stream gap: chunks missing"))
+        try:
+            ready = self.reassembler.push(msg)
+        except StreamBroken as exc:
+            self.fail(exc)
             return
-        self.early[msg.seq] = msg
-        while self.next_seq in self.early:
-            self.queue.put_nowait(self.early.pop(self.next_seq))
-            self.next_seq += 1
+        for chunk in ready:
+            self.queue.put_nowait(chunk)
 
 
-async def _stop(tasks: list[asyncio.Task[None]], patience_s: float = 15.0) -> None:
+async def _stop(tasks: list[asyncio.Task[Any]], patience_s: float = 15.0) -> None:
     """Cancel ``tasks`` and wait for them, re-cancelling any that swallowed the cancel (3.11's
     asyncio.wait_for can), so closing an endpoint never hangs on one of its own tasks."""
     pending = {t for t in tasks if not t.done() and t is not asyncio.current_task()}
@@ -97,52 +121,61 @@ async def _stop(tasks: list[asyncio.Task[None]], patience_s: float = 15.0) -> No
         log.warning("task %s did not stop within %g s; leaving it", task.get_name(), patience_s)
 
 
-def _failure_code(exc: BaseException) -> FailureCode:
+def _failure(exc: BaseException) -> tuple[FailureCode, str]:
+    """What a requester learns about our failure: the code, and text only for its own mistakes."""
     if isinstance(exc, InvalidRequestError | ValidationError):
-        return "invalid"
-    if isinstance(exc, NoLocalModelError):
-        return "not-served"
-    if isinstance(exc, BudgetExceededError):
-        return "busy"
-    if isinstance(exc, TimeoutError):
-        return "deadline"
-    return "internal"
+        code: FailureCode = "invalid"
+    elif isinstance(exc, NoLocalModelError):
+        code = "not-served"
+    elif isinstance(exc, BudgetExceededError):
+        code = "busy"
+    elif isinstance(exc, TimeoutError):
+        code = "deadline"
+    else:
+        return "internal", "internal error on the serving device (see its log)"
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        return code, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"[:500]
+    return code, (str(exc)[:500] or type(exc).__name__) if code in _SAFE_MESSAGES else code
 
 
 class MeshEndpoint:
     def __init__(
         self,
         node: MeshNode,
+        connector: Connector,
         *,
         presence: Callable[[], Presence] | None,
         handler: Handler | None = None,
-        presence_interval_s: float = 5.0,
-        max_concurrent: int = 8,
-        reconnect_max_s: float = 5.0,
-        on_group_key: Callable[[bytes, int], None] | None = None,
-        memory: TranslationMemory | None = None,
+        settings: MeshSettings | None = None,
     ) -> None:
         self.node = node
-        self.memory = memory
-        """Shared translation memory answered to peers' queries; None: queries get no answer."""
-        self._memory_waits: dict[int, tuple[set[str], list[MemoryEntry], asyncio.Event]] = {}
+        self.connector = connector
+        self.settings = settings or MeshSettings()
+        self.limits = self.settings.limits
         self._presence = presence
         self.handler = handler
-        self.on_group_key = on_group_key
-        """Called after adopting a new group key from the hub, to persist it."""
-        self._rekeyed: dict[str, float] = {}
-        self.presence_interval_s = presence_interval_s
-        self.max_concurrent = max_concurrent
-        self.reconnect_max_s = reconnect_max_s
-        self.peers = PeerTable(node.device_id)
+        self.state = EndpointState.UNOPENED
+        self.peers = PeerTable(
+            node.device_id,
+            max_peers=self.limits.max_peers,
+            max_interval_s=self.limits.max_presence_interval_s,
+        )
         self.connected = asyncio.Event()
         self.peers_changed = asyncio.Event()
+        self.link = 0
+        """Connection number within this session (see protocol.Departure)."""
+        self._features: dict[type[BaseModel], FeatureHandler] = {}
+        self.presence_hooks: list[Callable[[Opened], None]] = []
+        """Called with every verified, fresh advert (features watch epochs, sessions, ...)."""
         self._streams: dict[str, _Stream] = {}
         self._serving: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._serving_by: Counter[str] = Counter()
         self._pings: dict[int, tuple[str, float, asyncio.Future[float]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
+        self._checking: set[str] = set()
+        self._tasks: list[asyncio.Task[Any]] = []
         self.own_presence_seen = False
+        node.membership.on_revoked.append(self._purge_revoked)
 
     @property
     def device_id(self) -> str:
@@ -152,9 +185,20 @@ class MeshEndpoint:
     def queue_depth(self) -> int:
         return len(self._serving)
 
+    @property
+    def dropped(self) -> Counter[str]:
+        return self.node.dropped
+
+    def register(self, message_type: type[M], handler: Callable[[DeviceCertificate, M], None]) -> None:
+        """Route verified direct messages of ``message_type`` to a feature (memory, rekeying, ...)."""
+        self._features[message_type] = handler
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> MeshEndpoint:
+    async def __aenter__(self) -> Self:
+        if self.state is not EndpointState.UNOPENED:
+            raise RuntimeError(f"this endpoint is {self.state.value}; make a new one")
+        self.state = EndpointState.OPEN
         self._tasks.append(asyncio.create_task(self._connection_loop(), name="mesh-connection"))
         self._tasks.append(asyncio.create_task(self._housekeeping_loop(), name="mesh-housekeeping"))
         return self
@@ -165,25 +209,34 @@ class MeshEndpoint:
         await self.close()
 
     async def close(self, *, clean: bool = True) -> None:
-        """Stop serving; with ``clean`` also empty our retained presence so peers see us leave now."""
-        self._closing = True
+        """Stop serving; with ``clean`` also replace our advert with a signed departure notice so
+        peers see us leave now."""
+        if self.state is EndpointState.CLOSED:
+            return
+        self.state = EndpointState.CLOSED
         for task in list(self._serving.values()):
             task.cancel()
         if clean and self.connected.is_set() and self._presence is not None:
             with contextlib.suppress(TransportError):
-                await self.node.transport.publish(
-                    topics.presence(self.node.household, self.device_id), b"", retain=True
-                )
+                await self.node.announce(self._departure())
         await _stop(list(self._tasks) + list(self._serving.values()))
         self._tasks.clear()
+        transport, self.node.transport = self.node.transport, None
+        if transport is not None:
+            with contextlib.suppress(TransportError):
+                await transport.aclose()
         self.node.save_state()
+
+    @property
+    def _closing(self) -> bool:
+        return self.state is EndpointState.CLOSED
 
     async def wait_connected(self, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
                 await self.connected.wait()
         except TimeoutError:
-            raise TransportError(f"no connection to the MQTT broker within {timeout:g} s") from None
+            raise TransportError(f"no connection to the mesh within {timeout:g} s") from None
 
     async def wait_peers_changed(self, timeout: float) -> bool:
         self.peers_changed.clear()
@@ -207,8 +260,7 @@ class MeshEndpoint:
         return True
 
     async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
-        """Wait for a presence from ``device_id`` received after ``since`` (default now): it has
-        (re)connected and subscribed."""
+        """Wait for a presence from ``device_id`` received after ``since`` (default now)."""
         after = time.monotonic() if since is None else since
 
         def heard() -> bool:
@@ -217,17 +269,23 @@ class MeshEndpoint:
 
         return await self.wait_until(heard, timeout)
 
+    def _departure(self) -> bytes:
+        return encode(Departure(session=self.node.session, link=self.link))
+
     async def _connection_loop(self) -> None:
         delay = 0.1
         while not self._closing:
+            self.link += 1
+            notice = self.node.seal_announcement(self._departure()) if self._presence is not None else None
+            transport = self.connector.connect(notice)
             try:
-                async with self.node.transport:
-                    await self.node.start()
+                async with transport:
+                    self.node.transport = transport
                     self.connected.set()
                     delay = 0.1
                     if self._presence is not None:
                         await self.publish_presence()
-                    async for item in self.node.receive():
+                    async for item in self.node.receive(transport):
                         self._dispatch(item)
             except TransportError as exc:
                 if self._closing:
@@ -235,69 +293,63 @@ class MeshEndpoint:
                 log.warning("mesh link down (%s); reconnecting in %.1f s", exc, delay)
             finally:
                 self.connected.clear()
+                if self.node.transport is transport:
+                    self.node.transport = None
             # Whatever we were waiting for over this link will not come: fail over now.
             for stream in self._streams.values():
-                stream.queue.put_nowait(LinkDownError("the connection to the broker dropped"))
+                stream.fail(LinkDownError("the connection to the mesh dropped"))
             await asyncio.sleep(delay)
-            delay = min(self.reconnect_max_s, delay * 2)
+            delay = min(self.settings.reconnect_max_s, delay * 2)
 
     async def _housekeeping_loop(self) -> None:
         # Checks _closing too: on 3.11 asyncio.wait_for (inside aiomqtt) can swallow a cancel that
         # races with its result, and a loop that only stops on cancel would then run forever.
         while not self._closing:
-            await asyncio.sleep(self.presence_interval_s)
+            await asyncio.sleep(self.settings.presence_interval_s)
             for peer in self.peers.expire():
                 log.info("peer %s (%s) aged out", peer.name, peer.device_id[:8])
                 self._lost(peer.device_id, f"{peer.name} went silent (no presence)")
+            for device_id in [p.device_id for p in self.peers.all()]:
+                try:
+                    self.node.membership.member(device_id)
+                except HearthError as exc:  # expired since its last advert
+                    self._forget(device_id, f"no longer a member ({exc})")
             if self.connected.is_set() and self._presence is not None:
                 with contextlib.suppress(TransportError):
                     await self.publish_presence()
+            self.node.prune_group_keys()
             self.node.save_state()
 
     async def publish_presence(self) -> None:
         assert self._presence is not None
-        presence = self._presence()
-        await self.node.broadcast(
-            topics.presence(self.node.household, self.device_id), encode(presence), retain=True
-        )
+        await self.node.announce(encode(self._presence()))
 
     # -- dispatch -------------------------------------------------------------------------------------
 
-    def _dispatch(self, item: Opened | Departed) -> None:
-        if isinstance(item, Departed):
-            peer = self.peers.forget(item.device_id)
-            if peer is not None:
-                log.info("peer %s left the mesh", peer.name)
-                self.peers_changed.set()
-            self._lost(item.device_id, f"{peer.name if peer else item.device_id} left the mesh")
+    def _dispatch(self, item: Opened | Announced | VanishHint) -> None:
+        if isinstance(item, VanishHint):
+            self._check_vanished(item.device_id)
+            return
+        if isinstance(item, Announced):
+            self._announced(item)
             return
         sender = item.header.sender
         try:
             msg = decode(item.payload)
         except ValidationError as exc:
-            self.node.dropped["InvalidMessage"] += 1
+            self.dropped["InvalidMessage"] += 1
             log.warning("dropped invalid message from %s: %s", sender[:8], exc.errors()[0]["msg"])
             return
-        on_presence_topic = topics.presence_device(item.header.topic) is not None
-        expected_kind = KIND_GROUP if isinstance(msg, Presence) else KIND_DIRECT
-        if item.header.kind != expected_kind or on_presence_topic != isinstance(msg, Presence):
-            self.node.dropped["WrongChannel"] += 1
-            log.warning(
-                "dropped %s from %s on the wrong channel (%s)", msg.type, sender[:8], item.header.topic
-            )
+        if item.header.kind != KIND_DIRECT or isinstance(msg, Presence | Departure):
+            self.dropped["WrongChannel"] += 1
+            log.warning("dropped %s from %s on the wrong channel", msg.type, sender[:8])
             return
-        if item.header.kind == KIND_GROUP and item.header.epoch < self.node.group_epoch:
-            self._rekey(item.sender)
-        if isinstance(msg, Presence):
-            if sender == self.device_id:
-                self.own_presence_seen = True
-            elif msg.certificate.device_id == sender:
-                self.peers.update(item.sender, msg)
-                if msg.crl is not None:
-                    with contextlib.suppress(HearthError):
-                        self.node.membership.apply_revocations(msg.crl)
-                self.peers_changed.set()
-        elif isinstance(msg, Request):
+        channel = Channel.RESPONSES if isinstance(msg, Chunk | Accepted | Failure | Pong) else None
+        if channel is not None and f"/{Channel.RESPONSES.value}/" not in item.header.topic:
+            self.dropped["WrongChannel"] += 1
+            log.warning("dropped %s from %s sent to a request inbox", msg.type, sender[:8])
+            return
+        if isinstance(msg, Request):
             self._accept(item.sender, msg)
         elif isinstance(msg, Cancel):
             task = self._serving.get((sender, msg.id))
@@ -306,155 +358,141 @@ class MeshEndpoint:
         elif isinstance(msg, Chunk | Accepted | Failure):
             stream = self._streams.get(msg.id)
             if stream is not None and stream.peer == sender:
-                stream.deliver(msg)
+                stream.deliver(msg, self.limits.max_stream_queue)
         elif isinstance(msg, Ping):
-            self._spawn(self._send(item.sender, topics.responses, Pong(nonce=msg.nonce)))
+            self._spawn(
+                self._send(
+                    item.sender.device_id, Channel.RESPONSES, Pong(nonce=msg.nonce), session=msg.reply_session
+                )
+            )
         elif isinstance(msg, Pong):
             waiting = self._pings.get(msg.nonce)
             if waiting is not None and waiting[0] == sender and not waiting[2].done():
                 waiting[2].set_result((time.perf_counter() - waiting[1]) * 1000)
-        elif isinstance(msg, GroupKey):
-            self._adopt_group_key(item.sender, msg)
-        elif isinstance(msg, MemoryQuery):
-            self._answer_memory(item.sender, msg)
-        elif isinstance(msg, MemoryHits):
-            asked = self._memory_waits.get(msg.nonce)
-            if asked is not None and sender in asked[0]:
-                asked[0].discard(sender)
-                asked[1].extend(msg.entries)
-                if not asked[0]:
-                    asked[2].set()
+        else:
+            handler = self._features.get(type(msg))
+            if handler is None:
+                self.dropped["Unhandled"] += 1
+                log.info("no feature here handles %s from %s", msg.type, sender[:8])
+                return
+            handler(item.sender, msg)
 
-    # -- shared translation memory --------------------------------------------------------------------
-
-    def _answer_memory(self, requester: DeviceCertificate, query: MemoryQuery) -> None:
-        if self.memory is None:
-            return  # policy off: stay silent, the requester's short timeout covers it
-        if "translate" not in requester.requests:
-            self.node.dropped["Forbidden"] += 1
-            log.warning(
-                "dropped a memory query from %s: its certificate does not allow translate", requester.name
-            )
-            return
-        hits: list[MemoryEntry] = []
-        size = 0
-        for entry in self.memory.lookup(query.keys):
-            size += len(entry.source) + len(entry.translation)
-            if entry.pair != query.pair or size > MEMORY_REPLY_CHARS:
-                continue
-            hits.append(entry)
-        self._spawn(self._send(requester, topics.responses, MemoryHits(nonce=query.nonce, entries=hits)))
-
-    async def ask_memory(
-        self, pair: str, sentences: dict[str, str], timeout: float
-    ) -> dict[str, MemoryEntry]:
-        """Ask every live peer that keeps a shared memory for translations of ``sentences`` (digest ->
-        normalized sentence; the first 256 are asked).
-
-        Returns verified entries by digest: signed by a current household member, fresh, and for exactly
-        the sentence asked. Waits until every peer answered or ``timeout``.
-        """
-        now = time.monotonic()
-        peers = [p for p in self.peers.all() if p.alive(now) and p.presence.translation_memory]
-        if not peers or not sentences or not self.connected.is_set():
-            return {}
-        nonce = secrets.randbits(62)
-        waiting: tuple[set[str], list[MemoryEntry], asyncio.Event] = (
-            {p.device_id for p in peers},
-            [],
-            asyncio.Event(),
-        )
-        self._memory_waits[nonce] = waiting
-        query = encode(MemoryQuery(nonce=nonce, pair=pair, keys=list(sentences)[:256]))
+    def _announced(self, item: Announced) -> None:
+        opened = item.opened
+        sender = opened.header.sender
         try:
-            for peer in peers:
-                with contextlib.suppress(TransportError):
-                    inbox = topics.requests(self.node.household, peer.device_id)
-                    await self.node.send(peer.certificate, inbox, query)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await waiting[2].wait()
-        finally:
-            self._memory_waits.pop(nonce, None)
-        return self._verified_entries(pair, sentences, waiting[1])
+            msg = decode(opened.payload)
+            if opened.header.kind != KIND_GROUP or not isinstance(msg, Presence | Departure):
+                raise ValueError(f"{getattr(msg, 'type', '?')} on the presence board")
+        except (ValidationError, ValueError) as exc:
+            self.dropped["InvalidMessage"] += 1
+            log.warning("dropped a presence-board frame from %s: %s", sender[:8], exc)
+            return
+        if isinstance(msg, Departure):
+            self._departed(sender, msg)
+            return
+        try:  # an advert is checked like any message: fresh, never replayed
+            self.node.opener.check_fresh(opened.header)
+            self.node.presence_replay.check(sender, opened.header.counter)
+        except PeerError as exc:
+            if not item.retained:
+                self.dropped[type(exc).__name__] += 1
+                log.warning("dropped presence of %s: %s", sender[:8], exc)
+            return
+        self.node.presence_replay.commit(sender, opened.header.counter)
+        if sender == self.device_id:
+            self.own_presence_seen = True
+            return
+        if msg.certificate.device_id != sender:
+            self.dropped["InvalidMessage"] += 1
+            return
+        if msg.crl is not None:
+            with contextlib.suppress(HearthError):
+                self.node.membership.apply_revocations(msg.crl)
+        try:
+            cert = self.node.membership.member(sender)
+        except HearthError:
+            return  # the advert carried a CRL revoking its own sender
+        known = self.peers.get(sender)
+        if known is not None and known.session != msg.session:
+            # The peer restarted: anything it was doing for us died with its old run.
+            self._lost(sender, f"{known.name} restarted")
+        if self.peers.update(cert, msg) is None:
+            self.dropped["PeerTableFull"] += 1
+            return
+        self.peers_changed.set()
+        for hook in self.presence_hooks:
+            hook(opened)
 
-    def _verified_entries(
-        self, pair: str, sentences: dict[str, str], entries: list[MemoryEntry]
-    ) -> dict[str, MemoryEntry]:
-        salt = self.memory.salt if self.memory is not None else b""
-        found: dict[str, MemoryEntry] = {}
-        for entry in entries:
-            key = digest(pair, entry.source, salt)
-            if entry.pair != pair or sentences.get(key) != entry.source or key in found:
-                continue
+    def _departed(self, sender: str, notice: Departure) -> None:
+        peer = self.peers.get(sender)
+        if peer is None or (peer.session, peer.presence.link) != (notice.session, notice.link):
+            # An old notice (an earlier link's will, replayed or late): the device is still here.
+            self.dropped["StaleDeparture"] += 1
+            log.info("ignored a departure notice of %s for an earlier connection", sender[:8])
+            return
+        self._forget(sender, f"{peer.name} left the mesh")
+
+    def _forget(self, device_id: str, reason: str) -> None:
+        peer = self.peers.forget(device_id)
+        if peer is not None:
+            log.info("peer %s: %s", peer.name, reason)
+            self.peers_changed.set()
+        self._lost(device_id, reason)
+
+    def _check_vanished(self, device_id: str) -> None:
+        """An unsigned 'gone' (an emptied presence topic): believe it only if the peer stops answering."""
+        peer = self.peers.get(device_id)
+        if peer is None or device_id in self._checking:
+            return
+        self._checking.add(device_id)
+
+        async def check() -> None:
             try:
-                producer = self.node.membership.member(entry.producer)
-            except HearthError:
-                self.node.dropped["MemoryNotAMember"] += 1
-                continue
-            if not entry.verify(producer.verify_key) or (self.memory and not self.memory.fresh(entry)):
-                self.node.dropped["MemoryForged"] += 1
-                log.warning(
-                    "dropped a translation-memory entry with a bad signature (claims %s)", producer.name
-                )
-                continue
-            found[key] = entry
-        return found
+                rtt = await self.ping(peer, timeout=self.settings.departure_check_s)
+                if rtt is None and self.peers.get(device_id) is peer:
+                    self._forget(device_id, f"{peer.name} vanished and does not answer")
+                elif rtt is not None:
+                    self.dropped["UnconfirmedDeparture"] += 1
+                    log.warning("%s was reported gone, but answers: ignored (forged departure?)", peer.name)
+            finally:
+                self._checking.discard(device_id)
 
-    # -- group key rotation ---------------------------------------------------------------------------
+        self._spawn(check())
 
-    def _adopt_group_key(self, sender: DeviceCertificate, msg: GroupKey) -> None:
-        if not sender.admin:
-            self.node.dropped["Forbidden"] += 1
-            log.warning("dropped a group key from %s: only the hub may rotate it", sender.name)
-            return
-        if self.node.use_group_key(bytes.fromhex(msg.key), msg.epoch):
-            log.info("household group key rotated to epoch %d by %s", msg.epoch, sender.name)
-            if self.on_group_key is not None:
-                self.on_group_key(bytes.fromhex(msg.key), msg.epoch)
-
-    def _own_certificate(self) -> DeviceCertificate | None:
-        return self.node.membership.certs.get(self.device_id)
-
-    def _rekey(self, member: DeviceCertificate, min_interval_s: float = 5.0) -> None:
-        """A member still seals broadcasts with an old group key: the hub sends it the current one."""
-        own = self._own_certificate()
-        if own is None or not own.admin or member.device_id == self.device_id:
-            return
-        now = time.monotonic()
-        if now - self._rekeyed.get(member.device_id, -min_interval_s) < min_interval_s:
-            return
-        self._rekeyed[member.device_id] = now
-        self._send_group_key(member)
-
-    def _send_group_key(self, member: DeviceCertificate) -> None:
-        key = GroupKey(epoch=self.node.group_epoch, key=self.node.group_key.hex())
-        self._spawn(self._send(member, topics.requests, key))
-
-    def distribute_group_key(self) -> None:
-        """After a revocation: seal the new group key to every member still in the household (each
-        with its own pairwise key, so the revoked device cannot read it). Members offline now get it
-        from _rekey when their next broadcast still uses the old key."""
-        members = self.node.membership
-        for device_id, cert in list(members.certs.items()):
-            if device_id not in members.revoked and device_id != self.device_id:
-                self._send_group_key(cert)
+    def _purge_revoked(self, revoked: frozenset[str]) -> None:
+        """A newer CRL: forget those peers, fail our streams to them, stop serving them."""
+        for device_id in revoked:
+            self._forget(device_id, "revoked")
+            for (requester, rid), task in list(self._serving.items()):
+                if requester == device_id:
+                    log.info("stopped serving request %s: its requester was revoked", rid[:8])
+                    task.cancel()
 
     def _lost(self, device_id: str, reason: str) -> None:
         for stream in self._streams.values():
             if stream.peer == device_id:
-                stream.queue.put_nowait(PeerLostError(reason))
+                stream.fail(PeerLostError(reason))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
-    async def _send(self, to: DeviceCertificate, topic_for: Callable[[str, str], str], msg: Any) -> None:
+    async def send(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
+        """Seal and send one message (padded to a size bucket); raises TransportError,
+        RecipientNotMemberError."""
+        await self.node.send(device_id, channel, encode(msg, self.settings.pad_bucket_bytes), session=session)
+
+    async def _send(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
         try:
-            await self.node.send(to, topic_for(self.node.household, to.device_id), encode(msg))
-        except TransportError as exc:
-            log.debug("send to %s failed: %s", to.name, exc)
+            await self.send(device_id, channel, msg, session=session)
+        except (TransportError, RecipientNotMemberError) as exc:
+            log.debug("send to %s failed: %s", device_id[:8], exc)
+
+    def session_of(self, device_id: str) -> str | None:
+        peer = self.peers.get(device_id)
+        return peer.session if peer is not None else None
 
     # -- serving --------------------------------------------------------------------------------------
 
@@ -462,34 +500,45 @@ class MeshEndpoint:
         key = (requester.device_id, req.id)
         if key in self._serving:
             return  # a QoS 1 redelivery of a request we are already serving
-        own = self.node.membership.certs.get(self.device_id)
-        refusal: tuple[FailureCode, str] | None = None
-        if req.task not in requester.requests:
-            refusal = ("forbidden", f"{requester.name}'s certificate does not allow requesting {req.task}")
-        elif self.handler is None or own is None or req.task not in own.serves:
-            refusal = ("not-served", f"this device does not serve {req.task}")
-        elif len(self._serving) >= self.max_concurrent:
-            refusal = ("busy", f"{len(self._serving)} requests in progress")
+        refusal = admit(
+            req,
+            requester,
+            self.node.membership.certs.get(self.device_id),
+            serving=self.handler is not None,
+            in_service=len(self._serving),
+            in_service_for_requester=self._serving_by[requester.device_id],
+            limits=self.limits,
+        )
         if refusal is not None:
-            self._spawn(self._send(requester, topics.responses, Failure(id=req.id, code=refusal[0],
-                                                                        message=refusal[1])))  # fmt: skip
+            failure = Failure(id=req.id, code=refusal.code, message=refusal.message)
+            self._spawn(
+                self._send(requester.device_id, Channel.RESPONSES, failure, session=req.reply_session)
+            )
             return
         task = asyncio.create_task(self._serve(requester, req), name=f"serve-{req.id[:8]}")
         self._serving[key] = task
-        task.add_done_callback(lambda _: self._serving.pop(key, None))
+        self._serving_by[requester.device_id] += 1
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._serving.pop(key, None)
+            self._serving_by[requester.device_id] -= 1
+            if self._serving_by[requester.device_id] <= 0:
+                del self._serving_by[requester.device_id]
+
+        task.add_done_callback(done)
 
     async def _serve(self, requester: DeviceCertificate, req: Request) -> None:
         assert self.handler is not None
         last_sent = time.monotonic()
+        to = requester.device_id
 
-        async def reply(msg: Any) -> None:
+        async def reply(msg: BaseModel) -> None:
             nonlocal last_sent
             last_sent = time.monotonic()
-            await self.node.send(requester, topics.responses(self.node.household, requester.device_id),
-                                 encode(msg))  # fmt: skip
+            await self.send(to, Channel.RESPONSES, msg, session=req.reply_session)
 
         async def keepalive() -> None:
-            every = req.stall_ms / 3000
+            every = keepalive_every_s(req, self.limits)
             while not self._closing:
                 await asyncio.sleep(every)
                 if time.monotonic() - last_sent >= every:
@@ -501,8 +550,8 @@ class MeshEndpoint:
             await reply(Accepted(id=req.id, queue_depth=self.queue_depth))
             # aclosing: a cancelled request stops the engine now, not when the generator is collected.
             async with (
-                asyncio.timeout(req.deadline_ms / 1000),
-                contextlib.aclosing(self.handler(req, requester)) as chunks,
+                asyncio.timeout(min(req.deadline_ms / 1000, self.limits.max_deadline_s)),
+                contextlib.aclosing(self._coalesced(self.handler(req, requester))) as chunks,
             ):
                 async for chunk in chunks:
                     await reply(chunk.model_copy(update={"id": req.id, "seq": seq}))
@@ -510,18 +559,69 @@ class MeshEndpoint:
         except asyncio.CancelledError:
             log.info("request %s from %s cancelled", req.id[:8], requester.name)
             raise
-        except TransportError as exc:
-            log.warning(
-                "request %s from %s: lost the link while answering (%s)", req.id[:8], requester.name, exc
-            )
+        except (TransportError, RecipientNotMemberError) as exc:
+            log.warning("request %s from %s: stopped answering (%s)", req.id[:8], requester.name, exc)
         except Exception as exc:  # reported to the requester; the agent keeps serving
-            code = _failure_code(exc)
+            code, message = _failure(exc)
             if code == "internal":
                 log.exception("request %s from %s failed", req.id[:8], requester.name)
-            with contextlib.suppress(TransportError):
-                await reply(Failure(id=req.id, code=code, message=str(exc)[:2000] or type(exc).__name__))
+            with contextlib.suppress(TransportError, RecipientNotMemberError):
+                await reply(Failure(id=req.id, code=code, message=message))
         finally:
             await _stop([ka])
+
+    async def _coalesced(self, source: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
+        """Chunks produced within ``coalesce_ms`` of each other travel as one: fewer frames, and frame
+        sizes that no longer follow each token's length."""
+        window = self.settings.coalesce_ms / 1000
+        if window <= 0:
+            async with contextlib.aclosing(source) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue(maxsize=256)
+
+        async def pump() -> None:
+            try:
+                async with contextlib.aclosing(source) as chunks:
+                    async for chunk in chunks:
+                        await queue.put(chunk)
+                await queue.put(None)
+            except Exception as exc:  # handed to the consumer, which raises it
+                await queue.put(exc)
+
+        producer = asyncio.create_task(pump())
+        try:
+            done = False
+            while not done:
+                first = await queue.get()
+                if first is None:
+                    return
+                if isinstance(first, BaseException):
+                    raise first
+                batch = [first]
+                end = time.monotonic() + window
+                while not batch[-1].final and len(batch) < 64:
+                    remaining = end - time.monotonic()
+                    if remaining <= 0 and queue.empty():
+                        break
+                    try:
+                        async with asyncio.timeout(max(0.0, remaining)):
+                            item = await queue.get()
+                    except TimeoutError:
+                        break
+                    if item is None:
+                        done = True
+                        break
+                    if isinstance(item, BaseException):
+                        yield merge_chunks(batch)
+                        raise item
+                    batch.append(item)
+                yield merge_chunks(batch)
+                if batch[-1].final:
+                    return
+        finally:
+            await _stop([producer])
 
     # -- requesting -----------------------------------------------------------------------------------
 
@@ -536,28 +636,40 @@ class MeshEndpoint:
     ) -> AsyncGenerator[Chunk, None]:
         """Send a request to ``peer`` and yield its chunks in order until the final one.
 
-        Raises PeerLostError (died, left, stalled, link down) or PeerRefusedError (it answered with a
-        failure). Closing the iterator early cancels the request on the peer.
+        Raises PeerLostError (died, left, stalled, revoked, link down) or PeerRefusedError (it answered
+        with a failure). Closing the iterator before the final chunk cancels the request on the peer.
         """
         rid = secrets.token_hex(16)
-        stream = self._streams[rid] = _Stream(peer.device_id)
+        stream = self._streams[rid] = _Stream(peer.device_id, StreamReassembler(self.limits))
         finished = False
+        sent = False
         try:
             if not self.connected.is_set():
-                raise LinkDownError("not connected to the broker")
-            request = Request(id=rid, task=task, body=body, deadline_ms=max(1, int(deadline_s * 1000)),
-                              stall_ms=max(50, int(stall_s * 1000)))  # fmt: skip
+                raise LinkDownError("not connected to the mesh")
+            stall_ms = max(self.limits.min_stall_ms, int(stall_s * 1000))
+            request = Request(
+                id=rid,
+                task=task,
+                body=body,
+                reply_session=self.node.session,
+                deadline_ms=max(1, int(deadline_s * 1000)),
+                stall_ms=stall_ms,
+            )
             try:
-                await self.node.send(peer.certificate, topics.requests(self.node.household, peer.device_id),
-                                     encode(request))  # fmt: skip
+                await self.send(peer.device_id, Channel.REQUESTS, request, session=peer.session)
+            except RecipientNotMemberError as exc:
+                raise PeerLostError(str(exc)) from None
             except TransportError as exc:
                 raise LinkDownError(f"could not send to {peer.name}: {exc}") from exc
+            sent = True
             while True:
                 try:
-                    async with asyncio.timeout(stall_s):
+                    async with asyncio.timeout(stall_ms / 1000):
                         msg = await stream.queue.get()
                 except TimeoutError:
-                    raise PeerLostError(f"{peer.name} sent nothing for {stall_s:g} s (stalled)") from None
+                    raise PeerLostError(
+                        f"{peer.name} sent nothing for {stall_ms / 1000:g} s (stalled)"
+                    ) from None
                 if isinstance(msg, PeerLostError):
                     raise msg
                 if isinstance(msg, Failure):
@@ -565,26 +677,35 @@ class MeshEndpoint:
                     raise PeerRefusedError(msg.code, f"{peer.name}: {msg.message}")
                 if isinstance(msg, Accepted):
                     continue
-                yield msg
                 if msg.final:
                     finished = True
+                yield msg
+                if msg.final:
                     return
         finally:
             del self._streams[rid]
-            if not finished and self.connected.is_set():
-                self._spawn(self._send(peer.certificate, topics.requests, Cancel(id=rid)))
+            if sent and not finished and self.connected.is_set():
+                self._spawn(
+                    self._send(peer.device_id, Channel.REQUESTS, Cancel(id=rid), session=peer.session)
+                )
 
     async def ping(self, peer: Peer, timeout: float = 1.0) -> float | None:
         """Round-trip time to ``peer`` in ms (None if it does not answer); kept on the peer as an EWMA."""
+        if len(self._pings) >= self.limits.max_pending_pings:
+            return None
         nonce = secrets.randbits(62)
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pings[nonce] = (peer.device_id, time.perf_counter(), future)
         try:
-            await self.node.send(peer.certificate, topics.requests(self.node.household, peer.device_id),
-                                 encode(Ping(nonce=nonce)))  # fmt: skip
+            await self.send(
+                peer.device_id,
+                Channel.REQUESTS,
+                Ping(nonce=nonce, reply_session=self.node.session),
+                session=peer.session,
+            )
             async with asyncio.timeout(timeout):
                 rtt = await future
-        except (TimeoutError, TransportError):
+        except (TimeoutError, TransportError, RecipientNotMemberError):
             return None
         finally:
             self._pings.pop(nonce, None)

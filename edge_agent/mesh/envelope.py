@@ -141,6 +141,7 @@ class EnvelopeOpener:
         *,
         introduce: Callable[[bytes], None] | None = None,
         replay: ReplayGuard | None = None,
+        announcement: bool = False,
     ) -> Opened:
         """Verify and decrypt one frame, or raise a PeerError saying why not.
 
@@ -149,6 +150,9 @@ class EnvelopeOpener:
         presence advert); the signature is then checked against that certificate as usual.
         ``replay``: a separate counter window (presence adverts keep theirs in memory only, so a
         retained advert is accepted again after a restart while it is still fresh).
+        ``announcement``: a presence-board frame; freshness and the counter window are left to the
+        caller, who knows whether it is an advert (checked like any message) or a departure notice
+        (sealed when its connection opened, and bound to that connection instead).
         """
         if len(frame) > self.max_frame:
             raise MalformedMessageError(f"oversized frame: {len(frame)} bytes > limit {self.max_frame}")
@@ -181,6 +185,11 @@ class EnvelopeOpener:
         if header.kind == KIND_GROUP and header.recipient != GROUP:
             raise MalformedMessageError("group message with a recipient id")
         if header.topic != topic:
+            if "#" in topic and header.topic.split("#")[0] == topic.split("#")[0]:
+                raise ReplayError(
+                    f"message from {header.sender} was sealed for another run of this device "
+                    "(before a restart): refused"
+                )
             raise ForgedMessageError(f"envelope bound to topic {header.topic!r} arrived on {topic!r}")
         body, signature = frame[:-SIG_BYTES], frame[-SIG_BYTES:]
         try:
@@ -196,17 +205,23 @@ class EnvelopeOpener:
             raise ForgedMessageError(
                 f"bad signature on a message claiming to be from {header.sender}"
             ) from None
+        if announcement:
+            return Opened(header, cert, self._decrypt(frame, body, end_aad, self._key_for(header, cert),
+                                                      header.sender))  # fmt: skip
+        self.check_fresh(header, now_ms)
+        guard = self.replay if replay is None else replay
+        guard.check(header.sender, header.counter)
+        payload = self._decrypt(frame, body, end_aad, self._key_for(header, cert), header.sender)
+        guard.commit(header.sender, header.counter)
+        return Opened(header, cert, payload)
+
+    def check_fresh(self, header: EnvelopeHeader, now_ms: int | None = None) -> None:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         if abs(now - header.timestamp_ms) > self.max_skew_ms:
             when = datetime.fromtimestamp(header.timestamp_ms / 1000, UTC).isoformat(timespec="seconds")
             raise ReplayError(
                 f"message from {header.sender} timestamped {when} is outside the freshness window"
             )
-        guard = self.replay if replay is None else replay
-        guard.check(header.sender, header.counter)
-        payload = self._decrypt(frame, body, end_aad, self._key_for(header, cert), header.sender)
-        guard.commit(header.sender, header.counter)
-        return Opened(header, cert, payload)
 
     @staticmethod
     def _decrypt(frame: bytes, body: bytes, end_aad: int, key: bytes, sender: str) -> bytes:

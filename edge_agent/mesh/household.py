@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.errors import NotAMemberError
 from edge_agent.mesh.identity import DeviceId, DeviceIdentity, device_id_for
-from edge_agent.tasks import Task
+from edge_agent.tasks import DeviceClass, Task
 
 HEX32 = r"^[0-9a-f]{64}$"
 HEX64 = r"^[0-9a-f]{128}$"
@@ -62,6 +63,8 @@ class DeviceCertificate(_Signed):
     box_key: str = Field(pattern=HEX32)
     name: str = Field(min_length=1, max_length=64)
     profile: str = Field(min_length=1, max_length=63)
+    device_class: DeviceClass = "appliance"
+    """Certified by the root, so a device cannot claim to be a hub to attract offloaded prompts."""
     requests: list[Task] = Field(default_factory=list, description="Tasks it may ask peers to serve.")
     serves: list[Task] = Field(default_factory=list, description="Tasks it may serve for peers.")
     admin: bool = False
@@ -104,6 +107,7 @@ class HouseholdRoot:
         profile: str,
         requests: list[Task],
         serves: list[Task],
+        device_class: DeviceClass = "appliance",
         admin: bool = False,
         valid_for: timedelta = timedelta(days=365),
         now: datetime | None = None,
@@ -121,6 +125,7 @@ class HouseholdRoot:
             box_key=bytes(box_key).hex(),
             name=name,
             profile=profile,
+            device_class=device_class,
             requests=requests,
             serves=serves,
             admin=admin,
@@ -150,6 +155,9 @@ class Membership:
         self.revoked: frozenset[str] = frozenset()
         self.crl_version = -1
         self.crl: RevocationList | None = None
+        self.on_revoked: list[Callable[[frozenset[str]], None]] = []
+        """Called with the newly revoked device ids whenever a newer CRL is applied (purge peers,
+        fail their streams, forget their translation-memory entries)."""
 
     def add_certificate(self, cert: DeviceCertificate) -> None:
         """Verify and remember a certificate (from pairing or a peer's presence)."""
@@ -169,9 +177,13 @@ class Membership:
         crl.verify(self.root_key)
         if crl.version <= self.crl_version:
             return False
+        newly = frozenset(crl.revoked) - self.revoked
         self.crl_version = crl.version
         self.crl = crl
         self.revoked = frozenset(crl.revoked)
+        if newly:
+            for listener in list(self.on_revoked):
+                listener(newly)
         return True
 
     def member(self, device_id: str, now: datetime | None = None) -> DeviceCertificate:

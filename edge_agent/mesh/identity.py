@@ -10,7 +10,6 @@ import functools
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +19,7 @@ from nacl.signing import SigningKey, VerifyKey
 from pydantic import AfterValidator
 
 from edge_agent.errors import IdentityError
-from edge_agent.mesh.files import write_private
+from edge_agent.mesh.files import read_private, write_private
 
 DEVICE_ID_BYTES = 16
 
@@ -78,16 +77,11 @@ class DeviceIdentity:
     @classmethod
     def load(cls, path: Path) -> DeviceIdentity:
         try:
-            mode = path.stat().st_mode
+            data = read_private(path)  # refuses a symlink or a file others can read
         except FileNotFoundError as exc:
             raise IdentityError(f"{path}: no device identity") from exc
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise IdentityError(
-                f"{path}: key file is accessible by other users (mode {oct(mode & 0o777)}); "
-                "run `chmod 600` on it"
-            )
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(data)
             ident = cls(
                 SigningKey(bytes.fromhex(raw["sign_seed"])), PrivateKey(bytes.fromhex(raw["box_secret"]))
             )

@@ -36,10 +36,21 @@ def normalize(sentence: str) -> str:
     return " ".join(unicodedata.normalize("NFC", sentence).split())
 
 
+MAX_SKEW_S = 60.0
+"""How far in the future an entry's creation time may lie (clock skew between members)."""
+
+
 def digest(pair: str, sentence: str, salt: bytes = b"") -> str:
-    """Key of a normalized sentence; ``salt`` (the household id) keeps digests household-specific."""
+    """Key of a normalized sentence. On the wire ``salt`` is a secret only members hold (derived from
+    the household group key), so nobody outside can test a guessed sentence against a query."""
     h = hashlib.blake2b(f"{pair}\x00{sentence}".encode(), digest_size=16, key=salt[:64])
     return h.hexdigest()
+
+
+def salt_for(group_key: bytes) -> bytes:
+    """The query salt of one group-key epoch (rotates with the key, so a revoked device loses it)."""
+    return hashlib.blake2b(b"translation-memory-salt", digest_size=32, key=group_key,
+                           person=b"hearth-tm-salt").digest()  # fmt: skip
 
 
 class MemoryEntry(BaseModel):
@@ -94,53 +105,78 @@ def fits(source: str, translation: str) -> bool:
 
 
 class TranslationMemory:
-    """Bounded LRU of verified entries, keyed by (pair, normalized source) digest."""
+    """Bounded LRU of verified entries, keyed locally by (pair, normalized source); peers' queries use
+    salted digests, indexed per salt (the current group-key epoch)."""
 
     def __init__(self, *, max_entries: int = 4096, max_age_s: float = 30 * 86400, salt: bytes = b"") -> None:
         self.max_entries = max_entries
         self.max_age_s = max_age_s
-        self.salt = salt
         self._entries: OrderedDict[str, MemoryEntry] = OrderedDict()
+        self.salt = salt
+        self._salted: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def set_salt(self, salt: bytes) -> None:
+        """Re-index for a new query salt (after a group-key rotation)."""
+        if salt != self.salt:
+            self.salt = salt
+            self._salted = {digest(e.pair, e.source, salt): k for k, e in self._entries.items()}
+
     def key(self, pair: str, sentence: str) -> str:
+        """The salted digest peers are asked with."""
         return digest(pair, normalize(sentence), self.salt)
+
+    @staticmethod
+    def _local(pair: str, source: str) -> str:
+        return digest(pair, source)
 
     def fresh(self, entry: MemoryEntry, now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        return now - self.max_age_s <= entry.created <= now + 300  # allow small clock skew
+        return now - self.max_age_s <= entry.created <= now + MAX_SKEW_S
 
     def get(self, pair: str, sentence: str) -> MemoryEntry | None:
-        return self.get_key(self.key(pair, sentence))
+        return self._get_local(self._local(pair, normalize(sentence)))
 
-    def get_key(self, key: str) -> MemoryEntry | None:
-        entry = self._entries.get(key)
+    def _get_local(self, local: str) -> MemoryEntry | None:
+        entry = self._entries.get(local)
         if entry is None:
             return None
         if not self.fresh(entry):
-            del self._entries[key]
+            self._remove(local)
             return None
-        self._entries.move_to_end(key)
+        self._entries.move_to_end(local)
         return entry
+
+    def _remove(self, local: str) -> None:
+        entry = self._entries.pop(local, None)
+        if entry is not None:
+            self._salted.pop(digest(entry.pair, entry.source, self.salt), None)
 
     def put(self, entry: MemoryEntry) -> None:
         """Store an entry already verified by the caller (or made here)."""
         if not fits(entry.source, entry.translation) or not self.fresh(entry):
             return
-        key = digest(entry.pair, entry.source, self.salt)
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
+        local = self._local(entry.pair, entry.source)
+        self._entries[local] = entry
+        self._entries.move_to_end(local)
+        self._salted[digest(entry.pair, entry.source, self.salt)] = local
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._remove(next(iter(self._entries)))
 
     def lookup(self, keys: Iterable[str]) -> list[MemoryEntry]:
-        return [e for k in keys if (e := self.get_key(k)) is not None]
+        """Entries for salted digests (a peer's query)."""
+        found = []
+        for k in keys:
+            local = self._salted.get(k)
+            if local is not None and (entry := self._get_local(local)) is not None:
+                found.append(entry)
+        return found
 
     def forget_producer(self, device_id: str) -> int:
         """Drop a revoked device's entries."""
         gone = [k for k, e in self._entries.items() if e.producer == device_id]
         for k in gone:
-            del self._entries[k]
+            self._remove(k)
         return len(gone)

@@ -1,56 +1,123 @@
-"""A device on the mesh: seals what it sends, opens what it receives, drops and logs what it must refuse."""
+"""A device on the mesh: seals what it sends, opens what it receives, drops and logs what it must refuse.
+
+Transport-neutral: it hands sealed frames to whatever `Transport` the endpoint connected, and turns
+what the transport reports into verified events. Every outgoing path checks the recipient is still a
+member (certificate valid, not revoked) before sealing, so a revoked device receives nothing from us
+whatever its broker connection still delivers.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge_agent.errors import MalformedMessageError, PeerError, ReplayError
-from edge_agent.mesh import topics
+from edge_agent.errors import (
+    MalformedMessageError,
+    NotAMemberError,
+    PeerError,
+    RecipientNotMemberError,
+    ReplayError,
+)
 from edge_agent.mesh.envelope import EnvelopeOpener, Opened, seal
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.identity import DeviceIdentity
-from edge_agent.mesh.interfaces import Transport
+from edge_agent.mesh.interfaces import Address, Announcement, Channel, Received, Transport, Vanished
 from edge_agent.mesh.protocol import Presence
 from edge_agent.mesh.replay import ReplayGuard, SendCounter
+from edge_agent.mesh.settings import MeshLimits
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Announced", "GroupKeys", "MeshNode", "VanishHint"]
 
-@dataclass(frozen=True)
-class Departed:
-    """A peer's presence was emptied (its last will fired, or it left cleanly)."""
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """A verified presence-board frame (advert or departure notice); freshness is the caller's to judge."""
+
+    opened: Opened
+    retained: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VanishHint:
+    """The transport says ``device`` left, unsigned: worth a check, not a fact."""
 
     device_id: str
 
 
 @dataclass
-class MeshNode:
-    identity: DeviceIdentity
-    membership: Membership
-    transport: Transport
-    state_dir: Path
-    group_key: bytes = b""
-    group_epoch: int = 0
-    past_group_keys: dict[int, bytes] = field(default_factory=dict)
-    """Keys of earlier epochs: members that missed a rotation still publish with them for a while."""
-    max_frame: int = 1 << 20
-    dropped: Counter[str] = field(default_factory=Counter)
-    """Refused frames by reason class, for diagnostics (`hearth peers` shows them)."""
+class GroupKeys:
+    """The household group key and the keys of past epochs, each past key kept for a grace period
+    (members that missed a rotation still use it until rekeyed), then forgotten."""
 
-    def __post_init__(self) -> None:
-        self.counter = SendCounter(self.state_dir / "send-counter.json")
+    key: bytes
+    epoch: int
+    past: dict[int, tuple[bytes, float]]
+    """epoch -> (key, when it was retired, Unix seconds)."""
+    grace_s: float = 7 * 86400
+    max_past: int = 4
+
+    def all(self) -> dict[int, bytes]:
+        keys = {e: k for e, (k, _) in self.past.items()}
+        if self.key:
+            keys[self.epoch] = self.key
+        return keys
+
+    def adopt(self, key: bytes, epoch: int, now: float | None = None) -> bool:
+        if epoch <= self.epoch:
+            return False
+        if self.key:
+            self.past[self.epoch] = (self.key, time.time() if now is None else now)
+        self.key, self.epoch = key, epoch
+        self.prune(now)
+        return True
+
+    def prune(self, now: float | None = None) -> list[int]:
+        """Forget past keys retired longer ago than the grace period, and all but the newest few."""
+        now = time.time() if now is None else now
+        gone = [e for e, (_, retired) in self.past.items() if now - retired > self.grace_s]
+        newest = sorted(self.past, reverse=True)
+        gone += [e for e in newest[self.max_past :] if e not in gone]
+        for e in gone:
+            del self.past[e]
+        return gone
+
+
+class MeshNode:
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        membership: Membership,
+        state_dir: Path,
+        *,
+        group_keys: GroupKeys,
+        limits: MeshLimits | None = None,
+    ) -> None:
+        self.identity = identity
+        self.membership = membership
+        self.state_dir = state_dir
+        self.limits = limits or MeshLimits()
+        self.group = group_keys
+        self.session = secrets.token_hex(8)
+        """Random per start: direct messages to us are sealed for it (see protocol.py)."""
+        self.transport: Transport | None = None
+        self.dropped: Counter[str] = Counter()
+        """Refused frames by reason class, for diagnostics (`hearth peers` shows them)."""
+        self.counter = SendCounter(state_dir / "send-counter.json")
         self.opener = EnvelopeOpener(
-            self.identity,
-            self.membership,
-            ReplayGuard.load(self.state_dir / "replay.json"),
-            {**self.past_group_keys, **({self.group_epoch: self.group_key} if self.group_key else {})},
-            max_frame=self.max_frame,
+            identity,
+            membership,
+            ReplayGuard.load(state_dir / "replay.json"),
+            group_keys.all(),
+            max_frame=self.limits.max_frame_bytes,
         )
         # Presence is state, not a command: its window lives in memory, so after a restart a retained
         # advert (fresh, since peers re-publish every few seconds) is accepted again.
@@ -64,28 +131,72 @@ class MeshNode:
     def device_id(self) -> str:
         return self.identity.device_id
 
+    @property
+    def group_epoch(self) -> int:
+        return self.group.epoch
+
+    @property
+    def group_key(self) -> bytes:
+        return self.group.key
+
     def use_group_key(self, key: bytes, epoch: int) -> bool:
         """Adopt a newer household group key (after a revocation); False if ``epoch`` is not newer."""
-        if epoch <= self.group_epoch:
+        if not self.group.adopt(key, epoch):
             return False
-        self.past_group_keys[self.group_epoch] = self.group_key
-        self.group_key, self.group_epoch = key, epoch
-        self.opener.group_keys[epoch] = key
+        self.opener.group_keys = self.group.all()
         return True
 
-    async def start(self) -> None:
-        await self.transport.subscribe(topics.requests(self.household, self.device_id))
-        await self.transport.subscribe(topics.responses(self.household, self.device_id))
-        await self.transport.subscribe(topics.all_presence(self.household))
+    def prune_group_keys(self) -> None:
+        if self.group.prune():
+            self.opener.group_keys = self.group.all()
 
-    async def send(self, to: DeviceCertificate, topic: str, payload: bytes) -> None:
-        frame = seal(self.identity, topic=topic, counter=self.counter.next(), payload=payload, recipient=to)
-        await self.transport.publish(topic, frame)
+    def address(self, device: str, channel: Channel) -> Address:
+        return Address(self.household, device, channel)
 
-    async def broadcast(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        frame = seal(self.identity, topic=topic, counter=self.counter.next(), payload=payload,
-                     group_key=self.group_key, epoch=self.group_epoch)  # fmt: skip
-        await self.transport.publish(topic, frame, retain=retain)
+    # -- sending ---------------------------------------------------------------------------------------
+
+    def _link(self) -> Transport:
+        if self.transport is None:
+            from edge_agent.errors import TransportError
+
+            raise TransportError("not connected")
+        return self.transport
+
+    def recipient(self, device_id: str) -> DeviceCertificate:
+        """The current certificate of ``device_id``, or RecipientNotMemberError: checked on every send."""
+        try:
+            return self.membership.member(device_id)
+        except NotAMemberError as exc:
+            raise RecipientNotMemberError(f"not sending to {device_id[:8]}: {exc}") from None
+
+    async def send(self, to: str, channel: Channel, payload: bytes, *, session: str) -> None:
+        """Seal ``payload`` for one member's inbox and current ``session``, and send it."""
+        cert = self.recipient(to)
+        address = self.address(to, channel)
+        frame = seal(
+            self.identity,
+            topic=f"{address}#{session}",
+            counter=self.counter.next(),
+            payload=payload,
+            recipient=cert,
+        )
+        await self._link().send(address, frame)
+
+    def seal_announcement(self, payload: bytes) -> bytes:
+        board = self.address(self.device_id, Channel.PRESENCE)
+        return seal(
+            self.identity,
+            topic=str(board),
+            counter=self.counter.next(),
+            payload=payload,
+            group_key=self.group.key,
+            epoch=self.group.epoch,
+        )
+
+    async def announce(self, payload: bytes) -> None:
+        await self._link().announce(self.seal_announcement(payload))
+
+    # -- receiving -------------------------------------------------------------------------------------
 
     def _introduce(self, payload: bytes) -> None:
         """Learn a sender's certificate (and newer CRL) from the presence advert it signed."""
@@ -97,33 +208,43 @@ class MeshNode:
             self.membership.apply_revocations(presence.crl)
         self.membership.add_certificate(presence.certificate)
 
-    async def receive(self) -> AsyncIterator[Opened | Departed]:
-        """Verified messages and departures only. Anything else is dropped with a log line saying why."""
-        async for frame in self.transport.frames():
-            presence_of = topics.presence_device(frame.topic)
-            if not frame.payload:
-                if presence_of and presence_of != self.device_id:
-                    yield Departed(presence_of)
+    def _drop(self, exc: PeerError | str, where: str, size: int) -> None:
+        name = exc if isinstance(exc, str) else type(exc).__name__
+        self.dropped[name] += 1
+        log.warning("dropped frame on %s (%d bytes): %s", where, size, exc)
+
+    async def receive(self, transport: Transport) -> AsyncIterator[Opened | Announced | VanishHint]:
+        """Verified messages, announcements and hints only. Anything else is dropped with a log line."""
+        async for item in transport.incoming():
+            if isinstance(item, Vanished):
+                if item.device != self.device_id:
+                    yield VanishHint(item.device)
                 continue
-            try:
-                if presence_of is not None:
-                    opened = self.opener.open(
-                        frame.payload, frame.topic, introduce=self._introduce, replay=self.presence_replay
-                    )
-                    if opened.header.sender != presence_of:
-                        raise MalformedMessageError(
-                            f"presence of {opened.header.sender} on the topic of {presence_of}"
-                        )
-                else:
-                    opened = self.opener.open(frame.payload, frame.topic)
-            except PeerError as exc:
-                if frame.retained and isinstance(exc, ReplayError):
-                    log.debug("retained frame on %s seen before", frame.topic)
+            if isinstance(item, Received):
+                if item.retained:
+                    self._drop("RetainedInbox", str(item.address), len(item.frame))
                     continue
-                self.dropped[type(exc).__name__] += 1
-                log.warning("dropped frame on %s (%d bytes): %s", frame.topic, len(frame.payload), exc)
+                try:
+                    yield self.opener.open(item.frame, f"{item.address}#{self.session}")
+                except PeerError as exc:
+                    self._drop(exc, str(item.address), len(item.frame))
                 continue
-            yield opened
+            assert isinstance(item, Announcement)
+            board = self.address(item.device, Channel.PRESENCE)
+            try:
+                opened = self.opener.open(
+                    item.frame, str(board), introduce=self._introduce, announcement=True
+                )
+                if opened.header.sender != item.device:
+                    raise MalformedMessageError(
+                        f"presence of {opened.header.sender} on the board of {item.device}"
+                    )
+            except PeerError as exc:
+                if item.retained and isinstance(exc, ReplayError):
+                    continue
+                self._drop(exc, str(board), len(item.frame))
+                continue
+            yield Announced(opened, item.retained)
 
     def save_state(self) -> None:
         if self.opener.replay.dirty:

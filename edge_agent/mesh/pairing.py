@@ -5,11 +5,18 @@ Like Matter's PASE: the hub shows a short setup code (`hearth household invite`)
 the exchange does not allow an offline guess; every online guess costs one of at most 20 attempts, and
 the invitation expires after at most 15 minutes. Explicit key confirmation (HMAC over the transcript) comes
 first from the hub, so a device never sends its keys to someone who does not know the code. Everything
-after confirmation is encrypted under the SPAKE2 key. These classes are IO-free: any transport (MQTT, a
-local socket, a test) carries their pydantic messages.
+after confirmation is encrypted. These classes are IO-free: any transport (MQTT, a local socket, a
+test) carries their pydantic messages.
+
+Each exchange is bound to its invitation id and its session id (the device's random id, see
+`new_session`): both are in the SPAKE2 identities, the confirmation transcript and the associated data
+of everything sealed, so nothing from one session verifies in another. One SPAKE2 output, four keys
+(BLAKE2b keyed by it, one label each): hub confirmation, device confirmation, sealing the request,
+sealing the welcome, so no key serves both as a MAC key and as an AEAD key.
 
     device                                   hub
-    PairHello(device spake msg)      ->
+    PairHello(invitation, session,   ->
+              device spake msg)
                                      <-      PairChallenge(hub spake msg, hub confirmation)
     PairProof(device confirmation,   ->      verifies, issues a certificate
               sealed keys + profile)
@@ -40,8 +47,12 @@ from edge_agent.tasks import Task
 
 MAX_ATTEMPTS = 20
 MAX_LIFETIME = timedelta(minutes=15)
+ATTEMPT_LIFETIME = timedelta(minutes=1)
+"""How long a challenged attempt waits for its proof (a device answers in well under a second)."""
 CODE_DIGITS = 8
+SESSION_PATTERN = r"^[0-9a-f]{32}$"
 _ID_DEVICE, _ID_HUB = b"hearth-pair-device", b"hearth-pair-hub"
+_VERSION = b"hearth-pair-v2"
 _TRIVIAL = {"12345678", "87654321", "01234567", "76543210", "12341234", "11223344", "12121212"}
 
 
@@ -49,6 +60,16 @@ class PairingError(HearthError):
     """Pairing cannot proceed (wrong code, expired or exhausted invitation, bad message)."""
 
     exit_code = 2
+
+
+class WrongCodeError(PairingError):
+    """A proof's key confirmation does not verify: a wrong code, or a sender without the session key."""
+
+
+def new_session() -> str:
+    """A pairing session id: 128 random bits, so nobody can guess it. It is also the device's MQTT
+    client id on the pairing listener, whose ``%c`` ACLs keep the session's topics to that connection."""
+    return secrets.token_hex(16)
 
 
 def validate_code(code: str) -> str:
@@ -78,6 +99,7 @@ class _Msg(BaseModel):
 class PairHello(_Msg):
     type: str = Field(default="pair-hello", pattern="^pair-hello$")
     invitation: str = Field(pattern=r"^[0-9a-f]{16}$")
+    session: str = Field(pattern=SESSION_PATTERN)
     spake: str = Field(pattern=r"^[0-9a-f]{66}$")
 
 
@@ -123,8 +145,40 @@ class Welcome(_Msg):
     """PEM broker CA the device pins from now on."""
 
 
+def _context(invitation: str, session: str) -> bytes:
+    """What every key, confirmation and sealed payload of one session is bound to."""
+    return b"|".join([_VERSION, invitation.encode(), session.encode()])
+
+
+def _spake_ids(context: bytes) -> tuple[bytes, bytes]:
+    """SPAKE2 identities (device, hub): they enter the SPAKE2 transcript, so the key is per session."""
+    return _ID_DEVICE + b"|" + context, _ID_HUB + b"|" + context
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """One key per job, all from one SPAKE2 output: a MAC key is never also an encryption key."""
+
+    confirm_hub: bytes
+    confirm_device: bytes
+    seal_request: bytes
+    seal_welcome: bytes
+
+    @classmethod
+    def derive(cls, spake_key: bytes, context: bytes) -> _Keys:
+        def sub(label: bytes) -> bytes:
+            return hashlib.blake2b(context, digest_size=32, key=spake_key, person=label).digest()
+
+        return cls(sub(b"confirm-hub"), sub(b"confirm-device"), sub(b"seal-request"), sub(b"seal-welcome"))
+
+
 def _confirm(key: bytes, role: bytes, transcript: bytes) -> str:
-    return hmac.new(key, b"hearth-pair-confirm-v1|" + role + b"|" + transcript, hashlib.sha256).hexdigest()
+    return hmac.new(key, _VERSION + b"|confirm|" + role + b"|" + transcript, hashlib.sha256).hexdigest()
+
+
+def _label(kind: bytes, context: bytes) -> bytes:
+    """Associated data of a sealed payload: what it is, and which session it belongs to."""
+    return kind + b"|" + context
 
 
 def _seal(key: bytes, label: bytes, data: bytes) -> str:
@@ -133,15 +187,11 @@ def _seal(key: bytes, label: bytes, data: bytes) -> str:
 
 
 def _unseal(key: bytes, label: bytes, hexdata: str) -> bytes:
-    raw = bytes.fromhex(hexdata)
     try:
+        raw = bytes.fromhex(hexdata)
         return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(raw[24:], label, raw[:24], key)
     except Exception as exc:
         raise PairingError("sealed pairing data does not decrypt") from exc
-
-
-def _session_key(spake_key: bytes) -> bytes:
-    return hashlib.blake2b(spake_key, digest_size=32, person=b"hearth-pair-key").digest()
 
 
 @dataclass
@@ -170,11 +220,14 @@ class Invitation:
     def expires(self) -> datetime:
         return self.created + self.lifetime
 
-    def _usable(self, now: datetime) -> None:
+    def _open(self, now: datetime) -> None:
         if self.used:
             raise PairingError("this invitation was already used; create a new one")
         if now >= self.expires:
             raise PairingError(f"the invitation expired at {self.expires:%H:%M:%S}; create a new one")
+
+    def _usable(self, now: datetime) -> None:
+        self._open(now)
         if self.attempts_left <= 0:
             raise PairingError(f"the invitation is closed after {MAX_ATTEMPTS} wrong codes; create a new one")
 
@@ -186,30 +239,41 @@ class Invitation:
         # Each challenge lets the peer test exactly one guess (SPAKE2), whether or not it ever answers,
         # so every challenge consumes an attempt.
         self.attempts_left -= 1
-        spake = SPAKE2_B(validate_code(self.code).encode(), idA=_ID_DEVICE, idB=_ID_HUB)
+        context = _context(hello.invitation, hello.session)
+        id_device, id_hub = _spake_ids(context)
+        spake = SPAKE2_B(validate_code(self.code).encode(), idA=id_device, idB=id_hub)
         msg = spake.start()
         try:
-            key = _session_key(spake.finish(bytes.fromhex(hello.spake)))
+            keys = _Keys.derive(spake.finish(bytes.fromhex(hello.spake)), context)
         except (SPAKEError, ValueError) as exc:
             raise PairingError(f"bad pairing message: {exc}") from exc
-        transcript = bytes.fromhex(hello.spake) + msg
-        attempt = _HubAttempt(self, key, transcript)
-        return PairChallenge(spake=msg.hex(), confirm=_confirm(key, b"hub", transcript)), attempt
+        transcript = context + b"|" + bytes.fromhex(hello.spake) + msg
+        expires = min(now + ATTEMPT_LIFETIME, self.expires)
+        attempt = _HubAttempt(self, hello.session, keys, context, transcript, expires)
+        return PairChallenge(spake=msg.hex(), confirm=_confirm(keys.confirm_hub, b"hub", transcript)), attempt
 
 
 @dataclass
 class _HubAttempt:
     invitation: Invitation
-    key: bytes
+    session: str
+    keys: _Keys
+    context: bytes
     transcript: bytes
+    expires: datetime
 
     def welcome(self, proof: PairProof, now: datetime | None = None) -> tuple[PairWelcome, DeviceCertificate]:
-        inv = self.invitation
-        inv._usable(now or datetime.now(UTC))
-        if not hmac.compare_digest(proof.confirm, _confirm(self.key, b"device", self.transcript)):
-            raise PairingError(f"wrong setup code ({inv.attempts_left} attempts left)")
+        inv, now = self.invitation, now or datetime.now(UTC)
+        inv._open(now)  # not _usable: this attempt was counted when challenged, even if it was the last
+        if now >= self.expires:
+            raise PairingError(f"this pairing attempt expired at {self.expires:%H:%M:%S}; pair again")
+        if not hmac.compare_digest(
+            proof.confirm, _confirm(self.keys.confirm_device, b"device", self.transcript)
+        ):
+            raise WrongCodeError(f"wrong setup code ({inv.attempts_left} attempts left)")
         try:
-            req = DeviceRequest.model_validate_json(_unseal(self.key, b"device-request", proof.sealed))
+            opened = _unseal(self.keys.seal_request, _label(b"device-request", self.context), proof.sealed)
+            req = DeviceRequest.model_validate_json(opened)
         except ValueError as exc:
             raise PairingError(f"bad device request: {exc}") from exc
         cert = inv.root.issue(
@@ -236,7 +300,10 @@ class _HubAttempt:
             broker_cert=broker_cert,
             broker_ca=broker_ca,
         )
-        return PairWelcome(sealed=_seal(self.key, b"welcome", welcome.model_dump_json().encode())), cert
+        label = _label(b"welcome", self.context)
+        return PairWelcome(
+            sealed=_seal(self.keys.seal_welcome, label, welcome.model_dump_json().encode())
+        ), cert
 
 
 class DevicePairing:
@@ -248,6 +315,7 @@ class DevicePairing:
         code: str,
         invitation_id: str,
         *,
+        session: str,
         name: str,
         profile: str,
         requests: list[Task],
@@ -264,29 +332,36 @@ class DevicePairing:
             serves=serves,
             tls_key=tls_key,
         )
-        self._spake = SPAKE2_A(validate_code(code).encode(), idA=_ID_DEVICE, idB=_ID_HUB)
+        self._context = _context(invitation_id, session)
+        id_device, id_hub = _spake_ids(self._context)
+        self._spake = SPAKE2_A(validate_code(code).encode(), idA=id_device, idB=id_hub)
         self._msg = self._spake.start()
-        self.hello = PairHello(invitation=invitation_id, spake=self._msg.hex())
-        self._key: bytes | None = None
+        self.hello = PairHello(invitation=invitation_id, session=session, spake=self._msg.hex())
+        self._keys: _Keys | None = None
 
     def prove(self, challenge: PairChallenge) -> PairProof:
-        """Check the hub knows the code, then send our keys sealed under the session key."""
+        """Check the hub knows the code, then send our keys sealed under this session's request key."""
         try:
-            key = _session_key(self._spake.finish(bytes.fromhex(challenge.spake)))
+            keys = _Keys.derive(self._spake.finish(bytes.fromhex(challenge.spake)), self._context)
         except (SPAKEError, ValueError) as exc:
             raise PairingError(f"bad pairing message from the hub: {exc}") from exc
-        transcript = self._msg + bytes.fromhex(challenge.spake)
-        if not hmac.compare_digest(challenge.confirm, _confirm(key, b"hub", transcript)):
+        transcript = self._context + b"|" + self._msg + bytes.fromhex(challenge.spake)
+        if not hmac.compare_digest(challenge.confirm, _confirm(keys.confirm_hub, b"hub", transcript)):
             raise PairingError("the hub could not prove it knows the setup code: wrong code, or not your hub")
-        self._key = key
-        sealed = _seal(key, b"device-request", self.request.model_dump_json().encode())
-        return PairProof(confirm=_confirm(key, b"device", transcript), sealed=sealed)
+        self._keys = keys
+        request = self.request.model_dump_json().encode()
+        sealed = _seal(keys.seal_request, _label(b"device-request", self._context), request)
+        return PairProof(confirm=_confirm(keys.confirm_device, b"device", transcript), sealed=sealed)
 
     def finish(self, welcome: PairWelcome) -> Welcome:
         """Open the hub's welcome and check the certificate is ours and signed by the pinned root."""
-        if self._key is None:
+        if self._keys is None:
             raise PairingError("prove() must come before finish()")
-        result = Welcome.model_validate(json.loads(_unseal(self._key, b"welcome", welcome.sealed)))
+        opened = _unseal(self._keys.seal_welcome, _label(b"welcome", self._context), welcome.sealed)
+        try:
+            result = Welcome.model_validate(json.loads(opened))
+        except ValueError as exc:
+            raise PairingError(f"bad welcome from the hub: {exc}") from exc
         root = VerifyKey(bytes.fromhex(result.root_key))
         try:
             result.certificate.verify(root)

@@ -21,6 +21,19 @@ class Peer:
     rtt_ms: float | None = None
     banned_until: float = 0.0
     failures: int = 0
+    max_interval_s: float = 60.0
+    """Whatever interval the peer declares, it is believed alive for at most 3 of these."""
+    throughput: float | None = None
+    """Work units per second this device measured from the peer's real answers (EWMA); trusted over
+    the rate the peer claims."""
+
+    @property
+    def session(self) -> str:
+        return self.presence.session
+
+    @property
+    def device_class(self) -> str:
+        return self.certificate.device_class
 
     @property
     def device_id(self) -> str:
@@ -31,7 +44,7 @@ class Peer:
         return self.certificate.name
 
     def alive(self, now: float) -> bool:
-        return now - self.seen <= AGE_OUT_INTERVALS * self.presence.interval_s
+        return now - self.seen <= AGE_OUT_INTERVALS * min(self.presence.interval_s, self.max_interval_s)
 
     def banned(self, now: float) -> bool:
         return now < self.banned_until
@@ -44,15 +57,26 @@ class Peer:
 
 
 class PeerTable:
-    def __init__(self, own_id: str) -> None:
+    def __init__(self, own_id: str, *, max_peers: int = 256, max_interval_s: float = 60.0) -> None:
         self.own_id = own_id
+        self.max_peers = max_peers
+        self.max_interval_s = max_interval_s
         self._peers: dict[str, Peer] = {}
 
-    def update(self, certificate: DeviceCertificate, presence: Presence, now: float | None = None) -> Peer:
+    def update(
+        self, certificate: DeviceCertificate, presence: Presence, now: float | None = None
+    ) -> Peer | None:
+        """Record a verified advert; None if the table is full of other live peers."""
         now = time.monotonic() if now is None else now
         peer = self._peers.get(certificate.device_id)
         if peer is None:
-            peer = self._peers[certificate.device_id] = Peer(certificate, presence, now)
+            if len(self._peers) >= self.max_peers:
+                self.expire(now)
+                if len(self._peers) >= self.max_peers:
+                    return None
+            peer = self._peers[certificate.device_id] = Peer(
+                certificate, presence, now, max_interval_s=self.max_interval_s
+            )
         else:
             peer.certificate, peer.presence, peer.seen = certificate, presence, now
         return peer
@@ -82,7 +106,11 @@ class PeerTable:
             peer.failures += 1
             peer.banned_until = now + seconds * min(8, 2 ** (peer.failures - 1))
 
-    def succeeded(self, device_id: str) -> None:
+    def succeeded(self, device_id: str, units: int = 0, seconds: float = 0.0) -> None:
+        """A peer answered: clear its failures and fold the measured throughput into its estimate."""
         peer = self._peers.get(device_id)
         if peer is not None:
             peer.failures = 0
+            if units > 0 and seconds > 0:
+                rate = units / seconds
+                peer.throughput = rate if peer.throughput is None else 0.7 * peer.throughput + 0.3 * rate

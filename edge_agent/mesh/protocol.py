@@ -14,6 +14,14 @@ batch) stay opaque JSON objects here: the mesh moves them, the router and engine
     Ping(nonce)                           ->
                                           <-    Pong(nonce)
 
+    any member                                  everyone (presence board)
+    Presence(session, link, offers, ...)        signed advert, re-sent every interval
+    Departure(session, link)                    signed notice: left cleanly, or the MQTT last will fired
+
+Direct messages are sealed for the recipient's *session* (a random id per agent start, from its
+presence) as well as its inbox, so nothing sealed before a restart opens after it, even if the replay
+window on disk lagged behind. Requests carry the requester's session for the replies.
+
     hub (admin)                                 member
     GroupKey(epoch, key)                  ->    (sealed to one member: the new household group key
                                                  after a revocation; only admin certificates may send it)
@@ -21,19 +29,36 @@ batch) stay opaque JSON objects here: the mesh moves them, the router and engine
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from edge_agent.mesh.household import DeviceCertificate, RevocationList
 from edge_agent.mesh.memory import MemoryEntry
 from edge_agent.tasks import Task
 
 RequestId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Session = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+MAX_UNKNOWN_FIELDS = 16
+MAX_UNKNOWN_BYTES = 4096
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields are kept (a newer peer's extra field must not make this one drop its message),
+    but few and small, so they cannot smuggle size past the limits of the known ones."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounded_extras(self) -> Any:
+        extra = self.__pydantic_extra__ or {}
+        if len(extra) > MAX_UNKNOWN_FIELDS:
+            raise ValueError(f"{len(extra)} unknown fields (at most {MAX_UNKNOWN_FIELDS})")
+        if extra and len(json.dumps(extra, default=str)) > MAX_UNKNOWN_BYTES:
+            raise ValueError(f"unknown fields exceed {MAX_UNKNOWN_BYTES} bytes")
+        return self
 
 
 class Offer(_Wire):
@@ -41,8 +66,12 @@ class Offer(_Wire):
 
     task: Task
     pack: str = Field(max_length=128)
-    rate: float = Field(ge=0, description="Measured tokens/s (generate) or items/s (other tasks).")
-    first_ms: float = Field(ge=0, description="Measured time to first token / per-request latency.")
+    rate: float = Field(
+        ge=0, le=100_000, description="Measured tokens/s (generate) or items/s (other tasks)."
+    )
+    first_ms: float = Field(
+        ge=0, le=600_000, description="Measured time to first token / per-request latency."
+    )
     pairs: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}-[a-z]{2,3}$")]] = Field(
         default_factory=list, max_length=32, description="Language pairs served (translate only)."
     )
@@ -54,13 +83,30 @@ class Presence(_Wire):
     type: Literal["presence"] = "presence"
     certificate: DeviceCertificate
     crl: RevocationList | None = None
+    session: Session
+    """Random per agent start: direct messages to this device are sealed for it."""
+    link: int = Field(ge=0, le=2**62)
+    """Connection number within the session: a departure notice counts only for the current link."""
     profile: str = Field(max_length=63)
-    device_class: str = Field(max_length=32)
     offers: list[Offer] = Field(default_factory=list, max_length=16)
     queue_depth: int = Field(default=0, ge=0)
     free_model_ram_mb: int = Field(default=0, ge=0)
     translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
-    interval_s: float = Field(gt=0, le=3600, description="Next presence within this many seconds.")
+    interval_s: float = Field(
+        gt=0,
+        le=3600,
+        description="Next presence within this many seconds "
+        "(receivers cap what they believe at their max_presence_interval_s).",
+    )
+
+
+class Departure(_Wire):
+    """Signed notice that a device's connection ended: sealed when the link opened (the MQTT last will)
+    or when it leaves cleanly. Only counts for the session and link of the device's current advert."""
+
+    type: Literal["departure"] = "departure"
+    session: Session
+    link: int = Field(ge=0, le=2**62)
 
 
 class Request(_Wire):
@@ -68,6 +114,7 @@ class Request(_Wire):
     id: RequestId
     task: Task
     body: dict[str, Any]
+    reply_session: Session
     deadline_ms: int = Field(gt=0, le=3_600_000, description="Give up after this long (server side too).")
     stall_ms: int = Field(default=3000, ge=50, le=600_000, description="Requester fails over after this "
                           "long without a message, so the server sends keepalives more often.")  # fmt: skip
@@ -83,7 +130,7 @@ class Chunk(_Wire):
     type: Literal["chunk"] = "chunk"
     id: RequestId
     seq: int = Field(ge=0)
-    text: str = ""
+    text: str = Field(default="", max_length=1 << 20)
     token_ids: list[int] = Field(default_factory=list, max_length=4096)
     final: bool = False
     body: dict[str, Any] | None = None
@@ -107,6 +154,7 @@ class Cancel(_Wire):
 class Ping(_Wire):
     type: Literal["ping"] = "ping"
     nonce: int = Field(ge=0)
+    reply_session: Session
 
 
 class Pong(_Wire):
@@ -125,6 +173,8 @@ class MemoryQuery(_Wire):
 
     type: Literal["memory-query"] = "memory-query"
     nonce: int = Field(ge=0)
+    reply_session: Session
+    epoch: int = Field(ge=0, description="Group key epoch whose secret salts the digests.")
     pair: str = Field(pattern=r"^[a-z]{2,3}-[a-z]{2,3}$")
     keys: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(min_length=1, max_length=256)
 
@@ -137,6 +187,7 @@ class MemoryHits(_Wire):
 
 Message = Annotated[
     Presence
+    | Departure
     | Request
     | Accepted
     | Chunk
@@ -152,8 +203,20 @@ Message = Annotated[
 MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
 
 
-def encode(message: _Wire) -> bytes:
-    return message.model_dump_json(exclude_defaults=False).encode()
+def padded_size(n: int, bucket: int) -> int:
+    """Bucketed length: a multiple of ``bucket`` up to 16 buckets, then the next power of two, so a
+    frame's size says little about what it carries (token lengths, sentence lengths)."""
+    if bucket <= 1:
+        return n
+    if n <= 16 * bucket:
+        return max(bucket, math.ceil(n / bucket) * bucket)
+    return 1 << (n - 1).bit_length()
+
+
+def encode(message: BaseModel, pad_to: int = 1) -> bytes:
+    """JSON, padded with trailing spaces (valid JSON whitespace) to a size bucket of ``pad_to``."""
+    raw = message.model_dump_json(exclude_defaults=False).encode()
+    return raw + b" " * (padded_size(len(raw), pad_to) - len(raw))
 
 
 def decode(payload: bytes) -> Message:

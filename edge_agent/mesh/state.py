@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -19,11 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import HearthError, IdentityError
 from edge_agent.mesh.broker_pki import BrokerPki
-from edge_agent.mesh.files import write_private
+from edge_agent.mesh.files import read_private, write_private
 from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, Membership, RevocationList
 from edge_agent.mesh.identity import DeviceIdentity
+from edge_agent.mesh.node import GroupKeys
 from edge_agent.mesh.pairing import Welcome
-from edge_agent.tasks import Task
+from edge_agent.tasks import DeviceClass, Task
 
 
 class NotPairedError(HearthError):
@@ -54,18 +56,43 @@ class HouseholdFile(_Stored):
     group_key: str = Field(pattern=r"^[0-9a-f]{64}$")
     group_epoch: int = Field(ge=0)
     past_group_keys: dict[int, str] = Field(default_factory=dict)
+    retired_at: dict[int, float] = Field(default_factory=dict)
+    """When each past key was retired (Unix seconds); past keys are forgotten after a grace period."""
     """Earlier epochs' keys (hex): peers that missed a rotation still use them until rekeyed."""
     peers: list[DeviceCertificate] = Field(default_factory=list)
 
     def group_keys(self) -> dict[int, bytes]:
         return {e: bytes.fromhex(k) for e, k in self.past_group_keys.items()}
 
+    def group_key_ring(self) -> GroupKeys:
+        """The node's key ring; a past key with no recorded retirement counts as retired now."""
+        now = time.time()
+        past = {e: (bytes.fromhex(k), self.retired_at.get(e, now)) for e, k in self.past_group_keys.items()}
+        ring = GroupKeys(bytes.fromhex(self.group_key), self.group_epoch, past)
+        ring.prune(now)
+        return ring
+
+    def with_past_keys(self, ring: GroupKeys) -> HouseholdFile:
+        """This state keeping only the past keys ``ring`` still holds (pruned ones are gone for good)."""
+        keep = {e: k for e, k in self.past_group_keys.items() if e in ring.past}
+        return self.model_copy(
+            update={"past_group_keys": keep, "retired_at": {e: ring.past[e][1] for e in keep}}
+        )
+
     def with_group_key(self, key: bytes, epoch: int) -> HouseholdFile:
         """This state after adopting a newer group key (the current one moves to the past keys)."""
         if epoch <= self.group_epoch:
             return self
         past = {**self.past_group_keys, self.group_epoch: self.group_key}
-        return self.model_copy(update={"group_key": key.hex(), "group_epoch": epoch, "past_group_keys": past})
+        retired = {**self.retired_at, self.group_epoch: time.time()}
+        return self.model_copy(
+            update={
+                "group_key": key.hex(),
+                "group_epoch": epoch,
+                "past_group_keys": past,
+                "retired_at": retired,
+            }
+        )
 
     @classmethod
     def from_welcome(cls, welcome: Welcome) -> HouseholdFile:
@@ -93,8 +120,9 @@ M = TypeVar("M", bound=_Stored)
 
 
 def _read(model: type[M], path: Path) -> M:
+    """A secret state file (household.json holds the group key, root.json the root key)."""
     try:
-        return model.model_validate_json(path.read_bytes())
+        return model.model_validate_json(read_private(path))
     except FileNotFoundError:
         raise
     except (OSError, ValidationError) as exc:
@@ -178,7 +206,13 @@ class HouseholdState:
         write_private(self.root_path, data.model_dump_json(indent=1))
 
     def init_household(
-        self, *, name: str, profile: str, requests: list[Task], serves: list[Task]
+        self,
+        *,
+        name: str,
+        profile: str,
+        requests: list[Task],
+        serves: list[Task],
+        device_class: DeviceClass = "hub",
     ) -> HouseholdFile:
         """Create the household root on this device (the hub) and make the hub its first member."""
         if self.is_root() or self.is_member():
@@ -187,8 +221,15 @@ class HouseholdState:
             )
         root = HouseholdRoot(SigningKey.generate())
         group_key = secrets.token_bytes(32)
-        cert = root.issue(self.identity, name=name, profile=profile, requests=requests, serves=serves,
-                          admin=True)  # fmt: skip
+        cert = root.issue(
+            self.identity,
+            name=name,
+            profile=profile,
+            requests=requests,
+            serves=serves,
+            device_class=device_class,
+            admin=True,
+        )
         root_file = RootFile(
             seed=bytes(root.key).hex(),
             serial=0,

@@ -4,8 +4,11 @@ hearth/<household>/presence/<device>   retained, group-sealed presence; emptied 
 hearth/<household>/req/<device>        requests (and cancels, pings) addressed to <device>
 hearth/<household>/resp/<device>       responses and stream chunks addressed to <device>
 hearth/pair/open                       retained: the one open invitation (ids only; see pairing_link)
-hearth/pair/<invitation>/hub           pairing messages to the hub (SPAKE2-protected)
+hearth/pair/<invitation>/hub/<session> pairing messages to the hub (SPAKE2-protected)
 hearth/pair/<invitation>/dev/<session> pairing messages to the new device
+
+<session> is the pairing device's random session id, which is also its MQTT client id, so the pairing
+listener's ``%c`` ACL patterns let only that connection write and read its session's topics.
 """
 
 from __future__ import annotations
@@ -40,8 +43,20 @@ def presence_device(topic: str) -> str | None:
 PAIR_OPEN = f"{ROOT}/pair/open"
 
 
-def pair_to_hub(invitation: str) -> str:
-    return f"{ROOT}/pair/{invitation}/hub"
+def pair_to_hub(invitation: str, session: str) -> str:
+    return f"{ROOT}/pair/{invitation}/hub/{session}"
+
+
+def pair_hub_inbox(invitation: str) -> str:
+    """What the hub subscribes to: every session's messages for its invitation."""
+    return f"{ROOT}/pair/{invitation}/hub/+"
+
+
+def pair_session(invitation: str, topic: str) -> str | None:
+    """The session a message to the hub was published under, or None for any other topic."""
+    prefix = f"{ROOT}/pair/{invitation}/hub/"
+    session = topic.removeprefix(prefix)
+    return session if session != topic and session and "/" not in session else None
 
 
 def pair_to_device(invitation: str, session: str) -> str:

@@ -6,11 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge_agent.tasks import Quantization, Task
+from edge_agent.tasks import DeviceClass, Quantization, Task
 
 Arch = Literal["arm64", "armv7", "x86_64"]
 Power = Literal["mains", "battery", "vehicle"]
-DeviceClass = Literal["appliance", "vehicle", "hub", "phone", "laptop", "server"]
 
 KNOWN_ISA = {
     # arm

@@ -1,4 +1,7 @@
-"""Reaching the household broker: which URL, which TLS context, which client identity.
+"""Reaching the household broker from the agent's config: which URL, which TLS context, which client.
+
+Lives outside `edge_agent.mesh` because it reads the agent's config; the mesh itself takes a ready
+`Connector`.
 
 Members connect with mutual TLS: the broker is verified against the household's pinned broker CA and
 the device shows the client certificate the hub issued at pairing (see broker_pki). A device that is
@@ -9,14 +12,13 @@ end, which a CA could not add to, and the pinned CA arrives in the sealed welcom
 
 from __future__ import annotations
 
-import secrets
 import ssl
 from pathlib import Path
 
 from edge_agent.config import MeshSection, broker_host_port
 from edge_agent.errors import ConfigError
 from edge_agent.mesh.broker_pki import BrokerPki
-from edge_agent.mesh.transports.mqtt import MqttTransport
+from edge_agent.mesh.transports.mqtt import MqttClient, MqttConnector
 
 
 def tls_context(mesh: MeshSection, state_dir: Path, url: str | None = None) -> ssl.SSLContext | None:
@@ -51,26 +53,38 @@ def pairing_tls_context(mesh: MeshSection, url: str) -> ssl.SSLContext | None:
     return ctx
 
 
-def member_transport(
+def member_client(
     mesh: MeshSection,
     state_dir: Path,
     client_id: str,
     *,
     will: tuple[str, bytes] | None = None,
     url: str | None = None,
-) -> MqttTransport:
+) -> MqttClient:
+    """A plain MQTT client with this member's credentials (hosting an invitation, tests)."""
     url = url or mesh.broker
     host, port = broker_host_port(url)
-    return MqttTransport(host, port, client_id=client_id, username=mesh.username, password=mesh.password,
-                         tls=tls_context(mesh, state_dir, url), will=will)  # fmt: skip
+    return MqttClient(host, port, client_id=client_id, username=mesh.username, password=mesh.password,
+                      tls=tls_context(mesh, state_dir, url), will=will)  # fmt: skip
 
 
-def pairing_transport(mesh: MeshSection, url: str | None = None) -> MqttTransport:
-    """For `hearth pair` on a device with no household yet: the pairing listener, anonymous."""
+def member_connector(
+    mesh: MeshSection, state_dir: Path, *, household: str, device: str, client_id: str
+) -> MqttConnector:
+    """How this member's agent (re)connects to the household mesh."""
+    host, port = broker_host_port(mesh.broker)
+    return MqttConnector(host, port, household=household, device=device, client_id=client_id,
+                         username=mesh.username, password=mesh.password,
+                         tls=tls_context(mesh, state_dir))  # fmt: skip
+
+
+def pairing_client(mesh: MeshSection, url: str | None = None, *, session: str) -> MqttClient:
+    """For `hearth pair` on a device with no household yet: the pairing listener, anonymous. The
+    client id is the pairing session id, which the listener's ``%c`` ACLs bind the session's topics to."""
     url = url or mesh.pairing_broker or mesh.broker
     host, port = broker_host_port(url)
     shared = url == mesh.broker  # no separate pairing listener: the broker's own login, if any
-    return MqttTransport(host, port, client_id=f"hearth-pair-{secrets.token_hex(4)}",
-                         username=mesh.username if shared else None,
-                         password=mesh.password if shared else None,
-                         tls=pairing_tls_context(mesh, url))  # fmt: skip
+    return MqttClient(host, port, client_id=session,
+                      username=mesh.username if shared else None,
+                      password=mesh.password if shared else None,
+                      tls=pairing_tls_context(mesh, url))  # fmt: skip

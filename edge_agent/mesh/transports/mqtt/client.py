@@ -1,7 +1,8 @@
-"""MQTT transport on aiomqtt (paho-mqtt underneath). The broker only ever sees envelopes.
+"""A plain MQTT client on aiomqtt (paho-mqtt underneath): publish, subscribe, frames.
 
 MQTT 3.1.1: everything Hearth needs (QoS 1, retained presence, last will) is there, and it is what the
-embedded amqtt broker speaks. A new aiomqtt client per connection, so the endpoint can reconnect.
+embedded amqtt broker speaks. One client is one connection. The mesh uses it through
+`MqttTransport` (transport.py); pairing uses it directly on the pairing topics.
 """
 
 from __future__ import annotations
@@ -12,18 +13,26 @@ import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
 
-from edge_agent.mesh.interfaces import Frame, Transport, TransportError
+from edge_agent.errors import TransportError
 
 log = logging.getLogger(__name__)
 
 
-class MqttTransport(Transport):
+@dataclass(frozen=True, slots=True)
+class Frame:
+    topic: str
+    payload: bytes
+    retained: bool = False
+
+
+class MqttClient:
     def __init__(
         self,
         host: str,
@@ -56,7 +65,7 @@ class MqttTransport(Transport):
         )
         self._client: aiomqtt.Client | None = None
 
-    async def __aenter__(self) -> MqttTransport:
+    async def __aenter__(self) -> MqttClient:
         client = aiomqtt.Client(**self._options)  # type: ignore[arg-type]
         try:
             await client.__aenter__()

@@ -1,0 +1,1 @@
+"""Mesh features: message handlers that plug into the endpoint (`MeshEndpoint.register`)."""

@@ -1,0 +1,60 @@
+"""Mesh settings: the limits that bound what a peer (even a member) can make this device hold or do.
+
+One value object handed to the mesh by whoever assembles it (the agent reads it from its config; a
+Home Assistant client can use the defaults). The mesh never reads configuration itself. Every limit
+is here, named, documented and validated, like python-tuf's UpdaterConfig.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MeshLimits(BaseModel):
+    """Attacker-bounding limits. Defaults suit a household of a few dozen devices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_frame_bytes: int = Field(default=1 << 20, ge=4096, le=16 << 20)
+    """Largest envelope accepted or sent; bigger frames are dropped before any parsing."""
+    max_concurrent_requests: int = Field(default=8, ge=1, le=256)
+    """Requests this device serves at once, from everyone together."""
+    max_requests_per_requester: int = Field(default=2, ge=1, le=256)
+    """Requests one requester may have in service at once, so it cannot take every slot."""
+    max_reorder_chunks: int = Field(default=256, ge=1, le=65536)
+    """Out-of-order chunks buffered per stream before the stream is declared broken."""
+    max_reorder_bytes: int = Field(default=2 << 20, ge=4096, le=256 << 20)
+    """Bytes of out-of-order chunks buffered per stream before the stream is declared broken."""
+    max_stream_queue: int = Field(default=1024, ge=16, le=65536)
+    """Chunks waiting for a slow consumer per stream; past it the stream fails instead of growing."""
+    max_chunk_text_chars: int = Field(default=16_384, ge=64, le=1 << 20)
+    """Text one stream chunk may carry."""
+    min_stall_ms: int = Field(default=500, ge=50, le=60_000)
+    """Floor for a requester's stall timeout, so its keepalive demands cannot become a storm."""
+    max_deadline_s: float = Field(default=600.0, gt=0, le=3600)
+    """Longest a peer may ask this device to work on one request."""
+    max_presence_interval_s: float = Field(default=60.0, gt=0, le=600)
+    """A peer's advert counts as alive for at most 3 of these, whatever interval it declares."""
+    max_peers: int = Field(default=256, ge=1, le=4096)
+    """Peers tracked at once (the household is bounded by its certificates anyway)."""
+    max_pending_pings: int = Field(default=64, ge=1, le=4096)
+    """Outstanding pings and memory queries tracked at once."""
+
+
+class MeshSettings(BaseModel):
+    """How the endpoint behaves, plus its limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    presence_interval_s: float = Field(default=5.0, gt=0, le=600)
+    """How often this device re-announces itself (and its queue depth, free RAM)."""
+    reconnect_max_s: float = Field(default=5.0, gt=0, le=300)
+    """Longest wait between reconnection attempts (exponential backoff from 0.1 s)."""
+    coalesce_ms: float = Field(default=4.0, ge=0, le=100)
+    """Stream tokens produced within this window travel in one chunk (fewer, padded frames)."""
+    pad_bucket_bytes: int = Field(default=256, ge=1, le=65536)
+    """Payloads are padded to a multiple of this (and to powers of two above it) so frame sizes say
+    little about token lengths; 1 turns padding off."""
+    departure_check_s: float = Field(default=1.5, gt=0, le=60)
+    """An unsigned 'gone' hint from the transport is confirmed by pinging the peer for this long."""
+    limits: MeshLimits = Field(default_factory=MeshLimits)

@@ -1,0 +1,142 @@
+"""The mesh over MQTT: addresses are topics, announcements are retained, the departure notice is the will.
+
+hearth/<household>/presence/<device>   retained: the device's signed advert, or its signed departure
+hearth/<household>/req/<device>        requests (and cancels, pings) addressed to <device>
+hearth/<household>/resp/<device>       responses and stream chunks addressed to <device>
+
+Topics carry ids only, never content. A retained frame in an inbox is never legitimate (any member may
+write any inbox, and the broker would replay it on every reconnect): it is reported as retained, so the
+node drops it, and cleared here. An emptied presence topic is only a hint (anyone allowed to write
+there can empty it), reported as `Vanished`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator
+
+from edge_agent.errors import TransportError
+from edge_agent.mesh.interfaces import (
+    Address,
+    Announcement,
+    Channel,
+    Connector,
+    Incoming,
+    Received,
+    Transport,
+    TransportState,
+    Vanished,
+)
+from edge_agent.mesh.transports.mqtt.client import MqttClient
+
+log = logging.getLogger(__name__)
+
+
+class MqttTransport(Transport):
+    def __init__(self, client: MqttClient, household: str, device: str) -> None:
+        self.client = client
+        self.household, self.device = household, device
+        self.state = TransportState.UNOPENED
+        self._board = str(Address(household, device, Channel.PRESENCE))
+        self._clearing: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        if self.state is not TransportState.UNOPENED:
+            raise TransportError(f"this MQTT transport is {self.state.value}; connect a new one")
+        self.state = TransportState.OPEN
+        await self.client.__aenter__()
+        try:
+            for channel in (Channel.REQUESTS, Channel.RESPONSES):
+                await self.client.subscribe(str(Address(self.household, self.device, channel)))
+            await self.client.subscribe(f"hearth/{self.household}/{Channel.PRESENCE.value}/+")
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        if self.state is TransportState.CLOSED:
+            return
+        self.state = TransportState.CLOSED
+        await self.client.__aexit__(None, None, None)
+
+    def abort(self) -> None:
+        self.client.abort()
+
+    async def send(self, address: Address, frame: bytes) -> None:
+        await self.client.publish(str(address), frame)
+
+    async def announce(self, frame: bytes) -> None:
+        await self.client.publish(self._board, frame, retain=True)
+
+    async def incoming(self) -> AsyncIterator[Incoming]:
+        async for frame in self.client.frames():
+            address = Address.parse(frame.topic)
+            if address is None or address.household != self.household:
+                log.debug("ignored a frame on %s", frame.topic)
+                continue
+            if address.channel is Channel.PRESENCE:
+                if frame.payload:
+                    yield Announcement(address.device, frame.payload, frame.retained)
+                else:
+                    yield Vanished(address.device)
+                continue
+            if address.device != self.device:
+                continue  # not subscribed; a broker bug or a wildcard subscription elsewhere
+            if frame.retained and frame.payload:
+                self._clear(frame.topic)
+            if frame.payload:
+                yield Received(address, frame.payload, frame.retained)
+
+    def _clear(self, topic: str) -> None:
+        """Delete a retained frame from our inbox on the broker (members may write any inbox)."""
+
+        async def clear() -> None:
+            try:
+                await self.client.publish(topic, b"", retain=True)
+            except TransportError as exc:
+                log.debug("could not clear the retained frame on %s: %s", topic, exc)
+
+        task = asyncio.create_task(clear())
+        self._clearing.add(task)
+        task.add_done_callback(self._clearing.discard)
+
+
+class MqttConnector(Connector):
+    """Connection settings for one device; `connect` makes a fresh client per (re)connection."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        household: str,
+        device: str,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        qos: int = 1,
+        keepalive: int = 10,
+    ) -> None:
+        self.host, self.port = host, port
+        self.household, self.device = household, device
+        self.client_id = client_id
+        self._auth = (username, password)
+        self.tls, self.qos, self.keepalive = tls, qos, keepalive
+
+    def connect(self, departure_notice: bytes | None) -> MqttTransport:
+        board = str(Address(self.household, self.device, Channel.PRESENCE))
+        client = MqttClient(
+            self.host,
+            self.port,
+            client_id=self.client_id,
+            username=self._auth[0],
+            password=self._auth[1],
+            tls=self.tls,
+            will=(board, departure_notice) if departure_notice is not None else None,
+            qos=self.qos,
+            keepalive=self.keepalive,
+        )
+        return MqttTransport(client, self.household, self.device)

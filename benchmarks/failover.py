@@ -30,7 +30,7 @@ RESULTS = Path(__file__).parent / "results"
 
 async def trials(n: int, tmp: Path) -> dict[str, object]:
     store = PackStore()
-    request = GenerateRequest.from_prompt(PROMPT, max_tokens=48)
+    request = GenerateRequest.from_prompt(PROMPT, max_tokens=48, min_tokens=40)  # outlasts every kill point
     with run_mosquitto(tmp / "broker") as broker:
         rig = TwoHubs.create(tmp, broker.port, store)
         provision(tmp / "hub-a", tmp / "fridge", "fridge", "fridge-panel")

@@ -43,11 +43,16 @@ def provision(hub_home: Path, home: Path, name: str, profile: str) -> HouseholdS
     return member
 
 
-def config(name: str, port: int, profile: str, **routing: object) -> AgentConfig:
+def config(name: str, port: int, profile: str, coalesce_ms: float = 4.0, **routing: object) -> AgentConfig:
     return AgentConfig.model_validate(
         {
             "agent": {"name": name, "profile": profile},
-            "mesh": {"enabled": True, "broker": f"mqtt://127.0.0.1:{port}", "presence_interval_s": 1.0},
+            "mesh": {
+                "enabled": True,
+                "broker": f"mqtt://127.0.0.1:{port}",
+                "presence_interval_s": 1.0,
+                "coalesce_ms": coalesce_ms,
+            },
             "routing": {"stall_timeout_s": 2.0, **routing},
             "engines": {"threads": 1},
         }
@@ -83,7 +88,9 @@ class TwoHubs:
 
     @classmethod
     def create(cls, home: Path, port: int, store: PackStore) -> TwoHubs:
-        configs = {n: config(n, port, "hub") for n in ("hub-a", "hub-b")}
+        # One token per chunk (no coalescing), so a kill "after N tokens" lands mid-stream: merged chunks
+        # would let a fast hub deliver its whole backlog before the test's kill point.
+        configs = {n: config(n, port, "hub", coalesce_ms=0) for n in ("hub-a", "hub-b")}
         for name in configs:
             provision(home / "hub-a", home / name, name, "hub")
         return cls(home, store, configs, {n: service(home / n, c, store) for n, c in configs.items()})
@@ -99,6 +106,10 @@ class TwoHubs:
         revived.offers.update({t: o.model_copy(update={"rate": o.rate / 2}) for t, o in self.offers.items()})
         survivor = self.hubs[next(n for n in self.hubs if n != victim)]
         survivor.offers.update(self.offers)
+        # Steer by adverts alone: forget what the watcher measured of the survivor (the router would
+        # otherwise rightly trust its measurement over the revived hub's claim).
+        if (known := watcher.endpoint.peers.get(survivor.certificate.device_id)) is not None:
+            known.throughput = None
         since = time.monotonic()
         await revived.__aenter__()
         await survivor.endpoint.publish_presence()

@@ -18,6 +18,7 @@ from pathlib import Path
 from edge_agent.config import MeshSection, broker_host_port
 from edge_agent.errors import ConfigError
 from edge_agent.mesh.broker_pki import BrokerPki
+from edge_agent.mesh.files import read_private
 from edge_agent.mesh.transports.mqtt import MqttClient, MqttConnector
 
 
@@ -32,6 +33,8 @@ def tls_context(mesh: MeshSection, state_dir: Path, url: str | None = None) -> s
     for label, path in (("tls_ca", ca), ("tls_cert", cert), ("tls_key", key)):
         if path is not None and not path.is_file():
             raise ConfigError(f"mesh.{label}: {path}: no such file")
+    if key == pki.client_key_path:
+        read_private(key)  # our own key: refused (by name) if it is a symlink or others can read it
     ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     if cert is not None:

@@ -155,10 +155,11 @@ class Router:
         self, offer: Offer | None, units: int, queue: int, measured: float | None = None
     ) -> tuple[float, str]:
         """Expected ms. A peer's claimed rate is only a first guess: once we have measured its real
-        answers, that measurement wins (a device cannot talk its way into every offloaded prompt)."""
+        answers, that measurement caps the claim (a device cannot talk its way into every offloaded
+        prompt; it may only make itself look slower)."""
         if offer is None or offer.rate <= 0:
             return float("inf"), "speed not measured"
-        rate, source = (measured, "measured") if measured else (offer.rate, "claimed")
+        rate, source = (min(measured, offer.rate), "measured") if measured else (offer.rate, "claimed")
         job = offer.first_ms + units / rate * 1000
         return queue * job + job, f"first {offer.first_ms:.0f} ms + {units} at {rate:.0f}/s {source}" + (
             f" + queue {queue}" if queue else ""
@@ -322,16 +323,19 @@ class Router:
             attempt = Attempt(cand.name if cand.peer else f"{self.local_name} (local)", time.monotonic(), 0)
             attempts.append(attempt)
             part = resume(request)
-            units = 0
+            units, first_at = 0, 0.0
             try:
                 async with contextlib.aclosing(source(cand, part, deadline)) as items:
                     async for item in items:
+                        first_at = first_at or time.monotonic()
                         units += units_of(item)
                         yield item
                 if cand.peer is not None and self.endpoint is not None:
-                    self.endpoint.peers.succeeded(
-                        cand.peer.device_id, units, time.monotonic() - attempt.started
-                    )
+                    # Streams: the rate after the first item (first_ms is estimated apart); one-shot
+                    # answers: the whole round trip.
+                    streamed = task == "generate" and units > 1
+                    span = time.monotonic() - (first_at if streamed else attempt.started)
+                    self.endpoint.peers.succeeded(cand.peer.device_id, units, span)
                 return
             except (PeerLostError, PeerRefusedError) as exc:
                 if isinstance(exc, PeerRefusedError) and exc.code == "invalid":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
@@ -91,7 +92,9 @@ class MeshService:
             self.state.dir,
             household=self.membership.household_id,
             device=self.certificate.device_id,
-            client_id=self.certificate.device_id + client_id_suffix,
+            # A random tail: a client id known to others (device ids are in every topic) would let any
+            # client, even an anonymous pairing one, take our session over at the broker.
+            client_id=f"{self.certificate.device_id}{client_id_suffix}-{secrets.token_hex(4)}",
         )
         self.node = MeshNode(
             self.state.identity,

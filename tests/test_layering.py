@@ -13,8 +13,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "edge_agent"
-HEAVY = {"onnxruntime", "onnxruntime_genai", "torch", "transformers", "sentencepiece", "tokenizers", "amqtt",
-         "numpy", "jinja2"}  # fmt: skip
+HEAVY = {
+    "onnxruntime",
+    "onnxruntime_genai",
+    "torch",
+    "transformers",
+    "sentencepiece",
+    "tokenizers",
+    "amqtt",
+    "numpy",
+    "jinja2",
+}
 
 MESH_LIBRARY = [
     "edge_agent",
@@ -82,8 +91,16 @@ def test_engines_never_import_mesh_or_sync() -> None:
 
 
 def test_mesh_never_imports_config_engines_or_the_agent() -> None:
-    forbidden = ("edge_agent.config", "edge_agent.engines", "edge_agent.agent", "edge_agent.service",
-                 "edge_agent.router", "edge_agent.cli", "edge_agent.connect", "edge_agent.profiles")  # fmt: skip
+    forbidden = (
+        "edge_agent.config",
+        "edge_agent.engines",
+        "edge_agent.agent",
+        "edge_agent.service",
+        "edge_agent.router",
+        "edge_agent.cli",
+        "edge_agent.connect",
+        "edge_agent.profiles",
+    )
     for path in (ROOT / "mesh").rglob("*.py"):
         bad = {m for m in _imports(path) if m.startswith(forbidden)}
         assert not bad, f"{path} imports {bad}: the mesh takes settings as values, never reads config"

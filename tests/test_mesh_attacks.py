@@ -131,7 +131,7 @@ async def test_replayed_departure_of_an_earlier_link_is_ignored(tmp_path: Path) 
         await home.start(hub, fridge)
         old_notice = hub.node.seal_announcement(encode(Departure(session=hub.node.session, link=0)))
         home.sim.post_announcement(hub.id, old_notice)
-        assert await until(lambda: fridge.node.dropped["StaleDeparture"] == 1)
+        assert await until(lambda: fridge.endpoint.ignored["StaleDeparture"] == 1)
         assert fridge.endpoint.peers.get(hub.id) is not None
         forged = seal(
             fridge.identity,
@@ -246,6 +246,10 @@ async def test_memory_entries_only_from_members_that_serve_translate(tmp_path: P
         wanted = {ask.memory.key("en-pt", s): s for s in ("Hello.", "Bye.", "Later.")}
         found = await ask.ask("en-pt", wanted, 1.0)
         assert [e.source for e in found.values()] == ["Hello."]
+        # A tampered entry arriving in an answer is refused and counted.
+        tampered = good.model_copy(update={"translation": "Compre já!"})
+        assert ask._verified("en-pt", wanted, [tampered]) == {}
+        assert car.node.dropped["MemoryForged"] == 1
         assert not TranslationMemory().fresh(future)
         # Revoking the hub drops what it produced, here and in every cache that held it.
         ask.memory.put(good)

@@ -14,6 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from edge_agent.config import MeshSection
+from edge_agent.connect import tls_context
 from edge_agent.errors import IdentityError
 from edge_agent.mesh.broker import mosquitto_config
 from edge_agent.mesh.broker_pki import BrokerPki
@@ -147,6 +149,18 @@ def test_a_symlinked_secret_file_is_refused_by_name(hub: HouseholdState, tmp_pat
     with pytest.raises(IdentityError, match=exactly(message)):
         _loaders(hub)[name]()
     assert _snapshot(hub.dir) == before and elsewhere.is_file()
+
+
+def test_the_agent_refuses_its_tls_key_when_others_can_read_it(hub: HouseholdState) -> None:
+    pki = BrokerPki(hub.dir)
+    pki.issue_own_client(hub.identity.device_id, datetime.now(UTC) + timedelta(days=1))
+    mesh = MeshSection(enabled=True, broker="mqtts://localhost:8883")
+    assert tls_context(mesh, hub.dir) is not None  # control: 0600 loads
+    path = pki.client_key_path
+    path.chmod(0o640)
+    message = f"{path}: secret file is accessible by other users (mode 0o640); run `chmod 600 {path}`"
+    with pytest.raises(IdentityError, match=exactly(message)):
+        tls_context(mesh, hub.dir)
 
 
 # -- broker files ---------------------------------------------------------------------------------------

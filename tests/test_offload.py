@@ -23,8 +23,10 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
-def reference(engine: GenerateEngine, max_tokens: int = 48) -> str:
-    text, _ = engine.complete(GenerateRequest.from_prompt(PROMPT, max_tokens=max_tokens))
+def reference(engine: GenerateEngine, max_tokens: int = 48, min_tokens: int = 0) -> str:
+    text, _ = engine.complete(
+        GenerateRequest.from_prompt(PROMPT, max_tokens=max_tokens, min_tokens=min_tokens)
+    )
     return text
 
 
@@ -64,8 +66,9 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
     rig = TwoHubs.create(tmp_path, broker.port, store)
     provision(tmp_path / "hub-a", tmp_path / "fridge", "fridge", "fridge-panel")
     fridge = service(tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store)
-    request = GenerateRequest.from_prompt(PROMPT, max_tokens=48)
-    expected = reference(llm_int4)
+    # min_tokens: the answer outlasts every kill point (1..28 tokens), whatever the model would say.
+    request = GenerateRequest.from_prompt(PROMPT, max_tokens=48, min_tokens=40)
+    expected = reference(llm_int4, min_tokens=40)
     served_first: list[str] = []
     async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
         rig.offers.update(rig.hubs["hub-a"].offers)
@@ -104,16 +107,18 @@ async def test_broker_restart_mid_stream_reconnects_and_the_stream_completes(
     port = free_port()
     provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
     provision(tmp_path / "hub", tmp_path / "fridge", "fridge", "fridge-panel")
-    hub = service(tmp_path / "hub", config("hub", port, "hub"), store)
+    # One token per chunk and an answer that outlasts both restart points (see the failover test).
+    hub = service(tmp_path / "hub", config("hub", port, "hub", coalesce_ms=0), store)
     fridge = service(tmp_path / "fridge", config("fridge", port, "fridge-panel"), store)
-    expected = reference(llm_int4)
+    expected = reference(llm_int4, min_tokens=40)
     broker = run_mosquitto(tmp_path / "broker", port=port)
     mosq = broker.__enter__()
     try:
         async with hub, fridge:
             for restart_after in (3, 20):
                 await fridge.wait_for_peers("generate", timeout=5)
-                routed = fridge.router.generate(GenerateRequest.from_prompt(PROMPT, max_tokens=48))
+                request = GenerateRequest.from_prompt(PROMPT, max_tokens=48, min_tokens=40)
+                routed = fridge.router.generate(request)
                 text, seen, restarted = "", 0, False
                 async for chunk in routed:
                     text += chunk.text

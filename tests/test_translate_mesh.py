@@ -70,26 +70,32 @@ async def test_offload_and_shared_translation_memory(
         assert car.agent is not None and car.agent.models.loaded_tasks() == []
         assert car.memory is not None and len(car.memory) == 2
 
-        # A tampered entry (its signature no longer covers the text) offered by the fridge is refused;
-        # the car gets the sentence computed instead (here or on the hub).
+        # A tampered entry (its signature no longer covers the text) in the hub's memory is never served:
+        # entries are re-verified on every hit. The car gets the sentence computed instead.
         other = "Lock the front door at night."
         assert hub.memory is not None and fridge.memory is not None
-        genuine = make_entry(fridge.state.identity.signing_key, fridge.certificate.device_id, "en-pt", other,
+        genuine = make_entry(hub.state.identity.signing_key, hub.certificate.device_id, "en-pt", other,
                              "Tranque a porta da frente à noite.", "bergamot-tiny11-en-pt@int8")  # fmt: skip
-        fridge.memory.put(genuine.model_copy(update={"translation": "Abra a porta para todos."}))
+        hub.memory.put(genuine.model_copy(update={"translation": "Abra a porta para todos."}))
         forged, by = await car.translate(TranslateRequest(texts=[other], source="en", target="pt"))
         assert (
             "Abra" not in forged.translations[0] and forged.stats.cached == 0 and by != "translation memory"
         )
-        assert car.node.dropped["MemoryForged"] == 1
-        # An entry claiming a producer outside the household is refused too.
+        entry = hub.memory.get("en-pt", other)
+        assert entry is None or "Abra" not in entry.translation
+        # Entries signed by a member whose certificate does not serve translate (the fridge), or by a
+        # device outside the household, are neither handed on nor accepted.
+        by_fridge = make_entry(fridge.state.identity.signing_key, fridge.certificate.device_id, "en-pt",
+                               "Good morning.", "Compre já!", "x")  # fmt: skip
         outsider = make_entry(
             car.state.identity.signing_key, "0" * 32, "en-pt", "Good night.", "Boa noite.", "x"
         )
+        fridge.memory.put(by_fridge)
         hub.memory.put(outsider)
-        again, _ = await car.translate(TranslateRequest(texts=["Good night."], source="en", target="pt"))
-        assert again.stats.cached == 0 and car.node.dropped["MemoryNotAMember"] >= 1
-
+        again, _ = await car.translate(
+            TranslateRequest(texts=["Good morning.", "Good night."], source="en", target="pt")
+        )
+        assert again.stats.cached == 0 and "Compre" not in again.translations[0]
         # Policy off: the phone keeps no memory, answers no queries, and whoever translates for it is
         # asked not to keep its sentences.
         assert phone.memory is None

@@ -175,6 +175,8 @@ class MeshEndpoint:
         self._checking: set[str] = set()
         self._tasks: list[asyncio.Task[Any]] = []
         self.own_presence_seen = False
+        self.ignored: Counter[str] = Counter()
+        """Harmless frames set aside (an earlier connection's will, fired late by a session takeover)."""
         node.membership.on_revoked.append(self._purge_revoked)
 
     @property
@@ -428,7 +430,7 @@ class MeshEndpoint:
         peer = self.peers.get(sender)
         if peer is None or (peer.session, peer.presence.link) != (notice.session, notice.link):
             # An old notice (an earlier link's will, replayed or late): the device is still here.
-            self.dropped["StaleDeparture"] += 1
+            self.ignored["StaleDeparture"] += 1
             log.info("ignored a departure notice of %s for an earlier connection", sender[:8])
             return
         self._forget(sender, f"{peer.name} left the mesh")
@@ -616,6 +618,12 @@ class MeshEndpoint:
                     if isinstance(item, BaseException):
                         yield merge_chunks(batch)
                         raise item
+                    if item.final:
+                        # The end travels on its own, as before coalescing: the streamed text is
+                        # complete before the stats arrive, whatever the timing.
+                        yield merge_chunks(batch)
+                        batch = [item]
+                        break
                     batch.append(item)
                 yield merge_chunks(batch)
                 if batch[-1].final:

@@ -17,7 +17,7 @@ import json
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -114,6 +114,9 @@ class TranslationMemory:
         self._entries: OrderedDict[str, MemoryEntry] = OrderedDict()
         self.salt = salt
         self._salted: dict[str, str] = {}
+        self.trust: Callable[[MemoryEntry], bool] = lambda entry: True
+        """Re-checked on every hit (the mesh sets it: producer still a member, signature valid), so a
+        cached entry is never served past its producer's revocation or after tampering."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -143,7 +146,7 @@ class TranslationMemory:
         entry = self._entries.get(local)
         if entry is None:
             return None
-        if not self.fresh(entry):
+        if not self.fresh(entry) or not self.trust(entry):
             self._remove(local)
             return None
         self._entries.move_to_end(local)

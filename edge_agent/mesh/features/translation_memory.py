@@ -44,6 +44,7 @@ class MemoryExchange:
         self._waits: dict[int, _Waiting] = {}
         self._salt_epoch = -1
         self._refresh_salt()
+        memory.trust = self._trusted
         endpoint.register(MemoryQuery, self._answer)
         endpoint.register(MemoryHits, self._hits)
         endpoint.node.membership.on_revoked.append(self._forget_revoked)
@@ -66,6 +67,15 @@ class MemoryExchange:
         except HearthError:
             return None
         return producer if "translate" in producer.serves else None
+
+    def _trusted(self, entry: MemoryEntry) -> bool:
+        """Fit to use here: signed by a current member, which is this device or one that serves translate."""
+        try:
+            producer = self.endpoint.node.membership.member(entry.producer)
+        except HearthError:
+            return False
+        own = producer.device_id == self.endpoint.device_id
+        return (own or "translate" in producer.serves) and entry.verify(producer.verify_key)
 
     # -- answering ------------------------------------------------------------------------------------
 

@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.brokers import run_mosquitto
-from benchmarks.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent import aio
 from edge_agent.engines.interfaces import GenerateRequest
 from edge_agent.models.store import PackStore
+from tests.support.brokers import run_mosquitto
+from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog
 
 PROMPT = "Describe a kitchen in three sentences."
 RESULTS = Path(__file__).parent / "results"

@@ -1,6 +1,54 @@
-"""Hearth edge agent: runs ONNX model packs chosen for the device's firmware profile."""
+"""Hearth edge agent: a private AI mesh for home appliances.
 
-from edge_agent.errors import HearthError
+The public surface is `__all__` (pinned by tests/test_exported_members.py): the `Hearth` façade, the
+request and result models, and the error tree. Everything else is internal and may change. Names are
+resolved lazily, so `import edge_agent` (or `edge_agent.mesh`, for a client such as the Home Assistant
+component) stays light.
+"""
 
-__all__ = ["HearthError", "__version__"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Hearth": "edge_agent.hearth",
+    "PeersReport": "edge_agent.hearth",
+    "AgentConfig": "edge_agent.config",
+    "load_config": "edge_agent.config",
+    "ChatMessage": "edge_agent.engines.interfaces",
+    "GenerateRequest": "edge_agent.engines.interfaces",
+    "GenerateChunk": "edge_agent.engines.interfaces",
+    "GenerateStats": "edge_agent.engines.interfaces",
+    "EmbedRequest": "edge_agent.engines.interfaces",
+    "EmbedResult": "edge_agent.engines.interfaces",
+    "TranslateRequest": "edge_agent.engines.interfaces",
+    "TranslateResult": "edge_agent.engines.interfaces",
+    "HearthError": "edge_agent.errors",
+    "ConfigError": "edge_agent.errors",
+    "PeerError": "edge_agent.errors",
+    "NetworkError": "edge_agent.errors",
+    "TransportError": "edge_agent.errors",
+    "OffloadError": "edge_agent.errors",
+    "NoRouteError": "edge_agent.errors",
+    "InvalidRequestError": "edge_agent.errors",
+    "EngineError": "edge_agent.errors",
+    "Task": "edge_agent.tasks",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

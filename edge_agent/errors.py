@@ -19,6 +19,8 @@ prints it as one line instead of a traceback::
     ├── NetworkError           the network failed us; no peer is to blame
     │   └── TransportError         the link to the broker is down or never came up
     ├── RecipientNotMemberError  we refuse to send to a device that is no longer a household member
+    ├── StateInUseError        the mesh state directory belongs to the running agent (use its socket)
+    ├── LocalApiError          the running agent's local socket failed mid-answer
     └── EngineError            inference problems
         ├── InvalidRequestError  empty prompt, too long, bad text, batch too large (caller's fault)
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
@@ -94,6 +96,14 @@ class TransportError(NetworkError):
     """The link to the broker is down (or never came up); the endpoint reconnects."""
 
 
+class StateInUseError(HearthError):
+    """Another process (the running agent) holds this device's mesh state; use its local socket."""
+
+
+class LocalApiError(HearthError):
+    """The local agent socket answered badly or went away mid-answer."""
+
+
 class RecipientNotMemberError(HearthError):
     """This device refuses to send to a peer that is revoked, expired or unknown (checked on every
     outgoing path, so a revoked device receives nothing, whatever the broker still delivers)."""
@@ -123,6 +133,11 @@ class OffloadError(HearthError):
 
 class PeerLostError(OffloadError):
     """The serving peer died, disconnected or stalled mid-request; the router fails over."""
+
+
+class StreamBrokenError(PeerLostError):
+    """The peer's stream cannot be put back together within the limits (a gap that will not fill, or
+    more buffered data than allowed): the router fails over as if the peer had died."""
 
 
 class LinkDownError(PeerLostError):

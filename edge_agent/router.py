@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -126,7 +126,20 @@ class RoutedStream:
     def failovers(self) -> int:
         return max(0, len(self.attempts) - 1)
 
-    def __aiter__(self) -> AsyncIterator[GenerateChunk]:
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
+
+    @property
+    def lines(self) -> list[str]:
+        return self.decision.explain()
+
+    @property
+    def hops(self) -> str:
+        """Who served which part: "hub-b (failed: hub-b left the mesh) → hub-a"."""
+        return " → ".join(a.served_by + (f" (failed: {a.error})" if a.error else "") for a in self.attempts)
+
+    def __aiter__(self) -> AsyncGenerator[GenerateChunk, None]:
         return self.router._run_generate(self)
 
 
@@ -240,7 +253,7 @@ class Router:
         deadline = deadline_s or self.policy.deadline_s
         return RoutedStream(self, request, self.decide("generate", request, deadline), deadline)
 
-    async def _run_generate(self, routed: RoutedStream) -> AsyncIterator[GenerateChunk]:
+    async def _run_generate(self, routed: RoutedStream) -> AsyncGenerator[GenerateChunk, None]:
         tokens: list[int] = []
         shown = ""
         index = 0

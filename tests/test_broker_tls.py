@@ -24,8 +24,6 @@ import aiomqtt
 import pytest
 from pydantic import BaseModel
 
-from benchmarks.brokers import AS_ROOT, Mosquitto, free_port, start_mosquitto
-from benchmarks.meshkit import config, service
 from edge_agent import processes
 from edge_agent.config import AgentConfig
 from edge_agent.connect import member_client, pairing_client, pairing_tls_context
@@ -47,6 +45,8 @@ from edge_agent.mesh.pairing_link import serve_invitation
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.models.store import PackStore
+from tests.support.brokers import AS_ROOT, Mosquitto, free_port, start_mosquitto
+from tests.support.meshkit import config, service
 
 pytestmark = pytest.mark.timeout(180)
 

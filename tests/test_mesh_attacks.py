@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edge_agent.errors import PeerLostError, RecipientNotMemberError, ReplayError
+from edge_agent.errors import PeerLostError, RecipientNotMemberError, ReplayError, StreamBrokenError
 from edge_agent.mesh.envelope import seal
 from edge_agent.mesh.features.translation_memory import MemoryExchange
 from edge_agent.mesh.interfaces import Address, Channel
 from edge_agent.mesh.memory import TranslationMemory, digest, make_entry, salt_for
 from edge_agent.mesh.node import GroupKeys
 from edge_agent.mesh.protocol import Chunk, Departure, Offer, Presence, Request, decode, encode, padded_size
-from edge_agent.mesh.rpc import StreamBroken, StreamReassembler
+from edge_agent.mesh.rpc import StreamReassembler
 from edge_agent.mesh.settings import MeshLimits, MeshSettings
-from tests.meshsim import GATES, household, until
+from tests.support.meshsim import GATES, household, until
 
 
 def _stream(dev, peer, words, **body):  # type: ignore[no-untyped-def]
@@ -332,11 +332,11 @@ def test_reorder_buffer_is_bounded() -> None:
     r = StreamReassembler(limits)
     for seq in range(1, 5):
         assert r.push(Chunk(id="0" * 32, seq=seq, text="x")) == []
-    with pytest.raises(StreamBroken, match="stream gap at chunk 0: 4 later chunks"):
+    with pytest.raises(StreamBrokenError, match="stream gap at chunk 0: 4 later chunks"):
         r.push(Chunk(id="0" * 32, seq=5, text="x"))
     assert len(r.early) == 4  # nothing more was buffered
     big = StreamReassembler(MeshLimits(max_reorder_bytes=4096))
-    with pytest.raises(StreamBroken):
+    with pytest.raises(StreamBrokenError):
         big.push(Chunk(id="0" * 32, seq=3, text="y" * 2000))
     assert [c.seq for c in r.push(Chunk(id="0" * 32, seq=0, text="x"))] == [0, 1, 2, 3, 4]
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import paho.mqtt.publish as paho_publish
 import pytest
 
-from benchmarks.brokers import Mosquitto, run_mosquitto
-from benchmarks.meshkit import config, provision, service
 from edge_agent.config import RoutingSection
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.errors import NoRouteError
@@ -27,6 +25,8 @@ from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
 from edge_agent.router import Router
+from tests.support.brokers import Mosquitto, run_mosquitto
+from tests.support.meshkit import config, provision, service
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import paho.mqtt.publish as paho_publish
 import pytest
 from nacl.signing import SigningKey
 
-from benchmarks.brokers import RecordingRelay, run_mosquitto
 from edge_agent.mesh.household import HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Address, Channel
 from edge_agent.mesh.node import GroupKeys, MeshNode
 from edge_agent.mesh.transports.mqtt import MqttConnector, MqttTransport
+from tests.support.brokers import RecordingRelay, run_mosquitto
 
 CANARY = b"CANARY-9d1c-the-broker-must-not-see-this"
 

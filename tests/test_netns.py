@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import netlab
-from benchmarks.meshkit import provision
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import GenerateRequest
+from tests.support import netlab
+from tests.support.meshkit import provision
 
 pytestmark = pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available()))
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.brokers import Mosquitto, run_mosquitto
-from benchmarks.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.models.store import PackStore
+from tests.support.brokers import Mosquitto, run_mosquitto
+from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog
 
 PROMPT = "Describe a kitchen in three sentences."
 
@@ -102,7 +102,7 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
 async def test_broker_restart_mid_stream_reconnects_and_the_stream_completes(
     tmp_path: Path, store: PackStore, llm_int4: GenerateEngine
 ) -> None:
-    from benchmarks.brokers import free_port
+    from tests.support.brokers import free_port
 
     port = free_port()
     provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")

@@ -76,6 +76,25 @@ def test_pairing_issues_a_certificate_the_household_accepts(invitation: Invitati
         invitation.challenge(_device(invitation).hello)
 
 
+def test_a_device_gets_only_what_the_operator_approved(invitation: Invitation) -> None:
+    """Finding 5: a plug asking to serve everything, as a hub, gets the operator's approval, no more."""
+    invitation.serves = ["embed"]  # `hearth household invite --serves embed --class vehicle`
+    invitation.device_class = "vehicle"
+    device = DevicePairing(DeviceIdentity.generate(), invitation.code, invitation.invitation_id,
+                           session=new_session(), name="plug", profile="hub", requests=["generate"],
+                           serves=["generate", "translate", "embed"])  # fmt: skip
+    challenge, attempt = invitation.challenge(device.hello)
+    _, cert = attempt.welcome(device.prove(challenge))
+    assert (cert.serves, cert.device_class) == (["embed"], "vehicle")
+    # The default approval is nothing to serve, and the weakest class.
+    other = Invitation(invitation.root, group_key=os.urandom(32))
+    device = DevicePairing(DeviceIdentity.generate(), other.code, other.invitation_id, session=new_session(),
+                           name="plug", profile="hub", requests=[], serves=["generate"])  # fmt: skip
+    challenge, attempt = other.challenge(device.hello)
+    _, cert = attempt.welcome(device.prove(challenge))
+    assert (cert.serves, cert.device_class) == ([], "appliance")
+
+
 def test_wrong_code_is_caught_before_the_device_reveals_anything(invitation: Invitation) -> None:
     wrong = "4827-1930" if invitation.code != "4827-1930" else "5827-1930"
     device = _device(invitation, wrong)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.brokers import Mosquitto, run_mosquitto
-from benchmarks.meshkit import config, provision, service
 from edge_agent.config import AgentConfig
 from edge_agent.engines.interfaces import TranslateRequest
 from edge_agent.errors import InvalidRequestError
 from edge_agent.mesh.memory import make_entry
 from edge_agent.models.store import PackStore
+from tests.support.brokers import Mosquitto, run_mosquitto
+from tests.support.meshkit import config, provision, service
 
 TEXT = "The washing machine finished. Please hang the clothes before 18:00."
 

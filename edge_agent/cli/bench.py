@@ -21,6 +21,20 @@ OutOpt = Annotated[Path, typer.Option(help="Directory for JSON/Markdown/PNG resu
 ThreadsOpt = Annotated[int, typer.Option(help="Threads for both engines.")]
 
 
+@app.callback()
+def _from_a_checkout() -> None:
+    """Benchmarks (and their peer engines) live in the source tree, not in the installed wheel."""
+    import importlib.util
+
+    if importlib.util.find_spec("benchmarks") is None:
+        from edge_agent.errors import ConfigError
+
+        raise ConfigError(
+            "hearth bench runs from a source checkout (git clone …; make install-dev): "
+            "the benchmarks are not part of the installed package"
+        )
+
+
 def _emit(result: dict[str, object], as_json: bool, markdown: str) -> None:
     if as_json:
         print(json.dumps(result))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,26 +67,31 @@ def mesh_state_dir(config: AgentConfig) -> Path:
     return state_dir_for(config.mesh.state_dir, hearth_home())
 
 
+@contextlib.asynccontextmanager
+async def open_hearth(ctx: Context, *, use_mesh: bool = True) -> AsyncIterator[Any]:
+    """This device's agent for one command: the running agent through its local socket if there is
+    one (it owns the mesh state: one process, one send counter), else an agent of our own.
+
+    Yields a `Hearth` or a `LocalClient`; both offer generate, embed, translate, peers, wait_for_peers.
+    """
+    from edge_agent.hearth import SOCKET_NAME, Hearth
+    from edge_agent.local_api import LocalClient
+    from edge_agent.mesh.files import StateLock
+    from edge_agent.mesh.state import HouseholdState
+
+    state_dir = mesh_state_dir(ctx.config)
+    if use_mesh and ctx.config.mesh.enabled and HouseholdState.exists(state_dir):
+        socket_path = state_dir / SOCKET_NAME
+        if StateLock(state_dir).held_elsewhere() and socket_path.exists():
+            async with LocalClient(socket_path) as client:
+                yield client
+            return
+    async with Hearth(ctx.config, ctx.profile, ctx.store, ctx.plan, use_mesh=use_mesh) as hearth:
+        yield hearth
+
+
 def load_config_only(config_path: Path | None) -> AgentConfig:
     cfg = load_config(config_path)
     if cfg.agent.home is not None:
         os.environ["HEARTH_HOME"] = str(cfg.agent.home.expanduser())
     return cfg
-
-
-def mesh_client(ctx: Context, agent: Any) -> Any:
-    """This device as a one-shot, non-serving client of its household (``hearth chat``, ``hearth peers``).
-
-    Its own client id suffix, so it never displaces this device's running agent on the broker.
-    """
-    from edge_agent.service import MeshService
-
-    return MeshService(
-        ctx.config,
-        ctx.profile,
-        ctx.plan,
-        mesh_state_dir(ctx.config),
-        agent=agent,
-        serve=False,
-        client_id_suffix=f"-cli{os.getpid()}",
-    )

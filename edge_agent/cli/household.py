@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.panel import Panel
@@ -22,12 +22,12 @@ from edge_agent.cli.common import (
 )
 from edge_agent.config import AgentConfig
 from edge_agent.connect import member_client, pairing_client
-from edge_agent.errors import HearthError
+from edge_agent.errors import ConfigError, HearthError
 from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer, public_key_pem
 from edge_agent.mesh.pairing import MAX_LIFETIME, DevicePairing, Invitation, new_session
 from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
-from edge_agent.tasks import TASKS
+from edge_agent.tasks import TASKS, DeviceClass, Task
 
 app = typer.Typer(
     help="The household: its root of trust (on the hub), invitations, members, revocation.",
@@ -62,6 +62,13 @@ def init(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     console.print("next: `hearth household invite` here, then `hearth pair CODE` on the new device")
 
 
+def _tasks(names: list[str], option: str) -> list[Task]:
+    bad = [n for n in names if n not in TASKS]
+    if bad:
+        raise ConfigError(f"{option} {bad[0]!r} is not a task ({', '.join(TASKS)})")
+    return [t for t in TASKS if t in names]
+
+
 @app.command()
 def invite(
     config: ConfigOpt = None,
@@ -70,14 +77,26 @@ def invite(
     broker: Annotated[
         str | None, typer.Option(help="Broker URL (default: the config's [mesh] broker).")
     ] = None,
+    serves: Annotated[
+        list[str] | None,
+        typer.Option("--serves", help="A task the new device may serve for peers (repeat it); default none."),
+    ] = None,
+    device_class: Annotated[
+        str, typer.Option("--class", help="The new device's class: " + ", ".join(get_args(DeviceClass)) + ".")
+    ] = "appliance",
 ) -> None:
     """Show a one-time setup code and wait for one device to pair with it (`hearth pair CODE`).
 
-    The code is checked with SPAKE2, so watching the exchange does not reveal it; the invitation
-    closes after one pairing, 20 wrong codes, or its lifetime.
+    You decide here what the device is and what it may serve: a plug must not enrol itself as a hub
+    that receives everyone's prompts. Example: `hearth household invite --class laptop --serves
+    generate --serves translate`. The code is checked with SPAKE2, so watching the exchange does not
+    reveal it; the invitation closes after one pairing, 20 wrong codes, or its lifetime.
     """
     from datetime import timedelta
 
+    approved_serves = _tasks(serves or [], "--serves")
+    if device_class not in get_args(DeviceClass):
+        raise ConfigError(f"--class {device_class!r} is not one of {', '.join(get_args(DeviceClass))}")
     ctx = load_context(config, profile)
     setup_logging("warning")
     state = HouseholdState(mesh_state_dir(ctx.config))
@@ -93,6 +112,8 @@ def invite(
         roster=roster,
         lifetime=min(MAX_LIFETIME, timedelta(minutes=minutes)),
         issue_tls=broker_certificate_issuer(state.dir),
+        serves=approved_serves,
+        device_class=device_class,  # type: ignore[arg-type]  # checked above
     )
     console.print(
         Panel.fit(

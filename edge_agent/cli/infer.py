@@ -11,15 +11,14 @@ import typer
 from rich.table import Table
 
 from edge_agent import aio
-from edge_agent.agent import Agent
 from edge_agent.cli.common import (
     ConfigOpt,
     ProfileOpt,
     console,
     console_err,
     load_context,
-    mesh_client,
     mesh_state_dir,
+    open_hearth,
     setup_logging,
 )
 from edge_agent.engines.interfaces import EmbedRequest, GenerateChunk, GenerateRequest, GenerateStats
@@ -88,33 +87,24 @@ def chat(
 
     from edge_agent.mesh.state import HouseholdState
 
-    use_mesh = (
-        ctx.config.mesh.enabled and not local and HouseholdState(mesh_state_dir(ctx.config)).is_member()
-    )
+    use_mesh = ctx.config.mesh.enabled and not local and HouseholdState.exists(mesh_state_dir(ctx.config))
     if explain and not use_mesh:
         why = "--local" if local else "[mesh] is disabled" if not ctx.config.mesh.enabled else "not paired"
         console_err.print(f"[dim]route: local ({why}); plan: {ctx.plan.for_task('generate').reason}[/]")
 
     async def go() -> None:
-        async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
-            if not use_mesh:
-                await stream_chat(agent.generate(request), show_stats=stats)
-                return
-            service = mesh_client(ctx, agent)
-            async with service:
+        async with open_hearth(ctx, use_mesh=use_mesh) as hearth:
+            if use_mesh:
                 local_ok = ctx.plan.for_task("generate").mode == "local"
-                await service.wait_for_peers("generate", timeout=0.5 if local_ok else 3.0)
-                routed = service.router.generate(request)
+                await hearth.wait_for_peers("generate", timeout=0.5 if local_ok else 3.0)
+            routed = hearth.generate(request)
+            await stream_chat(routed, show_stats=stats)
+            if use_mesh:
                 if explain:
-                    console_err.print("[dim]route: " + routed.decision.reason + "[/]", markup=True)
-                    for line in routed.decision.explain():
+                    console_err.print("[dim]route: " + routed.reason + "[/]", markup=True)
+                    for line in routed.lines:
                         console_err.print(f"[dim]  · {line}[/]")
-                await stream_chat(routed, show_stats=stats)
-                hops = " → ".join(
-                    a.served_by + (f" (failed after {a.tokens_before} tokens: {a.error})" if a.error else "")
-                    for a in routed.attempts
-                )
-                console_err.print(f"[dim]served by {hops}[/]")
+                console_err.print(f"[dim]served by {routed.hops}[/]")
 
     aio.run(go())
 
@@ -139,8 +129,8 @@ def embed(
     setup_logging("warning")
 
     async def go() -> None:
-        async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
-            result = await agent.embed(EmbedRequest(texts=texts))
+        async with open_hearth(ctx, use_mesh=False) as hearth:
+            result, _ = await hearth.embed(EmbedRequest(texts=texts))
         if as_json:
             console.print_json(json.dumps(result.model_dump()))
             return

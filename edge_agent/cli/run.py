@@ -6,21 +6,17 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import numpy as np
 import typer
 
 from edge_agent import aio
-from edge_agent.agent import Agent
-from edge_agent.cli.common import console, load_context, mesh_state_dir, setup_logging
+from edge_agent.cli.common import console, load_context, setup_logging
 from edge_agent.cli.infer import print_similarity, stream_chat
 from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest, TranslateRequest
 from edge_agent.engines.manager import effective_threads
-from edge_agent.router import Router
-
-if TYPE_CHECKING:
-    from edge_agent.service import MeshService
+from edge_agent.hearth import Hearth
 
 
 def run(
@@ -52,7 +48,7 @@ def run(
             markup=False,
         )
 
-    async def demo_job(agent: Agent, router: Router | None, service: MeshService | None = None) -> None:
+    async def demo_job(hearth: Hearth) -> None:
         g = cfg.generate
         request = GenerateRequest.from_prompt(
             cfg.demo.chat,
@@ -62,32 +58,25 @@ def run(
             top_p=g.top_p,
         )
         console.print(f"\n[bold]chat[/] » {cfg.demo.chat}")
-        if router is None:
-            await stream_chat(agent.generate(request), show_stats=True)
-        else:
-            routed = router.generate(request)
-            console.print(f"[dim]route: {routed.decision.reason}[/]")
-            t0 = time.perf_counter()
-            _, stats = await stream_chat(routed, show_stats=True)
+        routed = hearth.generate(request)
+        if hearth.use_mesh:
+            console.print(f"[dim]route: {routed.reason}[/]")
+        t0 = time.perf_counter()
+        _, stats = await stream_chat(routed, show_stats=True)
+        if hearth.use_mesh:
             console.print(
                 f"[bold]served by {routed.served_by}[/] · {stats.completion_tokens} tokens in "
                 f"{(time.perf_counter() - t0) * 1000:.0f} ms end to end over the mesh"
                 + (f" · {routed.failovers} failover(s)" if routed.failovers else "")
             )
         console.print("\n[bold]embed[/] »", "; ".join(cfg.demo.embed))
-        if router is None:
-            result, where = await agent.embed(EmbedRequest(texts=cfg.demo.embed)), "local"
-        else:
-            result, where = await router.embed(EmbedRequest(texts=cfg.demo.embed))
+        result, where = await hearth.embed(EmbedRequest(texts=cfg.demo.embed))
         print_similarity(
             cfg.demo.embed, np.asarray(result.vectors, dtype=np.float32), f"{result.model}, {where}"
         )
         to_pt = TranslateRequest(texts=cfg.demo.translate, source="en", target="pt")
         console.print("\n[bold]translate en→pt[/] »", "; ".join(cfg.demo.translate))
-        if service is None:
-            translated, where = await agent.translate(to_pt), "local"
-        else:
-            translated, where = await service.translate(to_pt)
+        translated, where = await hearth.translate(to_pt)
         for text in translated.translations:
             console.print(f"  {text}", markup=False)
         st = translated.stats
@@ -105,14 +94,9 @@ def run(
         console.print("stopping")
 
     async def go() -> None:
-        async with Agent(cfg, ctx.profile, ctx.store) as agent:
-            if not cfg.mesh.enabled:
-                await (demo_job(agent, None) if demo else serve_until_stopped())
-                return
-            from edge_agent.service import MeshService
-
-            service = MeshService(cfg, ctx.profile, ctx.plan, mesh_state_dir(cfg), agent=agent)
-            async with service:
+        async with Hearth(cfg, ctx.profile, ctx.store, ctx.plan, serve=True) as hearth:
+            if hearth.service is not None:
+                service = hearth.service
                 served = ", ".join(f"{o.task} {o.rate:.0f}/s" for o in service.offers.values()) or "nothing"
                 console.print(
                     f"mesh: household {service.membership.household_id} via {cfg.mesh.broker}"
@@ -120,9 +104,7 @@ def run(
                     + f"; measured {served}"
                 )
                 if demo:
-                    await service.wait_for_peers("generate", timeout=5.0)
-                    await demo_job(agent, service.router, service)
-                else:
-                    await serve_until_stopped()
+                    await hearth.wait_for_peers("generate", timeout=5.0)
+            await (demo_job(hearth) if demo else serve_until_stopped())
 
     aio.run(go())

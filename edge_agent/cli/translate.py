@@ -10,15 +10,14 @@ from typing import Annotated
 import typer
 
 from edge_agent import aio
-from edge_agent.agent import Agent
 from edge_agent.cli.common import (
     ConfigOpt,
     ProfileOpt,
     console,
     console_err,
     load_context,
-    mesh_client,
     mesh_state_dir,
+    open_hearth,
     setup_logging,
 )
 from edge_agent.engines.interfaces import TranslateRequest, TranslateResult
@@ -84,9 +83,7 @@ def translate(
     setup_logging("warning")
     from edge_agent.mesh.state import HouseholdState
 
-    use_mesh = (
-        ctx.config.mesh.enabled and not local and HouseholdState(mesh_state_dir(ctx.config)).is_member()
-    )
+    use_mesh = ctx.config.mesh.enabled and not local and HouseholdState.exists(mesh_state_dir(ctx.config))
     indices = [i for i, t in enumerate(lines) if t.strip()]
     results: list[str] = list(lines)  # blank lines pass through
     served: set[str] = set()
@@ -100,25 +97,18 @@ def translate(
             totals[k] += getattr(result.stats, k)
 
     async def go() -> None:
-        async with Agent(ctx.config, ctx.profile, ctx.store) as agent:
-            batches = [indices[i : i + BATCH] for i in range(0, len(indices), BATCH)]
-            make = [
-                TranslateRequest(
-                    texts=[lines[i] for i in b], source=source, target=target, beam_size=beam_size
-                )
-                for b in batches
-            ]
-            if not use_mesh:
-                for b, req in zip(batches, make, strict=True):
-                    absorb(b, await agent.translate(req), f"{ctx.config.agent.name} (local)")
-                return
-            service = mesh_client(ctx, agent)
-            async with service:
+        batches = [indices[i : i + BATCH] for i in range(0, len(indices), BATCH)]
+        make = [
+            TranslateRequest(texts=[lines[i] for i in b], source=source, target=target, beam_size=beam_size)
+            for b in batches
+        ]
+        async with open_hearth(ctx, use_mesh=use_mesh) as hearth:
+            if use_mesh:
                 local_ok = ctx.plan.for_task("translate", f"{source}-{target}").mode == "local"
-                await service.wait_for_peers("translate", timeout=0.5 if local_ok else 3.0)
-                for b, req in zip(batches, make, strict=True):
-                    result, by = await service.translate(req)
-                    absorb(b, result, by)
+                await hearth.wait_for_peers("translate", timeout=0.5 if local_ok else 3.0)
+            for b, req in zip(batches, make, strict=True):
+                result, by = await hearth.translate(req)
+                absorb(b, result, by)
 
     if not indices:
         raise ConfigError("nothing to translate: the input is empty")

@@ -1,4 +1,57 @@
-"""The household mesh: identities, certificates, envelopes and (later) transports and routing.
+"""The household mesh library: identities, certificates, envelopes, transports, the endpoint and its
+features. Never imports onnxruntime, the engines or the agent's config, so a client (the Home Assistant
+component) installs and uses it alone (`requirements/mesh.txt`).
 
-Never imports onnxruntime or the engines, so the Home Assistant component can use it alone.
+Layers, bottom up: identity/household (who is a member) → envelope/replay (sealed frames) →
+interfaces + transports (MQTT, in-memory) → node (seal, open, membership checks) → protocol/rpc (wire
+models, IO-free rules) → endpoint (connection, dispatch, request/stream) → features (translation memory,
+group-key rotation). The public surface is `__all__`, pinned by tests/test_exported_members.py.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Address": "edge_agent.mesh.interfaces",
+    "Channel": "edge_agent.mesh.interfaces",
+    "Connector": "edge_agent.mesh.interfaces",
+    "Transport": "edge_agent.mesh.interfaces",
+    "MeshLimits": "edge_agent.mesh.settings",
+    "MeshSettings": "edge_agent.mesh.settings",
+    "DeviceIdentity": "edge_agent.mesh.identity",
+    "DeviceCertificate": "edge_agent.mesh.household",
+    "HouseholdRoot": "edge_agent.mesh.household",
+    "Membership": "edge_agent.mesh.household",
+    "RevocationList": "edge_agent.mesh.household",
+    "HouseholdState": "edge_agent.mesh.state",
+    "Invitation": "edge_agent.mesh.pairing",
+    "DevicePairing": "edge_agent.mesh.pairing",
+    "GroupKeys": "edge_agent.mesh.node",
+    "MeshNode": "edge_agent.mesh.node",
+    "MeshEndpoint": "edge_agent.mesh.endpoint",
+    "Peer": "edge_agent.mesh.peers",
+    "Presence": "edge_agent.mesh.protocol",
+    "Offer": "edge_agent.mesh.protocol",
+    "GroupKeyRotation": "edge_agent.mesh.features.group_keys",
+    "MemoryExchange": "edge_agent.mesh.features.translation_memory",
+    "TranslationMemory": "edge_agent.mesh.memory",
+    "MqttConnector": "edge_agent.mesh.transports.mqtt",
+    "MeshSimulator": "edge_agent.mesh.transports.memory",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edge_agent.mesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -35,6 +35,7 @@ from edge_agent.errors import (
     PeerLostError,
     PeerRefusedError,
     RecipientNotMemberError,
+    StreamBrokenError,
     TransportError,
 )
 from edge_agent.mesh.envelope import KIND_DIRECT, KIND_GROUP, Opened
@@ -56,7 +57,7 @@ from edge_agent.mesh.protocol import (
     decode,
     encode,
 )
-from edge_agent.mesh.rpc import StreamBroken, StreamReassembler, admit, keepalive_every_s, merge_chunks
+from edge_agent.mesh.rpc import StreamReassembler, admit, keepalive_every_s, merge_chunks
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.tasks import Task
 
@@ -94,14 +95,16 @@ class _Stream:
         if self.broken:
             return
         if self.queue.qsize() >= max_queue:
-            self.fail(StreamBroken(f"stream from {self.peer[:8]} outran its consumer ({max_queue} queued)"))
+            self.fail(
+                StreamBrokenError(f"stream from {self.peer[:8]} outran its reader ({max_queue} queued)")
+            )
             return
         if not isinstance(msg, Chunk):
             self.queue.put_nowait(msg)
             return
         try:
             ready = self.reassembler.push(msg)
-        except StreamBroken as exc:
+        except StreamBrokenError as exc:
             self.fail(exc)
             return
         for chunk in ready:

@@ -16,7 +16,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from edge_agent.errors import IdentityError
+from edge_agent.errors import IdentityError, StateInUseError
 
 
 def write_private(path: Path, text: str) -> None:
@@ -77,3 +77,51 @@ def read_private(path: Path) -> bytes:
                 f"run `chmod 600 {path}`"
             )
         return fh.read()
+
+
+class StateLock:
+    """One process at a time uses a mesh state directory: its send counter and replay window are
+    only safe with a single writer. The running agent holds this lock for its whole life; a CLI
+    command that finds it held talks to that agent over its local socket instead of opening the state
+    (two processes sharing a counter made peers refuse the agent's next messages as replays)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "agent.lock"
+        self._fd: int | None = None
+
+    def held_elsewhere(self) -> bool:
+        """True if another process holds the lock right now."""
+        if self._fd is not None:
+            return False
+        try:
+            self.acquire()
+        except StateInUseError:
+            return True
+        self.release()
+        return False
+
+    def acquire(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateInUseError(
+                f"{self.path.parent} is in use by another Hearth process (the running agent); "
+                "commands reach it through its local socket"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -43,7 +43,7 @@ from spake2.spake2 import SPAKEError
 from edge_agent.errors import HearthError, PeerError
 from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, RevocationList
 from edge_agent.mesh.identity import DeviceIdentity
-from edge_agent.tasks import Task
+from edge_agent.tasks import DeviceClass, Task
 
 MAX_ATTEMPTS = 20
 MAX_LIFETIME = timedelta(minutes=15)
@@ -210,6 +210,12 @@ class Invitation:
     used: bool = False
     issue_tls: Callable[[DeviceCertificate, str], tuple[str, str]] | None = None
     """(certificate, device TLS public key PEM) -> (client certificate PEM, CA PEM); see broker_pki."""
+    serves: list[Task] = field(default_factory=list)
+    """What the operator approved the new device to serve for peers (`invite --serves`). The device's
+    own wish is only a proposal: the certificate gets the intersection, so a plug cannot enrol as a
+    translation server to receive everyone's text."""
+    device_class: DeviceClass = "appliance"
+    """The class the operator approved (`invite --class`), certified: routing policy trusts it."""
 
     def __post_init__(self) -> None:
         if self.lifetime > MAX_LIFETIME:
@@ -281,7 +287,8 @@ class _HubAttempt:
             name=req.name,
             profile=req.profile,
             requests=req.requests,
-            serves=req.serves,
+            serves=[t for t in req.serves if t in inv.serves],
+            device_class=inv.device_class,
         )
         broker_cert = broker_ca = None
         if inv.issue_tls is not None and req.tls_key is not None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_agent.errors import PeerLostError
+from edge_agent.errors import StreamBrokenError
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.protocol import Accepted, Chunk, Failure, FailureCode, Request
 from edge_agent.mesh.settings import MeshLimits
 
-__all__ = ["Refusal", "StreamBroken", "StreamReassembler", "admit", "merge_chunks"]
+__all__ = ["Refusal", "StreamReassembler", "admit", "keepalive_every_s", "merge_chunks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +55,6 @@ def keepalive_every_s(request: Request, limits: MeshLimits) -> float:
     return max(request.stall_ms, limits.min_stall_ms) / 3000
 
 
-class StreamBroken(PeerLostError):
-    """The peer's stream cannot be put back together within the limits (gap too wide, too big)."""
-
-
 @dataclass
 class StreamReassembler:
     """Chunks of one stream, delivered in ``seq`` order exactly once, within bounded memory.
@@ -74,9 +70,9 @@ class StreamReassembler:
     early_bytes: int = 0
 
     def push(self, chunk: Chunk) -> list[Chunk]:
-        """The chunks now ready, in order. Raises StreamBroken past the limits."""
+        """The chunks now ready, in order. Raises StreamBrokenError past the limits."""
         if len(chunk.text) > self.limits.max_chunk_text_chars:
-            raise StreamBroken(f"a chunk carries {len(chunk.text)} characters "
+            raise StreamBrokenError(f"a chunk carries {len(chunk.text)} characters "
                                f"(limit {self.limits.max_chunk_text_chars})")  # fmt: skip
         if chunk.seq < self.next_seq or chunk.seq in self.early:
             return []  # a redelivery
@@ -94,7 +90,7 @@ class StreamReassembler:
             len(self.early) >= self.limits.max_reorder_chunks
             or self.early_bytes + size > self.limits.max_reorder_bytes
         ):
-            raise StreamBroken(
+            raise StreamBrokenError(
                 f"stream gap at chunk {self.next_seq}: {len(self.early)} later chunks "
                 f"({self.early_bytes} bytes) already waiting"
             )

@@ -150,6 +150,11 @@ class HouseholdState:
         d.mkdir(exist_ok=True, mode=0o700)
         return d
 
+    @staticmethod
+    def exists(state_dir: Path) -> bool:
+        """Whether ``state_dir`` holds a household membership (without creating anything there)."""
+        return (state_dir / "household.json").is_file()
+
     def is_member(self) -> bool:
         return self.household_path.exists()
 

@@ -26,20 +26,37 @@ def provision(hub_home: Path, home: Path, name: str, profile: str) -> HouseholdS
     hub = HouseholdState(hub_home)
     if not hub.is_root():
         assert hub_home == home, "provision the hub itself first"
-        hub.init_household(name=name, profile=profile, requests=list(TASKS),
-                           serves=list(load_profile(profile).serves),
-                           device_class=load_profile(profile).device_class)  # fmt: skip
+        hub.init_household(
+            name=name,
+            profile=profile,
+            requests=list(TASKS),
+            serves=list(load_profile(profile).serves),
+            device_class=load_profile(profile).device_class,
+        )
     member = HouseholdState(home)
     if hub_home == home:
         return member
     root, _ = hub.load_root()
-    cert = root.issue(member.identity, name=name, profile=profile, requests=list(TASKS),
-                      serves=list(load_profile(profile).serves),
-                      device_class=load_profile(profile).device_class)  # fmt: skip
+    cert = root.issue(
+        member.identity,
+        name=name,
+        profile=profile,
+        requests=list(TASKS),
+        serves=list(load_profile(profile).serves),
+        device_class=load_profile(profile).device_class,
+    )
     hub.record_issued(root, cert)
     data = hub.load()
-    member.save(HouseholdFile(root_key=data.root_key, certificate=cert, crl=data.crl, group_key=data.group_key,
-                              group_epoch=data.group_epoch, peers=[data.certificate, *data.peers]))  # fmt: skip
+    member.save(
+        HouseholdFile(
+            root_key=data.root_key,
+            certificate=cert,
+            crl=data.crl,
+            group_key=data.group_key,
+            group_epoch=data.group_epoch,
+            peers=[data.certificate, *data.peers],
+        )
+    )
     return member
 
 
@@ -59,8 +76,15 @@ def config(name: str, port: int, profile: str, coalesce_ms: float = 4.0, **routi
     )
 
 
-def service(home: Path, cfg: AgentConfig, store: PackStore, *, serve: bool = True, agent: Agent | None = None,
-            suffix: str = "") -> MeshService:  # fmt: skip
+def service(
+    home: Path,
+    cfg: AgentConfig,
+    store: PackStore,
+    *,
+    serve: bool = True,
+    agent: Agent | None = None,
+    suffix: str = "",
+) -> MeshService:
     profile = load_profile(cfg.agent.profile)
     plan = plan_for_profile(profile, [p.manifest for p in store.list()])
     if agent is None and serve:
@@ -113,8 +137,10 @@ class TwoHubs:
         since = time.monotonic()
         await revived.__aenter__()
         await survivor.endpoint.publish_presence()
-        heard = [await watcher.endpoint.wait_for_presence(h.certificate.device_id, 5, since)
-                 for h in (revived, survivor)]  # fmt: skip
+        heard = [
+            await watcher.endpoint.wait_for_presence(h.certificate.device_id, 5, since)
+            for h in (revived, survivor)
+        ]
         return all(heard)
 
 

@@ -126,9 +126,11 @@ class SimHousehold:
             await dev.endpoint.wait_connected(2)
         for dev in devices:
             others = [d.id for d in devices if d is not dev]
-            assert await dev.endpoint.wait_until(
-                lambda ids=others, d=dev: all(d.endpoint.peers.get(i) for i in ids), 2
-            )
+
+            def heard_all(ids: list[str] = others, d: Device = dev) -> bool:
+                return all(d.endpoint.peers.get(i) for i in ids)
+
+            assert await dev.endpoint.wait_until(heard_all, 2)
 
     async def aclose(self) -> None:
         await self._stack.aclose()

@@ -1,0 +1,210 @@
+"""The composition root: one object owns an agent's life, and every caller goes through it.
+
+`Hearth` assembles the engines (`Agent`), and, when the device is a paired mesh member, the mesh
+(`MeshService`: endpoint, router, translation memory, presence) under the lock that makes this process
+the only user of the device's mesh state; a serving agent also opens its owner-only local socket
+(`local_api`), through which CLI commands reach it. Callers (CLI, demo, benchmarks, tests, and later
+HTTP and Wyoming) use only `generate`, `embed`, `translate` and `peers`, whatever runs where.
+
+Lifecycle: an async context manager with a state enum and one TaskGroup; shutdown is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from pydantic import BaseModel
+
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig
+from edge_agent.engines.interfaces import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    TranslateRequest,
+    TranslateResult,
+)
+from edge_agent.mesh.files import StateLock
+from edge_agent.mesh.state import HouseholdState, state_dir_for
+from edge_agent.models.selection import Plan
+from edge_agent.models.store import PackStore
+from edge_agent.paths import hearth_home
+from edge_agent.profiles.model import FirmwareProfile
+from edge_agent.router import RoutedStream, Router
+from edge_agent.tasks import Task
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SOCKET_NAME", "Hearth", "HearthState", "PeerReport", "PeersReport"]
+
+SOCKET_NAME = "agent.sock"
+SHUTDOWN_S = 20.0
+
+
+class HearthState(enum.Enum):
+    UNOPENED = "unopened"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class PeerReport(BaseModel):
+    name: str
+    device_id: str
+    profile: str
+    device_class: str
+    rtt_ms: float | None
+    queue_depth: int
+    free_model_ram_mb: int
+    seen_s_ago: float
+    offers: list[dict[str, Any]]
+
+
+class PeersReport(BaseModel):
+    household: str
+    peers: list[PeerReport]
+    routes: dict[str, dict[str, Any]]
+    dropped: dict[str, int]
+
+
+def mesh_state_dir(config: AgentConfig) -> Path:
+    """Where this device's mesh keys and household state live (``[mesh] state_dir`` or <home>/mesh)."""
+    return state_dir_for(config.mesh.state_dir, hearth_home())
+
+
+class Hearth:
+    def __init__(
+        self,
+        config: AgentConfig,
+        profile: FirmwareProfile,
+        store: PackStore,
+        plan: Plan,
+        *,
+        serve: bool = False,
+        use_mesh: bool | None = None,
+    ) -> None:
+        """``serve``: answer peers and open the local socket (`hearth run`); otherwise a one-shot user
+        of the household (a CLI command with no agent running). ``use_mesh`` None: whenever [mesh] is
+        enabled and this device is paired."""
+        self.config, self.profile, self.store, self.plan = config, profile, store, plan
+        self.serve = serve
+        self.state_dir = mesh_state_dir(config)
+        paired = config.mesh.enabled and HouseholdState.exists(self.state_dir)
+        self.use_mesh = paired if use_mesh is None else use_mesh and paired
+        self.state = HearthState.UNOPENED
+        self.agent = Agent(config, profile, store)
+        self.service: Any = None
+        self.router = Router(plan=plan, policy=config.routing, local=self.agent, local_name=config.agent.name)
+        self._lock = StateLock(self.state_dir) if self.use_mesh else None
+        self._stack = contextlib.AsyncExitStack()
+        self._group: asyncio.TaskGroup | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / SOCKET_NAME
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self.state is not HearthState.UNOPENED:
+            raise RuntimeError(f"this Hearth is {self.state.value}; make a new one")
+        self.state = HearthState.RUNNING
+        try:
+            if self._lock is not None:
+                self._lock.acquire()
+                self._stack.callback(self._lock.release)
+            await self._stack.enter_async_context(self.agent)
+            if self.use_mesh:
+                from edge_agent.service import MeshService
+
+                self.service = MeshService(
+                    self.config, self.profile, self.plan, self.state_dir, agent=self.agent, serve=self.serve
+                )
+                await self._stack.enter_async_context(self.service)
+                self.router = self.service.router
+            self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
+            if self.serve and self.use_mesh:
+                from edge_agent.local_api import LocalApiServer
+
+                server = LocalApiServer(self, self.socket_path)
+                await server.start()
+                self._stack.push_async_callback(server.aclose)
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.state is HearthState.CLOSED:
+            return
+        self.state = HearthState.CLOSED
+        try:
+            async with asyncio.timeout(SHUTDOWN_S):
+                await self._stack.aclose()
+        except TimeoutError:
+            log.warning("shutdown took longer than %g s; leaving the rest", SHUTDOWN_S)
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` for the agent's life, in its task group."""
+        assert self._group is not None, "Hearth is not running"
+        return self._group.create_task(coro, name=name)
+
+    # -- the façade -----------------------------------------------------------------------------------
+
+    async def wait_for_peers(self, task: Task, timeout: float) -> None:
+        if self.service is not None:
+            await self.service.wait_for_peers(task, timeout)
+
+    def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
+        """Stream an answer from wherever it is expected to finish first (failing over mid-answer)."""
+        return self.router.generate(request, deadline_s)
+
+    async def embed(self, request: EmbedRequest) -> tuple[EmbedResult, str]:
+        return await self.router.embed(request)
+
+    async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
+        if self.service is not None:
+            result: tuple[TranslateResult, str] = await self.service.translate(request)
+            return result
+        return await self.router.translate(request)
+
+    def peers(self) -> PeersReport:
+        """Live peers and where each task would run from here right now."""
+        now = time.monotonic()
+        rows = self.service.endpoint.peers.all() if self.service is not None else []
+        decisions = {
+            "generate": self.router.decide(
+                "generate", GenerateRequest.from_prompt("x", max_tokens=self.config.generate.max_tokens)
+            ),
+            "embed": self.router.decide("embed", EmbedRequest(texts=["x"])),
+        }
+        return PeersReport(
+            household=self.service.membership.household_id if self.service is not None else "",
+            peers=[
+                PeerReport(
+                    name=p.name,
+                    device_id=p.device_id,
+                    profile=p.presence.profile,
+                    device_class=p.device_class,
+                    rtt_ms=p.rtt_ms,
+                    queue_depth=p.presence.queue_depth,
+                    free_model_ram_mb=p.presence.free_model_ram_mb,
+                    seen_s_ago=round(now - p.seen, 3),
+                    offers=[o.model_dump() for o in p.presence.offers],
+                )
+                for p in rows
+            ],
+            routes={t: {"reason": d.reason, "candidates": d.explain()} for t, d in decisions.items()},
+            dropped=dict(self.service.node.dropped) if self.service is not None else {},
+        )

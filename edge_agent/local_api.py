@@ -1,0 +1,318 @@
+"""The running agent's local socket: how `hearth chat/embed/translate/peers` reach it.
+
+A Unix socket in the device's mesh state directory (0700), itself 0600, and every connection's peer
+credentials must be this user's: only the owner of the agent can use it. One JSON request per
+connection, answered with JSON lines (pydantic models both ways, bounded in size and number of
+connections). The CLI thereby never opens the agent's state while it runs: one process, one send
+counter, one replay window.
+
+    client                                   agent
+    {"op": "generate", "request": {...}} ->
+                                         <-  {"event": "route", "reason", "lines"}
+                                         <-  {"event": "chunk", "chunk": {...}}   (streamed)
+                                         <-  {"event": "done", "served_by", "hops", "stats"}
+    {"op": "embed" | "translate", ...}   ->
+                                         <-  {"event": "result", "result": {...}, "served_by"}
+    {"op": "peers", "wait_s"}            ->
+                                         <-  {"event": "peers", "report": {...}}
+    any failure                          <-  {"event": "error", "kind", "message", "exit_code"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edge_agent.engines.interfaces import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateStats,
+    TranslateRequest,
+    TranslateResult,
+)
+from edge_agent.errors import HearthError, InvalidRequestError, LocalApiError
+from edge_agent.tasks import Task
+
+if TYPE_CHECKING:
+    from edge_agent.hearth import Hearth, PeersReport
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LocalApiServer", "LocalClient"]
+
+MAX_LINE = 4 << 20
+MAX_CONNECTIONS = 16
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateCall(_Msg):
+    op: Literal["generate"] = "generate"
+    request: GenerateRequest
+    wait_s: float = Field(default=0.0, ge=0, le=30)
+
+
+class EmbedCall(_Msg):
+    op: Literal["embed"] = "embed"
+    request: EmbedRequest
+    wait_s: float = Field(default=0.0, ge=0, le=30)
+
+
+class TranslateCall(_Msg):
+    op: Literal["translate"] = "translate"
+    request: TranslateRequest
+    wait_s: float = Field(default=0.0, ge=0, le=30)
+
+
+class PeersCall(_Msg):
+    op: Literal["peers"] = "peers"
+    wait_s: float = Field(default=0.0, ge=0, le=30)
+
+
+Call = Annotated[GenerateCall | EmbedCall | TranslateCall | PeersCall, Field(discriminator="op")]
+CALL: TypeAdapter[Call] = TypeAdapter(Call)
+
+
+class RouteEvent(_Msg):
+    event: Literal["route"] = "route"
+    reason: str
+    lines: list[str]
+
+
+class ChunkEvent(_Msg):
+    event: Literal["chunk"] = "chunk"
+    chunk: GenerateChunk
+
+
+class DoneEvent(_Msg):
+    event: Literal["done"] = "done"
+    served_by: str
+    hops: str
+    failovers: int
+    stats: GenerateStats | None
+
+
+class ResultEvent(_Msg):
+    event: Literal["result"] = "result"
+    result: dict[str, Any]
+    served_by: str
+
+
+class PeersEvent(_Msg):
+    event: Literal["peers"] = "peers"
+    report: dict[str, Any]
+
+
+class ErrorEvent(_Msg):
+    event: Literal["error"] = "error"
+    kind: str
+    message: str
+    exit_code: int = 1
+
+
+Event = Annotated[
+    RouteEvent | ChunkEvent | DoneEvent | ResultEvent | PeersEvent | ErrorEvent, Field(discriminator="event")
+]
+EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def _line(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode() + b"\n"
+
+
+def _same_user(sock: socket.socket) -> bool:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())
+
+
+class LocalApiServer:
+    """Serves one agent's façade on its local socket."""
+
+    def __init__(self, hearth: Hearth, path: Path) -> None:
+        self.hearth, self.path = hearth, path
+        self._server: asyncio.Server | None = None
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket of a crashed agent (we hold the state lock)
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path), limit=MAX_LINE)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            if sock is None or not _same_user(sock):
+                log.warning("refused a local connection from another user")
+                return
+            if self._slots.locked():
+                writer.write(_line(ErrorEvent(kind="busy", message="too many local connections")))
+                return
+            async with self._slots:
+                try:
+                    raw = await reader.readline()
+                    call = CALL.validate_json(raw)
+                except (ValueError, ValidationError, asyncio.LimitOverrunError) as exc:
+                    writer.write(_line(ErrorEvent(kind="invalid", message=f"bad local request: {exc}"[:500],
+                                                  exit_code=2)))  # fmt: skip
+                    return
+                try:
+                    async for event in self._serve(call):
+                        writer.write(_line(event))
+                        await writer.drain()
+                except HearthError as exc:
+                    writer.write(_line(ErrorEvent(kind=type(exc).__name__, message=str(exc),
+                                                  exit_code=exc.exit_code)))  # fmt: skip
+        except (ConnectionError, OSError) as exc:
+            log.debug("local client went away: %s", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await writer.drain()
+                writer.close()
+
+    async def _serve(self, call: Call) -> AsyncIterator[BaseModel]:
+        hearth = self.hearth
+        if call.wait_s:
+            task: Task = "embed" if isinstance(call, EmbedCall) else "translate"
+            if isinstance(call, GenerateCall | PeersCall):
+                task = "generate"
+            await hearth.wait_for_peers(task, call.wait_s)
+        if isinstance(call, GenerateCall):
+            routed = hearth.generate(call.request)
+            yield RouteEvent(reason=routed.decision.reason, lines=routed.decision.explain())
+            async with contextlib.aclosing(routed.__aiter__()) as chunks:
+                async for chunk in chunks:
+                    yield ChunkEvent(chunk=chunk)
+            yield DoneEvent(served_by=routed.served_by, hops=routed.hops, failovers=routed.failovers,
+                            stats=routed.stats)  # fmt: skip
+        elif isinstance(call, EmbedCall):
+            result, by = await hearth.embed(call.request)
+            yield ResultEvent(result=result.model_dump(mode="json"), served_by=by)
+        elif isinstance(call, TranslateCall):
+            translated, by = await hearth.translate(call.request)
+            yield ResultEvent(result=translated.model_dump(mode="json"), served_by=by)
+        else:
+            yield PeersEvent(report=hearth.peers().model_dump(mode="json"))
+
+
+class RemoteAnswer:
+    """A generate answer streamed from the running agent; shaped like `router.RoutedStream`."""
+
+    def __init__(self, client: LocalClient, call: GenerateCall) -> None:
+        self._client, self._call = client, call
+        self.reason, self.lines = "", list[str]()
+        self.served_by, self.hops, self.failovers = "nobody", "", 0
+        self.stats: GenerateStats | None = None
+
+    async def __aiter__(self) -> AsyncIterator[GenerateChunk]:
+        async for event in self._client._exchange(self._call):
+            if isinstance(event, RouteEvent):
+                self.reason, self.lines = event.reason, event.lines
+            elif isinstance(event, ChunkEvent):
+                yield event.chunk
+            elif isinstance(event, DoneEvent):
+                self.served_by, self.hops, self.failovers, self.stats = (
+                    event.served_by, event.hops, event.failovers, event.stats)  # fmt: skip
+
+
+class LocalClient:
+    """The façade of the agent running on this device, over its local socket."""
+
+    def __init__(self, path: Path, timeout_s: float = 600.0) -> None:
+        self.path, self.timeout_s = path, timeout_s
+        self.wait_s = 0.0
+
+    async def __aenter__(self) -> Self:
+        if not self.path.exists():
+            raise LocalApiError(f"no agent socket at {self.path}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    async def wait_for_peers(self, task: Task, timeout: float) -> None:
+        self.wait_s = timeout  # the agent waits, on its own (long-lived) view of the mesh
+
+    async def _exchange(self, call: BaseModel) -> AsyncIterator[Event]:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_LINE)
+        except OSError as exc:
+            raise LocalApiError(f"cannot reach the running agent at {self.path}: {exc}") from exc
+        try:
+            writer.write(_line(call))
+            await writer.drain()
+            while True:
+                async with asyncio.timeout(self.timeout_s):
+                    raw = await reader.readline()
+                if not raw:
+                    return
+                try:
+                    event = EVENT.validate_json(raw)
+                except ValidationError as exc:
+                    raise LocalApiError(f"the running agent sent an unreadable answer: {exc}") from None
+                if isinstance(event, ErrorEvent):
+                    invalid = event.kind in ("InvalidRequestError", "invalid")
+                    err = (InvalidRequestError if invalid else HearthError)(event.message)
+                    err.exit_code = event.exit_code
+                    raise err
+                yield event
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def generate(self, request: GenerateRequest) -> RemoteAnswer:
+        return RemoteAnswer(self, GenerateCall(request=request, wait_s=self.wait_s))
+
+    async def _result(self, call: BaseModel) -> tuple[dict[str, Any], str]:
+        async for event in self._exchange(call):
+            if isinstance(event, ResultEvent):
+                return event.result, event.served_by
+        raise LocalApiError("the running agent closed the connection without an answer")
+
+    async def embed(self, request: EmbedRequest) -> tuple[EmbedResult, str]:
+        result, by = await self._result(EmbedCall(request=request, wait_s=self.wait_s))
+        return EmbedResult.model_validate(result), by
+
+    async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
+        result, by = await self._result(TranslateCall(request=request, wait_s=self.wait_s))
+        return TranslateResult.model_validate(result), by
+
+    async def peers(self, wait_s: float = 0.0) -> PeersReport:
+        from edge_agent.hearth import PeersReport
+
+        async for event in self._exchange(PeersCall(wait_s=wait_s)):
+            if isinstance(event, PeersEvent):
+                return PeersReport.model_validate(event.report)
+        raise LocalApiError("the running agent closed the connection without an answer")

@@ -1,0 +1,33 @@
+"""The public surface is exactly `__all__`, like httpx's tests/test_exported_members.py: adding or
+removing a name is a deliberate change to this list."""
+
+from __future__ import annotations
+
+import edge_agent
+import edge_agent.mesh
+
+EDGE_AGENT = [
+    "AgentConfig", "ChatMessage", "ConfigError", "EmbedRequest", "EmbedResult", "EngineError",
+    "GenerateChunk", "GenerateRequest", "GenerateStats", "Hearth", "HearthError", "InvalidRequestError",
+    "NetworkError", "NoRouteError", "OffloadError", "PeerError", "PeersReport", "Task", "TranslateRequest",
+    "TranslateResult", "TransportError", "__version__", "load_config",
+]  # fmt: skip
+MESH = [
+    "Address", "Channel", "Connector", "DeviceCertificate", "DeviceIdentity", "DevicePairing",
+    "GroupKeyRotation", "GroupKeys", "HouseholdRoot", "HouseholdState", "Invitation", "Membership",
+    "MemoryExchange", "MeshEndpoint", "MeshLimits", "MeshNode", "MeshSettings", "MeshSimulator",
+    "MqttConnector", "Offer", "Peer", "Presence", "RevocationList", "Transport", "TranslationMemory",
+]  # fmt: skip
+
+
+def test_edge_agent_exports_exactly_its_all() -> None:
+    assert edge_agent.__all__ == sorted(EDGE_AGENT)
+    for name in edge_agent.__all__:
+        assert getattr(edge_agent, name) is not None, name
+
+
+def test_mesh_exports_exactly_its_all() -> None:
+    assert edge_agent.mesh.__all__ == sorted(MESH)
+    for name in edge_agent.mesh.__all__:
+        member = getattr(edge_agent.mesh, name)
+        assert member.__module__.startswith("edge_agent.mesh"), (name, member.__module__)

@@ -31,6 +31,7 @@ from edge_agent.engines.interfaces import (
     TranslateRequest,
     TranslateResult,
 )
+from edge_agent.errors import NoLocalModelError
 from edge_agent.mesh.files import StateLock
 from edge_agent.mesh.state import HouseholdState, state_dir_for
 from edge_agent.models.selection import Plan
@@ -166,11 +167,21 @@ class Hearth:
         if self.service is not None:
             await self.service.wait_for_peers(task, timeout)
 
+    def _runs_here(self, task: Task, pair: str | None = None) -> None:
+        """Without the mesh, a task the plan cannot run here is this device's limit, said plainly."""
+        tp = self.plan.for_task(task, pair)
+        if self.service is None and tp.chosen is None and tp.mode != "local":
+            detail = "; ".join(f"{r.pack_id}: {r.reason}" for r in tp.rejected) or tp.reason
+            what = f"{task} {pair}" if pair else task
+            raise NoLocalModelError(f"'{what}' cannot run on {self.profile.id} ({tp.mode}): {detail}")
+
     def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
         """Stream an answer from wherever it is expected to finish first (failing over mid-answer)."""
+        self._runs_here("generate")
         return self.router.generate(request, deadline_s)
 
     async def embed(self, request: EmbedRequest) -> tuple[EmbedResult, str]:
+        self._runs_here("embed")
         return await self.router.embed(request)
 
     async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:

@@ -8,8 +8,7 @@ component) stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edge_agent._exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,14 +40,4 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -31,6 +31,19 @@ def _stream(dev, peer, words, **body):  # type: ignore[no-untyped-def]
     )
 
 
+def _sealed_request(home, sender, to) -> tuple[Address, bytes]:  # type: ignore[no-untyped-def]
+    """A genuine frame from ``sender`` to ``to``'s request inbox and current session."""
+    address = Address(home.root.household_id, to.id, Channel.REQUESTS)
+    frame = seal(
+        sender.identity,
+        topic=f"{address}#{to.node.session}",
+        counter=sender.node.counter.next(),
+        payload=b"{}",
+        recipient=to.certificate,
+    )
+    return address, frame
+
+
 async def _collect(agen) -> list[Chunk]:  # type: ignore[no-untyped-def]
     return [c async for c in agen]
 
@@ -304,14 +317,7 @@ async def test_a_message_accepted_before_a_restart_is_refused_after_it(tmp_path:
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        address = Address(home.root.household_id, hub.id, Channel.REQUESTS)
-        frame = seal(
-            fridge.identity,
-            topic=f"{address}#{hub.node.session}",
-            counter=fridge.node.counter.next(),
-            payload=b"{}",
-            recipient=hub.certificate,
-        )
+        address, frame = _sealed_request(home, fridge, hub)
         hub.node.opener.open(frame, f"{address}#{hub.node.session}")  # accepted once...
         # ...and the agent crashes before its replay window reaches the disk.
         from edge_agent.mesh.node import MeshNode
@@ -378,14 +384,7 @@ async def test_retained_frames_in_an_inbox_are_dropped(tmp_path: Path) -> None:
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        address = Address(home.root.household_id, hub.id, Channel.REQUESTS)
-        frame = seal(
-            fridge.identity,
-            topic=f"{address}#{hub.node.session}",
-            counter=fridge.node.counter.next(),
-            payload=b"{}",
-            recipient=hub.certificate,
-        )
+        address, frame = _sealed_request(home, fridge, hub)
         home.sim.inject(address, frame, retained=True)
         assert await until(lambda: hub.node.dropped["RetainedInbox"] == 1)
         assert hub.node.opener.replay._windows.get(fridge.id) is None  # nothing was committed

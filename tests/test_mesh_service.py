@@ -27,6 +27,7 @@ from edge_agent.profiles import load_profile
 from edge_agent.router import Router
 from tests.support.brokers import Mosquitto, run_mosquitto
 from tests.support.meshkit import config, provision, service
+from tests.support.meshsim import until
 
 
 @pytest.fixture
@@ -137,15 +138,6 @@ async def test_revoked_device_is_refused_by_the_hub(
         assert hub.node.dropped["NotAMemberError"] >= 1
 
 
-async def _until(condition, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > end:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 async def test_revocation_rotates_the_group_key_for_remaining_members_only(
     tmp_path: Path, broker: Mosquitto, store: PackStore
 ) -> None:
@@ -165,14 +157,14 @@ async def test_revocation_rotates_the_group_key_for_remaining_members_only(
         HouseholdState(tmp_path / "hub").revoke([thief.certificate.device_id])
         await hub.endpoint.publish_presence()  # picks the revocation up, rotates, seals the key to members
         assert hub.node.group_epoch == 1
-        assert await _until(lambda: fridge.node.group_epoch == 1), "the fridge never got the new key"
+        assert await until(lambda: fridge.node.group_epoch == 1), "the fridge never got the new key"
         saved = HouseholdState(tmp_path / "fridge").load()
         assert saved.group_epoch == 1 and saved.group_key == hub.node.group_key.hex()
         assert 0 in saved.past_group_keys  # members that missed the rotation are still readable
         # The revoked device cannot read the hub's adverts any more.
         thief.node.dropped.clear()
         await hub.endpoint.publish_presence()
-        assert await _until(lambda: thief.node.dropped["ForgedMessageError"] >= 1)
+        assert await until(lambda: thief.node.dropped["ForgedMessageError"] >= 1)
         assert thief.node.group_epoch == 0 and hub.node.group_key not in thief.node.opener.group_keys.values()
         # The fridge, on the new key, is still served.
         routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=4))
@@ -182,14 +174,14 @@ async def test_revocation_rotates_the_group_key_for_remaining_members_only(
             tmp_path / "car", config("car", broker.port, "car-headunit"), store, serve=False, suffix="-cli"
         )
         async with car:
-            assert await _until(lambda: car.node.group_epoch == 1), "the hub did not rekey the late member"
+            assert await until(lambda: car.node.group_epoch == 1), "the hub did not rekey the late member"
             # Only the hub (an admin certificate) may rotate the key.
             forged = GroupKey(epoch=7, key=os.urandom(32).hex())
-            assert await _until(lambda: car.certificate.device_id in fridge.node.membership.certs)
+            assert await until(lambda: car.certificate.device_id in fridge.node.membership.certs)
             await fridge.endpoint._send(
                 car.certificate.device_id, Channel.REQUESTS, forged, session=car.node.session
             )
-            assert await _until(lambda: car.node.dropped["Forbidden"] == 1)
+            assert await until(lambda: car.node.dropped["Forbidden"] == 1)
             assert car.node.group_epoch == 1
         assert HouseholdState(tmp_path / "car").load().group_epoch == 1
 

@@ -10,8 +10,7 @@ group-key rotation). The public surface is `__all__`, pinned by tests/test_expor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edge_agent._exports import lazy_exports
 
 _EXPORTS = {
     "Address": "edge_agent.mesh.interfaces",
@@ -44,14 +43,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edge_agent.mesh' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

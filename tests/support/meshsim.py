@@ -164,7 +164,7 @@ async def household(tmp: Path) -> AsyncIterator[SimHousehold]:
         await home.aclose()
 
 
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     """Poll a condition on the event loop (the simulator delivers within a few loop iterations)."""
     end = asyncio.get_running_loop().time() + timeout
     while not condition():

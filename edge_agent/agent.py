@@ -1,7 +1,8 @@
 """The agent: composition root that owns the model manager and its background tasks.
 
 Engines are blocking C++ calls; they run in worker threads and their token streams are bridged into
-asyncio queues, so the event loop (and later the mesh) never stalls behind inference.
+asyncio queues, so the event loop (and later the mesh) never stalls behind inference. One ``run`` serves
+every task through its spec (edge_agent.task_specs) and its engine (edge_agent.engines.base.Engine).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator
 from types import TracebackType
+from typing import cast
 
 from edge_agent.config import AgentConfig
 from edge_agent.engines.interfaces import (
@@ -23,10 +25,11 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
 )
 from edge_agent.engines.manager import ModelManager
-from edge_agent.errors import InvalidRequestError
+from edge_agent.errors import EngineError
 from edge_agent.models.selection import Plan, plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles.model import FirmwareProfile
+from edge_agent.task_specs import EMBED, GENERATE, TRANSLATE, ItemT, ReqT, TaskSpec
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -64,16 +67,33 @@ class Agent:
                 await task
         self._tasks.clear()
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
-        """Stream a chat completion. Cancelling the consumer stops generation at the next token."""
-        async with self.models.use("generate") as engine:
+    async def run(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> AsyncGenerator[ItemT, None]:
+        """Run ``request`` on this device's engine for ``spec``'s task. A streaming task's chunks arrive as
+        the engine makes them; cancelling the consumer stops it at the next one."""
+        spec.validate(request)
+        spec.require_variant(
+            request, self.plan.pairs(spec.name, mode=None), "here", "none; run `hearth models build`"
+        )
+        run = self._stream if spec.streaming else self._once
+        async with contextlib.aclosing(run(spec, request)) as items:
+            async for item in items:
+                yield item
+
+    async def _once(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> AsyncGenerator[ItemT, None]:
+        async with self.models.use(spec.name, spec.variant(request)) as engine:
+            items: list[ItemT] = await asyncio.to_thread(lambda: list(engine.run(request)))
+        for item in items:
+            yield item
+
+    async def _stream(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> AsyncGenerator[ItemT, None]:
+        async with self.models.use(spec.name, spec.variant(request)) as engine:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[object] = asyncio.Queue()
             cancel = threading.Event()
 
             def work() -> None:
                 try:
-                    for chunk in engine.stream(request, cancel):
+                    for chunk in engine.run(request, cancel):
                         loop.call_soon_threadsafe(queue.put_nowait, chunk)
                 except BaseException as exc:  # forwarded to the consumer
                     loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -85,25 +105,24 @@ class Agent:
                 while (item := await queue.get()) is not _DONE:
                     if isinstance(item, BaseException):
                         raise item
-                    assert isinstance(item, GenerateChunk)
-                    yield item
+                    yield cast(ItemT, item)
             finally:
                 cancel.set()
                 await worker
 
+    async def call(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> ItemT:
+        """The result of a one-shot task."""
+        async with contextlib.aclosing(self.run(spec, request)) as items:
+            async for item in items:
+                return item
+        raise EngineError(f"the {spec.name} engine returned nothing")
+
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
+        """Stream a chat completion. Cancelling the consumer stops generation at the next token."""
+        return self.run(GENERATE, request)
+
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        async with self.models.use("embed") as engine:
-            result: EmbedResult = await asyncio.to_thread(engine.embed, request)
-            return result
+        return await self.call(EMBED, request)
 
     async def translate(self, request: TranslateRequest) -> TranslateResult:
-        request.validate_text()
-        known = self.plan.pairs(mode=None)
-        if request.pair not in known:
-            arrows = ", ".join(p.replace("-", "→") for p in known) or "none; run `hearth models build`"
-            raise InvalidRequestError(
-                f"no translation model for {request.source}→{request.target} here (available: {arrows})"
-            )
-        async with self.models.use("translate", request.pair) as engine:
-            result: TranslateResult = await asyncio.to_thread(engine.translate, request)
-            return result
+        return await self.call(TRANSLATE, request)

@@ -9,6 +9,10 @@ Policy filters first (``never_offload``, ``peer_classes``, ``local-only``, ``pre
 fastest expected candidate inside the deadline wins. If the serving peer dies, leaves or stalls, the
 router resumes on the next candidate with the prompt plus every token already streamed, so the caller
 sees one stream with nothing lost or repeated (a Petals idea, kept inside the privacy boundary).
+
+Task knowledge (a request's size, checks, language pairs, how it runs here and travels to a peer) comes
+from the task registry (edge_agent.task_specs): one failover loop serves every task. Only generate's
+continuation (resume with the tokens already streamed) is specific, in ``RoutedStream``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel
 
 from edge_agent.config import RoutingSection
 from edge_agent.engines.interfaces import (
@@ -46,6 +50,7 @@ from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import Chunk, Offer
 from edge_agent.models.selection import Plan
+from edge_agent.task_specs import EMBED, GENERATE, TRANSLATE, ItemT, ReqT, TaskSpec, spec_for
 from edge_agent.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -53,17 +58,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RTT_MS = 5.0
 BAN_S = 15.0
 _RETRYABLE = {"busy", "not-served", "internal", "deadline"}
-ResultT = TypeVar("ResultT", EmbedResult, TranslateResult)
-
-
-Body = GenerateRequest | EmbedRequest | TranslateRequest
-
-
-def work_units(task: Task, body: Body) -> int:
-    if isinstance(body, GenerateRequest):
-        done = len(body.continuation.token_ids) if body.continuation else 0
-        return max(1, body.max_tokens - done)
-    return len(body.texts)
+Source = Callable[["Candidate", ReqT, float], AsyncGenerator[ItemT, None]]
+"""Runs (part of) a request on one candidate until a deadline (monotonic), yielding its answer."""
 
 
 @dataclass
@@ -178,12 +174,13 @@ class Router:
             f" + queue {queue}" if queue else ""
         )
 
-    def decide(self, task: Task, body: Body, deadline_s: float | None = None) -> Decision:
+    def decide(self, task: Task, body: BaseModel, deadline_s: float | None = None) -> Decision:
+        spec = spec_for(task)
         deadline_ms = (deadline_s or self.policy.deadline_s) * 1000
-        units = work_units(task, body)
+        units = spec.work_units(body)
         ranked: list[Candidate] = []
         excluded: list[Candidate] = []
-        pair = body.pair if isinstance(body, TranslateRequest) else None
+        pair = spec.variant(body)
         tp = self.plan.for_task(task, pair)
         if self.local is not None:
             local_ms, detail = self._estimate(self.local_offers.get(task), units, self.local_in_flight)
@@ -204,7 +201,7 @@ class Router:
             if offer is None:
                 cand.excluded = f"does not serve {task}"
             elif pair is not None and pair not in offer.pairs:
-                cand.excluded = f"does not translate {pair.replace('-', '→')}"
+                cand.excluded = f"does not {task} {pair.replace('-', '→')}"
             elif not peer.alive(now):
                 cand.excluded = "silent"
             elif peer.banned(now):
@@ -248,8 +245,15 @@ class Router:
 
     # -- running --------------------------------------------------------------------------------------
 
+    def _check(self, spec: TaskSpec[ReqT, Any], request: ReqT) -> None:
+        """Refuse here what no device could run: invalid input, or a variant nobody has."""
+        spec.validate(request)
+        if spec.variant(request) is not None:
+            known = set(self.plan.pairs(spec.name, mode=None)) | self._peer_variants(spec.name)
+            spec.require_variant(request, sorted(known), "on this device or any peer")
+
     def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
-        request.validate_text()
+        self._check(GENERATE, request)
         deadline = deadline_s or self.policy.deadline_s
         return RoutedStream(self, request, self.decide("generate", request, deadline), deadline)
 
@@ -258,40 +262,26 @@ class Router:
         shown = ""
         index = 0
 
-        def resume(request: Body) -> Body:
-            assert isinstance(request, GenerateRequest)
+        def resume(request: GenerateRequest) -> GenerateRequest:
             if not (tokens or shown):
                 return request
             return request.model_copy(
                 update={"continuation": Continuation(token_ids=list(tokens), emitted_text=shown)}
             )
 
-        async def source(cand: Candidate, part: Body, deadline: float) -> AsyncGenerator[GenerateChunk, None]:
-            assert isinstance(part, GenerateRequest)
-            if cand.peer is None:
-                async with contextlib.aclosing(self._local_generate(part)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-                return
-            async with contextlib.aclosing(self._remote(cand.peer, "generate", part, deadline)) as msgs:
-                async for msg in msgs:
-                    stats = GenerateStats.model_validate(msg.body) if msg.final and msg.body else None
-                    yield GenerateChunk(index=msg.seq, text=msg.text, token_ids=msg.token_ids, stats=stats)
-
         async with contextlib.aclosing(
             self._failover(
-                "generate",
+                GENERATE,
                 routed.request,
                 routed.deadline_s,
                 routed.decision,
                 routed.attempts,
-                source,
+                self._source(GENERATE),
                 resume,
-                lambda c: len(c.token_ids),
+                lambda c: GENERATE.units(routed.request, c),
             )
         ) as chunks:
             async for chunk in chunks:
-                assert isinstance(chunk, GenerateChunk)
                 tokens += chunk.token_ids
                 shown += chunk.text
                 if chunk.stats is not None:
@@ -303,18 +293,19 @@ class Router:
 
     async def _failover(
         self,
-        task: Task,
-        request: Body,
+        spec: TaskSpec[ReqT, ItemT],
+        request: ReqT,
         deadline_s: float,
         decision: Decision,
         attempts: list[Attempt],
-        source: Callable[[Candidate, Body, float], AsyncGenerator[Any, None]],
-        resume: Callable[[Body], Body],
-        units_of: Callable[[Any], int],
-    ) -> AsyncGenerator[Any, None]:
+        source: Source[ReqT, ItemT],
+        resume: Callable[[ReqT], ReqT],
+        units_of: Callable[[ItemT], int],
+    ) -> AsyncGenerator[ItemT, None]:
         """The one failover loop: try the best candidate; if a peer dies, leaves, stalls or refuses
         (retryably), ban it and go on with the next, resuming from what was already received. A drop of
         our own link bans nobody: wait for it to return and resume (the same peer allowed)."""
+        task = spec.name
         deadline = time.monotonic() + deadline_s
         tried: set[str] = set()
         failures = link_drops = 0
@@ -346,7 +337,7 @@ class Router:
                 if cand.peer is not None and self.endpoint is not None:
                     # Streams: the rate after the first item (first_ms is estimated apart); one-shot
                     # answers: the whole round trip.
-                    streamed = task == "generate" and units > 1
+                    streamed = spec.streaming and units > 1
                     span = time.monotonic() - (first_at if streamed else attempt.started)
                     self.endpoint.peers.succeeded(cand.peer.device_id, units, span)
                 return
@@ -376,100 +367,82 @@ class Router:
         errors = "; ".join(f"{a.served_by}: {a.error}" for a in attempts) or decision.reason
         raise NoRouteError(f"no device could finish the request ({errors})")
 
-    async def _local_generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
-        self.local_in_flight += 1
-        try:
-            async with contextlib.aclosing(self.local.generate(request)) as chunks:  # type: ignore[union-attr]
-                async for chunk in chunks:
-                    yield chunk
-        finally:
-            self.local_in_flight -= 1
+    def _source(self, spec: TaskSpec[ReqT, ItemT]) -> Source[ReqT, ItemT]:
+        """Where a candidate's answer comes from: this device's runner, or a peer's chunks decoded by
+        the task's spec (a malformed answer counts as losing that peer)."""
 
-    def _remote(self, peer: Peer, task: Task, request: Body, deadline: float) -> AsyncGenerator[Chunk, None]:
+        async def source(cand: Candidate, part: ReqT, deadline: float) -> AsyncGenerator[ItemT, None]:
+            if cand.peer is None:
+                assert self.local is not None  # only ranked when set
+                self.local_in_flight += 1
+                try:
+                    async with contextlib.aclosing(spec.run_here(self.local, part)) as items:
+                        async for item in items:
+                            yield item
+                finally:
+                    self.local_in_flight -= 1
+                return
+            async with contextlib.aclosing(self._remote(cand.peer, spec, part, deadline)) as msgs:
+                async for msg in msgs:
+                    try:
+                        answer = spec.decode_item(msg)
+                    except ValueError as exc:
+                        raise PeerLostError(f"{cand.name} sent a malformed answer: {exc}") from None
+                    if answer is not None:
+                        yield answer
+
+        return source
+
+    def _remote(
+        self, peer: Peer, spec: TaskSpec[ReqT, Any], request: ReqT, deadline: float
+    ) -> AsyncGenerator[Chunk, None]:
         assert self.endpoint is not None
         return self.endpoint.stream(
             peer,
-            task,
-            request.model_dump(mode="json"),
+            spec.name,
+            spec.encode_request(request),
             deadline_s=max(0.05, deadline - time.monotonic()),
             stall_s=self.policy.stall_timeout_s,
         )
 
-    async def embed(self, request: EmbedRequest, deadline_s: float | None = None) -> tuple[EmbedResult, str]:
-        """Embed locally or on a peer, retrying elsewhere if the peer fails; returns (result, served by)."""
-        local: Any = self.local  # ranked only when set
-        return await self._request_reply(
-            "embed", request, deadline_s, lambda: local.embed(request), EmbedResult.model_validate
-        )
-
-    async def translate(
-        self, request: TranslateRequest, deadline_s: float | None = None
-    ) -> tuple[TranslateResult, str]:
-        """Translate locally or on a peer with that language pair, retrying elsewhere if the peer fails;
-        returns (result, served by)."""
-        request.validate_text()
-        known = sorted(set(self.plan.pairs(mode=None)) | self._peer_pairs())
-        if request.pair not in known:
-            arrows = ", ".join(p.replace("-", "→") for p in known) or "none"
-            raise InvalidRequestError(
-                f"no translation model for {request.source}→{request.target} on this device or any peer "
-                f"(available: {arrows})"
-            )
-        local: Any = self.local  # ranked only when set
-        return await self._request_reply(
-            "translate", request, deadline_s, lambda: local.translate(request), TranslateResult.model_validate
-        )
-
-    async def _request_reply(
-        self,
-        task: Task,
-        request: EmbedRequest | TranslateRequest,
-        deadline_s: float | None,
-        run_local: Callable[[], Awaitable[ResultT]],
-        parse: Callable[[dict[str, Any]], ResultT],
-    ) -> tuple[ResultT, str]:
-        """One answer (no stream) from the best candidate, through the same failover loop as generate."""
+    async def call(
+        self, spec: TaskSpec[ReqT, ItemT], request: ReqT, deadline_s: float | None = None
+    ) -> tuple[ItemT, str]:
+        """One answer (no stream) to a one-shot task from the best candidate, through the same failover
+        loop as generate; returns (result, served by)."""
+        self._check(spec, request)
         deadline = deadline_s or self.policy.deadline_s
         attempts: list[Attempt] = []
-
-        async def source(cand: Candidate, part: Body, until: float) -> AsyncGenerator[ResultT, None]:
-            if cand.peer is None:
-                self.local_in_flight += 1
-                try:
-                    yield await run_local()
-                finally:
-                    self.local_in_flight -= 1
-                return
-            async with contextlib.aclosing(self._remote(cand.peer, task, part, until)) as msgs:
-                async for msg in msgs:
-                    if msg.final:
-                        if msg.body is None:
-                            raise PeerLostError(f"{cand.name} sent a final chunk without a result")
-                        try:
-                            yield parse(msg.body)
-                        except ValidationError as exc:
-                            raise PeerLostError(f"{cand.name} sent a malformed result: {exc}") from None
-                        return
-
-        decision = self.decide(task, request, deadline)
+        decision = self.decide(spec.name, request, deadline)
         results = [
             r
             async for r in self._failover(
-                task,
+                spec,
                 request,
                 deadline,
                 decision,
                 attempts,
-                source,
+                self._source(spec),
                 lambda r: r,
-                lambda _: work_units(task, request),
+                lambda item: spec.units(request, item),
             )
         ]
         if not results:
             raise NoRouteError(decision.reason)
         return results[-1], attempts[-1].served_by
 
-    def _peer_pairs(self) -> set[str]:
+    async def embed(self, request: EmbedRequest, deadline_s: float | None = None) -> tuple[EmbedResult, str]:
+        """Embed locally or on a peer, retrying elsewhere if the peer fails; returns (result, served by)."""
+        return await self.call(EMBED, request, deadline_s)
+
+    async def translate(
+        self, request: TranslateRequest, deadline_s: float | None = None
+    ) -> tuple[TranslateResult, str]:
+        """Translate locally or on a peer with that language pair, retrying elsewhere if the peer fails;
+        returns (result, served by)."""
+        return await self.call(TRANSLATE, request, deadline_s)
+
+    def _peer_variants(self, task: Task) -> set[str]:
         if self.endpoint is None:
             return set()
-        return {p for peer in self.endpoint.peers.all() if (o := peer.offer("translate")) for p in o.pairs}
+        return {p for peer in self.endpoint.peers.all() if (o := peer.offer(task)) for p in o.pairs}

@@ -8,26 +8,20 @@ peers`) as a non-serving client of the same household.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.connect import member_connector
-from edge_agent.engines.interfaces import (
-    EmbedRequest,
-    GenerateRequest,
-    TranslateRequest,
-    TranslateResult,
-    TranslateStats,
-)
+from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.sentences import split_sentences
-from edge_agent.errors import NoLocalModelError
 from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.features.group_keys import GroupKeyRotation
@@ -41,28 +35,14 @@ from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.selection import Plan
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import Router
+from edge_agent.task_specs import REGISTRY, TaskSpec, serve
 from edge_agent.tasks import Task
 
 Compute = Callable[[TranslateRequest], Awaitable[tuple[TranslateResult, str]]]
+ServeHook = Callable[[Any], AsyncGenerator[Any, None]]
+"""Serves a peer's request for one task instead of the task's own runner."""
 
 log = logging.getLogger(__name__)
-
-_BENCH_PROMPT = "Name three fruits."
-_BENCH_TEXTS = [
-    "Turn off the kitchen lights.",
-    "Is the fridge door open?",
-    "Play some music.",
-    "What's the weather tomorrow?",
-] * 2
-_BENCH_TRANSLATE = {
-    "pt": [
-        "Desligue as luzes da cozinha.",
-        "A porta da geladeira está aberta?",
-        "Toque uma música.",
-        "Como vai estar o tempo amanhã?",
-    ]
-    * 2
-}
 
 
 class MeshService:
@@ -127,6 +107,8 @@ class MeshService:
             local_offers=self.offers,
             local_name=config.agent.name,
         )
+        self.serve_hooks: dict[Task, ServeHook] = {"translate": self._serve_translate}
+        """Task-specific serving: a peer's translations go through the household memory too."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -202,50 +184,22 @@ class MeshService:
     async def self_benchmark(self) -> None:
         """Measure each local task, so routing (ours, and peers' for what we serve) uses real speeds."""
         assert self.agent is not None
+        agent = self.agent
         for tp in list(self.plan.tasks.values()):
-            task = tp.task
-            if tp.mode != "local" or tp.chosen is None:
+            task, spec = tp.task, REGISTRY.get(tp.task)
+            if tp.mode != "local" or tp.chosen is None or spec is None:
+                continue
+            if tp.pair and task in self.offers:  # one offer lists every pair; its speed is the first's
                 continue
             t0 = time.perf_counter()
-            if task == "generate":
-                req = GenerateRequest.from_prompt(_BENCH_PROMPT, max_tokens=24)
-                runs = []
-                for _ in range(3):  # the first run loads the model; keep the best of the others
-                    async for chunk in self.agent.generate(req):
-                        if chunk.stats is not None:
-                            runs.append(chunk.stats)
-                stats = max(runs[1:], key=lambda s: s.decode_tok_s)
-                self.offers[task] = Offer(
-                    task=task, pack=tp.chosen.pack_id, rate=stats.decode_tok_s, first_ms=stats.ttft_ms
-                )
-            elif task == "embed":
-                await self.agent.embed(EmbedRequest(texts=_BENCH_TEXTS[:1]))
-                t1 = time.perf_counter()
-                await self.agent.embed(EmbedRequest(texts=_BENCH_TEXTS[:1]))
-                first = time.perf_counter() - t1
-                t2 = time.perf_counter()
-                await self.agent.embed(EmbedRequest(texts=_BENCH_TEXTS))
-                rate = len(_BENCH_TEXTS) / (time.perf_counter() - t2)
-                self.offers[task] = Offer(task=task, pack=tp.chosen.pack_id, rate=rate, first_ms=first * 1000)
-            elif task == "translate" and tp.pair:
-                pairs = self.plan.pairs("translate")
-                if task in self.offers:  # one offer lists every pair; its speed is the first pair's
-                    continue
-                src, dst = tp.pair.split("-")
-                texts = _BENCH_TRANSLATE.get(src, _BENCH_TEXTS)
-                one = TranslateRequest(texts=texts[:1], source=src, target=dst)
-                await self.agent.translate(one)  # loads the model
-                t1 = time.perf_counter()
-                await self.agent.translate(one)
-                first = time.perf_counter() - t1
-                t2 = time.perf_counter()
-                await self.agent.translate(one.model_copy(update={"texts": texts}))
-                rate = len(texts) / (time.perf_counter() - t2)
-                self.offers[task] = Offer(
-                    task=task, pack=tp.chosen.pack_id, rate=rate, first_ms=first * 1000, pairs=pairs
-                )
-            else:
-                continue
+            speed = await spec.benchmark(functools.partial(spec.run_here, agent), tp.pair)
+            self.offers[task] = Offer(
+                task=task,
+                pack=tp.chosen.pack_id,
+                rate=speed.rate,
+                first_ms=speed.first_ms,
+                pairs=self.plan.pairs(task),
+            )
             log.info("self-benchmark %s: %s (%.1f s)", task, self.offers[task], time.perf_counter() - t0)
 
     # -- translation ----------------------------------------------------------------------------------
@@ -318,30 +272,17 @@ class MeshService:
 
     # -- serving --------------------------------------------------------------------------------------
 
-    async def _handle(self, req: Request, requester: DeviceCertificate) -> AsyncGenerator[Chunk, None]:
+    def _handle(self, req: Request, requester: DeviceCertificate) -> AsyncGenerator[Chunk, None]:
         assert self.agent is not None
         log.info("serving %s for %s", req.task, requester.name)
-        if req.task == "generate":
-            request = GenerateRequest.model_validate(req.body)
-            request.validate_text()
-            async with contextlib.aclosing(self.agent.generate(request)) as chunks:
-                async for c in chunks:
-                    body = c.stats.model_dump(mode="json") if c.stats else None
-                    yield Chunk(
-                        id=req.id,
-                        seq=0,
-                        text=c.text,
-                        token_ids=c.token_ids,
-                        final=c.stats is not None,
-                        body=body,
-                    )
-        elif req.task == "embed":
-            result = await self.agent.embed(EmbedRequest.model_validate(req.body))
-            yield Chunk(id=req.id, seq=0, final=True, body=result.model_dump(mode="json"))
-        elif req.task == "translate":
-            translated, _ = await self.translate_with_memory(
-                TranslateRequest.model_validate(req.body), self._translate_here, ask_peers=False
-            )
-            yield Chunk(id=req.id, seq=0, final=True, body=translated.model_dump(mode="json"))
-        else:
-            raise NoLocalModelError(f"{req.task} is not served over the mesh yet")
+        return serve(req, self._run_for_peer)
+
+    def _run_for_peer(self, spec: TaskSpec[Any, Any], request: Any) -> AsyncGenerator[Any, None]:
+        assert self.agent is not None
+        hook = self.serve_hooks.get(spec.name)
+        return hook(request) if hook is not None else spec.run_here(self.agent, request)
+
+    async def _serve_translate(self, request: TranslateRequest) -> AsyncGenerator[TranslateResult, None]:
+        """Our memory first (no peer lookups while serving one), the engine for the rest."""
+        translated, _ = await self.translate_with_memory(request, self._translate_here, ask_peers=False)
+        yield translated

@@ -174,6 +174,23 @@ async def test_crash_fires_the_signed_departure_and_streams_fail_over(tmp_path: 
         await stream.aclose()
 
 
+async def test_a_requester_that_crashed_is_no_longer_served(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub = home.device("hub", serves=["generate"])
+        fridge = home.device("fridge")
+        await home.start(hub, fridge)
+        GATES["g7"] = asyncio.Queue()
+        stream = _stream(fridge, hub, ["a"], gate="g7")
+        pending = asyncio.ensure_future(stream.__anext__())
+        assert await until(lambda: hub.endpoint.queue_depth == 1)
+        home.sim.crash(fridge.id)  # its signed departure reaches the hub
+        assert await until(lambda: hub.endpoint.queue_depth == 0)
+        pending.cancel()
+        with contextlib.suppress(BaseException):
+            await pending
+        await stream.aclose()
+
+
 def test_embedded_broker_refuses_a_non_loopback_address() -> None:
     from edge_agent.config import MeshSection
     from edge_agent.mesh.broker import EmbeddedBroker
@@ -377,6 +394,27 @@ async def test_one_requester_cannot_take_every_serving_slot(tmp_path: Path) -> N
             with contextlib.suppress(BaseException):
                 await f
             await s.aclose()
+
+
+async def test_a_stream_abandoned_while_our_link_was_down_is_cancelled_on_reconnect(tmp_path: Path) -> None:
+    """Otherwise the peer serves it to the end, holding one of our slots (and its engine) for nothing."""
+    from edge_agent.errors import LinkDownError
+
+    async with household(tmp_path) as home:
+        hub = home.device("hub", serves=["generate"])
+        fridge = home.device("fridge")
+        await home.start(hub, fridge)
+        GATES["g6"] = asyncio.Queue()
+        stream = _stream(fridge, hub, ["a", "b"], gate="g6")
+        pending = asyncio.ensure_future(stream.__anext__())
+        assert await until(lambda: hub.endpoint.queue_depth == 1)
+        home.sim.sever(fridge.id)  # our own link drops (the hub does not hear of it)
+        with pytest.raises(LinkDownError):
+            await asyncio.wait_for(pending, 2)
+        await stream.aclose()  # the router gives up on it (and resumes elsewhere)
+        assert hub.endpoint.queue_depth == 1  # the cancel could not be sent yet
+        assert await until(lambda: hub.endpoint.queue_depth == 0)  # sent as soon as the link is back
+        assert not fridge.endpoint._deferred_cancels
 
 
 async def test_retained_frames_in_an_inbox_are_dropped(tmp_path: Path) -> None:

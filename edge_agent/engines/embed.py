@@ -9,18 +9,22 @@ small batches and short ones in large batches, which bounds peak RAM without hur
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edge_agent.engines.base import Engine, EngineOptions
 from edge_agent.engines.interfaces import EmbedRequest, EmbedResult
 from edge_agent.engines.sessions import cpu_session_options
 
 
-class EmbedEngine:
+class EmbedEngine(Engine[EmbedRequest, EmbedResult]):
+    task = "embed"
+
     def __init__(self, pack_dir: Path, task_info: dict[str, Any], threads: int, max_batch: int = 256) -> None:
         self.name = str(task_info.get("model", pack_dir.name))
         self.max_seq_length = int(task_info.get("max_seq_length", 256))
@@ -38,6 +42,13 @@ class EmbedEngine:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_pack(cls, pack_dir: Path, task_info: dict[str, Any], options: EngineOptions) -> Self:
+        return cls(pack_dir, task_info, options.threads, max_batch=options.max_embed_batch)
+
+    def run(self, request: EmbedRequest, cancel: threading.Event | None = None) -> Iterator[EmbedResult]:
+        yield self.embed(request)
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         request.validate_text(self.max_batch)

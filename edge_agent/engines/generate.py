@@ -11,10 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import onnxruntime_genai as og
 
+from edge_agent.engines.base import Engine, EngineOptions
 from edge_agent.engines.chat_template import render_chat
 from edge_agent.engines.interfaces import FinishReason, GenerateChunk, GenerateRequest, GenerateStats
 from edge_agent.errors import InvalidRequestError
@@ -52,8 +53,10 @@ class _StopMatcher:
         return out
 
 
-class GenerateEngine:
+class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
     """A loaded LLM pack. One generation at a time (the lock); requests queue behind it."""
+
+    task = "generate"
 
     def __init__(self, pack_dir: Path, task_info: dict[str, Any], threads: int) -> None:
         self.pack_dir = pack_dir
@@ -76,6 +79,13 @@ class GenerateEngine:
         self.tokenizer = og.Tokenizer(self.model)
         self._eos = frozenset(int(t) for t in task_info.get("eos_token_ids", self.tokenizer.eos_token_ids))
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_pack(cls, pack_dir: Path, task_info: dict[str, Any], options: EngineOptions) -> Self:
+        return cls(pack_dir, task_info, options.threads)
+
+    def run(self, request: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[GenerateChunk]:
+        return self.stream(request, cancel)
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         request.validate_text()

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.engines.base import Engine, EngineOptions, engine_class
 from edge_agent.errors import BudgetExceededError, NoLocalModelError
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import InstalledPack, PackStore
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Loaded:
     pack: InstalledPack
-    engine: Any
+    engine: Engine[Any, Any]
     last_used: float
     in_use: int = 0
 
@@ -31,23 +32,6 @@ class _Loaded:
 def batch_tokens_for(profile: FirmwareProfile, configured: int | None = None) -> int:
     """Activation memory grows with a batch's padded tokens: small devices batch less."""
     return configured or (512 if profile.model_ram_budget_mb < 512 else 2048)
-
-
-def _load_engine(task: Task, pack: InstalledPack, threads: int, max_batch: int, batch_tokens: int) -> Any:
-    info = pack.manifest.task_info
-    if task == "generate":
-        from edge_agent.engines.generate import GenerateEngine
-
-        return GenerateEngine(pack.path, info, threads)
-    if task == "embed":
-        from edge_agent.engines.embed import EmbedEngine
-
-        return EmbedEngine(pack.path, info, threads, max_batch=max_batch)
-    if task == "translate":
-        from edge_agent.engines.translate import TranslateEngine
-
-        return TranslateEngine(pack.path, info, threads, max_batch_tokens=batch_tokens)
-    raise NoLocalModelError(f"no local engine for task '{task}' yet")
 
 
 def effective_threads(profile: FirmwareProfile, configured: int | None = None) -> int:
@@ -79,6 +63,7 @@ class ModelManager:
         self.max_embed_batch = max_embed_batch
         self.verify_on_load = verify_on_load
         self.translate_batch_tokens = batch_tokens_for(profile, translate_batch_tokens)
+        self.options = EngineOptions(self.threads, max_embed_batch, self.translate_batch_tokens)
         self._loaded: dict[str, _Loaded] = {}  # by plan slot: "embed", "translate:en-pt"
         self._lock = asyncio.Lock()
 
@@ -123,16 +108,17 @@ class ModelManager:
                 )
             if self.verify_on_load:
                 await asyncio.to_thread(self.store.verify, pack)
-            engine = await asyncio.to_thread(
-                _load_engine, task, pack, self.threads, self.max_embed_batch, self.translate_batch_tokens
-            )
+            engine = await asyncio.to_thread(self._load, task, pack)
             log.info("loaded %s (%.0f MB of %d MB budget)", pack.pack_id, need, self.budget_mb)
             entry = _Loaded(pack, engine, time.monotonic())
             self._loaded[tp.slot] = entry
             return entry
 
+    def _load(self, task: Task, pack: InstalledPack) -> Engine[Any, Any]:
+        return engine_class(task).from_pack(pack.path, pack.manifest.task_info, self.options)
+
     @asynccontextmanager
-    async def use(self, task: Task, pair: str | None = None) -> AsyncIterator[Any]:
+    async def use(self, task: Task, pair: str | None = None) -> AsyncIterator[Engine[Any, Any]]:
         """Borrow the engine for ``task`` (and language ``pair``), loading it if needed; it is not
         unloaded while borrowed."""
         entry = await self._ensure(task, pair)

@@ -18,14 +18,16 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import onnxruntime as ort
 import sentencepiece as spm
 
+from edge_agent.engines.base import Engine, EngineOptions
 from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.engines.sessions import cpu_session_options
@@ -64,7 +66,9 @@ class _Encoded:
     memory: dict[str, np.ndarray]  # enc_k{l}, enc_v{l}, src_bias
 
 
-class TranslateEngine:
+class TranslateEngine(Engine[TranslateRequest, TranslateResult]):
+    task = "translate"
+
     def __init__(
         self,
         pack_dir: Path,
@@ -107,7 +111,16 @@ class TranslateEngine:
         self.positions = positional_table(int(self.max_source_tokens * self.max_length_factor) + 2, self.dim)
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_pack(cls, pack_dir: Path, task_info: dict[str, Any], options: EngineOptions) -> Self:
+        return cls(pack_dir, task_info, options.threads, max_batch_tokens=options.translate_batch_tokens)
+
     # -- public ---------------------------------------------------------------------------------------
+
+    def run(
+        self, request: TranslateRequest, cancel: threading.Event | None = None
+    ) -> Iterator[TranslateResult]:
+        yield self.translate(request)
 
     def translate(self, request: TranslateRequest) -> TranslateResult:
         if (request.source, request.target) != (self.source, self.target):

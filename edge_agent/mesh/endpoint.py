@@ -17,7 +17,7 @@ import enum
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -176,6 +176,8 @@ class MeshEndpoint:
         self._serving_by: Counter[str] = Counter()
         self._pings: dict[int, tuple[str, float, asyncio.Future[float]]] = {}
         self._checking: set[str] = set()
+        self._deferred_cancels: deque[tuple[str, str, str]] = deque(maxlen=self.limits.max_pending_pings)
+        """(peer, request id, peer session) of streams abandoned while our link was down."""
         self._tasks: list[asyncio.Task[Any]] = []
         self.own_presence_seen = False
         self.ignored: Counter[str] = Counter()
@@ -290,6 +292,7 @@ class MeshEndpoint:
                     delay = 0.1
                     if self._presence is not None:
                         await self.publish_presence()
+                    self._flush_cancels()
                     async for item in self.node.receive(transport):
                         self._dispatch(item)
             except TransportError as exc:
@@ -439,11 +442,17 @@ class MeshEndpoint:
         self._forget(sender, f"{peer.name} left the mesh")
 
     def _forget(self, device_id: str, reason: str) -> None:
+        """A peer is gone (left, crashed, revoked, expired): fail our streams to it and stop serving it
+        (nobody is left to read the answer)."""
         peer = self.peers.forget(device_id)
         if peer is not None:
             log.info("peer %s: %s", peer.name, reason)
             self.peers_changed.set()
         self._lost(device_id, reason)
+        for (requester, rid), task in list(self._serving.items()):
+            if requester == device_id:
+                log.info("stopped serving request %s: its requester is gone (%s)", rid[:8], reason)
+                task.cancel()
 
     def _check_vanished(self, device_id: str) -> None:
         """An unsigned 'gone' (an emptied presence topic): believe it only if the peer stops answering."""
@@ -469,15 +478,16 @@ class MeshEndpoint:
         """A newer CRL: forget those peers, fail our streams to them, stop serving them."""
         for device_id in revoked:
             self._forget(device_id, "revoked")
-            for (requester, rid), task in list(self._serving.items()):
-                if requester == device_id:
-                    log.info("stopped serving request %s: its requester was revoked", rid[:8])
-                    task.cancel()
 
     def _lost(self, device_id: str, reason: str) -> None:
         for stream in self._streams.values():
             if stream.peer == device_id:
                 stream.fail(PeerLostError(reason))
+
+    def _flush_cancels(self) -> None:
+        while self._deferred_cancels:
+            peer, rid, session = self._deferred_cancels.popleft()
+            self._spawn(self._send(peer, Channel.REQUESTS, Cancel(id=rid), session=session))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -695,10 +705,13 @@ class MeshEndpoint:
                     return
         finally:
             del self._streams[rid]
-            if sent and not finished and self.connected.is_set():
-                self._spawn(
-                    self._send(peer.device_id, Channel.REQUESTS, Cancel(id=rid), session=peer.session)
-                )
+            if sent and not finished:
+                if self.connected.is_set():
+                    self._spawn(
+                        self._send(peer.device_id, Channel.REQUESTS, Cancel(id=rid), session=peer.session)
+                    )
+                else:  # our link is down: cancel once it is back, or the peer serves it to the end
+                    self._deferred_cancels.append((peer.device_id, rid, peer.session))
 
     async def ping(self, peer: Peer, timeout: float = 1.0) -> float | None:
         """Round-trip time to ``peer`` in ms (None if it does not answer); kept on the peer as an EWMA."""

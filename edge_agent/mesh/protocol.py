@@ -41,6 +41,10 @@ from edge_agent.tasks import Task
 
 RequestId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Session = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+TaskBody = dict[str, Any]
+"""A task's payload (a request, a result, a stream's stats): a JSON object the mesh moves unread. The
+requester and the server type it through their task registry (edge_agent.task_specs), which the mesh
+cannot import: the typed models belong to the engines."""
 MAX_UNKNOWN_FIELDS = 16
 MAX_UNKNOWN_BYTES = 4096
 
@@ -113,7 +117,7 @@ class Request(_Wire):
     type: Literal["request"] = "request"
     id: RequestId
     task: Task
-    body: dict[str, Any]
+    body: TaskBody
     reply_session: Session
     deadline_ms: int = Field(gt=0, le=3_600_000, description="Give up after this long (server side too).")
     stall_ms: int = Field(default=3000, ge=50, le=600_000, description="Requester fails over after this "
@@ -133,7 +137,7 @@ class Chunk(_Wire):
     text: str = Field(default="", max_length=1 << 20)
     token_ids: list[int] = Field(default_factory=list, max_length=4096)
     final: bool = False
-    body: dict[str, Any] | None = None
+    body: TaskBody | None = None
 
 
 FailureCode = Literal["forbidden", "not-served", "invalid", "busy", "deadline", "internal", "cancelled"]

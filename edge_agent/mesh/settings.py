@@ -19,7 +19,7 @@ class MeshLimits(BaseModel):
     """Largest envelope accepted or sent; bigger frames are dropped before any parsing."""
     max_concurrent_requests: int = Field(default=8, ge=1, le=256)
     """Requests this device serves at once, from everyone together."""
-    max_requests_per_requester: int = Field(default=2, ge=1, le=256)
+    max_requests_per_requester: int = Field(default=4, ge=1, le=256)
     """Requests one requester may have in service at once, so it cannot take every slot."""
     max_reorder_chunks: int = Field(default=256, ge=1, le=65536)
     """Out-of-order chunks buffered per stream before the stream is declared broken."""

@@ -101,6 +101,14 @@ class MeshSimulator:
         for link in list(self.links.values()):
             link._put(Vanished(device))
 
+    def sever(self, device: str) -> None:
+        """Drop ``device``'s link without its departure notice reaching anyone (as when the broker
+        itself restarts): the device reconnects, its peers never learn it was gone."""
+        link = self.links.get(device)
+        if link is not None:
+            link.departure_notice = None
+            link.abort()
+
     def crash(self, device: str) -> None:
         """Cut ``device`` off as a crash would: its departure notice fires."""
         link = self.links.get(device)

@@ -1,0 +1,291 @@
+"""The task registry: what the agent, router and service know about each task, in one ``TaskSpec``.
+
+Adding a task (say ``transcribe``) means one spec here and one engine (``engines/transcribe.py``, an
+``engines.base.Engine``). The ModelManager finds the engine, the Agent runs it, the Router routes and
+sizes the request, and the MeshService serves and self-benchmarks it, all through the spec.
+
+Typed wire bodies: a request's ``body`` and a final chunk's ``body`` cross the mesh as plain JSON objects
+(``mesh.protocol.TaskBody``) that the mesh never parses, because the typed models belong to the engines
+and the mesh library must not import them (tests/test_layering.py). So the typed union by task is this
+registry: a body is validated against its task's model at the boundary, once on each side (``serve`` for
+the server, the router's sources for the requester), rather than a pydantic union in the protocol that
+the mesh could not even name. This module sits above both: it may import the engines' models and the
+mesh protocol; neither of them imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from pydantic import BaseModel
+
+from edge_agent.engines.interfaces import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateStats,
+    TranslateRequest,
+    TranslateResult,
+)
+from edge_agent.errors import InvalidRequestError, NoLocalModelError, NoRouteError
+from edge_agent.mesh.protocol import Chunk, Request, TaskBody
+from edge_agent.tasks import Task
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+
+ReqT = TypeVar("ReqT", bound=BaseModel)
+ItemT = TypeVar("ItemT", bound=BaseModel)
+
+Runner = Callable[[ReqT], AsyncGenerator[ItemT, None]]
+"""Runs one request on this device (what a self-benchmark measures)."""
+LocalRunner = Callable[["Agent", ReqT], AsyncGenerator[ItemT, None]]
+
+
+class Speed(NamedTuple):
+    """A self-benchmark's measurement, advertised in the task's offer."""
+
+    rate: float
+    """Work units per second (see ``TaskSpec.work_units``)."""
+    first_ms: float
+    """Time to the first token, or one small request's latency."""
+
+
+Benchmark = Callable[[Runner[ReqT, ItemT], str | None], Awaitable[Speed]]
+"""Measures a task on this device, given a runner and the plan's variant (language pair) if any."""
+
+
+def _accept(request: BaseModel) -> None:
+    return None
+
+
+def _no_variant(request: BaseModel) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec(Generic[ReqT, ItemT]):
+    name: Task
+    request_model: type[ReqT]
+    result_model: type[ItemT]
+    """What one run yields: the result, or (streaming) each chunk of the answer."""
+    streaming: bool
+    work_units: Callable[[ReqT], int]
+    """The request's size in the unit of an offer's rate (tokens still to generate, texts, ...)."""
+    benchmark: Benchmark[ReqT, ItemT]
+    validate: Callable[[ReqT], None] = _accept
+    """Raise InvalidRequestError for what the model lets through; run by requester and server alike."""
+    variant: Callable[[ReqT], str | None] = _no_variant
+    """The plan slot within the task a request needs (a translation's language pair), or None."""
+    variant_model: str = "model"
+    """What serves one variant, for errors: 'no translation model for fr→pt'."""
+    run_local: LocalRunner[ReqT, ItemT] | None = None
+    """How this device runs a request; None: the task's engine, through ``Agent.run``."""
+    item_units: Callable[[ItemT], int] | None = None
+    """Work done by one streamed item (tokens in a chunk); None: each result completes the request."""
+    encode_chunk: Callable[[str, ItemT], Chunk] | None = None
+    decode_chunk: Callable[[Chunk], ItemT | None] | None = None
+    """A streaming task's codec; None: the result travels whole in the final chunk's body."""
+
+    def __post_init__(self) -> None:
+        if self.streaming and None in (self.item_units, self.encode_chunk, self.decode_chunk):
+            raise TypeError(f"streaming task {self.name} needs item_units, encode_chunk and decode_chunk")
+
+    # -- running --------------------------------------------------------------------------------------
+
+    def run_here(self, agent: Agent, request: ReqT) -> AsyncGenerator[ItemT, None]:
+        return self.run_local(agent, request) if self.run_local else agent.run(self, request)
+
+    def units(self, request: ReqT, item: ItemT) -> int:
+        """Work one item of an answer to ``request`` represents (for measuring a peer's speed)."""
+        return self.item_units(item) if self.item_units else self.work_units(request)
+
+    def require_variant(self, request: ReqT, known: Collection[str], where: str, none: str = "none") -> None:
+        """InvalidRequestError unless the request's variant is in ``known`` (or it needs none)."""
+        variant = self.variant(request)
+        if variant is not None and variant not in known:
+            arrows = ", ".join(v.replace("-", "→") for v in known) or none
+            raise InvalidRequestError(
+                f"no {self.variant_model} for {variant.replace('-', '→')} {where} (available: {arrows})"
+            )
+
+    # -- wire codec -----------------------------------------------------------------------------------
+
+    def encode_request(self, request: ReqT) -> TaskBody:
+        return request.model_dump(mode="json")
+
+    def decode_request(self, body: TaskBody) -> ReqT:
+        """Raises pydantic.ValidationError (which the endpoint reports as 'invalid')."""
+        return self.request_model.model_validate(body)
+
+    def encode_item(self, request_id: str, item: ItemT) -> Chunk:
+        if self.encode_chunk is not None:
+            return self.encode_chunk(request_id, item)
+        return Chunk(id=request_id, seq=0, final=True, body=item.model_dump(mode="json"))
+
+    def decode_item(self, chunk: Chunk) -> ItemT | None:
+        """The item a chunk carries (None: nothing for the caller yet); ValueError if malformed
+        (pydantic's ValidationError is one)."""
+        if self.decode_chunk is not None:
+            return self.decode_chunk(chunk)
+        if not chunk.final:
+            return None
+        if chunk.body is None:
+            raise ValueError("a final chunk without a result")
+        return self.result_model.model_validate(chunk.body)
+
+
+# -- self-benchmarks ------------------------------------------------------------------------------------
+
+_BENCH_PROMPT = "Name three fruits."
+_BENCH_TEXTS = [
+    "Turn off the kitchen lights.",
+    "Is the fridge door open?",
+    "Play some music.",
+    "What's the weather tomorrow?",
+] * 2
+_BENCH_TRANSLATE = {
+    "pt": [
+        "Desligue as luzes da cozinha.",
+        "A porta da geladeira está aberta?",
+        "Toque uma música.",
+        "Como vai estar o tempo amanhã?",
+    ]
+    * 2
+}
+
+
+async def _drain(items: AsyncGenerator[Any, None]) -> None:
+    async with contextlib.aclosing(items) as running:
+        async for _ in running:
+            pass
+
+
+async def _bench_generate(run: Runner[GenerateRequest, GenerateChunk], variant: str | None) -> Speed:
+    """Three short answers: the first loads the model; the faster of the others counts."""
+    request = GenerateRequest.from_prompt(_BENCH_PROMPT, max_tokens=24)
+    runs: list[GenerateStats] = []
+    for _ in range(3):
+        async for chunk in run(request):
+            if chunk.stats is not None:
+                runs.append(chunk.stats)
+    stats = max(runs[1:], key=lambda s: s.decode_tok_s)
+    return Speed(stats.decode_tok_s, stats.ttft_ms)
+
+
+async def bench_batches(run: Runner[ReqT, ItemT], one: ReqT, batch: ReqT, size: int) -> Speed:
+    """A one-item request (loads the model), the same again (latency), then a batch of ``size`` items."""
+    await _drain(run(one))
+    t1 = time.perf_counter()
+    await _drain(run(one))
+    first = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    await _drain(run(batch))
+    return Speed(size / (time.perf_counter() - t2), first * 1000)
+
+
+async def _bench_embed(run: Runner[EmbedRequest, EmbedResult], variant: str | None) -> Speed:
+    texts = _BENCH_TEXTS
+    return await bench_batches(run, EmbedRequest(texts=texts[:1]), EmbedRequest(texts=texts), len(texts))
+
+
+async def _bench_translate(run: Runner[TranslateRequest, TranslateResult], variant: str | None) -> Speed:
+    assert variant is not None, "translation is planned per language pair"
+    source, target = variant.split("-")
+    texts = _BENCH_TRANSLATE.get(source, _BENCH_TEXTS)
+    one = TranslateRequest(texts=texts[:1], source=source, target=target)
+    return await bench_batches(run, one, one.model_copy(update={"texts": texts}), len(texts))
+
+
+# -- the tasks ------------------------------------------------------------------------------------------
+
+
+def _tokens_left(request: GenerateRequest) -> int:
+    done = len(request.continuation.token_ids) if request.continuation else 0
+    return max(1, request.max_tokens - done)
+
+
+def _generate_chunk(request_id: str, chunk: GenerateChunk) -> Chunk:
+    """Text and tokens stream as they come; the stats ride on the final chunk."""
+    body = chunk.stats.model_dump(mode="json") if chunk.stats else None
+    return Chunk(
+        id=request_id,
+        seq=0,
+        text=chunk.text,
+        token_ids=chunk.token_ids,
+        final=chunk.stats is not None,
+        body=body,
+    )
+
+
+def _generate_item(msg: Chunk) -> GenerateChunk:
+    stats = GenerateStats.model_validate(msg.body) if msg.final and msg.body else None
+    return GenerateChunk(index=msg.seq, text=msg.text, token_ids=msg.token_ids, stats=stats)
+
+
+GENERATE: TaskSpec[GenerateRequest, GenerateChunk] = TaskSpec(
+    name="generate",
+    request_model=GenerateRequest,
+    result_model=GenerateChunk,
+    streaming=True,
+    work_units=_tokens_left,
+    benchmark=_bench_generate,
+    validate=GenerateRequest.validate_text,
+    item_units=lambda chunk: len(chunk.token_ids),
+    encode_chunk=_generate_chunk,
+    decode_chunk=_generate_item,
+)
+
+EMBED: TaskSpec[EmbedRequest, EmbedResult] = TaskSpec(
+    name="embed",
+    request_model=EmbedRequest,
+    result_model=EmbedResult,
+    streaming=False,
+    work_units=lambda request: len(request.texts),
+    benchmark=_bench_embed,
+    # No requester-side checks: the batch limit is the serving engine's, which checks the texts too.
+)
+
+TRANSLATE: TaskSpec[TranslateRequest, TranslateResult] = TaskSpec(
+    name="translate",
+    request_model=TranslateRequest,
+    result_model=TranslateResult,
+    streaming=False,
+    work_units=lambda request: len(request.texts),
+    benchmark=_bench_translate,
+    validate=TranslateRequest.validate_text,
+    variant=lambda request: request.pair,
+    variant_model="translation model",
+)
+
+REGISTRY: dict[Task, TaskSpec[Any, Any]] = {spec.name: spec for spec in (GENERATE, EMBED, TRANSLATE)}
+"""Every task this version runs, by name. Tasks without a spec are neither routed nor served."""
+
+
+def spec_for(task: Task) -> TaskSpec[Any, Any]:
+    spec = REGISTRY.get(task)
+    if spec is None:
+        raise NoRouteError(f"this version cannot run {task} (no task spec)")
+    return spec
+
+
+PeerRunner = Callable[[TaskSpec[Any, Any], Any], AsyncGenerator[Any, None]]
+"""Runs a peer's decoded request on this device: usually ``spec.run_here``, with service hooks."""
+
+
+async def serve(req: Request, run: PeerRunner) -> AsyncGenerator[Chunk, None]:
+    """Answer a peer's request: the one place a request body becomes its task's typed request, and
+    what runs becomes chunks. Errors reach the requester as the endpoint's failure codes."""
+    spec = REGISTRY.get(req.task)
+    if spec is None:
+        raise NoLocalModelError(f"{req.task} is not served over the mesh yet")
+    request = spec.decode_request(req.body)
+    spec.validate(request)
+    async with contextlib.aclosing(run(spec, request)) as items:
+        async for item in items:
+            yield spec.encode_item(req.id, item)

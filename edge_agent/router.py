@@ -38,7 +38,6 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
 )
 from edge_agent.errors import (
-    HearthError,
     InvalidRequestError,
     LinkDownError,
     NoRouteError,
@@ -46,7 +45,7 @@ from edge_agent.errors import (
     PeerRefusedError,
     TransportError,
 )
-from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.interfaces import PeerDirectory
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import Chunk, Offer
 from edge_agent.models.selection import Plan
@@ -146,7 +145,7 @@ class Router:
         plan: Plan,
         policy: RoutingSection,
         local: Any | None = None,
-        endpoint: MeshEndpoint | None = None,
+        endpoint: PeerDirectory | None = None,
         local_offers: dict[Task, Offer] | None = None,
         local_name: str = "this device",
     ) -> None:
@@ -193,7 +192,7 @@ class Router:
                 cand.excluded = f"expected {local_ms:.0f} ms is past the {deadline_ms:.0f} ms deadline"
             (excluded if cand.excluded else ranked).append(cand)
         now = time.monotonic()
-        for peer in self.endpoint.peers.all() if self.endpoint is not None else []:
+        for peer in self._everyone():
             offer = peer.offer(task)
             rtt = peer.rtt_ms if peer.rtt_ms is not None else DEFAULT_RTT_MS
             ms, detail = self._estimate(offer, units, peer.presence.queue_depth, peer.throughput)
@@ -229,19 +228,14 @@ class Router:
             ranked.sort(key=lambda c: c.peer is not None)
         return Decision(task, ranked, excluded)
 
+    def _everyone(self) -> list[Peer]:
+        return self.endpoint.known() if self.endpoint is not None else []
+
     def _still_member(self, peer: Peer) -> bool:
-        assert self.endpoint is not None
-        try:
-            self.endpoint.node.membership.member(peer.device_id)
-        except HearthError:
-            return False
-        return True
+        return self.endpoint is not None and self.endpoint.is_member(peer.device_id)
 
     def _own_requests(self) -> list[Task]:
-        if self.endpoint is None:
-            return []
-        own = self.endpoint.node.membership.certs.get(self.endpoint.device_id)
-        return own.requests if own else []
+        return self.endpoint.own_requests() if self.endpoint is not None else []
 
     # -- running --------------------------------------------------------------------------------------
 
@@ -339,7 +333,7 @@ class Router:
                     # answers: the whole round trip.
                     streamed = spec.streaming and units > 1
                     span = time.monotonic() - (first_at if streamed else attempt.started)
-                    self.endpoint.peers.succeeded(cand.peer.device_id, units, span)
+                    self.endpoint.succeeded(cand.peer.device_id, units, span)
                 return
             except (PeerLostError, PeerRefusedError) as exc:
                 if isinstance(exc, PeerRefusedError) and exc.code == "invalid":
@@ -362,7 +356,7 @@ class Router:
                     continue
                 failures += 1
                 if cand.peer is not None and self.endpoint is not None:
-                    self.endpoint.peers.ban(cand.peer.device_id, BAN_S)
+                    self.endpoint.ban(cand.peer.device_id, BAN_S)
                 decision = self.decide(task, resume(request), max(0.001, deadline - time.monotonic()))
         errors = "; ".join(f"{a.served_by}: {a.error}" for a in attempts) or decision.reason
         raise NoRouteError(f"no device could finish the request ({errors})")
@@ -445,4 +439,4 @@ class Router:
     def _peer_variants(self, task: Task) -> set[str]:
         if self.endpoint is None:
             return set()
-        return {p for peer in self.endpoint.peers.all() if (o := peer.offer(task)) for p in o.pairs}
+        return {p for peer in self.endpoint.known() if (o := peer.offer(task)) for p in o.pairs}

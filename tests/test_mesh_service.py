@@ -215,11 +215,20 @@ def test_router_policy_and_expected_completion_time(store: PackStore) -> None:
     laptop = load_profile("laptop")
     plan = plan_for_profile(laptop, [p.manifest for p in store.list()])
 
-    class _Endpoint:  # the router reads only these two attributes of a MeshEndpoint
+    class _Endpoint:  # the router's whole view of the mesh (mesh.interfaces.PeerDirectory), faked
         def __init__(self) -> None:
             self.peers = PeerTable("me")
             self.device_id = "me"
             self.node = type("N", (), {"membership": Membership(root.key.verify_key)})()
+
+        def known(self) -> list[object]:
+            return self.peers.all()  # type: ignore[return-value]
+
+        def is_member(self, device_id: str) -> bool:
+            return device_id in self.node.membership.certs
+
+        def own_requests(self) -> list[str]:
+            return list(self.node.membership.certs["me"].requests)
 
     ep = _Endpoint()
     for name, cls, rate in (("hub", "hub", 230.0), ("car", "vehicle", 400.0)):

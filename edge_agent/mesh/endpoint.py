@@ -196,6 +196,28 @@ class MeshEndpoint:
     def dropped(self) -> Counter[str]:
         return self.node.dropped
 
+    # -- the router's view (mesh.interfaces.PeerDirectory) --------------------------------------------
+
+    def known(self) -> list[Peer]:
+        return self.peers.all()
+
+    def is_member(self, device_id: str) -> bool:
+        try:
+            self.node.membership.member(device_id)
+        except HearthError:
+            return False
+        return True
+
+    def own_requests(self) -> list[Task]:
+        own = self.node.membership.certs.get(self.device_id)
+        return list(own.requests) if own is not None else []
+
+    def ban(self, device_id: str, seconds: float) -> None:
+        self.peers.ban(device_id, seconds)
+
+    def succeeded(self, device_id: str, units: int = 0, seconds: float = 0.0) -> None:
+        self.peers.succeeded(device_id, units, seconds)
+
     def register(self, message_type: type[M], handler: Callable[[DeviceCertificate, M], None]) -> None:
         """Route verified direct messages of ``message_type`` to a feature (memory, rekeying, ...)."""
         self._features[message_type] = handler

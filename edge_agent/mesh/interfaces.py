@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from edge_agent.errors import TransportError
+
+if TYPE_CHECKING:
+    from edge_agent.mesh.peers import Peer
+    from edge_agent.mesh.protocol import Chunk
+    from edge_agent.tasks import Task
 
 __all__ = [
     "Address",
@@ -29,6 +34,7 @@ __all__ = [
     "Channel",
     "Connector",
     "Incoming",
+    "PeerDirectory",
     "Received",
     "Transport",
     "TransportError",
@@ -150,3 +156,35 @@ class Connector(ABC):
     def connect(self, departure_notice: bytes | None) -> Transport:
         """A new, unopened transport; ``departure_notice`` is fired if the link dies (None: no notice,
         e.g. a one-shot client that never announced itself)."""
+
+
+class PeerDirectory(Protocol):
+    """What the router needs from the mesh, and nothing more: who is out there and still a member,
+    what this device may ask for, how to reach a peer, and how to learn from the outcome. The
+    endpoint implements it; a test can fake it in a few lines."""
+
+    def known(self) -> list[Peer]:
+        """Every peer heard from recently (the router explains why it skips silent or revoked ones)."""
+        ...
+
+    def is_member(self, device_id: str) -> bool:
+        """Whether ``device_id`` holds a valid, unrevoked certificate right now."""
+        ...
+
+    def own_requests(self) -> list[Task]:
+        """Tasks this device's certificate allows it to request from peers."""
+        ...
+
+    def ban(self, device_id: str, seconds: float) -> None: ...
+
+    def succeeded(self, device_id: str, units: int = 0, seconds: float = 0.0) -> None: ...
+
+    async def wait_peers_changed(self, timeout: float) -> bool: ...
+
+    async def wait_connected(self, timeout: float) -> None: ...
+
+    async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool: ...
+
+    def stream(
+        self, peer: Peer, task: Task, body: dict[str, Any], *, deadline_s: float, stall_s: float
+    ) -> AsyncGenerator[Chunk, None]: ...

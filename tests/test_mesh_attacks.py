@@ -302,6 +302,24 @@ async def test_memory_lookups_follow_routing_policy_and_use_a_secret_salt(tmp_pa
         assert ask.memory.key("en-pt", "Hi.") != digest("en-pt", "Hi.", bytes.fromhex(home.root.household_id))
 
 
+def test_the_service_maps_routing_policy_onto_memory_lookups() -> None:
+    from types import SimpleNamespace
+
+    from edge_agent.config import AgentConfig
+    from edge_agent.service import MeshService
+
+    hub, plug = SimpleNamespace(device_class="hub"), SimpleNamespace(device_class="appliance")
+
+    def allowed(routing: dict[str, object], peer: object) -> bool:
+        fake = SimpleNamespace(config=AgentConfig.model_validate({"routing": routing}))
+        return bool(MeshService._may_see_text(fake, peer))  # type: ignore[arg-type]
+
+    assert allowed({}, hub) and allowed({}, plug)
+    assert not allowed({"mode": "local-only"}, hub)
+    assert not allowed({"never_offload": ["translate"]}, hub)
+    assert allowed({"peer_classes": ["hub"]}, hub) and not allowed({"peer_classes": ["hub"]}, plug)
+
+
 # -- finding 7: token-length side channel -----------------------------------------------------------------
 
 
@@ -362,6 +380,21 @@ def test_reorder_buffer_is_bounded() -> None:
     with pytest.raises(StreamBrokenError):
         big.push(Chunk(id="0" * 32, seq=3, text="y" * 2000))
     assert [c.seq for c in r.push(Chunk(id="0" * 32, seq=0, text="x"))] == [0, 1, 2, 3, 4]
+
+
+def test_a_stream_that_outruns_its_reader_breaks_instead_of_growing() -> None:
+    from edge_agent.mesh.endpoint import _Stream
+
+    limits = MeshLimits(max_stream_queue=16)
+    stream = _Stream("a" * 32, StreamReassembler(limits))
+    for seq in range(16):
+        stream.deliver(Chunk(id="0" * 32, seq=seq, text="x"), limits.max_stream_queue)
+    stream.deliver(Chunk(id="0" * 32, seq=16, text="x"), limits.max_stream_queue)
+    assert stream.queue.qsize() == 17 and stream.broken  # 16 chunks, then the error, then nothing
+    last = [stream.queue.get_nowait() for _ in range(17)][-1]
+    assert isinstance(last, StreamBrokenError) and "outran its reader (16 queued)" in str(last)
+    stream.deliver(Chunk(id="0" * 32, seq=17, text="x"), limits.max_stream_queue)
+    assert stream.queue.empty()
 
 
 async def test_one_requester_cannot_take_every_serving_slot(tmp_path: Path) -> None:

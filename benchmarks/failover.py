@@ -38,41 +38,44 @@ async def trials(n: int, tmp: Path) -> dict[str, object]:
         exact = failed_over = 0
         gaps: list[float] = []
         problems: list[str] = []
-        async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
-            rig.offers.update(rig.hubs["hub-a"].offers)
-            await fridge.wait_for_peers("generate", timeout=5)
-            expected = "".join([c.text async for c in fridge.router.generate(request)])
-            for trial in range(n):
-                async with watchdog(90, f"trial {trial}"):
-                    await fridge.wait_for_peers("generate", timeout=5)
-                    kill_after = 1 + (trial * 7) % 28
-                    routed = fridge.router.generate(request)
-                    text, seen, victim, killed_at = "", 0, None, 0.0
-                    async for chunk in routed:
-                        if killed_at and len(routed.attempts) == 2:
-                            gaps.append(
-                                (time.perf_counter() - killed_at) * 1000
-                            )  # first chunk from the new peer
-                            killed_at = 0.0
-                        text += chunk.text
-                        seen += len(chunk.token_ids)
-                        if victim is None and seen >= kill_after:
-                            victim = routed.served_by
-                            killed_at = time.perf_counter()
-                            await crash(rig.hubs[victim])
-                    exact += text == expected
-                    failed_over += routed.failovers == 1 and routed.served_by != victim
-                    if text != expected:
-                        problems.append(f"trial {trial}: killed {victim} after {kill_after}: {text!r}")
-                    assert victim is not None
-                    await rig.revive(victim, fridge)
+        try:
+            async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
+                rig.offers.update(rig.hubs["hub-a"].mesh.offers)
+                await fridge.wait_for_peers("generate", timeout=5)
+                expected = "".join([c.text async for c in fridge.router.generate(request)])
+                for trial in range(n):
+                    async with watchdog(90, f"trial {trial}"):
+                        await fridge.wait_for_peers("generate", timeout=5)
+                        kill_after = 1 + (trial * 7) % 28
+                        routed = fridge.router.generate(request)
+                        text, seen, victim, killed_at = "", 0, None, 0.0
+                        async for chunk in routed:
+                            if killed_at and len(routed.attempts) == 2:
+                                gaps.append(
+                                    (time.perf_counter() - killed_at) * 1000
+                                )  # first chunk from the new peer
+                                killed_at = 0.0
+                            text += chunk.text
+                            seen += len(chunk.token_ids)
+                            if victim is None and seen >= kill_after:
+                                victim = routed.served_by
+                                killed_at = time.perf_counter()
+                                await crash(rig.hubs[victim])
+                        exact += text == expected
+                        failed_over += routed.failovers == 1 and routed.served_by != victim
+                        if text != expected:
+                            problems.append(f"trial {trial}: killed {victim} after {kill_after}: {text!r}")
+                        assert victim is not None
+                        await rig.revive(victim, fridge)
+        finally:
+            await rig.aclose()
         return {
             "trials": n,
             "exact_match": exact,
             "failed_over_once": failed_over,
             "gap_ms_median": statistics.median(gaps) if gaps else None,
             "gap_ms_p99": sorted(gaps)[int(0.99 * (len(gaps) - 1))] if gaps else None,
-            "dropped_frames": dict(fridge.node.dropped),
+            "dropped_frames": dict(fridge.mesh.node.dropped),
             "problems": problems[:10],
         }
 

@@ -47,6 +47,7 @@ __all__ = ["SOCKET_NAME", "Hearth", "HearthState", "PeerReport", "PeersReport"]
 
 SOCKET_NAME = "agent.sock"
 SHUTDOWN_S = 20.0
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
 
 
 class HearthState(enum.Enum):
@@ -89,17 +90,22 @@ class Hearth:
         *,
         serve: bool = False,
         use_mesh: bool | None = None,
+        agent: Agent | None = None,
+        state_dir: Path | None = None,
+        local_socket: bool | None = None,
     ) -> None:
         """``serve``: answer peers and open the local socket (`hearth run`); otherwise a one-shot user
         of the household (a CLI command with no agent running). ``use_mesh`` None: whenever [mesh] is
-        enabled and this device is paired."""
+        enabled and this device is paired. ``agent``: engines to reuse (models already loaded);
+        ``state_dir``: the mesh state (default from the config); ``local_socket`` default: ``serve``."""
         self.config, self.profile, self.store, self.plan = config, profile, store, plan
         self.serve = serve
-        self.state_dir = mesh_state_dir(config)
+        self.local_socket = serve if local_socket is None else local_socket
+        self.state_dir = state_dir if state_dir is not None else mesh_state_dir(config)
         paired = config.mesh.enabled and HouseholdState.exists(self.state_dir)
         self.use_mesh = paired if use_mesh is None else use_mesh and paired
         self.state = HearthState.UNOPENED
-        self.agent = Agent(config, profile, store)
+        self.agent = agent if agent is not None else Agent(config, profile, store)
         self.service: Any = None
         self.router = Router(plan=plan, policy=config.routing, local=self.agent, local_name=config.agent.name)
         self._lock = StateLock(self.state_dir) if self.use_mesh else None
@@ -130,16 +136,33 @@ class Hearth:
                 await self._stack.enter_async_context(self.service)
                 self.router = self.service.router
             self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
-            if self.serve and self.use_mesh:
-                from edge_agent.local_api import LocalApiServer
-
-                server = LocalApiServer(self, self.socket_path)
-                await server.start()
-                self._stack.push_async_callback(server.aclose)
+            if self.local_socket and self.use_mesh:
+                await self._open_local_socket()
         except BaseException:
             await self._close()
             raise
         return self
+
+    async def _open_local_socket(self) -> None:
+        from edge_agent.local_api import LocalApiServer
+
+        if len(str(self.socket_path).encode()) > MAX_SOCKET_PATH:
+            log.warning(
+                "no local socket: %s is too long for a Unix socket; CLI commands cannot reach "
+                "this agent while it runs (use a shorter [mesh] state_dir)",
+                self.socket_path,
+            )
+            return
+        server = LocalApiServer(self, self.socket_path)
+        await server.start()
+        self._stack.push_async_callback(server.aclose)
+
+    @property
+    def mesh(self) -> Any:
+        """The mesh side (`MeshService`: endpoint, node, memory, offers), for diagnostics and tests."""
+        if self.service is None:
+            raise RuntimeError("this agent is not on the mesh ([mesh] disabled, or not paired)")
+        return self.service
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -176,7 +176,7 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
     # Offload over mutual TLS: the fridge's chat is served by the hub.
     hub = service(hub_dir, site.agent_config("hub", "hub"), store)
     fridge_cfg = site.agent_config("fridge", "fridge-panel")
-    fridge = service(fridge_dir, fridge_cfg, store, serve=False, suffix="-cli")
+    fridge = service(fridge_dir, fridge_cfg, store, serve=False)
     async with hub, fridge:
         await fridge.wait_for_peers("generate", 10)
         routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=6))
@@ -203,7 +203,7 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
     stranger = site.tmp / "stranger"
     stranger_pki = BrokerPki(stranger)
     stranger_pki.create_ca("0" * 16)
-    stranger_pki.issue_own_client(fridge_id, hub.certificate.expires_at)  # same CN, wrong issuer
+    stranger_pki.issue_own_client(fridge_id, hub.mesh.certificate.expires_at)  # same CN, wrong issuer
     assert not await connects(site.port, client_tls(stranger, site), "stranger")
     assert await connects(site.port, client_tls(fridge_dir, site), "fridge-ok")
 

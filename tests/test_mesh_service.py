@@ -76,9 +76,7 @@ async def test_pairing_over_mqtt_then_the_new_device_is_served(
     assert (tmp_path / "fridge" / "household.json").stat().st_mode & 0o777 == 0o600
     # The running hub never saw the fridge's certificate: it learns it from the fridge's signed presence.
     hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
-    fridge = service(
-        tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store, serve=False, suffix="-cli"
-    )
+    fridge = service(tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store, serve=False)
     async with hub, fridge:
         await fridge.wait_for_peers("generate", 5)
         routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8))
@@ -93,8 +91,8 @@ async def test_hostile_frames_while_serving_are_dropped_and_the_hub_keeps_servin
     hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
     fridge = service(tmp_path / "fridge", config("fridge", broker.port, "fridge-panel"), store)
     async with hub, fridge:
-        household = hub.membership.household_id
-        req_topic = str(Address(household, hub.certificate.device_id, Channel.REQUESTS))
+        household = hub.mesh.membership.household_id
+        req_topic = str(Address(household, hub.mesh.certificate.device_id, Channel.REQUESTS))
         pres_topic = str(Address(household, "f" * 32, Channel.PRESENCE))
         hostile = [os.urandom(n) for n in (1, 57, 300, 5000)] + [
             b"HE" + os.urandom(200),
@@ -106,17 +104,17 @@ async def test_hostile_frames_while_serving_are_dropped_and_the_hub_keeps_servin
                 paho_publish.single(topic, payload, qos=1, hostname="127.0.0.1", port=broker.port)
         # A genuine envelope carrying garbage JSON from a real member: decrypts, then fails validation.
         await fridge.wait_for_peers("generate", 5)
-        await fridge.node.send(
-            hub.certificate.device_id,
+        await fridge.mesh.node.send(
+            hub.mesh.certificate.device_id,
             Channel.REQUESTS,
             b'{"type": "request", "id": "nope"}',
-            session=hub.node.session,
+            session=hub.mesh.node.session,
         )
         routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8))
         assert [c async for c in routed] and routed.served_by == "hub"
         await asyncio.sleep(0.3)
-        assert sum(hub.node.dropped.values()) >= len(hostile) + 1, hub.node.dropped
-        assert hub.node.dropped["InvalidMessage"] == 1
+        assert sum(hub.mesh.node.dropped.values()) >= len(hostile) + 1, hub.mesh.node.dropped
+        assert hub.mesh.node.dropped["InvalidMessage"] == 1
 
 
 async def test_revoked_device_is_refused_by_the_hub(
@@ -128,14 +126,14 @@ async def test_revoked_device_is_refused_by_the_hub(
     hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
     async with hub:
         HouseholdState(tmp_path / "hub").revoke([HouseholdState(tmp_path / "fridge").identity.device_id])
-        await hub.endpoint.publish_presence()  # picks the new CRL up from disk and gossips it
+        await hub.mesh.endpoint.publish_presence()  # picks the new CRL up from disk and gossips it
         fridge = service(tmp_path / "fridge", cfg, store)
         async with fridge:
             await fridge.wait_for_peers("generate", 5)
             with pytest.raises(NoRouteError):
                 async for _ in fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=8)):
                     pass
-        assert hub.node.dropped["NotAMemberError"] >= 1
+        assert hub.mesh.node.dropped["NotAMemberError"] >= 1
 
 
 async def test_revocation_rotates_the_group_key_for_remaining_members_only(
@@ -146,43 +144,48 @@ async def test_revocation_rotates_the_group_key_for_remaining_members_only(
         provision(tmp_path / "hub", tmp_path / name, name, profile)
     hub = service(tmp_path / "hub", config("hub", broker.port, "hub"), store)
     clients = {
-        n: service(tmp_path / n, config(n, broker.port, p), store, serve=False, suffix="-cli")
+        n: service(tmp_path / n, config(n, broker.port, p), store, serve=False)
         for n, p in (("fridge", "fridge-panel"), ("thief", "phone"))
     }
     fridge, thief = clients["fridge"], clients["thief"]
     async with hub, fridge, thief:
         for c in clients.values():
             await c.wait_for_peers("generate", 5)
-        assert hub.node.group_epoch == fridge.node.group_epoch == thief.node.group_epoch == 0
-        HouseholdState(tmp_path / "hub").revoke([thief.certificate.device_id])
-        await hub.endpoint.publish_presence()  # picks the revocation up, rotates, seals the key to members
-        assert hub.node.group_epoch == 1
-        assert await until(lambda: fridge.node.group_epoch == 1), "the fridge never got the new key"
+        assert hub.mesh.node.group_epoch == fridge.mesh.node.group_epoch == thief.mesh.node.group_epoch == 0
+        HouseholdState(tmp_path / "hub").revoke([thief.mesh.certificate.device_id])
+        await (
+            hub.mesh.endpoint.publish_presence()
+        )  # picks the revocation up, rotates, seals the key to members
+        assert hub.mesh.node.group_epoch == 1
+        assert await until(lambda: fridge.mesh.node.group_epoch == 1), "the fridge never got the new key"
         saved = HouseholdState(tmp_path / "fridge").load()
-        assert saved.group_epoch == 1 and saved.group_key == hub.node.group_key.hex()
+        assert saved.group_epoch == 1 and saved.group_key == hub.mesh.node.group_key.hex()
         assert 0 in saved.past_group_keys  # members that missed the rotation are still readable
         # The revoked device cannot read the hub's adverts any more.
-        thief.node.dropped.clear()
-        await hub.endpoint.publish_presence()
-        assert await until(lambda: thief.node.dropped["ForgedMessageError"] >= 1)
-        assert thief.node.group_epoch == 0 and hub.node.group_key not in thief.node.opener.group_keys.values()
+        thief.mesh.node.dropped.clear()
+        await hub.mesh.endpoint.publish_presence()
+        assert await until(lambda: thief.mesh.node.dropped["ForgedMessageError"] >= 1)
+        assert (
+            thief.mesh.node.group_epoch == 0
+            and hub.mesh.node.group_key not in thief.mesh.node.opener.group_keys.values()
+        )
         # The fridge, on the new key, is still served.
         routed = fridge.router.generate(GenerateRequest.from_prompt("Say hi.", max_tokens=4))
         assert "".join([c.text async for c in routed]) and routed.served_by == "hub"
         # A member that was offline during the rotation gets the key when it next shows up.
-        car = service(
-            tmp_path / "car", config("car", broker.port, "car-headunit"), store, serve=False, suffix="-cli"
-        )
+        car = service(tmp_path / "car", config("car", broker.port, "car-headunit"), store, serve=False)
         async with car:
-            assert await until(lambda: car.node.group_epoch == 1), "the hub did not rekey the late member"
+            assert await until(lambda: car.mesh.node.group_epoch == 1), (
+                "the hub did not rekey the late member"
+            )
             # Only the hub (an admin certificate) may rotate the key.
             forged = GroupKey(epoch=7, key=os.urandom(32).hex())
-            assert await until(lambda: car.certificate.device_id in fridge.node.membership.certs)
-            await fridge.endpoint._send(
-                car.certificate.device_id, Channel.REQUESTS, forged, session=car.node.session
+            assert await until(lambda: car.mesh.certificate.device_id in fridge.mesh.node.membership.certs)
+            await fridge.mesh.endpoint._send(
+                car.mesh.certificate.device_id, Channel.REQUESTS, forged, session=car.mesh.node.session
             )
-            assert await until(lambda: car.node.dropped["Forbidden"] == 1)
-            assert car.node.group_epoch == 1
+            assert await until(lambda: car.mesh.node.dropped["Forbidden"] == 1)
+            assert car.mesh.node.group_epoch == 1
         assert HouseholdState(tmp_path / "car").load().group_epoch == 1
 
 

@@ -42,7 +42,7 @@ async def test_fridge_chat_is_served_by_the_hub_and_streamed_back(
     )
     assert fridge.plan.for_task("generate").mode == "offload-only"
     async with hub, fridge:
-        assert hub.offers["generate"].rate > 10  # measured by the self-benchmark
+        assert hub.mesh.offers["generate"].rate > 10  # measured by the self-benchmark
         await fridge.wait_for_peers("generate", timeout=5)
         routed = fridge.router.generate(GenerateRequest.from_prompt(PROMPT, max_tokens=48))
         assert routed.decision.ranked[0].name == "hub", routed.decision.explain()
@@ -54,7 +54,7 @@ async def test_fridge_chat_is_served_by_the_hub_and_streamed_back(
         # Embeddings run on the fridge itself (its plan has a local int8 MiniLM).
         result, served_by = await fridge.router.embed(EmbedRequest(texts=["The fridge door is open."]))
         assert served_by.endswith("(local)") and result.dim == 384
-        assert hub.node.dropped == {} and fridge.node.dropped == {}
+        assert hub.mesh.node.dropped == {} and fridge.mesh.node.dropped == {}
 
 
 FAILOVER_TRIALS = 50
@@ -70,33 +70,36 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
     request = GenerateRequest.from_prompt(PROMPT, max_tokens=48, min_tokens=40)
     expected = reference(llm_int4, min_tokens=40)
     served_first: list[str] = []
-    async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
-        rig.offers.update(rig.hubs["hub-a"].offers)
-        for trial in range(FAILOVER_TRIALS):
-            async with watchdog(90, f"trial {trial}"):
-                await fridge.wait_for_peers("generate", timeout=5)
-                kill_after = 1 + (trial * 7) % 28  # tokens received before the serving hub dies
-                routed = fridge.router.generate(request)
-                text, seen = "", 0
-                victim = None
-                async for chunk in routed:
-                    text += chunk.text
-                    seen += len(chunk.token_ids)
-                    if victim is None and seen >= kill_after:
-                        victim = routed.served_by
-                        served_first.append(victim)
-                        await crash(rig.hubs[victim])
-                assert victim is not None
-                assert text == expected, f"trial {trial}: killed {victim} after {kill_after} tokens"
-                assert routed.failovers == 1 and routed.served_by != victim, routed.attempts
-                assert await rig.revive(victim, fridge)
+    try:
+        async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge:
+            rig.offers.update(rig.hubs["hub-a"].mesh.offers)
+            for trial in range(FAILOVER_TRIALS):
+                async with watchdog(90, f"trial {trial}"):
+                    await fridge.wait_for_peers("generate", timeout=5)
+                    kill_after = 1 + (trial * 7) % 28  # tokens received before the serving hub dies
+                    routed = fridge.router.generate(request)
+                    text, seen = "", 0
+                    victim = None
+                    async for chunk in routed:
+                        text += chunk.text
+                        seen += len(chunk.token_ids)
+                        if victim is None and seen >= kill_after:
+                            victim = routed.served_by
+                            served_first.append(victim)
+                            await crash(rig.hubs[victim])
+                    assert victim is not None
+                    assert text == expected, f"trial {trial}: killed {victim} after {kill_after} tokens"
+                    assert routed.failovers == 1 and routed.served_by != victim, routed.attempts
+                    assert await rig.revive(victim, fridge)
+    finally:
+        await rig.aclose()
     assert served_first[:4] == ["hub-a", "hub-b", "hub-a", "hub-b"] or served_first[:4] == [
         "hub-b",
         "hub-a",
         "hub-b",
         "hub-a",
     ]  # each hub died mid-stream and each resumed the other's stream
-    assert fridge.node.dropped == {}
+    assert fridge.mesh.node.dropped == {}
 
 
 async def test_broker_restart_mid_stream_reconnects_and_the_stream_completes(

@@ -53,7 +53,7 @@ async def test_offload_and_shared_translation_memory(
     phone = service(tmp_path / "phone", with_translate(phone_cfg, shared_memory=False), store)
     request = TranslateRequest(texts=[TEXT], source="en", target="pt")
     async with hub, fridge, car, phone:
-        assert hub.offers["translate"].pairs == ["en-pt", "pt-en"]
+        assert hub.mesh.offers["translate"].pairs == ["en-pt", "pt-en"]
         await fridge.wait_for_peers("translate", timeout=5)
         result, served_by = await fridge.translate(request)
         assert served_by == "hub" and result.stats.cached == 0 and result.stats.sentences == 2
@@ -68,46 +68,58 @@ async def test_offload_and_shared_translation_memory(
         assert by == "translation memory" and cached.stats.cached == 2
         assert cached.translations == expected.translations
         assert car.agent is not None and car.agent.models.loaded_tasks() == []
-        assert car.memory is not None and len(car.memory) == 2
+        assert car.mesh.memory is not None and len(car.mesh.memory) == 2
 
         # A tampered entry (its signature no longer covers the text) in the hub's memory is never served:
         # entries are re-verified on every hit. The car gets the sentence computed instead.
         other = "Lock the front door at night."
-        assert hub.memory is not None and fridge.memory is not None
-        genuine = make_entry(hub.state.identity.signing_key, hub.certificate.device_id, "en-pt", other,
-                             "Tranque a porta da frente à noite.", "bergamot-tiny11-en-pt@int8")  # fmt: skip
-        hub.memory.put(genuine.model_copy(update={"translation": "Abra a porta para todos."}))
+        assert hub.mesh.memory is not None and fridge.mesh.memory is not None
+        genuine = make_entry(
+            hub.mesh.state.identity.signing_key,
+            hub.mesh.certificate.device_id,
+            "en-pt",
+            other,
+            "Tranque a porta da frente à noite.",
+            "bergamot-tiny11-en-pt@int8",
+        )
+        hub.mesh.memory.put(genuine.model_copy(update={"translation": "Abra a porta para todos."}))
         forged, by = await car.translate(TranslateRequest(texts=[other], source="en", target="pt"))
         assert (
             "Abra" not in forged.translations[0] and forged.stats.cached == 0 and by != "translation memory"
         )
-        entry = hub.memory.get("en-pt", other)
+        entry = hub.mesh.memory.get("en-pt", other)
         assert entry is None or "Abra" not in entry.translation
         # Entries signed by a member whose certificate does not serve translate (the fridge), or by a
         # device outside the household, are neither handed on nor accepted.
-        by_fridge = make_entry(fridge.state.identity.signing_key, fridge.certificate.device_id, "en-pt",
-                               "Good morning.", "Compre já!", "x")  # fmt: skip
-        outsider = make_entry(
-            car.state.identity.signing_key, "0" * 32, "en-pt", "Good night.", "Boa noite.", "x"
+        by_fridge = make_entry(
+            fridge.mesh.state.identity.signing_key,
+            fridge.mesh.certificate.device_id,
+            "en-pt",
+            "Good morning.",
+            "Compre já!",
+            "x",
         )
-        fridge.memory.put(by_fridge)
-        hub.memory.put(outsider)
+        outsider = make_entry(
+            car.mesh.state.identity.signing_key, "0" * 32, "en-pt", "Good night.", "Boa noite.", "x"
+        )
+        fridge.mesh.memory.put(by_fridge)
+        hub.mesh.memory.put(outsider)
         again, _ = await car.translate(
             TranslateRequest(texts=["Good morning.", "Good night."], source="en", target="pt")
         )
         assert again.stats.cached == 0 and "Compre" not in again.translations[0]
         # Policy off: the phone keeps no memory, answers no queries, and whoever translates for it is
         # asked not to keep its sentences.
-        assert phone.memory is None
+        assert phone.mesh.memory is None
         await phone.wait_for_peers("translate", timeout=5)
-        kept = [len(svc.memory or ()) for svc in (hub, fridge, car)]
+        kept = [len(svc.mesh.memory or ()) for svc in (hub, fridge, car)]
         private = TranslateRequest(texts=["My bank PIN is written on the fridge."], source="en", target="pt")
         own, by = await phone.translate(private)
         assert by == "hub" and own.translations[0] and own.stats.cached == 0
-        assert kept == [len(svc.memory or ()) for svc in (hub, fridge, car)]
+        assert kept == [len(svc.mesh.memory or ()) for svc in (hub, fridge, car)]
 
         # An unsupported pair is a clear error naming what the household can do.
         with pytest.raises(InvalidRequestError, match=r"fr→pt .*available: en→pt, pt→en"):
             await fridge.translate(TranslateRequest(texts=["Bonjour"], source="fr", target="pt"))
         for svc in (hub, fridge):
-            assert not {k for k in svc.node.dropped if not k.startswith("Memory")}, svc.node.dropped
+            assert not {k for k in svc.mesh.node.dropped if not k.startswith("Memory")}, svc.mesh.node.dropped

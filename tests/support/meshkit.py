@@ -12,12 +12,12 @@ from pathlib import Path
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
+from edge_agent.hearth import Hearth
 from edge_agent.mesh.protocol import Offer
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
-from edge_agent.service import MeshService
 from edge_agent.tasks import TASKS, Task
 
 
@@ -83,21 +83,23 @@ def service(
     *,
     serve: bool = True,
     agent: Agent | None = None,
-    suffix: str = "",
-) -> MeshService:
+) -> Hearth:
+    """A device's agent, assembled as the product assembles it (the `Hearth` façade), with its mesh
+    state in ``home``; ``serve=False`` is a one-shot client (no adverts, serves nothing)."""
     profile = load_profile(cfg.agent.profile)
     plan = plan_for_profile(profile, [p.manifest for p in store.list()])
-    if agent is None and serve:
-        agent = Agent(cfg, profile, store)
-    return MeshService(cfg, profile, plan, home, agent=agent, serve=serve, client_id_suffix=suffix)
+    return Hearth(cfg, profile, store, plan, serve=serve, agent=agent, state_dir=home, local_socket=False)
 
 
-async def crash(svc: MeshService) -> None:
+async def crash(agent: Hearth) -> None:
     """What a dead agent looks like to the mesh: its TCP connection drops without DISCONNECT, so the
-    broker fires its last will (emptying its retained presence), and its work stops."""
-    if svc.node.transport is not None:
-        svc.node.transport.abort()
-    await svc.endpoint.close(clean=False)
+    broker fires its last will (its signed departure notice), its work stops and its state is let go
+    (as the process would on exit), without a clean departure."""
+    mesh = agent.mesh
+    if mesh.node.transport is not None:
+        mesh.node.transport.abort()
+    await mesh.endpoint.close(clean=False)
+    await agent.__aexit__(None, None, None)
 
 
 @dataclass
@@ -107,7 +109,7 @@ class TwoHubs:
     home: Path
     store: PackStore
     configs: dict[str, AgentConfig]
-    hubs: dict[str, MeshService]
+    hubs: dict[str, Hearth]
     offers: dict[Task, Offer] = field(default_factory=dict)
 
     @classmethod
@@ -119,7 +121,7 @@ class TwoHubs:
             provision(home / "hub-a", home / name, name, "hub")
         return cls(home, store, configs, {n: service(home / n, c, store) for n, c in configs.items()})
 
-    async def revive(self, victim: str, watcher: MeshService) -> bool:
+    async def revive(self, victim: str, watcher: Hearth) -> bool:
         """Restart ``victim`` (same keys and state dir, model already loaded), advertising half the speed
         while the survivor advertises full speed, so the next trial kills the other hub. True once
         ``watcher`` has heard both adverts."""
@@ -127,21 +129,29 @@ class TwoHubs:
         cfg = cfg.model_copy(update={"mesh": cfg.mesh.model_copy(update={"self_benchmark": False})})
         agent = self.hubs[victim].agent
         self.hubs[victim] = revived = service(self.home / victim, cfg, self.store, agent=agent)
-        revived.offers.update({t: o.model_copy(update={"rate": o.rate / 2}) for t, o in self.offers.items()})
+        await revived.__aenter__()
+        revived.mesh.offers.update(
+            {t: o.model_copy(update={"rate": o.rate / 2}) for t, o in self.offers.items()}
+        )
         survivor = self.hubs[next(n for n in self.hubs if n != victim)]
-        survivor.offers.update(self.offers)
+        survivor.mesh.offers.update(self.offers)
         # Steer by adverts alone: forget what the watcher measured of the survivor (the router would
         # otherwise rightly trust its measurement over the revived hub's claim).
-        if (known := watcher.endpoint.peers.get(survivor.certificate.device_id)) is not None:
+        if (known := watcher.mesh.endpoint.peers.get(survivor.mesh.certificate.device_id)) is not None:
             known.throughput = None
         since = time.monotonic()
-        await revived.__aenter__()
-        await survivor.endpoint.publish_presence()
+        await revived.mesh.endpoint.publish_presence()
+        await survivor.mesh.endpoint.publish_presence()
         heard = [
-            await watcher.endpoint.wait_for_presence(h.certificate.device_id, 5, since)
+            await watcher.mesh.endpoint.wait_for_presence(h.mesh.certificate.device_id, 5, since)
             for h in (revived, survivor)
         ]
         return all(heard)
+
+    async def aclose(self) -> None:
+        """Stop the hubs still running (revived ones included)."""
+        for hub in self.hubs.values():
+            await hub.__aexit__(None, None, None)
 
 
 @contextlib.asynccontextmanager

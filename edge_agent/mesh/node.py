@@ -109,6 +109,8 @@ class MeshNode:
         self.session = secrets.token_hex(8)
         """Random per start: direct messages to us are sealed for it (see protocol.py)."""
         self.transport: Transport | None = None
+        self._sealed_for: dict[Address, str] = {}
+        """Our inboxes' names as envelopes must bind them (computed once: every frame checks one)."""
         self.dropped: Counter[str] = Counter()
         """Refused frames by reason class, for diagnostics (`hearth peers` shows them)."""
         self.counter = SendCounter(state_dir / "send-counter.json")
@@ -224,8 +226,11 @@ class MeshNode:
                 if item.retained:
                     self._drop("RetainedInbox", str(item.address), len(item.frame))
                     continue
+                sealed_for = self._sealed_for.get(item.address)
+                if sealed_for is None:
+                    sealed_for = self._sealed_for[item.address] = f"{item.address}#{self.session}"
                 try:
-                    yield self.opener.open(item.frame, f"{item.address}#{self.session}")
+                    yield self.opener.open(item.frame, sealed_for)
                 except PeerError as exc:
                     self._drop(exc, str(item.address), len(item.frame))
                 continue

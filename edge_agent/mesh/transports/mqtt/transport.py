@@ -71,8 +71,10 @@ class MqttTransport(Transport):
         await self.client.publish(self._board, frame, retain=True)
 
     async def incoming(self) -> AsyncIterator[Incoming]:
+        inboxes = {str(a): a for a in (Address(self.household, self.device, c)
+                                       for c in (Channel.REQUESTS, Channel.RESPONSES))}  # fmt: skip
         async for frame in self.client.frames():
-            address = Address.parse(frame.topic)
+            address = inboxes.get(frame.topic) or Address.parse(frame.topic)  # the hot path is a lookup
             if address is None or address.household != self.household:
                 log.debug("ignored a frame on %s", frame.topic)
                 continue

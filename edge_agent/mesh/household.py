@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
@@ -155,6 +156,7 @@ class Membership:
         self.revoked: frozenset[str] = frozenset()
         self.crl_version = -1
         self.crl: RevocationList | None = None
+        self._bounds: dict[str, tuple[DeviceCertificate, float, float]] = {}
         self.on_revoked: list[Callable[[frozenset[str]], None]] = []
         """Called with the newly revoked device ids whenever a newer CRL is applied (purge peers,
         fail their streams, forget their translation-memory entries)."""
@@ -193,8 +195,12 @@ class Membership:
         cert = self.certs.get(device_id)
         if cert is None:
             raise NotAMemberError(f"device {device_id} is not a known household member")
-        now = now or datetime.now(UTC)
-        if not cert.issued_at <= now < cert.expires_at:
+        # Checked on every message sent and opened: compare Unix seconds, converted once per cert.
+        bounds = self._bounds.get(device_id)
+        if bounds is None or bounds[0] is not cert:
+            bounds = self._bounds[device_id] = (cert, cert.issued_at.timestamp(), cert.expires_at.timestamp())
+        t = time.time() if now is None else now.timestamp()
+        if not bounds[1] <= t < bounds[2]:
             raise NotAMemberError(
                 f"certificate of {device_id} is not valid now (expires {cert.expires_at:%Y-%m-%d})"
             )

@@ -44,6 +44,15 @@ def _sealed_request(home, sender, to) -> tuple[Address, bytes]:  # type: ignore[
     return address, frame
 
 
+async def _started(dev, peer, words, gate):  # type: ignore[no-untyped-def]
+    """A stream from ``dev`` that ``peer`` has accepted and holds at ``gate`` (a test opens it)."""
+    GATES[gate] = asyncio.Queue()
+    stream = _stream(dev, peer, words, gate=gate)
+    pending = asyncio.ensure_future(stream.__anext__())
+    assert await until(lambda: peer.endpoint.queue_depth == 1)
+    return stream, pending
+
+
 async def _collect(agen) -> list[Chunk]:  # type: ignore[no-untyped-def]
     return [c async for c in agen]
 
@@ -57,10 +66,7 @@ async def test_revoked_peer_gets_nothing_and_is_purged(tmp_path: Path) -> None:
         fridge = home.device("fridge")
         phone = home.device("phone")
         await home.start(hub, fridge, phone)
-        GATES["g1"] = asyncio.Queue()
-        stream = _stream(phone, hub, ["a", "b"], gate="g1")
-        first = asyncio.ensure_future(stream.__anext__())
-        await until(lambda: hub.endpoint.queue_depth == 1)
+        stream, pending = await _started(phone, hub, ["a", "b"], "g1")
         home.revoke(phone)
         # The hub stopped serving the revoked requester, and refuses to send it anything at all.
         assert await until(lambda: hub.endpoint.queue_depth == 0)
@@ -80,9 +86,9 @@ async def test_revoked_peer_gets_nothing_and_is_purged(tmp_path: Path) -> None:
         assert hub.endpoint.peers.get(phone.id) is None and fridge.endpoint.peers.get(phone.id) is None
         with contextlib.suppress(BaseException):
             GATES["g1"].put_nowait(None)
-        first.cancel()
+        pending.cancel()
         with contextlib.suppress(BaseException):
-            await first
+            await pending
         await stream.aclose()
 
 
@@ -91,10 +97,7 @@ async def test_stream_to_a_peer_fails_when_that_peer_is_revoked(tmp_path: Path) 
         hub = home.device("hub", serves=["generate"], admin=True)
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        GATES["g2"] = asyncio.Queue()
-        stream = _stream(fridge, hub, ["a", "b"], gate="g2")
-        pending = asyncio.ensure_future(stream.__anext__())
-        await until(lambda: hub.endpoint.queue_depth == 1)
+        stream, pending = await _started(fridge, hub, ["a", "b"], "g2")
         home.revoke(hub)
         with pytest.raises(PeerLostError, match=r"^revoked$"):
             await asyncio.wait_for(pending, 2)
@@ -124,10 +127,7 @@ async def test_unsigned_departure_is_checked_not_believed(tmp_path: Path) -> Non
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        GATES["g3"] = asyncio.Queue()
-        stream = _stream(fridge, hub, ["a"], gate="g3")
-        pending = asyncio.ensure_future(stream.__anext__())
-        await until(lambda: hub.endpoint.queue_depth == 1)
+        stream, pending = await _started(fridge, hub, ["a"], "g3")
         home.sim.empty_board(hub.id)  # anyone allowed to write the topic can do this
         assert await until(lambda: fridge.node.dropped["UnconfirmedDeparture"] == 1)
         assert fridge.endpoint.peers.get(hub.id) is not None and not pending.done()
@@ -163,10 +163,7 @@ async def test_crash_fires_the_signed_departure_and_streams_fail_over(tmp_path: 
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        GATES["g4"] = asyncio.Queue()
-        stream = _stream(fridge, hub, ["a"], gate="g4")
-        pending = asyncio.ensure_future(stream.__anext__())
-        await until(lambda: hub.endpoint.queue_depth == 1)
+        stream, pending = await _started(fridge, hub, ["a"], "g4")
         home.sim.crash(hub.id)
         with pytest.raises(PeerLostError, match=r"^hub left the mesh$"):
             await asyncio.wait_for(pending, 2)
@@ -179,10 +176,7 @@ async def test_a_requester_that_crashed_is_no_longer_served(tmp_path: Path) -> N
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        GATES["g7"] = asyncio.Queue()
-        stream = _stream(fridge, hub, ["a"], gate="g7")
-        pending = asyncio.ensure_future(stream.__anext__())
-        assert await until(lambda: hub.endpoint.queue_depth == 1)
+        stream, pending = await _started(fridge, hub, ["a"], "g7")
         home.sim.crash(fridge.id)  # its signed departure reaches the hub
         assert await until(lambda: hub.endpoint.queue_depth == 0)
         pending.cancel()
@@ -437,10 +431,7 @@ async def test_a_stream_abandoned_while_our_link_was_down_is_cancelled_on_reconn
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        GATES["g6"] = asyncio.Queue()
-        stream = _stream(fridge, hub, ["a", "b"], gate="g6")
-        pending = asyncio.ensure_future(stream.__anext__())
-        assert await until(lambda: hub.endpoint.queue_depth == 1)
+        stream, pending = await _started(fridge, hub, ["a", "b"], "g6")
         home.sim.sever(fridge.id)  # our own link drops (the hub does not hear of it)
         with pytest.raises(LinkDownError):
             await asyncio.wait_for(pending, 2)

@@ -31,7 +31,6 @@ from edge_agent.engines.interfaces import (
     TranslateRequest,
     TranslateResult,
 )
-from edge_agent.errors import NoLocalModelError
 from edge_agent.mesh.files import StateLock
 from edge_agent.mesh.state import HouseholdState, state_dir_for
 from edge_agent.models.selection import Plan
@@ -192,11 +191,8 @@ class Hearth:
 
     def _runs_here(self, task: Task, pair: str | None = None) -> None:
         """Without the mesh, a task the plan cannot run here is this device's limit, said plainly."""
-        tp = self.plan.for_task(task, pair)
-        if self.service is None and tp.chosen is None and tp.mode != "local":
-            detail = "; ".join(f"{r.pack_id}: {r.reason}" for r in tp.rejected) or tp.reason
-            what = f"{task} {pair}" if pair else task
-            raise NoLocalModelError(f"'{what}' cannot run on {self.profile.id} ({tp.mode}): {detail}")
+        if self.service is None:
+            self.agent.models.require_local(task, pair)
 
     def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
         """Stream an answer from wherever it is expected to finish first (failing over mid-answer)."""

@@ -76,7 +76,12 @@ async def test_revoked_peer_gets_nothing_and_is_purged(tmp_path: Path) -> None:
         ):
             await hub.node.send(phone.id, Channel.RESPONSES, b"x", session=phone.node.session)
         sent_before = len(home.sim.wiretap.frames)
-        await asyncio.sleep(0.2)  # several presence intervals of the others' traffic
+        hub_board = str(Address(home.root.household_id, hub.id, Channel.PRESENCE))
+
+        def hub_adverts() -> int:
+            return sum(a == hub_board for a, _ in home.sim.wiretap.frames[sent_before:])
+
+        assert await until(lambda: hub_adverts() >= 3)  # three rounds of the hub's own traffic
         to_phone = [
             a
             for a, _ in home.sim.wiretap.frames[sent_before:]

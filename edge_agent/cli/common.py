@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.hearth import mesh_state_dir as mesh_state_dir  # re-exported for the commands
 from edge_agent.models.selection import Plan, plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import FirmwareProfile, detect_host, list_profiles, load_profile, nearest_profile
@@ -57,14 +58,6 @@ def load_context(config_path: Path | None, profile: str | None) -> Context:
     prof = resolve_profile(profile or cfg.agent.profile)
     store = PackStore()
     return Context(cfg, prof, store, plan_for_profile(prof, [p.manifest for p in store.list()]))
-
-
-def mesh_state_dir(config: AgentConfig) -> Path:
-    """Where this device's mesh keys and household state live (``[mesh] state_dir`` or <home>/mesh)."""
-    from edge_agent.mesh.state import state_dir_for
-    from edge_agent.paths import hearth_home
-
-    return state_dir_for(config.mesh.state_dir, hearth_home())
 
 
 @contextlib.asynccontextmanager

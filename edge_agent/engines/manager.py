@@ -13,6 +13,7 @@ from typing import Any
 
 from edge_agent.engines.base import Engine, EngineOptions, engine_class
 from edge_agent.errors import BudgetExceededError, NoLocalModelError
+from edge_agent.models.pack import PackManifest
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.profiles.model import FirmwareProfile
@@ -79,16 +80,21 @@ class ModelManager:
         """Plan slots with a loaded engine."""
         return list(self._loaded)
 
+    def require_local(self, task: Task, pair: str | None = None) -> PackManifest:
+        """The pack the plan runs ``task`` with here, or NoLocalModelError naming why there is none."""
+        tp = self.plan.for_task(task, pair)
+        if tp.chosen is None:
+            detail = "; ".join(f"{r.pack_id}: {r.reason}" for r in tp.rejected) or tp.reason
+            what = f"{task} {pair}" if pair else task
+            raise NoLocalModelError(f"'{what}' cannot run on {self.profile.id} ({tp.mode}): {detail}")
+        return tp.chosen
+
     async def _ensure(self, task: Task, pair: str | None) -> _Loaded:
         tp = self.plan.for_task(task, pair)
         async with self._lock:
             if tp.slot in self._loaded:
                 return self._loaded[tp.slot]
-            if tp.chosen is None:
-                detail = "; ".join(f"{r.pack_id}: {r.reason}" for r in tp.rejected) or tp.reason
-                what = f"{task} {pair}" if pair else task
-                raise NoLocalModelError(f"'{what}' cannot run on {self.profile.id} ({tp.mode}): {detail}")
-            pack = self.store.get(tp.chosen.pack_id)
+            pack = self.store.get(self.require_local(task, pair).pack_id)
             need = pack.manifest.peak_ram_mb
             if need > self.budget_mb:
                 raise BudgetExceededError(

@@ -24,6 +24,7 @@ from edge_agent.errors import (
     PeerError,
     RecipientNotMemberError,
     ReplayError,
+    TransportError,
 )
 from edge_agent.mesh.envelope import EnvelopeOpener, Opened, seal
 from edge_agent.mesh.household import DeviceCertificate, Membership
@@ -159,8 +160,6 @@ class MeshNode:
 
     def _link(self) -> Transport:
         if self.transport is None:
-            from edge_agent.errors import TransportError
-
             raise TransportError("not connected")
         return self.transport
 

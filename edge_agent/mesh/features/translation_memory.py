@@ -60,22 +60,21 @@ class MemoryExchange:
             if n := self.memory.forget_producer(device_id):
                 log.info("forgot %d translation-memory entries of revoked device %s", n, device_id[:8])
 
-    def _trusted_producer(self, entry: MemoryEntry) -> DeviceCertificate | None:
-        """The producer's current certificate, if it is a member that may serve translate."""
+    def _producer(self, entry: MemoryEntry, *, own_ok: bool = False) -> DeviceCertificate | None:
+        """The producer's current certificate, if it is a member that may serve translate (or, with
+        ``own_ok``, this device: its own cache is usable here, though not shared)."""
         try:
             producer = self.endpoint.node.membership.member(entry.producer)
         except HearthError:
             return None
-        return producer if "translate" in producer.serves else None
+        if "translate" in producer.serves or (own_ok and producer.device_id == self.endpoint.device_id):
+            return producer
+        return None
 
     def _trusted(self, entry: MemoryEntry) -> bool:
-        """Fit to use here: signed by a current member, which is this device or one that serves translate."""
-        try:
-            producer = self.endpoint.node.membership.member(entry.producer)
-        except HearthError:
-            return False
-        own = producer.device_id == self.endpoint.device_id
-        return (own or "translate" in producer.serves) and entry.verify(producer.verify_key)
+        """Fit to use here: from a trusted producer (see `_producer`), and the signature still holds."""
+        producer = self._producer(entry, own_ok=True)
+        return producer is not None and entry.verify(producer.verify_key)
 
     # -- answering ------------------------------------------------------------------------------------
 
@@ -93,7 +92,7 @@ class MemoryExchange:
         hits: list[MemoryEntry] = []
         size = 0
         for entry in self.memory.lookup(query.keys):
-            if entry.pair != query.pair or self._trusted_producer(entry) is None:
+            if entry.pair != query.pair or self._producer(entry) is None:
                 continue
             size += len(entry.source) + len(entry.translation)
             if size > MEMORY_REPLY_CHARS:
@@ -166,7 +165,7 @@ class MemoryExchange:
             key = digest(pair, entry.source, self.memory.salt)
             if entry.pair != pair or sentences.get(key) != entry.source or key in found:
                 continue
-            producer = self._trusted_producer(entry)
+            producer = self._producer(entry)
             if producer is None:
                 dropped["MemoryNotAMember"] += 1
                 log.warning(

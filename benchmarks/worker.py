@@ -18,36 +18,32 @@ def _kb(key: str) -> float:
 
 class HearthLLM:
     def __init__(self, p: dict[str, Any]) -> None:
-        import onnxruntime_genai as og
-
         from edge_agent.engines.generate import GenerateEngine
         from edge_agent.models.store import PackStore
 
-        self.og = og
         pack = PackStore().get(p["pack_id"])
         self.engine = GenerateEngine(pack.path, pack.manifest.task_info, p["threads"])
 
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
-        og, eng = self.og, self.engine
+        from edge_agent.engines.genai_native import Generator
+
         ids = list(msg["prompt_ids"])
         n = msg["tokens"]
-        params = og.GeneratorParams(eng.model)
-        params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
-        gen = og.Generator(eng.model, params)
+        options = {"max_length": len(ids) + n, "min_length": len(ids) + n, "do_sample": False}
         out: list[int] = []
-        t0 = time.perf_counter()
-        gen.append_tokens(ids)
-        t1 = 0.0
-        while len(out) < n:
-            gen.generate_next_token()
-            out.append(int(gen.get_next_tokens()[0]))
-            if len(out) == 1:
-                t1 = time.perf_counter()
-        t2 = time.perf_counter()
+        with Generator(self.engine.model, options) as gen:
+            t0 = time.perf_counter()
+            gen.append_tokens(ids)
+            t1 = 0.0
+            while len(out) < n:
+                out.append(gen.generate_next_token())
+                if len(out) == 1:
+                    t1 = time.perf_counter()
+            t2 = time.perf_counter()
         return {"ttft_ms": (t1 - t0) * 1000, "decode_tok_s": (n - 1) / (t2 - t1), "tokens": out}
 
     def tokenize(self, text: str) -> list[int]:
-        return [int(t) for t in self.engine.tokenizer.encode(text)]
+        return self.engine.tokenizer.encode(text)
 
 
 class LlamaCpp:

@@ -24,7 +24,8 @@ prints it as one line instead of a traceback::
     └── EngineError            inference problems
         ├── InvalidRequestError  empty prompt, too long, bad text, batch too large (caller's fault)
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
-        └── NoLocalModelError    the plan says this task is offload-only here
+        ├── NoLocalModelError    the plan says this task is offload-only here
+        └── GenaiError           onnxruntime-genai reported an error (its own message)
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ class BudgetExceededError(EngineError):
 
 class NoLocalModelError(EngineError):
     """No pack for this task fits this device: the task must be offloaded to a peer."""
+
+
+class GenaiError(EngineError):
+    """onnxruntime-genai reported an error; the message is its own, after what we were doing."""
 
 
 class OffloadError(HearthError):

@@ -2,19 +2,19 @@
 
 genai owns the KV cache (one shared past/present buffer sized to the request), sampling and the
 incremental byte-level detokenizer; we own the chat template, stop sequences, limits and streaming.
+It is called through its C API (`genai_native`), which lets go of the GIL while the model runs, so the
+agent's event loop keeps serving the mesh during a generation.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
-import onnxruntime_genai as og
-
+from edge_agent.engines import genai_native
 from edge_agent.engines.base import Engine, EngineOptions
 from edge_agent.engines.chat_template import render_chat
 from edge_agent.engines.interfaces import FinishReason, GenerateChunk, GenerateRequest, GenerateStats
@@ -62,21 +62,9 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
         self.pack_dir = pack_dir
         self.context_length = int(task_info.get("context_length", 2048))
         self.chat_template = str(task_info["chat_template"])
-        config = og.Config(str(pack_dir))
-        config.clear_providers()
-        config.overlay(
-            json.dumps(
-                {
-                    "model": {
-                        "decoder": {
-                            "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-                        }
-                    }
-                }
-            )
-        )
-        self.model = og.Model(config)
-        self.tokenizer = og.Tokenizer(self.model)
+        session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        self.model = genai_native.Model(pack_dir, {"model": {"decoder": {"session_options": session}}})
+        self.tokenizer = genai_native.Tokenizer(self.model)
         self._eos = frozenset(int(t) for t in task_info.get("eos_token_ids", self.tokenizer.eos_token_ids))
         self._lock = threading.Lock()
 
@@ -90,7 +78,7 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         request.validate_text()
         prompt = render_chat(self.chat_template, [m.model_dump() for m in request.messages])
-        ids = [int(i) for i in self.tokenizer.encode(prompt)]
+        ids = self.tokenizer.encode(prompt)
         if len(ids) >= self.context_length:
             raise InvalidRequestError(
                 f"prompt is {len(ids)} tokens but the context holds {self.context_length}; "
@@ -117,8 +105,7 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
                 f"fill the {self.context_length}-token context"
             )
         max_length = min(len(ids) + request.max_tokens, self.context_length)
-        params = og.GeneratorParams(self.model)
-        options: dict[str, Any] = {"max_length": max_length}
+        options: dict[str, float | int | bool] = {"max_length": max_length}
         if request.min_tokens:
             # genai counts the whole sequence (prompt + resumed + new) and masks every EOS id below it.
             options["min_length"] = min(len(ids) + request.min_tokens, max_length)
@@ -130,9 +117,19 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
             options.update(do_sample=False)
         if request.seed is not None:
             options["random_seed"] = request.seed
-        params.set_search_options(**options)
-        generator = og.Generator(self.model, params)
-        detok = self.tokenizer.create_stream()
+        with genai_native.Generator(self.model, options) as generator:
+            yield from self._decode(request, ids, prefix, generator, cancel)
+
+    def _decode(
+        self,
+        request: GenerateRequest,
+        ids: list[int],
+        prefix: list[int],
+        generator: genai_native.Generator,
+        cancel: threading.Event | None,
+    ) -> Iterator[GenerateChunk]:
+        cont = request.continuation
+        detok = self.tokenizer.stream()
         stops = _StopMatcher(request.stop)
         if prefix:
             # Prime the detokenizer with the resumed tokens; whatever of their text the caller has not
@@ -159,8 +156,7 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
                 break
             if generator.is_done():  # max_length reached
                 break
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
+            token = generator.generate_next_token()
             if t_first is None:
                 t_first = time.perf_counter()
             n += 1

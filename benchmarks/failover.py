@@ -6,7 +6,11 @@ DISCONNECT, so Mosquitto fires its last will), and checks the fridge's stream ag
 reference: identical text means no token was lost or repeated. Also times the gap the user sees (kill ->
 next chunk).
 
-    python -m benchmarks.failover --trials 200 [--json]
+    python -m benchmarks.failover --trials 200 [--json] [--min-tokens 40]
+
+Every answer is forced to at least ``--min-tokens`` tokens so that it outlasts every kill point whatever
+the model would say; ``--min-tokens 0`` lets the model stop on its own (the request before mesh v2,
+for A/B runs against older code).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ PROMPT = "Describe a kitchen in three sentences."
 RESULTS = Path(__file__).parent / "results"
 
 
-async def trials(n: int, tmp: Path) -> dict[str, object]:
+async def trials(n: int, tmp: Path, min_tokens: int = 40) -> dict[str, object]:
     store = PackStore()
-    request = GenerateRequest.from_prompt(PROMPT, max_tokens=48, min_tokens=40)  # outlasts every kill point
+    request = GenerateRequest.from_prompt(PROMPT, max_tokens=48, min_tokens=min_tokens)
     with run_mosquitto(tmp / "broker") as broker:
         rig = TwoHubs.create(tmp, broker.port, store)
         provision(tmp / "hub-a", tmp / "fridge", "fridge", "fridge-panel")
@@ -71,6 +75,7 @@ async def trials(n: int, tmp: Path) -> dict[str, object]:
             await rig.aclose()
         return {
             "trials": n,
+            "min_tokens": min_tokens,
             "exact_match": exact,
             "failed_over_once": failed_over,
             "gap_ms_median": statistics.median(gaps) if gaps else None,
@@ -86,9 +91,15 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+    parser.add_argument(
+        "--min-tokens",
+        type=int,
+        default=40,
+        help="Force answers to at least this many tokens (0: the model decides).",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = aio.run(trials(args.trials, Path(tmp)))
+        result = aio.run(trials(args.trials, Path(tmp), args.min_tokens))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "failover.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.json:

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help run test packs install install-dev system-deps lint typecheck bench clean lock
+.PHONY: help run test packs install install-dev system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -39,10 +39,13 @@ $(VENV)/.installed-dev: requirements/dev.txt pyproject.toml | $(VENV)/.toolchain
 # (/opt/wheels), never a CUDA build from PyPI. After `make lock`, run `make test` before committing.
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --no-header --find-links /opt/wheels
 lock: | $(VENV)/.toolchain  ## Re-resolve every dependency set to today's newest allowed versions (then: make test)
-	$(BIN)/uv pip compile requirements/toolchain.in $(LOCK_FLAGS) --upgrade -o requirements/toolchain.txt
-	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --upgrade -o requirements/mesh.txt
+	$(MAKE) relock UPGRADE=--upgrade
+
+relock: | $(VENV)/.toolchain  ## Re-resolve after a pyproject change, keeping every existing pin that still fits
+	$(BIN)/uv pip compile requirements/toolchain.in $(LOCK_FLAGS) $(UPGRADE) -o requirements/toolchain.txt
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) -o requirements/mesh.txt
 	for extra in agent build dev; do \
-	  $(BIN)/uv pip compile pyproject.toml --extra $$extra $(LOCK_FLAGS) --upgrade -o requirements/$$extra.txt || exit 1; \
+	  $(BIN)/uv pip compile pyproject.toml --extra $$extra $(LOCK_FLAGS) $(UPGRADE) -o requirements/$$extra.txt || exit 1; \
 	done
 
 install: $(VENV)/.installed-build  ## Agent + model-build toolchain

@@ -21,6 +21,18 @@ prints it as one line instead of a traceback::
     ├── RecipientNotMemberError  we refuse to send to a device that is no longer a household member
     ├── StateInUseError        the mesh state directory belongs to the running agent (use its socket)
     ├── LocalApiError          the running agent's local socket failed mid-answer
+    ├── UpdateError            a model update is refused (python-tuf's attack names); trusted state unchanged
+    │   ├── MalformedUpdateError   not a signed update envelope or manifest, or out of bounds
+    │   ├── UnsignedUpdateError    no signature at all
+    │   ├── UpdateSignatureError   a signature does not verify: edited after signing
+    │   ├── UnknownUpdateKeyError  signed by a key the household never listed
+    │   ├── RevokedUpdateKeyError  signed by a key a newer key set removed
+    │   ├── BelowThresholdError    fewer valid signatures than the key set's threshold
+    │   ├── RollbackError          sequence (or key-set version) not above the trusted one
+    │   ├── ExpiredUpdateError     past its expiry: a freeze attack or a stale copy
+    │   ├── WrongDeviceClassError  not meant for this device's class
+    │   ├── ChunkDigestError       a chunk or file is not what the manifest signed (mix-and-match)
+    │   └── EndlessDataError       more bytes than the manifest signed
     └── EngineError            inference problems
         ├── InvalidRequestError  empty prompt, too long, bad text, batch too large (caller's fault)
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
@@ -108,6 +120,54 @@ class LocalApiError(HearthError):
 class RecipientNotMemberError(HearthError):
     """This device refuses to send to a peer that is revoked, expired or unknown (checked on every
     outgoing path, so a revoked device receives nothing, whatever the broker still delivers)."""
+
+
+class UpdateError(HearthError):
+    """A model update (key set, manifest or chunk) is refused; nothing trusted changed."""
+
+
+class MalformedUpdateError(UpdateError):
+    """Not a signed update envelope or manifest, or outside its size bounds."""
+
+
+class UnsignedUpdateError(UpdateError):
+    """The update carries no signature at all."""
+
+
+class UpdateSignatureError(UpdateError):
+    """A signature by a listed key does not verify: the payload was edited after signing."""
+
+
+class UnknownUpdateKeyError(UpdateError):
+    """Signed only by keys the household's update key set does not list."""
+
+
+class RevokedUpdateKeyError(UpdateError):
+    """Signed by a key that a newer update key set removed."""
+
+
+class BelowThresholdError(UpdateError):
+    """Fewer distinct valid signatures than the key set's threshold."""
+
+
+class RollbackError(UpdateError):
+    """Sequence (or key-set version) not above the one already trusted: rollback or replay."""
+
+
+class ExpiredUpdateError(UpdateError):
+    """Past its expiry: a freeze attack, or a copy too old to trust."""
+
+
+class WrongDeviceClassError(UpdateError):
+    """The manifest is not meant for this device's class."""
+
+
+class ChunkDigestError(UpdateError):
+    """A chunk or file does not match the manifest's digest (mix-and-match, poisoned chunk)."""
+
+
+class EndlessDataError(UpdateError):
+    """More bytes than the manifest signed."""
 
 
 class EngineError(HearthError):

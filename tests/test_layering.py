@@ -59,6 +59,13 @@ MESH_LIBRARY = [
     "edge_agent.models.store",
     "edge_agent.models.selection",
     "edge_agent.engines.interfaces",
+    "edge_agent.sync",
+    "edge_agent.sync.digests",
+    "edge_agent.sync.signing",
+    "edge_agent.sync.keys",
+    "edge_agent.sync.manifest",
+    "edge_agent.sync.describe",
+    "edge_agent.sync.trust",
 ]
 
 _BLOCKER = f"""
@@ -93,7 +100,7 @@ def test_engines_never_import_mesh_or_sync() -> None:
         assert not bad, f"{path}: {bad}"
 
 
-def test_mesh_never_imports_config_engines_or_the_agent() -> None:
+def test_mesh_and_sync_never_import_config_engines_or_the_agent() -> None:
     forbidden = (
         "edge_agent.config",
         "edge_agent.engines",
@@ -107,6 +114,6 @@ def test_mesh_never_imports_config_engines_or_the_agent() -> None:
         "edge_agent.connect",
         "edge_agent.profiles",
     )
-    for path in (ROOT / "mesh").rglob("*.py"):
+    for path in [*(ROOT / "mesh").rglob("*.py"), *(ROOT / "sync").rglob("*.py")]:
         bad = {m for m in _imports(path) if m.startswith(forbidden)}
         assert not bad, f"{path} imports {bad}: the mesh takes settings as values, never reads config"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, get_args
 
 import typer
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
+from pydantic import ValidationError
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -27,6 +32,8 @@ from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer, pub
 from edge_agent.mesh.pairing import MAX_LIFETIME, DevicePairing, Invitation, new_session
 from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
+from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
+from edge_agent.sync.store import UpdateStore
 from edge_agent.tasks import TASKS, DeviceClass, Task
 
 app = typer.Typer(
@@ -254,3 +261,106 @@ def revoke(
             "(`systemctl reload mosquitto` or SIGHUP) so it refuses new connections with that "
             "device's certificate; restart it to drop a connection it already has."
         )
+
+
+def _key_card(key: UpdateKey) -> str:
+    return f"{key.name}:{key.public_key}"
+
+
+def _parse_card(card: str) -> UpdateKey:
+    name, _, public = card.rpartition(":")
+    try:
+        return UpdateKey.of(VerifyKey(bytes.fromhex(public)), name)
+    except (ValueError, ValidationError, CryptoError):
+        raise HearthError(
+            f"{card!r} is not an update key card (NAME:PUBLICKEY, as `hearth household update-key` prints)"
+        ) from None
+
+
+@app.command("update-key")
+def update_key(
+    name: Annotated[str | None, typer.Option(help="Who holds the key (default: this device's name).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create this device's model-update signing key (once), and print its key card.
+
+    The hub lists key cards in the household's update key set (`hearth household update-keys`); packs
+    are then signed by those keys, never by the household root. Example:
+    hearth household update-key --config config/hub.toml
+    """
+    ctx = _Cfg(load_config_only(config))
+    state = HouseholdState(mesh_state_dir(ctx.config))
+    data = state.load()
+    store = UpdateStore(state.dir)
+    if store.key_path.exists():
+        _, key = store.signing_key()
+        console_err.print(f"this device already holds update key {key.keyid[:8]} ({store.key_path})")
+    else:
+        key = store.create_signing_key(name or data.certificate.name)
+        console_err.print(f"created update key {key.keyid[:8]} in {store.key_path} (keep it secret)")
+    console.print(_key_card(key))
+
+
+@app.command("update-keys")
+def update_keys(
+    cards: Annotated[
+        list[str] | None,
+        typer.Argument(help="Key cards (NAME:PUBLICKEY) of the new set; none: show the current set."),
+    ] = None,
+    threshold: Annotated[int, typer.Option(min=1, help="Signatures a pack needs (k of the n keys).")] = 1,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Days the key set stays valid.")] = 365,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the household's update key set, or (hub only) sign a new one listing CARDS.
+
+    Keys left out of a new set are revoked for good. Example, 2 of 3:
+    hearth household update-keys hub:ab12… alice:cd34… bob:ef56… --threshold 2
+    """
+    ctx = _Cfg(load_config_only(config))
+    state = HouseholdState(mesh_state_dir(ctx.config))
+    membership, _data = state.membership()
+    store = UpdateStore(state.dir)
+    trusted, problems = store.load_trust(membership.root_key, membership.household_id)
+    for problem in problems:
+        console_err.print(f"[yellow]warning[/]: {escape(problem)}")
+    if cards:
+        root, _ = state.load_root()
+        keys = [_parse_card(c) for c in cards]
+        now = datetime.now(UTC)
+        current = trusted.key_set
+        try:
+            new = (
+                current.rotated(keys, threshold, now=now, valid_for=timedelta(days=days))
+                if current is not None
+                else UpdateKeySet(
+                    household_id=membership.household_id,
+                    version=1,
+                    threshold=threshold,
+                    keys=keys,
+                    issued_at=now,
+                    expires_at=now + timedelta(days=days),
+                )
+            )
+        except ValidationError as exc:
+            raise HearthError(f"not a valid key set: {exc.errors()[0]['msg']}") from None
+        envelope = sign_key_set(new, root.key)
+        trusted.update_key_set(envelope)
+        store.save_key_set(envelope)
+        console_err.print(
+            f"signed update key set version {new.version}; agents hand it on with the next pack"
+        )
+    key_set = trusted.key_set
+    if key_set is None:
+        console_err.print(
+            "no update key set yet: `hearth household update-key` on each holder, then list them here"
+        )
+        return
+    table = Table(
+        "key id",
+        "holder",
+        title=f"update keys v{key_set.version}: {key_set.threshold} of {len(key_set.keys)}",
+    )
+    for key in key_set.keys:
+        table.add_row(key.keyid[:16], key.name)
+    console.print(table)
+    console.print(f"valid until {key_set.expires_at:%Y-%m-%d}; {len(key_set.revoked)} key(s) revoked")

@@ -7,22 +7,34 @@ import shutil
 import tempfile
 import time
 import traceback
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edge_agent.cli.common import console, console_err
-from edge_agent.errors import HearthError, PackError
+from edge_agent.cli.common import ConfigOpt, console, console_err
+from edge_agent.errors import HearthError, PackError, UpdateError
+from edge_agent.mesh.household import Membership
+from edge_agent.mesh.state import HouseholdFile, HouseholdState
+from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.profiles import load_profile
+from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
+from edge_agent.sync.publish import build_manifest, sign_manifest
+from edge_agent.sync.signing import add_signature, open_envelope
+from edge_agent.sync.store import UpdateStore
+from edge_agent.sync.trust import MAX_MANIFEST_BYTES
+from edge_agent.tasks import DeviceClass
 
 app = typer.Typer(
-    help="Model packs: build from real weights, list, verify, remove, plan.", no_args_is_help=True
+    help="Model packs: build from real weights, list, verify, remove, plan; publish and co-sign updates.",
+    no_args_is_help=True,
 )
 
 
@@ -231,3 +243,162 @@ def plan(
             else "take turns (idle ones are unloaded)"
         )
         console.print(f"  local models: {result.resident_mb:.0f} MB if all loaded — they {fits}")
+
+
+# -- peer-to-peer updates: publish, co-sign, status -------------------------------------------------
+
+
+def _update_context(config: Path | None) -> tuple[HouseholdState, Membership, HouseholdFile, UpdateStore]:
+    from edge_agent.cli.common import load_config_only, mesh_state_dir
+
+    state = HouseholdState(mesh_state_dir(load_config_only(config)))
+    membership, data = state.membership()
+    return state, membership, data, UpdateStore(state.dir)
+
+
+@app.command()
+def publish(
+    pack_id: Annotated[
+        str, typer.Argument(help="Installed pack to publish, e.g. bergamot-tiny11-en-pt@int8.")
+    ],
+    sequence: Annotated[int, typer.Option(min=1, help="This model's new sequence: above every earlier one.")],
+    for_classes: Annotated[
+        list[str] | None,
+        typer.Option("--for", help="Device classes it is for (repeat); default: every class."),
+    ] = None,
+    expires_days: Annotated[int, typer.Option(min=1, max=3650, help="Days until the manifest expires.")] = 90,
+    chunk_kib: Annotated[int, typer.Option(help="Chunk size in KiB (power of two, 16 to 4096).")] = 256,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the signed manifest here (for co-signers).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Sign a manifest of an installed pack with this device's update key, as sequence N.
+
+    Devices whose class it names fetch it from every peer that holds it, verify each chunk, health-check
+    and activate it. With a threshold above 1, other key holders add theirs: `hearth models sign FILE`.
+    Example: hearth models publish bergamot-tiny11-en-pt@int8 --sequence 2 --for hub --for appliance
+    """
+    _state, membership, data, store = _update_context(config)
+    trusted, problems = store.load_trust(membership.root_key, membership.household_id)
+    for problem in problems:
+        console_err.print(f"[yellow]warning[/]: {escape(problem)}")
+    key, card = store.signing_key()
+    key_set = trusted.key_set
+    if key_set is None or card.keyid not in key_set.verify_keys:
+        raise UpdateError(
+            f"this device's update key {card.keyid[:8]} is not in the household's update key set; "
+            "the hub lists it with `hearth household update-keys`"
+        )
+    have = trusted.installed.get(pack_id.split("@")[0], 0)
+    if sequence <= have:
+        raise UpdateError(f"sequence {sequence} is not above the installed {have}; devices would refuse it")
+    classes = for_classes or list(get_args(DeviceClass))
+    bad = [c for c in classes if c not in get_args(DeviceClass)]
+    if bad:
+        raise UpdateError(f"unknown device class {bad[0]!r}; one of: {', '.join(get_args(DeviceClass))}")
+    pack = PackStore().get(pack_id)
+    now = datetime.now(UTC)
+    with console_err.status(f"hashing {pack_id} ({_mb(pack.manifest.total_bytes)})"):
+        manifest = build_manifest(
+            pack.path,
+            [MANIFEST_NAME, *(f.path for f in pack.manifest.files)],
+            household_id=membership.household_id,
+            name=pack.manifest.name,
+            pack_id=pack.pack_id,
+            task=pack.manifest.task,
+            sequence=sequence,
+            device_classes=cast(list[DeviceClass], classes),
+            issued_at=now,
+            expires_at=now + timedelta(days=expires_days),
+            chunk_size=chunk_kib << 10,
+            publisher=data.certificate.name,
+        )
+    envelope = sign_manifest(manifest, key)
+    path = store.save_manifest(manifest, envelope)
+    if out is not None:
+        out.write_bytes(envelope)
+    console.print(
+        f"{pack_id} sequence {sequence}: {len(manifest.files)} files, {_mb(manifest.total_size)}, "
+        f"{len(manifest.chunks)} chunks of {chunk_kib} KiB, merkle root {manifest.merkle_root[:16]}…"
+    )
+    console.print(f"signed by {card.name} ({card.keyid[:8]}): 1 of {key_set.threshold} needed → {path}")
+
+
+@app.command()
+def sign(
+    manifest_file: Annotated[
+        Path, typer.Argument(help="A signed manifest from `hearth models publish --out`.")
+    ],
+    config: ConfigOpt = None,
+) -> None:
+    """Add this device's update-key signature to a manifest (k-of-n: each key holder in turn)."""
+    _, membership, _, store = _update_context(config)
+    trusted, _ = store.load_trust(membership.root_key, membership.household_id)
+    key, card = store.signing_key()
+    try:
+        data = manifest_file.read_bytes()
+    except OSError as exc:
+        raise UpdateError(f"{manifest_file}: cannot read it ({exc.strerror})") from None
+    signed = add_signature(data, MANIFEST_TYPE, key, max_bytes=MAX_MANIFEST_BYTES, what=str(manifest_file))
+    manifest_file.write_bytes(signed)
+    key_set = trusted.key_set
+    count = len(json.loads(signed)["signatures"])
+    need = f"{key_set.threshold} needed" if key_set else "the threshold is not known here (no key set yet)"
+    console.print(f"signed by {card.name} ({card.keyid[:8]}); {count} signature(s), {need}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Model updates on this device: the update key set, installed sequences, and known manifests
+    (each re-verified now: an expired or invalid one is shown with its reason, never fatal)."""
+    _, membership, data, store = _update_context(config)
+    trusted, problems = store.load_trust(membership.root_key, membership.household_id)
+    rows: list[dict[str, object]] = []
+    for path, raw in store.stored_manifests():
+        try:
+            payload, _ = open_envelope(raw, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=path.name)
+            manifest = UpdateManifest.model_validate_json(payload)
+            label = {
+                "pack": manifest.pack_id,
+                "sequence": manifest.sequence,
+                "expires": f"{manifest.expires_at:%Y-%m-%d}",
+            }
+        except (UpdateError, ValidationError):
+            label = {"pack": path.stem, "sequence": None, "expires": None}
+        try:
+            trusted.verify_manifest(raw, data.certificate.device_class)
+            verdict = "installable here"
+        except UpdateError as exc:
+            verdict = f"{type(exc).__name__}: {exc}"
+        rows.append(label | {"status": verdict})
+    key_set = trusted.key_set
+    summary = {
+        "key_set": None if key_set is None else {"version": key_set.version, "threshold": key_set.threshold,
+                                                  "keys": [k.name for k in key_set.keys],
+                                                  "expires": f"{key_set.expires_at:%Y-%m-%d}"},
+        "installed": trusted.installed,
+        "manifests": rows,
+        "problems": problems,
+    }  # fmt: skip
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    if key_set is None:
+        console.print("no update key set yet (the hub signs one: `hearth household update-keys`)")
+    else:
+        console.print(
+            f"update keys v{key_set.version}: {key_set.threshold} of {len(key_set.keys)} "
+            f"({', '.join(k.name for k in key_set.keys)}), valid until {key_set.expires_at:%Y-%m-%d}"
+        )
+    table = Table("pack", "sequence", "expires", "status", title="manifests known here")
+    for row in rows:
+        table.add_row(str(row["pack"]), str(row["sequence"]), str(row["expires"]), escape(str(row["status"])))
+    console.print(table)
+    for name, seq in sorted(trusted.installed.items()):
+        console.print(f"installed: {name} sequence {seq}")
+    for problem in problems:
+        console_err.print(f"[yellow]warning[/]: {escape(problem)}")

@@ -14,7 +14,7 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "describe"]
 
 DEFAULT_CHUNK_SIZE = 256 << 10
 """256 KiB: 400 digests (26 KB of manifest) for a 100 MB pack, and small enough to spread a pack over
-several peers; BitTorrent's v2 pieces for files this size are 256 KiB–1 MiB."""
+several peers; BitTorrent's v2 pieces for files this size are 256 KiB to 1 MiB."""
 
 
 def describe(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Self
 
+import blake3
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.sync.digests import merkle_root
@@ -116,6 +117,11 @@ class UpdateManifest(_Model):
 
     def canonical(self) -> bytes:
         return canonical_json(self)
+
+    @property
+    def content_id(self) -> str:
+        """A short id of exactly this manifest (status lines, announcements)."""
+        return blake3.blake3(self.canonical()).hexdigest()[:16]
 
     def chunk_location(self, index: int) -> tuple[ManifestFile, int, int]:
         """(file, byte offset in it, length) of chunk ``index``."""

@@ -30,6 +30,7 @@ from edge_agent.errors import (
 __all__ = [
     "Signature",
     "SignedEnvelope",
+    "add_signature",
     "canonical_json",
     "key_id",
     "open_envelope",
@@ -76,6 +77,18 @@ def seal(payload_type: str, payload: bytes, keys: Iterable[SigningKey]) -> bytes
     signatures = [Signature(keyid=key_id(k.verify_key), sig=k.sign(message).signature.hex()) for k in keys]
     envelope = SignedEnvelope(
         payload_type=payload_type, payload=base64.b64encode(payload).decode(), signatures=signatures
+    )
+    return envelope.model_dump_json().encode()
+
+
+def add_signature(data: bytes, payload_type: str, key: SigningKey, *, max_bytes: int, what: str) -> bytes:
+    """``data`` with one more signature (k-of-n: each key holder signs in turn); one per key."""
+    payload, signatures = open_envelope(data, payload_type, max_bytes=max_bytes, what=what)
+    mine = key_id(key.verify_key)
+    others = [s for s in signatures if s.keyid != mine]
+    signature = Signature(keyid=mine, sig=key.sign(pae(payload_type, payload)).signature.hex())
+    envelope = SignedEnvelope(
+        payload_type=payload_type, payload=base64.b64encode(payload).decode(), signatures=[*others, signature]
     )
     return envelope.model_dump_json().encode()
 

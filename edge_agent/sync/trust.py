@@ -30,7 +30,7 @@ from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
 from edge_agent.sync.signing import key_id, open_envelope, verify_threshold
 from edge_agent.tasks import DeviceClass
 
-__all__ = ["TrustedUpdates"]
+__all__ = ["TrustedUpdates", "utc_now"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,7 +38,7 @@ MAX_KEY_SET_BYTES = 64 << 10
 MAX_MANIFEST_BYTES = 4 << 20
 
 
-def _utcnow() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -52,7 +52,7 @@ class TrustedUpdates:
         household_id: str,
         *,
         installed: Mapping[str, int] | None = None,
-        now: Callable[[], datetime] = _utcnow,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.root_key = root_key
         self.household_id = household_id
@@ -64,6 +64,21 @@ class TrustedUpdates:
 
     def update_key_set(self, data: bytes) -> UpdateKeySet:
         """Trust a root-signed key set newer than the current one."""
+        key_set = self._root_signed_key_set(data)
+        if key_set.expires_at <= self.now():
+            raise ExpiredUpdateError(
+                f"update key set version {key_set.version} expired {key_set.expires_at:%Y-%m-%d %H:%M}"
+            )
+        self.key_set = key_set
+        return key_set
+
+    def restore_key_set(self, data: bytes) -> UpdateKeySet:
+        """Reload the key set this device saved: signature and household re-checked, but an expired one
+        is still the newest known (manifests are refused until a newer one arrives; the agent runs on)."""
+        self.key_set = self._root_signed_key_set(data)
+        return self.key_set
+
+    def _root_signed_key_set(self, data: bytes) -> UpdateKeySet:
         payload, signatures = open_envelope(
             data, KEY_SET_TYPE, max_bytes=MAX_KEY_SET_BYTES, what="update key set"
         )
@@ -78,11 +93,6 @@ class TrustedUpdates:
             raise RollbackError(
                 f"update key set version {key_set.version} is not above the trusted {self.key_set.version}"
             )
-        if key_set.expires_at <= self.now():
-            raise ExpiredUpdateError(
-                f"update key set version {key_set.version} expired {key_set.expires_at:%Y-%m-%d %H:%M}"
-            )
-        self.key_set = key_set
         return key_set
 
     # -- manifests ----------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ prints it as one line instead of a traceback::
     │   ├── ExpiredUpdateError     past its expiry: a freeze attack or a stale copy
     │   ├── WrongDeviceClassError  not meant for this device's class
     │   ├── ChunkDigestError       a chunk or file is not what the manifest signed (mix-and-match)
-    │   └── EndlessDataError       more bytes than the manifest signed
+    │   ├── EndlessDataError       more bytes than the manifest signed
+    │   └── UnsafePackError        a file escapes the pack (ONNX external data, symlink, extra file)
     └── EngineError            inference problems
         ├── InvalidRequestError  empty prompt, too long, bad text, batch too large (caller's fault)
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
@@ -168,6 +169,11 @@ class ChunkDigestError(UpdateError):
 
 class EndlessDataError(UpdateError):
     """More bytes than the manifest signed."""
+
+
+class UnsafePackError(UpdateError):
+    """A received pack points outside itself (ONNX external data, genai config) or holds a symlink or
+    an unlisted file: refused before onnxruntime sees it."""
 
 
 class EngineError(HearthError):

@@ -12,6 +12,7 @@ a file whose digest does not match is refused.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -134,8 +135,13 @@ class PackStore:
             raise
         return dst
 
-    def install(self, src_dir: Path, manifest: PackManifest) -> InstalledPack:
-        """Copy a built pack into the store, verifying every file against ``manifest`` first."""
+    @property
+    def previous(self) -> Path:
+        return self.root / "previous"
+
+    def install(self, src_dir: Path, manifest: PackManifest, *, keep_previous: bool = False) -> InstalledPack:
+        """Copy a built pack into the store, verifying every file against ``manifest`` first. With
+        ``keep_previous`` the pack it replaces is kept aside (one generation) for `restore_previous`."""
         for f in manifest.files:
             src = src_dir / f.path
             if not src.is_file():
@@ -155,7 +161,14 @@ class PackStore:
                     shutil.copyfile(blob, target)
             (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
             final = self.packs / manifest.pack_id
-            if final.exists():
+            if final.exists() and keep_previous:
+                self.previous.mkdir(exist_ok=True)
+                kept = self.previous / manifest.pack_id
+                if kept.exists():
+                    shutil.rmtree(kept)
+                os.replace(final, kept)
+                os.replace(staging, final)
+            elif final.exists():
                 trash = self.packs / f".old-{manifest.pack_id}-{os.getpid()}"
                 os.replace(final, trash)
                 os.replace(staging, final)
@@ -167,6 +180,31 @@ class PackStore:
             raise
         return InstalledPack(manifest, final)
 
+    def restore_previous(self, pack_id: str) -> InstalledPack | None:
+        """Put back the pack ``install(keep_previous=True)`` replaced; None if there was none (the
+        failed pack is then removed, since nothing older existed)."""
+        kept = self.previous / pack_id
+        final = self.packs / pack_id
+        trash = self.packs / f".failed-{pack_id}-{os.getpid()}"
+        if final.exists():
+            os.replace(final, trash)
+        try:
+            if not kept.is_dir():
+                return None
+            os.replace(kept, final)
+            return InstalledPack(self._read_manifest(final), final)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _kept(self) -> builtins.list[InstalledPack]:
+        kept: builtins.list[InstalledPack] = []
+        for d in sorted(self.previous.glob("*")):
+            try:
+                kept.append(InstalledPack(self._read_manifest(d), d))
+            except PackError:
+                continue
+        return kept
+
     def remove(self, pack_id: str) -> None:
         pack = self.get(pack_id)
         shutil.rmtree(pack.path)
@@ -176,7 +214,7 @@ class PackStore:
         """Delete blobs no pack links to; returns bytes freed."""
         if not self.blobs.is_dir():
             return 0
-        referenced = {f.sha256 for p in self.list() for f in p.manifest.files}
+        referenced = {f.sha256 for p in [*self.list(), *self._kept()] for f in p.manifest.files}
         freed = 0
         for blob in self.blobs.glob("*/*"):
             if blob.name not in referenced and not blob.name.startswith("."):

@@ -83,7 +83,7 @@ def test_publish_and_cosign_a_real_pack(tmp_path: Path, hearth_env: dict[str, st
 
     signed = tmp_path / "update.json"
     out = ok(hearth("models", "publish", PACK, "--sequence", "2", "--for", "appliance", "--out", str(signed),
-                    "-c", str(hub), env=hearth_env))  # fmt: skip
+                    "--health", "Good morning.", "-c", str(hub), env=hearth_env))  # fmt: skip
     assert "1 of 2 needed" in " ".join(out.split())
 
     # The fridge (an appliance) would refuse it with one signature of two.
@@ -100,6 +100,7 @@ def test_publish_and_cosign_a_real_pack(tmp_path: Path, hearth_env: dict[str, st
     out = ok(hearth("models", "sign", str(signed), "-c", str(alice), env=hearth_env))
     assert "2 signature(s), 2 needed" in out
     manifest = trusted.verify_manifest(signed.read_bytes(), "appliance")
+    assert manifest.health is not None and manifest.health.pair == "en-pt" and manifest.health.expect
     pack = PackStore().get(PACK)
     assert manifest.pack_id == PACK and manifest.sequence == 2
     assert [f.path for f in manifest.files] == ["pack.json", *(f.path for f in pack.manifest.files)]

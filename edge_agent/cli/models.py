@@ -25,7 +25,7 @@ from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.profiles import load_profile
-from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
+from edge_agent.sync.manifest import MANIFEST_TYPE, HealthCheck, UpdateManifest
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.signing import add_signature, open_envelope
 from edge_agent.sync.store import UpdateStore
@@ -271,6 +271,13 @@ def publish(
     out: Annotated[
         Path | None, typer.Option(help="Also write the signed manifest here (for co-signers).")
     ] = None,
+    health: Annotated[
+        str | None,
+        typer.Option(
+            help="A fixed input run through the pack now; receivers activate it only if they get the same "
+            "answer (else they roll back)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Sign a manifest of an installed pack with this device's update key, as sequence N.
@@ -298,6 +305,15 @@ def publish(
     if bad:
         raise UpdateError(f"unknown device class {bad[0]!r}; one of: {', '.join(get_args(DeviceClass))}")
     pack = PackStore().get(pack_id)
+    check: HealthCheck | None = None
+    if health is not None:
+        from edge_agent.models.health import probe
+
+        pair = pack.manifest.task_info.get("pair")
+        with console_err.status(f"recording the health check: running {pack_id} once"):
+            expect = probe(pack.path, pack.manifest.task, pack.manifest.task_info, health, pair)
+        check = HealthCheck(input=health, expect=expect, pair=pair)
+        console_err.print(f"health check: {health!r} → {expect!r}")
     now = datetime.now(UTC)
     with console_err.status(f"hashing {pack_id} ({_mb(pack.manifest.total_bytes)})"):
         manifest = build_manifest(
@@ -313,6 +329,7 @@ def publish(
             expires_at=now + timedelta(days=expires_days),
             chunk_size=chunk_kib << 10,
             publisher=data.certificate.name,
+            health=check,
         )
     envelope = sign_manifest(manifest, key)
     path = store.save_manifest(manifest, envelope)

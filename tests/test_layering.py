@@ -66,6 +66,10 @@ MESH_LIBRARY = [
     "edge_agent.sync.manifest",
     "edge_agent.sync.describe",
     "edge_agent.sync.trust",
+    "edge_agent.sync.store",
+    "edge_agent.sync.publish",
+    "edge_agent.sync.pack_check",
+    "edge_agent.sync.swarm",
 ]
 
 _BLOCKER = f"""

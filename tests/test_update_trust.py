@@ -161,7 +161,7 @@ def test_an_unlisted_signature_does_not_make_up_the_threshold(home: Household) -
 def test_manifest_edited_after_signing(home: Household) -> None:
     envelope = json.loads(home.signed(home.manifest(), 0, 1))
     edited = json.loads(base64.b64decode(envelope["payload"]))
-    edited["device_classes"] = ["hub", "appliance", "satellite"]
+    edited["device_classes"] = ["hub", "appliance", "vehicle"]
     envelope["payload"] = base64.b64encode(json.dumps(edited).encode()).decode()
     refused(home, json.dumps(envelope).encode(), UpdateSignatureError, "edited after signing")
 
@@ -192,7 +192,7 @@ def test_freeze_an_expired_key_set(home: Household) -> None:
 
 
 def test_wrong_device_class(home: Household) -> None:
-    refused(home, home.signed(home.manifest(), 0, 1), WrongDeviceClassError, "not a satellite", "satellite")
+    refused(home, home.signed(home.manifest(), 0, 1), WrongDeviceClassError, "not a vehicle", "vehicle")
 
 
 def test_signed_but_inconsistent_manifest_is_refused_before_use(home: Household) -> None:

@@ -189,6 +189,42 @@ class MemoryHits(_Wire):
     entries: list[MemoryEntry] = Field(default_factory=list, max_length=256)
 
 
+class UpdateQuery(_Wire):
+    """Ask a peer which model updates it holds (signed manifests and which of their chunks)."""
+
+    type: Literal["update-query"] = "update-query"
+    nonce: int = Field(ge=0)
+    reply_session: Session
+
+
+class HeldUpdate(_Wire):
+    manifest: str = Field(max_length=700_000, description="Base64 of the signed manifest envelope.")
+    have: str = Field(max_length=200_000, description="Base64 bitfield of the chunks held.")
+
+
+class UpdateHoldings(_Wire):
+    type: Literal["update-holdings"] = "update-holdings"
+    nonce: int = Field(ge=0)
+    key_set: str | None = Field(default=None, max_length=100_000, description="Base64 key-set envelope.")
+    held: list[HeldUpdate] = Field(default_factory=list, max_length=8)
+
+
+class ChunkRequest(_Wire):
+    type: Literal["chunk-request"] = "chunk-request"
+    nonce: int = Field(ge=0)
+    reply_session: Session
+    content_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    index: int = Field(ge=0, le=1 << 20)
+
+
+class ChunkData(_Wire):
+    type: Literal["chunk-data"] = "chunk-data"
+    nonce: int = Field(ge=0)
+    content_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    index: int = Field(ge=0, le=1 << 20)
+    data: str = Field(max_length=700_000, description="Base64 of the chunk (verified on arrival).")
+
+
 Message = Annotated[
     Presence
     | Departure
@@ -201,7 +237,11 @@ Message = Annotated[
     | Pong
     | GroupKey
     | MemoryQuery
-    | MemoryHits,
+    | MemoryHits
+    | UpdateQuery
+    | UpdateHoldings
+    | ChunkRequest
+    | ChunkData,
     Field(discriminator="type"),
 ]
 MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)

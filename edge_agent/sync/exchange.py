@@ -1,0 +1,329 @@
+"""Model updates over the mesh: say what we hold, serve chunks, fetch a pack from every holder.
+
+A feature of the mesh endpoint (like the translation memory): it registers handlers for its own
+messages. What arrives is checked before use: holdings' manifests go through `TrustedUpdates`
+(threshold, expiry, class, sequence) and a newer root-signed key set is adopted; chunks are verified
+by `SwarmFetch` against the signed digests, and a seeder re-verifies what it reads from disk before
+sending it. Partial holders serve what they have; a device that finishes seeds at once.
+
+This is the path through the broker. A direct device-to-device data plane (TLS with the household's
+device certificates) comes next; the rules (`SwarmFetch`) stay the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.errors import (
+    ChunkDigestError,
+    EndlessDataError,
+    HearthError,
+    MalformedUpdateError,
+    RecipientNotMemberError,
+    TransportError,
+    UpdateError,
+)
+from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.protocol import ChunkData, ChunkRequest, HeldUpdate, UpdateHoldings, UpdateQuery
+from edge_agent.sync.manifest import UpdateManifest
+from edge_agent.sync.store import UpdateStore
+from edge_agent.sync.swarm import FetchState, SwarmFetch, decode_bitfield, encode_bitfield
+from edge_agent.sync.trust import TrustedUpdates
+from edge_agent.tasks import DeviceClass
+
+__all__ = ["Holding", "UpdateExchange", "read_chunk", "verified_chunks"]
+
+log = logging.getLogger(__name__)
+
+MAX_HOLDINGS = 8
+MAX_PENDING_QUERIES = 16
+
+
+@dataclass
+class Holding:
+    """A pack we can serve chunks of: its verified manifest, where its files are, which chunks we have."""
+
+    manifest: UpdateManifest
+    envelope: bytes
+    directory: Path
+    have: set[int]
+
+
+@dataclass
+class _Query:
+    asked: set[str]
+    replies: dict[str, UpdateHoldings] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def read_chunk(directory: Path, manifest: UpdateManifest, index: int) -> bytes:
+    file, offset, length = manifest.chunk_location(index)
+    with (directory / file.path).open("rb") as fh:
+        fh.seek(offset)
+        return fh.read(length)
+
+
+def verified_chunks(directory: Path, manifest: UpdateManifest) -> set[int]:
+    """Chunks already on disk that match the manifest: where a restarted fetch resumes from."""
+    good: set[int] = set()
+    for index in range(len(manifest.chunks)):
+        try:
+            TrustedUpdates.verify_chunk(manifest, index, read_chunk(directory, manifest, index))
+        except (OSError, UpdateError):
+            continue
+        good.add(index)
+    return good
+
+
+def _write_chunk(directory: Path, manifest: UpdateManifest, index: int, data: bytes) -> None:
+    file, offset, _ = manifest.chunk_location(index)
+    fd = os.open(directory / file.path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def _prepare_staging(directory: Path, manifest: UpdateManifest) -> None:
+    """Every file of the pack at its signed size (sparse), so chunks land at their offsets."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for f in manifest.files:
+        path = directory / f.path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            if os.fstat(fd).st_size != f.size:
+                os.ftruncate(fd, f.size)
+        finally:
+            os.close(fd)
+
+
+class UpdateExchange:
+    def __init__(
+        self,
+        endpoint: MeshEndpoint,
+        store: UpdateStore,
+        trusted: TrustedUpdates,
+        device_class: DeviceClass,
+        staging_root: Path,
+    ) -> None:
+        self.endpoint = endpoint
+        self.store = store
+        self.trusted = trusted
+        self.device_class = device_class
+        self.staging_root = staging_root
+        self.holdings: dict[str, Holding] = {}
+        self._queries: dict[int, _Query] = {}
+        self._fetches: dict[str, tuple[SwarmFetch, Path, asyncio.Event]] = {}
+        self._chunk_nonces: dict[int, tuple[str, str, int]] = {}
+        endpoint.register(UpdateQuery, self._answer_query)
+        endpoint.register(UpdateHoldings, self._holdings)
+        endpoint.register(ChunkRequest, self._serve_chunk)
+        endpoint.register(ChunkData, self._chunk)
+
+    # -- holding and serving ------------------------------------------------------------------------
+
+    def hold(
+        self, manifest: UpdateManifest, envelope: bytes, directory: Path, have: set[int] | None = None
+    ) -> None:
+        """Serve ``manifest``'s chunks from ``directory`` (all of them unless ``have`` says otherwise)."""
+        if len(self.holdings) >= MAX_HOLDINGS and manifest.content_id not in self.holdings:
+            oldest = min(self.holdings, key=lambda c: self.holdings[c].manifest.issued_at)
+            del self.holdings[oldest]
+        chunks = set(range(len(manifest.chunks))) if have is None else have
+        self.holdings[manifest.content_id] = Holding(manifest, envelope, directory, chunks)
+
+    def _reply(self, to: DeviceCertificate, msg: UpdateHoldings | ChunkData, session: str) -> None:
+        self.endpoint._spawn(self.endpoint._send(to.device_id, Channel.RESPONSES, msg, session=session))
+
+    def _answer_query(self, requester: DeviceCertificate, query: UpdateQuery) -> None:
+        key_set = self.store.key_set_path.read_bytes() if self.store.key_set_path.exists() else None
+        held = [
+            HeldUpdate(
+                manifest=base64.b64encode(h.envelope).decode(),
+                have=encode_bitfield(h.have, len(h.manifest.chunks)),
+            )
+            for h in self.holdings.values()
+        ]
+        reply = UpdateHoldings(
+            nonce=query.nonce, key_set=base64.b64encode(key_set).decode() if key_set else None, held=held
+        )
+        self._reply(requester, reply, query.reply_session)
+
+    def _serve_chunk(self, requester: DeviceCertificate, req: ChunkRequest) -> None:
+        holding = self.holdings.get(req.content_id)
+        if holding is None or req.index not in holding.have:
+            self.endpoint.dropped["UnheldChunk"] += 1
+            return
+        try:
+            data = read_chunk(holding.directory, holding.manifest, req.index)
+            TrustedUpdates.verify_chunk(holding.manifest, req.index, data)  # never pass on a bad disk
+        except (OSError, UpdateError) as exc:
+            log.warning("not serving chunk %d of %s: %s", req.index, holding.manifest.pack_id, exc)
+            holding.have.discard(req.index)
+            return
+        msg = ChunkData(
+            nonce=req.nonce, content_id=req.content_id, index=req.index, data=base64.b64encode(data).decode()
+        )
+        self._reply(requester, msg, req.reply_session)
+
+    # -- discovering ---------------------------------------------------------------------------------
+
+    def _holdings(self, sender: DeviceCertificate, msg: UpdateHoldings) -> None:
+        query = self._queries.get(msg.nonce)
+        if query is None or sender.device_id not in query.asked:
+            return
+        query.asked.discard(sender.device_id)
+        query.replies[sender.device_id] = msg
+        if not query.asked:
+            query.done.set()
+
+    async def discover(
+        self, timeout: float = 2.0
+    ) -> dict[str, tuple[UpdateManifest, bytes, dict[str, set[int]]]]:
+        """Ask every live member what it holds. Returns the verified manifests this device may install
+        (newer than what it has), with which peer holds which chunks; refusals are logged and counted."""
+        endpoint = self.endpoint
+        now = time.monotonic()
+        peers = [p for p in endpoint.peers.all() if p.alive(now) and endpoint.is_member(p.device_id)]
+        if not peers or len(self._queries) >= MAX_PENDING_QUERIES:
+            return {}
+        nonce = secrets.randbits(62)
+        query = self._queries[nonce] = _Query({p.device_id for p in peers})
+        try:
+            ask = UpdateQuery(nonce=nonce, reply_session=endpoint.node.session)
+            for peer in peers:
+                with contextlib.suppress(TransportError, RecipientNotMemberError):
+                    await endpoint.send(peer.device_id, Channel.REQUESTS, ask, session=peer.session)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await query.done.wait()
+        finally:
+            self._queries.pop(nonce, None)
+        found: dict[str, tuple[UpdateManifest, bytes, dict[str, set[int]]]] = {}
+        for device_id, reply in query.replies.items():
+            if reply.key_set is not None:
+                self._adopt_key_set(reply.key_set)
+            for held in reply.held:
+                try:
+                    envelope = base64.b64decode(held.manifest, validate=True)
+                    manifest = self.trusted.verify_manifest(envelope, self.device_class)
+                    have = decode_bitfield(held.have, len(manifest.chunks))
+                except (UpdateError, ValueError) as exc:
+                    self.endpoint.dropped[type(exc).__name__] += 1
+                    log.info("not fetching an update %s holds: %s", device_id[:8], exc)
+                    continue
+                entry = found.setdefault(manifest.content_id, (manifest, envelope, {}))
+                entry[2][device_id] = have
+        return found
+
+    def _adopt_key_set(self, text: str) -> None:
+        try:
+            data = base64.b64decode(text, validate=True)
+        except ValueError:
+            return
+        current = self.trusted.key_set
+        try:
+            key_set = self.trusted.update_key_set(data)
+        except UpdateError as exc:
+            if current is None or "not above" not in str(exc):
+                log.info("not adopting an update key set: %s", exc)
+            return
+        self.store.save_key_set(data)
+        log.info("adopted update key set version %d", key_set.version)
+
+    # -- fetching ------------------------------------------------------------------------------------
+
+    def _chunk(self, sender: DeviceCertificate, msg: ChunkData) -> None:
+        expected = self._chunk_nonces.pop(msg.nonce, None)
+        if expected is None or expected != (sender.device_id, msg.content_id, msg.index):
+            self.endpoint.dropped["UnaskedChunk"] += 1
+            return
+        entry = self._fetches.get(msg.content_id)
+        if entry is None:
+            return
+        fetch, staging, wake = entry
+        try:
+            data = base64.b64decode(msg.data, validate=True)
+            if fetch.on_chunk(sender.device_id, msg.index, data):
+                _write_chunk(staging, fetch.manifest, msg.index, data)
+                holding = self.holdings.get(msg.content_id)
+                if holding is not None:
+                    holding.have.add(msg.index)  # partial holders serve what they have
+        except (ChunkDigestError, EndlessDataError, MalformedUpdateError) as exc:
+            log.warning("banned %s for this update: %s", sender.name, exc)
+            self.endpoint.dropped[type(exc).__name__] += 1
+        except ValueError:
+            fetch.ban(sender.device_id, "sent a chunk that is not base64")
+        wake.set()
+
+    async def fetch(
+        self,
+        manifest: UpdateManifest,
+        envelope: bytes,
+        holders: dict[str, set[int]],
+        *,
+        rediscover_s: float = 5.0,
+    ) -> tuple[SwarmFetch, Path]:
+        """Fetch ``manifest``'s pack from every holder into staging (resuming from verified chunks there);
+        the fetch's final state says DONE or GAVE_UP with its reason."""
+        staging = self.staging_root / manifest.content_id
+        _prepare_staging(staging, manifest)
+        have = await asyncio.to_thread(verified_chunks, staging, manifest)
+        fetch = SwarmFetch(manifest, have=have)
+        for device_id, chunks in holders.items():
+            fetch.peer_holds(device_id, chunks)
+        self.hold(manifest, envelope, staging, have=set(have))
+        wake = asyncio.Event()
+        self._fetches[manifest.content_id] = (fetch, staging, wake)
+        last_discovery = time.monotonic()
+        try:
+            while fetch.state is FetchState.FETCHING:
+                for device_id, index in fetch.next_requests():
+                    await self._request(fetch, device_id, manifest.content_id, index)
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await wake.wait()
+                if time.monotonic() - last_discovery > rediscover_s:  # new seeders, partial holders
+                    last_discovery = time.monotonic()
+                    found = await self.discover()
+                    for device_id, chunks in found.get(manifest.content_id, (manifest, envelope, {}))[
+                        2
+                    ].items():
+                        fetch.peer_holds(device_id, chunks)
+                for device_id in list(fetch.peers):
+                    if not self.endpoint.is_member(device_id) or self.endpoint.peers.get(device_id) is None:
+                        fetch.peer_gone(device_id)
+        finally:
+            self._fetches.pop(manifest.content_id, None)
+        return fetch, staging
+
+    async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
+        peer = self.endpoint.peers.get(device_id)
+        if peer is None:
+            fetch.peer_gone(device_id)
+            return
+        nonce = secrets.randbits(62)
+        self._chunk_nonces[nonce] = (device_id, content_id, index)
+        if len(self._chunk_nonces) > 4096:  # answers that never came
+            for stale in list(self._chunk_nonces)[:1024]:
+                del self._chunk_nonces[stale]
+        req = ChunkRequest(
+            nonce=nonce, reply_session=self.endpoint.node.session, content_id=content_id, index=index
+        )
+        try:
+            await self.endpoint.send(device_id, Channel.REQUESTS, req, session=peer.session)
+        except (TransportError, RecipientNotMemberError, HearthError) as exc:
+            log.info("chunk request to %s failed: %s", device_id[:8], exc)
+            fetch.peer_gone(device_id)

@@ -1,0 +1,133 @@
+"""Model updates over the mesh, on the in-memory transport with real endpoints and crypto: five agents,
+one publishes, the others learn the key set and the manifest from their peers, fetch from every holder,
+and a poisoned seeder is banned by device key while the download completes from the others."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.protocol import ChunkData, ChunkRequest
+from edge_agent.sync.exchange import UpdateExchange
+from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
+from edge_agent.sync.publish import build_manifest, sign_manifest
+from edge_agent.sync.store import UpdateStore
+from edge_agent.sync.swarm import FetchState
+from tests.support.meshsim import Device, SimHousehold, household
+
+FILES = {
+    "pack.json": b'{"name": "demo"}',
+    "model.onnx": b"".join(
+        hashlib.blake2b(i.to_bytes(4, "big"), digest_size=64).digest() for i in range(16000)
+    ),
+    "vocab.spm": bytes(range(256)) * 700,
+}
+
+
+def exchange(home: SimHousehold, dev: Device, tmp: Path) -> UpdateExchange:
+    store = UpdateStore(tmp / dev.name / "mesh")
+    trusted, _ = store.load_trust(home.root.key.verify_key, home.root.household_id)
+    return UpdateExchange(
+        dev.endpoint, store, trusted, dev.certificate.device_class, tmp / dev.name / "staging"
+    )
+
+
+def publish(home: SimHousehold, hub: UpdateExchange, tmp: Path) -> tuple[bytes, Path]:
+    """The hub's side: a key set signed by the root, a pack directory, its manifest signed and held."""
+    key = SigningKey.generate()
+    now = datetime.now(UTC)
+    key_set = UpdateKeySet(household_id=home.root.household_id, version=1, threshold=1,
+                           keys=[UpdateKey.of(key.verify_key, "hub")], issued_at=now,
+                           expires_at=now + timedelta(days=30))  # fmt: skip
+    envelope = sign_key_set(key_set, home.root.key)
+    hub.trusted.update_key_set(envelope)
+    hub.store.save_key_set(envelope)
+    pack = tmp / "published"
+    pack.mkdir()
+    for name, data in FILES.items():
+        (pack / name).write_bytes(data)
+    manifest = build_manifest(
+        pack, list(FILES), household_id=home.root.household_id, name="demo", pack_id="demo@int8",
+        task="embed", sequence=2, device_classes=["appliance"], issued_at=now,
+        expires_at=now + timedelta(days=7), chunk_size=64 << 10,
+    )  # fmt: skip
+    signed = sign_manifest(manifest, key)
+    hub.hold(manifest, signed, pack)
+    return signed, pack
+
+
+async def pull(ex: UpdateExchange) -> tuple[FetchState, Path, dict[str, str]]:
+    found = await ex.discover(timeout=2)
+    assert len(found) == 1, found
+    manifest, envelope, holders = next(iter(found.values()))
+    fetch, staging = await ex.fetch(manifest, envelope, holders, rediscover_s=0.2)
+    return fetch.state, staging, fetch.banned
+
+
+def same_files(staging: Path) -> bool:
+    return all((staging / name).read_bytes() == data for name, data in FILES.items())
+
+
+async def test_a_pack_reaches_four_peers_from_every_holder(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        devices = [home.device(n, device_class="hub" if n == "hub" else "appliance")
+                   for n in ("hub", "fridge", "car", "phone", "plug")]  # fmt: skip
+        await home.start(*devices)
+        exchanges = {d.name: exchange(home, d, tmp_path) for d in devices}
+        publish(home, exchanges["hub"], tmp_path)
+        results = await asyncio.gather(*(pull(exchanges[n]) for n in ("fridge", "car", "phone", "plug")))
+        for state, staging, banned in results:
+            assert state is FetchState.DONE and banned == {}
+            assert same_files(staging)
+        for name in ("fridge", "car", "phone", "plug"):  # the key set came from peers, and was saved
+            assert exchanges[name].trusted.key_set is not None
+            assert (
+                exchanges[name].store.key_set_path.read_bytes()
+                == exchanges["hub"].store.key_set_path.read_bytes()
+            )
+            assert len(exchanges[name].holdings) == 1  # and each now seeds what it fetched
+
+
+async def test_a_poisoned_seeder_is_banned_by_device_key_and_the_download_completes(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, fridge, plug = (home.device(n, device_class="hub" if n == "hub" else "appliance")
+                             for n in ("hub", "fridge", "plug"))  # fmt: skip
+        await home.start(hub, fridge, plug)
+        ex = {d.name: exchange(home, d, tmp_path) for d in (hub, fridge, plug)}
+        signed, pack = publish(home, ex["hub"], tmp_path)
+        manifest = next(iter(ex["hub"].holdings.values())).manifest
+        ex["plug"].trusted.update_key_set(ex["hub"].store.key_set_path.read_bytes())
+        ex["plug"].hold(manifest, signed, pack)
+
+        def poisoned(requester: DeviceCertificate, req: ChunkRequest) -> None:  # serves garbage
+            data = bytes(manifest.chunk_length(req.index))
+            msg = ChunkData(nonce=req.nonce, content_id=req.content_id, index=req.index,
+                            data=base64.b64encode(data).decode())  # fmt: skip
+            plug.endpoint._spawn(plug.endpoint._send(requester.device_id, Channel.RESPONSES, msg,
+                                                     session=req.reply_session))  # fmt: skip
+
+        plug.endpoint.register(ChunkRequest, poisoned)
+        state, staging, banned = await pull(ex["fridge"])
+        assert state is FetchState.DONE and same_files(staging)
+        assert list(banned) == [plug.id] and "bad chunk" in banned[plug.id]
+        assert fridge.endpoint.dropped["ChunkDigestError"] >= 1
+
+
+async def test_a_manifest_for_another_class_is_not_fetched(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, speaker = (
+            home.device("hub", device_class="hub"),
+            home.device("car", device_class="vehicle"),
+        )
+        await home.start(hub, speaker)
+        ex_hub, ex_speaker = exchange(home, hub, tmp_path), exchange(home, speaker, tmp_path)
+        publish(home, ex_hub, tmp_path)
+        assert await ex_speaker.discover(timeout=2) == {}
+        assert speaker.endpoint.dropped["WrongDeviceClassError"] == 1

@@ -166,6 +166,16 @@ class TranslateSection(_Section):
     """How long to wait for peers' memory answers before translating."""
 
 
+class UpdatesSection(_Section):
+    """Model updates from the household (signed by its update keys, fetched from peers, never a cloud)."""
+
+    enabled: bool = True
+    """Ask peers for newer packs, fetch the ones this device's plan runs, health-check and activate
+    them; and serve the chunks of packs held here to peers."""
+    interval_s: float = Field(default=300.0, ge=5, le=86400)
+    """How often to ask peers what they hold."""
+
+
 class AgentConfig(_Section):
     agent: AgentSection = Field(default_factory=AgentSection)
     engines: EnginesSection = Field(default_factory=EnginesSection)
@@ -173,6 +183,7 @@ class AgentConfig(_Section):
     mesh: MeshSection = Field(default_factory=MeshSection)
     routing: RoutingSection = Field(default_factory=RoutingSection)
     translate: TranslateSection = Field(default_factory=TranslateSection)
+    updates: UpdatesSection = Field(default_factory=UpdatesSection)
     demo: DemoSection = Field(default_factory=DemoSection)
 
 

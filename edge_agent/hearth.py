@@ -110,6 +110,9 @@ class Hearth:
         self._lock = StateLock(self.state_dir) if self.use_mesh else None
         self._stack = contextlib.AsyncExitStack()
         self._group: asyncio.TaskGroup | None = None
+        self.updater: Any = None
+        self._spawned: list[asyncio.Task[Any]] = []
+        """Model updates from the household (`Updater`), when on the mesh with [updates] enabled."""
 
     @property
     def socket_path(self) -> Path:
@@ -135,6 +138,13 @@ class Hearth:
                 await self._stack.enter_async_context(self.service)
                 self.router = self.service.router
             self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._stack.callback(self._cancel_spawned)  # runs first: the group then only waits for them
+            if self.use_mesh and self.config.updates.enabled:
+                from edge_agent.updater import Updater
+
+                self.updater = Updater(self.service, self.store, interval_s=self.config.updates.interval_s)
+                if self.serve:
+                    self.spawn(self.updater.run_forever(), "model-updates")
             if self.local_socket and self.use_mesh:
                 await self._open_local_socket()
         except BaseException:
@@ -179,9 +189,15 @@ class Hearth:
             log.warning("shutdown took longer than %g s; leaving the rest", SHUTDOWN_S)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """Run ``coro`` for the agent's life, in its task group."""
+        """Run ``coro`` for the agent's life, in its task group (cancelled at shutdown)."""
         assert self._group is not None, "Hearth is not running"
-        return self._group.create_task(coro, name=name)
+        task = self._group.create_task(coro, name=name)
+        self._spawned.append(task)
+        return task
+
+    def _cancel_spawned(self) -> None:
+        for task in self._spawned:
+            task.cancel()
 
     # -- the façade -----------------------------------------------------------------------------------
 

@@ -135,6 +135,14 @@ class ModelManager:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
 
+    def retire(self, pack_id: str) -> list[str]:
+        """Drop the engines loaded from ``pack_id`` (a newer version was activated): requests already
+        running keep the engine they borrowed; the next one loads the new pack."""
+        gone = [slot for slot, entry in self._loaded.items() if entry.pack.pack_id == pack_id]
+        for slot in gone:
+            del self._loaded[slot]
+        return gone
+
     def unload_idle(self, now: float | None = None) -> list[str]:
         now = time.monotonic() if now is None else now
         gone = [

@@ -1,0 +1,145 @@
+"""Keeps this device's packs current from its household: seeds what it holds, fetches what its plan
+runs when a peer holds a newer signed sequence, activates it (health check, rollback) and reports.
+
+The agent-side glue over `sync` (trust, swarm, exchange) and `models.activation`; it runs as one task
+of the `Hearth` façade. Engines keep serving while a pack is fetched and checked; the switch is one
+rename, and the engines loaded from the old pack are retired so the next request loads the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from edge_agent.errors import HearthError, PackError, UpdateError
+from edge_agent.models.activation import ActivationResult, activate
+from edge_agent.models.store import PackStore
+from edge_agent.sync.exchange import UpdateExchange, verified_chunks
+from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
+from edge_agent.sync.signing import open_envelope
+from edge_agent.sync.store import UpdateStore
+from edge_agent.sync.swarm import FetchState
+from edge_agent.sync.trust import MAX_MANIFEST_BYTES
+
+if TYPE_CHECKING:
+    from edge_agent.service import MeshService
+
+__all__ = ["UpdateOutcome", "Updater"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateOutcome:
+    pack_id: str
+    sequence: int
+    state: str
+    """activated, rolled-back, refused, gave up."""
+    reason: str = ""
+    report: bytes = b""
+
+
+@dataclass
+class Updater:
+    service: MeshService
+    store: PackStore
+    interval_s: float = 300.0
+    outcomes: list[UpdateOutcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        svc = self.service
+        self.updates = UpdateStore(svc.state.dir)
+        self.trusted, problems = self.updates.load_trust(svc.membership.root_key, svc.membership.household_id)
+        self.problems = problems
+        self.exchange = UpdateExchange(
+            svc.endpoint,
+            self.updates,
+            self.trusted,
+            svc.certificate.device_class,
+            self.updates.dir / "staging",
+        )
+        self._busy = asyncio.Lock()
+
+    # -- seeding -------------------------------------------------------------------------------------
+
+    async def seed_stored(self) -> int:
+        """Serve every stored manifest whose pack is installed here unchanged (published or activated)."""
+        seeded = 0
+        for path, raw in self.updates.stored_manifests():
+            try:
+                payload, _ = open_envelope(raw, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=path.name)
+                manifest = UpdateManifest.model_validate_json(payload)
+                pack = self.store.get(manifest.pack_id)
+            except (UpdateError, PackError, ValueError) as exc:
+                log.info("not seeding %s: %s", path.name, exc)
+                continue
+            have = await asyncio.to_thread(verified_chunks, pack.path, manifest)
+            if have:
+                self.exchange.hold(manifest, raw, pack.path, have)
+                seeded += 1
+        return seeded
+
+    def wanted(self, manifest: UpdateManifest) -> bool:
+        """This device runs (or holds) that pack: its plan chose it, or it is installed here."""
+        planned = {tp.chosen_id for tp in self.service.plan.tasks.values() if tp.chosen_id}
+        installed = {p.pack_id for p in self.store.list()}
+        return manifest.pack_id in planned | installed
+
+    # -- updating ------------------------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        await self.seed_stored()
+        while True:
+            try:
+                await self.check_once()
+            except HearthError as exc:  # reported; the next round tries again
+                log.warning("model update round failed: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+    async def check_once(self) -> list[UpdateOutcome]:
+        """One round: ask peers, fetch and activate every newer pack this device wants."""
+        async with self._busy:
+            found = await self.exchange.discover()
+            done: list[UpdateOutcome] = []
+            for manifest, envelope, holders in sorted(found.values(), key=lambda f: f[0].sequence):
+                if not self.wanted(manifest) or manifest.sequence <= self.trusted.installed.get(
+                    manifest.name, 0
+                ):
+                    continue
+                done.append(await self._install(manifest, envelope, holders))
+            self.outcomes.extend(done)
+            del self.outcomes[:-32]
+            return done
+
+    async def _install(
+        self, manifest: UpdateManifest, envelope: bytes, holders: dict[str, set[int]]
+    ) -> UpdateOutcome:
+        label = f"{manifest.pack_id} sequence {manifest.sequence}"
+        log.info("fetching %s (%.1f MB) from %d peer(s)", label, manifest.total_size / 1e6, len(holders))
+        fetch, staging = await self.exchange.fetch(manifest, envelope, holders)
+        if fetch.state is not FetchState.DONE:
+            log.warning("gave up on %s: %s", label, fetch.reason)
+            return UpdateOutcome(manifest.pack_id, manifest.sequence, "gave up", fetch.reason)
+        svc = self.service
+        result: ActivationResult = await asyncio.to_thread(
+            activate, manifest, envelope, staging,
+            store=self.store, updates=self.updates, trusted=self.trusted,
+            identity=svc.state.identity.signing_key, device_id=svc.certificate.device_id,
+        )  # fmt: skip
+        if result.activated and result.pack is not None:
+            if svc.agent is not None:
+                svc.agent.models.retire(manifest.pack_id)
+            self.exchange.hold(manifest, envelope, result.pack.path)  # seed the installed copy
+        else:
+            self.exchange.holdings.pop(manifest.content_id, None)
+        shutil.rmtree(staging, ignore_errors=True)  # the store holds its own copy; a failure leaves nothing
+        return UpdateOutcome(
+            manifest.pack_id,
+            manifest.sequence,
+            result.report.result,
+            result.report.reason,
+            result.signed_report,
+        )

@@ -1,0 +1,87 @@
+"""A model update end to end on a real Mosquitto with real agents and real weights: the hub publishes
+the en→pt translation pack as sequence 2 (with a recorded health check); the fridge panel, serving
+translations all the while, learns the key set and manifest from the hub, fetches the chunks, verifies,
+health-checks and activates it, then seeds it itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from edge_agent.engines.interfaces import TranslateRequest
+from edge_agent.mesh.state import HouseholdState
+from edge_agent.models.health import probe
+from edge_agent.models.pack import MANIFEST_NAME
+from edge_agent.models.store import PackStore
+from edge_agent.sync.keys import UpdateKeySet, sign_key_set
+from edge_agent.sync.manifest import HealthCheck
+from edge_agent.sync.publish import build_manifest, sign_manifest
+from edge_agent.sync.store import UpdateStore
+from tests.support.brokers import run_mosquitto
+from tests.support.meshkit import config, provision, service
+
+PACK = "bergamot-tiny11-en-pt@int8"
+SENTENCE = "Good morning, the coffee is ready."
+
+
+async def test_the_fridge_receives_verifies_and_activates_a_new_sequence_while_serving(
+    tmp_path: Path, store: PackStore
+) -> None:
+    hub_home, fridge_home = tmp_path / "hub", tmp_path / "fridge"
+    provision(hub_home, hub_home, "hub", "hub")
+    provision(hub_home, fridge_home, "fridge", "fridge-panel")
+    source = store.get(PACK)
+    fridge_store = PackStore(tmp_path / "fridge-store")  # the fridge's own copy (sequence 1)
+    fridge_store.install(source.path, source.manifest)
+
+    # The hub's root lists the hub's update key (as `hearth household update-key(s)` do).
+    hub_updates = UpdateStore(hub_home)
+    card = hub_updates.create_signing_key("hub")
+    root, _ = HouseholdState(hub_home).load_root()
+    now = datetime.now(UTC)
+    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
+                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
+    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+
+    with run_mosquitto(tmp_path / "broker") as broker:
+        hub = service(hub_home, config("hub", broker.port, "hub"), store)
+        fridge = service(fridge_home, config("fridge", broker.port, "fridge-panel"), fridge_store)
+        async with hub, fridge:
+            await fridge.mesh.endpoint.wait_until(lambda: hub.mesh.certificate.device_id in {
+                p.device_id for p in fridge.mesh.endpoint.peers.all()}, 10)  # fmt: skip
+            # The hub publishes sequence 2, with the answer its copy gives as the health check.
+            expect = probe(source.path, "translate", source.manifest.task_info, SENTENCE, "en-pt")
+            manifest = build_manifest(
+                source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
+                household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",
+                sequence=2, device_classes=["appliance"], issued_at=now, expires_at=now + timedelta(days=7),
+                chunk_size=256 << 10, health=HealthCheck(input=SENTENCE, expect=expect, pair="en-pt"),
+            )  # fmt: skip
+            signing_key, _ = hub_updates.signing_key()
+            envelope = sign_manifest(manifest, signing_key)
+            hub.updater.updates.save_manifest(manifest, envelope)
+            hub.updater.exchange.hold(manifest, envelope, source.path)
+
+            request = TranslateRequest(texts=[SENTENCE], source="en", target="pt")
+            serving = asyncio.create_task(fridge.translate(request))  # a user asks during the update
+            outcomes = await fridge.updater.check_once()
+            result, _ = await serving
+            assert result.translations[0] == expect
+
+            assert [(o.pack_id, o.sequence, o.state) for o in outcomes] == [(PACK, 2, "activated")]
+            assert fridge.updater.trusted.installed == {source.manifest.name: 2}
+            saved = json.loads(UpdateStore(fridge_home).installed_path.read_text())
+            assert saved == {source.manifest.name: 2}
+            assert fridge.updater.trusted.key_set == key_set  # learned from the hub, root-signed
+            assert (fridge_store.previous / PACK).is_dir()  # sequence 1 kept for rollback
+            again, _ = await fridge.translate(request)
+            assert again.translations[0] == expect
+            # The fridge now seeds the pack: the hub sees it holding every chunk.
+            found = await hub.updater.exchange.discover()
+            hub_view = found.get(manifest.content_id)
+            assert hub_view is None  # the hub is a hub: the manifest is for appliances
+            assert len(fridge.updater.exchange.holdings[manifest.content_id].have) == len(manifest.chunks)
+            # A second round finds nothing new.
+            assert await fridge.updater.check_once() == []

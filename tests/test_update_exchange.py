@@ -131,3 +131,71 @@ async def test_a_manifest_for_another_class_is_not_fetched(tmp_path: Path) -> No
         publish(home, ex_hub, tmp_path)
         assert await ex_speaker.discover(timeout=2) == {}
         assert speaker.endpoint.dropped["WrongDeviceClassError"] == 1
+
+
+def _stage(ex: UpdateExchange, manifest_holder: UpdateExchange, chunks: range) -> None:
+    """Put ``chunks`` of the published pack into ``ex``'s staging, as an interrupted fetch left them."""
+    from edge_agent.sync.exchange import _prepare_staging, _write_chunk, read_chunk
+
+    holding = next(iter(manifest_holder.holdings.values()))
+    staging = ex.staging_root / holding.manifest.content_id
+    _prepare_staging(staging, holding.manifest)
+    for i in chunks:
+        _write_chunk(staging, holding.manifest, i, read_chunk(holding.directory, holding.manifest, i))
+
+
+async def test_a_restarted_fetch_asks_only_for_what_it_lacks(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, fridge = home.device("hub", device_class="hub"), home.device("fridge")
+        await home.start(hub, fridge)
+        ex_hub, ex_fridge = exchange(home, hub, tmp_path), exchange(home, fridge, tmp_path)
+        publish(home, ex_hub, tmp_path)
+        manifest = next(iter(ex_hub.holdings.values())).manifest
+        half = len(manifest.chunks) // 2
+        _stage(ex_fridge, ex_hub, range(half))  # verified chunks on disk from before the restart
+        asked: list[int] = []
+        serve = ex_hub._serve_chunk
+
+        def counting(requester: DeviceCertificate, req: ChunkRequest) -> None:
+            asked.append(req.index)
+            serve(requester, req)
+
+        hub.endpoint.register(ChunkRequest, counting)
+        state, staging, _ = await pull(ex_fridge)
+        assert state is FetchState.DONE and same_files(staging)
+        assert sorted(asked) == list(range(half, len(manifest.chunks)))
+
+
+async def test_the_only_full_seeder_dies_at_half_and_the_rest_comes_from_a_partial_holder_and_its_return(
+    tmp_path: Path,
+) -> None:
+    async with household(tmp_path) as home:
+        hub, fridge, car = home.device("hub", device_class="hub"), home.device("fridge"), home.device("car")
+        await home.start(hub, fridge, car)
+        ex = {d.name: exchange(home, d, tmp_path) for d in (hub, fridge, car)}
+        signed, _ = publish(home, ex["hub"], tmp_path)
+        manifest = next(iter(ex["hub"].holdings.values())).manifest
+        n = len(manifest.chunks)
+        ex["fridge"].trusted.update_key_set(ex["hub"].store.key_set_path.read_bytes())
+        _stage(ex["fridge"], ex["hub"], range(n // 2))  # the fridge holds the first half only
+        ex["fridge"].hold(
+            manifest, signed, ex["fridge"].staging_root / manifest.content_id, set(range(n // 2))
+        )
+
+        got = ex["car"]._chunk
+        crashed = asyncio.Event()
+
+        def watching(sender: DeviceCertificate, msg: ChunkData) -> None:
+            got(sender, msg)
+            fetch = ex["car"]._fetches.get(msg.content_id)
+            if fetch is not None and not crashed.is_set() and len(fetch[0].have) >= n // 2:
+                crashed.set()
+                home.sim.crash(hub.id)  # the only complete seeder dies; its endpoint comes back later
+
+        car.endpoint.register(ChunkData, watching)
+        state, staging, banned = await pull(ex["car"])
+        assert crashed.is_set()
+        assert state is FetchState.DONE and banned == {} and same_files(staging)
+        assert car.endpoint.peers.get(hub.id) is not None  # the hub is back
+        served = {d: p.served for d, p in ex["car"]._last_fetch.peers.items()}
+        assert served.get(fridge.id, 0) > 0  # the partial holder served what it had

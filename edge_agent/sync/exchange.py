@@ -126,6 +126,8 @@ class UpdateExchange:
         self._queries: dict[int, _Query] = {}
         self._fetches: dict[str, tuple[SwarmFetch, Path, asyncio.Event]] = {}
         self._chunk_nonces: dict[int, tuple[str, str, int]] = {}
+        self._last_fetch: SwarmFetch | None = None
+        """The most recent fetch, finished or not (diagnostics: who served what)."""
         endpoint.register(UpdateQuery, self._answer_query)
         endpoint.register(UpdateHoldings, self._holdings)
         endpoint.register(ChunkRequest, self._serve_chunk)
@@ -211,9 +213,10 @@ class UpdateExchange:
         finally:
             self._queries.pop(nonce, None)
         found: dict[str, tuple[UpdateManifest, bytes, dict[str, set[int]]]] = {}
-        for device_id, reply in query.replies.items():
+        for reply in query.replies.values():  # key sets first: any peer may relay the newest one
             if reply.key_set is not None:
                 self._adopt_key_set(reply.key_set)
+        for device_id, reply in query.replies.items():
             for held in reply.held:
                 try:
                     envelope = base64.b64decode(held.manifest, validate=True)
@@ -307,6 +310,7 @@ class UpdateExchange:
                         fetch.peer_gone(device_id)
         finally:
             self._fetches.pop(manifest.content_id, None)
+            self._last_fetch = fetch
         return fetch, staging
 
     async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:

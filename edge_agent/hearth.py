@@ -143,6 +143,7 @@ class Hearth:
                 from edge_agent.updater import Updater
 
                 self.updater = Updater(self.service, self.store, interval_s=self.config.updates.interval_s)
+                self.service.update_status = self.updater.status
                 if self.serve:
                     self.spawn(self.updater.run_forever(), "model-updates")
             if self.local_socket and self.use_mesh:

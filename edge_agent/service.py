@@ -30,7 +30,7 @@ from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.memory import TranslationMemory, fits, make_entry, normalize
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request, encode
+from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request, UpdateStatus, encode
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.selection import Plan
 from edge_agent.profiles.model import FirmwareProfile
@@ -107,6 +107,8 @@ class MeshService:
             local_offers=self.offers,
             local_name=config.agent.name,
         )
+        self.update_status: Callable[[], list[UpdateStatus]] | None = None
+        """Model updates' per-model state for presence (set by the façade when updates are on)."""
         self.serve_hooks: dict[Task, ServeHook] = {"translate": self._serve_translate}
         """Task-specific serving: a peer's translations go through the household memory too."""
 
@@ -158,6 +160,7 @@ class MeshService:
             queue_depth=self.endpoint.queue_depth + self.router.local_in_flight,
             free_model_ram_mb=max(0, int(self.profile.model_ram_budget_mb - used)),
             translation_memory=self.memory is not None,
+            updates=self.update_status() if self.update_status is not None else [],
             interval_s=self.config.mesh.presence_interval_s,
         )
 

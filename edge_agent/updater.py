@@ -12,9 +12,10 @@ import asyncio
 import logging
 import shutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from edge_agent.errors import HearthError, PackError, UpdateError
+from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.models.activation import ActivationResult, activate
 from edge_agent.models.store import PackStore
 from edge_agent.sync.exchange import UpdateExchange, verified_chunks
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["UpdateOutcome", "Updater"]
 
+Finished = Literal["activated", "rolled-back", "refused", "gave up"]
+
 log = logging.getLogger(__name__)
 
 
@@ -36,8 +39,7 @@ log = logging.getLogger(__name__)
 class UpdateOutcome:
     pack_id: str
     sequence: int
-    state: str
-    """activated, rolled-back, refused, gave up."""
+    state: Finished
     reason: str = ""
     report: bytes = b""
 
@@ -81,6 +83,34 @@ class Updater:
                 self.exchange.hold(manifest, raw, pack.path, have)
                 seeded += 1
         return seeded
+
+    def status(self) -> list[UpdateStatus]:
+        """Per model: installed and highest known sequence, and what is happening (for presence/CLI)."""
+        rows: dict[str, UpdateStatus] = {}
+        for name, seq in self.trusted.installed.items():
+            rows[name] = UpdateStatus(name=name, installed=seq, available=seq, state="current")
+        for outcome in self.outcomes:
+            name = outcome.pack_id.partition("@")[0]
+            have = self.trusted.installed.get(name, 0)
+            rows[name] = UpdateStatus(
+                name=name, installed=have, available=max(have, outcome.sequence),
+                state=outcome.state,
+                detail=outcome.reason[:300],
+            )  # fmt: skip
+        for manifest, fraction in self.exchange.progress().values():
+            have = self.trusted.installed.get(manifest.name, 0)
+            rows[manifest.name] = UpdateStatus(
+                name=manifest.name, installed=have, available=manifest.sequence, state="fetching",
+                progress=round(fraction, 3),
+            )  # fmt: skip
+        for name, (sequence, why) in self.exchange.unverifiable.items():
+            have = self.trusted.installed.get(name, 0)
+            if (sequence > have and rows.get(name) is None) or rows[name].state == "current":
+                rows[name] = UpdateStatus(
+                    name=name, installed=have, available=have, state="unverifiable",
+                    detail=f"a peer offers sequence {sequence} that does not verify: {why}"[:300],
+                )  # fmt: skip
+        return list(rows.values())[:16]
 
     def wanted(self, manifest: UpdateManifest) -> bool:
         """This device runs (or holds) that pack: its plan chose it, or it is installed here."""

@@ -85,3 +85,6 @@ async def test_the_fridge_receives_verifies_and_activates_a_new_sequence_while_s
             assert len(fridge.updater.exchange.holdings[manifest.content_id].have) == len(manifest.chunks)
             # A second round finds nothing new.
             assert await fridge.updater.check_once() == []
+            # The fridge's presence says so (Home Assistant's update entities read it).
+            [status] = [u for u in fridge.mesh.presence().updates if u.name == source.manifest.name]
+            assert (status.installed, status.available, status.state) == (2, 2, "activated")

@@ -199,3 +199,20 @@ async def test_the_only_full_seeder_dies_at_half_and_the_rest_comes_from_a_parti
         assert car.endpoint.peers.get(hub.id) is not None  # the hub is back
         served = {d: p.served for d, p in ex["car"]._last_fetch.peers.items()}
         assert served.get(fridge.id, 0) > 0  # the partial holder served what it had
+
+
+async def test_a_higher_sequence_that_does_not_verify_is_reported_not_fetched(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        _, pack = publish(home, ex_hub, tmp_path)
+        manifest = next(iter(ex_hub.holdings.values())).manifest
+        rogue = sign_manifest(manifest.model_copy(update={"sequence": 9}), SigningKey.generate())
+        ex_hub.holdings.clear()
+        ex_hub.hold(manifest.model_copy(update={"sequence": 9}), rogue, pack)
+        before = (ex_car.trusted.installed.copy(), ex_car.holdings.copy())
+        assert await ex_car.discover(timeout=2) == {}
+        sequence, why = ex_car.unverifiable["demo"]
+        assert sequence == 9 and why.startswith("UnknownUpdateKeyError: manifest is signed only by keys")
+        assert (ex_car.trusted.installed, ex_car.holdings) == before

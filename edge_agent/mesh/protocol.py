@@ -81,6 +81,18 @@ class Offer(_Wire):
     )
 
 
+class UpdateStatus(_Wire):
+    """One model's update state on the advertising device (Home Assistant shows these as update
+    entities): the installed sequence, the highest verified sequence it knows of, and what it is doing."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$")
+    installed: int = Field(ge=0)
+    available: int = Field(ge=0)
+    state: Literal["current", "fetching", "activated", "rolled-back", "refused", "gave up", "unverifiable"]
+    progress: float = Field(default=1.0, ge=0.0, le=1.0)
+    detail: str = Field(default="", max_length=300)
+
+
 class Presence(_Wire):
     """Retained, group-sealed advert: who I am (root-signed), what I serve, how busy I am."""
 
@@ -96,6 +108,7 @@ class Presence(_Wire):
     queue_depth: int = Field(default=0, ge=0)
     free_model_ram_mb: int = Field(default=0, ge=0)
     translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
+    updates: list[UpdateStatus] = Field(default_factory=list, max_length=16)
     interval_s: float = Field(
         gt=0,
         le=3600,

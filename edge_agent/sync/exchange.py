@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -28,17 +29,20 @@ from edge_agent.errors import (
     HearthError,
     MalformedUpdateError,
     RecipientNotMemberError,
+    RollbackError,
     TransportError,
     UpdateError,
+    WrongDeviceClassError,
 )
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import ChunkData, ChunkRequest, HeldUpdate, UpdateHoldings, UpdateQuery
-from edge_agent.sync.manifest import UpdateManifest
+from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
+from edge_agent.sync.signing import open_envelope
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.swarm import FetchState, SwarmFetch, decode_bitfield, encode_bitfield
-from edge_agent.sync.trust import TrustedUpdates
+from edge_agent.sync.trust import MAX_MANIFEST_BYTES, TrustedUpdates
 from edge_agent.tasks import DeviceClass
 
 __all__ = ["Holding", "UpdateExchange", "read_chunk", "verified_chunks"]
@@ -126,6 +130,8 @@ class UpdateExchange:
         self._queries: dict[int, _Query] = {}
         self._fetches: dict[str, tuple[SwarmFetch, Path, asyncio.Event]] = {}
         self._chunk_nonces: dict[int, tuple[str, str, int]] = {}
+        self.unverifiable: dict[str, tuple[int, str]] = {}
+        """Model name -> (claimed sequence, why it did not verify)."""
         self._last_fetch: SwarmFetch | None = None
         """The most recent fetch, finished or not (diagnostics: who served what)."""
         endpoint.register(UpdateQuery, self._answer_query)
@@ -225,10 +231,27 @@ class UpdateExchange:
                 except (UpdateError, ValueError) as exc:
                     self.endpoint.dropped[type(exc).__name__] += 1
                     log.info("not fetching an update %s holds: %s", device_id[:8], exc)
+                    self._note_unverifiable(held.manifest, exc)
                     continue
                 entry = found.setdefault(manifest.content_id, (manifest, envelope, {}))
                 entry[2][device_id] = have
         return found
+
+    def _note_unverifiable(self, text: str, exc: Exception) -> None:
+        """Remember a claimed higher sequence we could not verify (reported in presence and status).
+        The claim itself is unverified: it is only ever shown, never acted on."""
+        if isinstance(exc, (WrongDeviceClassError, RollbackError)):
+            return  # not for us, or not newer: nothing to report
+        try:
+            payload, _ = open_envelope(
+                base64.b64decode(text), MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=""
+            )
+            claim = json.loads(payload)
+            name, sequence = str(claim["name"])[:80], int(claim["sequence"])
+        except (UpdateError, ValueError, KeyError, TypeError):
+            return
+        if sequence > self.trusted.installed.get(name, 0) and len(self.unverifiable) < MAX_HOLDINGS:
+            self.unverifiable[name] = (sequence, f"{type(exc).__name__}: {exc}"[:300])
 
     def _adopt_key_set(self, text: str) -> None:
         try:
@@ -312,6 +335,14 @@ class UpdateExchange:
             self._fetches.pop(manifest.content_id, None)
             self._last_fetch = fetch
         return fetch, staging
+
+    def progress(self) -> dict[str, tuple[UpdateManifest, float]]:
+        """Fetches in progress: content id -> (manifest, fraction of bytes verified)."""
+        out: dict[str, tuple[UpdateManifest, float]] = {}
+        for content_id, (fetch, _, _) in self._fetches.items():
+            done, total = fetch.progress
+            out[content_id] = (fetch.manifest, done / total if total else 1.0)
+        return out
 
     async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
         peer = self.endpoint.peers.get(device_id)

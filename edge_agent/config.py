@@ -174,6 +174,8 @@ class UpdatesSection(_Section):
     them; and serve the chunks of packs held here to peers."""
     interval_s: float = Field(default=300.0, ge=5, le=86400)
     """How often to ask peers what they hold."""
+    quota_mb: int | None = Field(default=None, ge=1)
+    """Largest pack this device stages (None: whatever fits with the store's copy and 64 MB to spare)."""
 
 
 class AgentConfig(_Section):

@@ -142,7 +142,10 @@ class Hearth:
             if self.use_mesh and self.config.updates.enabled:
                 from edge_agent.updater import Updater
 
-                self.updater = Updater(self.service, self.store, interval_s=self.config.updates.interval_s)
+                ucfg = self.config.updates
+                self.updater = Updater(
+                    self.service, self.store, interval_s=ucfg.interval_s, quota_mb=ucfg.quota_mb
+                )
                 self.service.update_status = self.updater.status
                 if self.serve:
                     self.spawn(self.updater.run_forever(), "model-updates")

@@ -49,6 +49,7 @@ class Updater:
     service: MeshService
     store: PackStore
     interval_s: float = 300.0
+    quota_mb: int | None = None
     outcomes: list[UpdateOutcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,7 @@ class Updater:
             self.trusted,
             svc.certificate.device_class,
             self.updates.dir / "staging",
+            quota_bytes=self.quota_mb << 20 if self.quota_mb else None,
         )
         self._busy = asyncio.Lock()
 

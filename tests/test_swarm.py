@@ -9,6 +9,8 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.errors import ChunkDigestError, EndlessDataError, MalformedUpdateError
 from edge_agent.sync.describe import describe
@@ -173,3 +175,27 @@ def test_bitfields_round_trip_and_refuse_the_wrong_length() -> None:
         decode_bitfield(encode_bitfield(range(24), 24), 20)
     with pytest.raises(MalformedUpdateError, match="not base64"):
         decode_bitfield("!!", 8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=64), count=st.integers(min_value=0, max_value=200))
+def test_fuzz_bitfields_only_raise_the_verifiers_error(text: str, count: int) -> None:
+    try:
+        got = decode_bitfield(text, count)
+    except MalformedUpdateError:
+        return
+    assert all(0 <= i < count for i in got)
+
+
+@settings(max_examples=200, deadline=None)
+@given(index=st.integers(min_value=-5, max_value=40), data=st.binary(max_size=CHUNK + 64))
+def test_fuzz_chunks_only_raise_the_verifiers_errors(index: int, data: bytes) -> None:
+    m = manifest()
+    fetch = SwarmFetch(m, now=Clock())
+    fetch.peer_holds(A, range(len(m.chunks)))
+    fetch.next_requests()
+    try:
+        assert fetch.on_chunk(A, index, data) is False  # random bytes never pass as a signed chunk
+    except (ChunkDigestError, EndlessDataError, MalformedUpdateError):
+        assert A in fetch.banned
+    assert fetch.have == set()

@@ -216,3 +216,18 @@ async def test_a_higher_sequence_that_does_not_verify_is_reported_not_fetched(tm
         sequence, why = ex_car.unverifiable["demo"]
         assert sequence == 9 and why.startswith("UnknownUpdateKeyError: manifest is signed only by keys")
         assert (ex_car.trusted.installed, ex_car.holdings) == before
+
+
+async def test_a_pack_over_the_quota_is_not_staged_and_the_reason_is_given(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        publish(home, ex_hub, tmp_path)
+        ex_car.quota_bytes = 1 << 20
+        found = await ex_car.discover(timeout=2)
+        manifest, envelope, holders = next(iter(found.values()))
+        fetch, staging = await ex_car.fetch(manifest, envelope, holders)
+        assert fetch.state is FetchState.GAVE_UP
+        assert fetch.reason == "demo@int8 is 1.2 MB; the update quota here is 1.0 MB"
+        assert not staging.exists() and ex_car.holdings == {}

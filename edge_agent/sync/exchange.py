@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = ["Holding", "UpdateExchange", "read_chunk", "verified_chunks"]
 log = logging.getLogger(__name__)
 
 MAX_HOLDINGS = 8
+DISK_MARGIN_BYTES = 64 << 20
 MAX_PENDING_QUERIES = 16
 
 
@@ -120,8 +122,11 @@ class UpdateExchange:
         trusted: TrustedUpdates,
         device_class: DeviceClass,
         staging_root: Path,
+        *,
+        quota_bytes: int | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.quota_bytes = quota_bytes
         self.store = store
         self.trusted = trusted
         self.device_class = device_class
@@ -304,6 +309,10 @@ class UpdateExchange:
         """Fetch ``manifest``'s pack from every holder into staging (resuming from verified chunks there);
         the fetch's final state says DONE or GAVE_UP with its reason."""
         staging = self.staging_root / manifest.content_id
+        if (refusal := self._no_room(manifest, staging)) is not None:
+            fetch = SwarmFetch(manifest)
+            fetch.give_up(refusal)
+            return fetch, staging
         _prepare_staging(staging, manifest)
         have = await asyncio.to_thread(verified_chunks, staging, manifest)
         fetch = SwarmFetch(manifest, have=have)
@@ -343,6 +352,26 @@ class UpdateExchange:
             done, total = fetch.progress
             out[content_id] = (fetch.manifest, done / total if total else 1.0)
         return out
+
+    def _no_room(self, manifest: UpdateManifest, staging: Path) -> str | None:
+        """Why this pack may not be staged here, if it may not: over the quota, or the disk would fill
+        (staging plus the store's copy, plus a margin for everything else on the device)."""
+        if self.quota_bytes is not None and manifest.total_size > self.quota_bytes:
+            size, quota = manifest.total_size / 1e6, self.quota_bytes / 1e6
+            return f"{manifest.pack_id} is {size:.1f} MB; the update quota here is {quota:.1f} MB"
+        self.staging_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staged = (
+            sum(p.stat().st_blocks * 512 for p in staging.rglob("*") if p.is_file())
+            if staging.exists()
+            else 0
+        )
+        need = 2 * manifest.total_size - staged + DISK_MARGIN_BYTES
+        free = shutil.disk_usage(self.staging_root).free
+        if need > free:
+            return (
+                f"not enough disk for {manifest.pack_id}: needs {need / 1e6:.0f} MB, {free / 1e6:.0f} MB free"
+            )
+        return None
 
     async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
         peer = self.endpoint.peers.get(device_id)

@@ -192,6 +192,11 @@ class SwarmFetch:
                 f"for {self.orphan_grace_s:.0f} s{banned}"
             )
 
+    def give_up(self, reason: str) -> None:
+        """Stop for a reason found outside these rules (no disk space, the agent stopping)."""
+        if self.state is FetchState.FETCHING:
+            self._give_up(reason)
+
     def _give_up(self, reason: str) -> None:
         self.state = FetchState.GAVE_UP
         self.reason = reason

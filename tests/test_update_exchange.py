@@ -20,7 +20,7 @@ from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.swarm import FetchState
-from tests.support.meshsim import Device, SimHousehold, household
+from tests.support.meshsim import Device, SimHousehold, household, until
 
 FILES = {
     "pack.json": b'{"name": "demo"}',
@@ -231,3 +231,37 @@ async def test_a_pack_over_the_quota_is_not_staged_and_the_reason_is_given(tmp_p
         assert fetch.state is FetchState.GAVE_UP
         assert fetch.reason == "demo@int8 is 1.2 MB; the update quota here is 1.0 MB"
         assert not staging.exists() and ex_car.holdings == {}
+
+
+async def test_a_member_flooding_chunk_requests_gets_a_bounded_number_of_replies(tmp_path: Path) -> None:
+    from edge_agent.sync.exchange import MAX_REPLIES_PER_PEER
+
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub = exchange(home, hub, tmp_path)
+        publish(home, ex_hub, tmp_path)
+        manifest = next(iter(ex_hub.holdings.values())).manifest
+        gate = asyncio.Event()
+        send = hub.endpoint._send
+
+        async def slow_link(*args: object, **kw: object) -> None:  # the hub's uplink is saturated
+            await gate.wait()
+            await send(*args, **kw)  # type: ignore[arg-type]
+
+        hub.endpoint._send = slow_link  # type: ignore[method-assign]
+        got: list[int] = []
+        car.endpoint.register(ChunkData, lambda sender, msg: got.append(msg.index))
+        peer = car.endpoint.peers.get(hub.id)
+        assert peer is not None
+        for i in range(20):
+            req = ChunkRequest(
+                nonce=i, reply_session=car.node.session, content_id=manifest.content_id, index=i
+            )
+            await car.endpoint.send(hub.id, Channel.REQUESTS, req, session=peer.session)
+        flood = hub.endpoint.dropped
+        assert await until(lambda: flood["UpdateRequestFlood"] == 20 - MAX_REPLIES_PER_PEER)
+        assert sum(ex_hub._replying.values()) == MAX_REPLIES_PER_PEER  # what is held back is bounded
+        gate.set()
+        assert await until(lambda: len(got) == MAX_REPLIES_PER_PEER)
+        assert sorted(got) == list(range(MAX_REPLIES_PER_PEER)) and not ex_hub._replying

@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,8 @@ __all__ = ["Holding", "UpdateExchange", "read_chunk", "verified_chunks"]
 log = logging.getLogger(__name__)
 
 MAX_HOLDINGS = 8
+MAX_REPLIES_PER_PEER = 8
+MAX_REPLIES = 32
 DISK_MARGIN_BYTES = 64 << 20
 MAX_PENDING_QUERIES = 16
 
@@ -135,6 +138,8 @@ class UpdateExchange:
         self._queries: dict[int, _Query] = {}
         self._fetches: dict[str, tuple[SwarmFetch, Path, asyncio.Event]] = {}
         self._chunk_nonces: dict[int, tuple[str, str, int]] = {}
+        self._replying: Counter[str] = Counter()
+        """Replies being sent, by requester (bounded: see `_room_for`)."""
         self.unverifiable: dict[str, tuple[int, str]] = {}
         """Model name -> (claimed sequence, why it did not verify)."""
         self._last_fetch: SwarmFetch | None = None
@@ -156,10 +161,31 @@ class UpdateExchange:
         chunks = set(range(len(manifest.chunks))) if have is None else have
         self.holdings[manifest.content_id] = Holding(manifest, envelope, directory, chunks)
 
+    def _room_for(self, requester: str) -> bool:
+        """Replies still being sent are bounded per requester and in total (each may hold a chunk): a
+        member that floods requests gets the rest dropped, counted, not queued."""
+        if self._replying[requester] >= MAX_REPLIES_PER_PEER or sum(self._replying.values()) >= MAX_REPLIES:
+            self.endpoint.dropped["UpdateRequestFlood"] += 1
+            return False
+        return True
+
     def _reply(self, to: DeviceCertificate, msg: UpdateHoldings | ChunkData, session: str) -> None:
-        self.endpoint._spawn(self.endpoint._send(to.device_id, Channel.RESPONSES, msg, session=session))
+        device = to.device_id
+        self._replying[device] += 1
+
+        async def send() -> None:
+            try:
+                await self.endpoint._send(device, Channel.RESPONSES, msg, session=session)
+            finally:
+                self._replying[device] -= 1
+                if self._replying[device] <= 0:
+                    del self._replying[device]
+
+        self.endpoint._spawn(send())
 
     def _answer_query(self, requester: DeviceCertificate, query: UpdateQuery) -> None:
+        if not self._room_for(requester.device_id):
+            return
         key_set = self.store.key_set_path.read_bytes() if self.store.key_set_path.exists() else None
         held = [
             HeldUpdate(
@@ -174,6 +200,8 @@ class UpdateExchange:
         self._reply(requester, reply, query.reply_session)
 
     def _serve_chunk(self, requester: DeviceCertificate, req: ChunkRequest) -> None:
+        if not self._room_for(requester.device_id):
+            return
         holding = self.holdings.get(req.content_id)
         if holding is None or req.index not in holding.have:
             self.endpoint.dropped["UnheldChunk"] += 1

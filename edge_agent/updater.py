@@ -19,11 +19,10 @@ from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.models.activation import ActivationResult, activate
 from edge_agent.models.store import PackStore
 from edge_agent.sync.exchange import UpdateExchange, verified_chunks
-from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
-from edge_agent.sync.signing import open_envelope
+from edge_agent.sync.manifest import UpdateManifest
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.swarm import FetchState
-from edge_agent.sync.trust import MAX_MANIFEST_BYTES
+from edge_agent.sync.trust import unverified_manifest
 
 if TYPE_CHECKING:
     from edge_agent.service import MeshService
@@ -74,10 +73,9 @@ class Updater:
         seeded = 0
         for path, raw in self.updates.stored_manifests():
             try:
-                payload, _ = open_envelope(raw, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=path.name)
-                manifest = UpdateManifest.model_validate_json(payload)
+                manifest = unverified_manifest(raw, path.name)
                 pack = self.store.get(manifest.pack_id)
-            except (UpdateError, PackError, ValueError) as exc:
+            except (UpdateError, PackError) as exc:
                 log.info("not seeding %s: %s", path.name, exc)
                 continue
             have = await asyncio.to_thread(verified_chunks, pack.path, manifest)

@@ -1,4 +1,4 @@
-"""Turning pydantic errors into one-line, user-facing messages."""
+"""Turning pydantic errors into one-line, user-facing messages; checks shared by several models."""
 
 from __future__ import annotations
 
@@ -23,3 +23,16 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}: {field_path(err['loc'])}: {msg}")
     return "\n".join(lines)
+
+
+def is_plain_relative_path(path: str) -> bool:
+    """A POSIX path that stays inside its directory: relative, no ``.``/``..``/empty parts, no
+    backslash or NUL. Pack manifests, update manifests and ONNX external-data locations all use it
+    (external-data traversal: CVE-2024-27318)."""
+    return (
+        bool(path)
+        and not path.startswith("/")
+        and "\\" not in path
+        and "\x00" not in path
+        and not any(p in {"", ".", ".."} for p in path.split("/"))
+    )

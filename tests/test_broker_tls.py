@@ -46,6 +46,7 @@ from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.models.store import PackStore
 from tests.support.brokers import AS_ROOT, Mosquitto, free_port, start_mosquitto
+from tests.support.cli import hearth, ok
 from tests.support.meshkit import config, service
 
 pytestmark = pytest.mark.timeout(180)
@@ -73,17 +74,6 @@ class Site:
         cfg = config(name, self.port, profile)
         mesh = cfg.mesh.model_copy(update={"broker": f"mqtts://localhost:{self.port}"})
         return cfg.model_copy(update={"mesh": mesh})
-
-
-def hearth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True,
-                          env=env, timeout=120)  # fmt: skip
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc.stdout
 
 
 @pytest.fixture

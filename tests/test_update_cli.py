@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,10 @@ from edge_agent.errors import BelowThresholdError
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.store import PackStore
 from edge_agent.sync.store import UpdateStore
+from tests.support.cli import hearth, ok
 from tests.support.meshkit import provision
 
 PACK = "bergamot-tiny11-en-pt@int8"
-
-
-def hearth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True,
-                          env=env, timeout=120)  # fmt: skip
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc.stdout
 
 
 def refused(proc: subprocess.CompletedProcess[str], message: str) -> None:

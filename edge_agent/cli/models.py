@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, cast, get_args
 
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -25,11 +24,11 @@ from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.profiles import load_profile
-from edge_agent.sync.manifest import MANIFEST_TYPE, HealthCheck, UpdateManifest
+from edge_agent.sync.manifest import MANIFEST_TYPE, HealthCheck
 from edge_agent.sync.publish import build_manifest, sign_manifest
-from edge_agent.sync.signing import add_signature, open_envelope
+from edge_agent.sync.signing import add_signature
 from edge_agent.sync.store import UpdateStore
-from edge_agent.sync.trust import MAX_MANIFEST_BYTES
+from edge_agent.sync.trust import MAX_MANIFEST_BYTES, unverified_manifest
 from edge_agent.tasks import DeviceClass
 
 app = typer.Typer(
@@ -377,14 +376,13 @@ def status(
     rows: list[dict[str, object]] = []
     for path, raw in store.stored_manifests():
         try:
-            payload, _ = open_envelope(raw, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=path.name)
-            manifest = UpdateManifest.model_validate_json(payload)
+            manifest = unverified_manifest(raw, path.name)
             label = {
                 "pack": manifest.pack_id,
                 "sequence": manifest.sequence,
                 "expires": f"{manifest.expires_at:%Y-%m-%d}",
             }
-        except (UpdateError, ValidationError):
+        except UpdateError:
             label = {"pack": path.stem, "sequence": None, "expires": None}
         try:
             trusted.verify_manifest(raw, data.certificate.device_class)

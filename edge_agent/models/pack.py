@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent.tasks import Quantization, Task
+from edge_agent.validation import is_plain_relative_path
 
 PACK_SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "pack.json"
@@ -28,8 +29,7 @@ class PackFile(_Model):
     @classmethod
     def _no_escape(cls, v: str) -> str:
         # A manifest must never point outside its pack (ONNX external-data traversal, CVE-2024-27318).
-        parts = v.split("/")
-        if v.startswith("/") or "\\" in v or any(p in {"", ".", ".."} for p in parts):
+        if not is_plain_relative_path(v):
             raise ValueError(f"unsafe pack file path {v!r}")
         return v
 

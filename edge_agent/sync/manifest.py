@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edge_agent.sync.digests import merkle_root
 from edge_agent.sync.signing import canonical_json
 from edge_agent.tasks import DeviceClass, Task
+from edge_agent.validation import is_plain_relative_path
 
 __all__ = ["MANIFEST_TYPE", "HealthCheck", "ManifestFile", "Precursor", "UpdateManifest"]
 
@@ -39,8 +40,7 @@ class ManifestFile(_Model):
     @field_validator("path")
     @classmethod
     def _inside_the_pack(cls, v: str) -> str:
-        parts = v.split("/")
-        if v.startswith("/") or "\\" in v or "\x00" in v or any(p in {"", ".", ".."} for p in parts):
+        if not is_plain_relative_path(v):
             raise ValueError(f"unsafe pack file path {v!r}")
         return v
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edge_agent.errors import UnsafePackError
+from edge_agent.validation import is_plain_relative_path
 
 __all__ = ["check_pack_dir", "external_data_locations"]
 
@@ -123,17 +124,6 @@ def _genai_filenames(config: object) -> Iterator[str]:
             yield from _genai_filenames(value)
 
 
-def _plain(rel: str) -> bool:
-    parts = rel.split("/")
-    return (
-        bool(rel)
-        and not rel.startswith("/")
-        and "\\" not in rel
-        and "\x00" not in rel
-        and not any(p in {"", ".", ".."} for p in parts)
-    )
-
-
 def check_pack_dir(pack_dir: Path, listed: set[str]) -> None:
     """Refuse a pack directory with anything but the listed regular files, or a model or genai config
     that points anywhere else."""
@@ -164,5 +154,5 @@ def check_pack_dir(pack_dir: Path, listed: set[str]) -> None:
         base = rel.rpartition("/")[0]
         for location in named:
             target = f"{base}/{location}" if base else location
-            if not _plain(location) or target not in listed:
+            if not is_plain_relative_path(location) or target not in listed:
                 raise UnsafePackError(f"{rel} refers to {location!r}, which is not a file of this pack")

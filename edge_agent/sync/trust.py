@@ -30,7 +30,7 @@ from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
 from edge_agent.sync.signing import key_id, open_envelope, verify_threshold
 from edge_agent.tasks import DeviceClass
 
-__all__ = ["TrustedUpdates", "utc_now"]
+__all__ = ["TrustedUpdates", "unverified_manifest", "utc_now"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -152,6 +152,13 @@ class TrustedUpdates:
             raise EndlessDataError(f"chunk {index} is {len(data)} bytes; the manifest signed {expected}")
         if len(data) < expected or chunk_digest(data).hex() != manifest.chunks[index]:
             raise ChunkDigestError(f"chunk {index} of {manifest.pack_id} is not the one the manifest signed")
+
+
+def unverified_manifest(data: bytes, what: str) -> UpdateManifest:
+    """The manifest inside an envelope, signatures NOT checked: for showing what is stored and for
+    seeding this device's own copies (every receiver verifies); never for deciding to install."""
+    payload, _ = open_envelope(data, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=what)
+    return _parse(UpdateManifest, payload, what)
 
 
 def _parse(model: type[M], payload: bytes, what: str) -> M:

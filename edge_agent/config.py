@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.mesh.settings import MeshLimits, MeshSettings
@@ -176,6 +176,14 @@ class UpdatesSection(_Section):
     """How often to ask peers what they hold."""
     quota_mb: int | None = Field(default=None, ge=1)
     """Largest pack this device stages (None: whatever fits with the store's copy and 64 MB to spare)."""
+    direct: bool = True
+    """Move chunks over direct TLS links between devices (addresses in presence), falling back to the
+    broker path when a peer cannot be reached; off: every chunk goes through the broker."""
+    direct_address: IPvAnyAddress | None = None
+    """Address to listen on and announce for direct links (default: the one this host reaches the
+    broker from, so peers that reach the broker reach it too)."""
+    direct_port: int = Field(default=0, ge=0, le=65535)
+    """TCP port for direct links (0: any free port; it is announced in presence)."""
 
 
 class AgentConfig(_Section):

@@ -118,6 +118,14 @@ class LocalApiError(HearthError):
     """The local agent socket answered badly or went away mid-answer."""
 
 
+class DirectLinkError(NetworkError):
+    """A direct device-to-device link could not be made or broke (the caller falls back to the broker)."""
+
+
+class DirectRefusedError(DirectLinkError):
+    """The peer answered over a working direct link, but said no (it does not hold what was asked)."""
+
+
 class RecipientNotMemberError(HearthError):
     """This device refuses to send to a peer that is revoked, expired or unknown (checked on every
     outgoing path, so a revoked device receives nothing, whatever the broker still delivers)."""

@@ -144,8 +144,11 @@ class Hearth:
 
                 ucfg = self.config.updates
                 self.updater = Updater(
-                    self.service, self.store, interval_s=ucfg.interval_s, quota_mb=ucfg.quota_mb
-                )
+                    self.service, self.store, interval_s=ucfg.interval_s, quota_mb=ucfg.quota_mb,
+                    direct_host=await self._direct_host() if self.serve else None,
+                    direct_port=ucfg.direct_port,
+                )  # fmt: skip
+                await self._stack.enter_async_context(self.updater)
                 self.service.update_status = self.updater.status
                 if self.serve:
                     self.spawn(self.updater.run_forever(), "model-updates")
@@ -155,6 +158,22 @@ class Hearth:
             await self._close()
             raise
         return self
+
+    async def _direct_host(self) -> str | None:
+        """Where direct links listen: [updates] direct_address, else the address we reach the broker
+        from; None when direct links are off or no route is found (chunks then use the broker)."""
+        ucfg = self.config.updates
+        if not ucfg.direct:
+            return None
+        if ucfg.direct_address is not None:
+            return str(ucfg.direct_address)
+        from edge_agent.mesh.direct import local_address_towards
+
+        try:
+            return await asyncio.to_thread(local_address_towards, *self.config.mesh.host_port)
+        except OSError as exc:
+            log.warning("no direct links: no route towards the broker (%s)", exc)
+            return None
 
     async def _open_local_socket(self) -> None:
         from edge_agent.local_api import LocalApiServer

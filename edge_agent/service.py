@@ -30,7 +30,7 @@ from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.memory import TranslationMemory, fits, make_entry, normalize
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request, UpdateStatus, encode
+from edge_agent.mesh.protocol import Chunk, DirectContact, Offer, Presence, Request, UpdateStatus, encode
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.selection import Plan
 from edge_agent.profiles.model import FirmwareProfile
@@ -109,6 +109,8 @@ class MeshService:
         )
         self.update_status: Callable[[], list[UpdateStatus]] | None = None
         """Model updates' per-model state for presence (set by the façade when updates are on)."""
+        self.direct: DirectContact | None = None
+        """Where peers reach this device directly (model update chunks), once those links are open."""
         self.serve_hooks: dict[Task, ServeHook] = {"translate": self._serve_translate}
         """Task-specific serving: a peer's translations go through the household memory too."""
 
@@ -161,8 +163,14 @@ class MeshService:
             free_model_ram_mb=max(0, int(self.profile.model_ram_budget_mb - used)),
             translation_memory=self.memory is not None,
             updates=self.update_status() if self.update_status is not None else [],
+            direct=self.direct,
             interval_s=self.config.mesh.presence_interval_s,
         )
+
+    def inference_busy(self) -> bool:
+        """Inference in flight here: serving a request, running our own, or waiting for a peer's
+        answer (model transfers yield while it is)."""
+        return bool(self.endpoint.queue_depth or self.router.local_in_flight or self.endpoint.streams_open)
 
     def presence(self) -> Presence:
         self._refresh_household()

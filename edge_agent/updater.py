@@ -9,12 +9,15 @@ rename, and the engines loaded from the old pack are retired so the next request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Self
 
 from edge_agent.errors import HearthError, PackError, UpdateError
+from edge_agent.mesh.direct import DirectLinks
 from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.models.activation import ActivationResult, activate
 from edge_agent.models.store import PackStore
@@ -49,6 +52,9 @@ class Updater:
     store: PackStore
     interval_s: float = 300.0
     quota_mb: int | None = None
+    direct_host: str | None = None
+    """Listen for direct links (chunks between devices) on this address; None: broker path only."""
+    direct_port: int = 0
     outcomes: list[UpdateOutcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -63,8 +69,39 @@ class Updater:
             svc.certificate.device_class,
             self.updates.dir / "staging",
             quota_bytes=self.quota_mb << 20 if self.quota_mb else None,
+            busy=svc.inference_busy,
         )
         self._busy = asyncio.Lock()
+        self._direct: DirectLinks | None = None
+
+    async def __aenter__(self) -> Self:
+        """Open the direct links (if asked for) and announce them; without them chunks use the broker."""
+        if self.direct_host is None:
+            return self
+        links = DirectLinks(
+            self.service.node, self.exchange.serve_direct, host=self.direct_host, port=self.direct_port
+        )
+        try:
+            await links.__aenter__()
+        except OSError as exc:
+            log.warning(
+                "no direct links on %s (%s); model updates go through the broker", self.direct_host, exc
+            )
+            await links.close()
+            return self
+        self._direct = self.exchange.direct = links
+        self.service.direct = links.contact
+        with contextlib.suppress(HearthError):  # peers learn the contact now, not one interval later
+            await self.service.endpoint.publish_presence()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.service.direct = None
+        self.exchange.direct = None
+        if self._direct is not None:
+            await self._direct.close()
 
     # -- seeding -------------------------------------------------------------------------------------
 

@@ -71,6 +71,9 @@ async def test_the_fridge_receives_verifies_and_activates_a_new_sequence_while_s
             assert result.translations[0] == expect
 
             assert [(o.pack_id, o.sequence, o.state) for o in outcomes] == [(PACK, 2, "activated")]
+            # Every chunk came over the direct TLS link, none through the broker.
+            assert fridge.updater.exchange.received == {"direct": manifest.total_size}
+            assert hub.mesh.presence().direct is not None
             assert fridge.updater.trusted.installed == {source.manifest.name: 2}
             saved = json.loads(UpdateStore(fridge_home).installed_path.read_text())
             assert saved == {source.manifest.name: 2}

@@ -193,6 +193,11 @@ class MeshEndpoint:
         return len(self._serving)
 
     @property
+    def streams_open(self) -> int:
+        """Answers we are waiting for from peers (our own offloaded requests)."""
+        return len(self._streams)
+
+    @property
     def dropped(self) -> Counter[str]:
         return self.node.dropped
 

@@ -93,6 +93,18 @@ class UpdateStatus(_Wire):
     detail: str = Field(default="", max_length=300)
 
 
+class DirectContact(_Wire):
+    """Where this device accepts direct TLS links from members (bulk data: model update chunks), and
+    the SHA-256 of the TLS certificate it will present there (fresh per agent start). Signed inside the
+    presence, so a client that checks the fingerprint knows it reached this device (see mesh.direct)."""
+
+    hosts: list[Annotated[str, Field(max_length=45, pattern=r"^[0-9A-Fa-f.:]+$")]] = Field(
+        min_length=1, max_length=4
+    )
+    port: int = Field(ge=1, le=65535)
+    tls_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class Presence(_Wire):
     """Retained, group-sealed advert: who I am (root-signed), what I serve, how busy I am."""
 
@@ -109,6 +121,7 @@ class Presence(_Wire):
     free_model_ram_mb: int = Field(default=0, ge=0)
     translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
     updates: list[UpdateStatus] = Field(default_factory=list, max_length=16)
+    direct: DirectContact | None = None
     interval_s: float = Field(
         gt=0,
         le=3600,

@@ -6,8 +6,9 @@ messages. What arrives is checked before use: holdings' manifests go through `Tr
 by `SwarmFetch` against the signed digests, and a seeder re-verifies what it reads from disk before
 sending it. Partial holders serve what they have; a device that finishes seeds at once.
 
-This is the path through the broker. A direct device-to-device data plane (TLS with the household's
-device certificates) comes next; the rules (`SwarmFetch`) stay the same.
+Chunks go over a direct TLS link to the holder (`mesh.direct`) when it announces one and we can reach
+it, else through the broker; the rules (`SwarmFetch`) are the same on both paths. While this device has
+inference in flight (`busy`), transfers yield: one chunk in flight at a time, served one at a time.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ import secrets
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.errors import (
     ChunkDigestError,
+    DirectLinkError,
+    DirectRefusedError,
     EndlessDataError,
     HearthError,
     MalformedUpdateError,
@@ -36,6 +40,7 @@ from edge_agent.errors import (
     UpdateError,
     WrongDeviceClassError,
 )
+from edge_agent.mesh.direct import Ask, DirectLinks
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
@@ -127,8 +132,16 @@ class UpdateExchange:
         staging_root: Path,
         *,
         quota_bytes: int | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.busy = busy or (lambda: False)
+        """True while this device has inference in flight: transfers then yield."""
+        self.direct: DirectLinks | None = None
+        """Direct links to holders (set by the owner once they are open); None: broker path only."""
+        self.received: Counter[str] = Counter()
+        """Verified chunk bytes received, by path ("direct", "broker")."""
+        self._serving_one = asyncio.Lock()
         self.quota_bytes = quota_bytes
         self.store = store
         self.trusted = trusted
@@ -202,21 +215,40 @@ class UpdateExchange:
     def _serve_chunk(self, requester: DeviceCertificate, req: ChunkRequest) -> None:
         if not self._room_for(requester.device_id):
             return
-        holding = self.holdings.get(req.content_id)
-        if holding is None or req.index not in holding.have:
+        data = self._held_chunk(req.content_id, req.index)
+        if data is None:
             self.endpoint.dropped["UnheldChunk"] += 1
-            return
-        try:
-            data = read_chunk(holding.directory, holding.manifest, req.index)
-            TrustedUpdates.verify_chunk(holding.manifest, req.index, data)  # never pass on a bad disk
-        except (OSError, UpdateError) as exc:
-            log.warning("not serving chunk %d of %s: %s", req.index, holding.manifest.pack_id, exc)
-            holding.have.discard(req.index)
             return
         msg = ChunkData(
             nonce=req.nonce, content_id=req.content_id, index=req.index, data=base64.b64encode(data).decode()
         )
         self._reply(requester, msg, req.reply_session)
+
+    def _held_chunk(self, content_id: str, index: int) -> bytes | None:
+        """A chunk we hold, re-verified as read (a bad disk is never passed on), or None."""
+        holding = self.holdings.get(content_id)
+        if holding is None or index not in holding.have:
+            return None
+        try:
+            data = read_chunk(holding.directory, holding.manifest, index)
+            TrustedUpdates.verify_chunk(holding.manifest, index, data)
+        except (OSError, UpdateError) as exc:
+            log.warning("not serving chunk %d of %s: %s", index, holding.manifest.pack_id, exc)
+            holding.have.discard(index)
+            return None
+        return data
+
+    async def serve_direct(self, requester: str, ask: Ask) -> bytes:
+        """A chunk for a member over a direct link (`DirectLinks` checked who it is)."""
+        if self.busy():  # inference first: serve one chunk at a time while it runs
+            async with self._serving_one:
+                data = await asyncio.to_thread(self._held_chunk, ask.content_id, ask.index)
+        else:
+            data = await asyncio.to_thread(self._held_chunk, ask.content_id, ask.index)
+        if data is None:
+            self.endpoint.dropped["UnheldChunk"] += 1
+            raise DirectLinkError(f"chunk {ask.index} of {ask.content_id} is not held here")
+        return data
 
     # -- discovering ---------------------------------------------------------------------------------
 
@@ -311,19 +343,30 @@ class UpdateExchange:
         entry = self._fetches.get(msg.content_id)
         if entry is None:
             return
-        fetch, staging, wake = entry
         try:
             data = base64.b64decode(msg.data, validate=True)
-            if fetch.on_chunk(sender.device_id, msg.index, data):
-                _write_chunk(staging, fetch.manifest, msg.index, data)
-                holding = self.holdings.get(msg.content_id)
-                if holding is not None:
-                    holding.have.add(msg.index)  # partial holders serve what they have
-        except (ChunkDigestError, EndlessDataError, MalformedUpdateError) as exc:
-            log.warning("banned %s for this update: %s", sender.name, exc)
-            self.endpoint.dropped[type(exc).__name__] += 1
         except ValueError:
-            fetch.ban(sender.device_id, "sent a chunk that is not base64")
+            entry[0].ban(sender.device_id, "sent a chunk that is not base64")
+            entry[2].set()
+            return
+        self._arrived(sender.device_id, msg.content_id, msg.index, data, "broker")
+
+    def _arrived(self, sender: str, content_id: str, index: int, data: bytes, path: str) -> None:
+        """A chunk we asked ``sender`` for, by either path: verified, then written and served on."""
+        entry = self._fetches.get(content_id)
+        if entry is None:
+            return
+        fetch, staging, wake = entry
+        try:
+            if fetch.on_chunk(sender, index, data):
+                _write_chunk(staging, fetch.manifest, index, data)
+                self.received[path] += len(data)
+                holding = self.holdings.get(content_id)
+                if holding is not None:
+                    holding.have.add(index)  # partial holders serve what they have
+        except (ChunkDigestError, EndlessDataError, MalformedUpdateError) as exc:
+            log.warning("banned %s for this update: %s", sender[:8], exc)
+            self.endpoint.dropped[type(exc).__name__] += 1
         wake.set()
 
     async def fetch(
@@ -352,7 +395,7 @@ class UpdateExchange:
         last_discovery = time.monotonic()
         try:
             while fetch.state is FetchState.FETCHING:
-                for device_id, index in fetch.next_requests():
+                for device_id, index in fetch.next_requests(limit=1 if self.busy() else None):
                     await self._request(fetch, device_id, manifest.content_id, index)
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -402,6 +445,39 @@ class UpdateExchange:
         return None
 
     async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
+        peer = self.endpoint.peers.get(device_id)
+        if peer is None:
+            fetch.peer_gone(device_id)
+            return
+        contact = peer.presence.direct
+        if self.direct is not None and contact is not None and self.direct.reachable(device_id, contact):
+            direct = self.direct
+
+            async def ask_directly() -> None:
+                ask = Ask(id=secrets.randbits(62), content_id=content_id, index=index)
+                try:
+                    data = await direct.ask(
+                        device_id, contact, ask,
+                        max_length=fetch.manifest.chunk_length(index), timeout=fetch.request_timeout_s,
+                    )  # fmt: skip
+                except DirectRefusedError:
+                    fetch.not_held(device_id, index)
+                    if (entry := self._fetches.get(content_id)) is not None:
+                        entry[2].set()
+                    return
+                except DirectLinkError as exc:
+                    log.info("direct link to %s failed (%s); using the broker", device_id[:8], exc)
+                    await self._request_via_broker(fetch, device_id, content_id, index)
+                    return
+                self._arrived(device_id, content_id, index, data, "direct")
+
+            self.endpoint._spawn(ask_directly())
+            return
+        await self._request_via_broker(fetch, device_id, content_id, index)
+
+    async def _request_via_broker(
+        self, fetch: SwarmFetch, device_id: str, content_id: str, index: int
+    ) -> None:
         peer = self.endpoint.peers.get(device_id)
         if peer is None:
             fetch.peer_gone(device_id)

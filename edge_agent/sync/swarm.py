@@ -121,14 +121,23 @@ class SwarmFetch:
         self._settle()
         return True
 
+    def not_held(self, device_id: str, index: int) -> None:
+        """A peer said it does not have a chunk after all: ask someone else, and not it again."""
+        peer = self.peers.get(device_id)
+        if peer is not None:
+            peer.in_flight.pop(index, None)
+            peer.holds.discard(index)
+            self._settle()
+
     def ban(self, device_id: str, why: str) -> None:
         self.banned[device_id] = why
         self.peers.pop(device_id, None)
 
     # -- what we do next ----------------------------------------------------------------------------
 
-    def next_requests(self) -> list[tuple[str, int]]:
-        """(peer, chunk) requests to send now; each chunk asked of one peer at a time."""
+    def next_requests(self, limit: int | None = None) -> list[tuple[str, int]]:
+        """(peer, chunk) requests to send now; each chunk asked of one peer at a time, and at most
+        ``limit`` in flight in all (transfers yield to inference by asking for less)."""
         if self.state is not FetchState.FETCHING:
             return []
         now = self.now()
@@ -142,6 +151,7 @@ class SwarmFetch:
         wanted = self.missing() - self.in_flight()
         rarity = {i: sum(1 for p in self.peers.values() if i in p.holds) for i in wanted}
         out: list[tuple[str, int]] = []
+        room = None if limit is None else limit - len(self.in_flight())
         for index in sorted((i for i in wanted if rarity[i]), key=lambda i: (rarity[i], i)):
             holders = [
                 (len(p.in_flight), d)
@@ -150,6 +160,8 @@ class SwarmFetch:
             ]
             if not holders:
                 continue
+            if room is not None and len(out) >= room:
+                break
             _, chosen = min(holders)
             self.peers[chosen].in_flight[index] = now
             out.append((chosen, index))

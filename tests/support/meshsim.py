@@ -17,7 +17,7 @@ from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.node import GroupKeys, MeshNode
-from edge_agent.mesh.protocol import Chunk, Offer, Presence, Request
+from edge_agent.mesh.protocol import Chunk, DirectContact, Offer, Presence, Request
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.mesh.transports.memory import MeshSimulator
 from edge_agent.tasks import TASKS, DeviceClass, Task
@@ -50,6 +50,7 @@ class Device:
     offers: list[Offer] = field(default_factory=list)
     interval_s: float = 0.05
     memory: bool = False
+    direct: DirectContact | None = None
 
     @property
     def id(self) -> str:
@@ -152,6 +153,7 @@ def presence_of(dev: Device) -> Presence:
         offers=dev.offers,
         interval_s=dev.interval_s,
         translation_memory=dev.memory,
+        direct=dev.direct,
     )
 
 

@@ -1,0 +1,483 @@
+"""Direct links between two household devices for bulk data (model update chunks): a pack crosses the
+network once, between the two devices, instead of twice through the broker's host.
+
+TLS 1.3, bound to household identity without an X.509 CA (that exists only beside a production
+Mosquitto), the way WebRTC binds DTLS to its signed signalling:
+
+- Each agent makes a fresh P-256 key and self-signed certificate at start and announces the
+  certificate's SHA-256 with its addresses and port in its *signed* presence. The client pins that
+  fingerprint: whoever completes the handshake holds the key that device announced.
+- The client then proves its device key inside the channel: it signs the server's fresh random
+  challenge together with both device ids, the fingerprint and the household id. The challenge is new
+  per connection and reached the client inside TLS from the pinned server, so the signature can be
+  neither relayed to another device nor replayed.
+- Every ask re-checks that both ends are still members; a revocation closes that device's links.
+- Bounded: connections in total and per device, header size, answer length (the caller's signed chunk
+  length, read before any byte of data), handshake and idle time.
+
+After the handshake each ask and answer is one frame: a 4-byte big-endian header length, the header
+(JSON), then, for an answer, its raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import enum
+import hashlib
+import logging
+import secrets
+import socket
+import ssl
+import struct
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from nacl.exceptions import BadSignatureError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import DirectLinkError, DirectRefusedError, HearthError
+from edge_agent.mesh.node import MeshNode
+from edge_agent.mesh.protocol import DirectContact
+
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "Ask",
+    "DirectLinks",
+    "DirectState",
+    "Serve",
+    "local_address_towards",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 4096
+MAX_ANSWER_BYTES = 16 << 20
+HANDSHAKE_S = 5.0
+IDLE_S = 120.0
+MAX_SERVED_LINKS = 16
+MAX_LINKS_PER_DEVICE = 2
+UNREACHABLE_S = 60.0
+"""After a failed connection, the broker path is used for this long before trying directly again."""
+_CONTEXT = b"hearth direct link v1"
+_HEX32 = r"^[0-9a-f]{32}$"
+
+F = TypeVar("F", bound="_Frame")
+
+
+class DirectState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Challenge(_Frame):
+    type: Literal["challenge"] = "challenge"
+    server: str = Field(pattern=_HEX32)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Hello(_Frame):
+    type: Literal["hello"] = "hello"
+    device: str = Field(pattern=_HEX32)
+    signature: str = Field(max_length=100)
+
+
+class Welcome(_Frame):
+    type: Literal["welcome"] = "welcome"
+
+
+class Ask(_Frame):
+    """One chunk of one update, by its manifest's content id."""
+
+    type: Literal["ask"] = "ask"
+    id: int = Field(ge=0, le=2**62)
+    content_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    index: int = Field(ge=0, le=1 << 20)
+
+
+class Answer(_Frame):
+    type: Literal["answer"] = "answer"
+    id: int = Field(ge=0, le=2**62)
+    length: int = Field(ge=0, le=MAX_ANSWER_BYTES)
+    error: str | None = Field(default=None, max_length=200)
+
+
+Serve = Callable[[str, Ask], Awaitable[bytes]]
+"""Answers an ask from a member (by device id); raises DirectLinkError to say no (not held, ...)."""
+
+
+class _Hostile(HearthError):
+    """A peer broke the link's framing or handshake (dropped and counted, never trusted)."""
+
+
+def _sign_input(household: str, client: str, server: str, fingerprint: str, nonce: str) -> bytes:
+    return b"\n".join([_CONTEXT, *(s.encode() for s in (household, client, server, fingerprint, nonce))])
+
+
+async def _write(writer: asyncio.StreamWriter, frame: _Frame, data: bytes = b"") -> None:
+    header = frame.model_dump_json().encode()
+    writer.write(struct.pack(">I", len(header)) + header)
+    if data:
+        writer.write(data)
+    await writer.drain()
+
+
+async def _read(reader: asyncio.StreamReader, model: type[F]) -> F:
+    (length,) = struct.unpack(">I", await reader.readexactly(4))
+    if length > MAX_HEADER_BYTES:
+        raise _Hostile(f"a {length}-byte frame header (at most {MAX_HEADER_BYTES})")
+    try:
+        return model.model_validate_json(await reader.readexactly(length))
+    except ValidationError as exc:
+        raise _Hostile(f"not a {model.__name__} frame: {exc.errors()[0]['msg']}") from None
+
+
+def _self_signed(device_id: str) -> tuple[bytes, bytes]:
+    """A fresh P-256 key and self-signed certificate (PEM): identity comes from the signed presence."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with tempfile.TemporaryDirectory(prefix="hearth-tls-") as tmp:  # ssl loads keys from files only
+        cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert_path.write_bytes(cert_pem)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key_pem)
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+def _client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the fingerprint from the signed presence is checked instead
+    return ctx
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """The local address this host uses to reach ``host`` (the broker): a peer that reaches the broker
+    can reach us there too. No packet is sent (a UDP socket's connect only picks the route)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(address)
+        return str(probe.getsockname()[0])
+
+
+class _Link:
+    """Our end of one link to a peer: asks in flight, answered in any order by id."""
+
+    def __init__(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dropped: Counter[str]
+    ) -> None:
+        self.peer = peer
+        self.dropped = dropped
+        self.reader, self.writer = reader, writer
+        self.pending: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
+        self.closed = False
+        self.task = asyncio.create_task(self._read_answers(), name=f"direct-{peer[:8]}")
+
+    async def _read_answers(self) -> None:
+        why: BaseException = DirectLinkError(f"link to {self.peer[:8]} closed")
+        try:
+            while True:
+                answer = await _read(self.reader, Answer)
+                expected = self.pending.pop(answer.id, None)
+                if expected is not None and answer.length > expected[0]:
+                    self.pending[answer.id] = expected  # failed with the rest below
+                    raise _Hostile(f"a {answer.length}-byte answer; the signed chunk is {expected[0]} bytes")
+                data = await self.reader.readexactly(answer.length) if answer.length else b""
+                if expected is None or expected[1].done():
+                    continue  # asked, then given up on: the bytes are read and dropped
+                if answer.error is not None:
+                    expected[1].set_exception(DirectRefusedError(f"{self.peer[:8]} said: {answer.error}"))
+                else:
+                    expected[1].set_result(data)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
+            why = DirectLinkError(f"link to {self.peer[:8]} broke: {exc or type(exc).__name__}")
+        except _Hostile as exc:
+            self.dropped["DirectLinkRefused"] += 1
+            why = DirectLinkError(f"{self.peer[:8]} broke the link's rules: {exc}")
+        finally:
+            self.close(why)
+
+    def close(self, why: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for _, future in self.pending.values():
+            if not future.done():
+                future.set_exception(why or DirectLinkError(f"link to {self.peer[:8]} closed"))
+        self.pending.clear()
+        self.writer.close()
+        if self.task is not asyncio.current_task():
+            self.task.cancel()
+
+    async def ask(self, ask: Ask, max_length: int, timeout: float) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[ask.id] = (max_length, future)
+        try:
+            await _write(self.writer, ask)
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise DirectLinkError(f"{self.peer[:8]} did not answer within {timeout:g} s") from None
+        except (ConnectionError, OSError) as exc:
+            self.close(exc)
+            raise DirectLinkError(f"link to {self.peer[:8]} broke: {exc}") from None
+        finally:
+            self.pending.pop(ask.id, None)
+
+
+class DirectLinks:
+    """This device's direct links: a TLS server for members' asks, and links to peers it asks."""
+
+    def __init__(self, node: MeshNode, serve: Serve, *, host: str, port: int = 0) -> None:
+        self.node = node
+        self.serve = serve
+        self.host, self.port = host, port
+        self.state = DirectState.UNOPENED
+        self.contact: DirectContact | None = None
+        """What our presence announces once open."""
+        self._server: asyncio.Server | None = None
+        self._served: dict[asyncio.Task[None], tuple[str, asyncio.StreamWriter]] = {}
+        """Connections being served -> the member on the other end ("" until it authenticated) and the
+        writer that ends it (closing, not cancelling: asyncio logs a cancelled connection callback)."""
+        self._links: dict[str, _Link] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
+        self._unreachable: dict[str, float] = {}
+        self.received: Counter[str] = Counter()
+        """Bytes received directly, by peer (what did not cross the broker)."""
+        self._client_ssl = _client_context()
+        node.membership.on_revoked.append(self._revoked)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self.state is not DirectState.UNOPENED:
+            raise RuntimeError(f"these direct links are {self.state.value}; make new ones")
+        cert_pem, key_pem = _self_signed(self.node.device_id)
+        fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).hexdigest()
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, ssl=_server_context(cert_pem, key_pem),
+            ssl_handshake_timeout=HANDSHAKE_S,
+        )  # fmt: skip
+        port = self._server.sockets[0].getsockname()[1]
+        self.contact = DirectContact(hosts=[self.host], port=port, tls_sha256=fingerprint)
+        self.state = DirectState.OPEN
+        log.info("direct links on %s:%d", self.host, port)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.state is DirectState.CLOSED:
+            return
+        self.state = DirectState.CLOSED
+        with contextlib.suppress(ValueError):
+            self.node.membership.on_revoked.remove(self._revoked)
+        for link in list(self._links.values()):
+            link.close()
+        tasks = [link.task for link in self._links.values()]
+        self._links.clear()
+        if self._server is not None:
+            self._server.close()
+        for task in tasks:
+            task.cancel()
+        for _, writer in self._served.values():
+            writer.close()
+        tasks += list(self._served)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
+
+    def _revoked(self, devices: frozenset[str]) -> None:
+        for device in devices:
+            if (link := self._links.pop(device, None)) is not None:
+                link.close(DirectLinkError(f"{device[:8]} has been revoked"))
+        for device, writer in list(self._served.values()):
+            if device in devices:
+                writer.close()
+
+    # -- serving --------------------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = writer.get_extra_info("peername")
+        if len(self._served) >= MAX_SERVED_LINKS:
+            self.node.dropped["DirectLinkFlood"] += 1
+            writer.close()
+            return
+        self._served[task] = ("", writer)
+        try:
+            device = await self._handshake(reader, writer)
+            if sum(1 for d, _ in self._served.values() if d == device) >= MAX_LINKS_PER_DEVICE:
+                self.node.dropped["DirectLinkFlood"] += 1
+                return
+            self._served[task] = (device, writer)
+            await _write(writer, Welcome())
+            await self._answer(device, reader, writer)
+        except _Hostile as exc:
+            self.node.dropped["DirectLinkRefused"] += 1
+            log.info("refused a direct link from %s: %s", peer, exc)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError, TimeoutError):
+            pass  # the other end left, or sat idle
+        finally:
+            self._served.pop(task, None)
+            writer.close()
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        assert self.contact is not None
+        nonce = secrets.token_hex(32)
+        try:
+            async with asyncio.timeout(HANDSHAKE_S):
+                await _write(writer, Challenge(server=self.node.device_id, nonce=nonce))
+                hello = await _read(reader, Hello)
+        except TimeoutError:
+            raise _Hostile(f"no hello within {HANDSHAKE_S:g} s") from None
+        membership = self.node.membership
+        try:
+            cert = membership.member(hello.device)
+            signed = _sign_input(
+                membership.household_id, hello.device, self.node.device_id, self.contact.tls_sha256, nonce
+            )
+            cert.verify_key.verify(signed, base64.b64decode(hello.signature, validate=True))
+        except HearthError as exc:
+            raise _Hostile(str(exc)) from None
+        except (BadSignatureError, ValueError):
+            raise _Hostile(f"{hello.device[:8]}'s hello is not signed by its device key") from None
+        return hello.device
+
+    async def _answer(self, device: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            async with asyncio.timeout(IDLE_S):
+                ask = await _read(reader, Ask)
+            try:
+                self.node.membership.member(device)
+            except HearthError as exc:
+                raise _Hostile(str(exc)) from None
+            try:
+                data = await self.serve(device, ask)
+            except DirectLinkError as exc:
+                await _write(writer, Answer(id=ask.id, length=0, error=str(exc)[:200]))
+                continue
+            await _write(writer, Answer(id=ask.id, length=len(data)), data)
+
+    # -- asking ---------------------------------------------------------------------------------------
+
+    def reachable(self, device_id: str, contact: DirectContact | None) -> bool:
+        """Worth trying directly: it announces a contact and has not failed us lately."""
+        if contact is None or self.state is not DirectState.OPEN:
+            return False
+        return time.monotonic() >= self._unreachable.get(device_id, 0.0)
+
+    async def ask(
+        self, device_id: str, contact: DirectContact, ask: Ask, *, max_length: int, timeout: float = 10.0
+    ) -> bytes:
+        """``ask``'s answer from ``device_id`` (at most ``max_length`` bytes), over a link made on first
+        use. Raises DirectRefusedError if the peer said no, DirectLinkError if the link could not be
+        made or broke (then use the broker)."""
+        try:
+            self.node.membership.member(device_id)  # every outgoing path checks the peer still belongs
+        except HearthError as exc:
+            raise DirectLinkError(str(exc)) from None
+        link = await self._link(device_id, contact)
+        data = await link.ask(ask, max_length, timeout)
+        self.received[device_id] += len(data)
+        return data
+
+    async def _link(self, device_id: str, contact: DirectContact) -> _Link:
+        link = self._links.get(device_id)
+        if link is not None and not link.closed:
+            return link
+        lock = self._connecting.setdefault(device_id, asyncio.Lock())
+        async with lock:
+            link = self._links.get(device_id)
+            if link is not None and not link.closed:
+                return link
+            if time.monotonic() < self._unreachable.get(device_id, 0.0):  # failed while we waited
+                raise DirectLinkError(f"no direct link to {device_id[:8]} (failed moments ago)")
+            try:
+                link = await self._connect(device_id, contact)
+            except DirectLinkError:
+                if len(self._unreachable) > 1024:
+                    self._unreachable.clear()
+                self._unreachable[device_id] = time.monotonic() + UNREACHABLE_S
+                raise
+            self._links[device_id] = link
+            return link
+
+    async def _connect(self, device_id: str, contact: DirectContact) -> _Link:
+        problems: list[str] = []
+        for host in contact.hosts:
+            writer: asyncio.StreamWriter | None = None
+            try:
+                async with asyncio.timeout(HANDSHAKE_S):
+                    reader, writer = await asyncio.open_connection(host, contact.port, ssl=self._client_ssl)
+                    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+                    if hashlib.sha256(der).hexdigest() != contact.tls_sha256:
+                        self.node.dropped["DirectWrongCertificate"] += 1
+                        raise _Hostile("its TLS certificate is not the one its signed presence announces")
+                    challenge = await _read(reader, Challenge)
+                    if challenge.server != device_id:
+                        raise _Hostile(f"it says it is {challenge.server[:8]}")
+                    signed = _sign_input(
+                        self.node.membership.household_id, self.node.device_id, device_id,
+                        contact.tls_sha256, challenge.nonce,
+                    )  # fmt: skip
+                    signature = self.node.identity.signing_key.sign(signed).signature
+                    await _write(
+                        writer,
+                        Hello(device=self.node.device_id, signature=base64.b64encode(signature).decode()),
+                    )
+                    await _read(reader, Welcome)
+                return _Link(device_id, reader, writer, self.node.dropped)
+            except asyncio.IncompleteReadError:
+                problems.append(f"{host}: closed during the handshake (are we still a member?)")
+            except (OSError, TimeoutError, ssl.SSLError, _Hostile) as exc:
+                problems.append(f"{host}: {exc or type(exc).__name__}")
+            if writer is not None:
+                writer.close()
+        raise DirectLinkError(f"no direct link to {device_id[:8]}: {'; '.join(problems)}")

@@ -1,0 +1,261 @@
+"""Direct device-to-device links for update chunks (mesh.direct): real TLS 1.3 on loopback between
+in-memory-mesh agents. Chunks take the direct path when a holder announces one, fall back to the broker
+when it cannot be reached, and every way of abusing a link is refused with trusted state unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import DirectLinkError, DirectRefusedError
+from edge_agent.mesh.direct import Ask, DirectLinks
+from edge_agent.mesh.protocol import ChunkData, DirectContact
+from edge_agent.sync.exchange import UpdateExchange
+from edge_agent.sync.swarm import FetchState
+from tests.support.meshsim import Device, SimHousehold, household, until
+from tests.test_update_exchange import FILES, exchange, publish, pull, same_files
+
+
+@contextlib.asynccontextmanager
+async def direct(dev: Device, ex: UpdateExchange) -> AsyncIterator[DirectLinks]:
+    """Open ``dev``'s direct links on loopback and announce them in its presence."""
+    async with DirectLinks(dev.node, ex.serve_direct, host="127.0.0.1") as links:
+        ex.direct, dev.direct = links, links.contact
+        yield links
+
+
+async def announced(home: SimHousehold, *devices: Device) -> None:
+    """Every started device has heard every other's direct contact (presence every 50 ms)."""
+
+    def heard() -> bool:
+        return all(
+            (peer := d.endpoint.peers.get(o.id)) is not None and peer.presence.direct == o.direct
+            for d in home.devices.values()
+            for o in devices
+            if o is not d
+        )
+
+    assert await until(heard)
+
+
+def count_broker_chunks(dev: Device) -> list[int]:
+    seen: list[int] = []
+    handler = dev.endpoint._features[ChunkData]
+
+    def counting(sender: object, msg: ChunkData) -> None:
+        seen.append(msg.index)
+        handler(sender, msg)  # type: ignore[arg-type]
+
+    dev.endpoint.register(ChunkData, counting)
+    return seen
+
+
+async def test_a_pack_reaches_four_peers_over_direct_links_and_not_through_the_broker(
+    tmp_path: Path,
+) -> None:
+    async with household(tmp_path) as home, contextlib.AsyncExitStack() as stack:
+        devices = [home.device(n, device_class="hub" if n == "hub" else "appliance")
+                   for n in ("hub", "fridge", "car", "phone", "plug")]  # fmt: skip
+        await home.start(*devices)
+        ex = {d.name: exchange(home, d, tmp_path) for d in devices}
+        for d in devices:
+            await stack.enter_async_context(direct(d, ex[d.name]))
+        await announced(home, *devices)
+        publish(home, ex["hub"], tmp_path)
+        via_broker = {d.name: count_broker_chunks(d) for d in devices}
+        results = await asyncio.gather(*(pull(ex[n]) for n in ("fridge", "car", "phone", "plug")))
+        for state, staging, banned in results:
+            assert state is FetchState.DONE and banned == {} and same_files(staging)
+        total = sum(len(v) for v in FILES.values())
+        for name in ("fridge", "car", "phone", "plug"):
+            assert ex[name].received == {"direct": total}
+            assert via_broker[name] == []
+
+
+async def test_an_unreachable_holder_is_fetched_from_through_the_broker(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        async with direct(hub, ex_hub) as hub_links, direct(car, ex_car):
+            assert hub_links.contact is not None
+            await hub_links.close()  # announced, but nobody listens there any more
+            await announced(home, hub, car)
+            publish(home, ex_hub, tmp_path)
+            state, staging, _ = await pull(ex_car)
+            assert state is FetchState.DONE and same_files(staging)
+            assert ex_car.received == {"broker": sum(len(v) for v in FILES.values())}
+
+
+async def test_a_holder_presenting_another_certificate_is_not_trusted_and_the_broker_is_used(
+    tmp_path: Path,
+) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        served: list[int] = []
+        serve = ex_hub.serve_direct
+
+        async def counting(requester: str, ask: Ask) -> bytes:
+            served.append(ask.index)
+            return await serve(requester, ask)
+
+        async with DirectLinks(hub.node, counting, host="127.0.0.1") as impostor, direct(car, ex_car):
+            assert impostor.contact is not None
+            ex_hub.direct = impostor  # listening, but announcing some other certificate's fingerprint
+            hub.direct = impostor.contact.model_copy(update={"tls_sha256": "ab" * 32})
+            await announced(home, hub, car)
+            publish(home, ex_hub, tmp_path)
+            state, staging, _ = await pull(ex_car)
+            assert state is FetchState.DONE and same_files(staging)
+            assert car.node.dropped["DirectWrongCertificate"] == 1
+            assert served == [] and ex_car.received == {"broker": sum(len(v) for v in FILES.values())}
+
+
+async def test_a_revoked_device_cannot_open_a_link_and_is_served_nothing(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        publish(home, ex_hub, tmp_path)
+        manifest = next(iter(ex_hub.holdings.values())).manifest
+        async with direct(hub, ex_hub) as links, direct(car, ex_car) as car_links:
+            assert links.contact is not None
+            crl = home.root.revoke(car.id)
+            hub.node.membership.apply_revocations(crl)  # the hub knows; the car acts as if it did not
+            before = dict(hub.node.dropped)
+            with pytest.raises(DirectLinkError, match="closed during the handshake"):
+                await car_links.ask(hub.id, links.contact, Ask(id=1, content_id=manifest.content_id,
+                                    index=0), max_length=1 << 20)  # fmt: skip
+            assert hub.node.dropped["DirectLinkRefused"] == before.get("DirectLinkRefused", 0) + 1
+            assert links._served == {}
+
+
+async def test_links_close_when_either_end_is_revoked_and_are_not_made_again(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car, phone = (home.device("hub", device_class="hub"), home.device("car"),
+                           home.device("phone"))  # fmt: skip
+        await home.start(hub, car, phone)
+        ex = {d.name: exchange(home, d, tmp_path) for d in (hub, car, phone)}
+        publish(home, ex["hub"], tmp_path)
+        manifest = next(iter(ex["hub"].holdings.values())).manifest
+        ask = Ask(id=1, content_id=manifest.content_id, index=0)
+        size = manifest.chunk_length(0)
+        async with direct(hub, ex["hub"]) as links, direct(car, ex["car"]) as car_links, \
+                direct(phone, ex["phone"]) as phone_links:  # fmt: skip
+            assert links.contact is not None
+            assert len(await car_links.ask(hub.id, links.contact, ask, max_length=size)) == size
+            assert len(await phone_links.ask(hub.id, links.contact, ask, max_length=size)) == size
+            assert len(links._served) == 2
+            home.revoke(car)  # the client end: the hub closes the car's link at once
+            assert await until(lambda: len(links._served) == 1)
+            with pytest.raises(DirectLinkError, match="closed during the handshake"):
+                await car_links.ask(hub.id, links.contact, ask, max_length=size)
+            assert len(links._served) == 1
+            home.revoke(hub)  # the server end: the phone drops its link and asks it nothing more
+            assert phone_links._links == {}
+            with pytest.raises(DirectLinkError, match="has been revoked"):
+                await phone_links.ask(hub.id, links.contact, ask, max_length=size)
+
+
+async def test_a_chunk_not_held_is_refused_in_words(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        async with direct(hub, ex_hub) as links, direct(car, ex_car) as car_links:
+            assert links.contact is not None
+            with pytest.raises(DirectRefusedError, match="is not held here"):
+                await car_links.ask(hub.id, links.contact, Ask(id=1, content_id="0" * 16, index=0),
+                                    max_length=100)  # fmt: skip
+
+
+async def test_an_answer_longer_than_the_signed_chunk_is_not_read(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_car = exchange(home, car, tmp_path)
+
+        async def endless(requester: str, ask: Ask) -> bytes:
+            return b"x" * 5000
+
+        async with DirectLinks(hub.node, endless, host="127.0.0.1") as links, direct(car, ex_car) as mine:
+            assert links.contact is not None
+            with pytest.raises(DirectLinkError, match="a 5000-byte answer; the signed chunk is 100 bytes"):
+                await mine.ask(hub.id, links.contact, Ask(id=1, content_id="0" * 16, index=0), max_length=100)
+            assert mine.received == {} and car.node.dropped["DirectLinkRefused"] == 1
+
+
+async def test_hostile_framing_is_dropped_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        publish(home, ex_hub, tmp_path)
+        manifest = next(iter(ex_hub.holdings.values())).manifest
+        async with direct(hub, ex_hub) as links, direct(car, ex_car) as car_links:
+            contact = links.contact
+            assert contact is not None
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            for garbage in (struct.pack(">I", 1 << 30), struct.pack(">I", 5) + b"{nope"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", contact.port, ssl=ctx)
+                await reader.readexactly(4)  # the challenge's length...
+                writer.write(garbage)
+                await writer.drain()
+                with contextlib.suppress(Exception):
+                    await reader.read()  # ...and the server hangs up
+                writer.close()
+            assert await until(lambda: hub.node.dropped["DirectLinkRefused"] == 2)
+            data = await car_links.ask(hub.id, contact, Ask(id=7, content_id=manifest.content_id, index=1),
+                                       max_length=manifest.chunk_length(1))  # fmt: skip
+            assert len(data) == manifest.chunk_length(1)
+
+
+async def test_transfers_yield_to_inference_one_chunk_in_flight(tmp_path: Path) -> None:
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        busy = [True]
+        ex_car.busy = lambda: busy[0]
+        in_flight, most = [0], [0]
+        serve = ex_hub.serve_direct
+
+        async def watching(requester: str, ask: Ask) -> bytes:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            try:
+                await asyncio.sleep(0)
+                return await serve(requester, ask)
+            finally:
+                in_flight[0] -= 1
+
+        async with DirectLinks(hub.node, watching, host="127.0.0.1") as links, direct(car, ex_car):
+            ex_hub.direct, hub.direct = links, links.contact
+            await announced(home, hub, car)
+            publish(home, ex_hub, tmp_path)
+            fetched = asyncio.create_task(pull(ex_car))
+            assert await until(lambda: ex_car.received["direct"] > 0)
+            assert most[0] == 1 and len(ex_car._fetches[next(iter(ex_car._fetches))][0].in_flight()) <= 1
+            busy[0] = False  # inference done: the rest goes at full width
+            state, staging, _ = await fetched
+            assert state is FetchState.DONE and same_files(staging)
+
+
+def test_a_contact_with_a_bad_fingerprint_or_host_is_refused_on_arrival() -> None:
+    from pydantic import ValidationError
+
+    for bad in ({"hosts": [], "port": 1, "tls_sha256": "a" * 64},
+                {"hosts": ["x;rm"], "port": 1, "tls_sha256": "a" * 64},
+                {"hosts": ["1.2.3.4"], "port": 0, "tls_sha256": "a" * 64},
+                {"hosts": ["1.2.3.4"], "port": 1, "tls_sha256": "A" * 64}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            DirectContact.model_validate(bad)

@@ -16,9 +16,10 @@ import contextlib
 import enum
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel
 
@@ -31,6 +32,7 @@ from edge_agent.engines.interfaces import (
     TranslateRequest,
     TranslateResult,
 )
+from edge_agent.errors import HearthError
 from edge_agent.mesh.files import StateLock
 from edge_agent.mesh.state import HouseholdState, state_dir_for
 from edge_agent.models.selection import Plan
@@ -39,6 +41,10 @@ from edge_agent.paths import hearth_home
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import RoutedStream, Router
 from edge_agent.tasks import Task
+
+if TYPE_CHECKING:
+    from edge_agent.mesh.protocol import UpdateStatus
+    from edge_agent.updater import UpdateOutcome
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +151,7 @@ class Hearth:
                 ucfg = self.config.updates
                 self.updater = Updater(
                     self.service, self.store, interval_s=ucfg.interval_s, quota_mb=ucfg.quota_mb,
-                    direct_host=await self._direct_host() if self.serve else None,
+                    direct=ucfg.direct, direct_host=await self._direct_host() if self.serve else None,
                     direct_port=ucfg.direct_port,
                 )  # fmt: skip
                 await self._stack.enter_async_context(self.updater)
@@ -227,6 +233,36 @@ class Hearth:
     async def wait_for_peers(self, task: Task, timeout: float) -> None:
         if self.service is not None:
             await self.service.wait_for_peers(task, timeout)
+
+    async def pull_updates(
+        self,
+        models: set[str] | None = None,
+        on_progress: Callable[[list[UpdateStatus]], None] | None = None,
+        wait_s: float = 3.0,
+    ) -> list[UpdateOutcome]:
+        """Ask the household for newer packs now, fetch and activate them (``models`` only, if given),
+        reporting each model's state to ``on_progress`` as it goes."""
+        if self.updater is None:
+            raise HearthError(
+                "model updates are off on this device: it is not on a household mesh, "
+                "or [updates] enabled = false"
+            )
+        endpoint = self.service.endpoint
+        await endpoint.wait_until(
+            lambda: any(p.alive(time.monotonic()) for p in endpoint.peers.all()), wait_s
+        )
+        round_ = asyncio.ensure_future(self.updater.check_once(models))
+        try:
+            while not round_.done():
+                if on_progress is not None:
+                    on_progress(self.updater.status())
+                await asyncio.wait({round_}, timeout=0.25)
+        finally:
+            round_.cancel()  # no-op once done; the caller gave up otherwise
+        outcomes: list[UpdateOutcome] = round_.result()
+        if on_progress is not None:
+            on_progress(self.updater.status())
+        return outcomes
 
     def _runs_here(self, task: Task, pair: str | None = None) -> None:
         """Without the mesh, a task the plan cannot run here is this device's limit, said plainly."""

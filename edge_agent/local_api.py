@@ -15,6 +15,9 @@ counter, one replay window.
                                          <-  {"event": "result", "result": {...}, "served_by"}
     {"op": "peers", "wait_s"}            ->
                                          <-  {"event": "peers", "report": {...}}
+    {"op": "pull", "models"}             ->
+                                         <-  {"event": "progress", "updates": [...]}   (as it goes)
+                                         <-  {"event": "pulled", "outcomes": [...]}
     any failure                          <-  {"event": "error", "kind", "message", "exit_code"}
 """
 
@@ -26,7 +29,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
@@ -43,6 +46,7 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
 )
 from edge_agent.errors import HearthError, InvalidRequestError, LocalApiError
+from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
@@ -83,7 +87,13 @@ class PeersCall(_Msg):
     wait_s: float = Field(default=0.0, ge=0, le=30)
 
 
-Call = Annotated[GenerateCall | EmbedCall | TranslateCall | PeersCall, Field(discriminator="op")]
+class PullCall(_Msg):
+    op: Literal["pull"] = "pull"
+    models: list[str] | None = Field(default=None, max_length=64)
+    wait_s: float = Field(default=0.0, ge=0, le=30)
+
+
+Call = Annotated[GenerateCall | EmbedCall | TranslateCall | PeersCall | PullCall, Field(discriminator="op")]
 CALL: TypeAdapter[Call] = TypeAdapter(Call)
 
 
@@ -117,6 +127,23 @@ class PeersEvent(_Msg):
     report: dict[str, Any]
 
 
+class ProgressEvent(_Msg):
+    event: Literal["progress"] = "progress"
+    updates: list[UpdateStatus]
+
+
+class PulledOutcome(_Msg):
+    pack_id: str
+    sequence: int
+    state: str
+    reason: str = ""
+
+
+class PulledEvent(_Msg):
+    event: Literal["pulled"] = "pulled"
+    outcomes: list[PulledOutcome]
+
+
 class ErrorEvent(_Msg):
     event: Literal["error"] = "error"
     kind: str
@@ -125,7 +152,8 @@ class ErrorEvent(_Msg):
 
 
 Event = Annotated[
-    RouteEvent | ChunkEvent | DoneEvent | ResultEvent | PeersEvent | ErrorEvent, Field(discriminator="event")
+    RouteEvent | ChunkEvent | DoneEvent | ResultEvent | PeersEvent | ProgressEvent | PulledEvent | ErrorEvent,
+    Field(discriminator="event"),
 ]
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
@@ -201,7 +229,7 @@ class LocalApiServer:
 
     async def _serve(self, call: Call) -> AsyncIterator[BaseModel]:
         hearth = self.hearth
-        if call.wait_s:
+        if call.wait_s and not isinstance(call, PullCall):
             task: Task = "embed" if isinstance(call, EmbedCall) else "translate"
             if isinstance(call, GenerateCall | PeersCall):
                 task = "generate"
@@ -220,8 +248,36 @@ class LocalApiServer:
         elif isinstance(call, TranslateCall):
             translated, by = await hearth.translate(call.request)
             yield ResultEvent(result=translated.model_dump(mode="json"), served_by=by)
+        elif isinstance(call, PullCall):
+            async for event in self._pull(call):
+                yield event
         else:
             yield PeersEvent(report=hearth.peers().model_dump(mode="json"))
+
+    async def _pull(self, call: PullCall) -> AsyncIterator[BaseModel]:
+        """The agent's own update round, its progress streamed as it goes (newest state only)."""
+        latest: asyncio.Queue[list[UpdateStatus]] = asyncio.Queue(maxsize=1)
+
+        def progress(updates: list[UpdateStatus]) -> None:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                latest.get_nowait()
+            latest.put_nowait(updates)
+
+        models = set(call.models) if call.models is not None else None
+        round_ = asyncio.ensure_future(self.hearth.pull_updates(models, progress))
+        try:
+            while not round_.done():
+                waiter = asyncio.ensure_future(latest.get())
+                await asyncio.wait({round_, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done():
+                    yield ProgressEvent(updates=waiter.result())
+                else:
+                    waiter.cancel()
+            outcomes = round_.result()
+        finally:
+            round_.cancel()
+        yield PulledEvent(outcomes=[PulledOutcome(pack_id=o.pack_id, sequence=o.sequence, state=o.state,
+                                                  reason=o.reason) for o in outcomes])  # fmt: skip
 
 
 class RemoteAnswer:
@@ -308,6 +364,21 @@ class LocalClient:
     async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
         result, by = await self._result(TranslateCall(request=request, wait_s=self.wait_s))
         return TranslateResult.model_validate(result), by
+
+    async def pull_updates(
+        self,
+        models: set[str] | None = None,
+        on_progress: Callable[[list[UpdateStatus]], None] | None = None,
+        wait_s: float = 3.0,
+    ) -> list[PulledOutcome]:
+        """The running agent's update round (see `Hearth.pull_updates`)."""
+        call = PullCall(models=sorted(models) if models is not None else None)
+        async for event in self._exchange(call):
+            if isinstance(event, ProgressEvent) and on_progress is not None:
+                on_progress(event.updates)
+            elif isinstance(event, PulledEvent):
+                return event.outcomes
+        raise LocalApiError("the running agent closed the connection without an answer")
 
     async def peers(self, wait_s: float = 0.0) -> PeersReport:
         from edge_agent.hearth import PeersReport

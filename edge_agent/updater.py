@@ -52,8 +52,10 @@ class Updater:
     store: PackStore
     interval_s: float = 300.0
     quota_mb: int | None = None
+    direct: bool = False
+    """Fetch chunks over direct links to holders (else through the broker only)."""
     direct_host: str | None = None
-    """Listen for direct links (chunks between devices) on this address; None: broker path only."""
+    """Also serve chunks over direct links on this address (None: ask only, as a one-shot command)."""
     direct_port: int = 0
     outcomes: list[UpdateOutcome] = field(default_factory=list)
 
@@ -76,7 +78,7 @@ class Updater:
 
     async def __aenter__(self) -> Self:
         """Open the direct links (if asked for) and announce them; without them chunks use the broker."""
-        if self.direct_host is None:
+        if not self.direct:
             return self
         links = DirectLinks(
             self.service.node, self.exchange.serve_direct, host=self.direct_host, port=self.direct_port
@@ -90,9 +92,10 @@ class Updater:
             await links.close()
             return self
         self._direct = self.exchange.direct = links
-        self.service.direct = links.contact
-        with contextlib.suppress(HearthError):  # peers learn the contact now, not one interval later
-            await self.service.endpoint.publish_presence()
+        if links.contact is not None:
+            self.service.direct = links.contact
+            with contextlib.suppress(HearthError):  # peers learn the contact now, not one interval later
+                await self.service.endpoint.publish_presence()
         return self
 
     async def __aexit__(
@@ -166,12 +169,15 @@ class Updater:
                 log.warning("model update round failed: %s", exc)
             await asyncio.sleep(self.interval_s)
 
-    async def check_once(self) -> list[UpdateOutcome]:
-        """One round: ask peers, fetch and activate every newer pack this device wants."""
+    async def check_once(self, only: set[str] | None = None) -> list[UpdateOutcome]:
+        """One round: ask peers, fetch and activate every newer pack this device wants (of the models
+        named in ``only``, if given)."""
         async with self._busy:
             found = await self.exchange.discover()
             done: list[UpdateOutcome] = []
             for manifest, envelope, holders in sorted(found.values(), key=lambda f: f[0].sequence):
+                if only is not None and manifest.name not in only:
+                    continue
                 if not self.wanted(manifest) or manifest.sequence <= self.trusted.installed.get(
                     manifest.name, 0
                 ):

@@ -105,3 +105,10 @@ def test_publish_and_cosign_a_real_pack(tmp_path: Path, hearth_env: dict[str, st
     assert [(m["pack"], m["sequence"]) for m in status["manifests"]] == [(PACK, 2)]
     # The hub's own copy has one signature (alice signed the --out file) and the hub is not an appliance.
     assert "BelowThresholdError" in status["manifests"][0]["status"]
+
+
+def test_models_pull_off_the_mesh_says_why(tmp_path: Path, hearth_env: dict[str, str]) -> None:
+    lonely = toml(tmp_path, "lonely", "fridge-panel")  # never paired: no household, no updates
+    refused(hearth("models", "pull", "-c", str(lonely), env=hearth_env),
+            "model updates are off on this device: it is not on a household mesh")  # fmt: skip
+    assert "chunk" in ok(hearth("models", "pull", "--help", env=hearth_env))

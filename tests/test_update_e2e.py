@@ -11,10 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge_agent.engines.interfaces import TranslateRequest
+from edge_agent.hearth import Hearth
+from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.health import probe
 from edge_agent.models.pack import MANIFEST_NAME
+from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
+from edge_agent.profiles import load_profile
 from edge_agent.sync.keys import UpdateKeySet, sign_key_set
 from edge_agent.sync.manifest import HealthCheck
 from edge_agent.sync.publish import build_manifest, sign_manifest
@@ -91,3 +95,60 @@ async def test_the_fridge_receives_verifies_and_activates_a_new_sequence_while_s
             # The fridge's presence says so (Home Assistant's update entities read it).
             [status] = [u for u in fridge.mesh.presence().updates if u.name == source.manifest.name]
             assert (status.installed, status.available, status.state) == (2, 2, "activated")
+
+
+async def test_models_pull_one_shot_and_through_the_running_agent(tmp_path: Path, store: PackStore) -> None:
+    """`hearth models pull`'s two paths: a one-shot agent of its own (asks over direct links, serves
+    nothing), and the running agent's local socket (progress streamed back)."""
+    from edge_agent.local_api import LocalClient
+
+    hub_home = tmp_path / "hub"
+    provision(hub_home, hub_home, "hub", "hub")
+    homes = {name: tmp_path / name for name in ("fridge", "car")}
+    for name, home in homes.items():
+        provision(hub_home, home, name, "fridge-panel")
+    source = store.get(PACK)
+    stores = {name: PackStore(tmp_path / f"{name}-store") for name in homes}
+    for own in stores.values():
+        own.install(source.path, source.manifest)
+    hub_updates = UpdateStore(hub_home)
+    card = hub_updates.create_signing_key("hub")
+    root, _ = HouseholdState(hub_home).load_root()
+    now = datetime.now(UTC)
+    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
+                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
+    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    manifest = build_manifest(
+        source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
+        household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",
+        sequence=3, device_classes=["appliance"], issued_at=now, expires_at=now + timedelta(days=7),
+    )  # fmt: skip
+    envelope = sign_manifest(manifest, hub_updates.signing_key()[0])
+
+    with run_mosquitto(tmp_path / "broker") as broker:
+        hub = service(hub_home, config("hub", broker.port, "hub"), store)
+        async with hub:
+            hub.updater.exchange.hold(manifest, envelope, source.path)
+            # One shot: no agent runs on the fridge, so the command is the agent for one round.
+            fridge_cfg = config("fridge", broker.port, "fridge-panel")
+            oneshot = service(homes["fridge"], fridge_cfg, stores["fridge"], serve=False)
+            async with oneshot:
+                outcomes = await oneshot.pull_updates({source.manifest.name})
+                assert [(o.pack_id, o.sequence, o.state) for o in outcomes] == [(PACK, 3, "activated")]
+                assert oneshot.updater.exchange.received == {"direct": manifest.total_size}
+                assert oneshot.mesh.presence().direct is None  # asks directly, listens nowhere
+            assert UpdateStore(homes["fridge"]).load_trust(root.key.verify_key, root.household_id)[
+                0
+            ].installed == {source.manifest.name: 3}
+            # Through the running agent: its local socket streams the round's progress.
+            panel = load_profile("fridge-panel")
+            plan = plan_for_profile(panel, [p.manifest for p in stores["car"].list()])
+            car = Hearth(config("car", broker.port, "fridge-panel"), panel, stores["car"], plan,
+                         state_dir=homes["car"], local_socket=True)  # fmt: skip
+            async with car:
+                seen: list[list[UpdateStatus]] = []
+                async with LocalClient(car.socket_path) as client:
+                    pulled = await client.pull_updates(None, seen.append)
+                assert [(o.pack_id, o.sequence, o.state) for o in pulled] == [(PACK, 3, "activated")]
+                assert seen and seen[-1][0].name == source.manifest.name
+                assert car.updater.trusted.installed == {source.manifest.name: 3}

@@ -107,3 +107,29 @@ def mesh(
 
     result, md = run_mesh_bench(runs=runs, qos=qos, out_dir=out)
     _emit(result, as_json, md)
+
+
+@app.command()
+def transfer(
+    as_json: JsonOpt = False,
+    runs: Annotated[int, typer.Option(help="Interleaved runs of every case (medians).")] = 3,
+    cap: Annotated[
+        float, typer.Option(help="Upload cap of every device, MB/s (nft, per switch port).")
+    ] = 10.0,
+    pack: Annotated[str, typer.Option(help="The pack to move (built by hearth models build).")] = (
+        "smollm2-135m-instruct@int4"
+    ),
+    out: OutOpt = Path("benchmarks/results"),
+) -> None:
+    """A model update to four peers in network namespaces with capped uplinks: swarm vs one seeder vs
+    raw TCP, direct links vs through the broker (needs root, nftables and Mosquitto)."""
+    from benchmarks.transfer import run_transfer_bench
+    from edge_agent.errors import HearthError
+    from edge_agent.models.store import PackStore
+
+    try:
+        result, md = run_transfer_bench(runs=runs, cap_mb=cap, pack_id=pack, store=PackStore(),
+                                        out_dir=out, quiet=as_json)  # fmt: skip
+    except RuntimeError as exc:  # no namespaces, no Mosquitto, a device that did not finish
+        raise HearthError(str(exc)) from None
+    _emit(result, as_json, md)

@@ -32,7 +32,7 @@ from edge_agent.sync.trust import MAX_MANIFEST_BYTES, unverified_manifest
 from edge_agent.tasks import DeviceClass
 
 app = typer.Typer(
-    help="Model packs: build from real weights, list, verify, remove, plan; publish and co-sign updates.",
+    help="Model packs: build from real weights, list, verify, remove, plan; publish, co-sign, pull updates.",
     no_args_is_help=True,
 )
 
@@ -417,3 +417,63 @@ def status(
         console.print(f"installed: {name} sequence {seq}")
     for problem in problems:
         console_err.print(f"[yellow]warning[/]: {escape(problem)}")
+
+
+@app.command()
+def pull(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Model names to update (e.g. bergamot-tiny11-en-pt); default: every one this "
+            "device runs or holds."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcomes as JSON.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for peers to be heard first.", min=0)] = 3.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Fetch and activate newer packs from the household now (instead of at the next round): ask every
+    peer what it holds, fetch in chunks from all holders (direct links where they reach), verify each
+    chunk, health-check and switch. Uses the running agent if there is one, else runs one round itself.
+
+    Exit code 0 when every pack found is activated (or nothing is newer), 1 otherwise (each reason is
+    printed: gave up, refused, rolled back)."""
+    from edge_agent import aio
+    from edge_agent.cli.common import load_context, open_hearth
+    from edge_agent.mesh.protocol import UpdateStatus
+
+    ctx = load_context(config, None)
+    bars: dict[str, TaskID] = {}
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.percentage:>5.1f} %"), TimeElapsedColumn(),
+        console=console_err, transient=True, disable=as_json,
+    ) as progress:  # fmt: skip
+
+        def show(updates: list[UpdateStatus]) -> None:
+            for u in updates:
+                if u.state != "fetching" and u.name not in bars:
+                    continue
+                if u.name not in bars:
+                    bars[u.name] = progress.add_task(f"{u.name} {u.installed} → {u.available}", total=1.0)
+                progress.update(bars[u.name], completed=u.progress if u.state == "fetching" else 1.0)
+
+        async def go() -> list[tuple[str, int, str, str]]:
+            async with open_hearth(ctx) as hearth:
+                outcomes = await hearth.pull_updates(set(models) if models else None, show, wait_s=wait)
+            return [(o.pack_id, o.sequence, o.state, o.reason) for o in outcomes]
+
+        rows = aio.run(go())
+    failed = [r for r in rows if r[2] != "activated"]
+    if as_json:
+        print(json.dumps([{"pack": p, "sequence": n, "state": st, "reason": why} for p, n, st, why in rows]))
+    elif not rows:
+        console.print("nothing newer in the household for this device")
+    else:
+        for pack_id, sequence, state, reason in rows:
+            colour = "green" if state == "activated" else "red"
+            console.print(f"{escape(pack_id)} sequence {sequence}: [{colour}]{state}[/]"
+                          + (f" ({escape(reason)})" if reason else ""))  # fmt: skip
+    if failed:
+        raise typer.Exit(1)

@@ -266,7 +266,8 @@ class _Link:
 class DirectLinks:
     """This device's direct links: a TLS server for members' asks, and links to peers it asks."""
 
-    def __init__(self, node: MeshNode, serve: Serve, *, host: str, port: int = 0) -> None:
+    def __init__(self, node: MeshNode, serve: Serve | None, *, host: str | None, port: int = 0) -> None:
+        """``host`` None (or ``serve`` None): ask only, listen nowhere (a one-shot command's links)."""
         self.node = node
         self.serve = serve
         self.host, self.port = host, port
@@ -290,6 +291,9 @@ class DirectLinks:
     async def __aenter__(self) -> Self:
         if self.state is not DirectState.UNOPENED:
             raise RuntimeError(f"these direct links are {self.state.value}; make new ones")
+        if self.host is None or self.serve is None:
+            self.state = DirectState.OPEN
+            return self
         cert_pem, key_pem = _self_signed(self.node.device_id)
         fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).hexdigest()
         self._server = await asyncio.start_server(
@@ -398,6 +402,7 @@ class DirectLinks:
                 self.node.membership.member(device)
             except HearthError as exc:
                 raise _Hostile(str(exc)) from None
+            assert self.serve is not None
             try:
                 data = await self.serve(device, ask)
             except DirectLinkError as exc:

@@ -375,7 +375,7 @@ class UpdateExchange:
         envelope: bytes,
         holders: dict[str, set[int]],
         *,
-        rediscover_s: float = 5.0,
+        rediscover_s: float = 1.0,
     ) -> tuple[SwarmFetch, Path]:
         """Fetch ``manifest``'s pack from every holder into staging (resuming from verified chunks there);
         the fetch's final state says DONE or GAVE_UP with its reason."""
@@ -386,13 +386,14 @@ class UpdateExchange:
             return fetch, staging
         _prepare_staging(staging, manifest)
         have = await asyncio.to_thread(verified_chunks, staging, manifest)
-        fetch = SwarmFetch(manifest, have=have)
+        fetch = SwarmFetch(manifest, have=have, tiebreak=int(self.endpoint.device_id[:12], 16) or 1)
         for device_id, chunks in holders.items():
             fetch.peer_holds(device_id, chunks)
         self.hold(manifest, envelope, staging, have=set(have))
         wake = asyncio.Event()
         self._fetches[manifest.content_id] = (fetch, staging, wake)
         last_discovery = time.monotonic()
+        discovery: asyncio.Task[dict[str, tuple[UpdateManifest, bytes, dict[str, set[int]]]]] | None = None
         try:
             while fetch.state is FetchState.FETCHING:
                 for device_id, index in fetch.next_requests(limit=1 if self.busy() else None):
@@ -401,17 +402,24 @@ class UpdateExchange:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await wake.wait()
-                if time.monotonic() - last_discovery > rediscover_s:  # new seeders, partial holders
+                # New seeders and partial holders: asked in the background, so requests keep flowing.
+                if discovery is None and time.monotonic() - last_discovery > rediscover_s:
+                    discovery = asyncio.create_task(self.discover())
+                    discovery.add_done_callback(lambda _: wake.set())
+                elif discovery is not None and discovery.done():
                     last_discovery = time.monotonic()
-                    found = await self.discover()
-                    for device_id, chunks in found.get(manifest.content_id, (manifest, envelope, {}))[
-                        2
-                    ].items():
+                    found = discovery.result().get(manifest.content_id)
+                    discovery = None
+                    for device_id, chunks in (found[2] if found else {}).items():
                         fetch.peer_holds(device_id, chunks)
                 for device_id in list(fetch.peers):
                     if not self.endpoint.is_member(device_id) or self.endpoint.peers.get(device_id) is None:
                         fetch.peer_gone(device_id)
         finally:
+            if discovery is not None:
+                discovery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await discovery
             self._fetches.pop(manifest.content_id, None)
             self._last_fetch = fetch
         return fetch, staging

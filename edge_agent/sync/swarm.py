@@ -2,7 +2,9 @@
 without IO (the transport feeds it peers' holdings and replies; it answers with requests to send).
 
 - Rarest first (BitTorrent): among chunks we lack and nobody is fetching, the one fewest peers hold,
-  so a seeder that leaves takes the fewest unique chunks with it; ties go to the lowest index.
+  so a seeder that leaves takes the fewest unique chunks with it. Ties go in an order of this fetcher's
+  own (``tiebreak``): devices fetching from one seeder at once then ask it for different chunks and
+  have something to give each other (with one order for all, they would all hold the same first ones).
 - Every peer that holds a chunk may be asked for it, up to a few requests in flight per peer, so a pack
   comes from all holders at once and a finished device is a seeder like any other.
 - A chunk is verified on arrival against the signed manifest: a bad one bans its sender by device key
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -71,6 +74,8 @@ class SwarmFetch:
     request_timeout_s: float = 10.0
     budget_s: float = 1800.0
     """Total time allowed; then the fetch gives up with a reason."""
+    tiebreak: int = 0
+    """Seeds this fetcher's order among equally rare chunks (0: lowest index first)."""
     orphan_grace_s: float = 60.0
     """How long a missing chunk may have no holder at all before the fetch gives up."""
     now: Callable[[], float] = time.monotonic
@@ -85,6 +90,10 @@ class SwarmFetch:
     def __post_init__(self) -> None:
         self.started = self.now()
         self._total = len(self.manifest.chunks)
+        self._order = list(range(self._total))
+        if self.tiebreak:
+            random.Random(self.tiebreak).shuffle(self._order)
+        self._rank = {index: rank for rank, index in enumerate(self._order)}
         self.have = {i for i in self.have if 0 <= i < self._total}
         self._settle()
 
@@ -152,7 +161,7 @@ class SwarmFetch:
         rarity = {i: sum(1 for p in self.peers.values() if i in p.holds) for i in wanted}
         out: list[tuple[str, int]] = []
         room = None if limit is None else limit - len(self.in_flight())
-        for index in sorted((i for i in wanted if rarity[i]), key=lambda i: (rarity[i], i)):
+        for index in sorted((i for i in wanted if rarity[i]), key=lambda i: (rarity[i], self._rank[i])):
             holders = [
                 (len(p.in_flight), d)
                 for d, p in self.peers.items()

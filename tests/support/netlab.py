@@ -69,6 +69,57 @@ def two_hosts() -> Iterator[tuple[Host, Host]]:
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
 
 
+@contextlib.contextmanager
+def lan(names: list[str]) -> Iterator[dict[str, Host]]:
+    """One namespace per name on a private /24, all joined by a bridge in a switch namespace of their
+    own (so per-host link caps can be set where a Wi-Fi access point would apply them), removed on exit."""
+    tag = secrets.token_hex(3)
+    net = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    switch = f"hearth-{tag}-sw"
+    hosts = {name: Host(f"hearth-{tag}-{i}", f"{net}.{i + 1}") for i, name in enumerate(names)}
+    try:
+        _ip("netns", "add", switch)
+        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", switch, "link", "set", "br0", "up")
+        for i, host in enumerate(hosts.values()):
+            _ip("netns", "add", host.ns)
+            near, far = f"hv{tag}{i}", f"port{i}"
+            _ip("link", "add", near, "type", "veth", "peer", "name", far)
+            _ip("link", "set", near, "netns", host.ns)
+            _ip("link", "set", far, "netns", switch)
+            _ip("-n", switch, "link", "set", far, "master", "br0")
+            _ip("-n", switch, "link", "set", far, "up")
+            _ip("-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", near)
+            _ip("-n", host.ns, "link", "set", near, "up")
+            _ip("-n", host.ns, "link", "set", "lo", "up")
+        yield hosts
+    finally:
+        for host in hosts.values():
+            subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
+        subprocess.run(["ip", "netns", "del", switch], capture_output=True)
+
+
+def switch_of(hosts: dict[str, Host]) -> Host:
+    """The switch namespace of a `lan` (where its bridge and the hosts' far veth ends live)."""
+    first = next(iter(hosts.values()))
+    return Host(first.ns.rsplit("-", 1)[0] + "-sw", "")
+
+
+def cap_uplinks(hosts: dict[str, Host], mbytes_per_s: float) -> None:
+    """Police what each host of a `lan` sends to ``mbytes_per_s`` (an nft rate limit on the bridge,
+    per switch port: a home device's Wi-Fi uplink). Excess packets are dropped, as a full radio queue
+    would; TCP backs off as it does at home."""
+    switch = switch_of(hosts)
+    rate = f"{int(mbytes_per_s * 1024)} kbytes/second burst 256 kbytes"
+    rules = "".join(f'    iifname "port{i}" limit rate over {rate} counter drop\n' for i in range(len(hosts)))
+    switch.run("nft", "-f", "-", stdin=(
+        "table bridge hearth_cap {\n"
+        "  chain forward {\n    type filter hook forward priority 0; policy accept;\n"
+        f"{rules}  }}\n"
+        "}\n"
+    ))  # fmt: skip
+
+
 def set_loss(host: Host, percent: int) -> None:
     """Drop ``percent`` % of the packets ``host`` sends and receives (replaces any earlier rule)."""
     subprocess.run(host.cmd("nft", "delete", "table", "inet", "hearth_loss"), capture_output=True)

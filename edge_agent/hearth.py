@@ -43,6 +43,7 @@ from edge_agent.router import RoutedStream, Router
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
+    from edge_agent.mesh.corrections import Correction
     from edge_agent.mesh.protocol import UpdateStatus
     from edge_agent.updater import UpdateOutcome
 
@@ -283,6 +284,31 @@ class Hearth:
             result: tuple[TranslateResult, str] = await self.service.translate(request)
             return result
         return await self.router.translate(request)
+
+    # -- shared corrections ----------------------------------------------------------------------------
+
+    def _corrections_here(self) -> Any:
+        if self.service is None:
+            raise HearthError(
+                "corrections are shared by the household: this device is not on a household mesh "
+                "(pair it first: hearth pair)"
+            )
+        return self.service.correction_sync
+
+    async def correct(self, pair: str, source: str, target: str, model: str = "") -> Correction:
+        """Record the user's translation of ``source`` and share it: every device of the household
+        then answers that sentence with it, before any model or cache."""
+        record: Correction = await self._corrections_here().correct(pair, source, target, model)
+        return record
+
+    async def withdraw_correction(self, record_id: str) -> Correction:
+        record: Correction = await self._corrections_here().withdraw(record_id)
+        return record
+
+    async def corrections(self) -> list[Correction]:
+        """Every correction and withdrawal held here, oldest first."""
+        held = self._corrections_here().corrections.records.values()
+        return sorted(held, key=lambda r: r.created)
 
     def peers(self) -> PeersReport:
         """Live peers and where each task would run from here right now."""

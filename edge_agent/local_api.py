@@ -15,6 +15,8 @@ counter, one replay window.
                                          <-  {"event": "result", "result": {...}, "served_by"}
     {"op": "peers", "wait_s"}            ->
                                          <-  {"event": "peers", "report": {...}}
+    {"op": "correct" | "withdraw" | "corrections", ...} ->
+                                         <-  {"event": "corrections", "records": [...]}
     {"op": "pull", "models"}             ->
                                          <-  {"event": "progress", "updates": [...]}   (as it goes)
                                          <-  {"event": "pulled", "outcomes": [...]}
@@ -46,6 +48,7 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
 )
 from edge_agent.errors import HearthError, InvalidRequestError, LocalApiError
+from edge_agent.mesh.corrections import Correction
 from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.tasks import Task
 
@@ -90,10 +93,36 @@ class PeersCall(_Msg):
 class PullCall(_Msg):
     op: Literal["pull"] = "pull"
     models: list[str] | None = Field(default=None, max_length=64)
-    wait_s: float = Field(default=0.0, ge=0, le=30)
 
 
-Call = Annotated[GenerateCall | EmbedCall | TranslateCall | PeersCall | PullCall, Field(discriminator="op")]
+class CorrectCall(_Msg):
+    op: Literal["correct"] = "correct"
+    pair: str = Field(pattern=r"^[a-z]{2,3}-[a-z]{2,3}$")
+    source: str = Field(min_length=1, max_length=1000)
+    target: str = Field(min_length=1, max_length=3000)
+    model: str = Field(default="", max_length=128)
+
+
+class WithdrawCall(_Msg):
+    op: Literal["withdraw"] = "withdraw"
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+class CorrectionsCall(_Msg):
+    op: Literal["corrections"] = "corrections"
+
+
+Call = Annotated[
+    GenerateCall
+    | EmbedCall
+    | TranslateCall
+    | PeersCall
+    | PullCall
+    | CorrectCall
+    | WithdrawCall
+    | CorrectionsCall,
+    Field(discriminator="op"),
+]
 CALL: TypeAdapter[Call] = TypeAdapter(Call)
 
 
@@ -144,6 +173,11 @@ class PulledEvent(_Msg):
     outcomes: list[PulledOutcome]
 
 
+class CorrectionsEvent(_Msg):
+    event: Literal["corrections"] = "corrections"
+    records: list[Correction]
+
+
 class ErrorEvent(_Msg):
     event: Literal["error"] = "error"
     kind: str
@@ -152,7 +186,15 @@ class ErrorEvent(_Msg):
 
 
 Event = Annotated[
-    RouteEvent | ChunkEvent | DoneEvent | ResultEvent | PeersEvent | ProgressEvent | PulledEvent | ErrorEvent,
+    RouteEvent
+    | ChunkEvent
+    | DoneEvent
+    | ResultEvent
+    | PeersEvent
+    | ProgressEvent
+    | PulledEvent
+    | CorrectionsEvent
+    | ErrorEvent,
     Field(discriminator="event"),
 ]
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)
@@ -229,7 +271,7 @@ class LocalApiServer:
 
     async def _serve(self, call: Call) -> AsyncIterator[BaseModel]:
         hearth = self.hearth
-        if call.wait_s and not isinstance(call, PullCall):
+        if isinstance(call, GenerateCall | EmbedCall | TranslateCall | PeersCall) and call.wait_s:
             task: Task = "embed" if isinstance(call, EmbedCall) else "translate"
             if isinstance(call, GenerateCall | PeersCall):
                 task = "generate"
@@ -251,6 +293,13 @@ class LocalApiServer:
         elif isinstance(call, PullCall):
             async for event in self._pull(call):
                 yield event
+        elif isinstance(call, CorrectCall):
+            record = await hearth.correct(call.pair, call.source, call.target, call.model)
+            yield CorrectionsEvent(records=[record])
+        elif isinstance(call, WithdrawCall):
+            yield CorrectionsEvent(records=[await hearth.withdraw_correction(call.id)])
+        elif isinstance(call, CorrectionsCall):
+            yield CorrectionsEvent(records=await hearth.corrections())
         else:
             yield PeersEvent(report=hearth.peers().model_dump(mode="json"))
 
@@ -379,6 +428,23 @@ class LocalClient:
             elif isinstance(event, PulledEvent):
                 return event.outcomes
         raise LocalApiError("the running agent closed the connection without an answer")
+
+    async def _records(self, call: BaseModel) -> list[Correction]:
+        async for event in self._exchange(call):
+            if isinstance(event, CorrectionsEvent):
+                return event.records
+        raise LocalApiError("the running agent closed the connection without an answer")
+
+    async def correct(self, pair: str, source: str, target: str, model: str = "") -> Correction:
+        [record] = await self._records(CorrectCall(pair=pair, source=source, target=target, model=model))
+        return record
+
+    async def withdraw_correction(self, record_id: str) -> Correction:
+        [record] = await self._records(WithdrawCall(id=record_id))
+        return record
+
+    async def corrections(self) -> list[Correction]:
+        return await self._records(CorrectionsCall())
 
     async def peers(self, wait_s: float = 0.0) -> PeersReport:
         from edge_agent.hearth import PeersReport

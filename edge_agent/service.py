@@ -23,7 +23,9 @@ from edge_agent.connect import member_connector
 from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.mesh.broker import EmbeddedBroker
+from edge_agent.mesh.corrections import Corrections
 from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.features.group_keys import GroupKeyRotation
 from edge_agent.mesh.features.translation_memory import MemoryExchange
 from edge_agent.mesh.household import DeviceCertificate
@@ -107,6 +109,9 @@ class MeshService:
             local_offers=self.offers,
             local_name=config.agent.name,
         )
+        self.corrections = Corrections(self.membership.member, self.state.dir / "corrections.json")
+        """Users' corrections of translations, shared by the household; they beat any model or cache."""
+        self.correction_sync = CorrectionSync(self.endpoint, self.corrections)
         self.update_status: Callable[[], list[UpdateStatus]] | None = None
         """Model updates' per-model state for presence (set by the façade when updates are on)."""
         self.direct: DirectContact | None = None
@@ -164,6 +169,7 @@ class MeshService:
             translation_memory=self.memory is not None,
             updates=self.update_status() if self.update_status is not None else [],
             direct=self.direct,
+            corrections=self.corrections.digest if self.corrections.records else None,
             interval_s=self.config.mesh.presence_interval_s,
         )
 
@@ -230,35 +236,43 @@ class MeshService:
         self, request: TranslateRequest, compute: Compute, *, ask_peers: bool
     ) -> tuple[TranslateResult, str]:
         request.validate_text()
-        if self.memory is None:
+        pair = request.pair
+        corrected = self.corrections.active_for(pair)
+        if self.memory is None and not corrected:
             return await compute(request)
         t0 = time.perf_counter()
-        pair = request.pair
         segmented = [split_sentences(t) for t in request.texts]
         normalized = [[normalize(s) for s in seg.sentences] for seg in segmented]
         answers: dict[str, str] = {}
         wanted: dict[str, str] = {}  # digest -> sentence, for peers
-        for sentence in {n for ns in normalized for n in ns if n}:
+        sentences = {n for ns in normalized for n in ns if n}
+        for sentence in sentences:  # a user's correction first: it beats any model and any cache
+            if (record := corrected.get(sentence)) is not None:
+                answers[sentence] = record.target
+        fixed = set(answers)
+        for sentence in sentences - fixed if self.memory is not None else ():
+            assert self.memory is not None
             entry = self.memory.get(pair, sentence)
             if entry is not None:
                 answers[sentence] = entry.translation
             else:
                 wanted[self.memory.key(pair, sentence)] = sentence
         lookup_s = self.config.translate.memory_lookup_ms / 1000
-        if ask_peers and wanted and lookup_s > 0 and self.exchange is not None:
+        if ask_peers and wanted and lookup_s > 0 and self.exchange is not None and self.memory is not None:
             found = await self.exchange.ask(pair, wanted, lookup_s, allowed=self._may_see_text)
             for entry in found.values():
                 answers[entry.source] = entry.translation
                 self.memory.put(entry)
         missing = sorted({n for ns in normalized for n in ns if n and n not in answers})
-        served, model, counts = "translation memory", "translation memory", (0, 0)
+        source = "translation memory" if sentences - fixed else "household correction"
+        served, model, counts = source, source, (0, 0)
         if missing:
             computed, served = await compute(request.model_copy(update={"texts": missing}))
             model, counts = computed.model, (computed.stats.source_tokens, computed.stats.target_tokens)
             key, me = self.state.identity.signing_key, self.certificate.device_id
             for sentence, translation in zip(missing, computed.translations, strict=True):
                 answers[sentence] = translation
-                if request.remember and fits(sentence, translation):
+                if self.memory is not None and request.remember and fits(sentence, translation):
                     self.memory.put(make_entry(key, me, pair, sentence, translation, model))
         translations = [
             seg.join([answers.get(n, "") if n else "" for n in ns])
@@ -270,7 +284,8 @@ class MeshService:
             source_tokens=counts[0],
             target_tokens=counts[1],
             total_ms=(time.perf_counter() - t0) * 1000,
-            cached=sum(1 for n in done if n not in missing),
+            cached=sum(1 for n in done if n not in missing and n not in fixed),
+            corrected=sum(1 for n in done if n in fixed),
         )
         return TranslateResult(translations=translations, pair=pair, model=model, stats=stats), served
 

@@ -7,7 +7,19 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from edge_agent.cli import bench, broker, demo, household, infer, models, peers, profiles, run, translate
+from edge_agent.cli import (
+    bench,
+    broker,
+    corrections,
+    demo,
+    household,
+    infer,
+    models,
+    peers,
+    profiles,
+    run,
+    translate,
+)
 from edge_agent.cli.common import console_err
 from edge_agent.errors import HearthError
 from edge_agent.validation import format_validation_error
@@ -25,6 +37,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(bench.app, name="bench")
 app.add_typer(household.app, name="household")
 app.add_typer(broker.app, name="broker")
+app.add_typer(corrections.app, name="corrections")
 app.command("pair")(household.pair)
 app.command("peers")(peers.peers)
 app.command("demo")(demo.demo)

@@ -60,6 +60,14 @@ def translate(
         int | None,
         typer.Option(help="Beam size; 1 is greedy (default: [translate] beam_size, 1).", min=1, max=8),
     ] = None,
+    correct: Annotated[
+        str | None,
+        typer.Option(
+            "--correct",
+            help="The right translation of the (one-sentence) text: shared with the "
+            "household, it then beats every model and cache for that sentence on every device.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with stats.")] = False,
     local: Annotated[bool, typer.Option("--local", help="Ignore the mesh; run on this device only.")] = False,
     profile: ProfileOpt = None,
@@ -76,6 +84,9 @@ def translate(
       hearth translate --from en --to pt "The dishwasher finished at 14:32."
       echo "Desligue as luzes da cozinha." | hearth translate -f pt -t en -
       hearth translate --file notes.txt --output notes.pt.txt
+      hearth translate "Turn on the oven." --correct "Liga o forno."   (fix it for the household)
+
+    Corrections are listed and withdrawn with `hearth corrections`.
     """
     lines = _read_inputs(texts, file)
     ctx = load_context(config, profile)
@@ -87,7 +98,19 @@ def translate(
     indices = [i for i, t in enumerate(lines) if t.strip()]
     results: list[str] = list(lines)  # blank lines pass through
     served: set[str] = set()
-    totals = {"sentences": 0, "source_tokens": 0, "target_tokens": 0, "total_ms": 0.0, "cached": 0}
+    totals = {"sentences": 0, "source_tokens": 0, "target_tokens": 0, "total_ms": 0.0, "cached": 0,
+              "corrected": 0}  # fmt: skip
+    if correct is not None:
+        from edge_agent.engines.sentences import split_sentences
+
+        if len(indices) != 1 or len(split_sentences(lines[indices[0]]).sentences) != 1 or file is not None:
+            raise ConfigError("--correct fixes one sentence: give exactly one sentence to translate")
+        if not use_mesh:
+            raise ConfigError("corrections are shared by the household: this device is not on one "
+                              "(pair it first: hearth pair), or --local was given")  # fmt: skip
+        if not correct.strip():
+            raise ConfigError("--correct needs the right translation (it is empty)")
+    recorded: list[str] = []
 
     def absorb(chunk: list[int], result: TranslateResult, by: str) -> None:
         served.add(by)
@@ -109,14 +132,21 @@ def translate(
             for b, req in zip(batches, make, strict=True):
                 result, by = await hearth.translate(req)
                 absorb(b, result, by)
+            if correct is not None:
+                before = results[indices[0]]
+                record = await hearth.correct(f"{source}-{target}", lines[indices[0]], correct, result.model)
+                recorded.extend([record.id, before])
+                results[indices[0]] = record.target
 
     if not indices:
         raise ConfigError("nothing to translate: the input is empty")
     aio.run(go())
     text = "\n".join(results)
     if as_json:
-        print(json.dumps({"translations": [results[i] for i in indices], "pair": f"{source}-{target}",
-                          "served_by": sorted(served), "stats": totals}, ensure_ascii=False))  # fmt: skip
+        extra = {"correction": {"id": recorded[0], "was": recorded[1]}} if recorded else {}
+        summary = {"translations": [results[i] for i in indices], "pair": f"{source}-{target}",
+                   "served_by": sorted(served), "stats": totals, **extra}  # fmt: skip
+        print(json.dumps(summary, ensure_ascii=False))
     elif output is not None:
         output.write_text(text + "\n", encoding="utf-8")
     else:
@@ -126,5 +156,9 @@ def translate(
             f"[dim]{totals['sentences']} sentences · {totals['total_ms']:.0f} ms · served by "
             f"{', '.join(sorted(served))}"
             + (f" · {totals['cached']} from translation memory" if totals["cached"] else "")
+            + (f" · {totals['corrected']} by a household correction" if totals["corrected"] else "")
             + "[/]"
         )
+        if recorded:
+            console_err.print(f"corrected (was: {recorded[1]!r}); shared with the household as {recorded[0]} "
+                              "(withdraw: hearth corrections withdraw ID)", markup=False)  # fmt: skip

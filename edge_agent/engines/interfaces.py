@@ -166,6 +166,7 @@ class TranslateStats(_Model):
     target_tokens: int
     total_ms: float
     cached: int = Field(default=0, description="Sentences answered from the translation memory.")
+    corrected: int = Field(default=0, description="Sentences answered by a household correction.")
 
 
 class TranslateResult(_Model):

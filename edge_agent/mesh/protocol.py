@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from edge_agent.mesh.corrections import Correction
 from edge_agent.mesh.household import DeviceCertificate, RevocationList
 from edge_agent.mesh.memory import MemoryEntry
 from edge_agent.tasks import Task
@@ -122,6 +123,9 @@ class Presence(_Wire):
     translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
     updates: list[UpdateStatus] = Field(default_factory=list, max_length=16)
     direct: DirectContact | None = None
+    corrections: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{32}$", description="Digest of the shared corrections held."
+    )
     interval_s: float = Field(
         gt=0,
         le=3600,
@@ -215,6 +219,25 @@ class MemoryHits(_Wire):
     entries: list[MemoryEntry] = Field(default_factory=list, max_length=256)
 
 
+class CorrectionsQuery(_Wire):
+    """Ask a peer for the shared corrections we lack (we list the ids we hold)."""
+
+    type: Literal["corrections-query"] = "corrections-query"
+    nonce: int = Field(ge=0)
+    reply_session: Session
+    have: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(
+        default_factory=list, max_length=4096
+    )
+
+
+class CorrectionsData(_Wire):
+    """Signed correction records: an answer to a query, or pushed to every member when one is made."""
+
+    type: Literal["corrections-data"] = "corrections-data"
+    nonce: int = Field(ge=0, description="The query's nonce; 0 when pushed unasked.")
+    records: list[Correction] = Field(default_factory=list, max_length=256)
+
+
 class UpdateQuery(_Wire):
     """Ask a peer which model updates it holds (signed manifests and which of their chunks)."""
 
@@ -267,7 +290,9 @@ Message = Annotated[
     | UpdateQuery
     | UpdateHoldings
     | ChunkRequest
-    | ChunkData,
+    | ChunkData
+    | CorrectionsQuery
+    | CorrectionsData,
     Field(discriminator="type"),
 ]
 MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)

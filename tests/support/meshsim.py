@@ -51,6 +51,8 @@ class Device:
     interval_s: float = 0.05
     memory: bool = False
     direct: DirectContact | None = None
+    corrections: str | None = None
+    """Digest of the shared corrections it holds (set by tests that sync them)."""
 
     @property
     def id(self) -> str:
@@ -154,6 +156,7 @@ def presence_of(dev: Device) -> Presence:
         interval_s=dev.interval_s,
         translation_memory=dev.memory,
         direct=dev.direct,
+        corrections=dev.corrections,
     )
 
 

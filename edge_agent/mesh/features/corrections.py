@@ -1,0 +1,145 @@
+"""Shared corrections over the mesh: a new record is pushed to every live member at once, and any
+device that missed some (off, or joined later) catches up by anti-entropy: presence carries a digest
+of the records held; a device hearing a different digest asks that peer for what it lacks.
+
+Every record arriving is checked before it is stored (`Corrections.check`: a member allowed to
+translate signed it; a withdrawal is its author's or an admin's). Queries and answers are bounded per
+peer in rate and size; refusals are counted and logged, never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+
+from edge_agent.errors import HearthError, RecipientNotMemberError, TransportError
+from edge_agent.mesh.corrections import Correction, CorrectionError, Corrections, make_correction
+from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.envelope import Opened
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.protocol import CorrectionsData, CorrectionsQuery
+
+__all__ = ["CorrectionSync"]
+
+log = logging.getLogger(__name__)
+
+ASK_EVERY_S = 5.0
+"""At most one catch-up query per peer this often (digests differ until both sides merged)."""
+ANSWER_EVERY_S = 1.0
+REPLY_CHARS = 200_000
+
+
+class CorrectionSync:
+    def __init__(self, endpoint: MeshEndpoint, corrections: Corrections) -> None:
+        self.endpoint = endpoint
+        self.corrections = corrections
+        self._asked: dict[str, float] = {}
+        self._answered: dict[str, float] = {}
+        self._queries: dict[int, str] = {}
+        endpoint.register(CorrectionsQuery, self._answer)
+        endpoint.register(CorrectionsData, self._data)
+        endpoint.presence_hooks.append(self._heard)
+        endpoint.node.membership.on_revoked.append(self._forget_revoked)
+
+    # -- authoring ------------------------------------------------------------------------------------
+
+    async def correct(self, pair: str, source: str, target: str, model: str = "") -> Correction:
+        """Record this device's user's correction and share it with the household."""
+        node = self.endpoint.node
+        record = make_correction(node.identity.signing_key, node.device_id, pair, source, target, model=model)
+        return await self._publish(record)
+
+    async def withdraw(self, record_id: str) -> Correction:
+        """Take back a correction (this device's own; an admin device may take back any)."""
+        target = self.corrections.records.get(record_id)
+        if target is None or target.kind != "correction":
+            raise CorrectionError(f"no correction {record_id} here (`hearth corrections list` shows them)")
+        node = self.endpoint.node
+        record = make_correction(node.identity.signing_key, node.device_id, target.pair, target.source, "",
+                                 model=target.model, withdraws=record_id)  # fmt: skip
+        return await self._publish(record)
+
+    async def _publish(self, record: Correction) -> Correction:
+        self.corrections.check(record)  # this device, too, must be allowed to translate
+        self.corrections.add(record)
+        self.corrections.save()
+        now = time.monotonic()
+        push = CorrectionsData(nonce=0, records=[record])
+        for peer in self.endpoint.peers.all():
+            if peer.alive(now):
+                with contextlib.suppress(TransportError, RecipientNotMemberError):
+                    await self.endpoint.send(peer.device_id, Channel.REQUESTS, push, session=peer.session)
+        if self.endpoint._presence is not None:  # the new digest: devices that missed the push catch up
+            with contextlib.suppress(HearthError):
+                await self.endpoint.publish_presence()
+        return record
+
+    # -- catching up ----------------------------------------------------------------------------------
+
+    def _heard(self, opened: Opened) -> None:
+        sender = opened.header.sender
+        peer = self.endpoint.peers.get(sender)
+        if peer is None or peer.presence.corrections in (None, self.corrections.digest):
+            return
+        now = time.monotonic()
+        if now - self._asked.get(sender, -ASK_EVERY_S) < ASK_EVERY_S:
+            return
+        if len(self._asked) >= self.endpoint.limits.max_peers:
+            self._asked = {d: t for d, t in self._asked.items() if now - t < ASK_EVERY_S}
+        self._asked[sender] = now
+        nonce = secrets.randbits(62)
+        if len(self._queries) >= 64:
+            self._queries.pop(next(iter(self._queries)))
+        self._queries[nonce] = sender
+        query = CorrectionsQuery(nonce=nonce, reply_session=self.endpoint.node.session,
+                                 have=sorted(self.corrections.records)[:4096])  # fmt: skip
+        self.endpoint._spawn(self._ask(sender, query, peer.session))
+
+    async def _ask(self, device_id: str, query: CorrectionsQuery, session: str) -> None:
+        with contextlib.suppress(TransportError, RecipientNotMemberError, HearthError):
+            await self.endpoint.send(device_id, Channel.REQUESTS, query, session=session)
+
+    def _answer(self, requester: DeviceCertificate, query: CorrectionsQuery) -> None:
+        if "translate" not in requester.requests:
+            self.endpoint.dropped["Forbidden"] += 1
+            return
+        now = time.monotonic()
+        if now - self._answered.get(requester.device_id, -ANSWER_EVERY_S) < ANSWER_EVERY_S:
+            self.endpoint.dropped["CorrectionsQueryFlood"] += 1
+            return
+        if len(self._answered) >= self.endpoint.limits.max_peers:
+            self._answered.clear()
+        self._answered[requester.device_id] = now
+        have = set(query.have)
+        records: list[Correction] = []
+        size = 0
+        for record in sorted(self.corrections.records.values(), key=lambda r: -r.created):
+            if record.id in have:
+                continue
+            size += len(record.source) + len(record.target) + 400
+            if size > REPLY_CHARS or len(records) >= 256:
+                break
+            records.append(record)
+        reply = CorrectionsData(nonce=query.nonce, records=records)
+        self.endpoint._spawn(
+            self.endpoint._send(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
+        )
+
+    def _data(self, sender: DeviceCertificate, msg: CorrectionsData) -> None:
+        if msg.nonce and self._queries.pop(msg.nonce, None) != sender.device_id:
+            self.endpoint.dropped["UnaskedCorrections"] += 1
+            return
+        added, refused = self.corrections.merge(msg.records)
+        if refused:
+            self.endpoint.dropped["CorrectionRefused"] += len(refused)
+            log.warning("refused %d correction(s) from %s: %s", len(refused), sender.name, refused[0])
+        if added:
+            log.info("%d new correction(s) from %s", added, sender.name)
+
+    def _forget_revoked(self, revoked: frozenset[str]) -> None:
+        for device_id in revoked:
+            if n := self.corrections.forget_author(device_id):
+                log.info("forgot %d correction(s) of revoked device %s", n, device_id[:8])

@@ -84,6 +84,9 @@ def _node(host: netlab.Host, home: Path, broker: netlab.Host, name: str) -> Iter
         from edge_agent import processes
 
         processes.stop(proc)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def _publish(tmp: Path, hub_home: Path, pack_path: Path, files: list[str], pack_id: str) -> tuple[Path, Path]:

@@ -63,6 +63,10 @@ class TransferNode:
         if op == "peers":
             peers = self.endpoint.peers.all()
             return {"peers": len(peers), "direct": sum(1 for p in peers if p.presence.direct)}
+        if op == "wait_direct":  # until this many peers announce a direct contact (or 30 s)
+            await self.endpoint.wait_until(lambda: sum(1 for p in self.endpoint.peers.all()
+                                                       if p.presence.direct) >= cmd["peers"], 30)  # fmt: skip
+            return {"direct": sum(1 for p in self.endpoint.peers.all() if p.presence.direct)}
         if op == "hold":
             envelope = Path(cmd["envelope"]).read_bytes()
             self.exchange.trusted.update_key_set(Path(cmd["key_set"]).read_bytes())

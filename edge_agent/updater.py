@@ -75,6 +75,8 @@ class Updater:
         )
         self._busy = asyncio.Lock()
         self._direct: DirectLinks | None = None
+        self.rounds = 0
+        """Update rounds finished (the first runs at start)."""
 
     async def __aenter__(self) -> Self:
         """Open the direct links (if asked for) and announce them; without them chunks use the broker."""
@@ -185,6 +187,7 @@ class Updater:
                 done.append(await self._install(manifest, envelope, holders))
             self.outcomes.extend(done)
             del self.outcomes[:-32]
+            self.rounds += 1
             return done
 
     async def _install(

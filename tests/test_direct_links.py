@@ -259,3 +259,30 @@ def test_a_contact_with_a_bad_fingerprint_or_host_is_refused_on_arrival() -> Non
                 {"hosts": ["1.2.3.4"], "port": 1, "tls_sha256": "A" * 64}):  # fmt: skip
         with pytest.raises(ValidationError):
             DirectContact.model_validate(bad)
+
+
+async def test_a_holder_serving_a_poisoned_chunk_directly_is_banned_and_the_download_completes(
+    tmp_path: Path,
+) -> None:
+    async with household(tmp_path) as home:
+        hub, fridge, plug = (home.device(n, device_class="hub" if n == "hub" else "appliance")
+                             for n in ("hub", "fridge", "plug"))  # fmt: skip
+        await home.start(hub, fridge, plug)
+        ex = {d.name: exchange(home, d, tmp_path) for d in (hub, fridge, plug)}
+        signed, pack = publish(home, ex["hub"], tmp_path)
+        manifest = next(iter(ex["hub"].holdings.values())).manifest
+        ex["plug"].trusted.update_key_set(ex["hub"].store.key_set_path.read_bytes())
+        ex["plug"].hold(manifest, signed, pack)
+
+        async def poisoned(requester: str, ask: Ask) -> bytes:  # the right length, the wrong bytes
+            return bytes(manifest.chunk_length(ask.index))
+
+        async with direct(hub, ex["hub"]), direct(fridge, ex["fridge"]), \
+                DirectLinks(plug.node, poisoned, host="127.0.0.1") as bad:  # fmt: skip
+            ex["plug"].direct, plug.direct = bad, bad.contact
+            await announced(home, hub, fridge, plug)
+            state, staging, banned = await pull(ex["fridge"])
+            assert state is FetchState.DONE and same_files(staging)
+            assert list(banned) == [plug.id] and "bad chunk" in banned[plug.id]
+            assert fridge.endpoint.dropped["ChunkDigestError"] >= 1
+            assert ex["fridge"].received == {"direct": sum(len(v) for v in FILES.values())}

@@ -6,11 +6,13 @@ health-checks and activates it, then seeds it itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from edge_agent.engines.interfaces import TranslateRequest
+from edge_agent.engines.generate import GenerateEngine
+from edge_agent.engines.interfaces import GenerateRequest, TranslateRequest
 from edge_agent.hearth import Hearth
 from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.mesh.state import HouseholdState
@@ -66,6 +68,8 @@ async def test_the_fridge_receives_verifies_and_activates_a_new_sequence_while_s
             signing_key, _ = hub_updates.signing_key()
             envelope = sign_manifest(manifest, signing_key)
             hub.updater.updates.save_manifest(manifest, envelope)
+            # The fridge's own first round (at start) is over: the one below is the one that finds it.
+            assert await fridge.mesh.endpoint.wait_until(lambda: fridge.updater.rounds >= 1, 10)
             hub.updater.exchange.hold(manifest, envelope, source.path)
 
             request = TranslateRequest(texts=[SENTENCE], source="en", target="pt")
@@ -127,7 +131,13 @@ async def test_models_pull_one_shot_and_through_the_running_agent(tmp_path: Path
 
     with run_mosquitto(tmp_path / "broker") as broker:
         hub = service(hub_home, config("hub", broker.port, "hub"), store)
-        async with hub:
+        panel = load_profile("fridge-panel")
+        plan = plan_for_profile(panel, [p.manifest for p in stores["car"].list()])
+        car = Hearth(config("car", broker.port, "fridge-panel"), panel, stores["car"], plan,
+                     serve=True, state_dir=homes["car"], local_socket=True)  # fmt: skip
+        async with hub, car:
+            # The car's agent runs; its own first round (at start) found nothing new.
+            assert await car.mesh.endpoint.wait_until(lambda: car.updater.rounds >= 1, 10)
             hub.updater.exchange.hold(manifest, envelope, source.path)
             # One shot: no agent runs on the fridge, so the command is the agent for one round.
             fridge_cfg = config("fridge", broker.port, "fridge-panel")
@@ -141,14 +151,84 @@ async def test_models_pull_one_shot_and_through_the_running_agent(tmp_path: Path
                 0
             ].installed == {source.manifest.name: 3}
             # Through the running agent: its local socket streams the round's progress.
-            panel = load_profile("fridge-panel")
-            plan = plan_for_profile(panel, [p.manifest for p in stores["car"].list()])
-            car = Hearth(config("car", broker.port, "fridge-panel"), panel, stores["car"], plan,
-                         state_dir=homes["car"], local_socket=True)  # fmt: skip
-            async with car:
-                seen: list[list[UpdateStatus]] = []
-                async with LocalClient(car.socket_path) as client:
-                    pulled = await client.pull_updates(None, seen.append)
-                assert [(o.pack_id, o.sequence, o.state) for o in pulled] == [(PACK, 3, "activated")]
-                assert seen and seen[-1][0].name == source.manifest.name
-                assert car.updater.trusted.installed == {source.manifest.name: 3}
+            seen: list[list[UpdateStatus]] = []
+            async with LocalClient(car.socket_path) as client:
+                pulled = await client.pull_updates(None, seen.append)
+            assert [(o.pack_id, o.sequence, o.state) for o in pulled] == [(PACK, 3, "activated")]
+            assert seen and seen[-1][0].name == source.manifest.name
+            assert car.updater.trusted.installed == {source.manifest.name: 3}
+
+
+async def test_a_new_pack_reaches_four_agents_each_activates_it_and_a_chat_keeps_its_answer(
+    tmp_path: Path, store: PackStore, llm_int4: GenerateEngine
+) -> None:
+    """Five real agents on a real Mosquitto: the hub publishes sequence 2 of the en→pt pack; the fridge,
+    car, phone and laptop each fetch it (from the hub and from each other, over direct links), verify,
+    health-check and activate it. Meanwhile the fridge streams a chat from the hub: while that answer
+    is open its fetch holds one chunk in flight, and the chat gets every token."""
+    hub_home = tmp_path / "hub"
+    provision(hub_home, hub_home, "hub", "hub")
+    peers = {"fridge": "fridge-panel", "car": "car-headunit", "phone": "phone", "laptop": "laptop"}
+    for name, profile in peers.items():
+        provision(hub_home, tmp_path / name, name, profile)
+    source = store.get(PACK)
+    stores = {name: PackStore(tmp_path / f"{name}-store") for name in peers}
+    for own in stores.values():
+        own.install(source.path, source.manifest)
+    hub_updates = UpdateStore(hub_home)
+    card = hub_updates.create_signing_key("hub")
+    root, _ = HouseholdState(hub_home).load_root()
+    now = datetime.now(UTC)
+    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
+                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
+    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    expect = probe(source.path, "translate", source.manifest.task_info, SENTENCE, "en-pt")
+    manifest = build_manifest(
+        source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
+        household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",
+        sequence=2, device_classes=["appliance", "vehicle", "phone", "laptop"], issued_at=now,
+        expires_at=now + timedelta(days=7), health=HealthCheck(input=SENTENCE, expect=expect, pair="en-pt"),
+    )  # fmt: skip
+    envelope = sign_manifest(manifest, hub_updates.signing_key()[0])
+
+    with run_mosquitto(tmp_path / "broker") as broker:
+        hub = service(hub_home, config("hub", broker.port, "hub"), store)
+        agents = {n: service(tmp_path / n, config(n, broker.port, p, prefer_local=True), stores[n])
+                  for n, p in peers.items()}  # fmt: skip
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(hub)
+            for agent in agents.values():
+                await stack.enter_async_context(agent)
+            for agent in agents.values():  # each agent's own first round (at start) found nothing new
+                assert await agent.mesh.endpoint.wait_until(lambda a=agent: a.updater.rounds >= 1, 10)
+            hub.updater.exchange.hold(manifest, envelope, source.path)
+            fridge = agents["fridge"]
+            await fridge.wait_for_peers("generate", timeout=5)
+            everyone = {a.mesh.certificate.device_id for a in (hub, *agents.values())}
+            for agent in agents.values():  # each has heard every other's direct contact
+                assert await agent.mesh.endpoint.wait_until(lambda a=agent: {
+                    p.device_id for p in a.mesh.endpoint.peers.all() if p.presence.direct
+                } == everyone - {a.mesh.certificate.device_id}, 10)  # fmt: skip
+
+            prompt = GenerateRequest.from_prompt("Describe a kitchen.", max_tokens=48)
+            chat = fridge.generate(prompt)
+            chunks = aiter(chat)
+            first = await anext(chunks)  # the answer is streaming from the hub: inference in flight
+            fridge_round = asyncio.create_task(fridge.updater.check_once())
+            exchange = fridge.updater.exchange
+            assert await fridge.mesh.endpoint.wait_until(lambda: bool(exchange._fetches), 10)
+            fetch = next(iter(exchange._fetches.values()))[0]
+            assert fridge.mesh.inference_busy() and len(fetch.in_flight()) <= 1  # yielding to the chat
+            rest = [c async for c in chunks]
+            assert chat.served_by == "hub" and chat.failovers == 0
+            assert "".join(c.text for c in [first, *rest]) == llm_int4.complete(prompt)[0]  # every token
+
+            rounds = [fridge_round, *(asyncio.create_task(a.updater.check_once()) for n, a in agents.items()
+                                       if n != "fridge")]  # fmt: skip
+            for outcome in await asyncio.gather(*rounds):
+                assert [(o.pack_id, o.sequence, o.state) for o in outcome] == [(PACK, 2, "activated")]
+            for agent in agents.values():
+                assert agent.updater.trusted.installed == {source.manifest.name: 2}
+                assert agent.updater.exchange.received.keys() == {"direct"}  # nothing through the broker
+                again, _ = await agent.translate(TranslateRequest(texts=[SENTENCE], source="en", target="pt"))
+                assert again.translations[0] == expect

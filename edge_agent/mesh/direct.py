@@ -254,8 +254,10 @@ class _Link:
             await _write(self.writer, ask)
             async with asyncio.timeout(timeout):
                 return await future
-        except TimeoutError:
-            raise DirectLinkError(f"{self.peer[:8]} did not answer within {timeout:g} s") from None
+        except TimeoutError:  # a link that went silent (a firewall, a dead route) is no link
+            why = DirectLinkError(f"{self.peer[:8]} did not answer within {timeout:g} s")
+            self.close(why)
+            raise why from None
         except (ConnectionError, OSError) as exc:
             self.close(exc)
             raise DirectLinkError(f"link to {self.peer[:8]} broke: {exc}") from None
@@ -429,9 +431,21 @@ class DirectLinks:
         except HearthError as exc:
             raise DirectLinkError(str(exc)) from None
         link = await self._link(device_id, contact)
-        data = await link.ask(ask, max_length, timeout)
+        try:
+            data = await link.ask(ask, max_length, timeout)
+        except DirectRefusedError:
+            raise
+        except DirectLinkError:
+            self._give_up_on(device_id)
+            raise
         self.received[device_id] += len(data)
         return data
+
+    def _give_up_on(self, device_id: str) -> None:
+        """Use the broker for this peer for a while (its link failed or went silent)."""
+        if len(self._unreachable) > 1024:
+            self._unreachable.clear()
+        self._unreachable[device_id] = time.monotonic() + UNREACHABLE_S
 
     async def _link(self, device_id: str, contact: DirectContact) -> _Link:
         link = self._links.get(device_id)
@@ -447,9 +461,7 @@ class DirectLinks:
             try:
                 link = await self._connect(device_id, contact)
             except DirectLinkError:
-                if len(self._unreachable) > 1024:
-                    self._unreachable.clear()
-                self._unreachable[device_id] = time.monotonic() + UNREACHABLE_S
+                self._give_up_on(device_id)
                 raise
             self._links[device_id] = link
             return link

@@ -232,3 +232,65 @@ async def test_a_new_pack_reaches_four_agents_each_activates_it_and_a_chat_keeps
                 assert agent.updater.exchange.received.keys() == {"direct"}  # nothing through the broker
                 again, _ = await agent.translate(TranslateRequest(texts=[SENTENCE], source="en", target="pt"))
                 assert again.translations[0] == expect
+
+
+async def test_a_fetch_through_the_broker_resumes_after_the_broker_restarts(
+    tmp_path: Path, store: PackStore
+) -> None:
+    """Direct links off: every chunk goes through Mosquitto, which is restarted a quarter of the way
+    in. The fridge's fetch loses what was in flight, keeps what it verified, finds the hub again when
+    it re-announces, and finishes: the same pack, activated."""
+    from tests.support.brokers import free_port
+
+    hub_home, fridge_home = tmp_path / "hub", tmp_path / "fridge"
+    provision(hub_home, hub_home, "hub", "hub")
+    provision(hub_home, fridge_home, "fridge", "fridge-panel")
+    source = store.get(PACK)
+    fridge_store = PackStore(tmp_path / "fridge-store")
+    fridge_store.install(source.path, source.manifest)
+    hub_updates = UpdateStore(hub_home)
+    card = hub_updates.create_signing_key("hub")
+    root, _ = HouseholdState(hub_home).load_root()
+    now = datetime.now(UTC)
+    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
+                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
+    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    manifest = build_manifest(
+        source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
+        household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",
+        sequence=4, device_classes=["appliance"], issued_at=now, expires_at=now + timedelta(days=7),
+    )  # fmt: skip
+    envelope = sign_manifest(manifest, hub_updates.signing_key()[0])
+    port = free_port()
+    fridge_cfg = config("fridge", port, "fridge-panel")
+    fridge_cfg = fridge_cfg.model_copy(
+        update={"updates": fridge_cfg.updates.model_copy(update={"direct": False})}
+    )
+    broker = run_mosquitto(tmp_path / "broker", port=port)
+    broker.__enter__()
+    try:
+        hub = service(hub_home, config("hub", port, "hub"), store)
+        fridge = service(fridge_home, fridge_cfg, fridge_store)
+        async with hub, fridge:
+            assert await fridge.mesh.endpoint.wait_until(lambda: fridge.updater.rounds >= 1, 10)
+            hub.updater.exchange.hold(manifest, envelope, source.path)
+            exchange = fridge.updater.exchange
+            quarter, arrived = asyncio.Event(), exchange._arrived
+
+            def counting(sender: str, content_id: str, index: int, data: bytes, path: str) -> None:
+                arrived(sender, content_id, index, data, path)
+                fetches = exchange._fetches.get(content_id)
+                if fetches is not None and len(fetches[0].have) >= len(manifest.chunks) // 4:
+                    quarter.set()
+
+            exchange._arrived = counting  # type: ignore[method-assign]
+            round_ = asyncio.create_task(fridge.updater.check_once())
+            await asyncio.wait_for(quarter.wait(), 60)
+            broker.__exit__(None, None, None)  # SIGTERM, waits for the PID to exit
+            broker = run_mosquitto(tmp_path / "broker", port=port)
+            broker.__enter__()
+            outcomes = await asyncio.wait_for(round_, 120)
+            assert [(o.pack_id, o.sequence, o.state) for o in outcomes] == [(PACK, 4, "activated")]
+            assert exchange.received == {"broker": manifest.total_size}  # each verified chunk once
+    finally:
+        broker.__exit__(None, None, None)

@@ -444,6 +444,7 @@ def pull(
 
     ctx = load_context(config, None)
     bars: dict[str, TaskID] = {}
+    last: list[UpdateStatus] = []
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
@@ -452,6 +453,7 @@ def pull(
     ) as progress:  # fmt: skip
 
         def show(updates: list[UpdateStatus]) -> None:
+            last[:] = updates
             for u in updates:
                 if u.state != "fetching" and u.name not in bars:
                     continue
@@ -466,9 +468,17 @@ def pull(
 
         rows = aio.run(go())
     failed = [r for r in rows if r[2] != "activated"]
+    doubtful = [u for u in last if u.state == "unverifiable"]  # offered, but it does not verify
     if as_json:
-        print(json.dumps([{"pack": p, "sequence": n, "state": st, "reason": why} for p, n, st, why in rows]))
-    elif not rows:
+        report = [{"pack": p, "sequence": n, "state": st, "reason": why} for p, n, st, why in rows]
+        report += [{"model": u.name, "state": u.state, "reason": u.detail} for u in doubtful]
+        print(json.dumps(report))
+        if failed:
+            raise typer.Exit(1)
+        return
+    for u in doubtful:
+        console.print(f"[yellow]{escape(u.name)}[/]: {escape(u.detail)} (not fetched)")
+    if not rows:
         console.print("nothing newer in the household for this device")
     else:
         for pack_id, sequence, state, reason in rows:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from edge_agent.errors import HearthError, PackError, UpdateError
 from edge_agent.mesh.direct import DirectLinks
+from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.models.activation import ActivationResult, activate
 from edge_agent.models.store import PackStore
@@ -77,6 +78,8 @@ class Updater:
         self._direct: DirectLinks | None = None
         self.rounds = 0
         """Update rounds finished (the first runs at start)."""
+        self._wake = asyncio.Event()
+        self._announced: set[tuple[str, str, int]] = set()
 
     async def __aenter__(self) -> Self:
         """Open the direct links (if asked for) and announce them; without them chunks use the broker."""
@@ -111,11 +114,14 @@ class Updater:
     # -- seeding -------------------------------------------------------------------------------------
 
     async def seed_stored(self) -> int:
-        """Serve every stored manifest whose pack is installed here unchanged (published or activated)."""
+        """Serve every stored manifest whose pack is installed here unchanged (published or activated)
+        and not served yet: at start, and at each round (a manifest `hearth models publish` just wrote)."""
         seeded = 0
         for path, raw in self.updates.stored_manifests():
             try:
                 manifest = unverified_manifest(raw, path.name)
+                if manifest.content_id in self.exchange.holdings:
+                    continue
                 pack = self.store.get(manifest.pack_id)
             except (UpdateError, PackError) as exc:
                 log.info("not seeding %s: %s", path.name, exc)
@@ -127,10 +133,22 @@ class Updater:
         return seeded
 
     def status(self) -> list[UpdateStatus]:
-        """Per model: installed and highest known sequence, and what is happening (for presence/CLI)."""
+        """Per model: installed and highest known sequence, and what is happening (for presence/CLI),
+        with the highest sequence seeded here whole (the announcement peers act on)."""
         rows: dict[str, UpdateStatus] = {}
         for name, seq in self.trusted.installed.items():
             rows[name] = UpdateStatus(name=name, installed=seq, available=seq, state="current")
+        offered: dict[str, int] = {}
+        for holding in self.exchange.holdings.values():
+            m = holding.manifest
+            if len(holding.have) == len(m.chunks):
+                offered[m.name] = max(offered.get(m.name, 0), m.sequence)
+        for name, seq in offered.items():
+            if name not in rows:
+                have = self.trusted.installed.get(name, 0)
+                rows[name] = UpdateStatus(
+                    name=name, installed=have, available=max(have, seq), state="current"
+                )
         for outcome in self.outcomes:
             name = outcome.pack_id.partition("@")[0]
             have = self.trusted.installed.get(name, 0)
@@ -152,7 +170,31 @@ class Updater:
                     name=name, installed=have, available=have, state="unverifiable",
                     detail=f"a peer offers sequence {sequence} that does not verify: {why}"[:300],
                 )  # fmt: skip
-        return list(rows.values())[:16]
+        return [r.model_copy(update={"offered": offered.get(r.name, 0)}) for r in rows.values()][:16]
+
+    def wanted_names(self) -> set[str]:
+        """Models this device runs or holds (by name: what peers' presence announces)."""
+        planned = {tp.chosen_id for tp in self.service.plan.tasks.values() if tp.chosen_id}
+        names = {p.manifest.name for p in self.store.list()}
+        return names | {pack_id.partition("@")[0] for pack_id in planned}
+
+    def _heard(self, opened: Opened) -> None:
+        """A peer's presence announces a model we run at a sequence above ours: a round now, not at
+        the next interval. Each (peer, model, sequence) wakes us once, so an offer we refuse does not
+        loop; the memory of those is bounded."""
+        peer = self.service.endpoint.peers.get(opened.header.sender)
+        if peer is None:
+            return
+        for status in peer.presence.updates:
+            if status.offered <= self.trusted.installed.get(status.name, 0):
+                continue
+            seen = (peer.device_id, status.name, status.offered)
+            if seen in self._announced or status.name not in self.wanted_names():
+                continue
+            if len(self._announced) >= 1024:
+                self._announced.clear()
+            self._announced.add(seen)
+            self._wake.set()
 
     def wanted(self, manifest: UpdateManifest) -> bool:
         """This device runs (or holds) that pack: its plan chose it, or it is installed here."""
@@ -163,18 +205,25 @@ class Updater:
     # -- updating ------------------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
-        await self.seed_stored()
+        """A round at start, then every ``interval_s`` or as soon as a peer announces a newer pack."""
+        self.service.endpoint.presence_hooks.append(self._heard)
         while True:
+            self._wake.clear()
             try:
                 await self.check_once()
             except HearthError as exc:  # reported; the next round tries again
                 log.warning("model update round failed: %s", exc)
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
 
     async def check_once(self, only: set[str] | None = None) -> list[UpdateOutcome]:
         """One round: ask peers, fetch and activate every newer pack this device wants (of the models
         named in ``only``, if given)."""
         async with self._busy:
+            if await self.seed_stored() and self.service.serve:  # newly published here: announce it
+                with contextlib.suppress(HearthError):
+                    await self.service.endpoint.publish_presence()
             found = await self.exchange.discover()
             done: list[UpdateOutcome] = []
             for manifest, envelope, holders in sorted(found.values(), key=lambda f: f[0].sequence):

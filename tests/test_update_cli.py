@@ -88,6 +88,11 @@ def test_publish_and_cosign_a_real_pack(tmp_path: Path, hearth_env: dict[str, st
 
     out = ok(hearth("models", "sign", str(signed), "-c", str(alice), env=hearth_env))
     assert "2 signature(s), 2 needed" in out
+    # The threshold is met and alice holds the pack: she keeps the manifest and seeds it (no agent runs
+    # here, so it starts offering it with `hearth run`).
+    said = " ".join(out.split())
+    assert "stored for seeding" in said and "no agent runs here" in said
+    assert [m.name for m in UpdateStore(tmp_path / "alice").manifests_dir.iterdir()]
     manifest = trusted.verify_manifest(signed.read_bytes(), "appliance")
     assert manifest.health is not None and manifest.health.pair == "en-pt" and manifest.health.expect
     pack = PackStore().get(PACK)

@@ -294,3 +294,46 @@ async def test_a_fetch_through_the_broker_resumes_after_the_broker_restarts(
             assert exchange.received == {"broker": manifest.total_size}  # each verified chunk once
     finally:
         broker.__exit__(None, None, None)
+
+
+async def test_a_published_pack_is_announced_and_fetched_without_waiting_for_a_round(
+    tmp_path: Path, store: PackStore
+) -> None:
+    """The hub publishes (as `hearth models publish` does: the manifest stored, then a round through
+    the running agent); its presence now offers sequence 5, and the fridge's agent, whose next
+    scheduled round is 300 s away, fetches and activates it at once."""
+    hub_home, fridge_home = tmp_path / "hub", tmp_path / "fridge"
+    provision(hub_home, hub_home, "hub", "hub")
+    provision(hub_home, fridge_home, "fridge", "fridge-panel")
+    source = store.get(PACK)
+    fridge_store = PackStore(tmp_path / "fridge-store")
+    fridge_store.install(source.path, source.manifest)
+    hub_updates = UpdateStore(hub_home)
+    card = hub_updates.create_signing_key("hub")
+    root, _ = HouseholdState(hub_home).load_root()
+    now = datetime.now(UTC)
+    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
+                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
+    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    manifest = build_manifest(
+        source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
+        household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",
+        sequence=5, device_classes=["appliance"], issued_at=now, expires_at=now + timedelta(days=7),
+    )  # fmt: skip
+    with run_mosquitto(tmp_path / "broker") as broker:
+        hub = service(hub_home, config("hub", broker.port, "hub"), store)
+        fridge = service(fridge_home, config("fridge", broker.port, "fridge-panel"), fridge_store)
+        async with hub, fridge:
+            assert fridge.updater.interval_s == 300
+            assert await fridge.mesh.endpoint.wait_until(lambda: fridge.updater.rounds >= 1, 10)
+            hub_updates.save_manifest(manifest, sign_manifest(manifest, hub_updates.signing_key()[0]))
+            assert await hub.pull_updates(set()) == []  # seeds what was published, announces it
+            [offer] = [u for u in hub.mesh.presence().updates if u.name == source.manifest.name]
+            assert offer.offered == 5
+            name = source.manifest.name
+            assert await fridge.mesh.endpoint.wait_until(
+                lambda: fridge.updater.trusted.installed == {name: 5}, 30
+            )
+            assert [(o.pack_id, o.sequence, o.state) for o in fridge.updater.outcomes] == [
+                (PACK, 5, "activated")
+            ]

@@ -28,7 +28,7 @@ from edge_agent.sync.manifest import MANIFEST_TYPE, HealthCheck
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.signing import add_signature
 from edge_agent.sync.store import UpdateStore
-from edge_agent.sync.trust import MAX_MANIFEST_BYTES, unverified_manifest
+from edge_agent.sync.trust import MAX_MANIFEST_BYTES, TrustedUpdates, unverified_manifest
 from edge_agent.tasks import DeviceClass
 
 app = typer.Typer(
@@ -285,7 +285,7 @@ def publish(
     and activate it. With a threshold above 1, other key holders add theirs: `hearth models sign FILE`.
     Example: hearth models publish bergamot-tiny11-en-pt@int8 --sequence 2 --for hub --for appliance
     """
-    _state, membership, data, store = _update_context(config)
+    state, membership, data, store = _update_context(config)
     trusted, problems = store.load_trust(membership.root_key, membership.household_id)
     for problem in problems:
         console_err.print(f"[yellow]warning[/]: {escape(problem)}")
@@ -339,6 +339,29 @@ def publish(
         f"{len(manifest.chunks)} chunks of {chunk_kib} KiB, merkle root {manifest.merkle_root[:16]}…"
     )
     console.print(f"signed by {card.name} ({card.keyid[:8]}): 1 of {key_set.threshold} needed → {path}")
+    if key_set.threshold == 1:
+        _tell_running_agent(state)
+
+
+def _tell_running_agent(state: HouseholdState) -> None:
+    """If this device's agent runs, have it seed the new manifest and announce it now (a round through
+    its local socket) rather than at its next round."""
+    from edge_agent import aio
+    from edge_agent.hearth import SOCKET_NAME
+    from edge_agent.local_api import LocalClient
+    from edge_agent.mesh.files import StateLock
+
+    socket_path = state.dir / SOCKET_NAME
+    if not (StateLock(state.dir).held_elsewhere() and socket_path.exists()):
+        console.print("no agent runs here: it offers the pack to the household when it starts (hearth run)")
+        return
+
+    async def go() -> None:
+        async with LocalClient(socket_path) as client:
+            await client.pull_updates(set())
+
+    aio.run(go())
+    console.print("the running agent offers it to the household now")
 
 
 @app.command()
@@ -362,6 +385,23 @@ def sign(
     count = len(json.loads(signed)["signatures"])
     need = f"{key_set.threshold} needed" if key_set else "the threshold is not known here (no key set yet)"
     console.print(f"signed by {card.name} ({card.keyid[:8]}); {count} signature(s), {need}")
+    _offer_if_complete(signed, trusted, store, config)
+
+
+def _offer_if_complete(
+    signed: bytes, trusted: TrustedUpdates, store: UpdateStore, config: Path | None
+) -> None:
+    """Once a co-signed manifest meets the threshold and this device holds the pack, keep it and have
+    the running agent offer it (the last co-signer, or the publisher after it, seeds it)."""
+    try:
+        claimed = unverified_manifest(signed, "the co-signed manifest")
+        manifest = trusted.verify_manifest(signed, claimed.device_classes[0])
+        PackStore().get(manifest.pack_id)
+    except (UpdateError, PackError):
+        return  # below the threshold yet, or the pack is not here: nothing to offer from this device
+    store.save_manifest(manifest, signed)
+    console.print(f"the threshold is met and {manifest.pack_id} is installed here: stored for seeding")
+    _tell_running_agent(HouseholdState(store.dir.parent))
 
 
 @app.command()

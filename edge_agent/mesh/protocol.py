@@ -92,6 +92,12 @@ class UpdateStatus(_Wire):
     state: Literal["current", "fetching", "activated", "rolled-back", "refused", "gave up", "unverifiable"]
     progress: float = Field(default=1.0, ge=0.0, le=1.0)
     detail: str = Field(default="", max_length=300)
+    offered: int = Field(
+        default=0,
+        ge=0,
+        description="Highest sequence this device seeds whole: the "
+        "announcement that makes peers who run the model ask for it at once.",
+    )
 
 
 class DirectContact(_Wire):

@@ -224,6 +224,8 @@ class Updater:
             if await self.seed_stored() and self.service.serve:  # newly published here: announce it
                 with contextlib.suppress(HearthError):
                     await self.service.endpoint.publish_presence()
+            for content_id in await asyncio.to_thread(self.exchange.prune_staging):
+                log.info("removed staged update %s: untouched for a week", content_id)
             found = await self.exchange.discover()
             done: list[UpdateOutcome] = []
             for manifest, envelope, holders in sorted(found.values(), key=lambda f: f[0].sequence):
@@ -245,7 +247,7 @@ class Updater:
         label = f"{manifest.pack_id} sequence {manifest.sequence}"
         log.info("fetching %s (%.1f MB) from %d peer(s)", label, manifest.total_size / 1e6, len(holders))
         fetch, staging = await self.exchange.fetch(manifest, envelope, holders)
-        if fetch.state is not FetchState.DONE:
+        if fetch.state is not FetchState.DONE:  # staging kept: the next round resumes from it
             log.warning("gave up on %s: %s", label, fetch.reason)
             return UpdateOutcome(manifest.pack_id, manifest.sequence, "gave up", fetch.reason)
         svc = self.service

@@ -265,3 +265,24 @@ async def test_a_member_flooding_chunk_requests_gets_a_bounded_number_of_replies
         gate.set()
         assert await until(lambda: len(got) == MAX_REPLIES_PER_PEER)
         assert sorted(got) == list(range(MAX_REPLIES_PER_PEER)) and not ex_hub._replying
+
+
+async def test_staging_untouched_for_a_week_is_pruned_and_a_recent_one_kept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        ex_hub, ex_car = exchange(home, hub, tmp_path), exchange(home, car, tmp_path)
+        publish(home, ex_hub, tmp_path)
+        manifest = next(iter(ex_hub.holdings.values())).manifest
+        _stage(ex_car, ex_hub, range(3))  # a fetch that gave up left three verified chunks
+        stale = ex_car.staging_root / "0123456789abcdef"
+        stale.mkdir()
+        (stale / "model.onnx").write_bytes(b"old")
+        week_ago = time.time() - 8 * 86400
+        for path in (stale / "model.onnx", stale):
+            os.utime(path, (week_ago, week_ago))
+        assert ex_car.prune_staging() == ["0123456789abcdef"]
+        assert not stale.exists() and (ex_car.staging_root / manifest.content_id).is_dir()

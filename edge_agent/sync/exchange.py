@@ -61,6 +61,7 @@ MAX_REPLIES_PER_PEER = 8
 MAX_REPLIES = 32
 DISK_MARGIN_BYTES = 64 << 20
 MAX_PENDING_QUERIES = 16
+STAGING_MAX_AGE_S = 7 * 86400
 
 
 @dataclass
@@ -423,6 +424,24 @@ class UpdateExchange:
             self._fetches.pop(manifest.content_id, None)
             self._last_fetch = fetch
         return fetch, staging
+
+    def prune_staging(self, max_age_s: float = STAGING_MAX_AGE_S) -> list[str]:
+        """Remove staged fetches untouched for ``max_age_s`` (a fetch that gave up keeps its verified
+        chunks for the next round to resume from, but not forever). Returns the content ids removed."""
+        if not self.staging_root.is_dir():
+            return []
+        now, gone = time.time(), []
+        for entry in self.staging_root.iterdir():
+            if entry.name in self._fetches or not entry.is_dir():
+                continue
+            newest = max((p.stat().st_mtime for p in entry.rglob("*")), default=entry.stat().st_mtime)
+            if now - newest > max_age_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                holding = self.holdings.get(entry.name)
+                if holding is not None and holding.directory == entry:
+                    del self.holdings[entry.name]
+                gone.append(entry.name)
+        return gone
 
     def progress(self) -> dict[str, tuple[UpdateManifest, float]]:
         """Fetches in progress: content id -> (manifest, fraction of bytes verified)."""

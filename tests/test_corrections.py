@@ -215,3 +215,21 @@ def test_the_command_line_says_what_a_correction_needs(hearth_env: dict[str, str
         assert message in " ".join((proc.stdout + proc.stderr).split()), proc.stderr
     listed = hearth("corrections", "list", env=hearth_env)  # not paired: says so, no traceback
     assert listed.returncode != 0 and "not on a household mesh" in " ".join(listed.stderr.split())
+
+
+async def test_a_member_flooding_pushes_gets_the_excess_dropped_unverified(tmp_path: Path) -> None:
+    from edge_agent.mesh.features.corrections import PUSHES
+    from edge_agent.mesh.interfaces import Channel
+
+    async with household(tmp_path) as home:
+        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        await home.start(hub, car)
+        hub_sync = sync_for(hub, tmp_path)
+        peer = car.endpoint.peers.get(hub.id)
+        assert peer is not None
+        for i in range(PUSHES + 5):
+            record = make_correction(car.identity.signing_key, car.id, PAIR, f"Line {i}.", f"Linha {i}.")
+            await car.endpoint.send(hub.id, Channel.REQUESTS, CorrectionsData(nonce=0, records=[record]),
+                                    session=peer.session)  # fmt: skip
+        assert await until(lambda: hub.endpoint.dropped["CorrectionsPushFlood"] == 5)
+        assert len(hub_sync.corrections.records) == PUSHES

@@ -174,6 +174,8 @@ class Corrections:
         Withdrawals go last, so one arriving with its correction is judged against it."""
         added, refused = 0, []
         for record in sorted(records, key=lambda r: r.kind == "withdrawal"):
+            if record.id in self.records:  # known: nothing to check again
+                continue
             try:
                 self.check(record)
                 added += self.add(record)

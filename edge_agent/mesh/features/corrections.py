@@ -30,6 +30,7 @@ ASK_EVERY_S = 5.0
 """At most one catch-up query per peer this often (digests differ until both sides merged)."""
 ANSWER_EVERY_S = 1.0
 REPLY_CHARS = 200_000
+PUSHES, PUSH_WINDOW_S = 30, 60.0
 
 
 class CorrectionSync:
@@ -39,6 +40,7 @@ class CorrectionSync:
         self._asked: dict[str, float] = {}
         self._answered: dict[str, float] = {}
         self._queries: dict[int, str] = {}
+        self._pushes: dict[str, tuple[float, int]] = {}
         endpoint.register(CorrectionsQuery, self._answer)
         endpoint.register(CorrectionsData, self._data)
         endpoint.presence_hooks.append(self._heard)
@@ -132,12 +134,29 @@ class CorrectionSync:
         if msg.nonce and self._queries.pop(msg.nonce, None) != sender.device_id:
             self.endpoint.dropped["UnaskedCorrections"] += 1
             return
+        if not msg.nonce and not self._may_push(sender.device_id):
+            self.endpoint.dropped["CorrectionsPushFlood"] += 1
+            return
         added, refused = self.corrections.merge(msg.records)
         if refused:
             self.endpoint.dropped["CorrectionRefused"] += len(refused)
             log.warning("refused %d correction(s) from %s: %s", len(refused), sender.name, refused[0])
         if added:
             log.info("%d new correction(s) from %s", added, sender.name)
+
+    def _may_push(self, device_id: str) -> bool:
+        """Unasked pushes (a user making corrections) are few: at most PUSHES per PUSH_WINDOW_S per
+        member, so a flooding member cannot make every device verify signatures all day."""
+        now = time.monotonic()
+        start, count = self._pushes.get(device_id, (now, 0))
+        if now - start > PUSH_WINDOW_S:
+            start, count = now, 0
+        if count >= PUSHES:
+            return False
+        if len(self._pushes) >= self.endpoint.limits.max_peers:
+            self._pushes.clear()
+        self._pushes[device_id] = (start, count + 1)
+        return True
 
     def _forget_revoked(self, revoked: frozenset[str]) -> None:
         for device_id in revoked:

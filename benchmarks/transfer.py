@@ -151,7 +151,11 @@ def run_transfer_bench(
         raise RuntimeError("the transfer benchmark needs Mosquitto (make system-deps)")
     pack = store.get(pack_id)
     files = [MANIFEST_NAME, *(f.path for f in pack.manifest.files)]
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
     samples: dict[str, list[float]] = {k: [] for k in (
         "swarm_direct_s", "single_direct_s", "raw_tcp_s", "swarm_broker_s", "single_broker_s",
         "per_peer_direct_mbps", "per_peer_broker_mbps", "raw_tcp_mbps")}  # fmt: skip

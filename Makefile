@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help run test packs install install-dev system-deps lint typecheck bench clean lock relock
+.PHONY: help run test test-ha ha-venv packs install install-dev system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -47,6 +47,22 @@ relock: | $(VENV)/.toolchain  ## Re-resolve after a pyproject change, keeping ev
 	for extra in agent build dev; do \
 	  $(BIN)/uv pip compile pyproject.toml --extra $$extra $(LOCK_FLAGS) $(UPGRADE) -o requirements/$$extra.txt || exit 1; \
 	done
+	$(BIN)/uv pip compile pyproject.toml requirements/ha.in $(subst 3.11,3.13,$(LOCK_FLAGS)) $(UPGRADE) \
+	  -o requirements/ha.txt
+
+# Home Assistant's test environment: its own Python (3.13.0 from pyenv: HA 2025.4.4 through phcc 0.13.236)
+# and its own pins, with the mesh library installed into it as a user's Home Assistant would have it.
+HA_PYTHON ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.13.0/bin/python3
+HA_VENV ?= .venv-ha
+$(HA_VENV)/.installed: requirements/ha.txt pyproject.toml
+	@test -x $(HA_PYTHON) || { echo "error: Home Assistant's tests need Python 3.13.0 at $(HA_PYTHON)" \
+	  "(pyenv install 3.13.0, or make HA_PYTHON=/path/to/python3.13)"; exit 1; }
+	test -x $(HA_VENV)/bin/python || $(HA_PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/ha.txt
+	$(HA_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+ha-venv: $(HA_VENV)/.installed  ## The Home Assistant test venv (Python 3.13.0, HA 2025.4.4, locked)
 
 install: $(VENV)/.installed-build  ## Agent + model-build toolchain
 
@@ -68,8 +84,17 @@ system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftab
 	$$SUDO apt-get install -y --no-install-recommends $$missing || \
 	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; }
 
-test: system-deps install-dev packs lint typecheck  ## Install everything (system packages too), lint, type-check, test
+test: system-deps install-dev packs lint typecheck ha-venv  ## Install everything (system packages too), lint, type-check, test
 	$(BIN)/python -m pytest
+	$(MAKE) test-ha
+
+# The mesh library's own tests again under Home Assistant's pins (pydantic, cryptography, paho-mqtt as
+# HA 2025.4.4 has them): what the custom component imports must work there, not only in our venv.
+HA_MESH_TESTS := tests/test_direct_links.py tests/test_update_exchange.py tests/test_swarm.py \
+	tests/test_update_trust.py tests/test_corrections.py
+test-ha: ha-venv  ## The mesh library's tests under Home Assistant's pins
+	$(HA_VENV)/bin/python -m pytest -p no:cacheprovider -p no:homeassistant -p no:socket -p no:sugar \
+	  $(HA_MESH_TESTS) -k "not command_line"
 
 lint: install-dev  ## ruff lint + format check
 	$(BIN)/ruff check edge_agent tests benchmarks
@@ -84,5 +109,5 @@ bench: install-dev packs  ## Run the benchmarks (results in benchmarks/results/)
 	$(BIN)/hearth bench translate
 	$(BIN)/hearth bench translate --pair pt-en
 
-clean:  ## Remove the venv and the local pack store
-	rm -rf $(VENV) .hearth
+clean:  ## Remove the venvs and the local pack store
+	rm -rf $(VENV) $(HA_VENV) .hearth

@@ -92,13 +92,15 @@ test: system-deps install-dev packs lint typecheck ha-venv  ## Install everythin
 # HA 2025.4.4 has them): what the custom component imports must work there, not only in our venv.
 HA_MESH_TESTS := tests/test_direct_links.py tests/test_update_exchange.py tests/test_swarm.py \
 	tests/test_update_trust.py tests/test_corrections.py
-test-ha: ha-venv  ## The mesh library's tests under Home Assistant's pins
+test-ha: ha-venv install-dev  ## The Home Assistant component's tests, and the mesh library's under HA's pins
 	$(HA_VENV)/bin/python -m pytest -p no:cacheprovider -p no:homeassistant -p no:socket -p no:sugar \
 	  $(HA_MESH_TESTS) -k "not command_line"
+	$(HA_VENV)/bin/python -m pytest -p no:cacheprovider -p no:sugar -c integration/pytest.ini \
+	  --rootdir integration integration/tests
 
 lint: install-dev  ## ruff lint + format check
-	$(BIN)/ruff check edge_agent tests benchmarks
-	$(BIN)/ruff format --check edge_agent tests benchmarks
+	$(BIN)/ruff check edge_agent tests benchmarks integration
+	$(BIN)/ruff format --check edge_agent tests benchmarks integration
 
 typecheck: install-dev  ## mypy --strict on the public API
 	$(BIN)/mypy

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
-from edge_agent.mesh.settings import MeshLimits, MeshSettings
+from edge_agent.mesh.settings import MeshLimits, MeshSettings, broker_host_port
 from edge_agent.tasks import DeviceClass, Task
 from edge_agent.validation import field_path
 
@@ -108,12 +108,6 @@ class MeshSection(_Section):
         """The mesh library's view of this section."""
         return MeshSettings(presence_interval_s=self.presence_interval_s, coalesce_ms=self.coalesce_ms,
                             pad_bucket_bytes=self.pad_bucket_bytes, limits=self.limits)  # fmt: skip
-
-
-def broker_host_port(url: str) -> tuple[str, int]:
-    rest = url.split("://", 1)[1].rstrip("/")
-    host, _, port = rest.partition(":")
-    return host, int(port) if port else (8883 if url.startswith("mqtts") else 1883)
 
 
 class RoutingSection(_Section):

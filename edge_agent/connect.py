@@ -15,10 +15,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from edge_agent.config import MeshSection, broker_host_port
+from edge_agent.config import MeshSection
 from edge_agent.errors import ConfigError
-from edge_agent.mesh.broker_pki import BrokerPki
-from edge_agent.mesh.files import read_private
+from edge_agent.mesh.broker_pki import BrokerPki, PkiError
+from edge_agent.mesh.settings import broker_host_port
 from edge_agent.mesh.transports.mqtt import MqttClient, MqttConnector
 
 
@@ -26,20 +26,10 @@ def tls_context(mesh: MeshSection, state_dir: Path, url: str | None = None) -> s
     """The TLS context for a member connection to ``url`` (default the mesh broker), None for mqtt://."""
     if not (url or mesh.broker).startswith("mqtts"):
         return None
-    pki = BrokerPki(state_dir)
-    ca = mesh.tls_ca or (pki.ca_cert_path if pki.ca_cert_path.is_file() else None)
-    cert = mesh.tls_cert or (pki.client_cert_path if pki.has_client_identity() else None)
-    key = mesh.tls_key or (pki.client_key_path if cert == pki.client_cert_path else None)
-    for label, path in (("tls_ca", ca), ("tls_cert", cert), ("tls_key", key)):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"mesh.{label}: {path}: no such file")
-    if key == pki.client_key_path:
-        read_private(key)  # our own key: refused (by name) if it is a symlink or others can read it
-    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    if cert is not None:
-        ctx.load_cert_chain(str(cert), str(key) if key else None)
-    return ctx
+    try:
+        return BrokerPki(state_dir).tls_context(mesh.tls_ca, mesh.tls_cert, mesh.tls_key)
+    except PkiError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def pairing_tls_context(mesh: MeshSection, url: str) -> ssl.SSLContext | None:

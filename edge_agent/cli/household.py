@@ -28,10 +28,10 @@ from edge_agent.cli.common import (
 from edge_agent.config import AgentConfig
 from edge_agent.connect import member_client, pairing_client
 from edge_agent.errors import ConfigError, HearthError
-from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer, public_key_pem
-from edge_agent.mesh.pairing import MAX_LIFETIME, DevicePairing, Invitation, new_session
-from edge_agent.mesh.pairing_link import pair_with_hub, serve_invitation
-from edge_agent.mesh.state import HouseholdFile, HouseholdState
+from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer
+from edge_agent.mesh.pairing import MAX_LIFETIME, Invitation, new_session
+from edge_agent.mesh.pairing_link import serve_invitation
+from edge_agent.mesh.state import HouseholdState
 from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
 from edge_agent.sync.store import UpdateStore
 from edge_agent.tasks import TASKS, DeviceClass, Task
@@ -171,28 +171,16 @@ def pair(
     if state.is_member():
         raise HearthError(f"this device already belongs to a household ({state.household_path})")
 
-    pki = BrokerPki(state.dir)
-
-    def make(invitation_id: str, session: str) -> DevicePairing:
-        return DevicePairing(
-            state.identity,
-            code,
-            invitation_id,
-            session=session,
-            name=ctx.config.agent.name,
-            profile=ctx.profile.id,
-            requests=list(TASKS),
-            serves=list(ctx.profile.serves),
-            tls_key=public_key_pem(pki.client_key()),
-        )
-
     async def go() -> None:
+        from edge_agent.mesh.join import join_household
+
         session = new_session()  # also the MQTT client id: the pairing listener binds it to our topics
         async with pairing_client(ctx.config.mesh, broker, session=session) as transport:
-            welcome = await pair_with_hub(transport, make, session=session, timeout=timeout)
-        if welcome.broker_cert and welcome.broker_ca:
-            pki.install(welcome.broker_cert, welcome.broker_ca)
-        state.save(HouseholdFile.from_welcome(welcome))
+            welcome = await join_household(
+                transport, state, code, session=session, name=ctx.config.agent.name,
+                profile=ctx.profile.id, requests=list(TASKS), serves=list(ctx.profile.serves),
+                timeout=timeout,
+            )  # fmt: skip
         cert = welcome.certificate
         console.print(
             f"[green]joined[/] household {cert.household_id} as '{cert.name}' ({cert.device_id}); "

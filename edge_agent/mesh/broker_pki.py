@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import shutil
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,6 +135,25 @@ class BrokerPki:
             raise PkiError(f"the TLS certificate from the hub is not signed by its CA: {exc}") from exc
         write_private(self.ca_cert_path, ca_pem)
         write_private(self.client_cert_path, client_cert_pem)
+
+    def tls_context(
+        self, ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+    ) -> ssl.SSLContext:
+        """A member's TLS 1.3 context for the broker: the pinned CA and this device's client identity
+        (each overridable by an operator's own files)."""
+        ca = ca or (self.ca_cert_path if self.ca_cert_path.is_file() else None)
+        cert = cert or (self.client_cert_path if self.has_client_identity() else None)
+        key = key or (self.client_key_path if cert == self.client_cert_path else None)
+        for label, path in (("tls_ca", ca), ("tls_cert", cert), ("tls_key", key)):
+            if path is not None and not path.is_file():
+                raise PkiError(f"mesh.{label}: {path}: no such file")
+        if key == self.client_key_path:
+            read_private(key)  # our own key: refused (by name) if it is a symlink or others can read it
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        if cert is not None:
+            ctx.load_cert_chain(str(cert), str(key) if key else None)
+        return ctx
 
     # -- hub: the CA ----------------------------------------------------------------------------------
 

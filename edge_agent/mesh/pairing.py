@@ -354,7 +354,9 @@ class DevicePairing:
             raise PairingError(f"bad pairing message from the hub: {exc}") from exc
         transcript = self._context + b"|" + self._msg + bytes.fromhex(challenge.spake)
         if not hmac.compare_digest(challenge.confirm, _confirm(keys.confirm_hub, b"hub", transcript)):
-            raise PairingError("the hub could not prove it knows the setup code: wrong code, or not your hub")
+            raise WrongCodeError(
+                "the hub could not prove it knows the setup code: wrong code, or not your hub"
+            )
         self._keys = keys
         request = self.request.model_dump_json().encode()
         sealed = _seal(keys.seal_request, _label(b"device-request", self._context), request)

@@ -262,7 +262,8 @@ async def pair_with_hub(
                     invitation = OpenInvitation.model_validate_json(frame.payload)
                 except ValidationError:
                     continue
-                pairing = make_pairing(invitation.invitation, session)
+                # SPAKE2 is pure Python big-integer work: off the event loop (it is Home Assistant's, too)
+                pairing = await asyncio.to_thread(make_pairing, invitation.invitation, session)
                 await link.subscribe(topics.pair_to_device(invitation.invitation, session))
                 await _send(link, invitation, session, pairing.hello)
                 continue
@@ -272,14 +273,16 @@ async def pair_with_hub(
             if env is None:
                 continue
             if env.refused:
-                raise PairingError(f"the hub refused: {env.refused}")
+                wrong = env.refused.startswith("wrong setup code")  # the hub's own words, see pairing.py
+                raise (WrongCodeError if wrong else PairingError)(f"the hub refused: {env.refused}")
             kind = env.message.get("type")
             try:
                 if kind == "pair-challenge":
-                    proof = pairing.prove(PairChallenge.model_validate(env.message))
+                    challenge = PairChallenge.model_validate(env.message)
+                    proof = await asyncio.to_thread(pairing.prove, challenge)
                     await _send(link, invitation, session, proof)
                 elif kind == "pair-welcome":
-                    return pairing.finish(PairWelcome.model_validate(env.message))
+                    return await asyncio.to_thread(pairing.finish, PairWelcome.model_validate(env.message))
             except ValidationError:
                 raise PairingError(f"malformed {str(kind)[:40]!r} message from the hub") from None
     raise PairingError("the broker connection closed before pairing finished")

@@ -58,3 +58,10 @@ class MeshSettings(BaseModel):
     departure_check_s: float = Field(default=1.5, gt=0, le=60)
     """An unsigned 'gone' hint from the transport is confirmed by pinging the peer for this long."""
     limits: MeshLimits = Field(default_factory=MeshLimits)
+
+
+def broker_host_port(url: str) -> tuple[str, int]:
+    """Host and port of an ``mqtt://`` or ``mqtts://`` broker URL (default ports 1883 and 8883)."""
+    rest = url.split("://", 1)[1].rstrip("/")
+    host, _, port = rest.partition(":")
+    return host, int(port) if port else (8883 if url.startswith("mqtts") else 1883)

@@ -1,0 +1,103 @@
+"""A household member that serves nothing and needs no engines: Home Assistant, a phone app, a script.
+
+It connects with the membership saved at pairing, advertises itself (no offers) so peers know its
+certificate and see it live, and exposes the endpoint (peers, streams, features) to its owner. Built
+from the mesh library alone: no onnxruntime, no agent config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import secrets
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from edge_agent.errors import HearthError
+from edge_agent.mesh.broker_pki import BrokerPki
+from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.node import MeshNode
+from edge_agent.mesh.peers import Peer
+from edge_agent.mesh.protocol import Presence
+from edge_agent.mesh.settings import MeshSettings, broker_host_port
+from edge_agent.mesh.state import HouseholdState
+from edge_agent.mesh.transports.mqtt import MqttConnector
+
+__all__ = ["MemberState", "MeshMember"]
+
+
+class MemberState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class MeshMember:
+    """Async context manager: open = connected to the household's broker as this member."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        broker: str,
+        *,
+        settings: MeshSettings | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.state = HouseholdState(state_dir)
+        self.broker = broker
+        self.settings = settings or MeshSettings()
+        self.connect_timeout_s = connect_timeout_s
+        self.status = MemberState.UNOPENED
+        self.membership, self.household = self.state.membership()
+        self.certificate: DeviceCertificate = self.household.certificate
+        keys = self.household.group_key_ring()
+        self.node = MeshNode(
+            self.state.identity, self.membership, self.state.counters_dir, group_keys=keys,
+            limits=self.settings.limits,
+        )  # fmt: skip
+        host, port = broker_host_port(broker)
+        tls = BrokerPki(self.state.dir).tls_context() if broker.startswith("mqtts") else None
+        device = self.certificate.device_id
+        connector = MqttConnector(host, port, household=self.membership.household_id, device=device,
+                                  client_id=f"{device}-{secrets.token_hex(4)}", tls=tls)  # fmt: skip
+        self.endpoint = MeshEndpoint(self.node, connector, presence=self.presence, settings=self.settings)
+
+    def check_member(self) -> None:
+        """Raise NotAMemberError if this device's own certificate is revoked or expired (reauth)."""
+        self.membership.member(self.certificate.device_id)
+
+    def presence(self) -> Presence:
+        return Presence(certificate=self.certificate, crl=self.membership.crl, session=self.node.session,
+                        link=self.endpoint.link, profile=self.certificate.profile,
+                        interval_s=self.settings.presence_interval_s)  # fmt: skip
+
+    def peers(self) -> list[Peer]:
+        return self.endpoint.peers.all()
+
+    async def __aenter__(self) -> Self:
+        if self.status is not MemberState.UNOPENED:
+            raise RuntimeError(f"this member is {self.status.value}; make a new one")
+        self.check_member()
+        self.status = MemberState.OPEN
+        await self.endpoint.__aenter__()
+        try:
+            await self.endpoint.wait_connected(self.connect_timeout_s)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.status is MemberState.CLOSED:
+            return
+        self.status = MemberState.CLOSED
+        await self.endpoint.close()
+        with contextlib.suppress(HearthError, OSError):
+            self.state.remember(self.membership)

@@ -1,0 +1,71 @@
+"""Hearth: Home Assistant as a member of a Hearth household (the private AI mesh of the home's devices).
+
+Home Assistant joins like any device, with a setup code, as a member that serves nothing: it reaches the
+household's models (chat, translation) through the mesh and shows its devices. This module sets a
+config entry up (connect as the member it paired as) and tears it down without leaving a task, socket
+or reconnect loop behind (Home Assistant retries a failed setup: each failure cleans up).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edge_agent.errors import HearthError, IdentityError, NetworkError, NotAMemberError
+from edge_agent.mesh.member import MeshMember
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
+
+from .const import CONF_BROKER, CONF_STATE_DIR, DOMAIN
+
+_LOGGER = logging.getLogger(__name__)
+
+HearthConfigEntry = ConfigEntry[MeshMember]
+
+PLATFORMS: list[str] = []
+
+
+async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:
+    """Connect to the household as the member paired in the config flow."""
+    state_dir = Path(entry.data[CONF_STATE_DIR])
+    try:
+        member = await hass.async_add_executor_job(MeshMember, state_dir, entry.data[CONF_BROKER])
+    except FileNotFoundError as exc:
+        raise ConfigEntryAuthFailed(
+            translation_domain=DOMAIN,
+            translation_key="membership_missing",
+            translation_placeholders={"path": str(state_dir)},
+        ) from exc
+    except IdentityError as exc:
+        raise ConfigEntryAuthFailed(
+            translation_domain=DOMAIN,
+            translation_key="membership_unreadable",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
+    try:
+        await member.__aenter__()
+    except NotAMemberError as exc:
+        raise ConfigEntryAuthFailed(
+            translation_domain=DOMAIN,
+            translation_key="not_a_member",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
+    except (NetworkError, OSError) as exc:
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="cannot_connect",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
+    except HearthError as exc:
+        await member.close()
+        raise ConfigEntryNotReady(str(exc)) from exc
+    entry.runtime_data = member
+    entry.async_on_unload(member.close)
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    return True
+
+
+async def async_unload_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:
+    """Platforms first; the member's connection closes through async_on_unload."""
+    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)

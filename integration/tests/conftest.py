@@ -1,0 +1,109 @@
+"""Fixtures for the Home Assistant tests: a real Mosquitto and a real hub (the `hearth` of the agent's
+own venv, in its own processes: Home Assistant's venv has no onnxruntime), every process stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT_PYTHON = REPO / ".venv" / "bin" / "python"
+
+
+@pytest.fixture(autouse=True)
+def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
+    """Load custom_components/hearth in every test."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Hub:
+    """A household hub: its state dir and how to run `hearth` as it."""
+
+    home: Path
+    broker: str
+    env: dict[str, str]
+
+    def hearth(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(AGENT_PYTHON), "-m", "edge_agent", *args, "-c", str(self.config)],
+                              env=self.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    @property
+    def config(self) -> Path:
+        return self.home / "hub.toml"
+
+    def invite(self, device_class: str = "hub") -> tuple[subprocess.Popen[str], str]:
+        """`hearth household invite` waiting for one device; returns the process and its code."""
+        proc = subprocess.Popen([str(AGENT_PYTHON), "-m", "edge_agent", "household", "invite", "--class",
+                                 device_class, "-c", str(self.config)], env=self.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if m := re.search(r"\b(\d{4}-\d{4})\b", line):
+                return proc, m.group(1)
+        raise AssertionError("no setup code from `hearth household invite`:\n" + "".join(seen))
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path, socket_enabled: None) -> Iterator[str]:
+    port = _free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""))  # fmt: skip
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([exe, "-c", str(conf)], text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, mosquitto: str) -> Hub:
+    if not AGENT_PYTHON.exists():
+        pytest.fail(f"the agent's venv is missing ({AGENT_PYTHON}): run `make install-dev` first")
+    home = tmp_path / "hub"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+    env |= {"HEARTH_HOME": str(home), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    h = Hub(home, mosquitto, env)
+    mesh = f'broker = "{mosquitto}"\nstate_dir = "{home / "state"}"\nembedded_broker = false\n'
+    h.config.write_text(f'[agent]\nname = "hub"\nprofile = "hub"\n[mesh]\nenabled = true\n{mesh}')
+    init = h.hearth("household", "init")
+    assert init.returncode == 0, init.stdout + init.stderr
+    return h

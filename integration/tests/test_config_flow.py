@@ -1,0 +1,114 @@
+"""Joining a household from Home Assistant's config flow, against a real Mosquitto and a real hub
+(`hearth household invite` in the agent's venv): every error the user can meet, a successful pairing
+that sets up and unloads without leaks, one entry per household, and a broker that is down at setup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from homeassistant import config_entries
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+
+from custom_components.hearth import config_flow
+from custom_components.hearth.const import CONF_BROKER, CONF_CODE, CONF_HOUSEHOLD, CONF_NAME, DOMAIN
+
+from .conftest import Hub, _stop
+
+
+async def _start(hass: HomeAssistant) -> str:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    assert result["type"] is FlowResultType.FORM and result["step_id"] == "user"
+    return str(result["flow_id"])
+
+
+async def _submit(hass: HomeAssistant, flow_id: str, broker: str, code: str) -> dict:  # type: ignore[type-arg]
+    return await hass.config_entries.flow.async_configure(  # type: ignore[return-value]
+        flow_id, {CONF_BROKER: broker, CONF_CODE: code, CONF_NAME: "Home Assistant"}
+    )
+
+
+async def test_bad_input_is_refused_before_any_network(hass: HomeAssistant) -> None:
+    flow = await _start(hass)
+    result = await _submit(hass, flow, "http://hub.lan", "4827-1930")
+    assert result["errors"] == {CONF_BROKER: "invalid_broker"}
+    result = await _submit(hass, flow, "mqtt://127.0.0.1:1", "48271")
+    assert result["errors"] == {CONF_CODE: "invalid_code"}
+
+
+async def test_an_unreachable_broker_and_a_missing_invitation_say_so(
+    hass: HomeAssistant, mosquitto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = await _start(hass)
+    result = await _submit(hass, flow, "mqtt://127.0.0.1:9", "4827-1930")
+    assert result["errors"] == {"base": "cannot_connect"}
+    monkeypatch.setattr(config_flow, "PAIR_TIMEOUT_S", 1.0)  # nobody invites: do not wait 30 s
+    result = await _submit(hass, flow, mosquitto, "4827-1930")
+    assert result["errors"] == {"base": "no_invitation"}
+    assert not list(Path(hass.config.path(".storage", "hearth")).glob("pairing-*"))  # nothing left behind
+
+
+async def test_a_wrong_code_is_refused_by_the_hub(hass: HomeAssistant, hub: Hub) -> None:
+    invite, code = hub.invite()
+    try:
+        wrong = code[:-1] + str((int(code[-1]) + 1) % 10)
+        flow = await _start(hass)
+        result = await _submit(hass, flow, hub.broker, wrong)
+        assert result["errors"] == {CONF_CODE: "wrong_code"}, result["description_placeholders"]
+    finally:
+        _stop(invite)
+
+
+async def test_pairing_sets_up_unloads_cleanly_and_allows_one_entry_per_household(
+    hass: HomeAssistant, hub: Hub
+) -> None:
+    invite, code = hub.invite()
+    try:
+        flow = await _start(hass)
+        result = await _submit(hass, flow, hub.broker, code)
+    finally:
+        _stop(invite)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    household = result["data"][CONF_HOUSEHOLD]
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    assert entry.unique_id == household and entry.title == f"Household {household}"
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+    member = entry.runtime_data
+    assert member.certificate.profile == "home-assistant" and member.certificate.serves == []
+    shown = hub.hearth("household", "show")
+    assert "Home Assistant" in shown.stdout and "home-assistant" in shown.stdout
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.NOT_LOADED
+    assert member.endpoint.state.value == "closed"
+
+    # The same household again: refused, one entry per household.
+    invite, code = hub.invite()
+    try:
+        flow = await _start(hass)
+        again = await _submit(hass, flow, hub.broker, code)
+    finally:
+        _stop(invite)
+    assert again["type"] is FlowResultType.ABORT and again["reason"] == "already_configured"
+
+
+async def test_a_broker_down_at_setup_means_retry_with_nothing_left_running(
+    hass: HomeAssistant, hub: Hub
+) -> None:
+    invite, code = hub.invite()
+    try:
+        flow = await _start(hass)
+        result = await _submit(hass, flow, hub.broker, code)
+    finally:
+        _stop(invite)
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    await hass.async_block_till_done()
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_BROKER: "mqtt://127.0.0.1:9"})
+    assert not await hass.config_entries.async_setup(entry.entry_id)
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    assert result["type"] is FlowResultType.CREATE_ENTRY

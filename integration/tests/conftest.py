@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,15 @@ AGENT_PYTHON = REPO / ".venv" / "bin" / "python"
 @pytest.fixture(autouse=True)
 def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
     """Load custom_components/hearth in every test."""
+
+
+@pytest.fixture(autouse=True)
+def private_config_dir(hass: Any, tmp_path: Path) -> None:
+    """Each test's Home Assistant keeps its files (.storage/hearth: keys, certificates) in its own
+    directory, not in the test harness's shared testing_config."""
+    config = tmp_path / "ha-config"
+    config.mkdir()
+    hass.config.config_dir = str(config)
 
 
 def _free_port() -> int:
@@ -93,17 +103,21 @@ def mosquitto(tmp_path: Path, socket_enabled: None) -> Iterator[str]:
         _stop(proc)
 
 
-@pytest.fixture
-def hub(tmp_path: Path, mosquitto: str) -> Hub:
+def make_hub(home: Path, broker: str) -> Hub:
+    """A new household whose hub uses ``broker`` (``hearth household init`` in the agent's venv)."""
     if not AGENT_PYTHON.exists():
         pytest.fail(f"the agent's venv is missing ({AGENT_PYTHON}): run `make install-dev` first")
-    home = tmp_path / "hub"
-    home.mkdir()
+    home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
     env |= {"HEARTH_HOME": str(home), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
-    h = Hub(home, mosquitto, env)
-    mesh = f'broker = "{mosquitto}"\nstate_dir = "{home / "state"}"\nembedded_broker = false\n'
+    h = Hub(home, broker, env)
+    mesh = f'broker = "{broker}"\nstate_dir = "{home / "state"}"\nembedded_broker = false\n'
     h.config.write_text(f'[agent]\nname = "hub"\nprofile = "hub"\n[mesh]\nenabled = true\n{mesh}')
     init = h.hearth("household", "init")
     assert init.returncode == 0, init.stdout + init.stderr
     return h
+
+
+@pytest.fixture
+def hub(tmp_path: Path, mosquitto: str) -> Hub:
+    return make_hub(tmp_path / "hub", mosquitto)

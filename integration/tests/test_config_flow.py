@@ -11,6 +11,7 @@ from homeassistant import config_entries
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from pytest_homeassistant_custom_component.common import start_reauth_flow
 
 from custom_components.hearth import config_flow
 from custom_components.hearth.const import CONF_BROKER, CONF_CODE, CONF_HOUSEHOLD, CONF_NAME, DOMAIN
@@ -112,3 +113,61 @@ async def test_a_broker_down_at_setup_means_retry_with_nothing_left_running(
     assert not await hass.config_entries.async_setup(entry.entry_id)
     assert entry.state is ConfigEntryState.SETUP_RETRY
     assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def _paired_entry(hass: HomeAssistant, hub: Hub):  # type: ignore[no-untyped-def]
+    invite, code = hub.invite()
+    try:
+        result = await _submit(hass, await _start(hass), hub.broker, code)
+    finally:
+        _stop(invite)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    return hass.config_entries.async_entries(DOMAIN)[0]
+
+
+async def test_reauth_pairs_again_with_the_same_household_only(
+    hass: HomeAssistant, hub: Hub, tmp_path: Path
+) -> None:
+    from .conftest import make_hub
+
+    entry = await _paired_entry(hass, hub)
+    before = entry.runtime_data.certificate.device_id
+    # Another household's hub answers: refused, and nothing of it is kept.
+    other = make_hub(tmp_path / "other", hub.broker)
+    flow = await start_reauth_flow(hass, entry)
+    assert flow["step_id"] == "reauth_confirm"
+    invite, code = other.invite()
+    try:
+        result = await _submit(hass, flow["flow_id"], hub.broker, code)
+    finally:
+        _stop(invite)
+    assert result["type"] is FlowResultType.ABORT and result["reason"] == "wrong_household"
+    assert sorted(p.name for p in Path(hass.config.path(".storage", "hearth")).iterdir()) == [entry.unique_id]
+    # Its own hub: paired again (a new identity), reloaded.
+    flow = await start_reauth_flow(hass, entry)
+    invite, code = hub.invite()
+    try:
+        result = await _submit(hass, flow["flow_id"], hub.broker, code)
+    finally:
+        _stop(invite)
+    assert result["type"] is FlowResultType.ABORT and result["reason"] == "reauth_successful"
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+    assert entry.runtime_data.certificate.device_id != before
+
+
+async def test_reconfigure_checks_the_new_broker_address_by_connecting(hass: HomeAssistant, hub: Hub) -> None:
+    entry = await _paired_entry(hass, hub)
+    flow = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow["flow_id"], {CONF_BROKER: "mqtt://127.0.0.1:9"}
+    )
+    assert result["errors"] == {"base": "cannot_connect"}
+    same = hub.broker.replace("127.0.0.1", "localhost")
+    result = await hass.config_entries.flow.async_configure(flow["flow_id"], {CONF_BROKER: same})
+    assert result["type"] is FlowResultType.ABORT and result["reason"] == "reconfigure_successful"
+    await hass.async_block_till_done()
+    assert entry.data[CONF_BROKER] == same and entry.state is ConfigEntryState.LOADED

@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import voluptuous as vol
 from edge_agent.errors import HearthError, NetworkError
 from edge_agent.mesh.join import join_household
+from edge_agent.mesh.member import MeshMember
 from edge_agent.mesh.pairing import PairingError, WrongCodeError, new_session, validate_code
 from edge_agent.mesh.settings import broker_host_port
 from edge_agent.mesh.state import HouseholdState
@@ -61,56 +63,111 @@ def _pairing_tls(broker: str) -> Any:
 
 
 class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
-    """Pair with the household's hub."""
+    """Pair with the household's hub; pair again when the membership is revoked or expired (reauth);
+    point at another broker address (reconfigure)."""
 
     VERSION = 1
     MINOR_VERSION = 1
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        broker = user_input[CONF_BROKER] if user_input else DEFAULT_BROKER
+        name = user_input[CONF_NAME] if user_input else DEFAULT_NAME
+        errors, placeholders, paired = await self._try_pair(user_input)
+        if paired is not None:
+            household, staging, broker = paired
+            await self.async_set_unique_id(household)
+            if any(e.unique_id == household for e in self._async_current_entries(include_ignore=False)):
+                await self._discard(staging)  # this household's directory belongs to its entry
+                return self.async_abort(reason="already_configured")
+            state_dir = await self._keep(staging, household)
+            return self.async_create_entry(
+                title=f"Household {household}",
+                data={CONF_BROKER: broker, CONF_HOUSEHOLD: household, CONF_STATE_DIR: str(state_dir)},
+            )
+        return self.async_show_form(step_id="user", data_schema=_schema(broker, name), errors=errors,
+                                    description_placeholders=placeholders)  # fmt: skip
+
+    async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
+        """The membership was revoked, expired or lost: pair again with a new setup code."""
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        entry = self._get_reauth_entry()
+        broker = user_input[CONF_BROKER] if user_input else entry.data[CONF_BROKER]
+        errors, placeholders, paired = await self._try_pair(user_input)
+        if paired is not None:
+            household, staging, broker = paired
+            if household != entry.unique_id:  # another household's hub answered
+                await self._discard(staging)
+                return self.async_abort(reason="wrong_household")
+            state_dir = await self._keep(staging, household)
+            return self.async_update_reload_and_abort(
+                entry, data_updates={CONF_BROKER: broker, CONF_STATE_DIR: str(state_dir)}
+            )
+        return self.async_show_form(step_id="reauth_confirm", data_schema=_schema(broker, DEFAULT_NAME),
+                                    errors=errors, description_placeholders=placeholders)  # fmt: skip
+
+    async def async_step_reconfigure(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Another address for the household's broker (same membership): checked by connecting."""
+        entry = self._get_reconfigure_entry()
         errors: dict[str, str] = {}
-        placeholders: dict[str, str] = {}
-        broker, name = DEFAULT_BROKER, DEFAULT_NAME
+        placeholders = {"error": ""}
         if user_input is not None:
-            broker, name = user_input[CONF_BROKER].strip(), user_input[CONF_NAME].strip() or DEFAULT_NAME
-            code = user_input[CONF_CODE].strip()
+            broker = user_input[CONF_BROKER].strip()
             if not broker.startswith(("mqtt://", "mqtts://")):
                 errors[CONF_BROKER] = "invalid_broker"
             else:
                 try:
-                    validate_code(code)
-                except PairingError:
-                    errors[CONF_CODE] = "invalid_code"
-            if not errors:
-                try:
-                    household, state_dir = await self._pair(broker, code, name)
-                except WrongCodeError:
-                    errors[CONF_CODE] = "wrong_code"
-                except TimeoutError:
-                    errors["base"] = "no_invitation"
-                except (NetworkError, OSError) as exc:
+                    await _check_connection(self.hass, Path(entry.data[CONF_STATE_DIR]), broker)
+                except (NetworkError, OSError, HearthError) as exc:
                     errors["base"] = "cannot_connect"
                     placeholders["error"] = str(exc)
-                except HearthError as exc:
-                    errors["base"] = "pairing_failed"
-                    placeholders["error"] = str(exc)
                 else:
-                    await self.async_set_unique_id(household)
-                    self._abort_if_unique_id_configured()
-                    return self.async_create_entry(
-                        title=f"Household {household}",
-                        data={CONF_BROKER: broker, CONF_HOUSEHOLD: household, CONF_STATE_DIR: str(state_dir)},
-                    )
-        return self.async_show_form(
-            step_id="user",
-            data_schema=_schema(broker, name),
-            errors=errors,
-            description_placeholders={"error": placeholders.get("error", "")},
-        )
+                    return self.async_update_reload_and_abort(entry, data_updates={CONF_BROKER: broker})
+        schema = vol.Schema({vol.Required(CONF_BROKER, default=entry.data[CONF_BROKER]): str})
+        return self.async_show_form(step_id="reconfigure", data_schema=schema, errors=errors,
+                                    description_placeholders=placeholders)  # fmt: skip
+
+    async def _try_pair(
+        self, user_input: dict[str, Any] | None
+    ) -> tuple[dict[str, str], dict[str, str], tuple[str, Path, str] | None]:
+        """(errors, placeholders, (household, staging dir, broker) once paired)."""
+        errors: dict[str, str] = {}
+        placeholders = {"error": ""}
+        if user_input is None:
+            return errors, placeholders, None
+        broker, code = user_input[CONF_BROKER].strip(), user_input[CONF_CODE].strip()
+        name = user_input.get(CONF_NAME, DEFAULT_NAME).strip() or DEFAULT_NAME
+        if not broker.startswith(("mqtt://", "mqtts://")):
+            errors[CONF_BROKER] = "invalid_broker"
+            return errors, placeholders, None
+        try:
+            validate_code(code)
+        except PairingError:
+            errors[CONF_CODE] = "invalid_code"
+            return errors, placeholders, None
+        try:
+            household, staging = await self._pair(broker, code, name)
+        except WrongCodeError:
+            errors[CONF_CODE] = "wrong_code"
+        except TimeoutError:
+            errors["base"] = "no_invitation"
+        except (NetworkError, OSError) as exc:
+            errors["base"] = "cannot_connect"
+            placeholders["error"] = str(exc)
+        except HearthError as exc:
+            errors["base"] = "pairing_failed"
+            placeholders["error"] = str(exc)
+        else:
+            return errors, placeholders, (household, staging, broker)
+        return errors, placeholders, None
+
+    def _root(self) -> Path:
+        return Path(self.hass.config.path(".storage", STATE_ROOT))
 
     async def _pair(self, broker: str, code: str, name: str) -> tuple[str, Path]:
-        """Pair in a fresh directory; once the household is known it becomes that household's."""
-        root = Path(self.hass.config.path(".storage", STATE_ROOT))
-        staging = root / f"pairing-{secrets.token_hex(4)}"
+        """Pair in a fresh directory (removed again if pairing fails)."""
+        staging = self._root() / f"pairing-{secrets.token_hex(4)}"
         state = await self.hass.async_add_executor_job(_fresh_state, staging)
         host, port = broker_host_port(broker)
         session = new_session()
@@ -121,12 +178,24 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
                     requests=list(TASKS), serves=[], timeout=PAIR_TIMEOUT_S,
                 )  # fmt: skip
         except BaseException:
-            await self.hass.async_add_executor_job(shutil.rmtree, staging, True)
+            await self._discard(staging)
             raise
-        household = welcome.certificate.household_id
-        final = root / household
+        return welcome.certificate.household_id, staging
+
+    async def _keep(self, staging: Path, household: str) -> Path:
+        """The paired directory becomes the household's (replacing a revoked membership's)."""
+        final = self._root() / household
         await self.hass.async_add_executor_job(_replace, staging, final)
-        return household, final
+        return final
+
+    async def _discard(self, staging: Path) -> None:
+        await self.hass.async_add_executor_job(shutil.rmtree, staging, True)
+
+
+async def _check_connection(hass: Any, state_dir: Path, broker: str) -> None:
+    member = await hass.async_add_executor_job(MeshMember, state_dir, broker)
+    async with member:
+        pass
 
 
 def _fresh_state(directory: Path) -> HouseholdState:

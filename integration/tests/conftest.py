@@ -121,3 +121,22 @@ def make_hub(home: Path, broker: str) -> Hub:
 @pytest.fixture
 def hub(tmp_path: Path, mosquitto: str) -> Hub:
     return make_hub(tmp_path / "hub", mosquitto)
+
+
+def add_member(hub: Hub, home: Path, name: str, *, serves: list[str], device_class: str) -> Path:
+    """Make ``home`` a member of the hub's household without the network, as the hub's root would
+    on pairing (pairing itself is tested through the config flow)."""
+    from edge_agent.mesh.state import HouseholdFile, HouseholdState
+    from edge_agent.tasks import TASKS
+
+    hub_state = HouseholdState(hub.home / "state")
+    member = HouseholdState(home)
+    root, _ = hub_state.load_root()
+    cert = root.issue(member.identity, name=name, profile=name, requests=list(TASKS), serves=serves,  # type: ignore[arg-type]
+                      device_class=device_class)  # type: ignore[arg-type]  # fmt: skip
+    hub_state.record_issued(root, cert)
+    data = hub_state.load()
+    member.save(HouseholdFile(root_key=data.root_key, certificate=cert, crl=data.crl,
+                              group_key=data.group_key, group_epoch=data.group_epoch,
+                              peers=[data.certificate, *data.peers]))  # fmt: skip
+    return home

@@ -77,7 +77,7 @@ async def test_pairing_sets_up_unloads_cleanly_and_allows_one_entry_per_househol
     assert entry.unique_id == household and entry.title == f"Household {household}"
     await hass.async_block_till_done()
     assert entry.state is ConfigEntryState.LOADED
-    member = entry.runtime_data
+    member = entry.runtime_data.member
     assert member.certificate.profile == "home-assistant" and member.certificate.serves == []
     shown = hub.hearth("household", "show")
     assert "Home Assistant" in shown.stdout and "home-assistant" in shown.stdout
@@ -132,7 +132,7 @@ async def test_reauth_pairs_again_with_the_same_household_only(
     from .conftest import make_hub
 
     entry = await _paired_entry(hass, hub)
-    before = entry.runtime_data.certificate.device_id
+    before = entry.runtime_data.member.certificate.device_id
     # Another household's hub answers: refused, and nothing of it is kept.
     other = make_hub(tmp_path / "other", hub.broker)
     flow = await start_reauth_flow(hass, entry)
@@ -154,7 +154,7 @@ async def test_reauth_pairs_again_with_the_same_household_only(
     assert result["type"] is FlowResultType.ABORT and result["reason"] == "reauth_successful"
     await hass.async_block_till_done()
     assert entry.state is ConfigEntryState.LOADED
-    assert entry.runtime_data.certificate.device_id != before
+    assert entry.runtime_data.member.certificate.device_id != before
 
 
 async def test_reconfigure_checks_the_new_broker_address_by_connecting(hass: HomeAssistant, hub: Hub) -> None:

@@ -14,16 +14,18 @@ from pathlib import Path
 from edge_agent.errors import HearthError, IdentityError, NetworkError, NotAMemberError
 from edge_agent.mesh.member import MeshMember
 from homeassistant.config_entries import ConfigEntry
+from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
 
 from .const import CONF_BROKER, CONF_STATE_DIR, DOMAIN
+from .runtime import HearthRuntime
 
 _LOGGER = logging.getLogger(__name__)
 
-HearthConfigEntry = ConfigEntry[MeshMember]
+HearthConfigEntry = ConfigEntry[HearthRuntime]
 
-PLATFORMS: list[str] = []
+PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:
@@ -60,8 +62,10 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
     except HearthError as exc:
         await member.close()
         raise ConfigEntryNotReady(str(exc)) from exc
-    entry.runtime_data = member
+    runtime = HearthRuntime(member)
+    entry.runtime_data = runtime
     entry.async_on_unload(member.close)
+    entry.async_create_background_task(hass, runtime.watch(hass, entry), f"{DOMAIN} peers {entry.title}")
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 

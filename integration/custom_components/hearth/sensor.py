@@ -1,0 +1,110 @@
+"""What each household device reports in its signed presence: queue depth, free model RAM, and the
+speed it measured for the tasks it serves. Unavailable while the device is not on the mesh."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.peers import Peer
+from homeassistant.components.sensor import (
+    SensorDeviceClass,
+    SensorEntity,
+    SensorEntityDescription,
+    SensorStateClass,
+)
+from homeassistant.const import EntityCategory, UnitOfInformation
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+
+from . import HearthConfigEntry
+from .entity import HearthEntity
+from .runtime import HearthRuntime, signal_updated
+
+PARALLEL_UPDATES = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HearthSensorDescription(SensorEntityDescription):
+    value: Callable[[Peer], float | int | None]
+    applies: Callable[[DeviceCertificate], bool] = lambda cert: True
+
+
+def _rate(task: str) -> Callable[[Peer], float | None]:
+    def value(peer: Peer) -> float | None:
+        offer = peer.offer(task)  # type: ignore[arg-type]
+        return round(offer.rate, 1) if offer is not None else None
+
+    return value
+
+
+SENSORS: tuple[HearthSensorDescription, ...] = (
+    HearthSensorDescription(
+        key="queue_depth", state_class=SensorStateClass.MEASUREMENT, value=lambda p: p.presence.queue_depth
+    ),
+    HearthSensorDescription(
+        key="free_model_ram",
+        device_class=SensorDeviceClass.DATA_SIZE,
+        native_unit_of_measurement=UnitOfInformation.MEGABYTES,
+        state_class=SensorStateClass.MEASUREMENT,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value=lambda p: p.presence.free_model_ram_mb,
+    ),
+    HearthSensorDescription(
+        key="generate_speed",
+        native_unit_of_measurement="tok/s",
+        state_class=SensorStateClass.MEASUREMENT,
+        value=_rate("generate"),
+        applies=lambda c: "generate" in c.serves,
+    ),
+    HearthSensorDescription(
+        key="translate_speed",
+        native_unit_of_measurement="sentences/s",
+        state_class=SensorStateClass.MEASUREMENT,
+        value=_rate("translate"),
+        applies=lambda c: "translate" in c.serves,
+    ),
+)
+
+
+async def async_setup_entry(
+    hass: HomeAssistant, entry: HearthConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
+) -> None:
+    runtime = entry.runtime_data
+    known: set[str] = set()
+
+    @callback
+    def add_new() -> None:  # devices appear as the household grows (dynamic devices)
+        new = [c for c in runtime.devices() if c.device_id not in known]
+        known.update(c.device_id for c in new)
+        async_add_entities(
+            HearthSensor(runtime, entry.entry_id, c, d) for c in new for d in SENSORS if d.applies(c)
+        )
+
+    add_new()
+    entry.async_on_unload(async_dispatcher_connect(hass, signal_updated(entry.entry_id), add_new))
+
+
+class HearthSensor(HearthEntity, SensorEntity):
+    entity_description: HearthSensorDescription
+
+    def __init__(
+        self,
+        runtime: HearthRuntime,
+        entry_id: str,
+        cert: DeviceCertificate,
+        description: HearthSensorDescription,
+    ) -> None:
+        super().__init__(runtime, entry_id, cert, description.key)
+        self.entity_description = description
+
+    @property
+    def available(self) -> bool:
+        return self.runtime.peer(self.device_id) is not None
+
+    @property
+    def native_value(self) -> float | int | None:
+        peer = self.runtime.peer(self.device_id)
+        return self.entity_description.value(peer) if peer is not None else None

@@ -3,6 +3,7 @@ own venv, in its own processes: Home Assistant's venv has no onnxruntime), every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -26,12 +27,16 @@ def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
 
 
 @pytest.fixture(autouse=True)
-def private_config_dir(hass: Any, tmp_path: Path) -> None:
+async def ha_core(hass: Any, tmp_path: Path) -> None:
     """Each test's Home Assistant keeps its files (.storage/hearth: keys, certificates) in its own
-    directory, not in the test harness's shared testing_config."""
+    directory, not in the test harness's shared testing_config; and has its core integration (the
+    conversation dependency needs it, as a real Home Assistant always has it)."""
+    from homeassistant.setup import async_setup_component
+
     config = tmp_path / "ha-config"
     config.mkdir()
     hass.config.config_dir = str(config)
+    assert await async_setup_component(hass, "homeassistant", {})
 
 
 def _free_port() -> int:
@@ -65,6 +70,30 @@ class Hub:
     @property
     def config(self) -> Path:
         return self.home / "hub.toml"
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[subprocess.Popen[str]]:
+        """`hearth run`: the hub agent with the real packs (it self-benchmarks, then offers its tasks)."""
+        packs = os.environ.get("HEARTH_HOME", str(REPO / ".hearth"))
+        env = self.env | {"HEARTH_HOME": packs}
+        log = (self.home / "agent.log").open("w")
+        args = [str(AGENT_PYTHON), "-m", "edge_agent", "run", "-c", str(self.config)]
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            yield proc
+        finally:
+            _stop(proc)
+            log.close()
+
+    def chat(self, prompt: str, max_tokens: int) -> str:
+        """The hub's own answer (through its running agent's local socket: the same engine)."""
+        packs = os.environ.get("HEARTH_HOME", str(REPO / ".hearth"))
+        args = [str(AGENT_PYTHON), "-m", "edge_agent", "chat", prompt, "--max-tokens", str(max_tokens),
+                "--temperature", "0", "-c", str(self.config)]  # fmt: skip
+        done = subprocess.run(args, env=self.env | {"HEARTH_HOME": packs}, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
 
     def invite(self, device_class: str = "hub") -> tuple[subprocess.Popen[str], str]:
         """`hearth household invite` waiting for one device; returns the process and its code."""

@@ -25,7 +25,7 @@ _LOGGER = logging.getLogger(__name__)
 
 HearthConfigEntry = ConfigEntry[HearthRuntime]
 
-PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
+PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.CONVERSATION, Platform.SENSOR]
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:

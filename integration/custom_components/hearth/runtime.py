@@ -9,15 +9,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from edge_agent.config import RoutingSection
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.member import MeshMember
 from edge_agent.mesh.peers import Peer
+from edge_agent.models.selection import Plan
+from edge_agent.router import Router
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 
-from .const import DOMAIN
+from .const import DOMAIN, PROFILE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +33,13 @@ def signal_updated(entry_id: str) -> str:
 class HearthRuntime:
     member: MeshMember
     revoked_seen: frozenset[str] = field(default_factory=frozenset)
+    router: Router = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Home Assistant runs no models: every task is offload-only, the router picks among the peers
+        # (expected time from their offers and measured speed) and fails over mid-answer.
+        self.router = Router(plan=Plan(PROFILE, 0), policy=RoutingSection(), endpoint=self.member.endpoint,
+                             local_name="Home Assistant")  # fmt: skip
 
     def devices(self) -> list[DeviceCertificate]:
         """The household's other members that may be shown (not revoked, not Home Assistant itself)."""

@@ -1,0 +1,38 @@
+"""The conversation agent answers through the household: a real hub agent (`hearth run`, real SmolLM2
+pack, self-benchmarked offers) on a real Mosquitto. Home Assistant's answer is the hub's own answer to
+the same request, token for token, and says which device served it."""
+
+from __future__ import annotations
+
+from homeassistant.components import conversation
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.helpers import entity_registry as er
+
+from custom_components.hearth.const import DOMAIN
+
+from .conftest import Hub
+from .test_config_flow import _paired_entry
+from .test_devices import until
+
+PROMPT = "What is the capital of France? Answer in one sentence."
+
+
+async def test_the_household_chat_answers_through_the_hub(hass: HomeAssistant, hub: Hub) -> None:
+    entry = await _paired_entry(hass, hub)
+    runtime = entry.runtime_data
+    with hub.run():
+        hub_id = next(c.device_id for c in runtime.devices() if c.name == "hub")
+
+        def offers_chat() -> bool:
+            peer = runtime.peer(hub_id)
+            return peer is not None and peer.offer("generate") is not None
+
+        await until(hass, entry, offers_chat, timeout=180)  # the hub benchmarks itself first
+        entity_id = er.async_get(hass).async_get_entity_id(
+            "conversation", DOMAIN, f"{entry.entry_id}-conversation"
+        )
+        assert entity_id is not None
+        result = await conversation.async_converse(hass, PROMPT, None, Context(), agent_id=entity_id)
+        speech = result.response.speech["plain"]
+        assert speech["extra_data"] == {"served_by": "hub", "failovers": 0}
+        assert speech["speech"].strip() == hub.chat(PROMPT, max_tokens=256).strip()

@@ -95,6 +95,16 @@ class Hub:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
+    def translate(self, text: str, source: str, target: str) -> str:
+        """The hub's own translation (through its running agent: the same engine and memory)."""
+        packs = os.environ.get("HEARTH_HOME", str(REPO / ".hearth"))
+        args = [str(AGENT_PYTHON), "-m", "edge_agent", "translate", text, "--from", source, "--to", target,
+                "-c", str(self.config)]  # fmt: skip
+        done = subprocess.run(args, env=self.env | {"HEARTH_HOME": packs}, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout.strip()
+
     def invite(self, device_class: str = "hub") -> tuple[subprocess.Popen[str], str]:
         """`hearth household invite` waiting for one device; returns the process and its code."""
         proc = subprocess.Popen([str(AGENT_PYTHON), "-m", "edge_agent", "household", "invite", "--class",

@@ -36,3 +36,33 @@ async def test_the_household_chat_answers_through_the_hub(hass: HomeAssistant, h
         speech = result.response.speech["plain"]
         assert speech["extra_data"] == {"served_by": "hub", "failovers": 0}
         assert speech["speech"].strip() == hub.chat(PROMPT, max_tokens=256).strip()
+
+
+async def test_the_translate_action_answers_with_the_hubs_translation(hass: HomeAssistant, hub: Hub) -> None:
+    import pytest
+    from homeassistant.exceptions import ServiceValidationError
+    from homeassistant.setup import async_setup_component
+
+    assert await async_setup_component(hass, DOMAIN, {})  # the integration, before any household
+    with pytest.raises(ServiceValidationError) as refused:
+        await hass.services.async_call(DOMAIN, "translate", {"text": "Hi.", "source": "en", "target": "pt"},
+                                       blocking=True, return_response=True)  # fmt: skip
+    assert refused.value.translation_key == "no_household"
+    entry = await _paired_entry(hass, hub)
+    runtime = entry.runtime_data
+    with hub.run():
+        hub_id = next(c.device_id for c in runtime.devices() if c.name == "hub")
+
+        def offers_translate() -> bool:
+            peer = runtime.peer(hub_id)
+            return peer is not None and peer.offer("translate") is not None
+
+        await until(hass, entry, offers_translate, timeout=180)
+        text = "The dishwasher finished at 14:32."
+        ask = {"text": text, "source": "en", "target": "pt"}
+        response = await hass.services.async_call(
+            DOMAIN, "translate", ask, blocking=True, return_response=True
+        )
+        assert response is not None and response["served_by"] == "hub"
+        assert response["model"].startswith("bergamot-tiny11-en-pt")
+        assert response["translation"] == hub.translate(text, "en", "pt")

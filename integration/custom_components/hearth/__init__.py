@@ -17,7 +17,10 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
+from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers.typing import ConfigType
 
+from .actions import async_setup_actions
 from .const import CONF_BROKER, CONF_STATE_DIR, DOMAIN
 from .runtime import HearthRuntime
 
@@ -26,6 +29,15 @@ _LOGGER = logging.getLogger(__name__)
 HearthConfigEntry = ConfigEntry[HearthRuntime]
 
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.CONVERSATION, Platform.SENSOR]
+
+
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Actions are registered once, whatever entries exist (they say so if none is loaded)."""
+    async_setup_actions(hass)
+    return True
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:

@@ -1,0 +1,66 @@
+"""Actions: `hearth.translate` (text → translation, by the household's models, as response data)."""
+
+from __future__ import annotations
+
+import voluptuous as vol
+from edge_agent.engines.interfaces import TranslateRequest
+from edge_agent.errors import HearthError
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse, callback
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import config_validation as cv
+
+from .const import DOMAIN
+from .runtime import HearthRuntime
+
+ATTR_TEXT = "text"
+ATTR_SOURCE = "source"
+ATTR_TARGET = "target"
+ATTR_ENTRY = "config_entry_id"
+LANGUAGE = vol.All(cv.string, vol.Match(r"^[a-z]{2,3}$"))
+
+TRANSLATE_SCHEMA = vol.Schema(
+    {
+        vol.Required(ATTR_TEXT): vol.All(cv.string, vol.Length(min=1, max=5000)),
+        vol.Required(ATTR_SOURCE): LANGUAGE,
+        vol.Required(ATTR_TARGET): LANGUAGE,
+        vol.Optional(ATTR_ENTRY): cv.string,
+    }
+)
+
+
+def _runtime(hass: HomeAssistant, entry_id: str | None) -> HearthRuntime:
+    entries = [e for e in hass.config_entries.async_entries(DOMAIN) if e.state is ConfigEntryState.LOADED]
+    if entry_id is not None:
+        entries = [e for e in entries if e.entry_id == entry_id]
+    if not entries:
+        raise ServiceValidationError(translation_domain=DOMAIN, translation_key="no_household")
+    runtime: HearthRuntime = entries[0].runtime_data
+    return runtime
+
+
+@callback
+def async_setup_actions(hass: HomeAssistant) -> None:
+    async def translate(call: ServiceCall) -> ServiceResponse:
+        runtime = _runtime(hass, call.data.get(ATTR_ENTRY))
+        try:
+            request = TranslateRequest(texts=[call.data[ATTR_TEXT]], source=call.data[ATTR_SOURCE],
+                                       target=call.data[ATTR_TARGET])  # fmt: skip
+        except ValueError as exc:
+            raise ServiceValidationError(
+                translation_domain=DOMAIN,
+                translation_key="bad_translate",
+                translation_placeholders={"error": str(exc)},
+            ) from exc
+        try:
+            result, served_by = await runtime.router.translate(request)
+        except HearthError as exc:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="household_failed",
+                translation_placeholders={"error": str(exc)},
+            ) from exc
+        return {"translation": result.translations[0], "model": result.model, "served_by": served_by}
+
+    hass.services.async_register(DOMAIN, "translate", translate, schema=TRANSLATE_SCHEMA,
+                                 supports_response=SupportsResponse.ONLY)  # fmt: skip

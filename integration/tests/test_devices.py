@@ -100,3 +100,23 @@ async def test_devices_appear_go_offline_and_a_revoked_one_is_removed(
         hub_member.membership.apply_revocations(crl)
         await until(hass, entry, lambda: registry.async_get_device(identifiers={(DOMAIN, fridge_id)}) is None)
         assert fridge_id in entry.runtime_data.member.membership.revoked
+
+
+async def test_diagnostics_redact_keys_signatures_and_paths(hass: HomeAssistant, hub: Hub) -> None:
+    from custom_components.hearth.diagnostics import async_get_config_entry_diagnostics
+
+    entry = await _paired_entry(hass, hub)
+    hub_member = await hass.async_add_executor_job(
+        lambda: MeshMember(hub.home / "state", hub.broker, settings=FAST)
+    )
+    async with hub_member:
+        hub_id = hub_member.certificate.device_id
+        await until(hass, entry, lambda: state_of(hass, hub_id, "connectivity") == "on")
+        diagnostics = await async_get_config_entry_diagnostics(hass, entry)
+    text = str(diagnostics)
+    member = entry.runtime_data.member
+    for secret in (member.certificate.sign_key, member.certificate.signature, str(hub.home),
+                   entry.data["state_dir"], hub_member.certificate.signature):  # fmt: skip
+        assert secret not in text
+    assert diagnostics["certificate"]["sign_key"] == "**REDACTED**"
+    assert [p["certificate"]["name"] for p in diagnostics["peers"]] == ["hub"]

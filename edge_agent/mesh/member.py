@@ -16,7 +16,9 @@ from typing import Self
 
 from edge_agent.errors import HearthError
 from edge_agent.mesh.broker_pki import BrokerPki
+from edge_agent.mesh.corrections import Corrections
 from edge_agent.mesh.endpoint import MeshEndpoint
+from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
@@ -63,14 +65,24 @@ class MeshMember:
         connector = MqttConnector(host, port, household=self.membership.household_id, device=device,
                                   client_id=f"{device}-{secrets.token_hex(4)}", tls=tls)  # fmt: skip
         self.endpoint = MeshEndpoint(self.node, connector, presence=self.presence, settings=self.settings)
+        self.corrections: Corrections | None = None
+        """Shared corrections this member keeps and syncs (`share_corrections`), announced in presence."""
+
+    def share_corrections(self, path: Path) -> CorrectionSync:
+        """Keep the household's shared corrections (persisted at ``path``) and take part in their sync;
+        before opening, so the first presence carries their digest."""
+        self.corrections = Corrections(self.membership.member, path)
+        return CorrectionSync(self.endpoint, self.corrections)
 
     def check_member(self) -> None:
         """Raise NotAMemberError if this device's own certificate is revoked or expired (reauth)."""
         self.membership.member(self.certificate.device_id)
 
     def presence(self) -> Presence:
+        held = self.corrections
         return Presence(certificate=self.certificate, crl=self.membership.crl, session=self.node.session,
                         link=self.endpoint.link, profile=self.certificate.profile,
+                        corrections=held.digest if held is not None and held.records else None,
                         interval_s=self.settings.presence_interval_s)  # fmt: skip
 
     def peers(self) -> list[Peer]:

@@ -66,3 +66,31 @@ async def test_the_translate_action_answers_with_the_hubs_translation(hass: Home
         assert response is not None and response["served_by"] == "hub"
         assert response["model"].startswith("bergamot-tiny11-en-pt")
         assert response["translation"] == hub.translate(text, "en", "pt")
+
+
+async def test_a_correction_made_in_home_assistant_is_what_the_hub_answers(
+    hass: HomeAssistant, hub: Hub
+) -> None:
+    entry = await _paired_entry(hass, hub)
+    runtime = entry.runtime_data
+    with hub.run():
+        hub_id = next(c.device_id for c in runtime.devices() if c.name == "hub")
+        await until(hass, entry, lambda: runtime.peer(hub_id) is not None, timeout=180)
+        text, fixed = "Turn on the oven.", "Liga já o forno."
+        call = hass.services.async_call
+        fix = {"text": text, "source": "en", "target": "pt", "correction": fixed}
+        record = await call(DOMAIN, "correct_translation", fix, blocking=True, return_response=True)
+        assert record is not None and record["target"] == fixed and record["pair"] == "en-pt"
+        # Pushed to the hub at once; once its presence announces the same corrections as ours, its own
+        # translation of that sentence is the correction.
+        mine = runtime.corrections.corrections.digest
+
+        def hub_holds_it() -> bool:
+            peer = runtime.peer(hub_id)
+            return peer is not None and peer.presence.corrections == mine
+
+        await until(hass, entry, hub_holds_it, timeout=30)
+        assert hub.translate(text, "en", "pt") == fixed
+        ask = {"text": f"{text} Good night.", "source": "en", "target": "pt"}
+        response = await call(DOMAIN, "translate", ask, blocking=True, return_response=True)
+        assert response is not None and response["translation"].startswith(fixed)

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from edge_agent.errors import HearthError, IdentityError, NetworkError, NotAMemberError
+from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.member import MeshMember
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
@@ -44,7 +45,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
     """Connect to the household as the member paired in the config flow."""
     state_dir = Path(entry.data[CONF_STATE_DIR])
     try:
-        member = await hass.async_add_executor_job(MeshMember, state_dir, entry.data[CONF_BROKER])
+        member, sync = await hass.async_add_executor_job(_member, state_dir, entry.data[CONF_BROKER])
     except FileNotFoundError as exc:
         raise ConfigEntryAuthFailed(
             translation_domain=DOMAIN,
@@ -74,12 +75,18 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
     except HearthError as exc:
         await member.close()
         raise ConfigEntryNotReady(str(exc)) from exc
-    runtime = HearthRuntime(member)
+    runtime = HearthRuntime(member, sync)
     entry.runtime_data = runtime
     entry.async_on_unload(member.close)
     entry.async_create_background_task(hass, runtime.watch(hass, entry), f"{DOMAIN} peers {entry.title}")
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
+
+
+def _member(state_dir: Path, broker: str) -> tuple[MeshMember, CorrectionSync]:
+    """This household's member (files: in the executor), keeping the shared corrections too."""
+    member = MeshMember(state_dir, broker)
+    return member, member.share_corrections(state_dir / "corrections.json")
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:

@@ -1,4 +1,5 @@
-"""Actions: `hearth.translate` (text → translation, by the household's models, as response data)."""
+"""Actions: `hearth.translate` (text → translation, by the household's models, as response data) and
+`hearth.correct_translation` (a user's fix, shared with every device of the household)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ ATTR_TEXT = "text"
 ATTR_SOURCE = "source"
 ATTR_TARGET = "target"
 ATTR_ENTRY = "config_entry_id"
+ATTR_CORRECTION = "correction"
 LANGUAGE = vol.All(cv.string, vol.Match(r"^[a-z]{2,3}$"))
 
 TRANSLATE_SCHEMA = vol.Schema(
@@ -26,6 +28,11 @@ TRANSLATE_SCHEMA = vol.Schema(
         vol.Required(ATTR_TARGET): LANGUAGE,
         vol.Optional(ATTR_ENTRY): cv.string,
     }
+)
+
+
+CORRECT_SCHEMA = TRANSLATE_SCHEMA.extend(
+    {vol.Required(ATTR_CORRECTION): vol.All(cv.string, vol.Length(min=1, max=3000))}
 )
 
 
@@ -62,5 +69,20 @@ def async_setup_actions(hass: HomeAssistant) -> None:
             ) from exc
         return {"translation": result.translations[0], "model": result.model, "served_by": served_by}
 
+    async def correct(call: ServiceCall) -> ServiceResponse:
+        runtime = _runtime(hass, call.data.get(ATTR_ENTRY))
+        pair = f"{call.data[ATTR_SOURCE]}-{call.data[ATTR_TARGET]}"
+        try:
+            record = await runtime.corrections.correct(pair, call.data[ATTR_TEXT], call.data[ATTR_CORRECTION])
+        except HearthError as exc:  # e.g. this member's certificate may not translate
+            raise ServiceValidationError(
+                translation_domain=DOMAIN,
+                translation_key="correction_refused",
+                translation_placeholders={"error": str(exc)},
+            ) from exc
+        return {"id": record.id, "source": record.source, "target": record.target, "pair": record.pair}
+
     hass.services.async_register(DOMAIN, "translate", translate, schema=TRANSLATE_SCHEMA,
                                  supports_response=SupportsResponse.ONLY)  # fmt: skip
+    hass.services.async_register(DOMAIN, "correct_translation", correct, schema=CORRECT_SCHEMA,
+                                 supports_response=SupportsResponse.OPTIONAL)  # fmt: skip

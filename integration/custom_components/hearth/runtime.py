@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge_agent.config import RoutingSection
+from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.member import MeshMember
 from edge_agent.mesh.peers import Peer
@@ -32,6 +33,7 @@ def signal_updated(entry_id: str) -> str:
 @dataclass
 class HearthRuntime:
     member: MeshMember
+    corrections: CorrectionSync
     revoked_seen: frozenset[str] = field(default_factory=frozenset)
     router: Router = field(init=False)
 

@@ -15,6 +15,7 @@ from typing import Any
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import GenerateRequest, TranslateRequest
 from edge_agent.hearth import Hearth
+from edge_agent.mesh.household import HouseholdRoot
 from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.health import probe
@@ -33,6 +34,18 @@ PACK = "bergamot-tiny11-en-pt@int8"
 SENTENCE = "Good morning, the coffee is ready."
 
 
+def update_keys(hub_home: Path) -> tuple[UpdateStore, HouseholdRoot, UpdateKeySet, datetime]:
+    """The hub's root lists the hub's update key (as `hearth household update-key(s)` do)."""
+    hub_updates = UpdateStore(hub_home)
+    card = hub_updates.create_signing_key("hub")
+    root, _ = HouseholdState(hub_home).load_root()
+    now = datetime.now(UTC)
+    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
+                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
+    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    return hub_updates, root, key_set, now
+
+
 async def test_the_fridge_receives_verifies_and_activates_a_new_sequence_while_serving(
     tmp_path: Path, store: PackStore
 ) -> None:
@@ -43,14 +56,7 @@ async def test_the_fridge_receives_verifies_and_activates_a_new_sequence_while_s
     fridge_store = PackStore(tmp_path / "fridge-store")  # the fridge's own copy (sequence 1)
     fridge_store.install(source.path, source.manifest)
 
-    # The hub's root lists the hub's update key (as `hearth household update-key(s)` do).
-    hub_updates = UpdateStore(hub_home)
-    card = hub_updates.create_signing_key("hub")
-    root, _ = HouseholdState(hub_home).load_root()
-    now = datetime.now(UTC)
-    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
-                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
-    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    hub_updates, root, key_set, now = update_keys(hub_home)
 
     with run_mosquitto(tmp_path / "broker") as broker:
         hub = service(hub_home, config("hub", broker.port, "hub"), store)
@@ -117,13 +123,7 @@ async def test_models_pull_one_shot_and_through_the_running_agent(tmp_path: Path
     stores = {name: PackStore(tmp_path / f"{name}-store") for name in homes}
     for own in stores.values():
         own.install(source.path, source.manifest)
-    hub_updates = UpdateStore(hub_home)
-    card = hub_updates.create_signing_key("hub")
-    root, _ = HouseholdState(hub_home).load_root()
-    now = datetime.now(UTC)
-    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
-                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
-    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    hub_updates, root, _, now = update_keys(hub_home)
     manifest = build_manifest(
         source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
         household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",
@@ -181,13 +181,7 @@ async def test_a_new_pack_reaches_four_agents_each_activates_it_and_a_chat_keeps
     stores = {name: PackStore(tmp_path / f"{name}-store") for name in peers}
     for own in stores.values():
         own.install(source.path, source.manifest)
-    hub_updates = UpdateStore(hub_home)
-    card = hub_updates.create_signing_key("hub")
-    root, _ = HouseholdState(hub_home).load_root()
-    now = datetime.now(UTC)
-    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
-                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
-    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    hub_updates, root, _, now = update_keys(hub_home)
     expect = probe(source.path, "translate", source.manifest.task_info, SENTENCE, "en-pt")
     manifest = build_manifest(
         source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
@@ -268,13 +262,7 @@ async def test_a_fetch_through_the_broker_resumes_after_the_broker_restarts(
     source = store.get(PACK)
     fridge_store = PackStore(tmp_path / "fridge-store")
     fridge_store.install(source.path, source.manifest)
-    hub_updates = UpdateStore(hub_home)
-    card = hub_updates.create_signing_key("hub")
-    root, _ = HouseholdState(hub_home).load_root()
-    now = datetime.now(UTC)
-    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
-                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
-    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    hub_updates, root, _, now = update_keys(hub_home)
     manifest = build_manifest(
         source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
         household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",
@@ -330,13 +318,7 @@ async def test_a_published_pack_is_announced_and_fetched_without_waiting_for_a_r
     source = store.get(PACK)
     fridge_store = PackStore(tmp_path / "fridge-store")
     fridge_store.install(source.path, source.manifest)
-    hub_updates = UpdateStore(hub_home)
-    card = hub_updates.create_signing_key("hub")
-    root, _ = HouseholdState(hub_home).load_root()
-    now = datetime.now(UTC)
-    key_set = UpdateKeySet(household_id=root.household_id, version=1, threshold=1, keys=[card],
-                           issued_at=now, expires_at=now + timedelta(days=30))  # fmt: skip
-    hub_updates.save_key_set(sign_key_set(key_set, root.key))
+    hub_updates, root, _, now = update_keys(hub_home)
     manifest = build_manifest(
         source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
         household_id=root.household_id, name=source.manifest.name, pack_id=PACK, task="translate",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from edge_agent.mesh.household import DeviceCertificate
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.device_registry import DeviceInfo
 from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity import Entity
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from .const import DOMAIN
 from .runtime import HearthRuntime, signal_updated
@@ -44,3 +49,23 @@ class HearthEntity(Entity):
         self.async_on_remove(
             async_dispatcher_connect(self.hass, signal_updated(self._entry_id), self.async_write_ha_state)
         )
+
+
+def add_per_device(
+    hass: HomeAssistant,
+    entry: ConfigEntry[HearthRuntime],
+    async_add_entities: AddConfigEntryEntitiesCallback,
+    make: Callable[[DeviceCertificate], Iterable[Entity]],
+) -> None:
+    """Entities for every household device now, and for each device that joins later (dynamic devices)."""
+    runtime = entry.runtime_data
+    known: set[str] = set()
+
+    @callback
+    def add_new() -> None:
+        new = [c for c in runtime.devices() if c.device_id not in known]
+        known.update(c.device_id for c in new)
+        async_add_entities(entity for c in new for entity in make(c))
+
+    add_new()
+    entry.async_on_unload(async_dispatcher_connect(hass, signal_updated(entry.entry_id), add_new))

@@ -3,7 +3,6 @@ that turns the mesh's peer changes into one dispatcher signal for the entities."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -62,7 +61,6 @@ class HearthRuntime:
                 await endpoint.wait_peers_changed(30.0)
             self._remove_revoked(hass, entry)
             async_dispatcher_send(hass, signal_updated(entry.entry_id))
-            await asyncio.sleep(0)
 
     @callback
     def _remove_revoked(self, hass: HomeAssistant, entry: ConfigEntry) -> None:

@@ -15,13 +15,12 @@ from homeassistant.components.sensor import (
     SensorStateClass,
 )
 from homeassistant.const import EntityCategory, UnitOfInformation
-from homeassistant.core import HomeAssistant, callback
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from . import HearthConfigEntry
-from .entity import HearthEntity
-from .runtime import HearthRuntime, signal_updated
+from .entity import HearthEntity, add_per_device
+from .runtime import HearthRuntime
 
 PARALLEL_UPDATES = 0
 
@@ -73,18 +72,10 @@ async def async_setup_entry(
     hass: HomeAssistant, entry: HearthConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
 ) -> None:
     runtime = entry.runtime_data
-    known: set[str] = set()
-
-    @callback
-    def add_new() -> None:  # devices appear as the household grows (dynamic devices)
-        new = [c for c in runtime.devices() if c.device_id not in known]
-        known.update(c.device_id for c in new)
-        async_add_entities(
-            HearthSensor(runtime, entry.entry_id, c, d) for c in new for d in SENSORS if d.applies(c)
-        )
-
-    add_new()
-    entry.async_on_unload(async_dispatcher_connect(hass, signal_updated(entry.entry_id), add_new))
+    add_per_device(
+        hass, entry, async_add_entities,
+        lambda c: [HearthSensor(runtime, entry.entry_id, c, d) for d in SENSORS if d.applies(c)],
+    )  # fmt: skip
 
 
 class HearthSensor(HearthEntity, SensorEntity):

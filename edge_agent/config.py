@@ -178,6 +178,10 @@ class UpdatesSection(_Section):
     broker from, so peers that reach the broker reach it too)."""
     direct_port: int = Field(default=0, ge=0, le=65535)
     """TCP port for direct links (0: any free port; it is announced in presence)."""
+    approval: Literal["automatic", "ask"] = "automatic"
+    """"ask": a newer pack waits (state "awaiting-approval" in presence) until a household controller
+    approves it (Home Assistant's update entity, a hub-class or admin member) or `hearth models pull`
+    asks for it here. Approval never skips verification."""
 
 
 class AgentConfig(_Section):

@@ -17,7 +17,8 @@ prints it as one line instead of a traceback::
     │   └── ReplayError            counter already seen, or timestamp outside the freshness window
     ├── IdentityError          local keys missing, unreadable or stored with unsafe permissions
     ├── NetworkError           the network failed us; no peer is to blame
-    │   └── TransportError         the link to the broker is down or never came up
+    │   ├── TransportError         the link to the broker is down or never came up
+    │   └── PeerOfflineError       the device asked for is not connected to the household now
     ├── RecipientNotMemberError  we refuse to send to a device that is no longer a household member
     ├── StateInUseError        the mesh state directory belongs to the running agent (use its socket)
     ├── LocalApiError          the running agent's local socket failed mid-answer
@@ -108,6 +109,10 @@ class NetworkError(HearthError):
 
 class TransportError(NetworkError):
     """The link to the broker is down (or never came up); the endpoint reconnects."""
+
+
+class PeerOfflineError(NetworkError):
+    """The device a message is for has no live presence now (off, asleep, or out of reach)."""
 
 
 class StateInUseError(HearthError):

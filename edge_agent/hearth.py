@@ -153,7 +153,7 @@ class Hearth:
                 self.updater = Updater(
                     self.service, self.store, interval_s=ucfg.interval_s, quota_mb=ucfg.quota_mb,
                     direct=ucfg.direct, direct_host=await self._direct_host() if self.serve else None,
-                    direct_port=ucfg.direct_port,
+                    direct_port=ucfg.direct_port, approval=ucfg.approval,
                 )  # fmt: skip
                 await self._stack.enter_async_context(self.updater)
                 self.service.update_status = self.updater.status
@@ -252,7 +252,7 @@ class Hearth:
         await endpoint.wait_until(
             lambda: any(p.alive(time.monotonic()) for p in endpoint.peers.all()), wait_s
         )
-        round_ = asyncio.ensure_future(self.updater.check_once(models))
+        round_ = asyncio.ensure_future(self.updater.check_once(models, asked=True))
         try:
             while not round_.done():
                 if on_progress is not None:

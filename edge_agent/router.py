@@ -156,6 +156,8 @@ class Router:
         self.local_offers = local_offers if local_offers is not None else {}
         self.local_name = local_name
         self.local_in_flight = 0
+        self.offloaded = 0
+        """This device's requests answered by a peer since start (announced in presence)."""
 
     # -- deciding -------------------------------------------------------------------------------------
 
@@ -328,6 +330,8 @@ class Router:
                         first_at = first_at or time.monotonic()
                         units += units_of(item)
                         yield item
+                if cand.peer is not None:
+                    self.offloaded += 1
                 if cand.peer is not None and self.endpoint is not None:
                     # Streams: the rate after the first item (first_ms is estimated apart); one-shot
                     # answers: the whole round trip.

@@ -166,6 +166,8 @@ class MeshService:
             offers=[o for t, o in self.offers.items() if t in self.certificate.serves] if self.serve else [],
             queue_depth=self.endpoint.queue_depth + self.router.local_in_flight,
             free_model_ram_mb=max(0, int(self.profile.model_ram_budget_mb - used)),
+            served=self.endpoint.served,
+            offloaded=self.router.offloaded,
             translation_memory=self.memory is not None,
             updates=self.update_status() if self.update_status is not None else [],
             direct=self.direct,

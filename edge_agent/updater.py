@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Literal, Self
 from edge_agent.errors import HearthError, PackError, UpdateError
 from edge_agent.mesh.direct import DirectLinks
 from edge_agent.mesh.envelope import Opened
-from edge_agent.mesh.protocol import UpdateStatus
+from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.protocol import UpdateApproval, UpdateStatus
 from edge_agent.models.activation import ActivationResult, activate
 from edge_agent.models.store import PackStore
 from edge_agent.sync.exchange import UpdateExchange, verified_chunks
@@ -58,6 +60,8 @@ class Updater:
     direct_host: str | None = None
     """Also serve chunks over direct links on this address (None: ask only, as a one-shot command)."""
     direct_port: int = 0
+    approval: Literal["automatic", "ask"] = "automatic"
+    """"ask": newer packs wait for a controller's approval (`approve`) or an explicit pull."""
     outcomes: list[UpdateOutcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,11 @@ class Updater:
         """Update rounds finished (the first runs at start)."""
         self._wake = asyncio.Event()
         self._announced: set[tuple[str, str, int]] = set()
+        self.awaiting: dict[str, int] = {}
+        """Per model, the newest sequence found that waits for approval (policy "ask")."""
+        self.approved: dict[str, int] = self._load_approved()
+        """Per model, the highest sequence approved here (persisted: a restart keeps the approval)."""
+        svc.endpoint.register(UpdateApproval, self._approval)
 
     async def __aenter__(self) -> Self:
         """Open the direct links (if asked for) and announce them; without them chunks use the broker."""
@@ -163,6 +172,12 @@ class Updater:
                 name=manifest.name, installed=have, available=manifest.sequence, state="fetching",
                 progress=round(fraction, 3),
             )  # fmt: skip
+        for name, sequence in self.awaiting.items():
+            have = self.trusted.installed.get(name, 0)
+            row = rows.get(name)
+            if sequence > have and (row is None or row.state not in ("fetching",)):
+                rows[name] = UpdateStatus(name=name, installed=have, available=sequence,
+                                          state="awaiting-approval")  # fmt: skip
         for name, (sequence, why) in self.exchange.unverifiable.items():
             have = self.trusted.installed.get(name, 0)
             if (sequence > have and rows.get(name) is None) or rows[name].state == "current":
@@ -217,9 +232,10 @@ class Updater:
                 async with asyncio.timeout(self.interval_s):
                     await self._wake.wait()
 
-    async def check_once(self, only: set[str] | None = None) -> list[UpdateOutcome]:
+    async def check_once(self, only: set[str] | None = None, *, asked: bool = False) -> list[UpdateOutcome]:
         """One round: ask peers, fetch and activate every newer pack this device wants (of the models
-        named in ``only``, if given)."""
+        named in ``only``, if given). ``asked``: the user asked for this round here (`hearth models
+        pull`), which approves what it finds when the policy waits for approval."""
         async with self._busy:
             if await self.seed_stored() and self.service.serve:  # newly published here: announce it
                 with contextlib.suppress(HearthError):
@@ -235,11 +251,62 @@ class Updater:
                     manifest.name, 0
                 ):
                     continue
+                if asked:
+                    self._approve(manifest.name, manifest.sequence)
+                if self.approval == "ask" and manifest.sequence > self.approved.get(manifest.name, 0):
+                    if manifest.sequence > self.awaiting.get(manifest.name, 0):
+                        log.info("%s sequence %d awaits approval", manifest.pack_id, manifest.sequence)
+                        self.awaiting[manifest.name] = manifest.sequence
+                    continue
+                self.awaiting.pop(manifest.name, None)
                 done.append(await self._install(manifest, envelope, holders))
             self.outcomes.extend(done)
             del self.outcomes[:-32]
             self.rounds += 1
             return done
+
+    # -- approval ------------------------------------------------------------------------------------
+
+    def _approval(self, sender: DeviceCertificate, msg: UpdateApproval) -> None:
+        """A member approves an awaited sequence: only controllers may, and only what is awaited here."""
+        if not (sender.admin or sender.device_class == "hub"):
+            self.service.endpoint.dropped["Forbidden"] += 1
+            log.warning("dropped an update approval from %s: only a hub-class or admin member may approve",
+                        sender.name)  # fmt: skip
+            return
+        if self.awaiting.get(msg.name) != msg.sequence:
+            log.info("ignored %s's approval of %s sequence %d: not awaiting it here", sender.name, msg.name,
+                     msg.sequence)  # fmt: skip
+            return
+        log.info("%s approved %s sequence %d", sender.name, msg.name, msg.sequence)
+        self._approve(msg.name, msg.sequence)
+        self._wake.set()
+
+    def _approve(self, name: str, sequence: int) -> None:
+        if sequence <= self.approved.get(name, 0):
+            return
+        self.approved[name] = sequence
+        if len(self.approved) > 256:  # bounded: keep the models this device runs
+            wanted = self.wanted_names()
+            self.approved = {n: s for n, s in self.approved.items() if n in wanted or n == name}
+        path = self.updates.dir / "approved.json"
+        with contextlib.suppress(OSError):  # an unsaved approval still holds until the agent restarts
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.approved, sort_keys=True))
+            tmp.replace(path)
+
+    def _load_approved(self) -> dict[str, int]:
+        path = self.updates.dir / "approved.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s (%s): approvals start afresh", path, exc)
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {k: v for k, v in raw.items() if isinstance(k, str) and type(v) is int and v > 0}
 
     async def _install(
         self, manifest: UpdateManifest, envelope: bytes, holders: dict[str, set[int]]

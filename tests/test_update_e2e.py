@@ -341,3 +341,69 @@ async def test_a_published_pack_is_announced_and_fetched_without_waiting_for_a_r
             assert [(o.pack_id, o.sequence, o.state) for o in fridge.updater.outcomes] == [
                 (PACK, 5, "activated")
             ]
+
+
+async def test_a_device_that_asks_for_approval_waits_for_a_controller_and_ignores_other_members(
+    tmp_path: Path, store: PackStore
+) -> None:
+    """`[updates] approval = "ask"`: the fridge finds sequence 2 and waits, saying so in presence (Home
+    Assistant's update entity offers "install"). The car (an appliance) approving is dropped as
+    forbidden with nothing changed; Home Assistant (a hub-class member, through the mesh library's
+    `MeshMember.approve_update`) approving it makes the fridge fetch, verify and activate it."""
+    from edge_agent.mesh.member import MeshMember
+
+    hub_home, fridge_home = tmp_path / "hub", tmp_path / "fridge"
+    car_home, ha_home = tmp_path / "car", tmp_path / "ha"
+    provision(hub_home, hub_home, "hub", "hub")
+    provision(hub_home, fridge_home, "fridge", "fridge-panel")
+    provision(hub_home, car_home, "car", "car-headunit")
+    provision(hub_home, ha_home, "home-assistant", "hub")
+    source = store.get(PACK)
+    fridge_store = PackStore(tmp_path / "fridge-store")
+    fridge_store.install(source.path, source.manifest)
+    name = source.manifest.name
+    hub_updates, root, _, now = update_keys(hub_home)
+    manifest = build_manifest(
+        source.path, [MANIFEST_NAME, *(f.path for f in source.manifest.files)],
+        household_id=root.household_id, name=name, pack_id=PACK, task="translate",
+        sequence=2, device_classes=["appliance"], issued_at=now, expires_at=now + timedelta(days=7),
+    )  # fmt: skip
+    envelope = sign_manifest(manifest, hub_updates.signing_key()[0])
+
+    with run_mosquitto(tmp_path / "broker") as broker:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        hub = service(hub_home, config("hub", broker.port, "hub"), store)
+        cfg = config("fridge", broker.port, "fridge-panel").model_copy(deep=True)
+        cfg.updates.approval = "ask"
+        fridge = service(fridge_home, cfg, fridge_store)
+        async with hub, fridge, MeshMember(car_home, url) as car, MeshMember(ha_home, url) as ha:
+            fridge_id = fridge.mesh.certificate.device_id
+            hub.updater.exchange.hold(manifest, envelope, source.path)
+            assert await fridge.mesh.endpoint.wait_until(lambda: fridge.updater.rounds >= 1, 10)
+            assert await fridge.updater.check_once() == []  # found, not fetched: it awaits approval
+            assert fridge.updater.awaiting == {name: 2}
+            [status] = [u for u in fridge.mesh.presence().updates if u.name == name]
+            assert (status.installed, status.available, status.state) == (0, 2, "awaiting-approval")
+            # Home Assistant sees it in the fridge's presence.
+            assert await ha.endpoint.wait_until(lambda: any(
+                u.state == "awaiting-approval" for p in ha.peers() if p.device_id == fridge_id
+                for u in p.presence.updates), 10)  # fmt: skip
+
+            # The car may not approve: dropped as forbidden, nothing approved, nothing fetched.
+            dropped = fridge.mesh.endpoint.dropped["Forbidden"]
+            await car.approve_update(fridge_id, name, 2)
+            assert await fridge.mesh.endpoint.wait_until(
+                lambda: fridge.mesh.endpoint.dropped["Forbidden"] == dropped + 1, 10
+            )
+            assert fridge.updater.approved == {} and fridge.updater.awaiting == {name: 2}
+            assert fridge.updater.outcomes == [] and fridge.updater.trusted.installed == {}
+
+            # Home Assistant may: the fridge's next round (woken at once) fetches and activates it.
+            await ha.approve_update(fridge_id, name, 2)
+            assert await fridge.mesh.endpoint.wait_until(lambda: bool(fridge.updater.outcomes), 60)
+            assert [(o.pack_id, o.sequence, o.state) for o in fridge.updater.outcomes] == [
+                (PACK, 2, "activated")
+            ]
+            assert fridge.updater.trusted.installed == {name: 2} and fridge.updater.awaiting == {}
+            saved = json.loads((UpdateStore(fridge_home).dir / "approved.json").read_text())
+            assert saved == {name: 2}  # a restart keeps the approval

@@ -174,6 +174,8 @@ class MeshEndpoint:
         self._streams: dict[str, _Stream] = {}
         self._serving: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._serving_by: Counter[str] = Counter()
+        self.served = 0
+        """Requests answered in full for peers since this endpoint opened (announced in presence)."""
         self._pings: dict[int, tuple[str, float, asyncio.Future[float]]] = {}
         self._checking: set[str] = set()
         self._deferred_cancels: deque[tuple[str, str, str]] = deque(maxlen=self.limits.max_pending_pings)
@@ -598,6 +600,7 @@ class MeshEndpoint:
                 async for chunk in chunks:
                     await reply(chunk.model_copy(update={"id": req.id, "seq": seq}))
                     seq += 1
+            self.served += 1
         except asyncio.CancelledError:
             log.info("request %s from %s cancelled", req.id[:8], requester.name)
             raise

@@ -10,19 +10,21 @@ from __future__ import annotations
 import contextlib
 import enum
 import secrets
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from edge_agent.errors import HearthError
+from edge_agent.errors import HearthError, PeerOfflineError
 from edge_agent.mesh.broker_pki import BrokerPki
 from edge_agent.mesh.corrections import Corrections
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Presence
+from edge_agent.mesh.protocol import Presence, UpdateApproval
 from edge_agent.mesh.settings import MeshSettings, broker_host_port
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttConnector
@@ -87,6 +89,17 @@ class MeshMember:
 
     def peers(self) -> list[Peer]:
         return self.endpoint.peers.all()
+
+    async def approve_update(self, device_id: str, name: str, sequence: int) -> None:
+        """Approve ``name`` at ``sequence`` on a device that waits for approval (its presence says
+        "awaiting-approval"); it fetches, verifies and activates it as usual. Only hub-class or admin
+        members are listened to. Raises PeerOfflineError if the device is not live, TransportError,
+        RecipientNotMemberError."""
+        peer = self.endpoint.peers.get(device_id)
+        if peer is None or not peer.alive(time.monotonic()):
+            raise PeerOfflineError(f"device {device_id[:8]} is not connected to the household now")
+        await self.endpoint.send(device_id, Channel.REQUESTS, UpdateApproval(name=name, sequence=sequence),
+                                 session=peer.session)  # fmt: skip
 
     async def __aenter__(self) -> Self:
         if self.status is not MemberState.UNOPENED:

@@ -89,7 +89,16 @@ class UpdateStatus(_Wire):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$")
     installed: int = Field(ge=0)
     available: int = Field(ge=0)
-    state: Literal["current", "fetching", "activated", "rolled-back", "refused", "gave up", "unverifiable"]
+    state: Literal[
+        "current",
+        "awaiting-approval",
+        "fetching",
+        "activated",
+        "rolled-back",
+        "refused",
+        "gave up",
+        "unverifiable",
+    ]
     progress: float = Field(default=1.0, ge=0.0, le=1.0)
     detail: str = Field(default="", max_length=300)
     offered: int = Field(
@@ -126,6 +135,8 @@ class Presence(_Wire):
     offers: list[Offer] = Field(default_factory=list, max_length=16)
     queue_depth: int = Field(default=0, ge=0)
     free_model_ram_mb: int = Field(default=0, ge=0)
+    served: int = Field(default=0, ge=0, description="Requests answered for peers since the agent started.")
+    offloaded: int = Field(default=0, ge=0, description="Own requests peers answered since the start.")
     translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
     updates: list[UpdateStatus] = Field(default_factory=list, max_length=16)
     direct: DirectContact | None = None
@@ -272,6 +283,16 @@ class ChunkRequest(_Wire):
     index: int = Field(ge=0, le=1 << 20)
 
 
+class UpdateApproval(_Wire):
+    """A household controller (a hub-class or admin member: Home Assistant, the hub) approves one
+    model's sequence on a device whose policy waits for approval (`[updates] approval = "ask"`). It
+    unblocks the fetch only: the pack is still verified against the household's update keys."""
+
+    type: Literal["update-approval"] = "update-approval"
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$")
+    sequence: int = Field(ge=1)
+
+
 class ChunkData(_Wire):
     type: Literal["chunk-data"] = "chunk-data"
     nonce: int = Field(ge=0)
@@ -298,7 +319,8 @@ Message = Annotated[
     | ChunkRequest
     | ChunkData
     | CorrectionsQuery
-    | CorrectionsData,
+    | CorrectionsData
+    | UpdateApproval,
     Field(discriminator="type"),
 ]
 MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)

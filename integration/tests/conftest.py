@@ -179,3 +179,23 @@ def add_member(hub: Hub, home: Path, name: str, *, serves: list[str], device_cla
                               group_key=data.group_key, group_epoch=data.group_epoch,
                               peers=[data.certificate, *data.peers]))  # fmt: skip
     return home
+
+
+def run_agent(home: Path, config: Path, packs: Path, log: Path) -> subprocess.Popen[str]:
+    """`hearth run` for another household device (its own pack store ``packs``); stop it with _stop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+    env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    with log.open("w") as out:
+        return subprocess.Popen([str(AGENT_PYTHON), "-m", "edge_agent", "run", "-c", str(config)], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, cwd=home)  # fmt: skip
+
+
+def agent_python(code: str, *args: str, packs: Path | None = None) -> str:
+    """Run ``code`` in the agent's venv (it has the engines and the pack store's builders)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")} | {"PYTHONPATH": str(REPO)}
+    if packs is not None:
+        env["HEARTH_HOME"] = str(packs)
+    done = subprocess.run([str(AGENT_PYTHON), "-c", code, *args], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

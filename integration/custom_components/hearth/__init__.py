@@ -29,7 +29,7 @@ _LOGGER = logging.getLogger(__name__)
 
 HearthConfigEntry = ConfigEntry[HearthRuntime]
 
-PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.CONVERSATION, Platform.SENSOR]
+PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.CONVERSATION, Platform.SENSOR, Platform.UPDATE]
 
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)

@@ -44,6 +44,17 @@ SENSORS: tuple[HearthSensorDescription, ...] = (
         key="queue_depth", state_class=SensorStateClass.MEASUREMENT, value=lambda p: p.presence.queue_depth
     ),
     HearthSensorDescription(
+        key="requests_served",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        value=lambda p: p.presence.served,
+        applies=lambda c: bool(c.serves),
+    ),
+    HearthSensorDescription(
+        key="requests_offloaded",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        value=lambda p: p.presence.offloaded,
+    ),
+    HearthSensorDescription(
         key="free_model_ram",
         device_class=SensorDeviceClass.DATA_SIZE,
         native_unit_of_measurement=UnitOfInformation.MEGABYTES,

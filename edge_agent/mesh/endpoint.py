@@ -310,6 +310,7 @@ class MeshEndpoint:
 
     async def _connection_loop(self) -> None:
         delay = 0.1
+        was_up = True  # the first failure is news; the retries after it are not (one line per outage)
         while not self._closing:
             self.link += 1
             notice = self.node.seal_announcement(self._departure()) if self._presence is not None else None
@@ -318,7 +319,11 @@ class MeshEndpoint:
                 async with transport:
                     self.node.transport = transport
                     self.connected.set()
+                    self.peers_changed.set()  # what this device can reach changed
                     delay = 0.1
+                    if not was_up:
+                        log.info("mesh link up again")
+                    was_up = True
                     if self._presence is not None:
                         await self.publish_presence()
                     self._flush_cancels()
@@ -327,9 +332,14 @@ class MeshEndpoint:
             except TransportError as exc:
                 if self._closing:
                     return
-                log.warning("mesh link down (%s); reconnecting in %.1f s", exc, delay)
+                if was_up:
+                    log.warning("mesh link down (%s); reconnecting (retries logged at debug level)", exc)
+                else:
+                    log.debug("mesh link still down (%s); next try in %.1f s", exc, delay)
+                was_up = False
             finally:
                 self.connected.clear()
+                self.peers_changed.set()
                 if self.node.transport is transport:
                     self.node.transport = None
             # Whatever we were waiting for over this link will not come: fail over now.

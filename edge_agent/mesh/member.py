@@ -11,6 +11,7 @@ import contextlib
 import enum
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -24,7 +25,7 @@ from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Presence, UpdateApproval
+from edge_agent.mesh.protocol import Presence, UpdateApproval, UpdateStatus
 from edge_agent.mesh.settings import MeshSettings, broker_host_port
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttConnector
@@ -67,6 +68,8 @@ class MeshMember:
         connector = MqttConnector(host, port, household=self.membership.household_id, device=device,
                                   client_id=f"{device}-{secrets.token_hex(4)}", tls=tls)  # fmt: skip
         self.endpoint = MeshEndpoint(self.node, connector, presence=self.presence, settings=self.settings)
+        self.update_status: Callable[[], list[UpdateStatus]] | None = None
+        """Model-update states this member reports in presence (a member that keeps packs of its own)."""
         self.corrections: Corrections | None = None
         """Shared corrections this member keeps and syncs (`share_corrections`), announced in presence."""
 
@@ -85,6 +88,7 @@ class MeshMember:
         return Presence(certificate=self.certificate, crl=self.membership.crl, session=self.node.session,
                         link=self.endpoint.link, profile=self.certificate.profile,
                         corrections=held.digest if held is not None and held.records else None,
+                        updates=self.update_status() if self.update_status is not None else [],
                         interval_s=self.settings.presence_interval_s)  # fmt: skip
 
     def peers(self) -> list[Peer]:

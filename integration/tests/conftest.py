@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,27 +120,52 @@ class Hub:
         raise AssertionError("no setup code from `hearth household invite`:\n" + "".join(seen))
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path, socket_enabled: None) -> Iterator[str]:
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))  # fmt: skip
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([exe, "-c", str(conf)], text=True)
-    try:
+class Broker:
+    """A real Mosquitto on a fixed loopback port that a test can stop and start again (the same port)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                             "log_dest none\n" + ("user root\n" if os.geteuid() == 0 else ""))  # fmt: skip
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], text=True)
         deadline = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
             except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise
                 time.sleep(0.05)
-        yield f"mqtt://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path, socket_enabled: None) -> Iterator[Broker]:
+    running = Broker(tmp_path)
+    running.start()
+    try:
+        yield running
     finally:
-        _stop(proc)
+        running.stop()
+
+
+@pytest.fixture
+def mosquitto(broker: Broker) -> str:
+    return broker.url
 
 
 def make_hub(home: Path, broker: str) -> Hub:
@@ -162,7 +188,9 @@ def hub(tmp_path: Path, mosquitto: str) -> Hub:
     return make_hub(tmp_path / "hub", mosquitto)
 
 
-def add_member(hub: Hub, home: Path, name: str, *, serves: list[str], device_class: str) -> Path:
+def add_member(
+    hub: Hub, home: Path, name: str, *, serves: list[str], device_class: str, valid_days: int = 365
+) -> Path:
     """Make ``home`` a member of the hub's household without the network, as the hub's root would
     on pairing (pairing itself is tested through the config flow)."""
     from edge_agent.mesh.state import HouseholdFile, HouseholdState
@@ -172,7 +200,7 @@ def add_member(hub: Hub, home: Path, name: str, *, serves: list[str], device_cla
     member = HouseholdState(home)
     root, _ = hub_state.load_root()
     cert = root.issue(member.identity, name=name, profile=name, requests=list(TASKS), serves=serves,  # type: ignore[arg-type]
-                      device_class=device_class)  # type: ignore[arg-type]  # fmt: skip
+                      device_class=device_class, valid_for=timedelta(days=valid_days))  # type: ignore[arg-type]  # fmt: skip
     hub_state.record_issued(root, cert)
     data = hub_state.load()
     member.save(HouseholdFile(root_key=data.root_key, certificate=cert, crl=data.crl,

@@ -116,7 +116,7 @@ async def test_diagnostics_redact_keys_signatures_and_paths(hass: HomeAssistant,
     text = str(diagnostics)
     member = entry.runtime_data.member
     for secret in (member.certificate.sign_key, member.certificate.signature, str(hub.home),
-                   entry.data["state_dir"], hub_member.certificate.signature):  # fmt: skip
+                   hass.config.path(".storage"), hub_member.certificate.signature):  # fmt: skip
         assert secret not in text
     assert diagnostics["certificate"]["sign_key"] == "**REDACTED**"
     assert [p["certificate"]["name"] for p in diagnostics["peers"]] == ["hub"]

@@ -22,7 +22,7 @@ from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.typing import ConfigType
 
 from .actions import async_setup_actions
-from .const import CONF_BROKER, CONF_STATE_DIR, DOMAIN
+from .const import CONF_BROKER, CONF_HOUSEHOLD, CONF_STATE_DIR, DOMAIN, state_dir
 from .runtime import HearthRuntime
 
 _LOGGER = logging.getLogger(__name__)
@@ -43,14 +43,14 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:
     """Connect to the household as the member paired in the config flow."""
-    state_dir = Path(entry.data[CONF_STATE_DIR])
+    home = state_dir(hass, entry.data[CONF_HOUSEHOLD])
     try:
-        member, sync = await hass.async_add_executor_job(_member, state_dir, entry.data[CONF_BROKER])
+        member, sync = await hass.async_add_executor_job(_member, home, entry.data[CONF_BROKER])
     except FileNotFoundError as exc:
         raise ConfigEntryAuthFailed(
             translation_domain=DOMAIN,
             translation_key="membership_missing",
-            translation_placeholders={"path": str(state_dir)},
+            translation_placeholders={"path": str(home)},
         ) from exc
     except IdentityError as exc:
         raise ConfigEntryAuthFailed(
@@ -83,10 +83,34 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
     return True
 
 
-def _member(state_dir: Path, broker: str) -> tuple[MeshMember, CorrectionSync]:
+def _member(home: Path, broker: str) -> tuple[MeshMember, CorrectionSync]:
     """This household's member (files: in the executor), keeping the shared corrections too."""
-    member = MeshMember(state_dir, broker)
-    return member, member.share_corrections(state_dir / "corrections.json")
+    member = MeshMember(home, broker)
+    return member, member.share_corrections(home / "corrections.json")
+
+
+async def async_migrate_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:
+    """1.1 → 1.2: the entry stored its state directory's absolute path, which broke on a backup restored
+    elsewhere; the directory now follows from the household id (moved there if it was elsewhere)."""
+    if entry.version > 1:
+        _LOGGER.error("This Hearth entry was made by a newer version (%s.%s): downgrade is not supported",
+                      entry.version, entry.minor_version)  # fmt: skip
+        return False
+    if entry.minor_version < 2:
+        data = dict(entry.data)
+        old = data.pop(CONF_STATE_DIR, None)
+        new = state_dir(hass, data[CONF_HOUSEHOLD])
+        if old is not None and Path(old) != new:
+            await hass.async_add_executor_job(_move, Path(old), new)
+        hass.config_entries.async_update_entry(entry, data=data, minor_version=2)
+        _LOGGER.info("Migrated Hearth entry %s to version 1.2", entry.title)
+    return True
+
+
+def _move(old: Path, new: Path) -> None:
+    if old.is_dir() and not new.exists():
+        new.parent.mkdir(parents=True, exist_ok=True)
+        old.rename(new)
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:

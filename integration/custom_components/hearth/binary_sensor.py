@@ -30,5 +30,10 @@ class HearthConnectivity(HearthEntity, BinarySensorEntity):
     _attr_entity_category = EntityCategory.DIAGNOSTIC
 
     @property
+    def available(self) -> bool:
+        """Unknown, not off, while Home Assistant itself is off the mesh."""
+        return self.runtime.connected
+
+    @property
     def is_on(self) -> bool:
         return self.runtime.peer(self.device_id) is not None

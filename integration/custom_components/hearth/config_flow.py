@@ -27,13 +27,13 @@ from .const import (
     CONF_CODE,
     CONF_HOUSEHOLD,
     CONF_NAME,
-    CONF_STATE_DIR,
     DEFAULT_BROKER,
     DEFAULT_NAME,
     DOMAIN,
     PAIR_TIMEOUT_S,
     PROFILE,
     STATE_ROOT,
+    state_dir,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
     point at another broker address (reconfigure)."""
 
     VERSION = 1
-    MINOR_VERSION = 1
+    MINOR_VERSION = 2
+    """1.2: the state directory follows from the household id (no absolute path in the entry)."""
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         broker = user_input[CONF_BROKER] if user_input else DEFAULT_BROKER
@@ -79,10 +80,9 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
             if any(e.unique_id == household for e in self._async_current_entries(include_ignore=False)):
                 await self._discard(staging)  # this household's directory belongs to its entry
                 return self.async_abort(reason="already_configured")
-            state_dir = await self._keep(staging, household)
+            await self._keep(staging, household)
             return self.async_create_entry(
-                title=f"Household {household}",
-                data={CONF_BROKER: broker, CONF_HOUSEHOLD: household, CONF_STATE_DIR: str(state_dir)},
+                title=f"Household {household}", data={CONF_BROKER: broker, CONF_HOUSEHOLD: household}
             )
         return self.async_show_form(step_id="user", data_schema=_schema(broker, name), errors=errors,
                                     description_placeholders=placeholders)  # fmt: skip
@@ -100,10 +100,8 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
             if household != entry.unique_id:  # another household's hub answered
                 await self._discard(staging)
                 return self.async_abort(reason="wrong_household")
-            state_dir = await self._keep(staging, household)
-            return self.async_update_reload_and_abort(
-                entry, data_updates={CONF_BROKER: broker, CONF_STATE_DIR: str(state_dir)}
-            )
+            await self._keep(staging, household)
+            return self.async_update_reload_and_abort(entry, data_updates={CONF_BROKER: broker})
         return self.async_show_form(step_id="reauth_confirm", data_schema=_schema(broker, DEFAULT_NAME),
                                     errors=errors, description_placeholders=placeholders)  # fmt: skip
 
@@ -118,7 +116,8 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
                 errors[CONF_BROKER] = "invalid_broker"
             else:
                 try:
-                    await _check_connection(self.hass, Path(entry.data[CONF_STATE_DIR]), broker)
+                    home = state_dir(self.hass, entry.data[CONF_HOUSEHOLD])
+                    await _check_connection(self.hass, home, broker)
                 except (NetworkError, OSError, HearthError) as exc:
                     errors["base"] = "cannot_connect"
                     placeholders["error"] = str(exc)
@@ -184,7 +183,7 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def _keep(self, staging: Path, household: str) -> Path:
         """The paired directory becomes the household's (replacing a revoked membership's)."""
-        final = self._root() / household
+        final = state_dir(self.hass, household)
         await self.hass.async_add_executor_job(_replace, staging, final)
         return final
 
@@ -192,8 +191,8 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
         await self.hass.async_add_executor_job(shutil.rmtree, staging, True)
 
 
-async def _check_connection(hass: Any, state_dir: Path, broker: str) -> None:
-    member = await hass.async_add_executor_job(MeshMember, state_dir, broker)
+async def _check_connection(hass: Any, home: Path, broker: str) -> None:
+    member = await hass.async_add_executor_job(MeshMember, home, broker)
     async with member:
         pass
 

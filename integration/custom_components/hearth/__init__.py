@@ -21,6 +21,7 @@ from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.typing import ConfigType
 
+from . import compat
 from .actions import async_setup_actions
 from .const import CONF_BROKER, CONF_HOUSEHOLD, CONF_STATE_DIR, DOMAIN, state_dir
 from .runtime import HearthRuntime
@@ -29,7 +30,7 @@ _LOGGER = logging.getLogger(__name__)
 
 HearthConfigEntry = ConfigEntry[HearthRuntime]
 
-PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.CONVERSATION, Platform.SENSOR, Platform.UPDATE]
+PLATFORMS: list[Platform] = compat.platforms()
 
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)

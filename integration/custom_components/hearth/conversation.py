@@ -14,6 +14,7 @@ from typing import Literal
 
 from edge_agent.engines.interfaces import ChatMessage, GenerateRequest
 from edge_agent.errors import HearthError
+from edge_agent.router import RoutedStream
 from homeassistant.components import conversation
 from homeassistant.const import MATCH_ALL
 from homeassistant.core import HomeAssistant
@@ -21,7 +22,7 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import intent
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from . import HearthConfigEntry
+from . import HearthConfigEntry, compat
 from .const import DOMAIN
 from .runtime import HearthRuntime
 
@@ -52,6 +53,40 @@ def _messages(chat_log: conversation.ChatLog) -> list[ChatMessage]:
     return system + turns
 
 
+async def answer_into(
+    runtime: HearthRuntime, chat_log: conversation.ChatLog, agent_id: str | None
+) -> tuple[RoutedStream, str]:
+    """Route the chat log's conversation to the household and stream the answer into the log (also
+    used by the AI Task entity); returns the routed stream (who served it) and the answer's text."""
+    try:
+        request = GenerateRequest(messages=_messages(chat_log), max_tokens=MAX_TOKENS)
+    except ValueError as exc:
+        raise HomeAssistantError(
+            translation_domain=DOMAIN, translation_key="bad_conversation",
+            translation_placeholders={"error": str(exc)},
+        ) from exc  # fmt: skip
+    routed = runtime.router.generate(request)
+
+    async def deltas() -> AsyncGenerator[conversation.AssistantContentDeltaDict]:
+        yield {"role": "assistant"}
+        async for chunk in routed:
+            if chunk.text:
+                yield {"content": chunk.text}
+
+    try:
+        async for _ in chat_log.async_add_delta_content_stream(agent_id or DOMAIN, deltas()):
+            pass
+    except HearthError as exc:
+        _LOGGER.warning("the household could not answer: %s", exc)
+        raise HomeAssistantError(
+            translation_domain=DOMAIN, translation_key="household_failed",
+            translation_placeholders={"error": str(exc)},
+        ) from exc  # fmt: skip
+    answer = chat_log.content[-1]
+    text = answer.content if isinstance(answer, conversation.AssistantContent) else None
+    return routed, text or ""
+
+
 class HearthConversationEntity(conversation.ConversationEntity, conversation.AbstractConversationAgent):
     """The household's chat, as Home Assistant's conversation agent."""
 
@@ -64,7 +99,7 @@ class HearthConversationEntity(conversation.ConversationEntity, conversation.Abs
         self._attr_unique_id = f"{entry_id}-conversation"
         self._attr_device_info = {"identifiers": {(DOMAIN, entry_id)}, "name": title,
                                   "manufacturer": "Hearth", "model": "household"}  # fmt: skip
-        if hasattr(conversation.ConversationEntity, "_attr_supports_streaming"):  # HA >= 2025.6
+        if compat.HAS_STREAMING_FLAG:  # HA >= 2025.6
             self._attr_supports_streaming = True
 
     @property
@@ -74,26 +109,7 @@ class HearthConversationEntity(conversation.ConversationEntity, conversation.Abs
     async def _async_handle_message(
         self, user_input: conversation.ConversationInput, chat_log: conversation.ChatLog
     ) -> conversation.ConversationResult:
-        try:
-            request = GenerateRequest(messages=_messages(chat_log), max_tokens=MAX_TOKENS)
-        except ValueError as exc:
-            raise HomeAssistantError(f"Hearth cannot send this conversation: {exc}") from exc
-        routed = self.runtime.router.generate(request)
-
-        async def deltas() -> AsyncGenerator[conversation.AssistantContentDeltaDict]:
-            yield {"role": "assistant"}
-            async for chunk in routed:
-                if chunk.text:
-                    yield {"content": chunk.text}
-
-        try:
-            async for _ in chat_log.async_add_delta_content_stream(user_input.agent_id, deltas()):
-                pass
-        except HearthError as exc:
-            _LOGGER.warning("the household could not answer: %s", exc)
-            raise HomeAssistantError(f"The household's models could not answer: {exc}") from exc
-        answer = chat_log.content[-1]
-        text = answer.content if isinstance(answer, conversation.AssistantContent) else ""
+        routed, text = await answer_into(self.runtime, chat_log, user_input.agent_id)
         response = intent.IntentResponse(language=user_input.language)
         response.async_set_speech(text or "", extra_data={"served_by": routed.served_by,
                                                           "failovers": routed.failovers})  # fmt: skip

@@ -19,6 +19,7 @@ from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.typing import ConfigType
 
 from . import compat
@@ -75,7 +76,11 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
         ) from exc
     except HearthError as exc:
         await member.close()
-        raise ConfigEntryNotReady(str(exc)) from exc
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="setup_failed",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
     runtime = HearthRuntime(member, sync)
     entry.runtime_data = runtime
     entry.async_on_unload(member.close)
@@ -88,6 +93,17 @@ def _member(home: Path, broker: str) -> tuple[MeshMember, CorrectionSync]:
     """This household's member (files: in the executor), keeping the shared corrections too."""
     member = MeshMember(home, broker)
     return member, member.share_corrections(home / "corrections.json")
+
+
+async def async_remove_config_entry_device(
+    hass: HomeAssistant, entry: HearthConfigEntry, device: dr.DeviceEntry
+) -> bool:
+    """A user may delete a device that is no longer a household member (it would not come back); a
+    member's device reappears with its next presence, so revoke it on the hub instead."""
+    runtime = entry.runtime_data
+    ids = {i for domain, i in device.identifiers if domain == DOMAIN}
+    current = {c.device_id for c in runtime.devices()}
+    return not ids & current
 
 
 async def async_migrate_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bool:

@@ -56,6 +56,7 @@ SENSORS: tuple[HearthSensorDescription, ...] = (
     ),
     HearthSensorDescription(
         key="free_model_ram",
+        entity_registry_enabled_default=False,
         device_class=SensorDeviceClass.DATA_SIZE,
         native_unit_of_measurement=UnitOfInformation.MEGABYTES,
         state_class=SensorStateClass.MEASUREMENT,

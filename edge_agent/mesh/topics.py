@@ -40,6 +40,18 @@ def presence_device(topic: str) -> str | None:
     return None
 
 
+def presence_household(topic: str) -> str | None:
+    """The household id of a presence topic (16 hex), or None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == ROOT and parts[2] == "presence" and _is_household(parts[1]):
+        return parts[1]
+    return None
+
+
+def _is_household(text: str) -> bool:
+    return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
+
+
 PAIR_OPEN = f"{ROOT}/pair/open"
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import voluptuous as vol
 from edge_agent.errors import HearthError, NetworkError
+from edge_agent.mesh import topics
+from edge_agent.mesh.advertisement import AdvertisementError, HouseholdAdvert
 from edge_agent.mesh.join import join_household
 from edge_agent.mesh.member import MeshMember
 from edge_agent.mesh.pairing import PairingError, WrongCodeError, new_session, validate_code
@@ -21,6 +23,8 @@ from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.tasks import TASKS
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 
 from .const import (
     CONF_BROKER,
@@ -37,6 +41,8 @@ from .const import (
 )
 
 _LOGGER = logging.getLogger(__name__)
+DISCOVERY_CHECK_S = 10.0
+"""How long an advertised new broker address has to carry this household's presence."""
 
 
 def _schema(broker: str, name: str) -> vol.Schema:
@@ -68,6 +74,7 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
 
     VERSION = 1
     MINOR_VERSION = 2
+    _discovered: tuple[str, str] = (DEFAULT_BROKER, "")
     """1.2: the state directory follows from the household id (no absolute path in the entry)."""
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
@@ -86,6 +93,101 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
             )
         return self.async_show_form(step_id="user", data_schema=_schema(broker, name), errors=errors,
                                     description_placeholders=placeholders)  # fmt: skip
+
+    # -- discovery -------------------------------------------------------------------------------------
+
+    async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
+        """A hub advertises its household (`_hearth._tcp.local.`: household id, broker URL). Known
+        household: its broker address is updated, but only once this household's own devices are
+        heard through the new address (anyone on the LAN can send an advert)."""
+        try:
+            advert = HouseholdAdvert.parse(discovery_info.properties)
+        except AdvertisementError as exc:
+            _LOGGER.debug("ignored a zeroconf advert that is not a Hearth household's: %s", exc)
+            return self.async_abort(reason="not_hearth")
+        await self.async_set_unique_id(advert.hh)
+        entry = next((e for e in self._async_current_entries() if e.unique_id == advert.hh), None)
+        if entry is not None:
+            if advert.broker != entry.data.get(CONF_BROKER) and await self._household_heard(
+                entry.data[CONF_HOUSEHOLD], advert.broker
+            ):
+                _LOGGER.info("the household %s moved to %s (zeroconf)", advert.hh, advert.broker)
+                self._abort_if_unique_id_configured(updates={CONF_BROKER: advert.broker})
+            return self.async_abort(reason="already_configured")
+        self._discovered = (advert.broker, advert.name)
+        self.context["title_placeholders"] = {"name": advert.name}
+        return await self.async_step_discovery_confirm()
+
+    async def async_step_mqtt(self, discovery_info: MqttServiceInfo) -> ConfigFlowResult:
+        """Home Assistant's MQTT broker carries a household: a device's (encrypted) presence under
+        hearth/<household>/…, or a hub's open invitation. The broker address is Home Assistant's own."""
+        broker = self._mqtt_broker()
+        if broker is None:
+            return self.async_abort(reason="not_hearth")
+        if discovery_info.topic == topics.PAIR_OPEN:
+            if not discovery_info.payload:  # the invitation closed
+                return self.async_abort(reason="invitation_closed")
+            await self.async_set_unique_id(f"invitation-{broker}")
+            self._abort_if_unique_id_configured()
+            self._discovered = (broker, "a hub's invitation")
+            self.context["title_placeholders"] = {"name": "a hub's invitation"}
+            return await self.async_step_discovery_confirm()
+        household = topics.presence_household(discovery_info.topic)
+        if household is None:
+            return self.async_abort(reason="not_hearth")
+        await self.async_set_unique_id(household)
+        self._abort_if_unique_id_configured()
+        self._discovered = (broker, f"household {household}")
+        self.context["title_placeholders"] = {"name": f"household {household}"}
+        return await self.async_step_discovery_confirm()
+
+    async def async_step_discovery_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Join a discovered household: its broker is known; the setup code is still needed (from
+        `hearth household invite --class hub` on the hub)."""
+        broker, name = self._discovered
+        if user_input is not None:
+            user_input = {**user_input, CONF_BROKER: broker}
+        errors, placeholders, paired = await self._try_pair(user_input)
+        if paired is not None:
+            household, staging, broker = paired
+            await self.async_set_unique_id(household, raise_on_progress=False)
+            if any(e.unique_id == household for e in self._async_current_entries(include_ignore=False)):
+                await self._discard(staging)
+                return self.async_abort(reason="already_configured")
+            await self._keep(staging, household)
+            return self.async_create_entry(
+                title=f"Household {household}", data={CONF_BROKER: broker, CONF_HOUSEHOLD: household}
+            )
+        schema = vol.Schema(
+            {vol.Required(CONF_CODE): str, vol.Required(CONF_NAME, default=DEFAULT_NAME): str}
+        )
+        shown = placeholders | {"name": name, "broker": broker}
+        return self.async_show_form(step_id="discovery_confirm", data_schema=schema, errors=errors,
+                                    description_placeholders=shown)  # fmt: skip
+
+    def _mqtt_broker(self) -> str | None:
+        """Home Assistant's MQTT broker as a URL for the mesh (mqtts:// when it uses TLS)."""
+        for entry in self.hass.config_entries.async_entries("mqtt"):
+            host, port = entry.data.get("broker"), entry.data.get("port", 1883)
+            if host:
+                tls = bool(entry.data.get("certificate")) or int(port) == 8883
+                return f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+        return None
+
+    async def _household_heard(self, household: str, broker: str) -> bool:
+        """Whether this household's devices are heard through ``broker`` (signed presence within a few
+        seconds), connecting as the member this entry is."""
+        try:
+            member = await self.hass.async_add_executor_job(
+                MeshMember, state_dir(self.hass, household), broker
+            )
+            async with member:
+                return await member.endpoint.wait_until(lambda: bool(member.peers()), DISCOVERY_CHECK_S)
+        except (HearthError, OSError) as exc:
+            _LOGGER.info("ignored the advertised broker %s for household %s: %s", broker, household, exc)
+            return False
 
     async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
         """The membership was revoked, expired or lost: pair again with a new setup code."""

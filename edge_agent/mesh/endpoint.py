@@ -199,6 +199,10 @@ class MeshEndpoint:
         """Answers we are waiting for from peers (our own offloaded requests)."""
         return len(self._streams)
 
+    def streaming_from(self) -> list[str]:
+        """The devices whose answers we are waiting for now (diagnostics, tests)."""
+        return [stream.peer for stream in self._streams.values()]
+
     @property
     def dropped(self) -> Counter[str]:
         return self.node.dropped

@@ -88,13 +88,8 @@ class Hub:
 
     def chat(self, prompt: str, max_tokens: int) -> str:
         """The hub's own answer (through its running agent's local socket: the same engine)."""
-        packs = os.environ.get("HEARTH_HOME", str(REPO / ".hearth"))
-        args = [str(AGENT_PYTHON), "-m", "edge_agent", "chat", prompt, "--max-tokens", str(max_tokens),
-                "--temperature", "0", "-c", str(self.config)]  # fmt: skip
-        done = subprocess.run(args, env=self.env | {"HEARTH_HOME": packs}, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+        packs = Path(os.environ.get("HEARTH_HOME", str(REPO / ".hearth")))
+        return chat_on(self.config, packs, prompt, max_tokens)
 
     def translate(self, text: str, source: str, target: str) -> str:
         """The hub's own translation (through its running agent: the same engine and memory)."""
@@ -189,7 +184,14 @@ def hub(tmp_path: Path, mosquitto: str) -> Hub:
 
 
 def add_member(
-    hub: Hub, home: Path, name: str, *, serves: list[str], device_class: str, valid_days: int = 365
+    hub: Hub,
+    home: Path,
+    name: str,
+    *,
+    serves: list[str],
+    device_class: str,
+    valid_days: int = 365,
+    profile: str | None = None,
 ) -> Path:
     """Make ``home`` a member of the hub's household without the network, as the hub's root would
     on pairing (pairing itself is tested through the config flow)."""
@@ -199,14 +201,29 @@ def add_member(
     hub_state = HouseholdState(hub.home / "state")
     member = HouseholdState(home)
     root, _ = hub_state.load_root()
-    cert = root.issue(member.identity, name=name, profile=name, requests=list(TASKS), serves=serves,  # type: ignore[arg-type]
-                      device_class=device_class, valid_for=timedelta(days=valid_days))  # type: ignore[arg-type]  # fmt: skip
+    cert = root.issue(
+        member.identity, name=name, profile=profile or name, requests=list(TASKS),
+        serves=serves,  # type: ignore[arg-type]
+        device_class=device_class,  # type: ignore[arg-type]
+        valid_for=timedelta(days=valid_days),
+    )  # fmt: skip
     hub_state.record_issued(root, cert)
     data = hub_state.load()
     member.save(HouseholdFile(root_key=data.root_key, certificate=cert, crl=data.crl,
                               group_key=data.group_key, group_epoch=data.group_epoch,
                               peers=[data.certificate, *data.peers]))  # fmt: skip
     return home
+
+
+def chat_on(config: Path, packs: Path, prompt: str, max_tokens: int) -> str:
+    """`hearth chat` on the device of ``config`` (its running agent's local socket: its own engine)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+    env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    args = [str(AGENT_PYTHON), "-m", "edge_agent", "chat", prompt, "--max-tokens", str(max_tokens),
+            "--temperature", "0", "-c", str(config)]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def run_agent(home: Path, config: Path, packs: Path, log: Path) -> subprocess.Popen[str]:

@@ -4,13 +4,20 @@ the same request, token for token, and says which device served it."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
+from edge_agent.mesh.state import HouseholdState
 from homeassistant.components import conversation
+from homeassistant.components.conversation.chat_log import ChatLog, async_get_chat_log
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.helpers import entity_registry as er
+from homeassistant.helpers.chat_session import async_get_chat_session
 
 from custom_components.hearth.const import DOMAIN
 
-from .conftest import Hub
+from .conftest import REPO, Hub, _stop, add_member, chat_on, run_agent
 from .test_config_flow import _paired_entry
 from .test_devices import until
 
@@ -94,3 +101,69 @@ async def test_a_correction_made_in_home_assistant_is_what_the_hub_answers(
         ask = {"text": f"{text} Good night.", "source": "en", "target": "pt"}
         response = await call(DOMAIN, "translate", ask, blocking=True, return_response=True)
         assert response is not None and response["translation"].startswith(fixed)
+
+
+LONG_PROMPT = "Count from one to forty in words, separated by commas."
+
+
+async def test_the_answer_survives_the_serving_device_dying_mid_answer(
+    hass: HomeAssistant, hub: Hub, tmp_path: Path
+) -> None:
+    """Two devices run the same chat pack. The one answering is killed (SIGKILL) as the first words
+    reach Home Assistant's chat log; the mesh fails over and the other finishes the answer, which is
+    then exactly what the survivor alone answers (greedy decoding, resumed token for token)."""
+    entry = await _paired_entry(hass, hub)
+    runtime = entry.runtime_data
+    home = tmp_path / "hub2"
+    await hass.async_add_executor_job(
+        lambda: add_member(hub, home, "hub-2", serves=["generate"], device_class="hub", profile="hub")
+    )
+    config = home / "hub2.toml"
+    config.write_text(
+        f'[agent]\nname = "hub-2"\nprofile = "hub"\n[mesh]\nenabled = true\nbroker = "{hub.broker}"\n'
+        f'state_dir = "{home}"\npresence_interval_s = 1.0\n[updates]\nenabled = false\n'
+    )
+    packs = Path(os.environ.get("HEARTH_HOME", str(REPO / ".hearth")))
+    second_id = await hass.async_add_executor_job(lambda: HouseholdState(home).load().certificate.device_id)
+    with hub.run() as first:
+        second = run_agent(home, config, packs, tmp_path / "hub2.log")
+        try:
+            hub_id = await hass.async_add_executor_job(
+                lambda: HouseholdState(hub.home / "state").load().certificate.device_id
+            )
+            processes = {hub_id: first, second_id: second}
+
+            def both_offer_chat() -> bool:
+                return all((p := runtime.peer(d)) is not None and p.offer("generate") for d in processes)
+
+            await until(hass, entry, both_offer_chat, timeout=180)
+            entity_id = er.async_get(hass).async_get_entity_id(
+                "conversation", DOMAIN, f"{entry.entry_id}-conversation"
+            )
+            killed: list[str] = []
+
+            def on_delta(chat_log: ChatLog, delta: dict[str, Any]) -> None:
+                if delta.get("content") and not killed:
+                    [victim] = runtime.member.endpoint.streaming_from()
+                    processes[victim].kill()  # no goodbye: the broker's last will says it left
+                    killed.append(victim)
+
+            with (
+                async_get_chat_session(hass, None) as session,
+                async_get_chat_log(hass, session, None, chat_log_delta_listener=on_delta),
+            ):
+                result = await conversation.async_converse(
+                    hass, LONG_PROMPT, session.conversation_id, Context(), agent_id=entity_id
+                )
+            [victim] = killed
+            survivor = next(d for d in processes if d != victim)
+            speech = result.response.speech["plain"]
+            names = {hub_id: "hub", second_id: "hub-2"}
+            assert speech["extra_data"] == {"served_by": names[survivor], "failovers": 1}
+            survivor_config = hub.config if survivor == hub_id else config
+            own = await hass.async_add_executor_job(
+                lambda: chat_on(survivor_config, packs, LONG_PROMPT, max_tokens=256)
+            )
+            assert speech["speech"].strip() == own.strip()
+        finally:
+            _stop(second)

@@ -166,6 +166,9 @@ class MeshEndpoint:
         )
         self.connected = asyncio.Event()
         self.peers_changed = asyncio.Event()
+        self.link_changed = asyncio.Event()
+        """Set when the broker connection comes up or goes down (watchers of reachability: not the
+        router, which waits for peers themselves to come back)."""
         self.link = 0
         """Connection number within this session (see protocol.Departure)."""
         self._features: dict[type[BaseModel], FeatureHandler] = {}
@@ -287,6 +290,18 @@ class MeshEndpoint:
             return False
         return True
 
+    async def wait_changed(self, timeout: float) -> bool:
+        """Until a peer changes or the broker connection goes up or down (or ``timeout``)."""
+        self.peers_changed.clear()
+        self.link_changed.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.peers_changed, self.link_changed)]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        return bool(done)
+
     async def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Re-check ``condition`` on every peer-table change until it holds or ``timeout`` passes."""
         end = time.monotonic() + timeout
@@ -323,7 +338,7 @@ class MeshEndpoint:
                 async with transport:
                     self.node.transport = transport
                     self.connected.set()
-                    self.peers_changed.set()  # what this device can reach changed
+                    self.link_changed.set()
                     delay = 0.1
                     if not was_up:
                         log.info("mesh link up again")
@@ -343,7 +358,7 @@ class MeshEndpoint:
                 was_up = False
             finally:
                 self.connected.clear()
-                self.peers_changed.set()
+                self.link_changed.set()
                 if self.node.transport is transport:
                     self.node.transport = None
             # Whatever we were waiting for over this link will not come: fail over now.

@@ -63,5 +63,9 @@ class MeshSettings(BaseModel):
 def broker_host_port(url: str) -> tuple[str, int]:
     """Host and port of an ``mqtt://`` or ``mqtts://`` broker URL (default ports 1883 and 8883)."""
     rest = url.split("://", 1)[1].rstrip("/")
-    host, _, port = rest.partition(":")
+    if rest.startswith("["):  # an IPv6 literal: mqtt://[fd00::1]:1883
+        host, _, port = rest[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = rest.partition(":")
     return host, int(port) if port else (8883 if url.startswith("mqtts") else 1883)

@@ -3,7 +3,6 @@ that turns the mesh's peer changes into one dispatcher signal for the entities."
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -76,8 +75,7 @@ class HearthRuntime:
             self._remove_revoked(hass, entry)
             self._raise_repairs(hass, entry)
             async_dispatcher_send(hass, signal_updated(entry.entry_id))
-            with contextlib.suppress(TimeoutError):
-                await endpoint.wait_peers_changed(30.0)
+            await endpoint.wait_changed(30.0)
 
     def _log_reachability(self, entry: ConfigEntry) -> None:
         if self.connected == self.reachable:

@@ -13,7 +13,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError
 from edge_agent.mesh.settings import MeshLimits, MeshSettings, broker_host_port
@@ -89,6 +98,10 @@ class MeshSection(_Section):
     """Mesh payloads are padded to size buckets of this many bytes; 1 turns padding off."""
     limits: MeshLimits = Field(default_factory=MeshLimits)
     """What a peer can make this device hold or do (`[mesh.limits]`; see edge_agent/mesh/settings.py)."""
+    advertise: Literal["auto", "on", "off"] = "auto"
+    """Advertise the household on the LAN over zeroconf (mDNS `_hearth._tcp`) so Home Assistant offers
+    to join it: "auto" on hub-class devices only, "on" on this device whatever its class, "off" never.
+    Anyone on the LAN then sees the household id, this device's name and the broker's address."""
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -184,6 +197,93 @@ class UpdatesSection(_Section):
     asks for it here. Approval never skips verification."""
 
 
+class HomeAssistantSection(_Section):
+    """Home Assistant, seen from this agent. The bridge (`hearth ha say`, `Hearth.ask_home_assistant`;
+    needs the `ha` extra) hands typed or spoken commands to Home Assistant's Assist."""
+
+    url: str | None = None
+    """Home Assistant's address, e.g. http://homeassistant.local:8123 (its REST API is <url>/api)."""
+    token_file: Path | None = None
+    """File holding a long-lived access token (Home Assistant: profile → Security); preferred over
+    `token`, which sits in the config file. Either may come from HEARTH_HOME_ASSISTANT__TOKEN_FILE /
+    HEARTH_HOME_ASSISTANT__TOKEN. The token is never logged or printed."""
+    token: SecretStr | None = None
+    language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+    """Language of the commands (e.g. en, pt-PT); default: Home Assistant's own."""
+    agent_id: str | None = Field(default=None, min_length=1, max_length=255)
+    """Conversation agent to use (e.g. conversation.home_assistant); default: Home Assistant's default."""
+    verify_tls: bool = True
+    """Verify an https:// url's certificate (turn off only for a self-signed certificate on the LAN)."""
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+    """How long one command may take (an LLM conversation agent can be slow)."""
+
+    # MQTT discovery (edge_agent/ha_discovery): this agent appears in Home Assistant as a device with
+    # sensors, through HA's own MQTT integration. Off by default: discovery documents and states are
+    # plaintext on the broker (the mesh itself is end-to-end encrypted), so only turn it on where
+    # whoever can read the broker may see this device's name, model and load.
+    mqtt_discovery: bool = False
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix (its MQTT integration's setting; rarely changed)."""
+    mqtt_broker: str | None = Field(default=None, pattern=BROKER_URL)
+    """Broker Home Assistant listens to; default the [mesh] broker, with [mesh]'s TLS and credentials."""
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls_ca: Path | None = None
+    """CA of an mqtts:// mqtt_broker's certificate; default the system's trusted CAs."""
+    state_interval_s: float | None = Field(default=None, gt=0, le=3600)
+    """How often the state is checked (sent only when changed, or every heartbeat_s); default the
+    [mesh] presence interval."""
+    heartbeat_s: float = Field(default=300.0, ge=1, le=86400)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value.strip())
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc}): {value!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                f"must be an http:// or https:// URL of Home Assistant, e.g. "
+                f"http://homeassistant.local:8123 (got {value!r})"
+            )
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> HomeAssistantSection:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        return self
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[a-zA-Z0-9_-]+(/[a-zA-Z0-9_-]+)*", value):
+            raise ValueError(
+                f"must be MQTT topic levels of letters, digits, _ and - separated by /, without "
+                f"wildcards or a leading or trailing / (Home Assistant's default: homeassistant); "
+                f"got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _discovery_credentials_need_a_broker(self) -> HomeAssistantSection:
+        own = [n for n in ("mqtt_username", "mqtt_password", "mqtt_tls_ca") if getattr(self, n) is not None]
+        if own and self.mqtt_broker is None:
+            raise ValueError(
+                f"{', '.join(own)} only apply with mqtt_broker; on the [mesh] broker, discovery uses "
+                "[mesh]'s credentials and TLS"
+            )
+        return self
+
+
 class AgentConfig(_Section):
     agent: AgentSection = Field(default_factory=AgentSection)
     engines: EnginesSection = Field(default_factory=EnginesSection)
@@ -192,6 +292,7 @@ class AgentConfig(_Section):
     routing: RoutingSection = Field(default_factory=RoutingSection)
     translate: TranslateSection = Field(default_factory=TranslateSection)
     updates: UpdatesSection = Field(default_factory=UpdatesSection)
+    home_assistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
     demo: DemoSection = Field(default_factory=DemoSection)
 
 

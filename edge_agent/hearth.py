@@ -43,6 +43,9 @@ from edge_agent.router import RoutedStream, Router
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
+    from edge_agent.discovery.advertiser import HouseholdAdvertiser
+    from edge_agent.ha_bridge import BridgeReply
+    from edge_agent.ha_discovery import DiscoveryPublisher
     from edge_agent.mesh.corrections import Correction
     from edge_agent.mesh.protocol import UpdateStatus
     from edge_agent.updater import UpdateOutcome
@@ -120,6 +123,12 @@ class Hearth:
         self.updater: Any = None
         self._spawned: list[asyncio.Task[Any]] = []
         """Model updates from the household (`Updater`), when on the mesh with [updates] enabled."""
+        self._ha_bridge: Any = None  # opened on first ask_home_assistant, kept for the agent's life
+        self._ha_opening = asyncio.Lock()
+        self.ha_discovery: DiscoveryPublisher | None = None
+        """Home Assistant MQTT discovery ([home_assistant] mqtt_discovery, serving agents only)."""
+        self.advertiser: HouseholdAdvertiser | None = None
+        """The household's zeroconf advert on the LAN ([mesh] advertise; serving agents only)."""
 
     @property
     def socket_path(self) -> Path:
@@ -144,6 +153,14 @@ class Hearth:
                 )
                 await self._stack.enter_async_context(self.service)
                 self.router = self.service.router
+                if self.serve:  # the household's front door on the LAN, for Home Assistant (hubs only)
+                    from edge_agent.discovery.advertiser import HouseholdAdvertiser
+
+                    cert = self.service.certificate
+                    self.advertiser = HouseholdAdvertiser.for_mesh(
+                        self.config.mesh, cert.household_id, cert.name, cert.device_class
+                    )
+                    await self._stack.enter_async_context(self.advertiser)
             self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
             self._stack.callback(self._cancel_spawned)  # runs first: the group then only waits for them
             if self.use_mesh and self.config.updates.enabled:
@@ -161,10 +178,22 @@ class Hearth:
                     self.spawn(self.updater.run_forever(), "model-updates")
             if self.local_socket and self.use_mesh:
                 await self._open_local_socket()
+            if self.serve and self.config.home_assistant.mqtt_discovery:
+                await self._start_ha_discovery()
         except BaseException:
             await self._close()
             raise
         return self
+
+    async def _start_ha_discovery(self) -> None:
+        """Home Assistant MQTT discovery on its own connection (it never holds the agent up); revoked
+        devices' configs are cleared, this device's own too."""
+        from edge_agent.ha_discovery.agent import publisher_for, watch_revocations
+
+        self.ha_discovery = publisher_for(self)
+        await self._stack.enter_async_context(self.ha_discovery)
+        if self.service is not None:
+            self._stack.callback(watch_revocations(self.ha_discovery, self.service.membership))
 
     async def _direct_host(self) -> str | None:
         """Where direct links listen: [updates] direct_address, else the address we reach the broker
@@ -284,6 +313,23 @@ class Hearth:
             result: tuple[TranslateResult, str] = await self.service.translate(request)
             return result
         return await self.router.translate(request)
+
+    # -- Home Assistant --------------------------------------------------------------------------------
+
+    async def ask_home_assistant(self, text: str, conversation_id: str | None = None) -> BridgeReply:
+        """Hand a command (typed, or heard by the voice pipeline) to Home Assistant's Assist and return
+        its answer ([home_assistant]; needs the `ha` extra). The bridge opens on first use and stays
+        open, one HTTP session, until the agent closes; a failed open is retried on the next call."""
+        if self.state is not HearthState.RUNNING:
+            raise RuntimeError(f"this Hearth is {self.state.value}, not running")
+        async with self._ha_opening:
+            if self._ha_bridge is None:
+                from edge_agent.ha_bridge import HomeAssistantBridge
+
+                bridge = HomeAssistantBridge(self.config.home_assistant)
+                self._ha_bridge = await self._stack.enter_async_context(bridge)
+        reply: BridgeReply = await self._ha_bridge.converse(text, conversation_id)
+        return reply
 
     # -- shared corrections ----------------------------------------------------------------------------
 

@@ -11,6 +11,10 @@ import pytest
 from edge_agent.models.store import InstalledPack, PackStore
 
 REPO = Path(__file__).resolve().parent.parent
+# Hubs the tests start (in process or as `hearth` subprocesses) never announce a household on the
+# machine's real LAN, where a developer's Home Assistant would offer to join it; the zeroconf tests
+# set `advertise` in their own configs, inside network namespaces.
+os.environ["HEARTH_MESH__ADVERTISE"] = "off"
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ import sys
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
 from edge_agent.cli import (
     bench,
     broker,
     corrections,
     demo,
+    ha,
     household,
     infer,
     models,
@@ -38,6 +40,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(household.app, name="household")
 app.add_typer(broker.app, name="broker")
 app.add_typer(corrections.app, name="corrections")
+app.add_typer(ha.app, name="ha")
 app.command("pair")(household.pair)
 app.command("peers")(peers.peers)
 app.command("demo")(demo.demo)
@@ -51,11 +54,12 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except HearthError as exc:
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # escaped: messages name config sections and extras in brackets ([home_assistant], hearth-edge[ha])
+        console_err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         sys.exit(exc.exit_code)
     except ValidationError as exc:  # request options out of range, e.g. --temperature 9
         console_err.print(
-            f"[bold red]error:[/] {format_validation_error('invalid request', exc)}", highlight=False
+            f"[bold red]error:[/] {escape(format_validation_error('invalid request', exc))}", highlight=False
         )
         sys.exit(2)
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.connect import member_client, pairing_client
 from edge_agent.errors import ConfigError, HearthError
 from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer
+from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.pairing import MAX_LIFETIME, Invitation, new_session
 from edge_agent.mesh.pairing_link import serve_invitation
 from edge_agent.mesh.state import HouseholdState
@@ -249,6 +250,25 @@ def revoke(
             "(`systemctl reload mosquitto` or SIGHUP) so it refuses new connections with that "
             "device's certificate; restart it to drop a connection it already has."
         )
+    if ctx.config.home_assistant.mqtt_discovery:
+        _clear_from_home_assistant(ctx.config, state, matches[0])
+
+
+def _clear_from_home_assistant(config: AgentConfig, state: HouseholdState, cert: DeviceCertificate) -> None:
+    """Remove the revoked device from Home Assistant now (empty retained discovery config): no agent
+    may be running to do it, and a ghost device would stay there otherwise."""
+    from edge_agent.ha_discovery.agent import clear_revoked
+
+    try:
+        aio.run(clear_revoked(config, state.dir, [cert.device_id]))
+    except (HearthError, TimeoutError, OSError) as exc:  # the revocation itself is done
+        console_err.print(
+            f"[yellow]warning[/]: could not remove '{escape(cert.name)}' from Home Assistant's MQTT "
+            f"discovery ({escape(str(exc) or type(exc).__name__)}); a running agent of this household "
+            "with mqtt_discovery on does it when it sees the new revocation list"
+        )
+        return
+    console_err.print(f"removed '{escape(cert.name)}' from Home Assistant (MQTT discovery)")
 
 
 def _key_card(key: UpdateKey) -> str:

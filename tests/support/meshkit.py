@@ -69,6 +69,7 @@ def config(name: str, port: int, profile: str, coalesce_ms: float = 4.0, **routi
                 "broker": f"mqtt://127.0.0.1:{port}",
                 "presence_interval_s": 1.0,
                 "coalesce_ms": coalesce_ms,
+                "advertise": "off",  # tests never announce households on the machine's real LAN
             },
             "routing": {"stall_timeout_s": 2.0, **routing},
             "engines": {"threads": 1},

@@ -1,0 +1,159 @@
+"""The agent's side of MQTT discovery: which broker, and what a running `Hearth` reports.
+
+Kept apart from the publisher (which knows nothing of the agent's config) so the composition root
+only asks `publisher_for(hearth)`; revocations reach the publisher through the membership's
+``on_revoked`` listeners (see `watch_revocations`).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.connect import tls_context
+from edge_agent.errors import ConfigError
+from edge_agent.ha_discovery.payload import DeviceDescription, DeviceState, object_id_for
+from edge_agent.ha_discovery.publisher import (
+    ClientFactory,
+    DiscoveryPublisher,
+    DiscoverySettings,
+    Snapshot,
+    clear_devices,
+)
+from edge_agent.mesh.household import DeviceCertificate, Membership
+from edge_agent.mesh.settings import broker_host_port
+from edge_agent.mesh.transports.mqtt import MqttClient
+
+if TYPE_CHECKING:
+    from edge_agent.hearth import Hearth
+
+log = logging.getLogger(__name__)
+
+
+def discovery_settings(config: AgentConfig) -> DiscoverySettings:
+    ha = config.home_assistant
+    interval = ha.state_interval_s or config.mesh.presence_interval_s
+    return DiscoverySettings(
+        prefix=ha.discovery_prefix, interval_s=interval, heartbeat_s=max(ha.heartbeat_s, interval)
+    )
+
+
+def client_factory(config: AgentConfig, state_dir: Path, *, on_mesh: bool) -> ClientFactory:
+    """How discovery reaches its broker: ``[home_assistant] mqtt_broker`` with its own credentials, or
+    the household's [mesh] broker with the member's TLS identity and credentials. TLS files are
+    checked here, once, so a bad path is a startup error that names it."""
+    ha, mesh = config.home_assistant, config.mesh
+    if ha.mqtt_broker is not None:
+        url = ha.mqtt_broker
+        tls: ssl.SSLContext | None = None
+        if url.startswith("mqtts"):
+            try:
+                tls = ssl.create_default_context(cafile=str(ha.mqtt_tls_ca) if ha.mqtt_tls_ca else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"[home_assistant] mqtt_tls_ca {ha.mqtt_tls_ca}: {exc}") from None
+        username = ha.mqtt_username
+        password = ha.mqtt_password.get_secret_value() if ha.mqtt_password else None
+    elif on_mesh:
+        url, tls = mesh.broker, tls_context(mesh, state_dir)
+        username, password = mesh.username, mesh.password
+    else:
+        raise ConfigError(
+            "[home_assistant] mqtt_discovery needs a broker: this device is not on a household mesh, "
+            "so set [home_assistant] mqtt_broker (e.g. mqtt://homeassistant.local:1883)"
+        )
+    host, port = broker_host_port(url)
+
+    def connect(client_id: str, will: tuple[str, bytes] | None) -> MqttClient:
+        return MqttClient(host, port, client_id=client_id, username=username, password=password,
+                          tls=tls, will=will, keepalive=30)  # fmt: skip
+
+    return connect
+
+
+def household_hub(membership: Membership, own_id: str) -> DeviceCertificate | None:
+    """The hub other devices hang off in Home Assistant: the household's admin hub (the root's own
+    device), else its first hub-class member; None on the hub itself or when none is known."""
+    hubs = [
+        c
+        for c in membership.certs.values()
+        if c.device_class == "hub" and c.device_id not in membership.revoked
+    ]
+    hubs.sort(key=lambda c: (not c.admin, c.serial))
+    if not hubs or hubs[0].device_id == own_id:
+        return None
+    return hubs[0]
+
+
+def snapshot_of(hearth: Hearth) -> Snapshot:
+    """What the running agent reports, read fresh on every call."""
+    profile = hearth.profile
+
+    def snapshot() -> tuple[DeviceDescription, DeviceState]:
+        free = max(0, int(profile.model_ram_budget_mb - hearth.agent.models.used_mb))
+        service = hearth.service
+        if service is None:
+            desc = DeviceDescription(
+                object_id=object_id_for(None, hearth.config.agent.name),
+                name=hearth.config.agent.name,
+                model=profile.id,
+                device_class=profile.device_class,
+                sw_version=__version__,
+            )
+            state = DeviceState(
+                queue_depth=hearth.router.local_in_flight, requests_served=0, requests_offloaded=0,
+                free_model_ram=free,
+            )  # fmt: skip
+            return desc, state
+        cert: DeviceCertificate = service.certificate
+        hub = household_hub(service.membership, cert.device_id)
+        desc = DeviceDescription(
+            object_id=object_id_for(cert.device_id, cert.name),
+            name=cert.name,
+            model=profile.id,
+            device_class=cert.device_class,
+            sw_version=__version__,
+            serial=cert.device_id,
+            via=object_id_for(hub.device_id, hub.name) if hub is not None else None,
+            on_mesh=True,
+        )
+        state = DeviceState(
+            queue_depth=service.endpoint.queue_depth + service.router.local_in_flight,
+            requests_served=service.endpoint.served,
+            requests_offloaded=service.router.offloaded,
+            free_model_ram=free,
+            speed={task: round(offer.rate, 2) for task, offer in service.offers.items()},
+            mesh="ON" if service.endpoint.connected.is_set() else "OFF",
+        )
+        return desc, state
+
+    return snapshot
+
+
+def publisher_for(hearth: Hearth) -> DiscoveryPublisher:
+    """The discovery publisher of a serving agent (``[home_assistant] mqtt_discovery = true``)."""
+    connect = client_factory(hearth.config, hearth.state_dir, on_mesh=hearth.service is not None)
+    return DiscoveryPublisher(snapshot_of(hearth), connect, discovery_settings(hearth.config))
+
+
+def watch_revocations(publisher: DiscoveryPublisher, membership: Membership) -> Callable[[], None]:
+    """Revoked devices' configs are cleared (this device's own included: it then stays silent).
+    Returns the function that stops watching."""
+
+    def revoked(device_ids: frozenset[str]) -> None:
+        publisher.forget(sorted(device_ids))
+
+    membership.on_revoked.append(revoked)
+    return lambda: membership.on_revoked.remove(revoked)
+
+
+async def clear_revoked(config: AgentConfig, state_dir: Path, device_ids: Iterable[str]) -> None:
+    """`hearth household revoke`: clear the revoked devices' discovery configs right away (no agent
+    may be running to do it). Raises TransportError if the broker cannot be reached."""
+    connect = client_factory(config, state_dir, on_mesh=True)
+    ids = [object_id_for(d, d) for d in device_ids]
+    await clear_devices(connect, ids, config.home_assistant.discovery_prefix)

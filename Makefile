@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help run test test-ha ha-venv packs install install-dev system-deps lint typecheck bench clean lock relock
+.PHONY: help release run test test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs install install-dev system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -49,6 +49,9 @@ relock: | $(VENV)/.toolchain  ## Re-resolve after a pyproject change, keeping ev
 	done
 	$(BIN)/uv pip compile pyproject.toml requirements/ha.in $(subst 3.11,3.13,$(LOCK_FLAGS)) $(UPGRADE) \
 	  -o requirements/ha.txt
+	$(BIN)/uv pip compile pyproject.toml --extra agent --extra ha $(LOCK_FLAGS) $(UPGRADE) -o requirements/ha-bridge.txt
+	$(BIN)/uv pip compile requirements/ha-bridge-tests.in -c requirements/ha-bridge.txt -c requirements/dev.txt \
+	  $(LOCK_FLAGS) $(UPGRADE) -o requirements/ha-bridge-tests.txt
 
 # Home Assistant's test environment: its own Python (3.13.0 from pyenv: HA 2025.4.4 through phcc 0.13.236)
 # and its own pins, with the mesh library installed into it as a user's Home Assistant would have it.
@@ -64,6 +67,20 @@ $(HA_VENV)/.installed: requirements/ha.txt pyproject.toml
 
 ha-venv: $(HA_VENV)/.installed  ## The Home Assistant test venv (Python 3.13.0, HA 2025.4.4, locked)
 
+# The agent -> Home Assistant bridge, `hearth-edge[ha]`: homeassistant-api is GPL-3.0-or-later and its
+# niquests brings urllib3-future, whose wheel takes over the venv's top-level `urllib3`; so it gets its own
+# venv (Python 3.11, as .venv): ha-bridge.txt is exactly what a user installs (agent + ha extras, the
+# agent's pins), ha-bridge-tests.txt adds pytest and the headless-HA fixture's aiohttp.
+BRIDGE_VENV ?= .venv-bridge
+$(BRIDGE_VENV)/.installed: requirements/toolchain.txt requirements/ha-bridge.txt requirements/ha-bridge-tests.txt \
+  pyproject.toml
+	test -x $(BRIDGE_VENV)/bin/python || $(PYTHON) -m venv $(BRIDGE_VENV)
+	$(BRIDGE_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/toolchain.txt
+	$(BRIDGE_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/ha-bridge.txt
+	$(BRIDGE_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/ha-bridge-tests.txt
+	$(BRIDGE_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
 install: $(VENV)/.installed-build  ## Agent + model-build toolchain
 
 install-dev: $(VENV)/.installed-dev  ## Everything the tests and benchmarks need
@@ -75,9 +92,10 @@ run: packs  ## Build packs if needed, then run a hub + fridge-panel mesh: the fr
 	$(BIN)/hearth demo
 
 # Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports),
-# iproute2 + nftables for the two-host tests (network namespaces, packet loss), openssl for TLS certs.
-SYSTEM_PACKAGES := mosquitto iproute2 nftables openssl
-system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftables, openssl), via sudo when not root
+# iproute2 + nftables for the two-host tests (network namespaces, packet loss), openssl for TLS certs,
+# chromium + its driver for the Home Assistant end-to-end test's browser (headless, offline).
+SYSTEM_PACKAGES := mosquitto iproute2 nftables openssl chromium chromium-driver
+system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftables, openssl, chromium), via sudo when not root
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -87,6 +105,8 @@ system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftab
 test: system-deps install-dev packs lint typecheck ha-venv  ## Install everything (system packages too), lint, type-check, test
 	$(BIN)/python -m pytest
 	$(MAKE) test-ha
+	$(MAKE) test-ha-e2e
+	$(MAKE) test-ha-bridge
 
 # The mesh library's own tests again under Home Assistant's pins (pydantic, cryptography, paho-mqtt as
 # HA 2025.4.4 has them): what the custom component imports must work there, not only in our venv.
@@ -97,6 +117,28 @@ test-ha: ha-venv install-dev  ## The Home Assistant component's tests, and the m
 	  $(HA_MESH_TESTS) -k "not command_line"
 	$(HA_VENV)/bin/python -m pytest -p no:cacheprovider -p no:sugar -c integration/pytest.ini \
 	  --rootdir integration integration/tests
+
+# A real headless Home Assistant (offline) with the component, a real Mosquitto, a real hub and fridge panel
+# (`hearth run`), and a real browser (Debian's chromium via Selenium). `make screenshots` keeps the
+# browser's screenshots in docs/screenshots (the README's); otherwise they go to pytest's temp dir.
+E2E := $(HA_VENV)/bin/python -m pytest -p no:cacheprovider -p no:homeassistant -p no:socket -p no:sugar \
+	-c integration/pytest.ini --rootdir integration integration/e2e
+test-ha-e2e: ha-venv install-dev packs system-deps  ## Home Assistant end to end: real hass, agents, broker and browser
+	$(E2E)
+
+screenshots: ha-venv install-dev packs system-deps  ## The end-to-end test, keeping its screenshots in docs/screenshots
+	HEARTH_SCREENSHOTS=$(CURDIR)/docs/screenshots $(E2E)
+
+# The bridge against a real headless Home Assistant (from .venv-ha), then the agent's own mesh, chat and
+# translation tests in the bridge's venv: they must pass with urllib3-future installed (nothing in the
+# agent set imports urllib3; the first line shows which urllib3 that venv imports).
+HA_BRIDGE_AGENT_TESTS := tests/test_mqtt_mesh.py tests/test_translate_mesh.py \
+	tests/test_offload.py::test_fridge_chat_is_served_by_the_hub_and_streamed_back
+test-ha-bridge: $(BRIDGE_VENV)/.installed ha-venv system-deps packs  ## The HA bridge (hearth-edge[ha]) vs a real headless HA; agent tests in its venv
+	@$(BRIDGE_VENV)/bin/python -c 'import urllib3, importlib.metadata as md; \
+	  print("$(BRIDGE_VENV): import urllib3 ->", urllib3.__version__, urllib3.__file__, \
+	        "| urllib3-future", md.version("urllib3-future"))'
+	$(BRIDGE_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_ha_bridge.py $(HA_BRIDGE_AGENT_TESTS)
 
 lint: install-dev  ## ruff lint + format check
 	$(BIN)/ruff check edge_agent tests benchmarks integration
@@ -111,5 +153,9 @@ bench: install-dev packs  ## Run the benchmarks (results in benchmarks/results/)
 	$(BIN)/hearth bench translate
 	$(BIN)/hearth bench translate --pair pt-en
 
+release: install-dev  ## The HACS release asset (dist/hearth.zip, see hacs.json) and the hearth-edge wheel
+	$(BIN)/python integration/scripts/build_release.py --out dist
+	$(PIP) wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
 clean:  ## Remove the venvs and the local pack store
-	rm -rf $(VENV) $(HA_VENV) .hearth
+	rm -rf $(VENV) $(HA_VENV) $(BRIDGE_VENV) .hearth

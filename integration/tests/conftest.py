@@ -169,7 +169,12 @@ def make_hub(home: Path, broker: str) -> Hub:
         pytest.fail(f"the agent's venv is missing ({AGENT_PYTHON}): run `make install-dev` first")
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
-    env |= {"HEARTH_HOME": str(home), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    env |= {
+        "HEARTH_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "250",
+        "HEARTH_MESH__ADVERTISE": "off",
+    }  # never announce test households on the real LAN
     h = Hub(home, broker, env)
     mesh = f'broker = "{broker}"\nstate_dir = "{home / "state"}"\nembedded_broker = false\n'
     h.config.write_text(f'[agent]\nname = "hub"\nprofile = "hub"\n[mesh]\nenabled = true\n{mesh}')
@@ -218,7 +223,12 @@ def add_member(
 def chat_on(config: Path, packs: Path, prompt: str, max_tokens: int) -> str:
     """`hearth chat` on the device of ``config`` (its running agent's local socket: its own engine)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
-    env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    env |= {
+        "HEARTH_HOME": str(packs),
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "250",
+        "HEARTH_MESH__ADVERTISE": "off",
+    }  # never announce test households on the real LAN
     args = [str(AGENT_PYTHON), "-m", "edge_agent", "chat", prompt, "--max-tokens", str(max_tokens),
             "--temperature", "0", "-c", str(config)]  # fmt: skip
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
@@ -229,7 +239,12 @@ def chat_on(config: Path, packs: Path, prompt: str, max_tokens: int) -> str:
 def run_agent(home: Path, config: Path, packs: Path, log: Path) -> subprocess.Popen[str]:
     """`hearth run` for another household device (its own pack store ``packs``); stop it with _stop."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
-    env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    env |= {
+        "HEARTH_HOME": str(packs),
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "250",
+        "HEARTH_MESH__ADVERTISE": "off",
+    }  # never announce test households on the real LAN
     with log.open("w") as out:
         return subprocess.Popen([str(AGENT_PYTHON), "-m", "edge_agent", "run", "-c", str(config)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, text=True, cwd=home)  # fmt: skip

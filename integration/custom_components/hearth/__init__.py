@@ -14,6 +14,7 @@ from pathlib import Path
 from edge_agent.errors import HearthError, IdentityError, NetworkError, NotAMemberError
 from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.member import MeshMember
+from edge_agent.mesh.state import HouseholdState, NotPairedError
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
@@ -48,7 +49,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
     home = state_dir(hass, entry.data[CONF_HOUSEHOLD])
     try:
         member, sync = await hass.async_add_executor_job(_member, home, entry.data[CONF_BROKER])
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotPairedError) as exc:
         raise ConfigEntryAuthFailed(
             translation_domain=DOMAIN,
             translation_key="membership_missing",
@@ -91,6 +92,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
 
 def _member(home: Path, broker: str) -> tuple[MeshMember, CorrectionSync]:
     """This household's member (files: in the executor), keeping the shared corrections too."""
+    if not HouseholdState.exists(home):  # never a fresh identity in its place: that is pairing's job
+        raise FileNotFoundError(home)
     member = MeshMember(home, broker)
     return member, member.share_corrections(home / "corrections.json")
 

@@ -119,12 +119,6 @@ class HearthModelUpdate(HearthEntity, UpdateEntity):
                 translation_key="nothing_to_approve",
                 translation_placeholders={"model": self.model, "device": self.device_entry_name},
             )
-        if version is not None and version != str(status.available):
-            raise HomeAssistantError(
-                translation_domain=DOMAIN,
-                translation_key="only_latest",
-                translation_placeholders={"version": str(status.available)},
-            )
         member = self.runtime.member
         try:
             await member.approve_update(self.device_id, self.model, status.available)

@@ -4,8 +4,10 @@ expires soon (fixed by pairing again) and for a device that refused an update th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from edge_agent.mesh.member import MeshMember
@@ -13,7 +15,7 @@ from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.mesh.state import HouseholdState
 from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
-from homeassistant.core import HomeAssistant
+from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -149,3 +151,39 @@ async def test_a_device_refusing_an_update_raises_a_repair_until_it_reports_a_go
         reported[0] = reported[0].model_copy(update={"state": "current", "detail": ""})
         await fridge.endpoint.publish_presence()
         await until(hass, entry, lambda: ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None)
+
+
+async def test_home_assistant_revoked_by_the_hub_is_asked_to_pair_again(
+    hass: HomeAssistant, hub: Hub
+) -> None:
+    """The hub revokes Home Assistant; the revocation list reaches it in the hub's signed presence: the
+    entry asks to pair again (reauth) instead of carrying on as if it were still a member."""
+    entry = await _paired_entry(hass, hub)
+    own = entry.runtime_data.member.certificate.device_id
+    hub_member = await hass.async_add_executor_job(
+        lambda: MeshMember(hub.home / "state", hub.broker, settings=FAST)
+    )
+    async with hub_member:
+        await until(
+            hass, entry, lambda: state_of(hass, hub_member.certificate.device_id, "connectivity") == "on"
+        )
+        crl = await hass.async_add_executor_job(lambda: HouseholdState(hub.home / "state").revoke([own]))
+        hub_member.membership.apply_revocations(crl)
+        raised = asyncio.Event()  # a reauth flow raises Home Assistant's "reauthenticate" repair issue
+        issue = f"config_entry_reauth_{DOMAIN}_{entry.entry_id}"
+
+        @callback
+        def updated(event: Event[Any]) -> None:
+            if event.data["issue_id"] == issue:
+                raised.set()
+
+        unsubscribe = hass.bus.async_listen(ir.EVENT_REPAIRS_ISSUE_REGISTRY_UPDATED, updated)
+        try:
+            await hub_member.endpoint.publish_presence()
+            async with asyncio.timeout(15):
+                await raised.wait()
+        finally:
+            unsubscribe()
+        flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+        assert [f["context"]["source"] for f in flows] == [SOURCE_REAUTH]
+    assert own in entry.runtime_data.member.membership.revoked

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from edge_agent.config import RoutingSection
+from edge_agent.errors import HearthError
 from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.member import MeshMember
@@ -71,11 +72,25 @@ class HearthRuntime:
         revoked devices leave the device registry (no ghost devices)."""
         endpoint = self.member.endpoint
         while True:
+            if self._lost_membership(hass, entry):
+                return
             self._log_reachability(entry)
             self._remove_revoked(hass, entry)
             self._raise_repairs(hass, entry)
             async_dispatcher_send(hass, signal_updated(entry.entry_id))
             await endpoint.wait_changed(30.0)
+
+    @callback
+    def _lost_membership(self, hass: HomeAssistant, entry: ConfigEntry) -> bool:
+        """Home Assistant's own certificate was revoked (the hub's new CRL reached it) or expired: the
+        household ignores it from now on, so ask the user to pair again (reauth) and stop watching."""
+        try:
+            self.member.check_member()
+        except HearthError as exc:
+            _LOGGER.warning("Home Assistant is no longer a member of the household: %s; pair again", exc)
+            entry.async_start_reauth(hass)
+            return True
+        return False
 
     def _log_reachability(self, entry: ConfigEntry) -> None:
         if self.connected == self.reachable:

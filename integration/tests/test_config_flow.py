@@ -171,3 +171,24 @@ async def test_reconfigure_checks_the_new_broker_address_by_connecting(hass: Hom
     assert result["type"] is FlowResultType.ABORT and result["reason"] == "reconfigure_successful"
     await hass.async_block_till_done()
     assert entry.data[CONF_BROKER] == same and entry.state is ConfigEntryState.LOADED
+
+
+def test_pairing_over_mqtts_is_encrypted_tls_1_3_authenticated_by_the_code() -> None:
+    """The pairing connection is TLS 1.3 without certificate checks: SPAKE2 and the code authenticate
+    the hub end to end, and a new device has no CA to check the broker with yet."""
+    import ssl
+
+    assert config_flow._pairing_tls("mqtt://hub.lan:1883") is None
+    ctx = config_flow._pairing_tls("mqtts://hub.lan:8884")
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.minimum_version is ssl.TLSVersion.TLSv1_3 and ctx.verify_mode is ssl.CERT_NONE
+
+
+async def test_reconfigure_refuses_a_url_that_is_not_a_broker(hass: HomeAssistant, hub: Hub) -> None:
+    entry = await _paired_entry(hass, hub)
+    flow = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
+    )
+    result = await hass.config_entries.flow.async_configure(flow["flow_id"], {CONF_BROKER: "http://hub.lan"})
+    assert result["errors"] == {CONF_BROKER: "invalid_broker"}
+    assert entry.data[CONF_BROKER] == hub.broker

@@ -181,3 +181,26 @@ async def test_mqtt_discovery_of_a_presence_topic_and_of_a_closed_invitation(
         data=info(f"hearth/{household}/presence/{'cd' * 16}", b"\x00sealed"),
     )  # fmt: skip
     assert (again["type"], again["reason"]) == (FlowResultType.ABORT, "already_configured")
+
+
+async def test_mqtt_discovery_without_an_mqtt_broker_in_home_assistant_is_ignored(
+    hass: HomeAssistant,
+) -> None:
+    info = MqttServiceInfo(topic="hearth/pair/open", payload=b"{}", qos=0, retain=True,
+                           subscribed_topic="hearth/pair/open", timestamp=time.time())  # fmt: skip
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_MQTT}, data=info
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "not_hearth")
+
+
+async def test_an_advertised_broker_that_cannot_be_reached_is_not_taken(
+    hass: HomeAssistant, hub: Hub
+) -> None:
+    entry = await _paired_entry(hass, hub)
+    properties = await hass.async_add_executor_job(_advert, hub, "mqtt://127.0.0.1:9")
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_ZEROCONF}, data=_zeroconf(properties)
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    assert entry.data[CONF_BROKER] == hub.broker

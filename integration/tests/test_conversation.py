@@ -43,6 +43,13 @@ async def test_the_household_chat_answers_through_the_hub(hass: HomeAssistant, h
         speech = result.response.speech["plain"]
         assert speech["extra_data"] == {"served_by": "hub", "failovers": 0}
         assert speech["speech"].strip() == hub.chat(PROMPT, max_tokens=256).strip()
+        # A follow-up in the same conversation carries the earlier turns (the chat log's history).
+        again = await conversation.async_converse(
+            hass, "And of Portugal?", result.conversation_id, Context(), agent_id=entity_id
+        )
+        assert again.conversation_id == result.conversation_id
+        assert again.response.speech["plain"]["extra_data"]["served_by"] == "hub"
+        assert again.response.speech["plain"]["speech"].strip()
 
 
 async def test_the_translate_action_answers_with_the_hubs_translation(hass: HomeAssistant, hub: Hub) -> None:

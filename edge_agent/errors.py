@@ -37,6 +37,7 @@ prints it as one line instead of a traceback::
     │   └── UnsafePackError        a file escapes the pack (ONNX external data, symlink, extra file)
     └── EngineError            inference problems
         ├── InvalidRequestError  empty prompt, too long, bad text, batch too large (caller's fault)
+        │   └── InvalidAudioError    not audio, empty, too long, undecodable PCM (names the file or segment)
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
         ├── NoLocalModelError    the plan says this task is offload-only here
         └── GenaiError           onnxruntime-genai reported an error (its own message)
@@ -197,6 +198,10 @@ class InvalidRequestError(EngineError):
     """The request itself is invalid; retrying it unchanged will fail again."""
 
     exit_code = 2
+
+
+class InvalidAudioError(InvalidRequestError):
+    """Audio that cannot be transcribed as given: not audio at all, empty, too long, or malformed PCM."""
 
 
 class BudgetExceededError(EngineError):

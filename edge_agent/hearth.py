@@ -4,7 +4,7 @@
 (`MeshService`: endpoint, router, translation memory, presence) under the lock that makes this process
 the only user of the device's mesh state; a serving agent also opens its owner-only local socket
 (`local_api`), through which CLI commands reach it. Callers (CLI, demo, benchmarks, tests, and later
-HTTP and Wyoming) use only `generate`, `embed`, `translate` and `peers`, whatever runs where.
+HTTP and Wyoming) use only `generate`, `embed`, `translate`, `transcribe` and `peers`, whatever runs where.
 
 Lifecycle: an async context manager with a state enum and one TaskGroup; shutdown is bounded.
 """
@@ -16,7 +16,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -29,6 +29,8 @@ from edge_agent.engines.interfaces import (
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
+    TranscribeRequest,
+    TranscribeResult,
     TranslateRequest,
     TranslateResult,
 )
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from edge_agent.mesh.corrections import Correction
     from edge_agent.mesh.protocol import UpdateStatus
     from edge_agent.updater import UpdateOutcome
+    from edge_agent.voice.pipeline import VoicePipeline
+    from edge_agent.voice.transcript import TranscriptPiece
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,7 @@ class Hearth:
         self.updater: Any = None
         self._spawned: list[asyncio.Task[Any]] = []
         """Model updates from the household (`Updater`), when on the mesh with [updates] enabled."""
+        self._voice: VoicePipeline | None = None
         self._ha_bridge: Any = None  # opened on first ask_home_assistant, kept for the agent's life
         self._ha_opening = asyncio.Lock()
         self.ha_discovery: DiscoveryPublisher | None = None
@@ -313,6 +318,32 @@ class Hearth:
             result: tuple[TranslateResult, str] = await self.service.translate(request)
             return result
         return await self.router.translate(request)
+
+    # -- voice ------------------------------------------------------------------------------------------
+
+    async def transcribe(self, request: TranscribeRequest) -> tuple[TranscribeResult, str]:
+        """One window of speech, transcribed here or by a peer (policy permitting); (result, served by)."""
+        self._runs_here("transcribe")
+        from edge_agent.task_specs import TRANSCRIBE
+
+        return await self.router.call(TRANSCRIBE, request)
+
+    @property
+    def voice(self) -> VoicePipeline:
+        """The speech pipeline on this device's own VAD (the Wyoming server and `hearth listen` use it)."""
+        if self._voice is None:
+            from edge_agent.voice.local_vad import ManagedVad
+            from edge_agent.voice.pipeline import VoicePipeline
+
+            vad = ManagedVad(self.agent.models, self.config.voice)
+            self._voice = VoicePipeline(vad.find_speech, self.transcribe, self.config.voice.language,
+                                        self.config.voice.max_seconds)  # fmt: skip
+        return self._voice
+
+    def transcribe_pcm(self, pcm: bytes, *, language: str = "en") -> AsyncIterator[TranscriptPiece]:
+        """A whole recording (16 kHz mono s16le): VAD here, then each speech window wherever it runs
+        best; pieces in order as they finish (``Transcriber`` for the Wyoming server)."""
+        return self.voice.transcribe_pcm(pcm, language=language)
 
     # -- Home Assistant --------------------------------------------------------------------------------
 

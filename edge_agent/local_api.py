@@ -44,6 +44,8 @@ from edge_agent.engines.interfaces import (
     GenerateChunk,
     GenerateRequest,
     GenerateStats,
+    TranscribeRequest,
+    TranscribeResult,
     TranslateRequest,
     TranslateResult,
 )
@@ -85,6 +87,12 @@ class TranslateCall(_Msg):
     wait_s: float = Field(default=0.0, ge=0, le=30)
 
 
+class TranscribeCall(_Msg):
+    op: Literal["transcribe"] = "transcribe"
+    request: TranscribeRequest
+    wait_s: float = Field(default=0.0, ge=0, le=30)
+
+
 class PeersCall(_Msg):
     op: Literal["peers"] = "peers"
     wait_s: float = Field(default=0.0, ge=0, le=30)
@@ -116,6 +124,7 @@ Call = Annotated[
     GenerateCall
     | EmbedCall
     | TranslateCall
+    | TranscribeCall
     | PeersCall
     | PullCall
     | CorrectCall
@@ -271,8 +280,13 @@ class LocalApiServer:
 
     async def _serve(self, call: Call) -> AsyncIterator[BaseModel]:
         hearth = self.hearth
-        if isinstance(call, GenerateCall | EmbedCall | TranslateCall | PeersCall) and call.wait_s:
+        if (
+            isinstance(call, GenerateCall | EmbedCall | TranslateCall | TranscribeCall | PeersCall)
+            and call.wait_s
+        ):
             task: Task = "embed" if isinstance(call, EmbedCall) else "translate"
+            if isinstance(call, TranscribeCall):
+                task = "transcribe"
             if isinstance(call, GenerateCall | PeersCall):
                 task = "generate"
             await hearth.wait_for_peers(task, call.wait_s)
@@ -290,6 +304,9 @@ class LocalApiServer:
         elif isinstance(call, TranslateCall):
             translated, by = await hearth.translate(call.request)
             yield ResultEvent(result=translated.model_dump(mode="json"), served_by=by)
+        elif isinstance(call, TranscribeCall):
+            heard, by = await hearth.transcribe(call.request)
+            yield ResultEvent(result=heard.model_dump(mode="json"), served_by=by)
         elif isinstance(call, PullCall):
             async for event in self._pull(call):
                 yield event
@@ -413,6 +430,10 @@ class LocalClient:
     async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
         result, by = await self._result(TranslateCall(request=request, wait_s=self.wait_s))
         return TranslateResult.model_validate(result), by
+
+    async def transcribe(self, request: TranscribeRequest) -> tuple[TranscribeResult, str]:
+        result, by = await self._result(TranscribeCall(request=request, wait_s=self.wait_s))
+        return TranscribeResult.model_validate(result), by
 
     async def pull_updates(
         self,

@@ -29,6 +29,9 @@ from edge_agent.engines.interfaces import (
     GenerateChunk,
     GenerateRequest,
     GenerateStats,
+    SpeechSegment,
+    TranscribeRequest,
+    TranscribeResult,
     TranslateRequest,
     TranslateResult,
 )
@@ -202,6 +205,25 @@ async def _bench_translate(run: Runner[TranslateRequest, TranslateResult], varia
     return await bench_batches(run, one, one.model_copy(update={"texts": texts}), len(texts))
 
 
+async def _bench_transcribe(run: Runner[TranscribeRequest, TranscribeResult], variant: str | None) -> Speed:
+    """One window of quiet noise (loads the model), then the same again: Whisper's cost is dominated by
+    the encoder, which reads a full 30 s window whatever the speech, plus a few decoding steps. The rate
+    is milliseconds of speech per second; the latency is one short command's."""
+    import base64
+    import random
+
+    rng = random.Random(7)  # the same "audio" on every device, so their speeds compare
+    pcm = b"".join(rng.randint(-200, 200).to_bytes(2, "little", signed=True) for _ in range(16_000 * 4))
+    request = TranscribeRequest(
+        segments=[SpeechSegment(start_ms=0, pcm=base64.b64encode(pcm).decode("ascii"))], max_tokens=32
+    )
+    await _drain(run(request))
+    t0 = time.perf_counter()
+    await _drain(run(request))
+    elapsed = time.perf_counter() - t0
+    return Speed(request.speech_ms / elapsed, elapsed * 1000)
+
+
 # -- the tasks ------------------------------------------------------------------------------------------
 
 
@@ -263,7 +285,20 @@ TRANSLATE: TaskSpec[TranslateRequest, TranslateResult] = TaskSpec(
     variant_model="translation model",
 )
 
-REGISTRY: dict[Task, TaskSpec[Any, Any]] = {spec.name: spec for spec in (GENERATE, EMBED, TRANSLATE)}
+TRANSCRIBE: TaskSpec[TranscribeRequest, TranscribeResult] = TaskSpec(
+    name="transcribe",
+    request_model=TranscribeRequest,
+    result_model=TranscribeResult,
+    streaming=False,
+    # Milliseconds of speech: the encoder's cost is per window, the decoder's per word, both grow with it.
+    work_units=lambda request: max(1, request.speech_ms),
+    benchmark=_bench_transcribe,
+    validate=TranscribeRequest.validate_audio,
+)
+
+REGISTRY: dict[Task, TaskSpec[Any, Any]] = {
+    spec.name: spec for spec in (GENERATE, EMBED, TRANSLATE, TRANSCRIBE)
+}
 """Every task this version runs, by name. Tasks without a spec are neither routed nor served."""
 
 

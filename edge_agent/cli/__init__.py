@@ -16,6 +16,7 @@ from edge_agent.cli import (
     ha,
     household,
     infer,
+    listen,
     models,
     peers,
     profiles,
@@ -47,6 +48,7 @@ app.command("demo")(demo.demo)
 app.command("chat")(infer.chat)
 app.command("embed")(infer.embed)
 app.command("translate")(translate.translate)
+app.command("listen")(listen.listen)
 app.command("run")(run.run)
 
 

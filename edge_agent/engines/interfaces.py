@@ -174,3 +174,113 @@ class TranslateResult(_Model):
     pair: str
     model: str
     stats: TranslateStats
+
+
+# -- speech -------------------------------------------------------------------------------------------
+
+SAMPLE_RATE = 16_000
+"""Every engine and every wire message carries audio as 16 kHz mono signed 16-bit little-endian PCM."""
+BYTES_PER_SECOND = SAMPLE_RATE * 2
+MAX_REQUEST_SPEECH_S = 12.0
+"""Speech per transcription request. Whisper reads 30 s windows, but a request must fit one mesh frame
+(1 MiB), and frames are padded to a power of two past 4 KiB, so a request's JSON must stay under 512 KiB:
+12 s is 384 kB of PCM, 512 kB in base64. Longer speech is several requests, so a peer dying
+mid-recording loses one window, not the job (tests/test_voice_pipeline.py seals the largest one)."""
+
+
+class SpeechSegment(_Model):
+    """A stretch of speech the VAD found (the silence around it never leaves the device)."""
+
+    start_ms: int = Field(ge=0, le=24 * 3600 * 1000, description="Offset in the original recording.")
+    pcm: str = Field(
+        min_length=4,
+        max_length=int(MAX_REQUEST_SPEECH_S * BYTES_PER_SECOND * 4 / 3) + 4,
+        description="Base64 of 16 kHz mono s16le PCM.",
+    )
+
+    def samples(self, where: str) -> bytes:
+        """The PCM bytes; InvalidAudioError (naming ``where``) if not base64 of whole 16-bit samples."""
+        import base64
+        import binascii
+
+        from edge_agent.errors import InvalidAudioError
+
+        try:
+            raw = base64.b64decode(self.pcm, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidAudioError(f"{where}: pcm is not base64") from None
+        if len(raw) % 2:
+            raise InvalidAudioError(f"{where}: {len(raw)} bytes is not a whole number of 16-bit samples")
+        return raw
+
+    @property
+    def duration_ms(self) -> int:
+        return (len(self.pcm) * 3 // 4) * 1000 // BYTES_PER_SECOND
+
+    @classmethod
+    def from_pcm(cls, start_ms: int, pcm: bytes) -> SpeechSegment:
+        import base64
+
+        return cls(start_ms=start_ms, pcm=base64.b64encode(pcm).decode("ascii"))
+
+
+class TranscribeRequest(_Model):
+    """Transcribe speech segments (in order) as one window: Whisper sees them joined, with short gaps."""
+
+    segments: list[SpeechSegment] = Field(min_length=1, max_length=64)
+    language: str = Field(default="en", pattern=LANGUAGE, description="Spoken language (tiny.en: en).")
+    timestamps: bool = Field(default=False, description="Segment times from Whisper's timestamp tokens.")
+    max_tokens: int = Field(default=224, ge=1, le=224, description="Per 30 s window (Whisper's limit).")
+
+    def validate_audio(self) -> None:
+        """InvalidAudioError for bad PCM or more speech than one request may carry."""
+        total = 0
+        for i, seg in enumerate(self.segments):
+            total += len(seg.samples(f"segment {i}"))
+        if total == 0:
+            from edge_agent.errors import InvalidAudioError
+
+            raise InvalidAudioError("no audio: every segment is empty")
+        if total > MAX_REQUEST_SPEECH_S * BYTES_PER_SECOND:
+            from edge_agent.errors import InvalidAudioError
+
+            raise InvalidAudioError(
+                f"{total / BYTES_PER_SECOND:.1f} s of speech in one request "
+                f"(limit {MAX_REQUEST_SPEECH_S:.0f} s)"
+            )
+
+    @property
+    def speech_ms(self) -> int:
+        return sum(seg.duration_ms for seg in self.segments)
+
+
+class TranscriptSegment(_Model):
+    start_ms: int
+    end_ms: int
+    text: str
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 0.0
+    dropped: str | None = Field(
+        default=None, description="Why the hallucination guards dropped this text (then ``text`` is '')."
+    )
+
+
+class TranscribeStats(_Model):
+    speech_ms: int
+    windows: int
+    tokens: int
+    total_ms: float
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: processing time / audio time (below 1 is faster than real time)."""
+        return self.total_ms / self.speech_ms if self.speech_ms else 0.0
+
+
+class TranscribeResult(_Model):
+    text: str
+    segments: list[TranscriptSegment]
+    language: str
+    model: str
+    stats: TranscribeStats

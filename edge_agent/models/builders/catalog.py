@@ -44,6 +44,9 @@ CATALOG: tuple[BuildSpec, ...] = (
         for pair, fn in (("en-pt", "en_pt"), ("pt-en", "pt_en"))
         for quant in ("fp32", "int8")
     ),
+    BuildSpec("silero-vad", "fp32", "edge_agent.models.builders.silero"),
+    BuildSpec("whisper-tiny-en", "fp32", "edge_agent.models.builders.whisper"),
+    BuildSpec("whisper-tiny-en", "int8", "edge_agent.models.builders.whisper"),
 )
 
 

@@ -50,6 +50,13 @@ def main() -> None:
         long = "The kitchen lights, the oven and the dishwasher were all left on last night. " * 3
         engine.translate_sentences([long] * 32)
         engine.translate_sentences(["Turn off the lights."])
+    elif task in ("transcribe", "vad"):
+        import importlib
+
+        # Each speech engine module knows its own worst case (the longest window a request may carry).
+        module = importlib.import_module(f"edge_agent.engines.{task}")
+        base = _status_kb("VmRSS")
+        module.measure_worst_case(pack_dir, info, threads)
     else:
         raise SystemExit(f"unknown task {task}")
     peak = _status_kb("VmHWM")

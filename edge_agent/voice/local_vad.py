@@ -1,0 +1,51 @@
+"""The VAD on this device's own ModelManager: Silero finds speech before anything is transcribed.
+
+The VAD never runs on a peer: it is what decides which sounds may leave the device at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from edge_agent.config import VoiceSection
+from edge_agent.errors import NoLocalModelError
+from edge_agent.voice.pipeline import Span
+
+if TYPE_CHECKING:
+    from edge_agent.cli.common import Context
+    from edge_agent.engines.manager import ModelManager
+
+
+def manager_for(ctx: Context) -> ModelManager:
+    """A manager of our own, for a CLI command whose transcription goes to the running agent."""
+    from edge_agent.engines.manager import ModelManager
+
+    engines = ctx.config.engines
+    return ModelManager(ctx.store, ctx.profile, ctx.plan, threads=engines.threads,
+                        verify_on_load=engines.verify_on_load)  # fmt: skip
+
+
+class ManagedVad:
+    def __init__(self, models: ModelManager, voice: VoiceSection) -> None:
+        from edge_agent.engines.vad_models import VadParams
+
+        self.models = models
+        self.params = VadParams(
+            threshold=voice.vad_threshold,
+            min_speech_duration_ms=voice.min_speech_ms,
+            min_silence_duration_ms=voice.min_silence_ms,
+            speech_pad_ms=voice.speech_pad_ms,
+        )
+
+    async def find_speech(self, pcm: bytes) -> list[Span]:
+        try:
+            self.models.require_local("vad")
+        except NoLocalModelError as exc:
+            raise NoLocalModelError(
+                f"no voice activity detector on this device ({exc}); build it: "
+                "hearth models build silero-vad (the VAD always runs here, so that silence and "
+                "background sound never leave the device)"
+            ) from None
+        async with self.models.use("vad") as engine:
+            return await asyncio.to_thread(engine.spans_pcm16, pcm, self.params)

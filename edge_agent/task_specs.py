@@ -301,6 +301,10 @@ REGISTRY: dict[Task, TaskSpec[Any, Any]] = {
 }
 """Every task this version runs, by name. Tasks without a spec are neither routed nor served."""
 
+LOCAL_ONLY: frozenset[Task] = frozenset({"vad"})
+"""Tasks with an engine that never cross the mesh: the VAD is what decides which sounds may leave the
+device, so it always runs where the microphone is (edge_agent.voice.local_vad)."""
+
 
 def spec_for(task: Task) -> TaskSpec[Any, Any]:
     spec = REGISTRY.get(task)

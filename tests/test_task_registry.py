@@ -25,15 +25,20 @@ from edge_agent.engines.interfaces import (
     GenerateChunk,
     GenerateRequest,
     GenerateStats,
+    SpeechSegment,
+    TranscribeRequest,
+    TranscribeResult,
+    TranscribeStats,
+    TranscriptSegment,
     TranslateRequest,
     TranslateResult,
     TranslateStats,
 )
-from edge_agent.errors import InvalidRequestError, NoLocalModelError, PeerRefusedError
+from edge_agent.errors import InvalidRequestError, NoLocalModelError, NoRouteError, PeerRefusedError
 from edge_agent.mesh.protocol import Chunk, Offer, Request, decode, encode
 from edge_agent.models.selection import Plan, TaskPlan
 from edge_agent.router import Router
-from edge_agent.task_specs import REGISTRY, Speed, TaskSpec, serve
+from edge_agent.task_specs import LOCAL_ONLY, REGISTRY, Speed, TaskSpec, serve, spec_for
 from edge_agent.tasks import TASKS, Task
 from tests.support.meshsim import household
 
@@ -82,19 +87,41 @@ SAMPLES: dict[str, tuple[BaseModel, list[BaseModel], int]] = {
         ],
         2,
     ),
+    "transcribe": (
+        TranscribeRequest(
+            segments=[
+                SpeechSegment.from_pcm(0, b"\x01\x00" * 8000),
+                SpeechSegment.from_pcm(900, b"\x02\x00" * 1600),
+            ],
+            timestamps=True,
+        ),
+        [
+            TranscribeResult(
+                text=" Lights off.",
+                segments=[TranscriptSegment(start_ms=0, end_ms=600, text=" Lights off.", avg_logprob=-0.2)],
+                language="en",
+                model="m",
+                stats=TranscribeStats(speech_ms=600, windows=1, tokens=4, total_ms=80.0),
+            )
+        ],
+        600,  # milliseconds of speech: 500 + 100
+    ),
 }
 
 
 def test_every_task_with_an_engine_has_a_spec_and_every_spec_an_engine() -> None:
     for task in TASKS:
         has_engine = importlib.util.find_spec(f"edge_agent.engines.{task}") is not None
-        assert has_engine == (task in REGISTRY), task
+        assert has_engine == (task in REGISTRY or task in LOCAL_ONLY), task
+        assert not (task in REGISTRY and task in LOCAL_ONLY), task
     for task, spec in REGISTRY.items():
         assert spec.name == task
         engine = engine_class(task)
         assert issubclass(engine, Engine) and engine.task == task
-    with pytest.raises(NoLocalModelError, match="no local engine for task 'vad' yet"):
-        engine_class("vad")
+    for task in LOCAL_ONLY:  # an engine here, never a route: a peer asking for it is told so
+        assert engine_class(task).task == task
+        with pytest.raises(NoRouteError, match=f"this version cannot run {task} \\(no task spec\\)"):
+            spec_for(task)
 
 
 @pytest.mark.parametrize("task", sorted(REGISTRY))
@@ -157,7 +184,7 @@ async def _bench_shout(run: Any, variant: str | None) -> Speed:
 @pytest.fixture
 def shout(monkeypatch: pytest.MonkeyPatch) -> TaskSpec[Shout, Shouted]:
     spec = TaskSpec(
-        name="vad",  # a task of the vocabulary that has no spec of its own yet
+        name="vad",  # a task of the vocabulary without a spec (local-only): free for a fake one here
         request_model=Shout,
         result_model=Shouted,
         streaming=False,

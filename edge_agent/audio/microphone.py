@@ -14,7 +14,7 @@ from edge_agent.errors import ConfigError
 
 def _sounddevice() -> Any:
     try:
-        import sounddevice  # type: ignore[import-not-found, unused-ignore]
+        import sounddevice
     except ImportError:
         raise ConfigError(
             "--mic needs the mic extra: pip install 'hearth-edge[mic]' (and PortAudio: apt install "

@@ -31,7 +31,7 @@ def _read_source(
     audio: str | None, mic: bool, seconds: float, raw: bool, max_seconds: float
 ) -> tuple[bytes, str]:
     """The recording as 16 kHz mono s16le PCM, and a name for messages."""
-    from edge_agent.audio.decode import from_pcm16, load_audio, to_pcm16
+    from edge_agent.audio.decode import from_pcm16, load_audio
 
     if mic:
         if audio is not None:
@@ -65,7 +65,7 @@ def _read_source(
             f"[yellow]warning:[/] {name} is clipped ({decoded.clipped_fraction:.1%} of samples at full "
             "scale): the transcript may suffer; record with less gain"
         )
-    return to_pcm16(decoded.samples), name
+    return decoded.pcm16(), name
 
 
 def listen(

@@ -6,9 +6,10 @@ The VAD never runs on a peer: it is what decides which sounds may leave the devi
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import VoiceSection
+from edge_agent.engines.base import Engine
 from edge_agent.errors import NoLocalModelError
 from edge_agent.voice.pipeline import Span
 
@@ -48,4 +49,12 @@ class ManagedVad:
                 "background sound never leave the device)"
             ) from None
         async with self.models.use("vad") as engine:
-            return await asyncio.to_thread(engine.spans_pcm16, pcm, self.params)
+            return await asyncio.to_thread(self._spans, engine, pcm)
+
+    def _spans(self, engine: Engine[Any, Any], pcm: bytes) -> list[Span]:
+        from edge_agent.audio.pcm import pcm16_to_float
+        from edge_agent.engines.vad import VadEngine
+
+        assert isinstance(engine, VadEngine), type(engine)
+        found = engine.speech_spans(pcm16_to_float(pcm, "the recording"), self.params)
+        return [(span.start_sample, span.end_sample) for span in found]

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from edge_agent.updater import UpdateOutcome
     from edge_agent.voice.pipeline import VoicePipeline
     from edge_agent.voice.transcript import TranscriptPiece
+    from edge_agent.voice.wyoming_server import WyomingServer
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ class Hearth:
         self._ha_opening = asyncio.Lock()
         self.ha_discovery: DiscoveryPublisher | None = None
         """Home Assistant MQTT discovery ([home_assistant] mqtt_discovery, serving agents only)."""
+        self.wyoming: WyomingServer | None = None
+        """The Wyoming server for Home Assistant Assist ([voice] wyoming; serving agents only)."""
         self.advertiser: HouseholdAdvertiser | None = None
         """The household's zeroconf advert on the LAN ([mesh] advertise; serving agents only)."""
 
@@ -185,6 +188,15 @@ class Hearth:
                 await self._open_local_socket()
             if self.serve and self.config.home_assistant.mqtt_discovery:
                 await self._start_ha_discovery()
+            if self.serve and self.config.voice.wyoming:
+                # Home Assistant Assist's speech-to-text, served by this agent's voice pipeline (VAD
+                # here, Whisper wherever routing sends each window). A taken port is a config error.
+                from edge_agent.voice.wyoming_server import WyomingServer
+
+                self.wyoming = WyomingServer.for_voice(
+                    self.config.voice, self, name=f"Hearth {self.config.agent.name}"
+                )
+                await self._stack.enter_async_context(self.wyoming)
         except BaseException:
             await self._close()
             raise

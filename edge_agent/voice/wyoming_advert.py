@@ -72,13 +72,13 @@ def instance_label(name: str) -> str:
 
 
 def advert_addresses(bound: Sequence[str], lan: Callable[[], list[str]] = lan_addresses) -> list[str]:
-    """Where clients reach the server: the addresses its sockets are bound to, an unspecified one
-    (0.0.0.0, ::) standing for this host's LAN addresses of that family (blocking: interface listing)."""
+    """Where clients reach the server: the addresses its sockets are bound to, an unspecified one standing
+    for this host's LAN addresses: 0.0.0.0 its IPv4 ones, :: (dual-stack) all of them (blocking)."""
     out: list[str] = []
     for host in bound:
         address = ipaddress.ip_address(host.split("%", 1)[0])
         if address.is_unspecified:
-            out += [a for a in lan() if ipaddress.ip_address(a).version == address.version or address.version == 6]
+            out += [a for a in lan() if address.version == 6 or ipaddress.ip_address(a).version == 4]
         else:
             out.append(str(address))
     return list(dict.fromkeys(out))

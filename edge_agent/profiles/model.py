@@ -92,6 +92,11 @@ class FirmwareProfile(_Strict):
         min_length=1, description="Weight formats allowed here, most preferred first."
     )
     serves: list[Task] = Field(default_factory=list, description="Tasks this device may serve for peers.")
+    task_ram_mb: dict[Task, int] = Field(
+        default_factory=dict,
+        description="Most peak RAM one task's pack may take here (MiB), within the model budget: what must "
+        "stay resident beside the others (ASR next to the UI's own speech prompts, say).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FirmwareProfile:
@@ -101,6 +106,12 @@ class FirmwareProfile(_Strict):
             raise ValueError(f"threads ({self.threads}) exceeds cpu.cores ({self.cpu.cores})")
         if len(set(self.quantizations)) != len(self.quantizations):
             raise ValueError("quantizations lists a format twice")
+        over = {t: mb for t, mb in self.task_ram_mb.items() if not 0 < mb <= self.model_ram_budget_mb}
+        if over:
+            raise ValueError(
+                f"task_ram_mb {over} must be positive and within the model budget "
+                f"({self.model_ram_budget_mb} MB = model_ram_share x ram_mb)"
+            )
         return self
 
     @property

@@ -1,13 +1,13 @@
 """Home Assistant 2025.4.4's own `wyoming` integration (its client, wyoming 1.5.4) on Hearth's Wyoming
 server: the config flow a user runs (host and port), the speech-to-text entity it creates, and speech
-through Home Assistant's STT API (HTTP, authenticated) coming back as the server's transcript.
+through Home Assistant's STT API (HTTP, authenticated) coming back as our transcript.
 
-The server is a real `WyomingServer` in the agent's own venv (Home Assistant's has no onnxruntime),
-stopped by its PID. Its transcriber is still the protocol-level stand-in of tests/test_wyoming_server.py
-(it reports the PCM it received; no recognition): the test proves that espeak-ng speech reaches the
-transcriber byte for byte through Home Assistant, and that Home Assistant returns the transcript the
-server sent. Once `hearth run` serves Wyoming ([voice] wyoming = true), the server here becomes the
-hub's, and the transcript the real one.
+The last test is the product end to end: `hearth run` on a fridge panel serving Wyoming, its VAD finding
+the speech, the hub (another `hearth run`) transcribing it over the mesh. The first three pin the
+protocol itself with a real `WyomingServer` (in the agent's venv: Home Assistant's has no onnxruntime)
+whose transcriber reports the PCM it received (tests/test_wyoming_server.py's stand-in): espeak-ng
+speech reaches it byte for byte through Home Assistant, a refused utterance still ends Home Assistant's
+wait, and the zeroconf advert adds the server. Every server process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -231,3 +231,106 @@ async def test_the_zeroconf_advert_offers_the_server_to_home_assistant(
     await hass.async_block_till_done()
     assert await hass.config_entries.async_unload(result["result"].entry_id)
     await hass.async_block_till_done()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _hub_offers_transcription(config: Path, packs: Path) -> bool:
+    """The panel's running agent (asked through its local socket) has heard the hub offer `transcribe`."""
+    if not (config.parent / "agent.sock").exists():  # not up yet: `hearth peers` would take its state
+        return False
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+    env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "HEARTH_MESH__ADVERTISE": "off"}
+    done = subprocess.run([str(AGENT_PYTHON), "-m", "edge_agent", "peers", "--json", "--wait", "0", "-c",
+                           str(config)], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    if done.returncode != 0:
+        return False
+    report = json.loads(done.stdout)
+    return any(o["task"] == "transcribe" for p in report["peers"] for o in p["offers"])
+
+
+async def test_a_panels_wyoming_server_has_the_hub_transcribe(
+    hass: HomeAssistant, hass_client: Any, hub: Any, tmp_path: Path, speech_pcm: bytes
+) -> None:
+    """The real thing: `hearth run` on a fridge panel with [voice] wyoming = true. Its plan cannot hold
+    Whisper, so its VAD finds the speech and the hub (another `hearth run`) transcribes it over the mesh;
+    Home Assistant's own wyoming integration gets the words."""
+    from edge_agent.mesh.state import HouseholdState
+
+    from .conftest import add_member, run_agent
+
+    packs = Path(os.environ.get("HEARTH_HOME", str(REPO / ".hearth")))
+    plan = await hass.async_add_executor_job(
+        lambda: subprocess.run([str(AGENT_PYTHON), "-m", "edge_agent", "models", "plan", "-p", "fridge-panel",
+                                "--json"], env=os.environ | {"HEARTH_HOME": str(packs)}, capture_output=True,
+                               text=True, timeout=60, check=True).stdout  # fmt: skip
+    )
+    assert json.loads(plan)["tasks"]["transcribe"]["mode"] == "offload-only"  # so the hub must do it
+    home = tmp_path / "panel"
+    await hass.async_add_executor_job(
+        lambda: add_member(hub, home, "kitchen-panel", serves=[], device_class="appliance",
+                           profile="fridge-panel")  # fmt: skip
+    )
+    port = _free_port()
+    config = home / "panel.toml"
+    config.write_text(
+        f'[agent]\nname = "kitchen-panel"\nprofile = "fridge-panel"\n[mesh]\nenabled = true\n'
+        f'broker = "{hub.broker}"\nstate_dir = "{home}"\npresence_interval_s = 1.0\n'
+        f"[updates]\nenabled = false\n[voice]\nwyoming = true\nwyoming_port = {port}\n"
+    )
+    assert HouseholdState.exists(home)
+    with hub.run():
+        panel = run_agent(home, config, packs, tmp_path / "panel.log")
+        try:
+            async with asyncio.timeout(180):  # the hub self-benchmarks every task first
+                while not await hass.async_add_executor_job(_hub_offers_transcription, config, packs):
+                    await asyncio.sleep(0.5)  # polling the agent's own answer, not waiting for time
+            flow = await hass.config_entries.flow.async_init(
+                "wyoming", context={"source": config_entries.SOURCE_USER}
+            )
+            result = await hass.config_entries.flow.async_configure(
+                flow["flow_id"], {"host": "127.0.0.1", "port": port}
+            )
+            assert result["type"] is FlowResultType.CREATE_ENTRY, result
+            assert result["title"] == "Hearth kitchen-panel"
+            entry = result["result"]
+            await hass.async_block_till_done()
+            entity_id = er.async_get(hass).async_get_entity_id("stt", "wyoming", f"{entry.entry_id}-stt")
+            assert entity_id is not None
+            client = await hass_client()
+            response = await client.post(
+                f"/api/stt/{entity_id}",
+                data=speech_pcm,
+                headers={"X-Speech-Content": "format=wav; codec=pcm; sample_rate=16000; bit_rate=16; "
+                         "channel=1; language=en"},
+            )  # fmt: skip
+            assert response.status == 200, await response.text()
+            answer = await response.json()
+            assert answer["result"] == "success"
+            # What the hub's own `hearth listen` hears in the same speech: the same VAD, the same Whisper.
+            wav = tmp_path / "lights.wav"
+            with wave.open(str(wav), "wb") as w:
+                w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(speech_pcm)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+            env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "HEARTH_MESH__ADVERTISE": "off"}
+            heard = await hass.async_add_executor_job(
+                lambda: subprocess.run([str(AGENT_PYTHON), "-m", "edge_agent", "listen", str(wav), "--json",
+                                        "-c", str(hub.config)], env=env, capture_output=True, text=True,
+                                       timeout=120, check=True).stdout  # fmt: skip
+            )
+            own = json.loads(heard)
+            assert own["served_by"] == ["hub (local)"]
+            assert answer["text"].strip() == own["text"]
+            words = "".join(c for c in own["text"].lower() if c.isalpha() or c == " ").split()
+            wrong = sum(a != b for a, b in zip(words, SENTENCE.lower().rstrip(".").split(), strict=True))
+            assert wrong <= 1, own  # Whisper tiny hears "turn off my kitchen lights" in this voice
+            assert await hass.config_entries.async_unload(entry.entry_id)
+            await hass.async_block_till_done()
+        finally:
+            _stop(panel)

@@ -251,6 +251,22 @@ def test_json_reply_and_an_assist_error(home: Home, hearth_env: dict[str, str]) 
 
 
 @needs_extra
+def test_a_spoken_command_reaches_assist(home: Home, tmp_path: Path, hearth_env: dict[str, str]) -> None:
+    """`hearth listen --ha`: espeak-ng speech → Silero VAD → Whisper (the real packs) → Assist."""
+    from tests.support import speech
+
+    assert home.state(LIGHT) == "on"  # the tests above turned it on
+    wav = speech.speak("Turn off the kitchen light.", tmp_path / "off.wav", "en-gb", 175)
+    done = hearth("listen", str(wav), "--ha", "--json", "-p", "hub", "--local", env=home.env(hearth_env))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert speech.normalise(report["text"]) == "turn off the kitchen light"
+    assert report["home_assistant"]["response_type"] == "action_done"
+    assert report["home_assistant"]["changed"][LIGHT] == "off"
+    assert home.state(LIGHT) == "off"
+
+
+@needs_extra
 def test_wrong_token_is_named(home: Home, tmp_path: Path, hearth_env: dict[str, str]) -> None:
     wrong = tmp_path / "wrong.token"
     wrong.write_text("eyJhbGciOiJIUzI1NiJ9.e30.not-a-valid-signature\n")

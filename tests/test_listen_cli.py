@@ -22,15 +22,20 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     padded = speech.padded(clean, root / "padded.wav", lead_s=1.0, trail_s=1.0)
     # The same speech as a 44.1 kHz stereo FLAC: decoded, down-mixed and resampled on the way in.
     flac = root / "command.flac"
-    subprocess.run(["sox", str(padded), "-r", "44100", "-c", "2", str(flac)], check=True)
+    subprocess.run(["sox", "-D", "-R", str(padded), "-r", "44100", "-c", "2", str(flac)], check=True)
     silence = root / "silence.wav"
     subprocess.run(
-        ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", "3"], check=True
+        ["sox", "-D", "-R", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", "3"],
+        check=True,
     )
     clipped = root / "clipped.wav"
-    subprocess.run(["sox", str(padded), str(clipped), "gain", "30"], check=True)  # overdriven: clips
+    subprocess.run(
+        ["sox", "-D", "-R", str(padded), str(clipped), "gain", "30"], check=True
+    )  # overdriven: clips
     raw = root / "command.raw"
-    subprocess.run(["sox", str(padded), "-t", "raw", "-e", "signed", "-b", "16", str(raw)], check=True)
+    subprocess.run(
+        ["sox", "-D", "-R", str(padded), "-t", "raw", "-e", "signed", "-b", "16", str(raw)], check=True
+    )
     (root / "notes.txt").write_text("turn off the kitchen lights\n")
     (root / "empty.wav").write_bytes(b"")
     return {"wav": padded, "flac": flac, "silence": silence, "clipped": clipped, "raw": raw,

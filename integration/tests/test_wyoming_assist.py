@@ -117,7 +117,7 @@ def speech_pcm(tmp_path: Path) -> bytes:
     wav = tmp_path / "lights.wav"
     raw = tmp_path / "lights.espeak.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), SENTENCE], check=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
+    subprocess.run(["sox", "-D", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
     with wave.open(str(wav), "rb") as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
         return w.readframes(w.getnframes())
@@ -267,15 +267,23 @@ async def test_a_panels_wyoming_server_has_the_hub_transcribe(
 
     packs = Path(os.environ.get("HEARTH_HOME", str(REPO / ".hearth")))
     plan = await hass.async_add_executor_job(
-        lambda: subprocess.run([str(AGENT_PYTHON), "-m", "edge_agent", "models", "plan", "-p", "fridge-panel",
-                                "--json"], env=os.environ | {"HEARTH_HOME": str(packs)}, capture_output=True,
-                               text=True, timeout=60, check=True).stdout  # fmt: skip
+        lambda: (
+            subprocess.run(
+                [str(AGENT_PYTHON), "-m", "edge_agent", "models", "plan", "-p", "fridge-panel", "--json"],
+                env=os.environ | {"HEARTH_HOME": str(packs)},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        )  # fmt: skip
     )
     assert json.loads(plan)["tasks"]["transcribe"]["mode"] == "offload-only"  # so the hub must do it
     home = tmp_path / "panel"
     await hass.async_add_executor_job(
-        lambda: add_member(hub, home, "kitchen-panel", serves=[], device_class="appliance",
-                           profile="fridge-panel")  # fmt: skip
+        lambda: add_member(
+            hub, home, "kitchen-panel", serves=[], device_class="appliance", profile="fridge-panel"
+        )  # fmt: skip
     )
     port = _free_port()
     config = home / "panel.toml"
@@ -320,9 +328,25 @@ async def test_a_panels_wyoming_server_has_the_hub_transcribe(
             env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
             env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "HEARTH_MESH__ADVERTISE": "off"}
             heard = await hass.async_add_executor_job(
-                lambda: subprocess.run([str(AGENT_PYTHON), "-m", "edge_agent", "listen", str(wav), "--json",
-                                        "-c", str(hub.config)], env=env, capture_output=True, text=True,
-                                       timeout=120, check=True).stdout  # fmt: skip
+                lambda: (
+                    subprocess.run(
+                        [
+                            str(AGENT_PYTHON),
+                            "-m",
+                            "edge_agent",
+                            "listen",
+                            str(wav),
+                            "--json",
+                            "-c",
+                            str(hub.config),
+                        ],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                        check=True,
+                    ).stdout
+                )  # fmt: skip
             )
             own = json.loads(heard)
             assert own["served_by"] == ["hub (local)"]

@@ -1,8 +1,8 @@
 """Speech with a known transcript, for the voice tests and the ASR benchmark.
 
 Real audio, made the same way every time: espeak-ng speaks known sentences (several voices and speeds,
-it is deterministic), sox resamples to 16 kHz mono s16 and mixes in pink noise at a fixed SNR (``-R``:
-sox's repeatable mode, so the "random" noise is the same on every run and every machine).
+it is deterministic), sox resamples to 16 kHz mono s16 and mixes in pink noise at a fixed SNR, always without dither (``-D``)
+and in its repeatable mode (``-R``), so the files are the same bytes on every run and every machine.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def require_tools() -> None:
 
 
 def _run(cmd: list[str]) -> str:
+    if cmd[0] == "sox":  # no dither (random unless -R) and repeatable noise: the same bytes on every run
+        cmd = ["sox", "-D", "-R", *cmd[1:]]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -77,10 +79,10 @@ def duration_s(path: Path) -> float:
 def with_noise(clean: Path, out: Path, snr_db: float) -> Path:
     """``clean`` mixed with pink noise ``snr_db`` below its RMS (repeatable: sox -R)."""
     noise = out.with_suffix(".noise.wav")
-    _run(["sox", "-R", "-n", "-r", "16000", "-c", "1", "-b", "16", str(noise),
+    _run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(noise),
           "synth", f"{duration_s(clean):.4f}", "pinknoise", "vol", "0.5"])  # fmt: skip
     gain = rms(clean) / rms(noise) / (10 ** (snr_db / 20))
-    _run(["sox", "-R", "-m", "-v", "1", str(clean), "-v", f"{gain:.6f}", str(noise), str(out)])
+    _run(["sox", "-m", "-v", "1", str(clean), "-v", f"{gain:.6f}", str(noise), str(out)])
     noise.unlink()
     return out
 

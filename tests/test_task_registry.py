@@ -34,7 +34,7 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
     TranslateStats,
 )
-from edge_agent.errors import InvalidRequestError, NoLocalModelError, NoRouteError, PeerRefusedError
+from edge_agent.errors import InvalidRequestError, NoRouteError, PeerRefusedError
 from edge_agent.mesh.protocol import Chunk, Offer, Request, decode, encode
 from edge_agent.models.selection import Plan, TaskPlan
 from edge_agent.router import Router

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from edge_agent.engines.interfaces import (
     BYTES_PER_SECOND,
     MAX_REQUEST_SPEECH_S,
@@ -19,7 +20,7 @@ from edge_agent.mesh import envelope, protocol
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.settings import MeshLimits
 from edge_agent.task_specs import TRANSCRIBE
-from edge_agent.voice.pipeline import MAX_WINDOW_SAMPLES, VoicePipeline, Span, windows_of
+from edge_agent.voice.pipeline import MAX_WINDOW_SAMPLES, Span, VoicePipeline, windows_of
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
 
 S = SAMPLE_RATE

@@ -241,6 +241,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _hearth(packs: Path, *args: str) -> str:
+    """`hearth ARGS` in the agent's venv (with the real packs); its stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+    env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "HEARTH_MESH__ADVERTISE": "off"}
+    args = (str(AGENT_PYTHON), "-m", "edge_agent", *args)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def _hub_offers_transcription(config: Path, packs: Path) -> bool:
     """The panel's running agent (asked through its local socket) has heard the hub offer `transcribe`."""
     if not (config.parent / "agent.sock").exists():  # not up yet: `hearth peers` would take its state
@@ -266,24 +276,13 @@ async def test_a_panels_wyoming_server_has_the_hub_transcribe(
     from .conftest import add_member, run_agent
 
     packs = Path(os.environ.get("HEARTH_HOME", str(REPO / ".hearth")))
-    plan = await hass.async_add_executor_job(
-        lambda: (
-            subprocess.run(
-                [str(AGENT_PYTHON), "-m", "edge_agent", "models", "plan", "-p", "fridge-panel", "--json"],
-                env=os.environ | {"HEARTH_HOME": str(packs)},
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout
-        )  # fmt: skip
-    )
+    plan = await hass.async_add_executor_job(_hearth, packs, "models", "plan", "-p", "fridge-panel", "--json")
     assert json.loads(plan)["tasks"]["transcribe"]["mode"] == "offload-only"  # so the hub must do it
     home = tmp_path / "panel"
     await hass.async_add_executor_job(
         lambda: add_member(
             hub, home, "kitchen-panel", serves=[], device_class="appliance", profile="fridge-panel"
-        )  # fmt: skip
+        )
     )
     port = _free_port()
     config = home / "panel.toml"
@@ -325,28 +324,8 @@ async def test_a_panels_wyoming_server_has_the_hub_transcribe(
             wav = tmp_path / "lights.wav"
             with wave.open(str(wav), "wb") as w:
                 w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(speech_pcm)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
-            env |= {"HEARTH_HOME": str(packs), "PYTHONPATH": str(REPO), "HEARTH_MESH__ADVERTISE": "off"}
             heard = await hass.async_add_executor_job(
-                lambda: (
-                    subprocess.run(
-                        [
-                            str(AGENT_PYTHON),
-                            "-m",
-                            "edge_agent",
-                            "listen",
-                            str(wav),
-                            "--json",
-                            "-c",
-                            str(hub.config),
-                        ],
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=120,
-                        check=True,
-                    ).stdout
-                )  # fmt: skip
+                _hearth, packs, "listen", str(wav), "--json", "-c", str(hub.config)
             )
             own = json.loads(heard)
             assert own["served_by"] == ["hub (local)"]

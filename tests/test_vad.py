@@ -54,7 +54,7 @@ def engine() -> VadEngine:
     try:
         pack = PackStore().get(PACK)
     except PackNotFoundError:
-        pytest.skip(f"no {PACK} pack: run `hearth models build silero-vad`")
+        pytest.fail(f"no {PACK} pack: run `hearth models build silero-vad` (or make packs)")
     loaded = engine_class("vad").from_pack(pack.path, pack.manifest.task_info, EngineOptions(threads=2))
     assert isinstance(loaded, VadEngine)
     return loaded

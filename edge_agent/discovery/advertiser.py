@@ -2,8 +2,8 @@
 
 `HouseholdAdvertiser` registers ``<name> (<hh[:8]>)._hearth._tcp.local.`` (TXT: see
 `edge_agent.mesh.advertisement`) on the interfaces from which others reach the household's broker, and
-says goodbye (TTL-0 records) when the agent stops. Advertising is a convenience, never a dependency: a
-LAN without multicast, a missing python-zeroconf or a name clash logs one warning and the agent runs on.
+says goodbye (TTL-0 records) when the agent stops (the advert's life is `zeroconf_advert`'s: a failure
+logs one warning and the agent runs on).
 
 Who advertises ([mesh] advertise): "auto" = hub-class devices only (the household's front door; the
 class is the one the household root certified), "on" = this device whatever its class, "off" = never.
@@ -11,18 +11,16 @@ class is the one the household root certified), "on" = this device whatever its 
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.discovery.zeroconf_advert import AdvertiserState, ZeroconfAdvertiser
 from edge_agent.mesh.advertisement import (
     SERVICE_TYPE,
     HouseholdAdvert,
@@ -34,11 +32,10 @@ from edge_agent.mesh.settings import broker_host_port
 from edge_agent.tasks import DeviceClass
 
 if TYPE_CHECKING:
-    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+    from zeroconf.asyncio import AsyncServiceInfo
 
     from edge_agent.config import MeshSection
 
-log = logging.getLogger(__name__)
 
 __all__ = [
     "AdvertSource",
@@ -52,22 +49,8 @@ __all__ = [
 ]
 
 AdvertiseMode = Literal["auto", "on", "off"]
-CLOSE_S = 5.0
-"""Longest the goodbye (three TTL-0 sends, 125 ms apart) and socket teardown may take at shutdown."""
 _ROUTE_PROBE = ("192.0.2.1", 9)
 """TEST-NET-1 (RFC 5737): which local address the default route uses; no packet is ever sent."""
-
-
-class AdvertiserState(enum.Enum):
-    UNOPENED = "unopened"
-    DISABLED = "disabled"
-    """Not this device's job: "off", or "auto" on a device that is not hub class."""
-    STARTING = "starting"
-    """Probing the LAN for the name, then announcing it."""
-    ADVERTISING = "advertising"
-    FAILED = "failed"
-    """Could not advertise (one warning logged); the agent runs on without it."""
-    CLOSED = "closed"
 
 
 class AdvertSource(BaseModel):
@@ -190,9 +173,15 @@ def service_info(source: AdvertSource, view: LanView) -> AsyncServiceInfo:
     )
 
 
-class HouseholdAdvertiser:
-    """An async context manager: advertises while open (registration runs in its task group, so the
-    agent's start never waits for mDNS probing), says goodbye on exit."""
+class HouseholdAdvertiser(ZeroconfAdvertiser):
+    """Advertises the household while open (see `ZeroconfAdvertiser`)."""
+
+    what = "the household"
+    log = logging.getLogger(__name__)
+    task_name = "zeroconf-advertise"
+    # No renaming on a clash ("<name> (<hh>)-2" would break the contract): the same name in the same
+    # household is a second device of that name, and the first one already answers.
+    allow_name_change = False
 
     def __init__(
         self,
@@ -202,18 +191,10 @@ class HouseholdAdvertiser:
         view: Callable[[str], LanView] = lan_view,
         loopback_only: bool = False,
     ) -> None:
+        super().__init__()
         self.source, self.mode, self._view = source, mode, view
         self.loopback_only = loopback_only
         """The broker accepts loopback connections only (the embedded broker): nothing to announce."""
-        self.state = AdvertiserState.UNOPENED
-        self.info: AsyncServiceInfo | None = None
-        """What is advertised, once registered."""
-        self.reason = ""
-        """Why nothing is advertised (DISABLED or FAILED), for logs and diagnostics."""
-        self._zc: AsyncZeroconf | None = None
-        self._group: asyncio.TaskGroup | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._settled = asyncio.Event()
 
     @classmethod
     def for_mesh(cls, mesh: MeshSection, household_id: str, name: str, device_class: DeviceClass) -> Self:
@@ -222,81 +203,20 @@ class HouseholdAdvertiser:
                               broker=mesh.broker)  # fmt: skip
         return cls(source, mesh.advertise, loopback_only=mesh.embedded_broker)
 
-    async def __aenter__(self) -> Self:
-        if self.state is not AdvertiserState.UNOPENED:
-            raise RuntimeError(f"this advertiser is {self.state.value}; make a new one")
+    def _why_not(self) -> tuple[str, int] | None:
         if self.loopback_only and self.mode != "off":
-            self.state = AdvertiserState.DISABLED
-            self.reason = "the embedded broker listens on loopback only: no LAN device could join through it"
-            log.info("not advertising the household over zeroconf: %s", self.reason)
-            self._settled.set()
-            return self
+            return (
+                "the embedded broker listens on loopback only: no LAN device could join through it",
+                logging.INFO,
+            )
         if not should_advertise(self.mode, self.source.device_class):
-            self.state = AdvertiserState.DISABLED
-            self.reason = (
+            return (
                 "[mesh] advertise = off" if self.mode == "off"
-                else f'[mesh] advertise = "auto" (hub class only); this device is {self.source.device_class}'
+                else f'[mesh] advertise = "auto" (hub class only); this device is {self.source.device_class}',
+                logging.DEBUG,
             )  # fmt: skip
-            log.debug("not advertising the household over zeroconf: %s", self.reason)
-            self._settled.set()
-            return self
-        self.state = AdvertiserState.STARTING
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
-        self._task = self._group.create_task(self._advertise(), name="zeroconf-advertise")
-        return self
+        return None
 
-    async def settled(self) -> AdvertiserState:
-        """Wait until advertising has started, failed, or was never to happen; the state then."""
-        await self._settled.wait()
-        return self.state
-
-    async def _advertise(self) -> None:
-        try:
-            view = await asyncio.to_thread(self._view, self.source.broker)
-            info = service_info(self.source, view)
-            from zeroconf.asyncio import AsyncZeroconf
-
-            self._zc = AsyncZeroconf(interfaces=list(view.addresses))
-            # No renaming on a clash ("<name> (<hh>)-2" would break the contract): the same name in the
-            # same household is a second device of that name, and the first one already answers.
-            announced = await self._zc.async_register_service(info, allow_name_change=False)
-            await announced
-        except Exception as exc:  # advertising is best effort: whatever failed, the agent runs on
-            self.state = AdvertiserState.FAILED
-            if isinstance(exc, ImportError):
-                self.reason = "python-zeroconf is not installed (it comes with hearth-edge[agent])"
-            else:
-                self.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning("not advertising the household on the LAN (zeroconf): %s", self.reason)
-            await self._close_zeroconf()
-        else:
-            self.info, self.state = info, AdvertiserState.ADVERTISING
-            log.info("advertising %s on %s (broker %s)", info.name, ", ".join(view.addresses), view.broker)
-        finally:
-            self._settled.set()
-
-    async def _close_zeroconf(self) -> None:
-        """Goodbye (TTL 0) for what was registered, then the sockets; bounded."""
-        zc, self._zc = self._zc, None
-        if zc is None:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_S):
-                await zc.async_close()
-        except (TimeoutError, OSError) as exc:
-            log.warning("zeroconf goodbye incomplete (%s); the advert expires on its own TTL", exc)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.state is AdvertiserState.CLOSED:
-            return
-        if self._group is not None:
-            group, self._group = self._group, None
-            if self._task is not None:
-                self._task.cancel()  # a no-op once registered; mid-probe, it stops there
-            await group.__aexit__(None, None, None)
-        await self._close_zeroconf()
-        self.state = AdvertiserState.CLOSED
-        self._settled.set()
+    def _prepare(self) -> tuple[AsyncServiceInfo, list[str], str]:
+        view = self._view(self.source.broker)
+        return service_info(self.source, view), list(view.addresses), f" (broker {view.broker})"

@@ -11,22 +11,20 @@ bound beyond loopback (on loopback only this host could connect, and it needs no
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
 import logging
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal
 
-from edge_agent.discovery.advertiser import AdvertiserState, lan_addresses
+from edge_agent.discovery.advertiser import lan_addresses
+from edge_agent.discovery.zeroconf_advert import AdvertiserState, ZeroconfAdvertiser
 
 if TYPE_CHECKING:
-    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+    from zeroconf.asyncio import AsyncServiceInfo
 
-log = logging.getLogger(__name__)
 
 __all__ = [
     "SERVICE_TYPE",
@@ -43,8 +41,6 @@ SERVICE_TYPE = "_wyoming._tcp.local."
 WyomingAdvertiseMode = Literal["auto", "on", "off"]
 MAX_INSTANCE_BYTES = 63
 """DNS label limit for the instance part (RFC 6763 §4.1.1)."""
-CLOSE_S = 5.0
-"""Longest the goodbye (three TTL-0 sends, 125 ms apart) and socket teardown may take at shutdown."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -100,9 +96,13 @@ def service_info(name: str, port: int, addresses: Sequence[str]) -> AsyncService
     )
 
 
-class WyomingAdvertiser:
-    """An async context manager: advertises while open (registration runs in its task group, so the
-    server's start never waits for mDNS probing), says goodbye on exit."""
+class WyomingAdvertiser(ZeroconfAdvertiser):
+    """Advertises the Wyoming server while open (see `ZeroconfAdvertiser`)."""
+
+    what = "the Wyoming server"
+    log = logging.getLogger(__name__)
+    task_name = "wyoming-zeroconf"
+    allow_name_change = True  # two households' servers may share a name ("Hearth"): ours becomes "-2"
 
     def __init__(
         self,
@@ -112,79 +112,12 @@ class WyomingAdvertiser:
         *,
         addresses: Callable[[Sequence[str]], list[str]] = advert_addresses,
     ) -> None:
+        super().__init__()
         self.name, self.port, self.bound = name, port, list(bound)
         self._addresses = addresses
-        self.state = AdvertiserState.UNOPENED
-        self.info: AsyncServiceInfo | None = None
-        """What is advertised, once registered (the name may carry a "-2" if another server had ours)."""
-        self.reason = ""
-        """Why nothing is advertised (FAILED), for logs and diagnostics."""
-        self._zc: AsyncZeroconf | None = None
-        self._group: asyncio.TaskGroup | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._settled = asyncio.Event()
 
-    async def __aenter__(self) -> Self:
-        if self.state is not AdvertiserState.UNOPENED:
-            raise RuntimeError(f"this advertiser is {self.state.value}; make a new one")
-        self.state = AdvertiserState.STARTING
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
-        self._task = self._group.create_task(self._advertise(), name="wyoming-zeroconf")
-        return self
-
-    async def settled(self) -> AdvertiserState:
-        """Wait until advertising has started or failed; the state then."""
-        await self._settled.wait()
-        return self.state
-
-    async def _advertise(self) -> None:
-        try:
-            addresses = await asyncio.to_thread(self._addresses, self.bound)
-            if not addresses:
-                raise OSError("this host has no LAN address to advertise (only loopback is up)")
-            info = service_info(self.name, self.port, addresses)
-            from zeroconf.asyncio import AsyncZeroconf
-
-            self._zc = AsyncZeroconf(interfaces=addresses)
-            # Two households' servers may share a name ("Hearth"): python-zeroconf then renames ours.
-            announced = await self._zc.async_register_service(info, allow_name_change=True)
-            await announced
-        except Exception as exc:  # advertising is best effort: whatever failed, the server runs on
-            self.state = AdvertiserState.FAILED
-            if isinstance(exc, ImportError):
-                self.reason = "python-zeroconf is not installed (it comes with hearth-edge[agent])"
-            else:
-                self.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning("not advertising the Wyoming server on the LAN (zeroconf): %s", self.reason)
-            await self._close_zeroconf()
-        else:
-            self.info, self.state = info, AdvertiserState.ADVERTISING
-            log.info("advertising %s on %s, port %d", info.name, ", ".join(addresses), self.port)
-        finally:
-            self._settled.set()
-
-    async def _close_zeroconf(self) -> None:
-        """Goodbye (TTL 0) for what was registered, then the sockets; bounded."""
-        zc, self._zc = self._zc, None
-        if zc is None:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_S):
-                await zc.async_close()
-        except (TimeoutError, OSError) as exc:
-            log.warning("zeroconf goodbye incomplete (%s); the advert expires on its own TTL", exc)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.state is AdvertiserState.CLOSED:
-            return
-        if self._group is not None:
-            group, self._group = self._group, None
-            if self._task is not None:
-                self._task.cancel()  # a no-op once registered; mid-probe, it stops there
-            await group.__aexit__(None, None, None)
-        await self._close_zeroconf()
-        self.state = AdvertiserState.CLOSED
-        self._settled.set()
+    def _prepare(self) -> tuple[AsyncServiceInfo, list[str], str]:
+        addresses = self._addresses(self.bound)
+        if not addresses:
+            raise OSError("this host has no LAN address to advertise (only loopback is up)")
+        return service_info(self.name, self.port, addresses), addresses, f", port {self.port}"

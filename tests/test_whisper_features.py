@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_agent.engines.whisper_features import N_FRAMES, LogMel, mel_filters, pcm16_to_float, window
+from edge_agent.audio.pcm import pcm16_to_float
+from edge_agent.engines.whisper_features import N_FRAMES, LogMel, mel_filters, window
 from tests.support.speech import corpus
 
 # Measured over the 48 corpus clips and the synthetic edge cases below: at most 4.8e-3 from Hugging Face
@@ -85,4 +86,4 @@ def test_long_audio_has_a_frame_per_hop_and_short_windows_are_padded_with_silenc
 
 def test_pcm16_scaling() -> None:
     pcm = np.array([-32768, 0, 16384, 32767], dtype="<i2").tobytes()
-    assert pcm16_to_float(pcm).tolist() == [-1.0, 0.0, 0.5, 32767 / 32768]
+    assert pcm16_to_float(pcm, "pcm").tolist() == [-1.0, 0.0, 0.5, 32767 / 32768]

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edge_agent.audio.pcm import pcm16_to_float
 from edge_agent.engines.base import Engine, EngineOptions
 from edge_agent.engines.interfaces import (
     MAX_REQUEST_SPEECH_S,
@@ -45,7 +46,6 @@ from edge_agent.engines.whisper_features import (
     HOP_LENGTH,
     N_FRAMES,
     LogMel,
-    pcm16_to_float,
     window,
 )
 from edge_agent.errors import InvalidRequestError
@@ -114,7 +114,8 @@ def join_segments(segments: list[SpeechSegment], gap_s: float = GAP_S) -> tuple[
         if i:
             parts.append(gap)
             pos += len(gap)
-        audio = pcm16_to_float(seg.samples(f"segment {i}"))
+        where = f"segment {i}"
+        audio = pcm16_to_float(seg.samples(where), where)
         placed.append(_Placed(pos * 1000 / SAMPLE_RATE, len(audio) * 1000 / SAMPLE_RATE, seg.start_ms))
         parts.append(audio)
         pos += len(audio)

@@ -99,8 +99,3 @@ def window(mel: np.ndarray, seek: int, frames: int = N_FRAMES) -> np.ndarray:
         pad = np.full((mel.shape[0], frames - chunk.shape[1]), floor, dtype=np.float32)
         chunk = np.concatenate([chunk, pad], axis=1)
     return np.ascontiguousarray(chunk[None], dtype=np.float32)
-
-
-def pcm16_to_float(pcm: bytes) -> np.ndarray:
-    """16-bit little-endian PCM as float32 in [-1, 1) (Whisper's scale: / 32768)."""
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768.0)

@@ -144,7 +144,8 @@ class MeshService:
     async def _introduce_client(self) -> None:
         """A one-shot client (no will, no retained advert) sends one presence so peers learn its
         certificate, unless this device's own agent is already advertising it."""
-        await asyncio.sleep(0.2)  # retained adverts arrive right after subscribing
+        if not await self.endpoint.caught_up(5.0):
+            log.debug("the presence board was not read within 5 s; introducing this client anyway")
         if not self.endpoint.own_presence_seen:
             await self.node.announce(encode(self._presence_message()))
 

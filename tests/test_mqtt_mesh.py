@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -13,12 +14,15 @@ import paho.mqtt.publish as paho_publish
 import pytest
 from nacl.signing import SigningKey
 
+from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.household import HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Address, Channel
 from edge_agent.mesh.node import GroupKeys, MeshNode
+from edge_agent.mesh.settings import MeshSettings
 from edge_agent.mesh.transports.mqtt import MqttConnector, MqttTransport
-from tests.support.brokers import RecordingRelay, run_mosquitto
+from tests.support.brokers import RecordingRelay, free_port, run_mosquitto
+from tests.support.meshsim import household as sim_household
 
 CANARY = b"CANARY-9d1c-the-broker-must-not-see-this"
 
@@ -126,3 +130,46 @@ async def test_hostile_frames_are_dropped_and_the_node_keeps_serving(
     assert sum(hub.dropped.values()) == len(hostile)
     assert hub.dropped["MalformedMessageError"] == len(hostile)
     assert "oversized frame" in caplog.text and "truncated frame" in caplog.text
+
+
+@pytest.mark.parametrize("broker_kind", ["memory", "mosquitto", "amqtt"])
+async def test_once_caught_up_a_client_has_read_the_whole_presence_board(
+    broker_kind: str, tmp_path: Path
+) -> None:
+    """What a one-shot client decides by (whether its own agent already advertises this device, who
+    serves what) is on the board when it connects: `caught_up` returns once all of it has been read,
+    on each transport and broker, with no guess of how long retained adverts take to arrive."""
+    async with contextlib.AsyncExitStack() as stack:
+        connect = None
+        if broker_kind != "memory":
+            port = free_port()
+            if broker_kind == "mosquitto":
+                stack.enter_context(run_mosquitto(tmp_path / "broker", port=port))
+            else:
+                embedded = EmbeddedBroker("127.0.0.1", port)
+                await embedded.start()
+                stack.push_async_callback(embedded.stop)
+
+            def connect(household: str, device: str, name: str) -> MqttConnector:
+                return MqttConnector("127.0.0.1", port, household=household, device=device, client_id=name)
+
+        home = await stack.enter_async_context(sim_household(tmp_path, connect))
+        calm = MeshSettings(presence_interval_s=0.5, coalesce_ms=0)  # adverts: not a load test
+        servers = [home.device(f"server-{i}", serves=["generate"], settings=calm) for i in range(5)]
+        fridge = home.device("fridge", settings=calm)
+        for dev in [*servers, fridge]:
+            dev.interval_s = calm.presence_interval_s
+        await home.start(*servers, fridge)
+        if broker_kind == "memory":  # one link per device there: the agent goes, leaving its advert
+            await fridge.endpoint.close(clean=False)
+        for trial in range(3):
+            async with home.client(fridge) as client:
+                assert await client.caught_up(10), trial
+                assert client.own_presence_seen, trial
+                assert {p.device_id for p in client.peers.all()} == {d.id for d in servers}, trial
+        assert fridge.node.dropped == {}  # the agent skipped its clients' markers in the shared inbox
+        (tmp_path / "empty").mkdir()
+        empty = await stack.enter_async_context(sim_household(tmp_path / "empty", connect))
+        async with empty.client(empty.device("lonely")) as alone:  # an empty board
+            assert await alone.caught_up(10)
+            assert not alone.own_presence_seen and not alone.peers.all()

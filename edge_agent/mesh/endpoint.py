@@ -281,6 +281,17 @@ class MeshEndpoint:
         except TimeoutError:
             raise TransportError(f"no connection to the mesh within {timeout:g} s") from None
 
+    async def caught_up(self, timeout: float) -> bool:
+        """True once what the broker held for us when we connected (the presence board's adverts,
+        this device's own included) has been taken in here; False after ``timeout`` (or no link)."""
+        end = time.monotonic() + timeout
+        try:
+            await self.wait_connected(timeout)
+        except TransportError:
+            return False
+        transport = self.node.transport
+        return transport is not None and await transport.caught_up(max(0.0, end - time.monotonic()))
+
     async def wait_peers_changed(self, timeout: float) -> bool:
         self.peers_changed.clear()
         try:

@@ -128,6 +128,12 @@ class Transport(ABC):
         to abandon (the next connection starts a new iterator)."""
 
     @abstractmethod
+    async def caught_up(self, timeout: float) -> bool:
+        """A barrier: True once everything queued for this connection before the call (such as the
+        presence board's adverts, delivered on connecting) has come out of `incoming` and been taken
+        by its reader; False if that takes over ``timeout`` (or the link drops). Needs a reader."""
+
+    @abstractmethod
     async def open(self) -> None:
         """Connect, subscribe, and arm the departure notice. Raises TransportError on failure."""
 

@@ -16,6 +16,7 @@ from nacl.signing import SigningKey
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
+from edge_agent.mesh.interfaces import Connector
 from edge_agent.mesh.node import GroupKeys, MeshNode
 from edge_agent.mesh.protocol import Chunk, DirectContact, Offer, Presence, Request
 from edge_agent.mesh.settings import MeshSettings
@@ -59,12 +60,17 @@ class Device:
         return self.identity.device_id
 
 
+Connect = Callable[[str, str, str], Connector]
+"""(household id, device id, connection name) -> that device's connector; the simulator's by default."""
+
+
 class SimHousehold:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, connect: Connect | None = None) -> None:
         self.tmp = tmp
         self.root = HouseholdRoot(SigningKey.generate())
         self.group = secrets.token_bytes(32)
         self.sim = MeshSimulator(self.root.household_id)
+        self.connect: Connect = connect or (lambda household, device, name: self.sim.connector(device))
         self.devices: dict[str, Device] = {}
         self.certs: list[DeviceCertificate] = []
         self._stack = contextlib.AsyncExitStack()
@@ -93,23 +99,11 @@ class SimHousehold:
             admin=admin,
         )
         self.certs.append(cert)
-        membership = Membership(self.root.key.verify_key)
-        membership.apply_revocations(self.root.crl)
-        for c in self.certs:
-            membership.add_certificate(c)
-        state = self.tmp / name
-        state.mkdir(exist_ok=True, mode=0o700)
-        node = MeshNode(
-            ident,
-            membership,
-            state,
-            group_keys=GroupKeys(self.group, 0, {}),
-            limits=(settings or MeshSettings()).limits,
-        )
+        node = self._node(ident, name, settings)
         dev: Device
         ep = MeshEndpoint(
             node,
-            self.sim.connector(ident.device_id),
+            self.connect(self.root.household_id, ident.device_id, name),
             presence=lambda: presence_of(dev),
             handler=handler if serves else None,
             settings=settings or MeshSettings(presence_interval_s=0.05, coalesce_ms=0),
@@ -122,6 +116,30 @@ class SimHousehold:
         dev = Device(name, ident, cert, node, ep, offered)
         self.devices[name] = dev
         return dev
+
+    def _node(self, ident: DeviceIdentity, name: str, settings: MeshSettings | None) -> MeshNode:
+        membership = Membership(self.root.key.verify_key)
+        membership.apply_revocations(self.root.crl)
+        for c in self.certs:
+            membership.add_certificate(c)
+        state = self.tmp / name
+        state.mkdir(exist_ok=True, mode=0o700)
+        return MeshNode(
+            ident,
+            membership,
+            state,
+            group_keys=GroupKeys(self.group, 0, {}),
+            limits=(settings or MeshSettings()).limits,
+        )
+
+    def client(self, dev: Device) -> MeshEndpoint:
+        """A one-shot client of ``dev``'s device (a `hearth` command on a device whose agent is on the
+        mesh): the same identity, its own connection and state, no presence of its own, serves nothing."""
+        name = f"{dev.name}-client"
+        settings = MeshSettings(presence_interval_s=0.05, coalesce_ms=0)
+        node = self._node(dev.identity, name, None)
+        connector = self.connect(self.root.household_id, dev.id, name)
+        return MeshEndpoint(node, connector, presence=None, settings=settings)
 
     async def start(self, *devices: Device) -> None:
         for dev in devices:
@@ -161,8 +179,8 @@ def presence_of(dev: Device) -> Presence:
 
 
 @contextlib.asynccontextmanager
-async def household(tmp: Path) -> AsyncIterator[SimHousehold]:
-    home = SimHousehold(tmp)
+async def household(tmp: Path, connect: Connect | None = None) -> AsyncIterator[SimHousehold]:
+    home = SimHousehold(tmp, connect)
     try:
         yield home
     finally:

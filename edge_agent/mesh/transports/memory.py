@@ -122,6 +122,7 @@ class MemoryTransport(Transport):
         self.departure_notice = departure_notice
         self.state = TransportState.UNOPENED
         self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._barriers: set[asyncio.Future[bool]] = set()
 
     async def open(self) -> None:
         if self.state is not TransportState.UNOPENED:
@@ -143,6 +144,9 @@ class MemoryTransport(Transport):
         if self.state is not TransportState.CLOSED:
             self.state = TransportState.CLOSED
             self._queue.put_nowait((_CLOSED, why))
+        for barrier in self._barriers:
+            if not barrier.done():
+                barrier.set_result(False)
 
     def _put(self, item: Incoming) -> None:
         if self.state is TransportState.OPEN:
@@ -162,11 +166,28 @@ class MemoryTransport(Transport):
         self.sim.post_announcement(self.device, frame)
         await asyncio.sleep(0)
 
+    async def caught_up(self, timeout: float) -> bool:
+        self._live()
+        barrier: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # behind all so far
+        self._barriers.add(barrier)
+        self._queue.put_nowait(barrier)
+        try:
+            async with asyncio.timeout(timeout):
+                return await barrier
+        except TimeoutError:
+            return False
+        finally:
+            self._barriers.discard(barrier)
+
     async def incoming(self) -> AsyncIterator[Incoming]:
         while True:
             item = await self._queue.get()
             if isinstance(item, tuple) and item[0] is _CLOSED:
                 raise TransportError(f"in-memory link of {self.device[:8]}: {item[1]}")
+            if isinstance(item, asyncio.Future):  # a barrier: what came before it has been taken
+                if not item.done():
+                    item.set_result(True)
+                continue
             assert isinstance(item, Received | Announcement | Vanished)
             yield item
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 from collections.abc import AsyncIterator
 
@@ -33,6 +34,10 @@ from edge_agent.mesh.transports.mqtt.client import MqttClient
 
 log = logging.getLogger(__name__)
 
+_BARRIER = b"\x00hearth-barrier:"
+"""Prefix of the markers `caught_up` sends to its own inbox: never an envelope (those start with "HE"),
+so the device's other connection (its agent, while a one-shot CLI client runs) skips them silently."""
+
 
 class MqttTransport(Transport):
     def __init__(self, client: MqttClient, household: str, device: str) -> None:
@@ -40,7 +45,9 @@ class MqttTransport(Transport):
         self.household, self.device = household, device
         self.state = TransportState.UNOPENED
         self._board = str(Address(household, device, Channel.PRESENCE))
+        self._inbox = str(Address(household, device, Channel.RESPONSES))
         self._clearing: set[asyncio.Task[None]] = set()
+        self._barriers: dict[bytes, asyncio.Future[bool]] = {}
 
     async def open(self) -> None:
         if self.state is not TransportState.UNOPENED:
@@ -59,6 +66,9 @@ class MqttTransport(Transport):
         if self.state is TransportState.CLOSED:
             return
         self.state = TransportState.CLOSED
+        for barrier in self._barriers.values():
+            if not barrier.done():
+                barrier.set_result(False)
         await self.client.__aexit__(None, None, None)
 
     def abort(self) -> None:
@@ -69,6 +79,22 @@ class MqttTransport(Transport):
 
     async def announce(self, frame: bytes) -> None:
         await self.client.publish(self._board, frame, retain=True)
+
+    async def caught_up(self, timeout: float) -> bool:
+        # A marker through the broker to our own inbox. The broker sends a subscriber its messages in
+        # the order it queued them, and it queued our subscriptions' retained frames (on SUBSCRIBE)
+        # before it got this PUBLISH: once the marker comes out of `incoming`, they all have.
+        marker = _BARRIER + secrets.token_bytes(16)
+        barrier: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._barriers[marker] = barrier
+        try:
+            async with asyncio.timeout(timeout):
+                await self.client.publish(self._inbox, marker)
+                return await barrier
+        except (TimeoutError, TransportError):
+            return False
+        finally:
+            del self._barriers[marker]
 
     async def incoming(self) -> AsyncIterator[Incoming]:
         inboxes = {str(a): a for a in (Address(self.household, self.device, c)
@@ -86,6 +112,10 @@ class MqttTransport(Transport):
                 continue
             if address.device != self.device:
                 continue  # not subscribed; a broker bug or a wildcard subscription elsewhere
+            if frame.payload.startswith(_BARRIER) and not frame.retained:
+                if (barrier := self._barriers.get(frame.payload)) is not None and not barrier.done():
+                    barrier.set_result(True)
+                continue
             if frame.retained and frame.payload:
                 self._clear(frame.topic)
             if frame.payload:

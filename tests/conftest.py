@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,18 @@ REPO = Path(__file__).resolve().parent.parent
 # machine's real LAN, where a developer's Home Assistant would offer to join it; the zeroconf tests
 # set `advertise` in their own configs, inside network namespaces.
 os.environ["HEARTH_MESH__ADVERTISE"] = "off"
+
+# Hypothesis in CI (the CI variable set, as `CI=true bash .ci/run`): the same examples on every run, no
+# example database, no deadline, and a failure prints its @reproduce_failure blob, so a red CI replays
+# exactly with `CI=true .venv/bin/python -m pytest <test>`. Elsewhere each run tries new examples. Spelled
+# out rather than left to Hypothesis's own CI detection. (The HA bridge's venv has no hypothesis.)
+with contextlib.suppress(ImportError):
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from edge_agent.engines.interfaces import (
 )
 from edge_agent.engines.manager import ModelManager
 from edge_agent.errors import EngineError
-from edge_agent.models.selection import Plan, plan_for_profile
+from edge_agent.models.host_gate import HostGate, gated_plan
+from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.task_specs import EMBED, GENERATE, TRANSLATE, ItemT, ReqT, TaskSpec
@@ -40,7 +41,8 @@ class Agent:
         self.config = config
         self.profile = profile
         self.store = store
-        self.plan: Plan = plan_for_profile(profile, [p.manifest for p in store.list()])
+        gate = HostGate(store, threads=config.engines.threads or 1) if config.engines.quality_gate else None
+        self.plan: Plan = gated_plan(profile, store.list(), gate)[0]
         self.models = ModelManager(
             store,
             profile,

@@ -58,6 +58,9 @@ class EnginesSection(_Section):
     model budget under 512 MB, else 2048."""
     verify_on_load: bool = True
     """Re-hash pack files before loading (refuses tampered or corrupt files)."""
+    quality_gate: bool = True
+    """Check each quantized pack once on this CPU against its recorded reference answers before
+    planning with it (int8 kernels differ by instruction set); a pack that fails is not used here."""
 
 
 class GenerateSection(_Section):

@@ -62,6 +62,7 @@ class _Api:
         self.generate_next = fn("OgaGenerator_GenerateNextToken", p, p)
         self.next_tokens = fn("OgaGenerator_GetNextTokens", p, p, ctypes.POINTER(_Tokens), ctypes.POINTER(s))
         self.is_done = fn("OgaGenerator_IsDone", b, p)
+        self.rewind_to = fn("OgaGenerator_RewindTo", p, p, s)
         self.create_tokenizer = fn("OgaCreateTokenizer", p, p, _Out)
         self.destroy_tokenizer = fn("OgaDestroyTokenizer", None, p)
         self.eos_ids = fn("OgaTokenizerGetEosTokenIds", p, p, ctypes.POINTER(_Tokens), ctypes.POINTER(s))
@@ -256,3 +257,8 @@ class Generator(_Owned):
 
     def is_done(self) -> bool:
         return bool(_lib().is_done(self.handle))
+
+    def rewind_to(self, length: int) -> None:
+        """Forget every token after the first ``length`` (their KV cache too)."""
+        api = _lib()
+        api.check(api.rewind_to(self.handle, length), f"rewind to {length} tokens")

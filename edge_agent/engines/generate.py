@@ -192,6 +192,20 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
         )
         yield GenerateChunk(index=index, text="", stats=stats)
 
+    def teacher_forced(self, prompt: str, reference: list[int]) -> list[int]:
+        """The greedy choice at every position of ``reference`` when fed the reference so far, for the
+        quality gate: unlike free generation, one early difference does not change every later step."""
+        ids = self.tokenizer.encode(render_chat(self.chat_template, [{"role": "user", "content": prompt}]))
+        max_length = min(len(ids) + len(reference) + 1, self.context_length)
+        chosen: list[int] = []
+        with self._lock, genai_native.Generator(self.model, {"max_length": max_length}) as generator:
+            generator.append_tokens(ids)
+            for k, token in enumerate(reference):
+                chosen.append(generator.generate_next_token())
+                generator.rewind_to(len(ids) + k)
+                generator.append_tokens([token])
+        return chosen
+
     def complete(self, request: GenerateRequest) -> tuple[str, GenerateStats]:
         """Non-streaming convenience: the whole answer and its stats."""
         parts: list[str] = []

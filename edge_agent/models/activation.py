@@ -5,7 +5,8 @@ check, and roll back on failure. Every outcome is a signed install report (Uptan
 Order: the staged files are checked against the verified manifest (no escapes, whole-file digests)
 before anything parses them; then `pack.json` is read and the pack enters the store with the previous
 version kept aside; the health check loads the new pack; only when it passes does the device's highest
-installed sequence move.
+installed sequence move; a quantized pack must also pass its quality reference on this CPU
+(``host_gate``), since the publisher's CPU may compute int8 differently.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from edge_agent.errors import (
     UpdateError,
 )
 from edge_agent.models.health import probe, verdict
+from edge_agent.models.host_gate import HostGate
 from edge_agent.models.pack import MANIFEST_NAME, PackManifest
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.sync.manifest import UpdateManifest
@@ -151,6 +153,13 @@ def activate(
             why = verdict(manifest.health, output)
         except (HearthError, EngineError, RuntimeError, ValueError) as exc:
             why = f"could not run: {exc}"
+    if why is None:
+        # The publisher's CPU is not this one: a quantized pack must also pass its own reference here.
+        try:
+            gated = HostGate(store).check(installed)
+            why = None if gated.passed else gated.reason()
+        except (HearthError, EngineError, RuntimeError, ValueError) as exc:
+            why = f"quality gate could not run: {exc}"
     if why is not None:
         previous = store.restore_previous(manifest.pack_id)
         return report("rolled-back", f"health check failed: {why}", previous)

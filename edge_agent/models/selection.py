@@ -6,7 +6,8 @@ The rules, in order, for every task:
    then its one format is judged on the other rules, as the fp32-only Silero VAD is);
 2. every ISA feature the pack needs must be present on the CPU;
 3. one of the pack's execution providers must be allowed by the profile;
-4. its measured peak RAM must fit the profile's model RAM budget.
+4. its measured peak RAM must fit the profile's model RAM budget;
+5. it must not have failed its quality gate on this host (``host_gate``: int8 kernels differ by CPU).
 
 Among the packs that pass, the profile's quantization preference decides (then the smaller footprint).
 When packs exist for a task but none passes, the task is *offload only*: the router sends it to a peer.
@@ -17,7 +18,7 @@ A plan is keyed by *slot*: the task, or for translation the task and its languag
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -87,7 +88,11 @@ class Plan:
                       if tp.task == task and tp.pair and (mode is None or tp.mode == mode))  # fmt: skip
 
 
-def _rejection(profile: FirmwareProfile, pack: PackManifest, only_format: bool = False) -> str | None:
+def _rejection(
+    profile: FirmwareProfile, pack: PackManifest, only_format: bool = False, failed: str | None = None
+) -> str | None:
+    if failed is not None:
+        return failed
     q = pack.variant.quantization
     if q not in profile.quantizations and not only_format:
         return f"{q} is not allowed on {profile.id} (allows {', '.join(profile.quantizations)})"
@@ -112,7 +117,11 @@ def _rejection(profile: FirmwareProfile, pack: PackManifest, only_format: bool =
 
 
 def plan_task(
-    profile: FirmwareProfile, task: Task, packs: Iterable[PackManifest], pair: str | None = None
+    profile: FirmwareProfile,
+    task: Task,
+    packs: Iterable[PackManifest],
+    pair: str | None = None,
+    failed: Mapping[str, str] | None = None,
 ) -> TaskPlan:
     slot = slot_of(task, pair)
     candidates = [p for p in packs if pack_slot(p) == slot]
@@ -124,7 +133,7 @@ def plan_task(
     # the format list steers the choice between variants, it should not take a whole task away.
     only_format = not any(p.variant.quantization in profile.quantizations for p in candidates)
     for pack in sorted(candidates, key=lambda p: p.pack_id):
-        why = _rejection(profile, pack, only_format)
+        why = _rejection(profile, pack, only_format, (failed or {}).get(pack.pack_id))
         if why is None:
             fitting.append(pack)
         else:
@@ -147,12 +156,15 @@ def plan_task(
     return TaskPlan(task, "local", best, why_best, tuple(rejected) + others, slot)
 
 
-def plan_for_profile(profile: FirmwareProfile, packs: Iterable[PackManifest]) -> Plan:
-    """Decide, for each task that has packs, what this device runs locally or offloads."""
+def plan_for_profile(
+    profile: FirmwareProfile, packs: Iterable[PackManifest], failed: Mapping[str, str] | None = None
+) -> Plan:
+    """Decide, for each task that has packs, what this device runs locally or offloads. ``failed`` maps
+    pack ids this host must not use to why (their quality gate failed here: ``host_gate``)."""
     pack_list = list(packs)
     slots = sorted({pack_slot(p) for p in pack_list}, key=lambda s: (TASKS.index(s.split(":")[0]), s))
     tasks = {}
     for slot in slots:
         task, _, pair = slot.partition(":")
-        tasks[slot] = plan_task(profile, task, pack_list, pair or None)  # type: ignore[arg-type]
+        tasks[slot] = plan_task(profile, task, pack_list, pair or None, failed)  # type: ignore[arg-type]
     return Plan(profile.id, profile.model_ram_budget_mb, tasks)

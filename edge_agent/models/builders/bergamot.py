@@ -62,8 +62,9 @@ def source_dir(pair: str) -> Path:
 def _quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # 7-bit weights: u8 x s8 pairs cannot saturate a 16-bit lane on x86 without VNNI (quality.py).
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                     op_types_to_quantize=["MatMul"])  # fmt: skip
+                     reduce_range=True, op_types_to_quantize=["MatMul"])  # fmt: skip
 
 
 def build_direction(
@@ -126,6 +127,9 @@ def build_direction(
         "shortlist_best": shortlist.best_num,
         "max_source_tokens": 256,
     }
+    if quant != "fp32":
+        progress("checking the int8 pack against the float graphs (quality reference)")
+        _record_quality(out, graphs, task_info)
     progress("measuring peak RAM")
     peak = measure_peak_ram_mb("translate", out, task_info)
     manifest = write_manifest(
@@ -150,6 +154,52 @@ def build_direction(
         peak_ram_mb=peak,
     )
     return out, manifest
+
+
+QUALITY_SENTENCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "en-pt": (
+        ("short", "Stop."),
+        ("command", "Turn off the kitchen lights."),
+        ("numbers", "The dishwasher finished at 14:32 and used 1.2 kWh."),
+        ("question", "Is the fridge door still open, or did somebody close it?"),
+        ("long", "The kitchen lights, the oven and the dishwasher were all left on last night, "
+                 "so please check them before you leave the house in the morning."),
+    ),
+    "pt-en": (
+        ("short", "Pare."),
+        ("command", "Desliga as luzes da cozinha."),
+        ("numbers", "A máquina de lavar louça terminou às 14:32 e gastou 1,2 kWh."),
+        ("question", "A porta do frigorífico ainda está aberta, ou alguém a fechou?"),
+        ("long", "As luzes da cozinha, o forno e a máquina de lavar ficaram ligados ontem à noite, "
+                 "por isso verifique-os antes de sair de casa de manhã."),
+    ),
+}  # fmt: skip
+
+
+def _record_quality(out: Path, graphs: dict[str, Any], task_info: dict[str, Any]) -> None:
+    """Sentences that are hard in different ways, with the float graphs' translations."""
+    import onnx
+
+    from edge_agent.engines.translate import TranslateEngine
+    from edge_agent.models.builders.quality_reference import record
+    from edge_agent.models.quality import QualityCase
+
+    float_dir = out.parent / f".{out.name}-float"
+    shutil.rmtree(float_dir, ignore_errors=True)
+    float_dir.mkdir()
+    try:
+        for f in out.iterdir():
+            if f.is_file() and f.name not in graphs:
+                (float_dir / f.name).symlink_to(f.resolve())
+        for fname, graph in graphs.items():
+            onnx.save(graph, str(float_dir / fname))
+        sentences = QUALITY_SENTENCES[str(task_info["pair"])]
+        texts, _ = TranslateEngine(float_dir, task_info, 2).translate_sentences([t for _, t in sentences])
+    finally:
+        shutil.rmtree(float_dir, ignore_errors=True)
+    cases = [QualityCase(name=n, text=t, expect_text=e) for (n, t), e in zip(sentences, texts, strict=True)]
+    record(out_dir=out, task="translate", task_info=task_info, metric="chrf", cases=cases,
+           allowance=15.0, cap=60.0, reference="the float graphs (source weights dequantized)")  # fmt: skip
 
 
 def _version() -> str:

@@ -105,6 +105,7 @@ def _quantize_int8(raw: Path, dst: Path) -> None:
         str(dst),
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=True,  # 7-bit weights: exact on every ISA (see edge_agent/models/quality.py)
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     src.unlink()
@@ -143,6 +144,9 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         "pooling": "mean",
         "normalized": True,
     }
+    if quant != "fp32":
+        progress("checking the int8 pack against the float graph (quality reference)")
+        _record_quality(out, raw, task_info)
     progress("measuring peak RAM")
     peak = measure_peak_ram_mb("embed", out, task_info)
     contrib = (
@@ -168,3 +172,36 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         peak_ram_mb=peak,
     )
     return out, manifest
+
+
+QUALITY_TEXTS: tuple[tuple[str, str], ...] = (
+    ("short", "Lights off."),
+    ("command", "Turn off the kitchen lights."),
+    ("numbers", "Set the thermostat to 21.5 degrees at 06:45 on weekdays."),
+    ("portuguese", "Desliga as luzes da cozinha, por favor."),
+    ("long", "The fridge door has been open for five minutes, the freezer is warming up, and the "
+             "dishwasher finished its cycle an hour ago. " * 6),
+)  # fmt: skip
+
+
+def _record_quality(out: Path, raw: Path, task_info: dict[str, Any]) -> None:
+    """Short, long and non-English texts with the float graph's embeddings."""
+    from edge_agent.engines.embed import EmbedEngine
+    from edge_agent.models.builders.quality_reference import record
+    from edge_agent.models.quality import QualityCase
+
+    float_dir = out.parent / f".{out.name}-float"
+    shutil.rmtree(float_dir, ignore_errors=True)
+    float_dir.mkdir()
+    try:
+        (float_dir / "model.onnx").symlink_to(raw.resolve())
+        shutil.copyfile(out / "tokenizer.json", float_dir / "tokenizer.json")
+        vectors = EmbedEngine(float_dir, task_info, 2).embed_array([t for _, t in QUALITY_TEXTS])
+    finally:
+        shutil.rmtree(float_dir, ignore_errors=True)
+    cases = [
+        QualityCase(name=n, text=t, expect_vector=[round(float(x), 6) for x in v])
+        for (n, t), v in zip(QUALITY_TEXTS, vectors, strict=True)
+    ]
+    record(out_dir=out, task="embed", task_info=task_info, metric="cosine", cases=cases,
+           allowance=0.02, cap=0.95, reference="the float graph")  # fmt: skip

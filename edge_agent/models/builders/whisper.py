@@ -461,6 +461,7 @@ def _quantize(src: Path, dst: Path, op_types: list[str]) -> None:
         str(dst),
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=True,  # 7-bit weights: exact on every ISA (see edge_agent/models/quality.py)
         op_types_to_quantize=op_types,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
@@ -554,6 +555,9 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         "suppress_tokens": suppress,
         "suppress_blank": list(source_config.get("suppress_ids_begin", [220, special["eot"]])),
     }
+    if quant != "fp32":
+        progress("checking the int8 pack against the float graphs on hard speech (quality reference)")
+        _record_quality(out, task_info, enc_raw, dec_raw)
     progress("measuring peak RAM")
     peak = measure_peak_ram_mb("transcribe", out, task_info)
     manifest = write_manifest(
@@ -574,6 +578,39 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         peak_ram_mb=peak,
     )
     return out, manifest
+
+
+QUALITY_CLIPS = ("short", "padded", "noisy", "fast", "slow-padded")
+
+
+def _record_quality(out: Path, task_info: dict[str, Any], enc_raw: Path, dec_raw: Path) -> None:
+    """Hard speech (a two-word command, one padded with silence, one in noise, fast and slow voices) with
+    the float graphs' transcripts; every host checks the int8 pack against them before using it."""
+    from edge_agent.audio.decode import load_audio
+    from edge_agent.engines.transcribe import TranscribeEngine
+    from edge_agent.models.builders.quality_reference import INPUTS, record
+    from edge_agent.models.quality import QualityCase
+
+    (out / "quality").mkdir()
+    float_dir = out.parent / f".{out.name}-float"
+    shutil.rmtree(float_dir, ignore_errors=True)
+    float_dir.mkdir()
+    try:
+        (float_dir / "encoder.onnx").symlink_to(enc_raw.resolve())
+        (float_dir / "decoder.onnx").symlink_to(dec_raw.resolve())
+        shutil.copyfile(out / "tokenizer.json", float_dir / "tokenizer.json")
+        asr = TranscribeEngine(float_dir, task_info, 2)
+        cases = []
+        for name in QUALITY_CLIPS:
+            shutil.copyfile(INPUTS / f"{name}.flac", out / "quality" / f"{name}.flac")
+            audio = load_audio(INPUTS / f"{name}.flac", name=f"{name}.flac", max_seconds=30)
+            segments, _, _ = asr.transcribe_audio(audio.samples)
+            text = " ".join(s.text for s in segments if s.text)
+            cases.append(QualityCase(name=name, audio=f"quality/{name}.flac", expect_text=text))
+    finally:
+        shutil.rmtree(float_dir, ignore_errors=True)
+    record(out_dir=out, task="transcribe", task_info=task_info, metric="wer", cases=cases,
+           allowance=0.25, cap=0.5, reference="the unquantized Whisper graphs")  # fmt: skip
 
 
 def _contrib_ops(path: Path) -> set[str]:

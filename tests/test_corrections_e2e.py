@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edge_agent.engines.interfaces import TranslateRequest
 from edge_agent.models.store import PackStore
 from tests.support.brokers import run_mosquitto
 from tests.support.meshkit import config, provision, service
+
+pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
 
 SENTENCE = "Turn on the oven."
 FIXED = "Liga já o forno."

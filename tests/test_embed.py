@@ -11,6 +11,8 @@ from edge_agent.engines.interfaces import EmbedRequest
 from edge_agent.errors import InvalidRequestError
 from edge_agent.models.builders.common import package_dir
 
+pytestmark = pytest.mark.slow  # inference on the built packs
+
 INT8_MAX_BOUND = 0.05  # measured max |Δcos| 0.037, mean 0.0096 on this set; bounds stated in the README
 INT8_MEAN_BOUND = 0.015
 

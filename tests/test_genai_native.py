@@ -14,6 +14,8 @@ from edge_agent.engines.chat_template import render_chat
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.errors import GenaiError
 
+pytestmark = pytest.mark.slow  # inference on the built packs
+
 PROMPT = "Describe a kitchen in three sentences."
 
 

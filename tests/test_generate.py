@@ -24,6 +24,8 @@ from edge_agent.models.builders.smollm2 import (
 )
 from edge_agent.models.store import sha256_file
 
+pytestmark = pytest.mark.slow  # inference on the built packs, llama.cpp as the reference
+
 
 @pytest.mark.parametrize(
     ("quant", "prompt"),

@@ -26,6 +26,8 @@ from edge_agent.errors import ConfigError
 from tests.support.brokers import free_port
 from tests.support.cli import hearth
 
+pytestmark = pytest.mark.slow  # a headless Home Assistant, `hearth` in subprocesses
+
 HAS_EXTRA = importlib.util.find_spec("homeassistant_api") is not None
 needs_extra = pytest.mark.skipif(
     not HAS_EXTRA,

@@ -373,6 +373,7 @@ async def test_config_cleared_by_someone_else_is_not_published_again(broker: Mos
         assert not [f for f in await ha.until_marker() if f.payload], "published after being withdrawn"
 
 
+@pytest.mark.slow  # a real Mosquitto, started late
 async def test_it_waits_for_a_broker_that_is_not_there_yet(tmp_path: Path) -> None:
     port = free_port()
     device = fridge()

@@ -12,6 +12,8 @@ import pytest
 from tests.support import speech
 from tests.support.cli import hearth, ok
 
+pytestmark = pytest.mark.slow  # `hearth listen` in subprocesses, on the built packs
+
 COMMAND = "Turn off the kitchen lights."
 
 

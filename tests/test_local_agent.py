@@ -29,6 +29,8 @@ from edge_agent.profiles import load_profile
 from tests.support.brokers import free_port
 from tests.support.meshkit import provision
 
+pytestmark = pytest.mark.slow  # a `hearth run` agent process
+
 
 async def test_a_second_process_cannot_open_the_agents_mesh_state(tmp_path: Path, store: PackStore) -> None:
     state = provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")

@@ -15,6 +15,8 @@ from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import FirmwareProfile, load_profile
 
+pytestmark = pytest.mark.slow  # the built packs
+
 
 def _profile(base: str, **changes: object) -> FirmwareProfile:
     return load_profile(base).model_copy(update=changes)

@@ -29,6 +29,8 @@ from tests.support.brokers import Mosquitto, run_mosquitto
 from tests.support.meshkit import config, provision, service
 from tests.support.meshsim import until
 
+pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:

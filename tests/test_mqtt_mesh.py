@@ -132,7 +132,14 @@ async def test_hostile_frames_are_dropped_and_the_node_keeps_serving(
     assert "oversized frame" in caplog.text and "truncated frame" in caplog.text
 
 
-@pytest.mark.parametrize("broker_kind", ["memory", "mosquitto", "amqtt"])
+@pytest.mark.parametrize(
+    "broker_kind",
+    [
+        "memory",
+        pytest.param("mosquitto", marks=pytest.mark.slow),
+        pytest.param("amqtt", marks=pytest.mark.slow),
+    ],
+)
 async def test_once_caught_up_a_client_has_read_the_whole_presence_board(
     broker_kind: str, tmp_path: Path
 ) -> None:

@@ -14,7 +14,10 @@ from edge_agent.engines.interfaces import GenerateRequest
 from tests.support import netlab
 from tests.support.meshkit import provision
 
-pytestmark = pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available()))
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available())),
+]
 
 PROMPT = "Describe a kitchen in three sentences."
 

@@ -15,7 +15,10 @@ from edge_agent.models.store import PackStore
 from tests.support import netlab
 from tests.support.meshkit import provision
 
-pytestmark = pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available()))
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available())),
+]
 
 PACK = "bergamot-tiny11-en-pt@int8"
 

@@ -107,6 +107,7 @@ def test_truncated_protobuf_is_refused_not_crashed(tmp_path: Path) -> None:
         check_pack_dir(tmp_path, {"model.onnx", "model.onnx.data"})
 
 
+@pytest.mark.slow  # the built packs
 def test_every_real_pack_passes() -> None:
     packs = PackStore().list()
     assert len(packs) >= 9

@@ -26,6 +26,8 @@ from edge_agent.models.builders.common import package_dir
 from edge_agent.models.store import PackStore, sha256_file
 from tests.support.speech import Utterance, corpus, normalise, padded, speak
 
+pytestmark = pytest.mark.slow  # Whisper on the built packs
+
 QUANTS = ("fp32", "int8")
 # Word error rates measured on the 48-clip corpus (32 clean + 16 with pink noise at 20/10 dB), 2 threads:
 # faster-whisper int8 22.0%, ours fp32 16.7%, int8 15.6%. Ours is lower because the audio is padded to

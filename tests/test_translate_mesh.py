@@ -16,6 +16,8 @@ from edge_agent.models.store import PackStore
 from tests.support.brokers import Mosquitto, run_mosquitto
 from tests.support.meshkit import config, provision, service
 
+pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
+
 TEXT = "The washing machine finished. Please hang the clothes before 18:00."
 
 

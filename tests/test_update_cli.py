@@ -16,6 +16,8 @@ from edge_agent.sync.store import UpdateStore
 from tests.support.cli import hearth, ok
 from tests.support.meshkit import provision
 
+pytestmark = pytest.mark.slow  # `hearth` in subprocesses, on the built packs
+
 PACK = "bergamot-tiny11-en-pt@int8"
 
 

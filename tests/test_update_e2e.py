@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import GenerateRequest, TranslateRequest
 from edge_agent.hearth import Hearth
@@ -29,6 +31,8 @@ from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.store import UpdateStore
 from tests.support.brokers import run_mosquitto
 from tests.support.meshkit import config, provision, service
+
+pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
 
 PACK = "bergamot-tiny11-en-pt@int8"
 SENTENCE = "Good morning, the coffee is ready."

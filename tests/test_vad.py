@@ -30,6 +30,8 @@ from edge_agent.errors import InvalidAudioError, PackNotFoundError
 from edge_agent.models.store import PackStore
 from tests.support.speech import SENTENCES, VOICES, joined, padded, speak
 
+pytestmark = pytest.mark.slow  # the built Silero pack
+
 PACK = "silero-vad@fp32"
 LEAD_S, PAUSE_S, TRAIL_S = 1.0, 1.2, 1.5
 VOICED = 0.001  # a sample above -60 dBFS is sound; espeak's own silences are exact zeros

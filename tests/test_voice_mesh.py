@@ -24,6 +24,8 @@ from tests.support import speech
 from tests.support.brokers import Mosquitto, run_mosquitto
 from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog
 
+pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:

@@ -18,7 +18,10 @@ from edge_agent.profiles import load_profile
 from edge_agent.voice.transcript import joined_text
 from tests.support import speech
 
-pytestmark = pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning"),
+]
 
 
 async def test_a_wyoming_client_hears_whisper_through_the_agent(tmp_path: Path, store: PackStore) -> None:

@@ -47,7 +47,11 @@ PORT = 1883
 WAIT_S = 30.0
 """Bound on any one expected event; the tests wait on the events themselves, never on time."""
 
-needs_netns = pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available()))
+
+def needs_netns(test: Callable[..., None]) -> Callable[..., None]:
+    """Two hosts in network namespaces: the slow tier, and skipped where namespaces cannot be made."""
+    unavailable = netlab.available()
+    return pytest.mark.slow(pytest.mark.skipif(unavailable is not None, reason=str(unavailable))(test))
 
 
 # -- the contract, no network -------------------------------------------------------------------------

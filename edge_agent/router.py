@@ -55,6 +55,9 @@ from edge_agent.tasks import Task
 log = logging.getLogger(__name__)
 
 DEFAULT_RTT_MS = 5.0
+UNMEASURED_MS = 1e9
+"""Where this device ranks when its own speed is not measured yet: after every measured candidate."""
+UNMEASURED = "speed not measured yet"
 BAN_S = 15.0
 _RETRYABLE = {"busy", "not-served", "internal", "deadline"}
 Source = Callable[["Candidate", ReqT, float], AsyncGenerator[ItemT, None]]
@@ -73,6 +76,13 @@ class Candidate:
     def where(self) -> str:
         return "local" if self.peer is None else f"peer {self.name}"
 
+    @property
+    def estimate(self) -> str:
+        """``expected 120 ms (how)``, or that there is no estimate (never the ranking sentinel as a time)."""
+        if self.expected_ms >= UNMEASURED_MS:
+            return UNMEASURED
+        return f"expected {self.expected_ms:.0f} ms ({self.detail})"
+
 
 @dataclass
 class Decision:
@@ -86,10 +96,10 @@ class Decision:
             why = "; ".join(f"{c.name}: {c.excluded}" for c in self.excluded) or "no candidates"
             return f"nowhere to run {self.task}: {why}"
         best = self.ranked[0]
-        return f"{best.where}: expected {best.expected_ms:.0f} ms ({best.detail})"
+        return f"{best.where}: {best.estimate}"
 
     def explain(self) -> list[str]:
-        lines = [f"{c.where}: {c.expected_ms:.0f} ms ({c.detail})" for c in self.ranked]
+        lines = [f"{c.where}: {c.estimate}" for c in self.ranked]
         lines += [f"{c.where}: excluded, {c.excluded}" for c in self.excluded]
         return lines
 
@@ -168,7 +178,7 @@ class Router:
         answers, that measurement caps the claim (a device cannot talk its way into every offloaded
         prompt; it may only make itself look slower)."""
         if offer is None or offer.rate <= 0:
-            return float("inf"), "speed not measured"
+            return float("inf"), UNMEASURED
         rate, source = (min(measured, offer.rate), "measured") if measured else (offer.rate, "claimed")
         job = offer.first_ms + units / rate * 1000
         return queue * job + job, f"first {offer.first_ms:.0f} ms + {units} at {rate:.0f}/s {source}" + (
@@ -189,7 +199,7 @@ class Router:
             if tp.mode != "local":
                 cand.excluded = f"{tp.mode} here ({tp.reason})"
             elif local_ms == float("inf"):
-                cand.expected_ms, cand.detail = 1e9, "speed not measured"
+                cand.expected_ms, cand.detail = UNMEASURED_MS, UNMEASURED
             elif local_ms > deadline_ms:
                 cand.excluded = f"expected {local_ms:.0f} ms is past the {deadline_ms:.0f} ms deadline"
             (excluded if cand.excluded else ranked).append(cand)
@@ -217,6 +227,8 @@ class Router:
                 cand.excluded = "no longer a household member"
             elif task not in self._own_requests():
                 cand.excluded = f"this device's certificate does not allow requesting {task}"
+            elif offer.rate <= 0:
+                cand.excluded = UNMEASURED  # no estimate to rank it by (not an infinite time)
             elif cand.expected_ms > deadline_ms:
                 cand.excluded = (
                     f"expected {cand.expected_ms:.0f} ms is past the {deadline_ms:.0f} ms deadline"

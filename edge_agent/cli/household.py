@@ -157,7 +157,7 @@ def pair(
     broker: Annotated[
         str | None, typer.Option(help="Broker URL (default: the config's [mesh] broker).")
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the hub.")] = 30,
+    timeout: Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for the hub.")] = 30,
 ) -> None:
     """Join the household of the hub that shows CODE. Run it on the new device.
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from edge_agent import aio
@@ -19,9 +20,14 @@ from edge_agent.cli.common import (
     load_context,
     mesh_state_dir,
     open_hearth,
+    option_error,
     setup_logging,
 )
 from edge_agent.engines.interfaces import EmbedRequest, GenerateChunk, GenerateRequest, GenerateStats
+
+_CHAT_OPTIONS = {o.removeprefix("--").replace("-", "_"): o
+                 for o in ("--max-tokens", "--temperature", "--top-p", "--top-k", "--seed")}  # fmt: skip
+"""GenerateRequest's fields that `hearth chat` takes as options: a refused value names its option."""
 
 
 async def stream_chat(source: AsyncIterable[GenerateChunk], *, show_stats: bool) -> tuple[str, GenerateStats]:
@@ -74,16 +80,19 @@ def chat(
     ctx = load_context(config, profile)
     setup_logging(ctx.config.agent.log_level if ctx.config.agent.log_level != "info" else "warning")
     g = ctx.config.generate
-    request = GenerateRequest.from_prompt(
-        prompt,
-        system=system if system is not None else g.system_prompt,
-        max_tokens=max_tokens or g.max_tokens,
-        temperature=g.temperature if temperature is None else temperature,
-        top_p=g.top_p if top_p is None else top_p,
-        top_k=top_k,
-        seed=seed,
-        stop=stop or [],
-    )
+    try:
+        request = GenerateRequest.from_prompt(
+            prompt,
+            system=system if system is not None else g.system_prompt,
+            max_tokens=g.max_tokens if max_tokens is None else max_tokens,  # 0 is refused, not "default"
+            temperature=g.temperature if temperature is None else temperature,
+            top_p=g.top_p if top_p is None else top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop or [],
+        )
+    except ValidationError as exc:
+        raise option_error(exc, GenerateRequest, _CHAT_OPTIONS) from None
 
     from edge_agent.mesh.state import HouseholdState
 

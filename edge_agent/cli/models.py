@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, cast, get_args
 
 import typer
+from rich import box
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -39,6 +45,45 @@ app = typer.Typer(
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+@contextlib.contextmanager
+def _build_display() -> Iterator[Console]:
+    """A console on the terminal's stderr that stays there while `_output_into` sends fds 1 and 2 to a log."""
+    width = console_err.width
+    with os.fdopen(os.dup(2), "w", buffering=1) as terminal:
+        yield Console(file=terminal, width=width, highlight=False)
+
+
+@contextlib.contextmanager
+def _output_into(log: Path) -> Iterator[None]:
+    """Everything a converter prints, from Python or straight from C++ (torch.onnx's shape-inference
+    warnings on com.microsoft ops, onnxruntime's graph notes), goes to ``log`` instead of the screen."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with log.open("ab") as fh:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _log_tail(log: Path, lines: int = 25) -> str:
+    try:
+        tail = log.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "".join(f"\n    | {line}" for line in tail)
 
 
 @app.command()
@@ -80,24 +125,31 @@ def build(
     work.mkdir(parents=True, exist_ok=True)
     out_root = work / "out"
     failures: list[str] = []
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.fields[pack]}[/]"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console_err,
-    ) as progress:
+    with (
+        _build_display() as display,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[pack]}[/]"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=display,
+            redirect_stdout=False,  # what converters print goes to each pack's log (_output_into)
+            redirect_stderr=False,
+        ) as progress,
+    ):
         overall = progress.add_task("", total=len(todo), pack="all packs")
         for spec in todo:
             row = progress.add_task("starting", total=None, pack=spec.pack_id)
             t0 = time.perf_counter()
+            log = work / f"{spec.pack_id}.log"
 
             def report(msg: str, row: TaskID = row) -> None:
                 progress.update(row, description=msg)
 
             try:
-                out, manifest = spec.builder()(spec.quant, work, out_root, report)
+                with _output_into(log):
+                    out, manifest = spec.builder()(spec.quant, work, out_root, report)
                 progress.update(row, description="installing into the store")
                 store.install(out, manifest)
                 shutil.rmtree(out, ignore_errors=True)
@@ -109,12 +161,13 @@ def build(
                     f"peak RAM {manifest.peak_ram_mb:.0f} MB",
                 )
             except HearthError as exc:
-                failures.append(f"{spec.pack_id}: {exc}")
+                failures.append(f"{spec.pack_id}: {exc}\n  its output, in {log}:{_log_tail(log)}")
                 progress.update(row, total=1, completed=0, description="[red]failed[/]")
             except Exception as exc:  # a converter library failed: keep the traceback in a log, not on screen
-                log = work / f"{spec.pack_id}.error.log"
-                log.write_text(traceback.format_exc())
-                failures.append(f"{spec.pack_id}: {type(exc).__name__}: {exc} (traceback in {log})")
+                with log.open("a") as fh:
+                    fh.write(traceback.format_exc())
+                failures.append(f"{spec.pack_id}: {type(exc).__name__}: {exc}\n  its output and traceback, "
+                                f"in {log}:{_log_tail(log)}")  # fmt: skip
                 progress.update(row, total=1, completed=0, description="[red]failed[/]")
             progress.advance(overall)
     if work_dir is None and not failures:
@@ -145,20 +198,58 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     if not packs:
         console.print(f"no packs in {store.packs}; build them with `hearth models build`")
         return
-    table = Table(title=f"Packs in {store.packs}")
-    for col in ("pack", "task", "variant", "size", "peak RAM", "source"):
-        table.add_column(col)
-    for p in packs:
-        m = p.manifest
-        table.add_row(
-            p.pack_id,
-            m.task,
-            f"{m.variant.quantization} ({m.variant.precision})",
-            _mb(m.total_bytes),
-            f"{m.peak_ram_mb:.0f} MB",
-            f"{m.provenance.source_package} {m.provenance.source_version}",
-        )
-    console.print(table)
+    rows = [
+        {
+            "pack": p.pack_id,
+            "task": p.manifest.task,
+            "size": _mb(p.manifest.total_bytes),
+            "peak RAM": f"{p.manifest.peak_ram_mb:.0f} MB",
+            "variant": f"{p.manifest.variant.quantization} ({p.manifest.variant.precision})",
+            "source": f"{p.manifest.provenance.source_package} {p.manifest.provenance.source_version}",
+        }
+        for p in packs
+    ]
+    console.print(_packs_table(rows, f"Packs in {store.packs}", console.width))
+
+
+_NO_WRAP = ("pack", "size", "peak RAM")  # the id is what a user copies: never wrapped, never cut
+
+
+def _packs_table(rows: list[dict[str, str]], title: str, width: int) -> Table:
+    """Every column if they fit without cutting a word (the long ones wrap); else the last ones are left
+    out, named in the caption. The pack id is never wrapped, cut or left out."""
+    columns = list(rows[0])
+
+    def cells(col: str) -> list[str]:
+        return [col, *(r[col] for r in rows)]
+
+    def least(col: str) -> int:  # narrowest the column can be without cutting a word
+        return max(len(c) if col in _NO_WRAP else max(map(len, c.split())) for c in cells(col))
+
+    def gaps() -> int:
+        return 3 * (len(columns) - 1)  # " " + padding either side
+
+    left_out: list[str] = []
+    while len(columns) > 1 and sum(map(least, columns)) + gaps() > width:
+        left_out.insert(0, columns.pop())
+    # Fixed widths (rich would otherwise share the lack of room out and cut words): each column its
+    # narrowest, then the room left to the wrapping ones, up to what they need on one line.
+    widths = {c: least(c) for c in columns}
+    spare = width - sum(widths.values()) - gaps()
+    for col in columns:
+        more = max(0, min(spare, max(map(len, cells(col))) - widths[col]))
+        widths[col] += more
+        spare -= more
+    caption = f"{', '.join(left_out)} left out at {width} columns: see --json" if left_out else None
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in columns:
+        table.add_column(
+            col, justify="right" if col in ("size", "peak RAM") else "left", no_wrap=col in _NO_WRAP,
+            width=widths[col],
+        )  # fmt: skip
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    return table
 
 
 @app.command()

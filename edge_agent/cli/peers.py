@@ -17,7 +17,9 @@ from edge_agent.local_api import LocalClient
 def peers(
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
-    wait: Annotated[float, typer.Option(help="Seconds to listen for presence adverts.")] = 1.5,
+    wait: Annotated[
+        float, typer.Option(min=0, max=600, help="Seconds to listen for presence adverts.")
+    ] = 1.5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """List live household peers (signed presence), their measured speeds and RTT, and the routing

@@ -141,6 +141,7 @@ def test_make_run_demo_offloads_the_fridge_chat_to_the_hub(hearth_env: dict[str,
         assert "served by hub" in proc.stdout and "Paris" in proc.stdout, proc.stdout
         assert "(local)" in proc.stdout, proc.stdout  # embeddings stay on the fridge
         assert "14:32" in proc.stdout and "translate en→pt" in proc.stdout, proc.stdout
+        assert " INFO " not in proc.stdout + proc.stderr, proc.stderr  # no agent log lines in the demo
     assert "paired the fridge panel" not in proc.stdout  # already paired on the first run
     assert (home / "demo" / "hub" / "root.json").stat().st_mode & 0o077 == 0
     shutil.rmtree(home / "demo")

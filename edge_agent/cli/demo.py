@@ -123,7 +123,8 @@ def demo(
             code = aio.run(_pair(hub, fridge, port, fridge_config))
             console.print(f"paired the fridge panel with setup code {code} (SPAKE2 over the hub's broker)")
         console.print("[bold]starting the fridge-panel agent[/] and sending it a chat")
-        fridge_env = dict(env, HEARTH_MESH__STATE_DIR=str(dirs["fridge"]))
+        # Warnings only, as for the hub: INFO lines (loads, self-benchmarks) would interleave with the demo.
+        fridge_env = dict(env, HEARTH_MESH__STATE_DIR=str(dirs["fridge"]), HEARTH_AGENT__LOG_LEVEL="warning")
         rc = subprocess.call([*exe, "run", "--config", str(fridge_config), "--demo"], env=fridge_env)
         if rc != 0:
             raise HearthError(f"the fridge-panel agent failed (exit code {rc})")

@@ -98,9 +98,10 @@ run: packs  ## Build packs if needed, then run a hub + fridge-panel mesh: the fr
 # Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports),
 # iproute2 + nftables for the two-host tests (network namespaces, packet loss), openssl for TLS certs,
 # chromium + its driver for the Home Assistant end-to-end test's browser (headless, offline), espeak-ng + sox
-# for the voice tests' speech (known sentences, several voices, noise at fixed SNRs).
-SYSTEM_PACKAGES := mosquitto iproute2 nftables openssl chromium chromium-driver espeak-ng sox
-system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftables, openssl, chromium, espeak-ng, sox), via sudo when not root
+# for the voice tests' speech (known sentences, several voices, noise at fixed SNRs), qemu-user to run an int8
+# probe on an emulated CPU without VNNI (tests/test_quality_gate.py).
+SYSTEM_PACKAGES := mosquitto iproute2 nftables openssl chromium chromium-driver espeak-ng sox qemu-user
+system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftables, openssl, chromium, espeak-ng, sox, qemu-user), via sudo when not root
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

@@ -19,7 +19,6 @@ from edge_agent.models.quality import (
     QUALITY_FILE,
     QualityCase,
     QualityReference,
-    chrf,
     cosine,
     judge,
     token_agreement,
@@ -43,20 +42,12 @@ QUANTIZED = (
 # -- metrics and verdicts (IO-free) ---------------------------------------------------------------------
 
 
-def test_word_error_rate_counts_edits_on_normalised_words() -> None:
+def test_word_error_rate_counts_edits_on_normalised_words() -> None:  # benchmarks/isa_check uses it
     assert word_error_rate("Turn off the kitchen lights.", "turn off the kitchen lights") == 0.0
     assert word_error_rate("Turn off the kitchen lights.", "Turn off my kitchen lights.") == 0.2
     assert word_error_rate("Turn off the kitchen lights.", "After enough medication lives.") == 1.0
     assert word_error_rate("lights off", "lights off now please") == 1.0  # two insertions, two words
     assert word_error_rate("", "") == 0.0 and word_error_rate("", "hello") == 1.0
-
-
-def test_chrf_is_100_for_identical_text_and_falls_with_the_difference() -> None:
-    ref = "Desligue as luzes da cozinha."
-    assert chrf(ref, ref) == 100.0
-    close, far = chrf(ref, "Desligue as luzes na cozinha."), chrf(ref, "O frigorífico está aberto.")
-    assert 60 < close < 100 and far < 30 < close
-    assert chrf(ref, "") == 0.0
 
 
 def test_cosine_and_agreement() -> None:
@@ -70,7 +61,7 @@ def test_cosine_and_agreement() -> None:
 def _reference(metric: str, threshold: float, names: tuple[str, ...] = ("a", "b")) -> QualityReference:
     return QualityReference(
         metric=metric,  # type: ignore[arg-type]
-        cases=[QualityCase(name=n, text="x", expect_text="x") for n in names],
+        cases=[QualityCase(name=n, text="x", expect_tokens=[1, 2]) for n in names],
         threshold=threshold,
         built_score=0.0,
         built_on="test",
@@ -79,13 +70,13 @@ def _reference(metric: str, threshold: float, names: tuple[str, ...] = ("a", "b"
 
 
 def test_one_hard_input_failing_fails_the_pack() -> None:
-    wer = judge(_reference("wer", 0.25), {"a": 0.0, "b": 1.0})
-    assert not wer.passed and wer.worst_case == "b" and wer.worst == 1.0
-    assert "FAILED: worst wer 1.000 (b), needs ≤ 0.250" in wer.summary()
-    chrf_v = judge(_reference("chrf", 60.0), {"a": 100.0, "b": 61.0})
-    assert chrf_v.passed and chrf_v.worst_case == "b"
+    failed = judge(_reference("agreement", 0.75), {"a": 1.0, "b": 0.1})
+    assert not failed.passed and failed.worst_case == "b" and failed.worst == 0.1
+    assert failed.summary() == "FAILED: worst agreement 0.100 (b), needs ≥ 0.750"
+    passed = judge(_reference("cosine", 0.95), {"a": 0.999, "b": 0.96})
+    assert passed.passed and passed.worst_case == "b"
     with pytest.raises(ValueError, match="no score for reference case"):
-        judge(_reference("wer", 0.25), {"a": 0.0})
+        judge(_reference("agreement", 0.75), {"a": 1.0})
 
 
 def test_a_reference_cannot_point_outside_its_pack() -> None:
@@ -117,14 +108,14 @@ def test_every_quantized_pack_carries_a_reference_and_passes_it_here(store: Pack
     assert verdict.passed, f"{pack_id} on {host_gate.host_key()}: {verdict.summary()} {verdict.scores}"
 
 
-def _copy_with_reference(src: InstalledPack, store: PackStore, edit: dict[str, str]) -> None:
-    """A copy of ``src`` in ``store`` whose recorded answers are changed by ``edit`` (case → text), with
+def _copy_with_reference(src: InstalledPack, store: PackStore, edit: dict[str, list[int]]) -> None:
+    """A copy of ``src`` in ``store`` whose recorded answers are changed by ``edit`` (case → tokens), with
     its manifest's digest of quality.json updated to match (as a publisher's pack would be)."""
     dst = store.packs / src.pack_id
     shutil.copytree(src.path, dst)
     ref = json.loads((dst / QUALITY_FILE).read_text())
     for case in ref["cases"]:
-        case["expect_text"] = edit.get(case["name"], case["expect_text"])
+        case["expect_tokens"] = edit.get(case["name"], case["expect_tokens"])
     (dst / QUALITY_FILE).write_text(json.dumps(ref))
     manifest = PackManifest.model_validate_json((dst / "pack.json").read_text())
     files = [
@@ -142,10 +133,10 @@ def test_a_pack_wrong_on_this_cpu_is_not_planned_and_the_plan_falls_back(
 ) -> None:
     here = PackStore(tmp_path / "store")
     here.packs.mkdir(parents=True)
-    # What this CPU answers can no longer match: as if the int8 kernels here computed something else.
-    _copy_with_reference(
-        store.get("whisper-tiny-en@int8"), here, {"padded": "After enough medication lives."}
-    )
+    # What this CPU answers can no longer match, on one input: as if the int8 kernels here computed
+    # something else ("After enough medication lives.", heard on a CPU without VNNI, in Whisper's tokens).
+    garbage = [2293, 1576, 14103, 3160, 13, 50256]
+    _copy_with_reference(store.get("whisper-tiny-en@int8"), here, {"padded": garbage})
     shutil.copytree(store.get("whisper-tiny-en@fp32").path, here.packs / "whisper-tiny-en@fp32")
     runs: list[str] = []
 
@@ -159,7 +150,8 @@ def test_a_pack_wrong_on_this_cpu_is_not_planned_and_the_plan_falls_back(
     tp = plan.for_task("transcribe")
     assert tp.mode == "local" and tp.chosen_id == "whisper-tiny-en@fp32"
     failed = next(r for r in tp.rejected if r.pack_id == "whisper-tiny-en@int8")
-    assert failed.reason.startswith("failed its quality gate on this CPU FAILED: worst wer 1.000 (padded)")
+    assert failed.reason.startswith("failed its quality gate on this CPU FAILED: worst agreement ")
+    assert "(padded), needs ≥ 0." in failed.reason
     assert not results["whisper-tiny-en@int8"].passed
     assert runs == ["whisper-tiny-en@int8"]  # fp32 carries no reference: it is the reference
     # Remembered for this CPU and runtime: the next plan runs nothing.
@@ -179,7 +171,8 @@ def test_hearth_models_plan_says_which_pack_passed_here(store: PackStore, hearth
     plan = json.loads(out)
     transcribe = plan["tasks"]["transcribe"]
     assert transcribe["pack"] == "whisper-tiny-en@int8"
-    assert transcribe["quality_gate"]["passed"] is True and transcribe["quality_gate"]["metric"] == "wer"
+    gate = transcribe["quality_gate"]
+    assert gate["passed"] is True and gate["metric"] == "agreement" and gate["worst"] >= gate["threshold"]
     assert plan["host"].startswith(("x86_64", "aarch64"))
 
 

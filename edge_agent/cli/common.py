@@ -19,7 +19,8 @@ from rich.logging import RichHandler
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import InvalidRequestError
 from edge_agent.hearth import mesh_state_dir as mesh_state_dir  # re-exported for the commands
-from edge_agent.models.selection import Plan, plan_for_profile
+from edge_agent.models.host_gate import HostGate, gated_plan
+from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import FirmwareProfile, detect_host, list_profiles, load_profile, nearest_profile
 from edge_agent.profiles.detect import profile_for_host
@@ -106,7 +107,8 @@ def load_context(config_path: Path | None, profile: str | None) -> Context:
         os.environ["HEARTH_HOME"] = str(cfg.agent.home.expanduser())
     prof = resolve_profile(profile or cfg.agent.profile)
     store = PackStore()
-    return Context(cfg, prof, store, plan_for_profile(prof, [p.manifest for p in store.list()]))
+    gate = HostGate(store) if cfg.engines.quality_gate else None
+    return Context(cfg, prof, store, gated_plan(prof, store.list(), gate)[0])
 
 
 @contextlib.asynccontextmanager

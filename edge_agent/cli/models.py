@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, cast, get_args
+from typing import Annotated, Any, cast, get_args
 
 import typer
 from rich import box
@@ -26,8 +26,8 @@ from edge_agent.cli.common import ConfigOpt, console, console_err
 from edge_agent.errors import HearthError, PackError, UpdateError
 from edge_agent.mesh.household import Membership
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
+from edge_agent.models.host_gate import GateResult, HostGate, gated_plan, host_key
 from edge_agent.models.pack import MANIFEST_NAME
-from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.profiles import load_profile
 from edge_agent.sync.manifest import MANIFEST_TYPE, HealthCheck
@@ -288,11 +288,20 @@ def remove(pack_id: Annotated[str, typer.Argument(help="Pack id, e.g. all-minilm
 def plan(
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile id or YAML path.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    gate: Annotated[
+        bool,
+        typer.Option(
+            "--gate/--no-gate",
+            help="Check each chosen quantized pack on this CPU against its recorded reference answers "
+            "(once per pack, CPU and onnxruntime; remembered in the store) and fall back when one fails. "
+            "--no-gate plans from the profile alone.",
+        ),
+    ] = True,
 ) -> None:
     """For each task: the variant this device would load and why, or 'offload only'."""
     prof = load_profile(profile)
     store = PackStore()
-    result = plan_for_profile(prof, [p.manifest for p in store.list()])
+    result, checks = gated_plan(prof, store.list(), HostGate(store) if gate else None)
     if as_json:
         console.print_json(
             json.dumps(
@@ -306,9 +315,11 @@ def plan(
                             "pack": tp.chosen_id,
                             "reason": tp.reason,
                             "rejected": [{"pack": r.pack_id, "reason": r.reason} for r in tp.rejected],
+                            "quality_gate": _gate_json(checks.get(tp.chosen_id or "")),
                         }
                         for t, tp in result.tasks.items()
                     },
+                    "host": host_key() if gate else None,
                 }
             )
         )
@@ -324,8 +335,13 @@ def plan(
     for task, tp in result.tasks.items():
         head = f"  [bold]{task}[/]: [{colour[tp.mode]}]{tp.mode}[/]"
         console.print(head + (f" → {tp.chosen_id}" if tp.chosen_id else "") + f" — {escape(tp.reason)}")
+        check = checks.get(tp.chosen_id or "")
+        if check is not None and check.verdict is not None:
+            console.print(f"      [green]{escape(check.reason())}[/]")
         for r in tp.rejected:
             console.print(f"      [dim]{r.pack_id}: {escape(r.reason)}[/]")
+    if gate:
+        console.print(f"  [dim]this CPU: {escape(host_key())}[/]")
     if result.resident_mb:
         fits = (
             "fit together"
@@ -333,6 +349,12 @@ def plan(
             else "take turns (idle ones are unloaded)"
         )
         console.print(f"  local models: {result.resident_mb:.0f} MB if all loaded — they {fits}")
+
+
+def _gate_json(check: GateResult | None) -> dict[str, Any] | None:
+    if check is None or check.verdict is None:
+        return None
+    return check.verdict.model_dump(mode="json")
 
 
 # -- peer-to-peer updates: publish, co-sign, status -------------------------------------------------

@@ -226,6 +226,26 @@ class TranscribeEngine(Engine[TranscribeRequest, TranscribeResult]):
                 seek += advance
         return segments, windows, n_tokens
 
+    def greedy_tokens(self, audio: np.ndarray) -> list[int]:
+        """Token ids of one window of 16 kHz audio (at most 30 s), greedy, no prompt, ``eot`` last."""
+        with self._lock:
+            cross = self.decoder.encode(window(self.mel(audio), 0))
+            result = self.decoder.decode(cross, [], self._options())
+        return [*result.tokens, self.special.eot]
+
+    def teacher_forced(self, audio: np.ndarray, reference: list[int]) -> list[int]:
+        """What this pack predicts at each position of ``reference`` (``greedy_tokens`` of another
+        pack) when fed the reference so far: the quality gate's measure."""
+        with self._lock:
+            cross = self.decoder.encode(window(self.mel(audio), 0))
+            return self.decoder.teacher_forced(cross, reference, self._options())
+
+    def decode_text(self, tokens: list[int]) -> str:
+        return self._text([t for t in tokens if t < self.special.eot])
+
+    def _options(self) -> DecodeOptions:
+        return DecodeOptions(timestamps=False, max_tokens=224, suppress=self.suppress, blank=self.blank)
+
     # -- pieces ---------------------------------------------------------------------------------------
 
     def _prefix(self, previous: list[int]) -> list[int]:

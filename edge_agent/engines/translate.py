@@ -162,6 +162,31 @@ class TranslateEngine(Engine[TranslateRequest, TranslateResult]):
         texts = [self.sp.decode(t) if t else "" for t in out_ids]
         return texts, (sum(len(x) for x in ids), sum(len(t) for t in out_ids))
 
+    def greedy_ids(self, sentence: str) -> list[int]:
+        """Target token ids of one sentence, greedy, ``EOS`` last (a quality reference)."""
+        ids = [self._source_ids(sentence)]
+        with self._lock:
+            tokens = self._greedy(self._encode([0], ids), self._output_layer(ids))[0]
+        return [*tokens, EOS]
+
+    def teacher_forced(self, sentence: str, reference: list[int]) -> list[int]:
+        """What this pack predicts at each position of ``reference`` when fed the reference so far: the
+        quality gate's measure (one early difference does not change every later step)."""
+        ids = [self._source_ids(sentence)]
+        chosen: list[int] = []
+        with self._lock:
+            enc, out = self._encode([0], ids), self._output_layer(ids)
+            states = [np.zeros((1, self.dim), np.float32) for _ in range(self.dec_layers)]
+            prev = np.zeros(1, dtype=np.int64)
+            for t, token in enumerate(reference):
+                logits, states = self._step(prev, t, states, enc.memory, out, np.arange(1))
+                chosen.append(int(out.cand[int(np.argmax(logits[0]))]))
+                prev = np.array([token], dtype=np.int64)
+        return chosen
+
+    def decode_ids(self, tokens: list[int]) -> str:
+        return str(self.sp.decode([t for t in tokens if t != EOS]))
+
     # -- pieces ---------------------------------------------------------------------------------------
 
     def _source_ids(self, sentence: str) -> list[int]:

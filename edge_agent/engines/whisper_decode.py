@@ -204,6 +204,28 @@ class WhisperDecoder:
             logits, cache = self._step([best], cache, cross)
         return WindowResult(tokens, sum_logprob, no_speech_prob, stop)
 
+    def teacher_forced(
+        self, cross: dict[str, np.ndarray], reference: list[int], options: DecodeOptions
+    ) -> list[int]:
+        """The greedy choice at each position of ``reference`` (text tokens, then ``eot``) when fed the
+        reference so far, for the quality gate: one early difference does not change every later step."""
+        sp = self.special
+        logits, cache = self._step([sp.sot], self._empty_cache(), cross)
+        logits, cache = self._step([sp.no_timestamps], cache, cross)
+        base = np.zeros(self.n_vocab, dtype=np.float32)
+        base[options.suppress] = NEG_INF
+        base[sp.timestamp_begin :] = NEG_INF
+        base[sp.no_timestamps] = NEG_INF
+        chosen: list[int] = []
+        for k, token in enumerate(reference):
+            scores = logits + base
+            if k == 0:
+                scores[options.blank] = NEG_INF
+            chosen.append(int(np.argmax(scores)))
+            if k + 1 < len(reference):
+                logits, cache = self._step([token], cache, cross)
+        return chosen
+
     def run_steps(self, cross: dict[str, np.ndarray], steps: int) -> None:
         """``steps`` single-token decoder steps whatever the model predicts (peak-RAM measurement)."""
         logits, cache = self._step([self.special.sot], self._empty_cache(), cross)

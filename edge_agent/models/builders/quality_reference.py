@@ -14,7 +14,14 @@ from typing import Any
 
 from edge_agent.errors import BuildError
 from edge_agent.models.host_gate import host_key, measure
-from edge_agent.models.quality import QUALITY_FILE, Metric, QualityCase, QualityReference, within
+from edge_agent.models.quality import (
+    LOWER_IS_BETTER,
+    QUALITY_FILE,
+    Metric,
+    QualityCase,
+    QualityReference,
+    within,
+)
 from edge_agent.tasks import Task
 
 __all__ = ["INPUTS", "record"]
@@ -36,7 +43,7 @@ def record(
     threads: int = 2,
 ) -> QualityReference:
     """Measure the pack in ``out_dir`` against ``cases`` here; write and return its ``quality.json``."""
-    lower = metric == "wer"
+    lower = metric in LOWER_IS_BETTER
     probe = QualityReference(
         metric=metric, cases=cases, threshold=cap, built_score=0.0, built_on="-", reference=reference
     )

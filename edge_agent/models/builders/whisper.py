@@ -22,8 +22,10 @@ nothing here (310 vs 312 ms per encoder run; the session's own optimizations fus
 the graphs are used as exported.
 
 Variants: ``fp32`` holds the source's float16 weights widened (exact). ``int8`` is onnxruntime dynamic
-quantization (int8 weights per output channel, int8 activations) of every MatMul of both graphs and of
-the token embedding table; the convolutions and the fused attention stay fp32. Measured on the test
+quantization (7-bit weights per output channel, int8 activations) of every MatMul of both graphs and of
+the token embedding table; the convolutions and the fused attention stay fp32. 7-bit, because u8 x s8
+pairs of full-range weights saturate 16-bit lanes on x86 without VNNI (``models/quality.py``); the int8
+pack records its quality reference on hard speech (``quality_reference``). Measured on the test
 corpus (48 clips, 2 threads): int8 is ~1/3 faster than fp32 at the same WER, so the int8 encoder is kept.
 
 Why not optimum: optimum-onnx pins transformers < 4.58, while the LLM path needs transformers 5.x (GGUF
@@ -78,7 +80,7 @@ VARIANTS: dict[str, Variant] = {
         quantization="int8",
         precision="int8-compute",
         note="dynamic quantization of encoder and decoder MatMuls and the token embeddings "
-        "(per-channel int8 weights, int8 activations); convolutions and fused attention fp32",
+        "(7-bit weights per channel, int8 activations); convolutions and fused attention fp32",
     ),
 }
 
@@ -604,13 +606,13 @@ def _record_quality(out: Path, task_info: dict[str, Any], enc_raw: Path, dec_raw
         for name in QUALITY_CLIPS:
             shutil.copyfile(INPUTS / f"{name}.flac", out / "quality" / f"{name}.flac")
             audio = load_audio(INPUTS / f"{name}.flac", name=f"{name}.flac", max_seconds=30)
-            segments, _, _ = asr.transcribe_audio(audio.samples)
-            text = " ".join(s.text for s in segments if s.text)
-            cases.append(QualityCase(name=name, audio=f"quality/{name}.flac", expect_text=text))
+            tokens = asr.greedy_tokens(audio.samples)
+            cases.append(QualityCase(name=name, audio=f"quality/{name}.flac", expect_tokens=tokens,
+                                     expect_text=asr.decode_text(tokens)))  # fmt: skip
     finally:
         shutil.rmtree(float_dir, ignore_errors=True)
-    record(out_dir=out, task="transcribe", task_info=task_info, metric="wer", cases=cases,
-           allowance=0.25, cap=0.5, reference="the unquantized Whisper graphs")  # fmt: skip
+    record(out_dir=out, task="transcribe", task_info=task_info, metric="agreement", cases=cases,
+           allowance=0.15, cap=0.75, reference="the unquantized Whisper graphs")  # fmt: skip
 
 
 def _contrib_ops(path: Path) -> set[str]:

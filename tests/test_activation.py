@@ -152,3 +152,42 @@ def test_a_bad_staging_is_refused_and_nothing_changes(device: Device, damage: st
     assert device.trusted.installed == {"bergamot-tiny11-en-pt": 1}
     assert (pack_dir.stat().st_ino, sorted(p.name for p in pack_dir.iterdir())) == before
     assert not device.store.previous.exists()
+
+
+def test_a_pack_that_fails_its_quality_reference_on_this_cpu_rolls_back(
+    device: Device, tmp_path: Path
+) -> None:
+    """The publisher's CPU is not this one: a signed, healthy-looking int8 pack whose recorded reference
+    answers this CPU cannot reproduce is rolled back, and the previous pack keeps serving."""
+    import json
+
+    from edge_agent.models.pack import PackManifest
+    from edge_agent.models.quality import QUALITY_FILE
+    from edge_agent.models.store import InstalledPack, sha256_file
+
+    manifest, envelope, staged = device.update(2, recorded(device))
+    assert device.activate(manifest, envelope, staged).activated
+    before = device.store.get(PACK).path.stat().st_ino
+    odd = tmp_path / "publisher-copy"
+    shutil.copytree(device.source.path, odd)
+    ref = json.loads((odd / QUALITY_FILE).read_text())
+    ref["cases"][0]["expect_tokens"] = [7, 7, 7, 7, 7, 0]  # what a saturating kernel might have recorded
+    (odd / QUALITY_FILE).write_text(json.dumps(ref))
+    pm = PackManifest.model_validate_json((odd / MANIFEST_NAME).read_text())
+    files = [f.model_copy(update={"size": (odd / f.path).stat().st_size, "sha256": sha256_file(odd / f.path)})
+             if f.path == QUALITY_FILE else f for f in pm.files]  # fmt: skip
+    (odd / MANIFEST_NAME).write_text(pm.model_copy(update={"files": files}).model_dump_json())
+    device.source = InstalledPack(PackManifest.model_validate_json((odd / MANIFEST_NAME).read_text()), odd)
+    manifest3, envelope3, staged3 = device.update(3, recorded(device))  # its own health check passes
+    result = device.activate(manifest3, envelope3, staged3)
+    report = report_of(result, device.identity)
+    assert report.result == "rolled-back"
+    assert report.reason.startswith(
+        "health check failed: quality gate on this CPU FAILED: worst agreement 0."
+    )
+    assert "(short), needs ≥ 0.85" in report.reason
+    assert device.trusted.installed == {"bergamot-tiny11-en-pt": 2}
+    assert not device.updates.manifest_path(manifest3).exists()
+    assert result.pack is not None and result.pack.path.stat().st_ino == before
+    engine = TranslateEngine(result.pack.path, result.pack.manifest.task_info, 1)
+    assert list(engine.run(TranslateRequest(texts=[SENTENCE], source="en", target="pt")))[-1].translations

@@ -79,11 +79,12 @@ def _output_into(log: Path) -> Iterator[None]:
 
 
 def _log_tail(log: Path, lines: int = 25) -> str:
+    """The end of what a failed build printed, and where the rest is; nothing if it printed nothing."""
     try:
         tail = log.read_text(errors="replace").rstrip().splitlines()[-lines:]
     except OSError:
         return ""
-    return "".join(f"\n    | {line}" for line in tail)
+    return f"\n  its output, in {log}:" + "".join(f"\n    | {line}" for line in tail) if tail else ""
 
 
 @app.command()
@@ -161,13 +162,12 @@ def build(
                     f"peak RAM {manifest.peak_ram_mb:.0f} MB",
                 )
             except HearthError as exc:
-                failures.append(f"{spec.pack_id}: {exc}\n  its output, in {log}:{_log_tail(log)}")
+                failures.append(f"{spec.pack_id}: {exc}{_log_tail(log)}")
                 progress.update(row, total=1, completed=0, description="[red]failed[/]")
             except Exception as exc:  # a converter library failed: keep the traceback in a log, not on screen
                 with log.open("a") as fh:
                     fh.write(traceback.format_exc())
-                failures.append(f"{spec.pack_id}: {type(exc).__name__}: {exc}\n  its output and traceback, "
-                                f"in {log}:{_log_tail(log)}")  # fmt: skip
+                failures.append(f"{spec.pack_id}: {type(exc).__name__}: {exc}{_log_tail(log)}")
                 progress.update(row, total=1, completed=0, description="[red]failed[/]")
             progress.advance(overall)
     if work_dir is None and not failures:

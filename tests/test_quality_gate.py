@@ -108,20 +108,23 @@ def test_every_quantized_pack_carries_a_reference_and_passes_it_here(store: Pack
     assert verdict.passed, f"{pack_id} on {host_gate.host_key()}: {verdict.summary()} {verdict.scores}"
 
 
-def _copy_with_reference(src: InstalledPack, store: PackStore, edit: dict[str, list[int]]) -> None:
-    """A copy of ``src`` in ``store`` whose recorded answers are changed by ``edit`` (case → tokens), with
-    its manifest's digest of quality.json updated to match (as a publisher's pack would be)."""
+def _copy_with_reference(
+    src: InstalledPack, store: PackStore, edit: dict[str, list[int]], replace: dict[str, bytes] | None = None
+) -> None:
+    """A copy of ``src`` in ``store`` whose recorded answers are changed by ``edit`` (case → tokens) and
+    files by ``replace``, with its manifest's digests updated to match (as a publisher's pack would be)."""
     dst = store.packs / src.pack_id
     shutil.copytree(src.path, dst)
     ref = json.loads((dst / QUALITY_FILE).read_text())
     for case in ref["cases"]:
         case["expect_tokens"] = edit.get(case["name"], case["expect_tokens"])
     (dst / QUALITY_FILE).write_text(json.dumps(ref))
+    for rel, data in (replace or {}).items():
+        (dst / rel).unlink()
+        (dst / rel).write_bytes(data)
     manifest = PackManifest.model_validate_json((dst / "pack.json").read_text())
     files = [
         f.model_copy(update={"size": (dst / f.path).stat().st_size, "sha256": sha256_file(dst / f.path)})
-        if f.path == QUALITY_FILE
-        else f
         for f in manifest.files
     ]
     (dst / "pack.json").write_text(manifest.model_copy(update={"files": files}).model_dump_json())
@@ -160,6 +163,20 @@ def test_a_pack_wrong_on_this_cpu_is_not_planned_and_the_plan_falls_back(
     assert results2["whisper-tiny-en@int8"].cached and runs == ["whisper-tiny-en@int8"]
     # The store's packs are untouched by the gate.
     assert sorted(p.pack_id for p in here.list()) == ["whisper-tiny-en@fp32", "whisper-tiny-en@int8"]
+
+
+@pytest.mark.slow
+def test_a_pack_that_cannot_run_here_is_not_planned(store: PackStore, tmp_path: Path) -> None:
+    here = PackStore(tmp_path / "store")
+    here.packs.mkdir(parents=True)
+    _copy_with_reference(store.get("all-minilm-l6-v2@int8"), here, {}, {"model.onnx": b"not a model"})
+    shutil.copytree(store.get("all-minilm-l6-v2@fp32").path, here.packs / "all-minilm-l6-v2@fp32")
+    plan, _ = host_gate.gated_plan(load_profile("hub"), here.list(), host_gate.HostGate(here))
+    tp = plan.for_task("embed")
+    assert tp.chosen_id == "all-minilm-l6-v2@fp32"
+    why = next(r.reason for r in tp.rejected if r.pack_id == "all-minilm-l6-v2@int8")
+    assert why.startswith("all-minilm-l6-v2@int8: its quality reference could not run here: ")
+    assert not (here.root / host_gate.CACHE_FILE).exists()  # an error is not a verdict: not remembered
 
 
 @pytest.mark.slow

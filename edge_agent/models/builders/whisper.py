@@ -611,8 +611,11 @@ def _record_quality(out: Path, task_info: dict[str, Any], enc_raw: Path, dec_raw
                                      expect_text=asr.decode_text(tokens)))  # fmt: skip
     finally:
         shutil.rmtree(float_dir, ignore_errors=True)
+    # Measured (qemu -cpu Haswell vs this VNNI CPU): the 7-bit pack scores exactly the same on both (its
+    # integer sums are exact everywhere); the old full-range pack lost a token on the two-word and on the
+    # padded clip (0.80, 0.86) where VNNI scored 1.00 — an allowance of 0.10 catches that.
     record(out_dir=out, task="transcribe", task_info=task_info, metric="agreement", cases=cases,
-           allowance=0.15, cap=0.75, reference="the unquantized Whisper graphs")  # fmt: skip
+           allowance=0.10, cap=0.75, reference="the unquantized Whisper graphs")  # fmt: skip
 
 
 def _contrib_ops(path: Path) -> set[str]:

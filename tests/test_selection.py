@@ -136,3 +136,18 @@ def test_a_task_ram_cap_beyond_the_budget_is_a_profile_error() -> None:
         ValidationError, match=r"task_ram_mb \{'transcribe': 400\} must be positive and within"
     ):
         FirmwareProfile.model_validate(data)
+
+
+def test_a_pack_that_failed_its_quality_gate_here_is_passed_over() -> None:
+    why = "failed its quality gate on this CPU FAILED: worst agreement 0.100 (padded), needs ≥ 0.817"
+    hub = plan_for_profile(load_profile("hub"), PACKS, {"llm@int4": why})
+    gen = hub.for_task("generate")
+    assert gen.chosen_id == "llm@int8" and "best fit (choice 2)" in gen.reason
+    assert {r.pack_id: r.reason for r in gen.rejected}["llm@int4"] == why
+    fridge = plan_for_profile(load_profile("fridge-panel"), PACKS, {"emb@int8": why})
+    emb = fridge.for_task("embed")  # fp32 is not allowed there: the task goes to a peer
+    assert emb.mode == "offload-only" and {r.pack_id: r.reason for r in emb.rejected}["emb@int8"] == why
+    assert (
+        plan_for_profile(load_profile("hub"), PACKS, {}).tasks
+        == plan_for_profile(load_profile("hub"), PACKS).tasks
+    )

@@ -13,7 +13,9 @@ from edge_agent.models.builders.common import package_dir
 
 pytestmark = pytest.mark.slow  # inference on the built packs
 
-INT8_MAX_BOUND = 0.05  # measured max |Δcos| 0.037, mean 0.0096 on this set; bounds stated in the README
+# Measured max |Δcos| 0.056, mean 0.0105 on this set with 7-bit weights (exact on every CPU; full-range
+# 8-bit gave 0.042 / 0.0093 but saturates on x86 without VNNI); bounds stated in the README.
+INT8_MAX_BOUND = 0.07
 INT8_MEAN_BOUND = 0.015
 
 

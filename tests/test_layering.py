@@ -58,6 +58,8 @@ MESH_LIBRARY = [
     "edge_agent.profiles",
     "edge_agent.models.store",
     "edge_agent.models.selection",
+    "edge_agent.models.quality",
+    "edge_agent.models.host_gate",
     "edge_agent.engines.interfaces",
     "edge_agent.sync",
     "edge_agent.sync.digests",

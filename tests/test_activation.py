@@ -185,7 +185,7 @@ def test_a_pack_that_fails_its_quality_reference_on_this_cpu_rolls_back(
     assert report.reason.startswith(
         "health check failed: quality gate on this CPU FAILED: worst agreement 0."
     )
-    assert "(short), needs ≥ 0.85" in report.reason
+    assert "(short), needs ≥ 0.9" in report.reason  # the float graphs agree fully: 1.00 less 0.10
     assert device.trusted.installed == {"bergamot-tiny11-en-pt": 2}
     assert not device.updates.manifest_path(manifest3).exists()
     assert result.pack is not None and result.pack.path.stat().st_ino == before

@@ -34,6 +34,7 @@ from edge_agent.models.quality import (
 )
 from edge_agent.models.selection import Plan, plan_for_profile
 from edge_agent.models.store import InstalledPack, PackStore
+from edge_agent.profiles.detect import cpuinfo
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.tasks import Task
 
@@ -55,18 +56,9 @@ _KERNEL_FLAGS = frozenset(
 
 
 def _cpu_flags() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), list[str]()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("model name", "Hardware", "CPU part") and model in ("", platform.machine()):
-            model = value.strip()
-        if key in ("flags", "Features") and not flags:
-            flags = sorted(set(value.split()) & _KERNEL_FLAGS)
+    info = cpuinfo()
+    model = info.get("model name") or info.get("Hardware") or info.get("CPU part") or platform.machine()
+    flags = sorted(set((info.get("flags") or info.get("Features") or "").split()) & _KERNEL_FLAGS)
     return model, flags
 
 

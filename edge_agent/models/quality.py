@@ -41,10 +41,7 @@ Metric = Literal["agreement", "cosine"]
 """``agreement``: the share of the reference answer's tokens the pack predicts itself when fed the
 reference so far (teacher forcing: for the LLM, Whisper and the translator; unlike comparing free
 greedy output, one near-tie flipping early does not change every later token, while a broken kernel
-still misses most of them); ``cosine``: of an embedding with the reference's. Higher is better for both
-(``LOWER_IS_BETTER`` is kept for metrics that are not)."""
-
-LOWER_IS_BETTER: frozenset[str] = frozenset()
+still misses most of them); ``cosine``: of an embedding with the reference's. Higher is better for both."""
 
 
 class _Model(BaseModel):
@@ -80,10 +77,6 @@ class QualityReference(_Model):
     built_on: str = Field(max_length=300, description="CPU and instruction sets the builder measured on.")
     reference: str = Field(max_length=200, description="What produced the expected outputs.")
 
-    @property
-    def lower_is_better(self) -> bool:
-        return self.metric in LOWER_IS_BETTER
-
 
 class QualityVerdict(_Model):
     passed: bool
@@ -94,16 +87,10 @@ class QualityVerdict(_Model):
     scores: dict[str, float]
 
     def summary(self) -> str:
-        rel = "≤" if self.metric in LOWER_IS_BETTER else "≥"
         word = "passed" if self.passed else "FAILED"
         return (
-            f"{word}: worst {self.metric} {_fmt(self.metric, self.worst)} ({self.worst_case}), "
-            f"needs {rel} {_fmt(self.metric, self.threshold)}"
+            f"{word}: worst {self.metric} {self.worst:.3f} ({self.worst_case}), needs ≥ {self.threshold:.3f}"
         )
-
-
-def _fmt(metric: str, value: float) -> str:
-    return f"{value:.3f}"
 
 
 # -- metrics ----------------------------------------------------------------------------------------------
@@ -153,24 +140,15 @@ def case_score(metric: Metric, case: QualityCase, output: str | list[float] | li
     return token_agreement(case.expect_tokens or [], [int(x) for x in output])
 
 
-def worst(metric: Metric, scores: dict[str, float]) -> tuple[str, float]:
-    pick = max if metric in LOWER_IS_BETTER else min
-    name = pick(scores, key=lambda k: scores[k])
-    return name, scores[name]
-
-
-def within(metric: Metric, score: float, threshold: float) -> bool:
-    return score <= threshold if metric in LOWER_IS_BETTER else score >= threshold
-
-
 def judge(reference: QualityReference, scores: dict[str, float]) -> QualityVerdict:
     """Every case must be within the threshold: one hard input failing is a failing pack."""
     missing = [c.name for c in reference.cases if c.name not in scores]
     if missing:
         raise ValueError(f"no score for reference case(s) {', '.join(missing)}")
-    name, value = worst(reference.metric, scores)
+    name = min(scores, key=lambda k: scores[k])
+    value = scores[name]
     return QualityVerdict(
-        passed=within(reference.metric, value, reference.threshold),
+        passed=value >= reference.threshold,
         worst=value,
         worst_case=name,
         threshold=reference.threshold,

@@ -32,7 +32,8 @@ class HostFacts:
     on_battery: bool = False
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
+    """``/proc/cpuinfo`` as key → value of each key's first line (empty where there is none)."""
     info: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -68,7 +69,7 @@ def _nvidia_gpus() -> list[str]:
 
 def detect_host() -> HostFacts:
     """Read cores, RAM, ISA flags, GPUs and power source from the running host."""
-    info = _cpuinfo()
+    info = cpuinfo()
     freq = psutil.cpu_freq()
     mhz = (freq.max or freq.current) if freq else float(info.get("cpu MHz", "0") or 0)
     battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None

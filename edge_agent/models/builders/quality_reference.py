@@ -15,12 +15,10 @@ from typing import Any
 from edge_agent.errors import BuildError
 from edge_agent.models.host_gate import host_key, measure
 from edge_agent.models.quality import (
-    LOWER_IS_BETTER,
     QUALITY_FILE,
     Metric,
     QualityCase,
     QualityReference,
-    within,
 )
 from edge_agent.tasks import Task
 
@@ -43,17 +41,16 @@ def record(
     threads: int = 2,
 ) -> QualityReference:
     """Measure the pack in ``out_dir`` against ``cases`` here; write and return its ``quality.json``."""
-    lower = metric in LOWER_IS_BETTER
     probe = QualityReference(
         metric=metric, cases=cases, threshold=cap, built_score=0.0, built_on="-", reference=reference
     )
     verdict = measure(out_dir, task, task_info, probe, threads)
-    if not within(metric, verdict.worst, cap):
+    if verdict.worst < cap:
         raise BuildError(
             f"{out_dir.name} is wrong on this CPU ({platform.machine()}): {verdict.summary()} "
             f"against {reference}; scores {verdict.scores}"
         )
-    threshold = min(verdict.worst + allowance, cap) if lower else max(verdict.worst - allowance, cap)
+    threshold = max(verdict.worst - allowance, cap)
     ref = probe.model_copy(
         update={"threshold": round(threshold, 4), "built_score": verdict.worst, "built_on": host_key()}
     )

@@ -183,13 +183,10 @@ def _record_quality(out: Path, graphs: dict[str, Any], task_info: dict[str, Any]
     import onnx
 
     from edge_agent.engines.translate import TranslateEngine
-    from edge_agent.models.builders.quality_reference import record
+    from edge_agent.models.builders.quality_reference import float_pack, record
     from edge_agent.models.quality import QualityCase
 
-    float_dir = out.parent / f".{out.name}-float"
-    shutil.rmtree(float_dir, ignore_errors=True)
-    float_dir.mkdir()
-    try:
+    with float_pack(out) as float_dir:
         for f in out.iterdir():
             if f.is_file() and f.name not in graphs:
                 (float_dir / f.name).symlink_to(f.resolve())
@@ -202,8 +199,6 @@ def _record_quality(out: Path, graphs: dict[str, Any], task_info: dict[str, Any]
             cases.append(
                 QualityCase(name=name, text=text, expect_tokens=tokens, expect_text=mt.decode_ids(tokens))
             )
-    finally:
-        shutil.rmtree(float_dir, ignore_errors=True)
     record(out_dir=out, task="translate", task_info=task_info, metric="agreement", cases=cases,
            allowance=0.10, cap=0.75, reference="the float graphs (source weights dequantized)")  # fmt: skip
 

@@ -188,18 +188,13 @@ QUALITY_TEXTS: tuple[tuple[str, str], ...] = (
 def _record_quality(out: Path, raw: Path, task_info: dict[str, Any]) -> None:
     """Short, long and non-English texts with the float graph's embeddings."""
     from edge_agent.engines.embed import EmbedEngine
-    from edge_agent.models.builders.quality_reference import record
+    from edge_agent.models.builders.quality_reference import float_pack, record
     from edge_agent.models.quality import QualityCase
 
-    float_dir = out.parent / f".{out.name}-float"
-    shutil.rmtree(float_dir, ignore_errors=True)
-    float_dir.mkdir()
-    try:
+    with float_pack(out) as float_dir:
         (float_dir / "model.onnx").symlink_to(raw.resolve())
         shutil.copyfile(out / "tokenizer.json", float_dir / "tokenizer.json")
         vectors = EmbedEngine(float_dir, task_info, 2).embed_array([t for _, t in QUALITY_TEXTS])
-    finally:
-        shutil.rmtree(float_dir, ignore_errors=True)
     cases = [
         QualityCase(name=n, text=t, expect_vector=[round(float(x), 6) for x in v])
         for (n, t), v in zip(QUALITY_TEXTS, vectors, strict=True)

@@ -9,6 +9,9 @@ threshold every other host must meet (``edge_agent.models.host_gate``).
 from __future__ import annotations
 
 import platform
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,23 @@ from edge_agent.models.quality import (
 )
 from edge_agent.tasks import Task
 
-__all__ = ["INPUTS", "record"]
+__all__ = ["INPUTS", "float_pack", "record"]
 
 INPUTS = Path(__file__).parent / "quality_inputs"
 """Committed hard inputs (speech made by tests/support/quality_clips.py, byte-identical every time)."""
+
+
+@contextmanager
+def float_pack(out: Path) -> Iterator[Path]:
+    """A scratch directory beside ``out`` for the unquantized graphs the reference answers come from;
+    removed afterwards, whatever happens."""
+    scratch = out.parent / f".{out.name}-float"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def record(

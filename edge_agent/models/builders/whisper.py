@@ -590,14 +590,11 @@ def _record_quality(out: Path, task_info: dict[str, Any], enc_raw: Path, dec_raw
     the float graphs' transcripts; every host checks the int8 pack against them before using it."""
     from edge_agent.audio.decode import load_audio
     from edge_agent.engines.transcribe import TranscribeEngine
-    from edge_agent.models.builders.quality_reference import INPUTS, record
+    from edge_agent.models.builders.quality_reference import INPUTS, float_pack, record
     from edge_agent.models.quality import QualityCase
 
     (out / "quality").mkdir()
-    float_dir = out.parent / f".{out.name}-float"
-    shutil.rmtree(float_dir, ignore_errors=True)
-    float_dir.mkdir()
-    try:
+    with float_pack(out) as float_dir:
         (float_dir / "encoder.onnx").symlink_to(enc_raw.resolve())
         (float_dir / "decoder.onnx").symlink_to(dec_raw.resolve())
         shutil.copyfile(out / "tokenizer.json", float_dir / "tokenizer.json")
@@ -609,8 +606,6 @@ def _record_quality(out: Path, task_info: dict[str, Any], enc_raw: Path, dec_raw
             tokens = asr.greedy_tokens(audio.samples)
             cases.append(QualityCase(name=name, audio=f"quality/{name}.flac", expect_tokens=tokens,
                                      expect_text=asr.decode_text(tokens)))  # fmt: skip
-    finally:
-        shutil.rmtree(float_dir, ignore_errors=True)
     # Measured (qemu -cpu Haswell vs this VNNI CPU): the 7-bit pack scores exactly the same on both (its
     # integer sums are exact everywhere); the old full-range pack lost a token on the two-word and on the
     # padded clip (0.80, 0.86) where VNNI scored 1.00 — an allowance of 0.10 catches that.

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
@@ -36,12 +36,14 @@ from edge_agent.engines.interfaces import (
 )
 from edge_agent.errors import HearthError
 from edge_agent.mesh.files import StateLock
+from edge_agent.mesh.protocol import Health
 from edge_agent.mesh.state import HouseholdState, state_dir_for
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.paths import hearth_home
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import RoutedStream, Router
+from edge_agent.supervision import HealthReport, Supervisor
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ class PeerReport(BaseModel):
     free_model_ram_mb: int
     seen_s_ago: float
     offers: list[dict[str, Any]]
+    health: Health | None = None
+    """Restarts and drops the peer reports for its own loops (None: it does not say)."""
 
 
 class PeersReport(BaseModel):
@@ -87,6 +91,9 @@ class PeersReport(BaseModel):
     peers: list[PeerReport]
     routes: dict[str, dict[str, Any]]
     dropped: dict[str, int]
+    """Frames this device's mesh node refused, by reason (forged, replayed, stale, ...)."""
+    health: HealthReport = Field(default_factory=HealthReport)
+    """This agent's own loops: state, restarts after unexpected errors, items dropped."""
 
 
 def mesh_state_dir(config: AgentConfig) -> Path:
@@ -119,6 +126,8 @@ class Hearth:
         paired = config.mesh.enabled and HouseholdState.exists(self.state_dir)
         self.use_mesh = paired if use_mesh is None else use_mesh and paired
         self.state = HearthState.UNOPENED
+        self.supervisor = Supervisor()
+        """One for the agent's loops (mesh, updates, servers): restarts, drops, the health view."""
         self.agent = agent if agent is not None else Agent(config, profile, store)
         self.service: Any = None
         self.router = Router(plan=plan, policy=config.routing, local=self.agent, local_name=config.agent.name)
@@ -157,8 +166,9 @@ class Hearth:
                 from edge_agent.service import MeshService
 
                 self.service = MeshService(
-                    self.config, self.profile, self.plan, self.state_dir, agent=self.agent, serve=self.serve
-                )
+                    self.config, self.profile, self.plan, self.state_dir, agent=self.agent, serve=self.serve,
+                    supervisor=self.supervisor,
+                )  # fmt: skip
                 await self._stack.enter_async_context(self.service)
                 self.router = self.service.router
                 if self.serve:  # the household's front door on the LAN, for Home Assistant (hubs only)
@@ -422,9 +432,11 @@ class Hearth:
                     free_model_ram_mb=p.presence.free_model_ram_mb,
                     seen_s_ago=round(now - p.seen, 3),
                     offers=[o.model_dump() for o in p.presence.offers],
+                    health=p.presence.health,
                 )
                 for p in rows
             ],
             routes={t: {"reason": d.reason, "candidates": d.explain()} for t, d in decisions.items()},
             dropped=dict(self.service.node.dropped) if self.service is not None else {},
+            health=self.supervisor.report(),
         )

@@ -47,7 +47,7 @@ from edge_agent.errors import (
 )
 from edge_agent.mesh.interfaces import PeerDirectory
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Chunk, Offer
+from edge_agent.mesh.protocol import MAX_QUEUE, Chunk, Offer
 from edge_agent.models.selection import Plan
 from edge_agent.task_specs import EMBED, GENERATE, TRANSLATE, ItemT, ReqT, TaskSpec, spec_for
 from edge_agent.tasks import Task
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RTT_MS = 5.0
 UNMEASURED_MS = 1e9
+MAX_ESTIMATE_MS = 1e8
+"""Longer than any deadline (27 hours): estimates are capped here, below the unmeasured sentinel."""
 """Where this device ranks when its own speed is not measured yet: after every measured candidate."""
 UNMEASURED = "speed not measured yet"
 BAN_S = 15.0
@@ -79,6 +81,8 @@ class Candidate:
     @property
     def estimate(self) -> str:
         """``expected 120 ms (how)``, or that there is no estimate (never the ranking sentinel as a time)."""
+        if not self.detail:  # excluded before estimating (policy, silent, not serving it)
+            return "not estimated"
         if self.expected_ms >= UNMEASURED_MS:
             return UNMEASURED
         return f"expected {self.expected_ms:.0f} ms ({self.detail})"
@@ -180,10 +184,10 @@ class Router:
         if offer is None or offer.rate <= 0:
             return float("inf"), UNMEASURED
         rate, source = (min(measured, offer.rate), "measured") if measured else (offer.rate, "claimed")
+        queue = max(0, min(queue, MAX_QUEUE))  # bounded on the wire too; clamped so no claim overflows
         job = offer.first_ms + units / rate * 1000
-        return queue * job + job, f"first {offer.first_ms:.0f} ms + {units} at {rate:.0f}/s {source}" + (
-            f" + queue {queue}" if queue else ""
-        )
+        detail = f"first {offer.first_ms:.0f} ms + {units} at {rate:.0f}/s {source}"
+        return min((queue + 1) * job, MAX_ESTIMATE_MS), detail + (f" + queue {queue}" if queue else "")
 
     def decide(self, task: Task, body: BaseModel, deadline_s: float | None = None) -> Decision:
         spec = spec_for(task)
@@ -206,9 +210,7 @@ class Router:
         now = time.monotonic()
         for peer in self._everyone():
             offer = peer.offer(task)
-            rtt = peer.rtt_ms if peer.rtt_ms is not None else DEFAULT_RTT_MS
-            ms, detail = self._estimate(offer, units, peer.presence.queue_depth, peer.throughput)
-            cand = Candidate(peer.name, peer, ms + rtt, f"rtt {rtt:.1f} ms + {detail}")
+            cand = Candidate(peer.name, peer, float("inf"), "")
             if offer is None:
                 cand.excluded = f"does not serve {task}"
             elif pair is not None and pair not in offer.pairs:
@@ -229,7 +231,11 @@ class Router:
                 cand.excluded = f"this device's certificate does not allow requesting {task}"
             elif offer.rate <= 0:
                 cand.excluded = UNMEASURED  # no estimate to rank it by (not an infinite time)
-            elif cand.expected_ms > deadline_ms:
+            else:  # only now is what the peer claims used (policy first: it may not be asked at all)
+                rtt = peer.rtt_ms if peer.rtt_ms is not None else DEFAULT_RTT_MS
+                ms, detail = self._estimate(offer, units, peer.presence.queue_depth, peer.throughput)
+                cand.expected_ms, cand.detail = ms + rtt, f"rtt {rtt:.1f} ms + {detail}"
+            if not cand.excluded and cand.expected_ms > deadline_ms:
                 cand.excluded = (
                     f"expected {cand.expected_ms:.0f} ms is past the {deadline_ms:.0f} ms deadline"
                 )

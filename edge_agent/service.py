@@ -32,11 +32,22 @@ from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.memory import TranslationMemory, fits, make_entry, normalize
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Chunk, DirectContact, Offer, Presence, Request, UpdateStatus, encode
+from edge_agent.mesh.protocol import (
+    MAX_COUNT,
+    Chunk,
+    DirectContact,
+    Health,
+    Offer,
+    Presence,
+    Request,
+    UpdateStatus,
+    encode,
+)
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.selection import Plan
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import Router
+from edge_agent.supervision import Supervisor
 from edge_agent.task_specs import REGISTRY, TaskSpec, serve
 from edge_agent.tasks import Task
 
@@ -58,8 +69,10 @@ class MeshService:
         agent: Agent | None = None,
         serve: bool = True,
         client_id_suffix: str = "",
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()
         self.profile = profile
         self.plan = plan
         self.agent = agent
@@ -91,6 +104,7 @@ class MeshService:
             presence=self.presence if self.serve else None,
             handler=self._handle if self.serve else None,
             settings=config.mesh.settings(),
+            supervisor=self.supervisor,
         )
         self.rotation = GroupKeyRotation(self.endpoint, on_adopted=self._save_group_key)
         tcfg = config.translate
@@ -170,11 +184,25 @@ class MeshService:
             served=self.endpoint.served,
             offloaded=self.router.offloaded,
             translation_memory=self.memory is not None,
-            updates=self.update_status() if self.update_status is not None else [],
+            updates=self._updates_for_presence(),
             direct=self.direct,
             corrections=self.corrections.digest if self.corrections.records else None,
+            health=self._health_for_presence(),
             interval_s=self.config.mesh.presence_interval_s,
         )
+
+    def _updates_for_presence(self) -> list[UpdateStatus]:
+        """The updates' state, or none when it cannot be built: the advert itself (who we are, what we
+        serve) must go out whatever a peer did to the update records."""
+        updates: list[UpdateStatus] = []
+        if self.update_status is not None:
+            with self.supervisor.guard("mesh-presence", "left model updates out of the presence"):
+                updates = self.update_status()
+        return updates
+
+    def _health_for_presence(self) -> Health:
+        report = self.supervisor.report()
+        return Health(restarts=min(report.restarts, MAX_COUNT), dropped=min(report.dropped, MAX_COUNT))
 
     def inference_busy(self) -> bool:
         """Inference in flight here: serving a request, running our own, or waiting for a peer's

@@ -144,7 +144,11 @@ ATTACKS = [
     Attack("re-signed by a non-member", NotAMemberError, "not a known household member"),
     Attack("wrong topic", ForgedMessageError, "arrived on"),
     Attack("replayed", ReplayError, "already received"),
-    Attack("stale timestamp", ReplayError, "outside the freshness window"),
+    Attack(
+        "stale timestamp",
+        ReplayError,
+        r"timestamped \d+ s behind this device.s clock, outside the 60 s freshness window",
+    ),
     Attack("oversized", MalformedMessageError, "oversized frame"),
     Attack("truncated", MalformedMessageError, "truncated frame"),
     Attack("not for me", MalformedMessageError, "not to this device"),

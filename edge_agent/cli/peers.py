@@ -12,6 +12,8 @@ from rich.table import Table
 from edge_agent import aio
 from edge_agent.cli.common import ConfigOpt, ProfileOpt, console, load_context, open_hearth, setup_logging
 from edge_agent.local_api import LocalClient
+from edge_agent.mesh.protocol import Health
+from edge_agent.supervision import HealthReport, LoopHealth, LoopState
 
 
 def peers(
@@ -45,19 +47,56 @@ def peers(
             print(json.dumps(out, indent=1))
             return
         table = Table("name", "device", "class / profile", "serves (measured)", "queue", "free RAM", "RTT",
-                      "seen", title=f"household {report.household}")  # fmt: skip
+                      "seen", "health", title=f"household {report.household}")  # fmt: skip
         for p in report.peers:
             offers = ", ".join(f"{o['task']} {o['rate']:.0f}/s ({o['pack']})" for o in p.offers) or "-"
             table.add_row(p.name, p.device_id[:12], f"{p.device_class} / {p.profile}", offers,
                           str(p.queue_depth), f"{p.free_model_ram_mb} MB",
                           f"{p.rtt_ms:.2f} ms" if p.rtt_ms is not None else "?",
-                          f"{p.seen_s_ago:.1f} s ago")  # fmt: skip
+                          f"{p.seen_s_ago:.1f} s ago", _peer_health(p.health))  # fmt: skip
         console.print(table)
         if not report.peers:
             console.print("no peers heard; is the hub agent running (`hearth run`) on the same broker?")
+        console.print(f"[bold]this agent[/]: {_own_health(report.health)}")
+        if report.dropped:
+            frames = ", ".join(f"{why} {n}" for why, n in sorted(report.dropped.items()))
+            console.print(f"    frames refused: {frames}", markup=False)
         for task, route in report.routes.items():
             console.print(f"[bold]{task}[/] from here → {route['reason']}")
             for line in route["candidates"][1:]:
                 console.print(f"    {line}", markup=False)
 
     aio.run(go())
+
+
+def _peer_health(health: Health | None) -> str:
+    if health is None:
+        return "?"
+    if not health.restarts and not health.dropped:
+        return "ok"
+    return f"{health.restarts} restarts, {health.dropped} dropped"
+
+
+def _own_health(report: HealthReport) -> str:
+    """One line: every loop running and nothing dropped, or which loops restarted or dropped what."""
+    if not any(loop.supervised for loop in report.loops):
+        return "no supervised loops (a one-shot command; the agent's own show with `hearth run` running)"
+
+    def down(loop: LoopHealth) -> bool:
+        return loop.supervised and loop.state != LoopState.RUNNING
+
+    troubled = [loop for loop in report.loops if loop.restarts or loop.dropped or down(loop)]
+    if not troubled:
+        running = sum(loop.supervised for loop in report.loops)
+        return f"all {running} loops running, nothing restarted or dropped"
+    parts = []
+    for loop in troubled:
+        bits = [loop.state.value] if down(loop) else []
+        if loop.restarts:
+            bits.append(f"{loop.restarts} restarts")
+        if loop.dropped:
+            bits.append("dropped " + ", ".join(f"{why} {n}" for why, n in sorted(loop.dropped.items())))
+        if loop.last_error:
+            bits.append(f"last: {loop.last_error}")
+        parts.append(f"{loop.name} ({'; '.join(bits)})")
+    return "; ".join(parts)

@@ -59,6 +59,7 @@ from edge_agent.mesh.protocol import (
 )
 from edge_agent.mesh.rpc import StreamReassembler, admit, keepalive_every_s, merge_chunks
 from edge_agent.mesh.settings import MeshSettings
+from edge_agent.supervision import Supervisor
 from edge_agent.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,12 @@ class MeshEndpoint:
         presence: Callable[[], Presence] | None,
         handler: Handler | None = None,
         settings: MeshSettings | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.node = node
+        self.supervisor = supervisor or Supervisor()
+        """Restarts this endpoint's loops and drops what makes them fail (shared with the agent's
+        other loops when the agent passes its own: one health view)."""
         self.connector = connector
         self.settings = settings or MeshSettings()
         self.limits = self.settings.limits
@@ -242,8 +247,12 @@ class MeshEndpoint:
         if self.state is not EndpointState.UNOPENED:
             raise RuntimeError(f"this endpoint is {self.state.value}; make a new one")
         self.state = EndpointState.OPEN
-        self._tasks.append(asyncio.create_task(self._connection_loop(), name="mesh-connection"))
-        self._tasks.append(asyncio.create_task(self._housekeeping_loop(), name="mesh-housekeeping"))
+        for name, loop in (
+            ("mesh-connection", self._connection_loop),
+            ("mesh-housekeeping", self._housekeeping_loop),
+        ):
+            supervised = self.supervisor.supervise(name, loop, stopping=lambda: self._closing)
+            self._tasks.append(asyncio.create_task(supervised, name=name))
         return self
 
     async def __aexit__(
@@ -357,8 +366,9 @@ class MeshEndpoint:
                     if self._presence is not None:
                         await self.publish_presence()
                     self._flush_cancels()
-                    async for item in self.node.receive(transport):
-                        self._dispatch(item)
+                    async for item in self.node.receive(transport, self._unexpected_frame):
+                        with self.supervisor.guard("mesh-dispatch", "dropped a message that failed"):
+                            self._dispatch(item)
             except TransportError as exc:
                 if self._closing:
                     return
@@ -372,34 +382,50 @@ class MeshEndpoint:
                 self.link_changed.set()
                 if self.node.transport is transport:
                     self.node.transport = None
-            # Whatever we were waiting for over this link will not come: fail over now.
-            for stream in self._streams.values():
-                stream.fail(LinkDownError("the connection to the mesh dropped"))
+                # Whatever we were waiting for over this link will not come: fail over now.
+                for stream in self._streams.values():
+                    stream.fail(LinkDownError("the connection to the mesh dropped"))
             await asyncio.sleep(delay)
             delay = min(self.settings.reconnect_max_s, delay * 2)
+
+    def _unexpected_frame(self, exc: Exception, where: str) -> None:
+        """A frame whose checks failed in a way nobody planned for (a bug a peer can trigger): it is
+        dropped like a forged one, and counted where the health view shows it."""
+        self.supervisor.drop("mesh-frames", type(exc).__name__, exc, f"dropped a frame on {where}")
 
     async def _housekeeping_loop(self) -> None:
         # Checks _closing too: on 3.11 asyncio.wait_for (inside aiomqtt) can swallow a cancel that
         # races with its result, and a loop that only stops on cancel would then run forever.
+        # Each step is guarded on its own: one that fails (a peer's entry, our own advert) must not
+        # stop the others, or the next round.
+        guard = self.supervisor.guard
         while not self._closing:
             await asyncio.sleep(self.settings.presence_interval_s)
-            for peer in self.peers.expire():
-                log.info("peer %s (%s) aged out", peer.name, peer.device_id[:8])
-                self._lost(peer.device_id, f"{peer.name} went silent (no presence)")
-            for device_id in [p.device_id for p in self.peers.all()]:
-                try:
-                    self.node.membership.member(device_id)
-                except HearthError as exc:  # expired since its last advert
-                    self._forget(device_id, f"no longer a member ({exc})")
+            with guard("mesh-housekeeping", "peer table upkeep failed"):
+                for peer in self.peers.expire():
+                    log.info("peer %s (%s) aged out", peer.name, peer.device_id[:8])
+                    self._lost(peer.device_id, f"{peer.name} went silent (no presence)")
+                for device_id in [p.device_id for p in self.peers.all()]:
+                    try:
+                        self.node.membership.member(device_id)
+                    except HearthError as exc:  # expired since its last advert
+                        self._forget(device_id, f"no longer a member ({exc})")
             if self.connected.is_set() and self._presence is not None:
                 with contextlib.suppress(TransportError):
                     await self.publish_presence()
-            self.node.prune_group_keys()
-            self.node.save_state()
+            with guard("mesh-housekeeping", "saving mesh state failed"):
+                self.node.prune_group_keys()
+                self.node.save_state()
 
     async def publish_presence(self) -> None:
+        """Announce this device's current advert (raises TransportError). If the advert cannot be
+        built, that is logged and counted, and nothing is sent: peers keep the last one until it ages."""
         assert self._presence is not None
-        await self.node.announce(encode(self._presence()))
+        advert: bytes | None = None
+        with self.supervisor.guard("mesh-presence", "could not build this device's presence"):
+            advert = encode(self._presence())
+        if advert is not None:
+            await self.node.announce(advert)
 
     # -- dispatch -------------------------------------------------------------------------------------
 
@@ -498,8 +524,9 @@ class MeshEndpoint:
             self.dropped["PeerTableFull"] += 1
             return
         self.peers_changed.set()
-        for hook in self.presence_hooks:
-            hook(opened)
+        for hook in self.presence_hooks:  # one feature's failure must not keep the advert from the next
+            with self.supervisor.guard("mesh-presence-hooks", "a presence hook failed"):
+                hook(opened)
 
     def _departed(self, sender: str, notice: Departure) -> None:
         peer = self.peers.get(sender)
@@ -562,6 +589,7 @@ class MeshEndpoint:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        self.supervisor.watch(task, "mesh-tasks")
 
     async def send(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
         """Seal and send one message (padded to a size bucket); raises TransportError,

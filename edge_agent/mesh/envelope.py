@@ -24,7 +24,6 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import nacl.bindings as sodium
 from nacl.exceptions import BadSignatureError, CryptoError
@@ -46,6 +45,8 @@ SIG_BYTES = 64
 GROUP = "0" * 32
 MIN_FRAME = _HEAD.size + NONCE_BYTES + TAG_BYTES + SIG_BYTES
 DEFAULT_MAX_FRAME = 1 << 20
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+"""23:59:59.999 on 31 December 9999: any later time cannot be a real clock (and would not format)."""
 
 
 class EnvelopeHeader(BaseModel):
@@ -57,7 +58,7 @@ class EnvelopeHeader(BaseModel):
     sender: str
     recipient: str
     counter: int = Field(ge=1)
-    timestamp_ms: int = Field(ge=0)
+    timestamp_ms: int = Field(ge=0, le=MAX_TIMESTAMP_MS)
     epoch: int = Field(ge=0)
     topic: str = Field(min_length=1, max_length=512)
 
@@ -217,10 +218,14 @@ class EnvelopeOpener:
 
     def check_fresh(self, header: EnvelopeHeader, now_ms: int | None = None) -> None:
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        if abs(now - header.timestamp_ms) > self.max_skew_ms:
-            when = datetime.fromtimestamp(header.timestamp_ms / 1000, UTC).isoformat(timespec="seconds")
+        skew_ms = header.timestamp_ms - now
+        if abs(skew_ms) > self.max_skew_ms:
+            # The sender's time is not formatted as a date: it is untrusted (and a header from outside
+            # the window says nothing more than how far outside it is).
+            side = "ahead of" if skew_ms > 0 else "behind"
             raise ReplayError(
-                f"message from {header.sender} timestamped {when} is outside the freshness window"
+                f"message from {header.sender} is timestamped {abs(skew_ms) / 1000:.0f} s {side} this "
+                f"device's clock, outside the {self.max_skew_ms / 1000:g} s freshness window"
             )
 
     @staticmethod
@@ -240,4 +245,7 @@ class EnvelopeOpener:
             return self.group_keys[header.epoch]
         if cert is None:
             raise NotAMemberError(f"device {header.sender} is not a known household member")
-        return _pair_key(self.identity, cert, self._pair_keys)
+        try:
+            return _pair_key(self.identity, cert, self._pair_keys)
+        except CryptoError:  # a key no honest device has (low order): nothing from it can be genuine
+            raise ForgedMessageError(f"device {header.sender} has an unusable box key") from None

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
 
-from nacl.exceptions import BadSignatureError
+import nacl.bindings as sodium
+from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent.errors import NotAMemberError
 from edge_agent.mesh.identity import DeviceId, DeviceIdentity, device_id_for
@@ -32,6 +33,20 @@ def canonical(model: BaseModel) -> bytes:
     return json.dumps(
         model.model_dump(mode="json", exclude={"signature"}), sort_keys=True, separators=(",", ":")
     ).encode()
+
+
+_PROBE_SCALAR = hashlib.blake2b(b"hearth-box-key-probe", digest_size=32).digest()
+
+
+def usable_box_key(key: bytes) -> bool:
+    """False for an X25519 public key of low order (the all-zero shared secret with every peer):
+    libsodium refuses to agree a key with it, so a certificate carrying one would make every device
+    that opens its frames fail. Any clamped scalar shows it, so a fixed public one suffices."""
+    try:
+        sodium.crypto_scalarmult(_PROBE_SCALAR, key)
+    except CryptoError:
+        return False
+    return True
 
 
 def household_id_for(root_key: VerifyKey) -> str:
@@ -71,6 +86,13 @@ class DeviceCertificate(_Signed):
     admin: bool = False
     issued_at: datetime
     expires_at: datetime
+
+    @field_validator("box_key")
+    @classmethod
+    def _usable_box_key(cls, value: str) -> str:
+        if not usable_box_key(bytes.fromhex(value)):
+            raise ValueError("box key is a low-order X25519 point (no key can be agreed with it)")
+        return value
 
     @property
     def verify_key(self) -> VerifyKey:

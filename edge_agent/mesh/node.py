@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,13 +209,28 @@ class MeshNode:
             self.membership.apply_revocations(presence.crl)
         self.membership.add_certificate(presence.certificate)
 
+    def _unexpected(
+        self, exc: Exception, where: str, report: Callable[[Exception, str], None] | None
+    ) -> None:
+        self.dropped[type(exc).__name__] += 1
+        if report is not None:
+            report(exc, where)
+        else:
+            log.warning("dropped frame on %s: unexpected %s: %s", where, type(exc).__name__, exc)
+
     def _drop(self, exc: PeerError | str, where: str, size: int) -> None:
         name = exc if isinstance(exc, str) else type(exc).__name__
         self.dropped[name] += 1
         log.warning("dropped frame on %s (%d bytes): %s", where, size, exc)
 
-    async def receive(self, transport: Transport) -> AsyncIterator[Opened | Announced | VanishHint]:
-        """Verified messages, announcements and hints only. Anything else is dropped with a log line."""
+    async def receive(
+        self, transport: Transport, unexpected: Callable[[Exception, str], None] | None = None
+    ) -> AsyncIterator[Opened | Announced | VanishHint]:
+        """Verified messages, announcements and hints only. Anything else is dropped with a log line.
+
+        A check that fails with anything but a PeerError is a bug a peer can trigger: that frame is
+        dropped too (counted as its error's name, and handed to ``unexpected`` for the health view),
+        and the stream of frames goes on."""
         async for item in transport.incoming():
             if isinstance(item, Vanished):
                 if item.device != self.device_id:
@@ -229,9 +244,14 @@ class MeshNode:
                 if sealed_for is None:
                     sealed_for = self._sealed_for[item.address] = f"{item.address}#{self.session}"
                 try:
-                    yield self.opener.open(item.frame, sealed_for)
+                    opened_direct = self.opener.open(item.frame, sealed_for)
                 except PeerError as exc:
                     self._drop(exc, str(item.address), len(item.frame))
+                    continue
+                except Exception as exc:
+                    self._unexpected(exc, str(item.address), unexpected)
+                    continue
+                yield opened_direct
                 continue
             assert isinstance(item, Announcement)
             board = self.address(item.device, Channel.PRESENCE)
@@ -247,6 +267,9 @@ class MeshNode:
                 if item.retained and isinstance(exc, ReplayError):
                     continue
                 self._drop(exc, str(board), len(item.frame))
+                continue
+            except Exception as exc:
+                self._unexpected(exc, str(board), unexpected)
                 continue
             yield Announced(opened, item.retained)
 

@@ -36,12 +36,12 @@ from datetime import UTC, datetime, timedelta
 import nacl.bindings as sodium
 from nacl.public import PublicKey
 from nacl.signing import VerifyKey
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.spake2 import SPAKEError
 
 from edge_agent.errors import HearthError, PeerError
-from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, RevocationList
+from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, RevocationList, usable_box_key
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.tasks import DeviceClass, Task
 
@@ -129,6 +129,13 @@ class DeviceRequest(_Msg):
     serves: list[Task]
     tls_key: str | None = Field(default=None, max_length=1024)
     """PEM public key for the broker client certificate (see broker_pki); sealed, so the code binds it."""
+
+    @field_validator("box_key")
+    @classmethod
+    def _usable_box_key(cls, value: str) -> str:
+        if not usable_box_key(bytes.fromhex(value)):
+            raise ValueError("box_key is a low-order X25519 point; refusing to certify it")
+        return value
 
 
 class Welcome(_Msg):

@@ -47,6 +47,13 @@ TaskBody = dict[str, Any]
 requester and the server type it through their task registry (edge_agent.task_specs), which the mesh
 cannot import: the typed models belong to the engines."""
 MAX_UNKNOWN_FIELDS = 16
+MAX_COUNT = 2**53
+"""Upper bound of every counter a peer reports (served, offloaded, nonces): exact as a float, so no
+arithmetic on it can overflow or lose its meaning."""
+MAX_NONCE = (1 << 62) - 1
+"""Nonces are random 62-bit numbers (matched, never computed with)."""
+MAX_QUEUE = 100_000
+"""Upper bound of a queue depth a peer reports: the router multiplies it into an estimate."""
 MAX_UNKNOWN_BYTES = 4096
 
 
@@ -87,8 +94,8 @@ class UpdateStatus(_Wire):
     entities): the installed sequence, the highest verified sequence it knows of, and what it is doing."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$")
-    installed: int = Field(ge=0)
-    available: int = Field(ge=0)
+    installed: int = Field(ge=0, le=MAX_COUNT)
+    available: int = Field(ge=0, le=MAX_COUNT)
     state: Literal[
         "current",
         "awaiting-approval",
@@ -104,6 +111,7 @@ class UpdateStatus(_Wire):
     offered: int = Field(
         default=0,
         ge=0,
+        le=MAX_COUNT,
         description="Highest sequence this device seeds whole: the "
         "announcement that makes peers who run the model ask for it at once.",
     )
@@ -121,6 +129,15 @@ class DirectContact(_Wire):
     tls_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class Health(_Wire):
+    """How the advertising device's own loops fare (see edge_agent.supervision): restarts after
+    unexpected errors and items dropped, since its agent started. Home Assistant shows them as
+    diagnostic sensors; a count above zero is worth a look at that device's log."""
+
+    restarts: int = Field(default=0, ge=0, le=MAX_COUNT)
+    dropped: int = Field(default=0, ge=0, le=MAX_COUNT)
+
+
 class Presence(_Wire):
     """Retained, group-sealed advert: who I am (root-signed), what I serve, how busy I am."""
 
@@ -133,16 +150,21 @@ class Presence(_Wire):
     """Connection number within the session: a departure notice counts only for the current link."""
     profile: str = Field(max_length=63)
     offers: list[Offer] = Field(default_factory=list, max_length=16)
-    queue_depth: int = Field(default=0, ge=0)
-    free_model_ram_mb: int = Field(default=0, ge=0)
-    served: int = Field(default=0, ge=0, description="Requests answered for peers since the agent started.")
-    offloaded: int = Field(default=0, ge=0, description="Own requests peers answered since the start.")
+    queue_depth: int = Field(default=0, ge=0, le=MAX_QUEUE)
+    free_model_ram_mb: int = Field(default=0, ge=0, le=1 << 30)
+    served: int = Field(
+        default=0, ge=0, le=MAX_COUNT, description="Requests answered for peers since the agent started."
+    )
+    offloaded: int = Field(
+        default=0, ge=0, le=MAX_COUNT, description="Own requests peers answered since the start."
+    )
     translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
     updates: list[UpdateStatus] = Field(default_factory=list, max_length=16)
     direct: DirectContact | None = None
     corrections: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{32}$", description="Digest of the shared corrections held."
     )
+    health: Health | None = None
     interval_s: float = Field(
         gt=0,
         le=3600,
@@ -174,15 +196,15 @@ class Request(_Wire):
 class Accepted(_Wire):
     type: Literal["accepted"] = "accepted"
     id: RequestId
-    queue_depth: int = Field(ge=0)
+    queue_depth: int = Field(ge=0, le=MAX_QUEUE)
 
 
 class Chunk(_Wire):
     type: Literal["chunk"] = "chunk"
     id: RequestId
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=1 << 31)
     text: str = Field(default="", max_length=1 << 20)
-    token_ids: list[int] = Field(default_factory=list, max_length=4096)
+    token_ids: list[Annotated[int, Field(ge=0, lt=1 << 31)]] = Field(default_factory=list, max_length=4096)
     final: bool = False
     body: TaskBody | None = None
 
@@ -204,18 +226,18 @@ class Cancel(_Wire):
 
 class Ping(_Wire):
     type: Literal["ping"] = "ping"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     reply_session: Session
 
 
 class Pong(_Wire):
     type: Literal["pong"] = "pong"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
 
 
 class GroupKey(_Wire):
     type: Literal["group-key"] = "group-key"
-    epoch: int = Field(ge=1)
+    epoch: int = Field(ge=1, le=MAX_COUNT)
     key: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -223,16 +245,16 @@ class MemoryQuery(_Wire):
     """Ask a peer for translations it already has (keys: digests of normalized sentences)."""
 
     type: Literal["memory-query"] = "memory-query"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     reply_session: Session
-    epoch: int = Field(ge=0, description="Group key epoch whose secret salts the digests.")
+    epoch: int = Field(ge=0, le=MAX_COUNT, description="Group key epoch whose secret salts the digests.")
     pair: str = Field(pattern=r"^[a-z]{2,3}-[a-z]{2,3}$")
     keys: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(min_length=1, max_length=256)
 
 
 class MemoryHits(_Wire):
     type: Literal["memory-hits"] = "memory-hits"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     entries: list[MemoryEntry] = Field(default_factory=list, max_length=256)
 
 
@@ -240,7 +262,7 @@ class CorrectionsQuery(_Wire):
     """Ask a peer for the shared corrections we lack (we list the ids we hold)."""
 
     type: Literal["corrections-query"] = "corrections-query"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     reply_session: Session
     have: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(
         default_factory=list, max_length=4096
@@ -251,7 +273,7 @@ class CorrectionsData(_Wire):
     """Signed correction records: an answer to a query, or pushed to every member when one is made."""
 
     type: Literal["corrections-data"] = "corrections-data"
-    nonce: int = Field(ge=0, description="The query's nonce; 0 when pushed unasked.")
+    nonce: int = Field(ge=0, le=MAX_NONCE, description="The query's nonce; 0 when pushed unasked.")
     records: list[Correction] = Field(default_factory=list, max_length=256)
 
 
@@ -259,7 +281,7 @@ class UpdateQuery(_Wire):
     """Ask a peer which model updates it holds (signed manifests and which of their chunks)."""
 
     type: Literal["update-query"] = "update-query"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     reply_session: Session
 
 
@@ -270,14 +292,14 @@ class HeldUpdate(_Wire):
 
 class UpdateHoldings(_Wire):
     type: Literal["update-holdings"] = "update-holdings"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     key_set: str | None = Field(default=None, max_length=100_000, description="Base64 key-set envelope.")
     held: list[HeldUpdate] = Field(default_factory=list, max_length=8)
 
 
 class ChunkRequest(_Wire):
     type: Literal["chunk-request"] = "chunk-request"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     reply_session: Session
     content_id: str = Field(pattern=r"^[0-9a-f]{16}$")
     index: int = Field(ge=0, le=1 << 20)
@@ -290,12 +312,12 @@ class UpdateApproval(_Wire):
 
     type: Literal["update-approval"] = "update-approval"
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$")
-    sequence: int = Field(ge=1)
+    sequence: int = Field(ge=1, le=MAX_COUNT)
 
 
 class ChunkData(_Wire):
     type: Literal["chunk-data"] = "chunk-data"
-    nonce: int = Field(ge=0)
+    nonce: int = Field(ge=0, le=MAX_NONCE)
     content_id: str = Field(pattern=r"^[0-9a-f]{16}$")
     index: int = Field(ge=0, le=1 << 20)
     data: str = Field(max_length=700_000, description="Base64 of the chunk (verified on arrival).")

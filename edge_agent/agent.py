@@ -30,6 +30,7 @@ from edge_agent.models.host_gate import HostGate, gated_plan
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.profiles.model import FirmwareProfile
+from edge_agent.supervision import Supervisor
 from edge_agent.task_specs import EMBED, GENERATE, TRANSLATE, ItemT, ReqT, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,16 @@ _DONE = object()
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, profile: FirmwareProfile, store: PackStore) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        profile: FirmwareProfile,
+        store: PackStore,
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()
         self.profile = profile
         self.store = store
         gate = HostGate(store, threads=config.engines.threads or 1) if config.engines.quality_gate else None
@@ -56,7 +65,8 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Agent:
-        self._tasks.append(asyncio.create_task(self.models.reap_idle_forever(), name="idle-reaper"))
+        reaper = self.supervisor.supervise("idle-reaper", self.models.reap_idle_forever)
+        self._tasks.append(asyncio.create_task(reaper, name="idle-reaper"))
         return self
 
     async def __aexit__(

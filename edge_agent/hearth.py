@@ -128,7 +128,7 @@ class Hearth:
         self.state = HearthState.UNOPENED
         self.supervisor = Supervisor()
         """One for the agent's loops (mesh, updates, servers): restarts, drops, the health view."""
-        self.agent = agent if agent is not None else Agent(config, profile, store)
+        self.agent = agent if agent is not None else Agent(config, profile, store, supervisor=self.supervisor)
         self.service: Any = None
         self.router = Router(plan=plan, policy=config.routing, local=self.agent, local_name=config.agent.name)
         self._lock = StateLock(self.state_dir) if self.use_mesh else None

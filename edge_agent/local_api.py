@@ -271,6 +271,13 @@ class LocalApiServer:
                 except HearthError as exc:
                     writer.write(_line(ErrorEvent(kind=type(exc).__name__, message=str(exc),
                                                   exit_code=exc.exit_code)))  # fmt: skip
+                except (ConnectionError, OSError):
+                    raise
+                except Exception as exc:  # a bug: this call fails, the server and the agent go on
+                    self.hearth.supervisor.drop("local-socket", type(exc).__name__, exc,
+                                                f"a local {call.op} call failed")  # fmt: skip
+                    writer.write(_line(ErrorEvent(kind="internal", message="internal error in the agent "
+                                                  "(see its log)", exit_code=1)))  # fmt: skip
         except (ConnectionError, OSError) as exc:
             log.debug("local client went away: %s", exc)
         finally:

@@ -248,3 +248,34 @@ async def test_an_advert_that_cannot_be_built_is_skipped_and_counted(tmp_path: P
         hub.endpoint._presence = original
         seen = fridge.endpoint.peers.get(hub.id)
         assert seen is not None and hub.endpoint.supervisor.restarts("mesh-housekeeping") == 0
+
+
+async def test_a_local_call_that_hits_a_bug_fails_alone_and_the_socket_keeps_serving(tmp_path: Path) -> None:
+    """The local socket (CLI commands to a running agent): a call that fails unexpectedly gets an
+    internal error, is counted, and the next call is served."""
+    from edge_agent.errors import HearthError
+    from edge_agent.hearth import PeersReport
+    from edge_agent.local_api import LocalApiServer, LocalClient
+
+    class Facade:  # the server under test is the socket, not the agent behind it
+        supervisor = Supervisor()
+        calls = 0
+
+        def peers(self) -> PeersReport:
+            self.calls += 1
+            if self.calls == 1:
+                raise ZeroDivisionError("a bug behind the socket")
+            return PeersReport(household="h", peers=[], routes={}, dropped={})
+
+    facade = Facade()
+    server = LocalApiServer(facade, tmp_path / "agent.sock")  # type: ignore[arg-type]
+    await server.start()
+    try:
+        async with LocalClient(tmp_path / "agent.sock", timeout_s=5) as client:
+            with pytest.raises(HearthError, match=r"^internal error in the agent \(see its log\)$"):
+                await client.peers()
+            report = await client.peers()
+        assert report.household == "h"
+        assert facade.supervisor.drops("local-socket") == {"ZeroDivisionError": 1}
+    finally:
+        await server.aclose()

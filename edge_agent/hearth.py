@@ -204,7 +204,10 @@ class Hearth:
                 from edge_agent.voice.wyoming_server import WyomingServer
 
                 self.wyoming = WyomingServer.for_voice(
-                    self.config.voice, self, name=f"Hearth {self.config.agent.name}"
+                    self.config.voice,
+                    self,
+                    name=f"Hearth {self.config.agent.name}",
+                    supervisor=self.supervisor,
                 )
                 await self._stack.enter_async_context(self.wyoming)
         except BaseException:

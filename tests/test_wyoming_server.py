@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import ipaddress
 import json
 import logging
 import math
 import os
+import re
 import subprocess
 import warnings
 import wave
@@ -32,6 +34,8 @@ import pytest
 from edge_agent.config import VoiceSection
 from edge_agent.discovery.advertiser import AdvertiserState
 from edge_agent.errors import HearthError, InvalidAudioError, NoRouteError
+from edge_agent.supervision import Supervisor
+from edge_agent.voice import wyoming_server
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
 from edge_agent.voice.wyoming_advert import SERVICE_TYPE, advert_addresses, instance_label, should_advertise
 from edge_agent.voice.wyoming_server import WHISPER_TINY_EN, WyomingServer, WyomingServerState
@@ -43,7 +47,7 @@ with warnings.catch_warnings():  # wyoming.audio imports audioop, deprecated on 
     from wyoming.audio import AudioChunk, AudioStart, AudioStop
     from wyoming.client import AsyncTcpClient
     from wyoming.error import Error
-    from wyoming.event import Event, async_read_event
+    from wyoming.event import Event, async_read_event, async_write_event
     from wyoming.info import Describe, Info
     from wyoming.ping import Ping, Pong
 
@@ -362,15 +366,17 @@ async def test_empty_audio_is_refused_by_the_transcriber_as_invalid_audio() -> N
     ]
 
 
-async def test_a_bug_in_the_transcriber_is_logged_with_its_traceback_and_answered(
+async def test_a_bug_in_the_transcriber_is_logged_with_its_traceback_counted_and_answered(
     speech: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pcm, *fmt = frames(speech)
     async with serving(StandInTranscriber(ZeroDivisionError("boom"))) as server:
         events = await transcribe(server, pcm, (fmt[0], fmt[1], fmt[2]))
+        assert server.supervisor.drops("wyoming") == {"ZeroDivisionError": 1}  # the agent's health shows it
     assert kinds(events) == ["transcript-start", "error", "transcript", "transcript-stop"]
     assert events[1].data["code"] == "internal-error" and events[2] == empty_transcript()
-    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records if r.name == LOG)
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records
+               if r.name == "edge_agent.supervision")  # fmt: skip
 
 
 # -- hostile and broken clients -------------------------------------------------------------------------
@@ -550,6 +556,206 @@ async def test_connections_past_the_bound_are_turned_away(speech: Path) -> None:
         assert kinds(await until_closed(first))[-2:] == ["transcript", "transcript-stop"]
 
 
+# -- N6: nobody holds the server (issue 21) --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def raw_from(
+    server: WyomingServer, source: str
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw connection from another loopback address (127.0.0.0/8 is all this host's)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port, local_addr=(source, 0))
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def described(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The connection holds a slot: the server answered its describe."""
+    await async_write_event(Describe().event(), writer)
+    async with asyncio.timeout(WAIT_S):
+        info = await async_read_event(reader)
+    assert info is not None and Info.is_type(info.type)
+
+
+async def served_from(server: WyomingServer, source: str, speech: Path) -> None:
+    """A whole utterance from ``source``, answered in full."""
+    pcm, *fmt = frames(speech)
+    async with raw_from(server, source) as (reader, writer):
+        for event in audio_events(pcm, fmt[0], fmt[1], fmt[2]):
+            await async_write_event(event, writer)
+        events = await raw_until_closed(reader)
+    assert events[-2] == Transcript(text=" ".join(expected_pieces(len(pcm) // 2)), language="en").event()
+
+
+async def test_pings_do_not_hold_a_connection_past_the_hold(
+    speech: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that only pings (each answered at once, never idle) is closed once the hold is up."""
+    standin = StandInTranscriber()
+    async with serving(standin, hold_s=0.5) as server:
+        pongs = 0
+        async with raw(server) as (reader, writer):
+            async with asyncio.timeout(WAIT_S):  # before the fix: pong after pong, for ever
+                while True:
+                    await async_write_event(Ping(text="still here").event(), writer)
+                    event = await async_read_event(reader)
+                    if event is None or not Pong.is_type(event.type):
+                        break
+                    pongs += 1
+            assert pongs > 0
+            assert event == error(
+                "timeout",
+                "no audio within 0.5 s of connecting (pings do not keep it open); closing the connection",
+            )
+            assert await raw_until_closed(reader) == []
+        client_mistake_logged(caplog, "no audio within 0.5 s of connecting")
+        await a_good_client_is_served(server, speech)  # the server serves on, nothing restarted
+        assert server.supervisor.restarts("wyoming") == 0 and not server.supervisor.drops("wyoming")
+    assert len(standin.received) == 1  # only the good client's audio
+
+
+async def test_a_trickled_utterance_is_cut_at_its_wall_clock_bound(
+    speech: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audio that keeps coming but never ends (empty chunks, so never too long either) is cut once the
+    utterance has had twice its longest duration: audio-start + 2 x max_seconds (+ slack, 0 here)."""
+    monkeypatch.setattr(wyoming_server, "UTTERANCE_SLACK_S", 0.0)
+    standin = StandInTranscriber()
+    async with serving(standin, max_seconds=0.25) as server:
+        async with raw(server) as (reader, writer):
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError):
+                    await async_write_event(AudioStart(rate=16000, width=2, channels=1).event(), writer)
+                    while True:  # empty chunks: activity, never audio
+                        empty = AudioChunk(rate=16000, width=2, channels=1, audio=b"")
+                        await async_write_event(empty.event(), writer)
+
+            sender = asyncio.create_task(trickle())
+            try:
+                events = await raw_until_closed(reader)  # before the fix: never closed
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+        assert events == [
+            error("timeout", "the utterance's audio took over 0.5 s to arrive; closing the connection"),
+            empty_transcript(),
+        ]
+        assert standin.received == []  # nothing was transcribed for it
+        exactly = (np.zeros(4000, "<i2")).tobytes()  # 0.25 s: at the bound, still taken
+        events = await transcribe(server, exactly, chunk_frames=1000)
+        assert events[-2] == Transcript(text="window 0 has 4000 samples", language="en").event()
+        assert not server.sources  # every slot given back
+
+
+async def test_more_than_a_command_of_audio_is_refused(speech: Path) -> None:
+    """The default bound is one voice command (30 s), not 600 s: 31 s of audio is refused at 30 s."""
+    standin = StandInTranscriber()
+    async with serving(standin) as server:  # the defaults
+        assert server.max_seconds == 30
+        events = await transcribe(server, np.zeros(31 * 16000, "<i2").tobytes(), chunk_frames=16000)
+        assert events == [error("audio-too-long", "the utterance passed 30 s, the most this server takes"),
+                          empty_transcript()]  # fmt: skip
+        await a_good_client_is_served(server, speech)
+    assert len(standin.received) == 1
+
+
+async def test_one_source_cannot_take_every_connection(
+    speech: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    standin = StandInTranscriber()
+    async with serving(standin, max_connections=4, max_per_source=2) as server:
+        async with raw_from(server, "127.0.0.1") as first, raw_from(server, "127.0.0.1") as second:
+            await described(*first)
+            await described(*second)
+            assert server.sources == {"127.0.0.1": 2}
+            async with raw_from(server, "127.0.0.1") as (reader, _):
+                turned_away = await raw_until_closed(reader)
+            assert turned_away == [
+                error(
+                    "busy",
+                    "busy: 2 Wyoming connections from 127.0.0.1 are already open here; try again later",
+                )
+            ]
+            client_mistake_logged(caplog, "turned away, 2 connections from it already open")
+            assert server.sources == {"127.0.0.1": 2}  # the refused one never held a slot
+            await served_from(server, "127.0.0.2", speech)  # another address is served meanwhile
+        assert await _until(lambda: not server.sources)  # slots given back as connections close
+    assert len(standin.received) == 1
+
+
+async def test_an_address_off_the_allow_list_is_refused(
+    speech: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    standin = StandInTranscriber()
+    allow = [ipaddress.ip_network("127.0.0.1/32")]
+    async with serving(standin, allow=allow) as server:
+        async with raw_from(server, "127.0.0.2") as (reader, writer):
+            await async_write_event(Transcribe(language="en").event(), writer)
+            for event in audio_events(frames(speech)[0], 16000, 2, 1):
+                with contextlib.suppress(ConnectionError):
+                    await async_write_event(event, writer)
+            refused = await raw_until_closed(reader)
+        assert refused == [
+            error("forbidden", "127.0.0.2 may not use this Wyoming server (not in its allow-list: "
+                               "[voice] wyoming_allow)")
+        ]  # fmt: skip
+        client_mistake_logged(caplog, "wyoming 127.0.0.2:")
+        assert standin.received == [] and not server.sources  # nothing of it was heard or held
+        await served_from(server, "127.0.0.1", speech)  # the listed address is served
+    assert len(standin.received) == 1
+
+
+async def test_the_listening_loop_is_supervised_and_listens_again(speech: Path) -> None:
+    """The listening socket closed under the server (not by its own close): counted as a restart, and the
+    server listens again on the same port."""
+    async with serving() as server:
+        port = server.port
+        assert await _until(lambda: server.supervisor.report().loops)  # the loop is in serve_forever
+        assert server._server is not None
+        server._server.close()
+        assert await _until(lambda: server.supervisor.restarts("wyoming") == 1)
+        assert await _until(lambda: server._server is not None and server._server.is_serving())
+        assert server.port == port
+        await a_good_client_is_served(server, speech)
+        report = server.supervisor.report()
+        assert [(loop.name, loop.restarts, loop.last_error) for loop in report.loops] == [
+            ("wyoming", 1, "RuntimeError: the listening socket was closed")
+        ]
+
+
+async def test_a_connection_that_fails_inside_hearth_is_dropped_and_counted(
+    speech: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our bug on one connection (here: in the audio converter, and in taking a connection at all) ends
+    that connection only: counted in the agent's health, the server serves the next client."""
+    async with serving() as server:
+        with monkeypatch.context() as bug:
+            bug.setattr(wyoming_server._ToSpeechFormat, "convert", lambda self, audio: 1 / 0)
+            with contextlib.suppress(ConnectionError):
+                assert await transcribe(server, b"\0\0" * 1600) == []  # cut off, no answer: our bug
+        with monkeypatch.context() as bug:
+            bug.setattr(wyoming_server._Connection, "__init__", lambda *a: [][1])
+            async with raw(server) as (reader, _):
+                with contextlib.suppress(ConnectionError):
+                    assert await raw_until_closed(reader) == []
+        assert server.supervisor.drops("wyoming") == {"ZeroDivisionError": 1, "IndexError": 1}
+        assert server.supervisor.restarts("wyoming") == 0
+        await a_good_client_is_served(server, speech)
+
+
+async def _until(condition: Any, timeout: float = WAIT_S) -> bool:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+    return True
+
+
 async def test_closing_the_server_ends_transcriptions_in_flight(speech: Path) -> None:
     started, never = asyncio.Event(), asyncio.Event()
 
@@ -595,16 +801,38 @@ async def test_a_port_in_use_is_a_clear_error() -> None:
 
 
 def test_the_voice_section_configures_the_server() -> None:
-    voice = VoiceSection(wyoming=True, wyoming_host="0.0.0.0", wyoming_port=10301, max_seconds=30)
-    server = WyomingServer.for_voice(voice, StandInTranscriber(), name="Hearth kitchen")
-    assert (server.host, server.port, server.name, server.max_seconds) == (
+    voice = VoiceSection(wyoming=True, wyoming_host="0.0.0.0", wyoming_port=10301, wyoming_max_seconds=20,
+                         wyoming_allow=["192.168.1.10", "fd00::/64"], wyoming_max_per_source=1)  # fmt: skip
+    supervisor = Supervisor()
+    server = WyomingServer.for_voice(
+        voice, StandInTranscriber(), name="Hearth kitchen", supervisor=supervisor
+    )
+    assert (server.host, server.port, server.name, server.max_seconds, server.max_per_source) == (
         "0.0.0.0",
         10301,
         "Hearth kitchen",
-        30,
+        20,
+        1,
     )
-    assert server.advertise  # "auto", bound beyond loopback
-    assert not WyomingServer.for_voice(VoiceSection(wyoming=True), StandInTranscriber()).advertise  # loopback
+    assert [str(n) for n in server.allow] == ["192.168.1.10/32", "fd00::/64"]
+    assert server.advertise and server.supervisor is supervisor  # "auto", bound beyond loopback
+    default = WyomingServer.for_voice(VoiceSection(wyoming=True), StandInTranscriber())
+    assert not default.advertise  # loopback
+    # One voice command's worth of audio, not [voice] max_seconds (600 s, for files): 4 connections
+    # hold at most 4 x 30 s of 16 kHz s16 (3.8 MB), not 77 MB.
+    assert default.max_seconds == 30 and VoiceSection().max_seconds == 600
+    assert [str(n) for n in default.allow] == ["127.0.0.0/8", "::1/128"]
+
+
+def test_listening_beyond_loopback_needs_an_allow_list() -> None:
+    from pydantic import ValidationError
+
+    refusal = re.escape("wyoming_host = '0.0.0.0' listens beyond loopback, but wyoming_allow lets only "
+                        "loopback clients in: list Home Assistant's address")  # fmt: skip
+    with pytest.raises(ValidationError, match=refusal):
+        VoiceSection(wyoming=True, wyoming_host="0.0.0.0")
+    assert VoiceSection(wyoming=False, wyoming_host="0.0.0.0")  # not serving: nothing to lock
+    assert VoiceSection(wyoming=True, wyoming_host="localhost")
 
 
 def test_auto_advertises_only_beyond_loopback() -> None:

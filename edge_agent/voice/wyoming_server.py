@@ -13,7 +13,8 @@ opens one connection per utterance: ``transcribe`` (language), ``audio-start``, 
 Audio in any common format (8-96 kHz, 8-32 bit, mono or stereo) becomes 16 kHz mono s16 as it arrives:
 channels averaged and soxr's HQ resampler, as for files (`edge_agent.audio.decode`), since audioop's
 `ratecv` (what wyoming's own converter uses) does no anti-alias filtering. The recording is bounded
-(``max_seconds``), then handed whole to the `Transcriber` (VAD, windows, routing).
+(``max_seconds``: one voice command, ``[voice] wyoming_max_seconds``), then handed whole to the
+`Transcriber` (VAD, windows, routing: for Assist, only devices trusted to transcribe commands).
 
 Whoever asked for a transcript always gets one: every refusal is an ``error`` event followed by an empty
 ``transcript``, or Home Assistant would wait for it forever. Input that is not the protocol (not JSON,
@@ -21,9 +22,14 @@ oversized, out of order) gets an ``error`` event, one log line (never a tracebac
 closed; the server and every other connection carry on. Unknown event types are dropped (the protocol
 asks servers to, so that newer clients can send e.g. ``select-program``), up to a bound.
 
-Wyoming has no authentication, by design (a trusted LAN): the server binds loopback unless told
-otherwise, and what any client can make it do is bounded: connections, idle time, header and payload
-sizes, one recording's worth of memory and one transcription per connection.
+Wyoming has no authentication, by design (a trusted LAN), and Home Assistant's client sends no secret,
+so the lock is the client's address: the server binds loopback unless told otherwise and answers only
+the addresses in ``allow`` (``[voice] wyoming_allow``; loopback by default). What an allowed client can
+make it do is bounded: connections (in all, and per source address), idle time between events, the time
+a connection may hold its slot before its audio starts (pings and describes do not keep it open) and
+while its audio arrives, header and payload sizes, one command's worth of audio and one transcription
+per connection. The listening loop runs under the agent's `Supervisor` (restarted if its socket dies),
+and a connection that fails inside Hearth is dropped and counted there; the others carry on.
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import json
 import logging
 import time
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -47,6 +55,7 @@ from edge_agent import __version__
 from edge_agent.audio.pcm import float_to_pcm16
 from edge_agent.engines.interfaces import BYTES_PER_SECOND, SAMPLE_RATE
 from edge_agent.errors import HearthError, InvalidAudioError, NoRouteError
+from edge_agent.supervision import Supervisor
 from edge_agent.voice.transcript import Transcriber, TranscriptPiece
 from edge_agent.voice.wyoming_advert import WyomingAdvertiser, should_advertise
 
@@ -87,6 +96,21 @@ MIN_RATE, MAX_RATE = 8000, 96_000
 """Telephone rate (below it speech's band is gone) up to studio rate."""
 IDLE_TIMEOUT_S = 20.0
 """Longest wait for a client's next event: a live microphone sends a chunk every few tens of ms."""
+HOLD_S = 30.0
+"""Longest a connection may stay open before its audio starts, whatever it sends meanwhile: Home
+Assistant asks ``describe`` on a connection of its own and closes it, and starts an utterance's audio at
+once; pings do not count as activity past this."""
+UTTERANCE_WALL_FACTOR, UTTERANCE_SLACK_S = 2.0, 5.0
+"""After audio-start, audio-stop must come within 2 x max_seconds + 5 s (a microphone streams in real
+time): a client trickling a byte now and then cannot hold its slot for ever."""
+MAX_SECONDS = 30.0
+"""Default utterance bound: one voice command (Assist ends one after 15 s of speech)."""
+LOOPBACK: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+REFUSAL_LOG_S = 60.0
+"""A refused address is logged at most once per this many seconds (a flood writes no flood of lines)."""
 WRITE_TIMEOUT_S = 10.0
 """Longest a client may leave our events unread (its socket buffer full) before it counts as gone."""
 DRAIN_S = 30.0
@@ -261,15 +285,20 @@ class WyomingServer:
         port: int = DEFAULT_PORT,
         name: str = "Hearth",
         models: Sequence[AsrModelInfo] = (WHISPER_TINY_EN,),
-        max_seconds: float = 600.0,
+        max_seconds: float = MAX_SECONDS,
         max_connections: int = 4,
+        max_per_source: int = 2,
+        allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = LOOPBACK,
         advertise: bool = False,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        hold_s: float = HOLD_S,
+        supervisor: Supervisor | None = None,
     ) -> None:
         """``port`` 0 takes a free port (read ``.port`` once open). ``host`` is loopback by default:
-        Home Assistant on another machine needs an address it reaches (the caller's explicit choice).
-        ``max_seconds``: the longest utterance accepted (a bounded buffer). ``advertise``: zeroconf
-        ``_wyoming._tcp`` on the bound addresses."""
+        Home Assistant on another machine needs an address it reaches (the caller's explicit choice),
+        and its address in ``allow`` (only those clients are answered). ``max_seconds``: the longest
+        utterance accepted (a bounded buffer). ``advertise``: zeroconf ``_wyoming._tcp`` on the bound
+        addresses. ``supervisor``: the agent's (restarts, drops); a private one if None."""
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0-65535, not {port}")
         if not name.strip():
@@ -278,14 +307,18 @@ class WyomingServer:
             raise ValueError("at least one model must be described")
         if not 0 < max_seconds <= 4 * 3600:
             raise ValueError(f"max_seconds must be in (0, 14400], not {max_seconds}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        if max_connections < 1 or max_per_source < 1:
+            raise ValueError(f"connection limits must be at least 1, not {max_connections}/{max_per_source}")
+        if not allow:
+            raise ValueError("allow must name at least one client address or network")
         self.transcriber = transcriber
         self.host, self.port, self.name = host, port, name.strip()
         self.models = list(models)
         self.languages = list(dict.fromkeys(lang for m in self.models if m.installed for lang in m.languages))
         self.max_seconds, self.max_connections = max_seconds, max_connections
-        self.advertise, self.idle_timeout_s = advertise, idle_timeout_s
+        self.max_per_source, self.allow = max_per_source, tuple(allow)
+        self.advertise, self.idle_timeout_s, self.hold_s = advertise, idle_timeout_s, hold_s
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.state = WyomingServerState.UNOPENED
         self.advertiser: WyomingAdvertiser | None = None
         self.addresses: list[str] = []
@@ -296,14 +329,27 @@ class WyomingServer:
         self._stack = contextlib.AsyncExitStack()
         self._connections: set[asyncio.Task[None]] = set()
         self._turned_away: set[asyncio.Task[None]] = set()
+        self._serving: asyncio.Task[None] | None = None
+        self.sources: Counter[str] = Counter()
+        """Open connections per client address."""
+        self._refusals_logged: dict[str, float] = {}
 
     @classmethod
-    def for_voice(cls, voice: VoiceSection, transcriber: Transcriber, *, name: str = "Hearth") -> Self:
-        """From the agent's [voice] section (wyoming_host, wyoming_port, wyoming_advertise, max_seconds)."""
+    def for_voice(
+        cls,
+        voice: VoiceSection,
+        transcriber: Transcriber,
+        *,
+        name: str = "Hearth",
+        supervisor: Supervisor | None = None,
+    ) -> Self:
+        """From the agent's [voice] section (wyoming_host, _port, _advertise, _allow, _max_seconds,
+        _max_connections, _max_per_source)."""
         return cls(
             transcriber, host=voice.wyoming_host, port=voice.wyoming_port, name=name,
-            max_seconds=voice.max_seconds,
-            advertise=should_advertise(voice.wyoming_advertise, voice.wyoming_host),
+            max_seconds=voice.wyoming_max_seconds, max_connections=voice.wyoming_max_connections,
+            max_per_source=voice.wyoming_max_per_source, allow=voice.wyoming_allow,
+            advertise=should_advertise(voice.wyoming_advertise, voice.wyoming_host), supervisor=supervisor,
         )  # fmt: skip
 
     def _info(self) -> Info:
@@ -331,19 +377,15 @@ class WyomingServer:
         try:
             self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
             self._stack.callback(self._cancel_connections)  # runs first: the group then only waits
-            try:
-                self._server = await asyncio.start_server(
-                    self._accept, self.host, self.port, limit=MAX_HEADER_BYTES
-                )
-            except OSError as exc:
-                raise HearthError(
-                    f"cannot serve Wyoming on {self.host}:{self.port}: {exc.strerror or exc} "
-                    "([voice] wyoming_host / wyoming_port)"
-                ) from None
+            self._server = await self._listen()
             self._stack.push_async_callback(self._stop_listening)
             self.addresses = [str(s.getsockname()[0]) for s in self._server.sockets]
             self.port = int(self._server.sockets[0].getsockname()[1])
             self.state = WyomingServerState.SERVING
+            serving = self.supervisor.supervise(
+                "wyoming", self._serve, stopping=lambda: self.state is not WyomingServerState.SERVING
+            )
+            self._serving = self._group.create_task(serving, name="wyoming")
             log.info("serving Wyoming speech to text on %s port %d", ", ".join(self.addresses), self.port)
             if self.advertise:  # entered last, left first: the goodbye goes out before the port closes
                 self.advertiser = WyomingAdvertiser(self.name, self.port, self.addresses)
@@ -364,6 +406,28 @@ class WyomingServer:
         self.state = WyomingServerState.CLOSED
         await self._stack.aclose()
 
+    async def _listen(self) -> asyncio.Server:
+        try:
+            return await asyncio.start_server(self._accept, self.host, self.port, limit=MAX_HEADER_BYTES)
+        except OSError as exc:
+            raise HearthError(
+                f"cannot serve Wyoming on {self.host}:{self.port}: {exc.strerror or exc} "
+                "([voice] wyoming_host / wyoming_port)"
+            ) from None
+
+    async def _serve(self) -> None:
+        """The supervised loop: serve until closed; a listening socket that closes under us (not by
+        our own close) is an unexpected failure, and the supervisor's restart listens again."""
+        if self._server is None or not self._server.is_serving():
+            self._server = await self._listen()
+        try:
+            await self._server.serve_forever()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # we are being stopped
+                raise
+            raise RuntimeError("the listening socket was closed") from None
+
     async def _stop_listening(self) -> None:
         server, self._server = self._server, None
         if server is None:
@@ -377,33 +441,100 @@ class WyomingServer:
     def _cancel_connections(self) -> None:
         for task in (*self._connections, *self._turned_away):
             task.cancel()
+        if self._serving is not None:
+            self._serving.cancel()
 
     # -- connections ----------------------------------------------------------------------------------
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Called by asyncio for each connection: it runs in our task group, or is turned away."""
+        """Called by asyncio for each connection: it runs in our task group, or is turned away. A
+        failure in here is Hearth's bug: the connection is dropped and counted, the server goes on."""
+        host, address = _peer_address(writer)
         peer = _peer_name(writer)
         if self.state is not WyomingServerState.SERVING or self._group is None:
             writer.transport.abort()
             return
         try:
-            if len(self._connections) < self.max_connections:
-                conn = _Connection(self, reader, writer, peer)
-                task = self._group.create_task(conn.run(), name=f"wyoming {peer}")
-                self._connections.add(task)
-                task.add_done_callback(self._connections.discard)
-            elif len(self._turned_away) < self.max_connections:
-                log.warning(
-                    "wyoming %s: turned away, %d connections already open", peer, self.max_connections
-                )
-                refusal = _turn_away(reader, writer, self.max_connections)
-                task = self._group.create_task(refusal, name="wyoming busy")
-                self._turned_away.add(task)
-                task.add_done_callback(self._turned_away.discard)
-            else:  # a flood: no answer at all
-                writer.transport.abort()
+            self._admit(reader, writer, host, address, peer)
         except RuntimeError:  # the task group is shutting down
             writer.transport.abort()
+        except Exception as exc:
+            self.supervisor.drop("wyoming", type(exc).__name__, exc, f"wyoming {peer}: could not take it")
+            writer.transport.abort()
+
+    def _admit(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+        address: _Address | None,
+        peer: str,
+    ) -> None:
+        assert self._group is not None
+        if address is None or not any(address in net for net in self.allow):
+            self._log_refusal(host, f"wyoming {peer}: refused, not in [voice] wyoming_allow")
+            self._turn_away(reader, writer, "forbidden", f"{host} may not use this Wyoming server "
+                            "(not in its allow-list: [voice] wyoming_allow)")  # fmt: skip
+        elif len(self._connections) >= self.max_connections:
+            log.warning("wyoming %s: turned away, %d connections already open", peer, self.max_connections)
+            self._turn_away(reader, writer, "busy", f"busy: {self.max_connections} Wyoming connections "
+                            "are already open here; try again later")  # fmt: skip
+        elif self.sources[host] >= self.max_per_source:
+            self._log_refusal(host, f"wyoming {peer}: turned away, {self.max_per_source} connections "
+                              "from it already open")  # fmt: skip
+            self._turn_away(reader, writer, "busy", f"busy: {self.max_per_source} Wyoming connections from "
+                            f"{host} are already open here; try again later")  # fmt: skip
+        else:
+            conn = _Connection(self, reader, writer, peer)
+            task = self._group.create_task(conn.run(), name=f"wyoming {peer}")
+            self._connections.add(task)
+            self.sources[host] += 1
+            task.add_done_callback(lambda done: self._closed(done, host))
+
+    def _closed(self, task: asyncio.Task[None], host: str) -> None:
+        self._connections.discard(task)
+        self.sources[host] -= 1
+        if self.sources[host] <= 0:
+            del self.sources[host]
+
+    def _turn_away(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str, text: str
+    ) -> None:
+        """An error event, then closed; past as many refusals in flight as connections, no answer at
+        all (a flood)."""
+        assert self._group is not None
+        if len(self._turned_away) >= self.max_connections:
+            writer.transport.abort()
+            return
+        task = self._group.create_task(_refuse_and_close(reader, writer, code, text), name="wyoming busy")
+        self._turned_away.add(task)
+        task.add_done_callback(self._turned_away.discard)
+
+    def _log_refusal(self, host: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._refusals_logged.get(host, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
+            return
+        if len(self._refusals_logged) >= 256:
+            self._refusals_logged.clear()
+        self._refusals_logged[host] = now
+        log.warning("%s", text)
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> tuple[str, _Address | None]:
+    """The client's address (an IPv4-mapped IPv6 one as IPv4, as the allow-list names it)."""
+    peer = writer.get_extra_info("peername")
+    if not (isinstance(peer, tuple) and peer):
+        return "client", None
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return str(peer[0]), None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address), address
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
@@ -445,10 +576,11 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
 
 
-async def _turn_away(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
+async def _refuse_and_close(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str, text: str
+) -> None:
     try:
-        text = f"busy: {limit} Wyoming connections are already open here; try again later"
-        await _write(writer, Error(text=text, code="busy").event())
+        await _write(writer, Error(text=text, code=code).event())
         await _linger_close(reader, writer)
         await _close(writer)
     except asyncio.CancelledError:
@@ -473,6 +605,9 @@ class _Connection:
         self.pcm = bytearray()
         self.ignored = 0
         self.max_bytes = int(server.max_seconds * BYTES_PER_SECOND)
+        self.deadline = time.monotonic() + server.hold_s
+        """When this connection's slot is up unless its utterance moves on (audio-start resets it)."""
+        self.deadline_why = f"no audio within {server.hold_s:g} s of connecting (pings do not keep it open)"
 
     async def run(self) -> None:
         try:
@@ -487,8 +622,9 @@ class _Connection:
         except (_ClientGone, ConnectionError, OSError) as exc:
             log.debug("wyoming %s: the client went away (%s)", self.peer, exc or type(exc).__name__)
             self.writer.transport.abort()
-        except Exception:  # our bug, not the client's: logged with its traceback, the server runs on
-            log.exception("wyoming %s: the connection failed inside Hearth", self.peer)
+        except Exception as exc:  # our bug, not the client's: dropped and counted, the server runs on
+            what = f"wyoming {self.peer}: the connection failed inside Hearth"
+            self.server.supervisor.drop("wyoming", type(exc).__name__, exc, what)
             self.writer.transport.abort()
 
     async def _refuse(self, refusal: _Refused) -> None:
@@ -514,13 +650,17 @@ class _Connection:
     # -- reading --------------------------------------------------------------------------------------
 
     async def _next_event(self) -> Event | None:
+        """The next event within the idle timeout, and before the connection's deadline (the hold
+        before audio starts, then the utterance's wall-clock bound): whichever comes first."""
+        idle = self.server.idle_timeout_s
+        left = self.deadline - time.monotonic()
         try:
-            async with asyncio.timeout(self.server.idle_timeout_s):
+            async with asyncio.timeout(max(0.0, min(idle, left))):
                 return await self._read_event()
         except TimeoutError:
-            raise _Refused(
-                "timeout", f"no event for {self.server.idle_timeout_s:g} s; closing the connection"
-            ) from None
+            if left < idle:
+                raise _Refused("timeout", f"{self.deadline_why}; closing the connection") from None
+            raise _Refused("timeout", f"no event for {idle:g} s; closing the connection") from None
 
     async def _read_event(self) -> Event | None:
         """The next event, bounded at every step; None at a clean end of the connection."""
@@ -619,6 +759,9 @@ class _Connection:
         self.requested = True
         self.format = self._format(event, "audio-start")
         self.converter = _ToSpeechFormat(self.format)
+        wall = UTTERANCE_WALL_FACTOR * self.server.max_seconds + UTTERANCE_SLACK_S
+        self.deadline = time.monotonic() + wall
+        self.deadline_why = f"the utterance's audio took over {wall:g} s to arrive"
 
     def _on_audio_chunk(self, event: Event) -> None:
         if self.converter is None or self.format is None:
@@ -671,8 +814,9 @@ class _Connection:
             failure = ("no-route", str(exc))
         except HearthError as exc:
             failure = ("transcription-failed", str(exc))
-        except Exception:
-            log.exception("wyoming %s: the transcription failed inside Hearth", self.peer)
+        except Exception as exc:  # our bug: counted (the agent's health), answered, the server runs on
+            what = f"wyoming {self.peer}: the transcription failed inside Hearth"
+            self.server.supervisor.drop("wyoming", type(exc).__name__, exc, what)
             failure = ("internal-error", "the transcription failed inside Hearth (see the agent's log)")
         finally:
             aclose = getattr(pieces, "aclose", None)  # an async generator left at its final piece

@@ -355,13 +355,17 @@ class Hearth:
 
     @property
     def voice(self) -> VoicePipeline:
-        """The speech pipeline on this device's own VAD (the Wyoming server and `hearth listen` use it)."""
+        """The speech pipeline on this device's own VAD for the Wyoming server: Assist acts on what it
+        hears, so its windows go only to devices trusted to transcribe commands (edge_agent.voice.trust)."""
         if self._voice is None:
             from edge_agent.voice.local_vad import ManagedVad
             from edge_agent.voice.pipeline import VoicePipeline
+            from edge_agent.voice.trust import ActionTranscriber, ActionTrust
 
             vad = ManagedVad(self.agent.models, self.config.voice)
-            self._voice = VoicePipeline(vad.find_speech, self.transcribe, self.config.voice.language,
+            for_actions = ActionTranscriber(ActionTrust.for_voice(self.config.voice), lambda: self.router,
+                                            self.transcribe)  # fmt: skip
+            self._voice = VoicePipeline(vad.find_speech, for_actions, self.config.voice.language,
                                         self.config.voice.max_seconds)  # fmt: skip
         return self._voice
 

@@ -23,6 +23,7 @@ from edge_agent.cli.common import (
 )
 from edge_agent.errors import ConfigError, InvalidAudioError
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
+from edge_agent.voice.trust import ActionTrust
 
 CLIPPED_WARN = 0.01  # a fraction of samples at full scale past which the recording is called clipped
 
@@ -102,7 +103,8 @@ def listen(
     The VAD always runs here: only the speech it finds is transcribed, and when this device cannot
     transcribe well (its plan says offload, or a household peer is much faster) only those speech
     segments go to the peer, encrypted. Set \\[routing] never_offload = ["transcribe"] to keep every
-    sound on this device.
+    sound on this device. With --ha the transcript is a command: only devices trusted to transcribe
+    commands may (\\[voice] actions_transcribe; a transcript from another needs your confirmation).
 
     Examples:
       hearth listen command.wav
@@ -136,9 +138,11 @@ async def _listen(
     as_json: bool,
     report: dict[str, Any],
 ) -> None:
+    from edge_agent.hearth import Hearth
     from edge_agent.mesh.state import HouseholdState
     from edge_agent.voice.local_vad import ManagedVad, manager_for
-    from edge_agent.voice.pipeline import VoicePipeline
+    from edge_agent.voice.pipeline import TranscribeWindow, VoicePipeline
+    from edge_agent.voice.trust import ActionTranscriber
 
     use_mesh = ctx.config.mesh.enabled and not local and HouseholdState.exists(mesh_state_dir(ctx.config))
     pieces: list[TranscriptPiece] = []
@@ -149,7 +153,11 @@ async def _listen(
         # The VAD runs in this process: a running agent (reached through its socket) gets speech only.
         models = getattr(getattr(hearth, "agent", None), "models", None) or manager_for(ctx)
         vad = ManagedVad(models, ctx.config.voice)
-        pipeline = VoicePipeline(vad.find_speech, hearth.transcribe, language, ctx.config.voice.max_seconds)
+        trust = ActionTrust.for_voice(ctx.config.voice)
+        transcribe: TranscribeWindow = hearth.transcribe
+        if ha and isinstance(hearth, Hearth):  # this process routes: only trusted devices are asked
+            transcribe = ActionTranscriber(trust, lambda: hearth.router, hearth.transcribe)
+        pipeline = VoicePipeline(vad.find_speech, transcribe, language, ctx.config.voice.max_seconds)
         async for piece in pipeline.transcribe_pcm(pcm, language=language):
             pieces.append(piece)
             if piece.text and not as_json:
@@ -174,7 +182,49 @@ async def _listen(
         elif translate_to:
             await _translate(hearth, text, language, translate_to, as_json, report)
         elif ha:
+            await _check_origin(ctx, hearth, trust, pieces, text, as_json)
             await _ask_home_assistant(ctx, hearth, text, as_json, report)
+
+
+async def _check_origin(
+    ctx: Context, hearth: Any, trust: ActionTrust, pieces: list[TranscriptPiece], text: str, as_json: bool
+) -> None:
+    """The command goes to Home Assistant only if devices trusted for commands transcribed it, or the
+    user, shown the words and who heard them, says so (a running agent routed it: checked here)."""
+    import inspect
+
+    peers = hearth.peers()
+    if inspect.isawaitable(peers):  # a running agent, through its local socket
+        peers = await peers
+    confirm = None if as_json or not sys.stdin.isatty() else _ask_user
+    confirm_origin(trust, pieces, ctx.config.agent.name, peers.peers, text, confirm)
+
+
+def _ask_user(text: str, untrusted: list[str]) -> bool:
+    from rich.markup import escape
+
+    who = escape(", ".join(repr(u) for u in untrusted))  # peers' words: quoted, never markup
+    console_err.print(
+        f"[yellow]warning:[/] {who} transcribed this command and is not trusted to transcribe commands "
+        f"(\\[voice] actions_transcribe): {escape(repr(text))}",
+        highlight=False,
+    )
+    return bool(typer.confirm("Send it to Home Assistant?", default=False, err=True))
+
+
+def confirm_origin(
+    trust: ActionTrust,
+    pieces: list[TranscriptPiece],
+    local_name: str,
+    peers: Any,
+    text: str,
+    confirm: Any = None,
+) -> None:
+    """Raise UntrustedTranscriptError unless every window came from a device trusted for commands or
+    ``confirm(text, untrusted devices)`` (the user at a terminal) accepts it."""
+    untrusted = trust.untrusted(pieces, local_name, peers)
+    if untrusted and (confirm is None or not confirm(text, untrusted)):
+        trust.check(pieces, local_name, peers)
 
 
 async def _chat(ctx: Context, hearth: Any, text: str, as_json: bool, report: dict[str, Any]) -> None:

@@ -3,6 +3,10 @@
 It connects with the membership saved at pairing, advertises itself (no offers) so peers know its
 certificate and see it live, and exposes the endpoint (peers, streams, features) to its owner. Built
 from the mesh library alone: no onnxruntime, no agent config.
+
+Like the agent, a member holds its state directory's `StateLock` from construction until it closes: two
+processes (two Home Assistants restored from one backup, Home Assistant and a `hearth` command) on one
+directory would reuse its message counters, and peers would refuse their messages as replays.
 """
 
 from __future__ import annotations
@@ -16,19 +20,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from edge_agent.errors import HearthError, PeerOfflineError
+from edge_agent.errors import HearthError, PeerOfflineError, StateInUseError
 from edge_agent.mesh.broker_pki import BrokerPki
 from edge_agent.mesh.corrections import Corrections
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.features.corrections import CorrectionSync
+from edge_agent.mesh.files import StateLock
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Presence, UpdateApproval, UpdateStatus
+from edge_agent.mesh.protocol import MAX_COUNT, Health, Presence, UpdateApproval, UpdateStatus
 from edge_agent.mesh.settings import MeshSettings, broker_host_port
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttConnector
+from edge_agent.supervision import Supervisor
 
 __all__ = ["MemberState", "MeshMember"]
 
@@ -40,7 +46,10 @@ class MemberState(enum.Enum):
 
 
 class MeshMember:
-    """Async context manager: open = connected to the household's broker as this member."""
+    """Async context manager: open = connected to the household's broker as this member. Holds the
+    state directory from construction: `close` (or leaving the context) gives it back.
+
+    Raises StateInUseError if another process (or another member in this one) holds the directory."""
 
     def __init__(
         self,
@@ -49,8 +58,31 @@ class MeshMember:
         *,
         settings: MeshSettings | None = None,
         connect_timeout_s: float = 10.0,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.state = HouseholdState(state_dir)
+        self._lock = StateLock(self.state.dir)
+        try:
+            self._lock.acquire()
+        except StateInUseError:
+            raise StateInUseError(
+                f"{self.state.dir} is in use by another Hearth process (another Home Assistant, or a "
+                "`hearth` agent or command on this state): one process per membership, or both would "
+                "reuse its message counters and peers would refuse them as replays"
+            ) from None
+        try:
+            self._build(broker, settings, connect_timeout_s, supervisor)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _build(
+        self,
+        broker: str,
+        settings: MeshSettings | None,
+        connect_timeout_s: float,
+        supervisor: Supervisor | None,
+    ) -> None:
         self.broker = broker
         self.settings = settings or MeshSettings()
         self.connect_timeout_s = connect_timeout_s
@@ -67,7 +99,10 @@ class MeshMember:
         device = self.certificate.device_id
         connector = MqttConnector(host, port, household=self.membership.household_id, device=device,
                                   client_id=f"{device}-{secrets.token_hex(4)}", tls=tls)  # fmt: skip
-        self.endpoint = MeshEndpoint(self.node, connector, presence=self.presence, settings=self.settings)
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        """This member's loops (connection, housekeeping): restarts and drops, announced in presence."""
+        self.endpoint = MeshEndpoint(self.node, connector, presence=self.presence, settings=self.settings,
+                                     supervisor=self.supervisor)  # fmt: skip
         self.update_status: Callable[[], list[UpdateStatus]] | None = None
         """Model-update states this member reports in presence (a member that keeps packs of its own)."""
         self.corrections: Corrections | None = None
@@ -89,7 +124,11 @@ class MeshMember:
                         link=self.endpoint.link, profile=self.certificate.profile,
                         corrections=held.digest if held is not None and held.records else None,
                         updates=self.update_status() if self.update_status is not None else [],
-                        interval_s=self.settings.presence_interval_s)  # fmt: skip
+                        health=self.health(), interval_s=self.settings.presence_interval_s)  # fmt: skip
+
+    def health(self) -> Health:
+        report = self.supervisor.report()
+        return Health(restarts=min(report.restarts, MAX_COUNT), dropped=min(report.dropped, MAX_COUNT))
 
     def peers(self) -> list[Peer]:
         return self.endpoint.peers.all()
@@ -108,7 +147,11 @@ class MeshMember:
     async def __aenter__(self) -> Self:
         if self.status is not MemberState.UNOPENED:
             raise RuntimeError(f"this member is {self.status.value}; make a new one")
-        self.check_member()
+        try:
+            self.check_member()
+        except BaseException:
+            await self.close()  # gives the state directory back
+            raise
         self.status = MemberState.OPEN
         await self.endpoint.__aenter__()
         try:
@@ -127,6 +170,9 @@ class MeshMember:
         if self.status is MemberState.CLOSED:
             return
         self.status = MemberState.CLOSED
-        await self.endpoint.close()
-        with contextlib.suppress(HearthError, OSError):
-            self.state.remember(self.membership)
+        try:
+            await self.endpoint.close()
+            with contextlib.suppress(HearthError, OSError):
+                self.state.remember(self.membership)
+        finally:
+            self._lock.release()

@@ -407,8 +407,11 @@ class Hearth:
         record: Correction = await self._corrections_here().correct(pair, source, target, model)
         return record
 
-    async def withdraw_correction(self, record_id: str) -> Correction:
-        record: Correction = await self._corrections_here().withdraw(record_id)
+    async def withdraw_correction(self, record_id: str, *, here: bool = False) -> Correction:
+        """Take a correction back for the household (the withdrawal), or with ``here`` only stop using
+        it for this device's own translations (the declined correction)."""
+        sync = self._corrections_here()
+        record: Correction = sync.decline(record_id) if here else await sync.withdraw(record_id)
         return record
 
     async def corrections(self) -> list[Correction]:

@@ -114,6 +114,8 @@ class CorrectCall(_Msg):
 class WithdrawCall(_Msg):
     op: Literal["withdraw"] = "withdraw"
     id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    here: bool = False
+    """Only decline it for this device's own translations (see edge_agent.mesh.corrections)."""
 
 
 class CorrectionsCall(_Msg):
@@ -321,7 +323,7 @@ class LocalApiServer:
             record = await hearth.correct(call.pair, call.source, call.target, call.model)
             yield CorrectionsEvent(records=[record])
         elif isinstance(call, WithdrawCall):
-            yield CorrectionsEvent(records=[await hearth.withdraw_correction(call.id)])
+            yield CorrectionsEvent(records=[await hearth.withdraw_correction(call.id, here=call.here)])
         elif isinstance(call, CorrectionsCall):
             yield CorrectionsEvent(records=await hearth.corrections())
         else:
@@ -467,8 +469,8 @@ class LocalClient:
         [record] = await self._records(CorrectCall(pair=pair, source=source, target=target, model=model))
         return record
 
-    async def withdraw_correction(self, record_id: str) -> Correction:
-        [record] = await self._records(WithdrawCall(id=record_id))
+    async def withdraw_correction(self, record_id: str, *, here: bool = False) -> Correction:
+        [record] = await self._records(WithdrawCall(id=record_id, here=here))
         return record
 
     async def corrections(self) -> list[Correction]:

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, RoutingSection
 from edge_agent.connect import member_connector
 from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.sentences import split_sentences
@@ -29,7 +29,7 @@ from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.features.group_keys import GroupKeyRotation
 from edge_agent.mesh.features.translation_memory import MemoryExchange
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.memory import TranslationMemory, fits, make_entry, normalize
+from edge_agent.mesh.memory import Audience, TranslationMemory, fits, make_entry, normalize
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import (
@@ -56,6 +56,14 @@ ServeHook = Callable[[Any], AsyncGenerator[Any, None]]
 """Serves a peer's request for one task instead of the task's own runner."""
 
 log = logging.getLogger(__name__)
+
+
+def text_audience(policy: RoutingSection) -> Audience:
+    """The device classes routing policy lets see this device's text to translate (None: any member;
+    empty: none), for memory lookups and answers as for offloading."""
+    if policy.mode == "local-only" or "translate" in policy.never_offload:
+        return frozenset()
+    return frozenset(policy.peer_classes) if policy.peer_classes else None
 
 
 class MeshService:
@@ -253,24 +261,31 @@ class MeshService:
     # -- translation ----------------------------------------------------------------------------------
 
     async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
-        """Translate with the household's memory first (ours, then peers'), the router for the rest;
-        returns (result, who served the computed part)."""
-        if self.memory is None:  # sharing is off here: ask the server not to keep our sentences either
-            request = request.model_copy(update={"remember": False})
-        return await self.translate_with_memory(request, self.router.translate, ask_peers=True)
+        """Translate with the household's corrections and memory first (ours, then peers'), the router
+        for the rest; returns (result, who served the computed part)."""
+        return await self.translate_with_memory(request, self.router.translate, own=True)
 
     async def _translate_here(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
         assert self.agent is not None
         return await self.agent.translate(request), f"{self.config.agent.name} (local)"
 
     async def translate_with_memory(
-        self, request: TranslateRequest, compute: Compute, *, ask_peers: bool
+        self, request: TranslateRequest, compute: Compute, *, own: bool
     ) -> tuple[TranslateResult, str]:
+        """``own``: a request of this device's (its declines and routing policy apply, peers' memories
+        are asked); else a peer's, served here (the household's corrections unless it applied them)."""
         request.validate_text()
         pair = request.pair
-        corrected = self.corrections.active_for(pair)
+        audience = text_audience(self.config.routing) if own else None
+        if own:  # we apply the corrections; a server keeps our sentences only if anyone may see them
+            shared = self.memory is not None and audience is None
+            outgoing = {"apply_corrections": False, "remember": request.remember and shared}
+            corrected = self.corrections.active_for(pair, here=True)
+        else:
+            outgoing = {}
+            corrected = self.corrections.active_for(pair, here=False) if request.apply_corrections else {}
         if self.memory is None and not corrected:
-            return await compute(request)
+            return await compute(request.model_copy(update=outgoing))
         t0 = time.perf_counter()
         segmented = [split_sentences(t) for t in request.texts]
         normalized = [[normalize(s) for s in seg.sentences] for seg in segmented]
@@ -289,22 +304,22 @@ class MeshService:
             else:
                 wanted[self.memory.key(pair, sentence)] = sentence
         lookup_s = self.config.translate.memory_lookup_ms / 1000
-        if ask_peers and wanted and lookup_s > 0 and self.exchange is not None and self.memory is not None:
+        if own and wanted and lookup_s > 0 and self.exchange is not None and self.memory is not None:
             found = await self.exchange.ask(pair, wanted, lookup_s, allowed=self._may_see_text)
             for entry in found.values():
                 answers[entry.source] = entry.translation
-                self.memory.put(entry)
+                self.memory.put(entry, audience)
         missing = sorted({n for ns in normalized for n in ns if n and n not in answers})
         source = "translation memory" if sentences - fixed else "household correction"
         served, model, counts = source, source, (0, 0)
         if missing:
-            computed, served = await compute(request.model_copy(update={"texts": missing}))
+            computed, served = await compute(request.model_copy(update={"texts": missing} | outgoing))
             model, counts = computed.model, (computed.stats.source_tokens, computed.stats.target_tokens)
             key, me = self.state.identity.signing_key, self.certificate.device_id
             for sentence, translation in zip(missing, computed.translations, strict=True):
                 answers[sentence] = translation
                 if self.memory is not None and request.remember and fits(sentence, translation):
-                    self.memory.put(make_entry(key, me, pair, sentence, translation, model))
+                    self.memory.put(make_entry(key, me, pair, sentence, translation, model), audience)
         translations = [
             seg.join([answers.get(n, "") if n else "" for n in ns])
             for seg, ns in zip(segmented, normalized, strict=True)
@@ -322,10 +337,8 @@ class MeshService:
 
     def _may_see_text(self, peer: Peer) -> bool:
         """Routing policy decides who may see our sentences, for memory lookups as for translation."""
-        policy = self.config.routing
-        if policy.mode == "local-only" or "translate" in policy.never_offload:
-            return False
-        return not policy.peer_classes or peer.device_class in policy.peer_classes
+        audience = text_audience(self.config.routing)
+        return audience is None or peer.device_class in audience
 
     # -- serving --------------------------------------------------------------------------------------
 
@@ -341,5 +354,5 @@ class MeshService:
 
     async def _serve_translate(self, request: TranslateRequest) -> AsyncGenerator[TranslateResult, None]:
         """Our memory first (no peer lookups while serving one), the engine for the rest."""
-        translated, _ = await self.translate_with_memory(request, self._translate_here, ask_peers=False)
+        translated, _ = await self.translate_with_memory(request, self._translate_here, own=False)
         yield translated

@@ -1,6 +1,7 @@
 """Shared corrections: signed records with precedence, withdrawal, bounds and persistence (IO-free
 store), then their spread over the in-memory mesh: pushed at once, caught up by anti-entropy after a
-device was away, refused (exact error, state unchanged) when the author may not make them."""
+device was away, refused (exact error, state unchanged) when the author may not make them. The attacks
+of issue 21 (N2, N3) are in test_hardening_corrections.py."""
 
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ class Home:
         self.membership = Membership(self.root.key.verify_key)
         self.ids: dict[str, DeviceIdentity] = {}
 
-    def member(self, name: str, *, translate: bool = True, admin: bool = False) -> DeviceIdentity:
+    def member(self, name: str, *, correct: bool = True, admin: bool = False) -> DeviceIdentity:
+        """A member; ``correct``: the hub approved it to correct (`invite --may-correct`)."""
         ident = DeviceIdentity.generate()
-        requests = list(TASKS) if translate else ["generate"]
-        cert = self.root.issue(ident, name=name, profile="hub", requests=requests, serves=[],
-                               device_class="appliance", admin=admin)  # fmt: skip
+        cert = self.root.issue(ident, name=name, profile="hub", requests=list(TASKS), serves=[],
+                               device_class="appliance", admin=admin, may_correct=correct)  # fmt: skip
         self.membership.add_certificate(cert)
         self.ids[name] = ident
         return ident
@@ -53,8 +54,8 @@ def home() -> Home:
     h = Home()
     for name in ("fridge", "car"):
         h.member(name)
-    h.member("plug", translate=False)
-    h.member("hub", admin=True)
+    h.member("plug", correct=False)
+    h.member("hub", correct=False, admin=True)
     return h
 
 
@@ -81,11 +82,12 @@ def test_every_refusal_names_its_reason_and_leaves_the_store_unchanged(home: Hom
     cases = {
         "not a known household member": make_correction(stranger.signing_key, stranger.device_id, PAIR,
                                                          "Hi.", "Olá."),
-        "plug may not translate": make_correction(plug.signing_key, plug.device_id, PAIR, "Hi.", "Olá."),
+        "plug may not correct translations": make_correction(plug.signing_key, plug.device_id, PAIR, "Hi.",
+                                                             "Olá."),
         "not signed by fridge": make_correction(car.signing_key, fridge.device_id, PAIR, "Hi.", "Olá."),
         "made in the future": home.fix("fridge", "Hi.", "Olá.", now=time.time() + 3600),
-        "car did not make that correction": make_correction(car.signing_key, car.device_id, PAIR,
-                                                            good.source, "", withdraws=good.id),
+        "plug may not correct translations (the hub approves that": make_correction(
+            plug.signing_key, plug.device_id, PAIR, good.source, "", withdraws=good.id),
     }  # fmt: skip
     for reason, record in cases.items():
         added, refused = store.merge([record])
@@ -95,11 +97,15 @@ def test_every_refusal_names_its_reason_and_leaves_the_store_unchanged(home: Hom
     assert (dict(store.records), store.digest) == before
 
 
-def test_an_admin_may_withdraw_anyones_correction(home: Home) -> None:
+@pytest.mark.parametrize("withdrawer", ["hub", "car"])
+def test_an_admin_or_any_device_that_may_correct_may_withdraw_anyones_correction(
+    home: Home, withdrawer: str
+) -> None:
+    """A device approved to correct could override the sentence with its own newer correction anyway."""
     store = home.store()
     good = home.fix("fridge", "Good morning.", "Bom dia.")
-    hub = home.ids["hub"]
-    back = make_correction(hub.signing_key, hub.device_id, PAIR, good.source, "", withdraws=good.id)
+    by = home.ids[withdrawer]
+    back = make_correction(by.signing_key, by.device_id, PAIR, good.source, "", withdraws=good.id)
     assert store.merge([good, back]) == (2, [])
     assert store.lookup(PAIR, ["Good morning."]) == {}
 
@@ -159,7 +165,8 @@ def announce(dev: Device, sync: CorrectionSync) -> None:
 
 async def test_a_correction_reaches_every_device_and_one_that_was_away_catches_up(tmp_path: Path) -> None:
     async with household(tmp_path) as home:
-        hub, fridge, car = (home.device(n, device_class="hub" if n == "hub" else "appliance")
+        hub, fridge, car = (home.device(n, device_class="hub" if n == "hub" else "appliance",
+                                        may_correct=n == "fridge")
                             for n in ("hub", "fridge", "car"))  # fmt: skip
         await home.start(hub, fridge)
         syncs = {d.name: sync_for(d, tmp_path) for d in (hub, fridge)}
@@ -184,10 +191,10 @@ async def test_a_correction_reaches_every_device_and_one_that_was_away_catches_u
 async def test_records_a_device_may_not_make_are_refused_by_every_peer(tmp_path: Path) -> None:
     async with household(tmp_path) as home:
         hub = home.device("hub", device_class="hub")
-        plug = home.device("plug", requests=["generate"])  # its certificate does not allow translate
+        plug = home.device("plug")  # the hub did not approve it to correct
         await home.start(hub, plug)
         hub_sync, plug_sync = sync_for(hub, tmp_path), sync_for(plug, tmp_path)
-        with pytest.raises(CorrectionError, match="plug may not translate"):
+        with pytest.raises(CorrectionError, match="plug may not correct translations"):
             await plug_sync.correct(PAIR, "Hi.", "Olá.")
         assert plug_sync.corrections.records == {}
         forged = make_correction(plug.identity.signing_key, plug.id, PAIR, "Hi.", "Olá.")  # sent anyway
@@ -198,7 +205,7 @@ async def test_records_a_device_may_not_make_are_refused_by_every_peer(tmp_path:
         before = dict(hub_sync.corrections.records)
         await plug.endpoint.send(hub.id, Channel.REQUESTS, CorrectionsData(nonce=0, records=[forged]),
                                  session=peer.session)  # fmt: skip
-        assert await until(lambda: hub.endpoint.dropped["CorrectionRefused"] == 1)
+        assert await until(lambda: hub.endpoint.dropped["CorrectionsPushForbidden"] == 1)
         assert hub_sync.corrections.records == before
 
 
@@ -218,11 +225,11 @@ def test_the_command_line_says_what_a_correction_needs(hearth_env: dict[str, str
 
 
 async def test_a_member_flooding_pushes_gets_the_excess_dropped_unverified(tmp_path: Path) -> None:
-    from edge_agent.mesh.features.corrections import PUSHES
+    from edge_agent.mesh.features.corrections import PUSHED_RECORDS as PUSHES
     from edge_agent.mesh.interfaces import Channel
 
     async with household(tmp_path) as home:
-        hub, car = home.device("hub", device_class="hub"), home.device("car")
+        hub, car = home.device("hub", device_class="hub"), home.device("car", may_correct=True)
         await home.start(hub, car)
         hub_sync = sync_for(hub, tmp_path)
         peer = car.endpoint.peers.get(hub.id)

@@ -24,7 +24,7 @@ async def test_a_correction_beats_the_model_on_every_device_survives_a_restart_a
 ) -> None:
     hub_home, fridge_home = tmp_path / "hub", tmp_path / "fridge"
     provision(hub_home, hub_home, "hub", "hub")
-    provision(hub_home, fridge_home, "fridge", "fridge-panel")
+    provision(hub_home, fridge_home, "fridge", "fridge-panel", may_correct=True)  # `invite --may-correct`
     one = TranslateRequest(texts=[SENTENCE], source="en", target="pt")
     two = TranslateRequest(texts=[f"{SENTENCE} Good night."], source="en", target="pt")
     with run_mosquitto(tmp_path / "broker") as broker:

@@ -44,7 +44,9 @@ async def test_pairing_over_mqtt_then_the_new_device_is_served(
     provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")
     hub_state, fridge_state = HouseholdState(tmp_path / "hub"), HouseholdState(tmp_path / "fridge")
     root, root_file = hub_state.load_root()
-    inv = Invitation(root, bytes.fromhex(root_file.group_key), roster=[hub_state.load().certificate])
+    inv = Invitation(
+        root, bytes.fromhex(root_file.group_key), roster=[hub_state.load().certificate], requests=["generate"]
+    )  # the operator lets the panel offload chat (`--requests`)
 
     def make(code: str):  # type: ignore[no-untyped-def]
         return lambda inv_id, session: DevicePairing(

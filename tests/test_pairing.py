@@ -26,7 +26,9 @@ from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, Membersh
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.pairing import (
     ATTEMPT_LIFETIME,
+    DEFAULT_REQUESTS,
     MAX_ATTEMPTS,
+    TRY_EVERY,
     DevicePairing,
     DeviceRequest,
     Invitation,
@@ -42,6 +44,7 @@ from edge_agent.mesh.pairing import (
     validate_code,
 )
 from edge_agent.mesh.pairing_link import MAX_HUB_FRAME, serve_invitation
+from edge_agent.tasks import TASKS
 
 
 @pytest.fixture
@@ -57,7 +60,7 @@ def _device(inv: Invitation, code: str | None = None, session: str | None = None
         session=session or new_session(),
         name="fridge",
         profile="fridge-panel",
-        requests=["generate"],
+        requests=["generate", "translate"],
         serves=[],
     )
 
@@ -68,7 +71,9 @@ def test_pairing_issues_a_certificate_the_household_accepts(invitation: Invitati
     welcome, cert = attempt.welcome(device.prove(challenge))
     result = device.finish(welcome)
     assert result.certificate == cert and result.group_epoch == 2
-    assert result.certificate.requests == ["generate"] and result.certificate.profile == "fridge-panel"
+    # An appliance may translate unless the operator approved more (`invite --requests`).
+    assert result.certificate.requests == ["translate"] and result.certificate.profile == "fridge-panel"
+    assert not result.certificate.may_correct and not result.certificate.corrects
     members = Membership(invitation.root.key.verify_key)
     members.add_certificate(result.certificate)
     assert members.member(device.identity.device_id).name == "fridge"
@@ -77,22 +82,33 @@ def test_pairing_issues_a_certificate_the_household_accepts(invitation: Invitati
 
 
 def test_a_device_gets_only_what_the_operator_approved(invitation: Invitation) -> None:
-    """Finding 5: a plug asking to serve everything, as a hub, gets the operator's approval, no more."""
+    """Finding 5 and N2: a plug asking to serve and request everything, as a hub, gets the operator's
+    approval, no more: what it serves, what it requests, its class, whether it may correct."""
     invitation.serves = ["embed"]  # `hearth household invite --serves embed --class vehicle`
     invitation.device_class = "vehicle"
     device = DevicePairing(DeviceIdentity.generate(), invitation.code, invitation.invitation_id,
-                           session=new_session(), name="plug", profile="hub", requests=["generate"],
+                           session=new_session(), name="plug", profile="hub", requests=list(TASKS),
                            serves=["generate", "translate", "embed"])  # fmt: skip
     challenge, attempt = invitation.challenge(device.hello)
     _, cert = attempt.welcome(device.prove(challenge))
     assert (cert.serves, cert.device_class) == (["embed"], "vehicle")
-    # The default approval is nothing to serve, and the weakest class.
+    assert cert.requests == list(DEFAULT_REQUESTS["vehicle"]) and not cert.may_correct
+    # The default approval is nothing to serve, the weakest class, translating only, no corrections.
     other = Invitation(invitation.root, group_key=os.urandom(32))
     device = DevicePairing(DeviceIdentity.generate(), other.code, other.invitation_id, session=new_session(),
-                           name="plug", profile="hub", requests=[], serves=["generate"])  # fmt: skip
+                           name="plug", profile="hub", requests=list(TASKS), serves=["generate"])  # fmt: skip
     challenge, attempt = other.challenge(device.hello)
     _, cert = attempt.welcome(device.prove(challenge))
-    assert (cert.serves, cert.device_class) == ([], "appliance")
+    assert (cert.serves, cert.device_class, cert.requests) == ([], "appliance", ["translate"])
+    assert not cert.may_correct
+    # What the operator approves by name (`--requests generate --may-correct`), and no more.
+    third = Invitation(invitation.root, group_key=os.urandom(32), requests=["generate"], may_correct=True)
+    device = DevicePairing(DeviceIdentity.generate(), third.code, third.invitation_id,
+                           session=new_session(), name="panel", profile="hub", requests=["generate", "embed"],
+                           serves=[])  # fmt: skip
+    challenge, attempt = third.challenge(device.hello)
+    _, cert = attempt.welcome(device.prove(challenge))
+    assert (cert.requests, cert.may_correct) == (["generate"], True)
 
 
 def test_wrong_code_is_caught_before_the_device_reveals_anything(invitation: Invitation) -> None:
@@ -112,12 +128,15 @@ def test_attacker_without_the_code_cannot_forge_the_proof(invitation: Invitation
 
 
 def test_twenty_first_attempt_is_refused(invitation: Invitation) -> None:
+    now = invitation.created
     for _ in range(MAX_ATTEMPTS):
         invitation.challenge(
-            _device(invitation, "4827-1930" if invitation.code != "4827-1930" else "5827-1930").hello
+            _device(invitation, "4827-1930" if invitation.code != "4827-1930" else "5827-1930").hello, now
         )
-    with pytest.raises(PairingError, match="closed after 20 wrong codes"):
-        invitation.challenge(_device(invitation).hello)
+        now += TRY_EVERY  # as fast as the invitation lets anyone try
+    with pytest.raises(PairingError, match=exactly(invitation.used_up)):
+        invitation.challenge(_device(invitation).hello, now)
+    assert "all 20 setup-code tries were used" in invitation.used_up
 
 
 def test_invitation_expires_within_15_minutes(invitation: Invitation) -> None:
@@ -242,8 +261,7 @@ def test_the_last_counted_attempt_can_still_finish(invitation: Invitation) -> No
     invitation.attempts_left = 1
     device = _device(invitation)
     challenge, attempt = invitation.challenge(device.hello)
-    closed = "the invitation is closed after 20 wrong codes; create a new one"
-    with pytest.raises(PairingError, match=exactly(closed)):
+    with pytest.raises(PairingError, match=exactly(invitation.used_up)):
         invitation.challenge(_device(invitation).hello)
     welcome, cert = attempt.welcome(device.prove(challenge))
     assert device.finish(welcome).certificate == cert
@@ -416,9 +434,7 @@ async def test_the_hub_serves_the_last_counted_attempt_to_the_end(
     broker.send(device.hello.session, device.hello)
     challenge = await broker.answer(device.hello.session, PairChallenge)
     broker.send(late.hello.session, late.hello)
-    assert await broker.refusal(late.hello.session) == (
-        "the invitation is closed after 20 wrong codes; create a new one"
-    )
+    assert await broker.refusal(late.hello.session) == invitation.used_up
     broker.send(device.hello.session, device.prove(challenge))
     assert device.finish(await broker.answer(device.hello.session, PairWelcome)).certificate == await serving
 

@@ -44,6 +44,24 @@ def test_bounded_by_count_age_and_length() -> None:
     assert memory.forget_producer("ab" * 16) == 3 and len(memory) == 0
 
 
+def test_an_entry_answers_only_its_audience_and_a_restriction_only_narrows() -> None:
+    key = SigningKey.generate()
+    memory = TranslationMemory(max_entries=2, salt=b"household")
+    entry = make_entry(key, "ab" * 16, "en-pt", "Good morning.", "Bom dia.", "m")
+    memory.put(entry, frozenset({"hub", "laptop"}))
+    digest_of = memory.key("en-pt", "Good morning.")
+    assert memory.lookup([digest_of], "hub") == [entry] and memory.lookup([digest_of], "appliance") == []
+    memory.put(entry)  # for anyone: the earlier restriction stays
+    memory.put(entry, frozenset({"laptop", "phone"}))  # narrowed to what both allow
+    assert memory.audience("en-pt", "Good morning.") == frozenset({"laptop"})
+    assert memory.get("en-pt", "Good morning.") == entry  # this device's own use is not restricted
+    for i in range(2):  # evicted: its restriction goes with it, and a new entry starts unrestricted
+        memory.put(make_entry(key, "ab" * 16, "en-pt", f"Other {i}.", f"Outra {i}.", "m"))
+    memory.put(entry)
+    assert memory.audience("en-pt", "Good morning.") is None
+    assert memory.lookup([digest_of], "appliance") == [entry]
+
+
 def test_normalize_keeps_case_and_punctuation() -> None:
     assert normalize("  Turn\u00a0off\tthe  lights! ") == "Turn off the lights!"
     assert normalize("Cafe\u0301") == "Café"  # NFC

@@ -54,15 +54,28 @@ def withdraw(
     record_id: Annotated[
         str, typer.Argument(metavar="ID", help="The correction's id (hearth corrections list).")
     ],
+    here: Annotated[
+        bool,
+        typer.Option(
+            "--here",
+            help="Only stop using it for this device's own translations (any member may; nothing is sent).",
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Take a correction back on every device of the household (this device's own; an admin device, the
-    hub, may take back any). Model output or the translation memory answers that sentence again."""
+    """Take a correction back on every device of the household: a device the hub approved to correct
+    (`hearth household invite --may-correct`) or the hub may take back any. Any device may decline one
+    for its own translations with --here. Model output or the translation memory answers that sentence
+    again."""
     ctx = load_context(config, None)
 
     async def go() -> str:
         async with open_hearth(ctx) as hearth:
-            record = await hearth.withdraw_correction(record_id.strip().lower())
-            return str(record.withdraws)
+            record = await hearth.withdraw_correction(record_id.strip().lower(), here=here)
+            return str(record.id if here else record.withdraws)
 
-    console.print(f"withdrew {aio.run(go())} (shared with the household)")
+    done = aio.run(go())
+    console.print(
+        f"declined {done} for this device's own translations" if here
+        else f"withdrew {done} (shared with the household)"
+    )  # fmt: skip

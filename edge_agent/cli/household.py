@@ -26,11 +26,11 @@ from edge_agent.cli.common import (
     setup_logging,
 )
 from edge_agent.config import AgentConfig
-from edge_agent.connect import member_client, pairing_client
+from edge_agent.connect import pairing_client
 from edge_agent.errors import ConfigError, HearthError
 from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.pairing import MAX_LIFETIME, Invitation, new_session
+from edge_agent.mesh.pairing import DEFAULT_REQUESTS, MAX_LIFETIME, Invitation, PairingError, new_session
 from edge_agent.mesh.pairing_link import serve_invitation
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
@@ -71,10 +71,16 @@ def init(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
 
 
 def _tasks(names: list[str], option: str) -> list[Task]:
+    if option == "--requests" and names in (["all"], ["none"]):
+        return list(TASKS) if names == ["all"] else []
     bad = [n for n in names if n not in TASKS]
     if bad:
         raise ConfigError(f"{option} {bad[0]!r} is not a task ({', '.join(TASKS)})")
     return [t for t in TASKS if t in names]
+
+
+def _defaults() -> str:
+    return "; ".join(f"{cls}: {', '.join(tasks)}" for cls, tasks in DEFAULT_REQUESTS.items())
 
 
 @app.command()
@@ -92,19 +98,41 @@ def invite(
     device_class: Annotated[
         str, typer.Option("--class", help="The new device's class: " + ", ".join(get_args(DeviceClass)) + ".")
     ] = "appliance",
+    requests: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--requests",
+            help="A task the new device may ask peers to run (repeat it; 'all' or 'none'); default by "
+            "class: " + _defaults() + ".",
+        ),
+    ] = None,
+    may_correct: Annotated[
+        bool,
+        typer.Option(
+            "--may-correct",
+            help="Let the new device author shared translation corrections (every device then answers "
+            "those sentences with them, before any model); default no. The hub always may.",
+        ),
+    ] = False,
 ) -> None:
     """Show a one-time setup code and wait for one device to pair with it (`hearth pair CODE`).
 
-    You decide here what the device is and what it may serve: a plug must not enrol itself as a hub
-    that receives everyone's prompts. Example: `hearth household invite --class laptop --serves
-    generate --serves translate`. The code is checked with SPAKE2, so watching the exchange does not
-    reveal it; the invitation closes after one pairing, 20 wrong codes, or its lifetime.
+    You decide here what the device is, what it may ask for, what it may serve and whether it may
+    correct translations for the whole household: a plug must not enrol itself as a hub that receives
+    everyone's prompts, nor rewrite what "Turn off the oven." means on every device. Example: `hearth
+    household invite --class laptop --serves generate --serves translate --may-correct`; a fridge panel
+    with voice and chat: `--requests generate --requests translate --requests transcribe --requests vad`.
+    The code is checked with SPAKE2, so watching the exchange does not reveal it; tries are limited to 3
+    at once, then one per 40 s; the invitation closes after one pairing, 20 tries, or its lifetime.
     """
     from datetime import timedelta
 
     approved_serves = _tasks(serves or [], "--serves")
     if device_class not in get_args(DeviceClass):
         raise ConfigError(f"--class {device_class!r} is not one of {', '.join(get_args(DeviceClass))}")
+    approved_requests = (
+        _tasks(requests, "--requests") if requests else list(DEFAULT_REQUESTS[device_class])  # type: ignore[index]
+    )
     ctx = load_context(config, profile)
     setup_logging("warning")
     state = HouseholdState(mesh_state_dir(ctx.config))
@@ -122,6 +150,8 @@ def invite(
         issue_tls=broker_certificate_issuer(state.dir),
         serves=approved_serves,
         device_class=device_class,  # type: ignore[arg-type]  # checked above
+        requests=approved_requests,
+        may_correct=may_correct,
     )
     console.print(
         Panel.fit(
@@ -136,16 +166,34 @@ def invite(
         state.record_issued(root, cert)  # type: ignore[arg-type]
 
     async def go() -> None:
-        client_id = f"{household.certificate.device_id}-invite"
-        async with member_client(ctx.config.mesh, state.dir, client_id, url=broker) as transport:
-            cert = await serve_invitation(transport, inv, paired)
+        from edge_agent.cli.broker import invitation_link  # the pairing listener, open for this invitation
+
+        hub = household.certificate.device_id
+        link = invitation_link(ctx.config.mesh, state.dir, f"{hub}-invite", inv.invitation_id, hub, broker)
+        async with link as (transport, retain):
+            try:
+                cert = await serve_invitation(transport, inv, paired, retain=retain)
+            except PairingError as exc:
+                raise PairingError(_closed(inv, exc)) from None
         console.print(
-            f"[green]paired[/] '{cert.name}' ({cert.profile}) as {cert.device_id}; "
+            f"[green]paired[/] '{escape(cert.name)}' ({escape(cert.profile)}) as {cert.device_id}; "
             f"it may request {', '.join(cert.requests) or 'nothing'} and serve "
             f"{', '.join(cert.serves) or 'nothing'}"
+            + ("; it may correct translations for the household" if cert.may_correct else "")
         )
 
     aio.run(go())
+
+
+def _closed(inv: Invitation, exc: PairingError) -> str:
+    """The hub's last word on an invitation that ended unpaired: what happened, honestly."""
+    why = inv.used_up if inv.attempts_left <= 0 else str(exc)
+    if inv.paused:
+        why += (
+            f" ({inv.paused} setup-code tries were turned away for coming too fast: someone may be "
+            "guessing; look for an unknown device on your network)"
+        )
+    return why
 
 
 def pair(
@@ -184,8 +232,9 @@ def pair(
             )  # fmt: skip
         cert = welcome.certificate
         console.print(
-            f"[green]joined[/] household {cert.household_id} as '{cert.name}' ({cert.device_id}); "
-            f"{len(welcome.roster)} members known"
+            f"[green]joined[/] household {cert.household_id} as '{escape(cert.name)}' ({cert.device_id}); "
+            f"{len(welcome.roster)} members known; the hub lets it request "
+            f"{', '.join(cert.requests) or 'nothing'} and serve {', '.join(cert.serves) or 'nothing'}"
         )
 
     try:
@@ -208,15 +257,16 @@ def show(config: ConfigOpt = None) -> None:
         f"household {me.household_id} · this device '{me.name}' {me.device_id}"
         + (" · holds the root key" if state.is_root() else "")
     )
-    table = Table("name", "device id", "profile", "requests", "serves", "expires", "status")
+    table = Table("name", "device id", "profile", "requests", "serves", "corrects", "expires", "status")
     for cert in [me, *data.peers]:
         status = "revoked" if cert.device_id in data.crl.revoked else "ok"
         table.add_row(
-            cert.name,
+            escape(cert.name),
             cert.device_id,
-            cert.profile,
+            escape(cert.profile),
             ",".join(cert.requests),
             ",".join(cert.serves),
+            "admin" if cert.admin else "yes" if cert.may_correct else "no",
             f"{cert.expires_at:%Y-%m-%d}",
             status,
         )
@@ -244,11 +294,11 @@ def revoke(
         "Running agents publish it with their next presence."
     )
     pki = BrokerPki(state.dir)
-    if pki.has_ca():
+    if pki.has_ca():  # the broker refuses the device's new connections once it rereads its CRL
         console_err.print(
-            f"The broker's certificate revocation list is updated ({pki.crl_path}). Reload Mosquitto "
-            "(`systemctl reload mosquitto` or SIGHUP) so it refuses new connections with that "
-            "device's certificate; restart it to drop a connection it already has."
+            f"The broker's certificate revocation list is updated ({pki.crl_path}); "
+            f"{pki.reload_brokers().describe()}. Restart Mosquitto to drop a connection it already has.",
+            markup=False,
         )
     if ctx.config.home_assistant.mqtt_discovery:
         _clear_from_home_assistant(ctx.config, state, matches[0])

@@ -146,6 +146,11 @@ class TranslateRequest(_Model):
         description="Whether the device that translates may keep the result in the household's shared "
         "translation memory (False when the requester's policy turns sharing off).",
     )
+    apply_corrections: bool = Field(
+        default=True,
+        description="Whether the device that translates answers with the household's corrections; False "
+        "when the requester applied them itself (as it holds them, with those it declined left out).",
+    )
 
     @property
     def pair(self) -> str:

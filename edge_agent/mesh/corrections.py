@@ -3,12 +3,23 @@ every device of the household, and preferred to any model's output or cached tra
 
 A correction is a record (pair, source, target, model, author, time): the training data a later adapter
 (LoRA) step would use, so it is stored whole, not just applied. A withdrawal is a record too, naming the
-correction it takes back; only the correction's author or an admin device may withdraw it. Records are
-a grow-only set merged between devices (any order, any number of times, same result), bounded per
-author and in total. For one (pair, sentence) the newest correction not withdrawn wins.
+correction it takes back. Records are a grow-only set merged between devices (any order, any number of
+times, same result), bounded per author and in total. For one (pair, sentence) the newest correction not
+withdrawn wins.
 
-Who may author: a current member whose certificate allows requesting ``translate``. Checked when a
-record arrives and again whenever it is used, so a revoked device's corrections stop counting at once.
+Who may author either kind: a current member whose certificate says it may correct (the operator's
+`hearth household invite --may-correct`), or an admin. That is checked when a record arrives, from the
+record alone (so every device keeps the same set whatever the order of arrival), and again whenever a
+record is used, so a revoked or re-certified device's records stop counting at once. Any device that may
+correct may withdraw any correction: it could override that sentence with a newer correction of its own
+anyway, so this gives it nothing more, and lets the household undo a bad one without the hub. A
+withdrawal of a correction not seen yet therefore counts when the correction arrives exactly as if it
+had come later, and one from a device that may not correct is never stored at all.
+
+"Their own sentence": any member, even one that may not correct, may *decline* a correction for its own
+translations (`decline`): the sentences it translates for its own users. A decline is kept on that
+device only and changes nothing anywhere else, so it needs no approval; the device then applies the
+corrections itself and asks a serving peer not to (`TranslateRequest.apply_corrections`).
 
 This module is mesh-side (no onnxruntime, no config): the Home Assistant component can use it.
 """
@@ -40,6 +51,7 @@ log = logging.getLogger(__name__)
 _DOMAIN = b"hearth-correction-v1\x00"
 MAX_RECORDS = 4096
 MAX_PER_AUTHOR = 1024
+MAX_DECLINED = 1024
 
 
 class CorrectionError(HearthError):
@@ -105,6 +117,8 @@ class _Stored(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = 1
     records: list[Correction] = Field(default_factory=list)
+    declined: list[str] = Field(default_factory=list, max_length=MAX_DECLINED)
+    """Corrections this device declines for its own translations (ids, oldest first)."""
 
 
 class Corrections:
@@ -123,6 +137,8 @@ class Corrections:
         self.path = path
         self.max_records, self.max_per_author = max_records, max_per_author
         self.records: dict[str, Correction] = {}
+        self.declined: dict[str, None] = {}
+        """Ids of corrections declined here, oldest first (local: never shared, see the module doc)."""
         self._digest: str | None = None
         if path is not None:
             self._load(path)
@@ -130,34 +146,36 @@ class Corrections:
     # -- what arrives ---------------------------------------------------------------------------------
 
     def check(self, record: Correction, now: float | None = None) -> None:
-        """Raise CorrectionError unless ``record`` may count here: its author is a member allowed to
-        translate, the signature is its, it is not from the future, and a withdrawal is the author's
-        own or an admin's."""
+        """Raise CorrectionError unless ``record`` may be kept: its author is a member that may correct,
+        the signature is its, it is not from the future, and it is well formed. Judged on the record
+        alone, never on what else is held, so the set of records does not depend on arrival order."""
+        what = f"{record.kind} {record.id[:8]}"
         try:
             author = self.member(record.author)
         except HearthError as exc:
-            raise CorrectionError(f"correction {record.id[:8]}: {exc}") from None
-        if "translate" not in author.requests:
-            raise CorrectionError(f"correction {record.id[:8]}: {author.name} may not translate")
+            raise CorrectionError(f"{what}: {exc}") from None
+        if not author.corrects:
+            raise CorrectionError(
+                f"{what}: {author.name} may not correct translations (the hub approves that: "
+                "`hearth household invite --may-correct`)"
+            )
         try:
             author.verify_key.verify(record.signed_bytes(), bytes.fromhex(record.signature))
         except (BadSignatureError, ValueError):
-            raise CorrectionError(f"correction {record.id[:8]}: not signed by {author.name}") from None
+            raise CorrectionError(f"{what}: not signed by {author.name}") from None
         if record.created > (time.time() if now is None else now) + MAX_SKEW_S:
-            raise CorrectionError(f"correction {record.id[:8]}: made in the future")
+            raise CorrectionError(f"{what}: made in the future")
         if record.kind == "withdrawal":
             if record.withdraws is None or record.target:
-                raise CorrectionError(f"withdrawal {record.id[:8]}: names nothing to withdraw")
-            withdrawn = self.records.get(record.withdraws)
-            if withdrawn is not None and withdrawn.author != record.author and not author.admin:
-                raise CorrectionError(
-                    f"withdrawal {record.id[:8]}: {author.name} did not make that correction"
-                )
+                raise CorrectionError(f"{what}: names nothing to withdraw")
         elif record.withdraws is not None:
-            raise CorrectionError(f"correction {record.id[:8]}: a correction withdraws nothing")
+            raise CorrectionError(f"{what}: a correction withdraws nothing")
+        elif record.source != normalize(record.source) or record.target != normalize(record.target):
+            raise CorrectionError(f"{what}: text is not in its normal form")
 
     def add(self, record: Correction) -> bool:
-        """Merge a checked record (``check`` first). True if it is new here."""
+        """Merge a checked record (``check`` first). True if it is new here (and still held once the
+        bounds are applied)."""
         if record.id in self.records:
             return False
         if record.kind == "correction" and (
@@ -167,13 +185,12 @@ class Corrections:
         self.records[record.id] = record
         self._bound(record.author)
         self._digest = None
-        return True
+        return record.id in self.records
 
     def merge(self, records: Iterable[Correction]) -> tuple[int, list[str]]:
-        """Check and add peers' records: (how many were new, why the refused ones were refused).
-        Withdrawals go last, so one arriving with its correction is judged against it."""
+        """Check and add peers' records: (how many were new, why the refused ones were refused)."""
         added, refused = 0, []
-        for record in sorted(records, key=lambda r: r.kind == "withdrawal"):
+        for record in records:
             if record.id in self.records:  # known: nothing to check again
                 continue
             try:
@@ -185,21 +202,36 @@ class Corrections:
             self.save()
         return added, refused
 
+    def _rank(self, record: Correction, effective: set[str]) -> tuple[int, float]:
+        """Which records go first when a bound is reached (lowest first, then oldest): withdrawals of
+        corrections not held (they change nothing here, and are what a flood of made-up ids is made of),
+        then records that no longer change anything, then withdrawals in effect, then corrections in
+        force, so a bound never brings back a withdrawn correction while anything else can go."""
+        if record.kind == "withdrawal":
+            held = self.records.get(record.withdraws or "")
+            return (0 if held is None else 2 if record.id in effective else 1, record.created)
+        return (1 if record.id in effective else 3, record.created)
+
     def _bound(self, author: str) -> None:
-        """At most ``max_per_author`` records per author and ``max_records`` in all: the oldest go
-        (withdrawn corrections and their withdrawals first, they no longer change anything)."""
-        withdrawn = {w.withdraws for w in self.records.values() if w.kind == "withdrawal"}
-
-        def order(r: Correction) -> tuple[bool, float]:
-            return (not (r.kind == "withdrawal" or r.id in withdrawn), r.created)
-
-        mine = [r for r in self.records.values() if r.author == author]
-        for r in sorted(mine, key=order)[: max(0, len(mine) - self.max_per_author)]:
-            del self.records[r.id]
-        excess = len(self.records) - self.max_records
-        if excess > 0:
-            for r in sorted(self.records.values(), key=order)[:excess]:
-                del self.records[r.id]
+        """At most ``max_per_author`` records per author and ``max_records`` in all. Past the total, the
+        author holding the most gives up records first: one member filling the store with its own
+        records only ever displaces its own."""
+        effective: set[str] = set()
+        for r in self.records.values():
+            if r.kind == "withdrawal" and r.withdraws in self.records:
+                effective |= {r.id, r.withdraws}
+        by_author: dict[str, list[Correction]] = {}
+        for r in self.records.values():
+            by_author.setdefault(r.author, []).append(r)
+        for device, held in by_author.items():
+            if len(held) > self.max_per_author or device == author:
+                held.sort(key=lambda r: self._rank(r, effective), reverse=True)
+                while len(held) > self.max_per_author:
+                    del self.records[held.pop().id]
+        while len(self.records) > self.max_records:
+            largest = max(by_author.values(), key=len)
+            largest.sort(key=lambda r: self._rank(r, effective), reverse=True)
+            del self.records[largest.pop().id]
 
     def forget_author(self, device_id: str) -> int:
         """Drop a revoked device's records."""
@@ -211,38 +243,61 @@ class Corrections:
             self.save()
         return len(gone)
 
+    # -- declining, for this device's own translations ---------------------------------------------------
+
+    def decline(self, record_id: str) -> Correction:
+        """Stop using a correction for this device's own translations (no one else is affected)."""
+        record = self.records.get(record_id)
+        if record is None or record.kind != "correction":
+            raise CorrectionError(f"no correction {record_id} here (`hearth corrections list` shows them)")
+        self.declined.pop(record_id, None)
+        self.declined[record_id] = None
+        while len(self.declined) > MAX_DECLINED:
+            self.declined.pop(next(iter(self.declined)))
+        self.save()
+        return record
+
     # -- what counts ----------------------------------------------------------------------------------
 
     def _counts(self, record: Correction) -> bool:
-        """Still counts: its author is still a member allowed to translate (signatures were checked
-        when the record came in; membership can change since)."""
+        """Still counts: its author is still a member that may correct (signatures were checked when
+        the record came in; membership can change since)."""
         try:
-            return "translate" in self.member(record.author).requests
+            return self.member(record.author).corrects
         except HearthError:
             return False
 
-    def active(self) -> dict[tuple[str, str], Correction]:
+    def active(self, *, here: bool = True) -> dict[tuple[str, str], Correction]:
         """(pair, normalized source) -> the correction in force: the newest not withdrawn, from a
-        device that may still author corrections."""
-        withdrawn = {r.withdraws for r in self.records.values() if r.kind == "withdrawal" and self._counts(r)}
+        device that may still correct. ``here``: for this device's own translations, so without the
+        corrections it declined; False when translating for a peer (the household's view)."""
+        corrections = {i: r for i, r in self.records.items() if r.kind == "correction" and self._counts(r)}
+        withdrawn = {
+            r.withdraws
+            for r in self.records.values()
+            if r.kind == "withdrawal"
+            and (c := corrections.get(r.withdraws or "")) is not None
+            and (c.pair, c.source) == (r.pair, r.source)
+            and self._counts(r)
+        }
         best: dict[tuple[str, str], Correction] = {}
-        for r in self.records.values():
-            if r.kind != "correction" or r.id in withdrawn or not self._counts(r):
+        for r in corrections.values():
+            if r.id in withdrawn or (here and r.id in self.declined):
                 continue
             key = (r.pair, r.source)
             if key not in best or (r.created, r.id) > (best[key].created, best[key].id):
                 best[key] = r
         return best
 
-    def active_for(self, pair: str) -> dict[str, Correction]:
+    def active_for(self, pair: str, *, here: bool = True) -> dict[str, Correction]:
         """Normalized source -> the correction in force, for one language pair."""
         if not self.records:
             return {}
-        return {source: r for (p, source), r in self.active().items() if p == pair}
+        return {source: r for (p, source), r in self.active(here=here).items() if p == pair}
 
-    def lookup(self, pair: str, sentences: Iterable[str]) -> dict[str, Correction]:
+    def lookup(self, pair: str, sentences: Iterable[str], *, here: bool = True) -> dict[str, Correction]:
         """Corrections in force for ``sentences`` (keyed by the sentence as given)."""
-        active = self.active()
+        active = self.active(here=here)
         found = {}
         for sentence in sentences:
             record = active.get((pair, normalize(sentence)))
@@ -269,8 +324,11 @@ class Corrections:
         # Checked when they arrived; written only by this device (owner-only file). Authors' standing
         # is checked whenever they are used: their certificates may only arrive with their presence.
         self.records = {r.id: r for r in stored.records}
+        self.declined = dict.fromkeys(stored.declined)
 
     def save(self) -> None:
         if self.path is not None:
-            stored = _Stored(records=sorted(self.records.values(), key=lambda r: r.created))
+            stored = _Stored(
+                records=sorted(self.records.values(), key=lambda r: r.created), declined=list(self.declined)
+            )
             write_private(self.path, stored.model_dump_json())

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import nacl.bindings as sodium
 from nacl.exceptions import BadSignatureError, CryptoError
@@ -30,8 +30,16 @@ HEX64 = r"^[0-9a-f]{128}$"
 
 
 def canonical(model: BaseModel) -> bytes:
+    """What a signature covers: every field but the signature, sorted, no spaces. Fields added after
+    certificates were issued (``_UNSIGNED_WHEN_DEFAULT``) are left out while they hold their default,
+    so a certificate signed before they existed still verifies, and means the default."""
+    omit = {"signature"} | {
+        name
+        for name in getattr(model, "_UNSIGNED_WHEN_DEFAULT", ())
+        if getattr(model, name) == type(model).model_fields[name].default
+    }
     return json.dumps(
-        model.model_dump(mode="json", exclude={"signature"}), sort_keys=True, separators=(",", ":")
+        model.model_dump(mode="json", exclude=omit), sort_keys=True, separators=(",", ":")
     ).encode()
 
 
@@ -84,8 +92,13 @@ class DeviceCertificate(_Signed):
     requests: list[Task] = Field(default_factory=list, description="Tasks it may ask peers to serve.")
     serves: list[Task] = Field(default_factory=list, description="Tasks it may serve for peers.")
     admin: bool = False
+    may_correct: bool = False
+    """May author shared translation corrections, which every device then prefers to any model: the
+    operator's approval at pairing (`hearth household invite --may-correct`). An admin always may."""
     issued_at: datetime
     expires_at: datetime
+
+    _UNSIGNED_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("may_correct",)
 
     @field_validator("box_key")
     @classmethod
@@ -97,6 +110,11 @@ class DeviceCertificate(_Signed):
     @property
     def verify_key(self) -> VerifyKey:
         return VerifyKey(bytes.fromhex(self.sign_key))
+
+    @property
+    def corrects(self) -> bool:
+        """May author (and withdraw) the household's shared corrections: certified to, or an admin."""
+        return self.may_correct or self.admin
 
     @property
     def public_box_key(self) -> PublicKey:
@@ -132,6 +150,7 @@ class HouseholdRoot:
         serves: list[Task],
         device_class: DeviceClass = "appliance",
         admin: bool = False,
+        may_correct: bool = False,
         valid_for: timedelta = timedelta(days=365),
         now: datetime | None = None,
     ) -> DeviceCertificate:
@@ -152,6 +171,7 @@ class HouseholdRoot:
             requests=requests,
             serves=serves,
             admin=admin,
+            may_correct=may_correct,
             issued_at=now,
             expires_at=now + valid_for,
         )

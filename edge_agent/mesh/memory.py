@@ -7,6 +7,11 @@ are refused, and nobody can forge another member's. Entries are bounded in lengt
 in count (LRU). Queries carry keyed digests of the normalized sentences, sealed like every direct
 message; the broker sees neither.
 
+Each entry kept here has an audience: the device classes whose queries it may answer. A sentence of
+this device's own, whose routing policy keeps its text from some classes (or on this device), is
+remembered for those classes only, so a member of an excluded class cannot learn it by asking with the
+digest of a guess; a restriction, once set for a sentence, stays until the entry goes.
+
 This module is mesh-side: no onnxruntime, usable by the Home Assistant component.
 """
 
@@ -24,6 +29,10 @@ from nacl.signing import SigningKey, VerifyKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.mesh.identity import DeviceId
+from edge_agent.tasks import DeviceClass
+
+Audience = frozenset[DeviceClass] | None
+"""Device classes whose peers' queries an entry may answer; None: any member's."""
 
 MAX_SOURCE_CHARS = 1000
 MAX_TRANSLATION_CHARS = 3000
@@ -114,6 +123,8 @@ class TranslationMemory:
         self._entries: OrderedDict[str, MemoryEntry] = OrderedDict()
         self.salt = salt
         self._salted: dict[str, str] = {}
+        self._audience: dict[str, frozenset[DeviceClass]] = {}
+        """Restricted entries only (local key -> classes); an entry not listed may answer anyone."""
         self.trust: Callable[[MemoryEntry], bool] = lambda entry: True
         """Re-checked on every hit (the mesh sets it: producer still a member, signature valid), so a
         cached entry is never served past its producer's revocation or after tampering."""
@@ -154,28 +165,44 @@ class TranslationMemory:
 
     def _remove(self, local: str) -> None:
         entry = self._entries.pop(local, None)
+        self._audience.pop(local, None)
         if entry is not None:
             self._salted.pop(digest(entry.pair, entry.source, self.salt), None)
 
-    def put(self, entry: MemoryEntry) -> None:
-        """Store an entry already verified by the caller (or made here)."""
+    def put(self, entry: MemoryEntry, audience: Audience = None) -> None:
+        """Store an entry already verified by the caller (or made here), answerable to peers of
+        ``audience`` only (narrowed, never widened, by a later put of the same sentence)."""
         if not fits(entry.source, entry.translation) or not self.fresh(entry):
             return
         local = self._local(entry.pair, entry.source)
+        known = self._audience.get(local) if local in self._entries else None
+        narrowed = known if audience is None else audience if known is None else known & audience
+        if narrowed is not None:
+            self._audience[local] = narrowed
         self._entries[local] = entry
         self._entries.move_to_end(local)
         self._salted[digest(entry.pair, entry.source, self.salt)] = local
         while len(self._entries) > self.max_entries:
             self._remove(next(iter(self._entries)))
 
-    def lookup(self, keys: Iterable[str]) -> list[MemoryEntry]:
-        """Entries for salted digests (a peer's query)."""
+    def lookup(self, keys: Iterable[str], reader: DeviceClass) -> list[MemoryEntry]:
+        """Entries for salted digests (a query from a peer of class ``reader``): only those whose
+        audience includes it; the others answer as if they were not here."""
         found = []
         for k in keys:
             local = self._salted.get(k)
-            if local is not None and (entry := self._get_local(local)) is not None:
+            if local is None:
+                continue
+            audience = self._audience.get(local)
+            if audience is not None and reader not in audience:
+                continue
+            if (entry := self._get_local(local)) is not None:
                 found.append(entry)
         return found
+
+    def audience(self, pair: str, sentence: str) -> Audience:
+        """Who may be answered this sentence's entry (None: any member, or no entry)."""
+        return self._audience.get(self._local(pair, normalize(sentence)))
 
     def forget_producer(self, device_id: str) -> int:
         """Drop a revoked device's entries."""

@@ -3,10 +3,17 @@
 Like Matter's PASE: the hub shows a short setup code (`hearth household invite`); the new device types it
 (`hearth pair`). SPAKE2 turns the code into a strong shared key without revealing it, so a recording of
 the exchange does not allow an offline guess; every online guess costs one of at most 20 attempts, and
-the invitation expires after at most 15 minutes. Explicit key confirmation (HMAC over the transcript) comes
-first from the hub, so a device never sends its keys to someone who does not know the code. Everything
-after confirmation is encrypted. These classes are IO-free: any transport (MQTT, a local socket, a
-test) carries their pydantic messages.
+the invitation expires after at most 15 minutes. Explicit key confirmation (HMAC over the transcript)
+comes first from the hub, so a device never sends its keys to someone who does not know the code.
+Everything after confirmation is encrypted.
+
+So each challenge is one online guess: it carries the hub's confirmation, against which whoever sent the
+hello checks the code it used without ever answering. Attempts are therefore counted when challenged
+(an unanswered challenge cannot be told from a guess), and challenges are rate-limited per invitation (a
+burst of `TRY_BURST`, then one per `TRY_EVERY`): anyone who reaches the pairing listener can still spend
+the 20 attempts, but only over 11 minutes, longer than the default invitation lives, not in one burst;
+the hub then says the tries were used up, perhaps by someone else, and how to make a new invitation.
+These classes are IO-free: any transport (MQTT, a local socket, a test) carries their pydantic messages.
 
 Each exchange is bound to its invitation id and its session id (the device's random id, see
 `new_session`): both are in the SPAKE2 identities, the confirmation transcript and the associated data
@@ -43,12 +50,27 @@ from spake2.spake2 import SPAKEError
 from edge_agent.errors import HearthError, PeerError
 from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, RevocationList, usable_box_key
 from edge_agent.mesh.identity import DeviceIdentity
-from edge_agent.tasks import DeviceClass, Task
+from edge_agent.tasks import TASKS, DeviceClass, Task
 
 MAX_ATTEMPTS = 20
 MAX_LIFETIME = timedelta(minutes=15)
 ATTEMPT_LIFETIME = timedelta(minutes=1)
 """How long a challenged attempt waits for its proof (a device answers in well under a second)."""
+TRY_BURST = 3
+"""Challenges an invitation gives at once (a user retyping a code a few times never waits)..."""
+TRY_EVERY = timedelta(seconds=40)
+"""...and then one per this long: spending all 20 attempts takes 3 + 17 x 40 s = 11 min 20 s."""
+DEFAULT_REQUESTS: dict[DeviceClass, tuple[Task, ...]] = {
+    "hub": TASKS,
+    "server": TASKS,
+    "laptop": TASKS,
+    "phone": TASKS,
+    "vehicle": ("generate", "translate", "transcribe", "vad"),
+    "appliance": ("translate",),
+}
+"""What a new device may ask peers to run unless the operator says otherwise (`invite --requests`):
+devices people talk to and type on, everything; a car, its voice assistant; an appliance, translating
+its messages (a panel with voice or chat gets more by name)."""
 CODE_DIGITS = 8
 SESSION_PATTERN = r"^[0-9a-f]{32}$"
 _ID_DEVICE, _ID_HUB = b"hearth-pair-device", b"hearth-pair-hub"
@@ -223,6 +245,15 @@ class Invitation:
     translation server to receive everyone's text."""
     device_class: DeviceClass = "appliance"
     """The class the operator approved (`invite --class`), certified: routing policy trusts it."""
+    requests: list[Task] | None = None
+    """What the operator approved the new device to ask peers for (`invite --requests`); None: the
+    class's `DEFAULT_REQUESTS`. The certificate gets the intersection with the device's own wish."""
+    may_correct: bool = False
+    """Whether the new device may author the household's shared corrections (`invite --may-correct`)."""
+    paused: int = 0
+    """Hellos refused because challenges came faster than `TRY_EVERY` (someone may be guessing)."""
+    _tokens: float = field(default=TRY_BURST, init=False, repr=False)
+    _refilled: datetime | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.lifetime > MAX_LIFETIME:
@@ -233,6 +264,20 @@ class Invitation:
     def expires(self) -> datetime:
         return self.created + self.lifetime
 
+    @property
+    def approved_requests(self) -> list[Task]:
+        approved = self.requests if self.requests is not None else DEFAULT_REQUESTS[self.device_class]
+        return [t for t in TASKS if t in approved]
+
+    @property
+    def used_up(self) -> str:
+        """Why an invitation with no attempts left is closed, honestly: the tries may not be yours."""
+        return (
+            f"this invitation is closed: all {MAX_ATTEMPTS} setup-code tries were used (anyone who can "
+            "reach the pairing listener can try a code, so perhaps not you); make a new one with "
+            "`hearth household invite`"
+        )
+
     def _open(self, now: datetime) -> None:
         if self.used:
             raise PairingError("this invitation was already used; create a new one")
@@ -242,15 +287,32 @@ class Invitation:
     def _usable(self, now: datetime) -> None:
         self._open(now)
         if self.attempts_left <= 0:
-            raise PairingError(f"the invitation is closed after {MAX_ATTEMPTS} wrong codes; create a new one")
+            raise PairingError(self.used_up)
+
+    def _take_try(self, now: datetime) -> None:
+        """Spend one challenge from the invitation's bucket (TRY_BURST, one back per TRY_EVERY), or
+        refuse without counting anything: no attempt is used and no SPAKE2 work is done."""
+        if self._refilled is None or now > self._refilled:
+            if self._refilled is not None:
+                self._tokens = min(float(TRY_BURST), self._tokens + (now - self._refilled) / TRY_EVERY)
+            self._refilled = now
+        if self._tokens < 1:
+            self.paused += 1
+            wait = (1 - self._tokens) * TRY_EVERY.total_seconds()
+            raise PairingError(
+                f"too many setup-code tries on this invitation just now (someone may be guessing); "
+                f"try again in {max(1, round(wait))} s"
+            )
+        self._tokens -= 1
 
     def challenge(self, hello: PairHello, now: datetime | None = None) -> tuple[PairChallenge, _HubAttempt]:
         now = now or datetime.now(UTC)
         self._usable(now)
         if hello.invitation != self.invitation_id:
             raise PairingError("unknown invitation")
-        # Each challenge lets the peer test exactly one guess (SPAKE2), whether or not it ever answers,
-        # so every challenge consumes an attempt.
+        self._take_try(now)
+        # Each challenge lets the peer test exactly one guess (its hello chose the code, the challenge
+        # carries the hub's confirmation), whether or not it ever answers: it consumes an attempt.
         self.attempts_left -= 1
         context = _context(hello.invitation, hello.session)
         id_device, id_hub = _spake_ids(context)
@@ -293,9 +355,10 @@ class _HubAttempt:
             (VerifyKey(bytes.fromhex(req.sign_key)), PublicKey(bytes.fromhex(req.box_key))),
             name=req.name,
             profile=req.profile,
-            requests=req.requests,
+            requests=[t for t in req.requests if t in inv.approved_requests],
             serves=[t for t in req.serves if t in inv.serves],
             device_class=inv.device_class,
+            may_correct=inv.may_correct,
         )
         broker_cert = broker_ca = None
         if inv.issue_tls is not None and req.tls_key is not None:

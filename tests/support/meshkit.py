@@ -21,8 +21,11 @@ from edge_agent.profiles import load_profile
 from edge_agent.tasks import TASKS, Task
 
 
-def provision(hub_home: Path, home: Path, name: str, profile: str) -> HouseholdState:
-    """Make ``home`` a member of the hub's household without the network (pairing has its own tests)."""
+def provision(
+    hub_home: Path, home: Path, name: str, profile: str, *, may_correct: bool = False
+) -> HouseholdState:
+    """Make ``home`` a member of the hub's household without the network (pairing has its own tests);
+    ``may_correct``: as `hearth household invite --may-correct` approves it."""
     hub = HouseholdState(hub_home)
     if not hub.is_root():
         assert hub_home == home, "provision the hub itself first"
@@ -44,6 +47,7 @@ def provision(hub_home: Path, home: Path, name: str, profile: str) -> HouseholdS
         requests=list(TASKS),
         serves=list(load_profile(profile).serves),
         device_class=load_profile(profile).device_class,
+        may_correct=may_correct,
     )
     hub.record_issued(root, cert)
     data = hub.load()

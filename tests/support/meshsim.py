@@ -83,6 +83,7 @@ class SimHousehold:
         requests: list[Task] | None = None,
         device_class: DeviceClass = "appliance",
         admin: bool = False,
+        may_correct: bool = False,
         handler: Any = words_handler,
         settings: MeshSettings | None = None,
         offers: list[Offer] | None = None,
@@ -97,6 +98,7 @@ class SimHousehold:
             serves=serves or [],
             device_class=device_class,
             admin=admin,
+            may_correct=may_correct,
         )
         self.certs.append(cert)
         node = self._node(ident, name, settings)

@@ -2,9 +2,11 @@
 device that missed some (off, or joined later) catches up by anti-entropy: presence carries a digest
 of the records held; a device hearing a different digest asks that peer for what it lacks.
 
-Every record arriving is checked before it is stored (`Corrections.check`: a member allowed to
-translate signed it; a withdrawal is its author's or an admin's). Queries and answers are bounded per
-peer in rate and size; refusals are counted and logged, never stored.
+Every record arriving is checked before it is stored (`Corrections.check`: a member that may correct
+signed it). A push is a user making a correction: it comes from a device that may correct, carries only
+that device's own records, at most `PUSH_RECORDS` of them, and at most `PUSHED_RECORDS` per
+`PUSH_WINDOW_S` per device; anything else is dropped before a signature is verified. Queries and
+answers are bounded per peer in rate and size; refusals are counted and logged, never stored.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ ASK_EVERY_S = 5.0
 """At most one catch-up query per peer this often (digests differ until both sides merged)."""
 ANSWER_EVERY_S = 1.0
 REPLY_CHARS = 200_000
-PUSHES, PUSH_WINDOW_S = 30, 60.0
+PUSH_RECORDS = 4
+"""Records in one unasked push (one is made per correction; a few leave room for a short backlog)."""
+PUSHED_RECORDS, PUSH_WINDOW_S = 30, 60.0
+"""Records a device may push per window: a user correcting by hand makes far fewer."""
+_PUSH_REFUSALS = {
+    "CorrectionsPushForbidden": "its certificate does not allow correcting",
+    "CorrectionsPushMalformed": f"more than {PUSH_RECORDS} records, or records another device made",
+    "CorrectionsPushFlood": f"more than {PUSHED_RECORDS} records pushed in {PUSH_WINDOW_S:g} s",
+}
 
 
 class CorrectionSync:
@@ -41,6 +51,7 @@ class CorrectionSync:
         self._answered: dict[str, float] = {}
         self._queries: dict[int, str] = {}
         self._pushes: dict[str, tuple[float, int]] = {}
+        self._warned: dict[tuple[str, str], float] = {}
         endpoint.register(CorrectionsQuery, self._answer)
         endpoint.register(CorrectionsData, self._data)
         endpoint.presence_hooks.append(self._heard)
@@ -55,17 +66,28 @@ class CorrectionSync:
         return await self._publish(record)
 
     async def withdraw(self, record_id: str) -> Correction:
-        """Take back a correction (this device's own; an admin device may take back any)."""
+        """Take back a correction on every device (a device that may correct may take back any)."""
         target = self.corrections.records.get(record_id)
         if target is None or target.kind != "correction":
             raise CorrectionError(f"no correction {record_id} here (`hearth corrections list` shows them)")
         node = self.endpoint.node
+        me = node.membership.member(node.device_id)
+        if not me.corrects:
+            raise CorrectionError(
+                f"{me.name} may not withdraw corrections for the household (only a device the hub approved "
+                "to correct, or an admin); `hearth corrections withdraw ID --here` declines it for this "
+                "device's own translations"
+            )
         record = make_correction(node.identity.signing_key, node.device_id, target.pair, target.source, "",
                                  model=target.model, withdraws=record_id)  # fmt: skip
         return await self._publish(record)
 
+    def decline(self, record_id: str) -> Correction:
+        """Stop using a correction for this device's own translations; nothing is sent (any member)."""
+        return self.corrections.decline(record_id)
+
     async def _publish(self, record: Correction) -> Correction:
-        self.corrections.check(record)  # this device, too, must be allowed to translate
+        self.corrections.check(record)  # this device, too, must be allowed to correct
         self.corrections.add(record)
         self.corrections.save()
         now = time.monotonic()
@@ -134,8 +156,9 @@ class CorrectionSync:
         if msg.nonce and self._queries.pop(msg.nonce, None) != sender.device_id:
             self.endpoint.dropped["UnaskedCorrections"] += 1
             return
-        if not msg.nonce and not self._may_push(sender.device_id):
-            self.endpoint.dropped["CorrectionsPushFlood"] += 1
+        if not msg.nonce and (why := self._refuse_push(sender, msg)) is not None:
+            self.endpoint.dropped[why] += 1
+            self._warn(sender, why)
             return
         added, refused = self.corrections.merge(msg.records)
         if refused:
@@ -144,19 +167,32 @@ class CorrectionSync:
         if added:
             log.info("%d new correction(s) from %s", added, sender.name)
 
-    def _may_push(self, device_id: str) -> bool:
-        """Unasked pushes (a user making corrections) are few: at most PUSHES per PUSH_WINDOW_S per
-        member, so a flooding member cannot make every device verify signatures all day."""
+    def _warn(self, sender: DeviceCertificate, why: str) -> None:
+        """One line per member and reason per window: a flooding member cannot flood the log too."""
+        now, key = time.monotonic(), (sender.device_id, why)
+        if now - self._warned.get(key, -PUSH_WINDOW_S) < PUSH_WINDOW_S:
+            return
+        if len(self._warned) >= 4 * self.endpoint.limits.max_peers:
+            self._warned.clear()
+        self._warned[key] = now
+        log.warning("dropped correction records pushed by %s: %s", sender.name, _PUSH_REFUSALS[why])
+
+    def _refuse_push(self, sender: DeviceCertificate, msg: CorrectionsData) -> str | None:
+        """Why an unasked push is dropped whole, unverified (a key of `_PUSH_REFUSALS`), or None."""
+        if not sender.corrects:
+            return "CorrectionsPushForbidden"
+        if len(msg.records) > PUSH_RECORDS or any(r.author != sender.device_id for r in msg.records):
+            return "CorrectionsPushMalformed"
         now = time.monotonic()
-        start, count = self._pushes.get(device_id, (now, 0))
+        start, count = self._pushes.get(sender.device_id, (now, 0))
         if now - start > PUSH_WINDOW_S:
             start, count = now, 0
-        if count >= PUSHES:
-            return False
-        if len(self._pushes) >= self.endpoint.limits.max_peers:
-            self._pushes.clear()
-        self._pushes[device_id] = (start, count + 1)
-        return True
+        if count + len(msg.records) > PUSHED_RECORDS:
+            return "CorrectionsPushFlood"
+        if len(self._pushes) >= self.endpoint.limits.max_peers and sender.device_id not in self._pushes:
+            self._pushes = {d: w for d, w in self._pushes.items() if now - w[0] <= PUSH_WINDOW_S}
+        self._pushes[sender.device_id] = (start, count + len(msg.records))
+        return None
 
     def _forget_revoked(self, revoked: frozenset[str]) -> None:
         for device_id in revoked:

@@ -91,7 +91,7 @@ class MemoryExchange:
             return  # salted for another epoch: it cannot match; the asker is being rekeyed
         hits: list[MemoryEntry] = []
         size = 0
-        for entry in self.memory.lookup(query.keys):
+        for entry in self.memory.lookup(query.keys, requester.device_class):
             if entry.pair != query.pair or self._producer(entry) is None:
                 continue
             size += len(entry.source) + len(entry.translation)

@@ -101,10 +101,11 @@ class Hub:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout.strip()
 
-    def invite(self, device_class: str = "hub") -> tuple[subprocess.Popen[str], str]:
-        """`hearth household invite` waiting for one device; returns the process and its code."""
+    def invite(self, device_class: str = "hub", *options: str) -> tuple[subprocess.Popen[str], str]:
+        """`hearth household invite` (with ``options``) waiting for one device; returns the process and
+        its code."""
         proc = subprocess.Popen([str(AGENT_PYTHON), "-m", "edge_agent", "household", "invite", "--class",
-                                 device_class, "-c", str(self.config)], env=self.env, text=True,
+                                 device_class, *options, "-c", str(self.config)], env=self.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
         assert proc.stdout is not None
         seen = []

@@ -115,8 +115,8 @@ async def test_a_broker_down_at_setup_means_retry_with_nothing_left_running(
     assert result["type"] is FlowResultType.CREATE_ENTRY
 
 
-async def _paired_entry(hass: HomeAssistant, hub: Hub):  # type: ignore[no-untyped-def]
-    invite, code = hub.invite()
+async def _paired_entry(hass: HomeAssistant, hub: Hub, *options: str):  # type: ignore[no-untyped-def]
+    invite, code = hub.invite("hub", *options)
     try:
         result = await _submit(hass, await _start(hass), hub.broker, code)
     finally:

@@ -85,7 +85,7 @@ async def test_the_translate_action_answers_with_the_hubs_translation(hass: Home
 async def test_a_correction_made_in_home_assistant_is_what_the_hub_answers(
     hass: HomeAssistant, hub: Hub
 ) -> None:
-    entry = await _paired_entry(hass, hub)
+    entry = await _paired_entry(hass, hub, "--may-correct")  # the hub approves Home Assistant to correct
     runtime = entry.runtime_data
     with hub.run():
         hub_id = next(c.device_id for c in runtime.devices() if c.name == "hub")

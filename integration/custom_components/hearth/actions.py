@@ -1,5 +1,12 @@
 """Actions: `hearth.translate` (text → translation, by the household's models, as response data) and
-`hearth.correct_translation` (a user's fix, shared with every device of the household)."""
+`hearth.correct_translation` (a user's fix, shared with every device of the household).
+
+A correction changes what every device of the household answers for that sentence, so it is an admin's
+action, as Home Assistant's own `async_register_admin_service` makes one (a call by a user who is not an
+admin raises `Unauthorized`; automations and scripts an admin set up run without a user and may). That
+helper cannot return response data in 2025.4, so the same check runs here. The household itself accepts
+the correction only if Home Assistant's certificate may correct (`hearth household invite --may-correct`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from edge_agent.engines.interfaces import TranslateRequest
 from edge_agent.errors import HearthError
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse, callback
-from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized, UnknownUser
 from homeassistant.helpers import config_validation as cv
 
 from .const import DOMAIN
@@ -46,6 +53,18 @@ def _runtime(hass: HomeAssistant, entry_id: str | None) -> HearthRuntime:
     return runtime
 
 
+async def _require_admin(hass: HomeAssistant, call: ServiceCall) -> None:
+    """Refuse a call made by a user who is not an admin (`_async_admin_handler`'s rule, HA 2025.4)."""
+    user_id = call.context.user_id
+    if user_id is None:
+        return
+    user = await hass.auth.async_get_user(user_id)
+    if user is None:
+        raise UnknownUser(context=call.context, user_id=user_id)
+    if not user.is_admin:
+        raise Unauthorized(context=call.context, user_id=user_id)
+
+
 @callback
 def async_setup_actions(hass: HomeAssistant) -> None:
     async def translate(call: ServiceCall) -> ServiceResponse:
@@ -70,11 +89,12 @@ def async_setup_actions(hass: HomeAssistant) -> None:
         return {"translation": result.translations[0], "model": result.model, "served_by": served_by}
 
     async def correct(call: ServiceCall) -> ServiceResponse:
+        await _require_admin(hass, call)
         runtime = _runtime(hass, call.data.get(ATTR_ENTRY))
         pair = f"{call.data[ATTR_SOURCE]}-{call.data[ATTR_TARGET]}"
         try:
             record = await runtime.corrections.correct(pair, call.data[ATTR_TEXT], call.data[ATTR_CORRECTION])
-        except HearthError as exc:  # e.g. this member's certificate may not translate
+        except HearthError as exc:  # e.g. this member's certificate may not correct
             raise ServiceValidationError(
                 translation_domain=DOMAIN,
                 translation_key="correction_refused",

@@ -6,7 +6,9 @@ onnxruntime-genai's `genai_config.json` names the model files it loads. Every su
 plain relative path to a file the signed manifest lists; the pack directory may hold nothing else
 (no symlinks, no extra files). The ONNX protobuf is walked here by field number (no onnx package, no
 onnxruntime: the sync layer stays light), along every place a TensorProto can live: initializers,
-sparse initializers, node attributes, subgraphs and functions.
+sparse initializers, node attributes, subgraphs, functions (their nodes and their attributes'
+default values) and training info (its initialization and algorithm graphs). Whether onnxruntime
+would read a given place itself is not relied on: every place is checked.
 """
 
 from __future__ import annotations
@@ -70,14 +72,22 @@ def _messages(buf: memoryview, wanted: dict[int, str]) -> Iterator[tuple[str, me
             yield wanted[number], value
 
 
-# Field numbers from onnx.proto (IR version 10).
-_MODEL = {7: "graph", 25: "function"}
+# Field numbers from onnx.proto (IR version 10; checked against onnx 1.23's descriptors in the tests).
+_MODEL = {7: "graph", 20: "training", 25: "function"}
+_TRAINING = {1: "graph", 2: "graph"}  # TrainingInfoProto: initialization, algorithm
 _GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
 _NODE = {5: "attribute"}
 _ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
-_FUNCTION = {7: "node"}
+_FUNCTION = {7: "node", 11: "attribute"}  # FunctionProto: node, attribute_proto (default values)
 _SPARSE = {1: "tensor", 2: "tensor"}
-_KINDS = {"graph": _GRAPH, "node": _NODE, "attribute": _ATTRIBUTE, "function": _FUNCTION, "sparse": _SPARSE}
+_KINDS = {
+    "graph": _GRAPH,
+    "node": _NODE,
+    "attribute": _ATTRIBUTE,
+    "function": _FUNCTION,
+    "sparse": _SPARSE,
+    "training": _TRAINING,
+}
 
 
 def _locations(kind: str, buf: memoryview, depth: int) -> Iterator[str]:

@@ -87,6 +87,7 @@ class MeshService:
         self.serve = serve and agent is not None
         self.state = HouseholdState(home)
         self.membership, self.household = self.state.membership()
+        self.membership.on_revoked.append(self._persist_revocations)
         self.certificate: DeviceCertificate = self.household.certificate
         self.offers: dict[Task, Offer] = {}
         self.broker: EmbeddedBroker | None = None
@@ -162,6 +163,12 @@ class MeshService:
         self.state.remember(self.membership)
         if self.broker is not None:
             await self.broker.stop()
+
+    def _persist_revocations(self, devices: frozenset[str]) -> None:
+        """A newer CRL revoking anyone (from a peer's presence, or the hub's own state) is saved at
+        once, atomically, not at a clean exit: an agent killed later still refuses those devices."""
+        with self.supervisor.guard("mesh-state", "could not save a newer revocation list"):
+            self.state.remember(self.membership)
 
     async def _introduce_client(self) -> None:
         """A one-shot client (no will, no retained advert) sends one presence so peers learn its

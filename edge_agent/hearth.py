@@ -188,7 +188,7 @@ class Hearth:
                 self.updater = Updater(
                     self.service, self.store, interval_s=ucfg.interval_s, quota_mb=ucfg.quota_mb,
                     direct=ucfg.direct, direct_host=await self._direct_host() if self.serve else None,
-                    direct_port=ucfg.direct_port, approval=ucfg.approval,
+                    direct_port=ucfg.direct_port, approval=ucfg.approval, supervisor=self.supervisor,
                 )  # fmt: skip
                 await self._stack.enter_async_context(self.updater)
                 self.service.update_status = self.updater.status

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import shutil
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import ValidationError
 
 from edge_agent.errors import HearthError, PackError, UpdateError
-from edge_agent.mesh.direct import DirectLinks
+from edge_agent.mesh.direct import DirectLinks, Network, local_address_towards, local_network
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.protocol import UpdateApproval, UpdateStatus
 from edge_agent.models.activation import ActivationResult, activate
 from edge_agent.models.store import PackStore
+from edge_agent.supervision import Supervisor
 from edge_agent.sync.exchange import UpdateExchange, verified_chunks
 from edge_agent.sync.manifest import UpdateManifest
 from edge_agent.sync.store import UpdateStore
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["UpdateOutcome", "Updater"]
 
 Finished = Literal["activated", "rolled-back", "refused", "gave up"]
+UpdateState = Literal[Finished, "current", "fetching", "awaiting-approval", "unverifiable"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +67,15 @@ class Updater:
     direct_port: int = 0
     approval: Literal["automatic", "ask"] = "automatic"
     """"ask": newer packs wait for a controller's approval (`approve`) or an explicit pull."""
+    supervisor: Supervisor | None = None
+    """Restarts the update loop after an unexpected error; counts holdings and status rows dropped
+    (None: the service's, so `hearth peers` and presence show them; the agent passes its own)."""
     outcomes: list[UpdateOutcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         svc = self.service
+        self.supervision: Supervisor = self.supervisor or svc.supervisor
+        """The supervisor in use."""
         self.updates = UpdateStore(svc.state.dir)
         self.trusted, problems = self.updates.load_trust(svc.membership.root_key, svc.membership.household_id)
         self.problems = problems
@@ -77,6 +87,7 @@ class Updater:
             self.updates.dir / "staging",
             quota_bytes=self.quota_mb << 20 if self.quota_mb else None,
             busy=svc.inference_busy,
+            supervisor=self.supervision,
         )
         self._busy = asyncio.Lock()
         self._direct: DirectLinks | None = None
@@ -95,8 +106,9 @@ class Updater:
         if not self.direct:
             return self
         links = DirectLinks(
-            self.service.node, self.exchange.serve_direct, host=self.direct_host, port=self.direct_port
-        )
+            self.service.node, self.exchange.serve_direct, host=self.direct_host, port=self.direct_port,
+            network=await self._own_network(), supervisor=self.supervision,
+        )  # fmt: skip
         try:
             await links.__aenter__()
         except OSError as exc:
@@ -111,6 +123,19 @@ class Updater:
             with contextlib.suppress(HearthError):  # peers learn the contact now, not one interval later
                 await self.service.endpoint.publish_presence()
         return self
+
+    async def _own_network(self) -> Network | None:
+        """The network peers' direct contacts must be on (mesh.direct.usable_hosts): that of the address
+        we listen on, else of the one we reach the broker from; None (no direct asks) if neither is
+        known."""
+        address = self.direct_host
+        try:
+            if address is None or ipaddress.ip_address(address).is_unspecified:
+                address = await asyncio.to_thread(local_address_towards, *self.service.config.mesh.host_port)
+            return local_network(address)
+        except (OSError, ValueError) as exc:
+            log.warning("direct links ask nobody: this device's own network is unknown (%s)", exc)
+            return None
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -143,49 +168,57 @@ class Updater:
 
     def status(self) -> list[UpdateStatus]:
         """Per model: installed and highest known sequence, and what is happening (for presence/CLI),
-        with the highest sequence seeded here whole (the announcement peers act on)."""
-        rows: dict[str, UpdateStatus] = {}
-        for name, seq in self.trusted.installed.items():
-            rows[name] = UpdateStatus(name=name, installed=seq, available=seq, state="current")
+        with the highest sequence seeded here whole (the announcement peers act on).
+
+        Never raises: presence is built from it, and part of it comes from peers (unverified claims).
+        Each row is built on its own; one that does not validate is left out and counted (the
+        supervisor's "model-updates" drops), and this device's other rows still go out."""
         offered: dict[str, int] = {}
         for holding in self.exchange.holdings.values():
             m = holding.manifest
             if len(holding.have) == len(m.chunks):
                 offered[m.name] = max(offered.get(m.name, 0), m.sequence)
+        installed = self.trusted.installed
+        rows: dict[str, UpdateStatus] = {}
+
+        def put(name: str, available: int, state: UpdateState, **more: Any) -> None:
+            try:
+                rows[name] = UpdateStatus(
+                    name=name, installed=installed.get(name, 0), available=available, state=state,
+                    offered=offered.get(name, 0), **more,
+                )  # fmt: skip
+            except ValidationError as exc:
+                self.supervision.drop("model-updates", "UpdateStatus", exc, "left a model out of the status")
+
+        for name, seq in installed.items():
+            put(name, seq, "current")
         for name, seq in offered.items():
             if name not in rows:
-                have = self.trusted.installed.get(name, 0)
-                rows[name] = UpdateStatus(
-                    name=name, installed=have, available=max(have, seq), state="current"
-                )
+                put(name, max(installed.get(name, 0), seq), "current")
         for outcome in self.outcomes:
             name = outcome.pack_id.partition("@")[0]
-            have = self.trusted.installed.get(name, 0)
-            rows[name] = UpdateStatus(
-                name=name, installed=have, available=max(have, outcome.sequence),
-                state=outcome.state,
+            put(
+                name,
+                max(installed.get(name, 0), outcome.sequence),
+                outcome.state,
                 detail=outcome.reason[:300],
-            )  # fmt: skip
+            )
         for manifest, fraction in self.exchange.progress().values():
-            have = self.trusted.installed.get(manifest.name, 0)
-            rows[manifest.name] = UpdateStatus(
-                name=manifest.name, installed=have, available=manifest.sequence, state="fetching",
-                progress=round(fraction, 3),
-            )  # fmt: skip
+            put(manifest.name, manifest.sequence, "fetching", progress=round(fraction, 3))
         for name, sequence in self.awaiting.items():
-            have = self.trusted.installed.get(name, 0)
             row = rows.get(name)
-            if sequence > have and (row is None or row.state not in ("fetching",)):
-                rows[name] = UpdateStatus(name=name, installed=have, available=sequence,
-                                          state="awaiting-approval")  # fmt: skip
-        for name, (sequence, why) in self.exchange.unverifiable.items():
-            have = self.trusted.installed.get(name, 0)
-            if (sequence > have and rows.get(name) is None) or rows[name].state == "current":
-                rows[name] = UpdateStatus(
-                    name=name, installed=have, available=have, state="unverifiable",
-                    detail=f"a peer offers sequence {sequence} that does not verify: {why}"[:300],
-                )  # fmt: skip
-        return [r.model_copy(update={"offered": offered.get(r.name, 0)}) for r in rows.values()][:16]
+            if sequence > installed.get(name, 0) and (row is None or row.state != "fetching"):
+                put(name, sequence, "awaiting-approval")
+        with self.supervision.guard("model-updates", "left unverifiable offers out of the status"):
+            wanted = self.wanted_names() if self.exchange.unverifiable else set()
+            for name, (sequence, why) in self.exchange.unverifiable.items():
+                if name not in wanted:  # a claim about a model this device does not run is not its news
+                    continue
+                row, have = rows.get(name), installed.get(name, 0)
+                if (row is None and sequence > have) or (row is not None and row.state == "current"):
+                    detail = f"a peer offers sequence {sequence} that does not verify: {why}"
+                    put(name, have, "unverifiable", detail=detail[:300])
+        return list(rows.values())[:16]
 
     def wanted_names(self) -> set[str]:
         """Models this device runs or holds (by name: what peers' presence announces)."""
@@ -220,8 +253,18 @@ class Updater:
     # -- updating ------------------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
-        """A round at start, then every ``interval_s`` or as soon as a peer announces a newer pack."""
-        self.service.endpoint.presence_hooks.append(self._heard)
+        """A round at start, then every ``interval_s`` or as soon as a peer announces a newer pack;
+        supervised: a round that fails unexpectedly is logged and counted, and the loop goes on after
+        a backoff (one bad holding is dropped inside the round, without a restart)."""
+        hooks = self.service.endpoint.presence_hooks
+        hooks.append(self._heard)
+        try:
+            await self.supervision.supervise("model-updates", self._rounds)
+        finally:
+            with contextlib.suppress(ValueError):
+                hooks.remove(self._heard)
+
+    async def _rounds(self) -> None:
         while True:
             self._wake.clear()
             try:

@@ -37,6 +37,7 @@ from edge_agent.mesh.household import household_id_for
 from edge_agent.sync.describe import describe
 from edge_agent.sync.digests import merkle_root
 from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
+from edge_agent.sync.limits import MAX_MANIFEST_ENVELOPE_BYTES
 from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
 from edge_agent.sync.signing import seal
 from edge_agent.sync.trust import TrustedUpdates
@@ -209,7 +210,7 @@ def test_signed_but_inconsistent_manifest_is_refused_before_use(home: Household)
         (b"", "not a signed envelope"),
         (b"[1, 2]", "not a signed envelope"),
         (b'{"payload_type": "x", "payload": "!!", "signatures": []}', "not a signed envelope"),
-        (b"{" + b" " * (5 << 20) + b"}", "at most 4194304 are accepted"),
+        (b"{" + b" " * (5 << 20) + b"}", f"at most {MAX_MANIFEST_ENVELOPE_BYTES} are accepted"),
     ],
 )
 def test_garbage_is_malformed(home: Household, data: bytes, match: str) -> None:

@@ -30,11 +30,18 @@ from edge_agent.models.host_gate import GateResult, HostGate, gated_plan, host_k
 from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.store import InstalledPack, PackStore
 from edge_agent.profiles import load_profile
+from edge_agent.sync.limits import (
+    MAX_CHUNK,
+    MAX_CHUNKS,
+    MAX_MANIFEST_ENVELOPE_BYTES,
+    MAX_PACK_BYTES,
+    MIN_CHUNK,
+)
 from edge_agent.sync.manifest import MANIFEST_TYPE, HealthCheck
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.signing import add_signature
 from edge_agent.sync.store import UpdateStore
-from edge_agent.sync.trust import MAX_MANIFEST_BYTES, TrustedUpdates, unverified_manifest
+from edge_agent.sync.trust import TrustedUpdates, unverified_manifest
 from edge_agent.tasks import DeviceClass
 
 app = typer.Typer(
@@ -379,7 +386,15 @@ def publish(
         typer.Option("--for", help="Device classes it is for (repeat); default: every class."),
     ] = None,
     expires_days: Annotated[int, typer.Option(min=1, max=3650, help="Days until the manifest expires.")] = 90,
-    chunk_kib: Annotated[int, typer.Option(help="Chunk size in KiB (power of two, 16 to 4096).")] = 256,
+    chunk_kib: Annotated[
+        int,
+        typer.Option(
+            min=MIN_CHUNK >> 10,
+            max=MAX_CHUNK >> 10,
+            help=f"Chunk size in KiB (a power of two, {MIN_CHUNK >> 10} to {MAX_CHUNK >> 10}: what one "
+            "mesh frame carries).",
+        ),
+    ] = 256,
     out: Annotated[
         Path | None, typer.Option(help="Also write the signed manifest here (for co-signers).")
     ] = None,
@@ -409,6 +424,8 @@ def publish(
             f"this device's update key {card.keyid[:8]} is not in the household's update key set; "
             "the hub lists it with `hearth household update-keys`"
         )
+    if chunk_kib & (chunk_kib - 1):
+        raise UpdateError(f"--chunk-kib {chunk_kib} is not a power of two (16, 32, 64, 128 or 256)")
     have = trusted.installed.get(pack_id.split("@")[0], 0)
     if sequence <= have:
         raise UpdateError(f"sequence {sequence} is not above the installed {have}; devices would refuse it")
@@ -426,6 +443,14 @@ def publish(
             expect = probe(pack.path, pack.manifest.task, pack.manifest.task_info, health, pair)
         check = HealthCheck(input=health, expect=expect, pair=pair)
         console_err.print(f"health check: {health!r} → {expect!r}")
+    sizes = [(pack.path / MANIFEST_NAME).stat().st_size, *(f.size for f in pack.manifest.files)]
+    chunks = sum(-(-size // (chunk_kib << 10)) for size in sizes)
+    if chunks > MAX_CHUNKS:  # the manifest itself is bounded too (build_manifest says so in bytes)
+        raise UpdateError(
+            f"{pack_id} would be {chunks} chunks of {chunk_kib} KiB; a manifest lists at most {MAX_CHUNKS} "
+            f"(packs up to {_mb(MAX_CHUNKS * (chunk_kib << 10))} at this size; use --chunk-kib "
+            f"{MAX_CHUNK >> 10} for up to {_mb(MAX_PACK_BYTES)})"
+        )
     now = datetime.now(UTC)
     with console_err.status(f"hashing {pack_id} ({_mb(pack.manifest.total_bytes)})"):
         manifest = build_manifest(
@@ -492,7 +517,9 @@ def sign(
         data = manifest_file.read_bytes()
     except OSError as exc:
         raise UpdateError(f"{manifest_file}: cannot read it ({exc.strerror})") from None
-    signed = add_signature(data, MANIFEST_TYPE, key, max_bytes=MAX_MANIFEST_BYTES, what=str(manifest_file))
+    signed = add_signature(
+        data, MANIFEST_TYPE, key, max_bytes=MAX_MANIFEST_ENVELOPE_BYTES, what=str(manifest_file)
+    )
     manifest_file.write_bytes(signed)
     key_set = trusted.key_set
     count = len(json.loads(signed)["signatures"])

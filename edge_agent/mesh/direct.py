@@ -12,8 +12,20 @@ Mosquitto), the way WebRTC binds DTLS to its signed signalling:
   per connection and reached the client inside TLS from the pinned server, so the signature can be
   neither relayed to another device nor replayed.
 - Every ask re-checks that both ends are still members; a revocation closes that device's links.
-- Bounded: connections in total and per device, header size, answer length (the caller's signed chunk
-  length, read before any byte of data), handshake and idle time.
+- Bounded before anything costly (issue 21, N5): the server accepts plain TCP and counts a connection
+  before its TLS handshake starts, at most MAX_PENDING unauthenticated in all and MAX_PENDING_PER_SOURCE
+  from one address (IPv6: one /64); past that a connection is closed at once, so a flood of half-open
+  handshakes costs one file descriptor per slot, never more. TLS, challenge and hello must all be done
+  within HANDSHAKE_S. Authenticated links are bounded in total and per device; header size, answer
+  length (the caller's signed chunk length, read before any byte of data) and idle time too.
+- Contacts are taken at their word only as far as they are safe to try (N4): a host must be an IP
+  literal (nothing is ever resolved), on this device's own network (`local_network`), on a port of at
+  least 1024; a holder whose links fail or time out is left to the broker path for a while, doubling
+  each time (up to an hour), so a member cannot make fetchers probe addresses of its choosing.
+- The server listens while direct links are on (the agent's life): a device that holds nothing answers
+  "not held", and the bounds above make listening cost at most MAX_PENDING + MAX_SERVED_LINKS sockets.
+- Supervised: one connection or one ask that fails unexpectedly is dropped and counted (the
+  supervisor's "direct-links"); the server and every other link go on.
 
 After the handshake each ask and answer is one frame: a 4-byte big-endian header length, the header
 (JSON), then, for an answer, its raw bytes.
@@ -26,6 +38,7 @@ import base64
 import contextlib
 import enum
 import hashlib
+import ipaddress
 import logging
 import secrets
 import socket
@@ -50,26 +63,42 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge_agent.errors import DirectLinkError, DirectRefusedError, HearthError
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import DirectContact
+from edge_agent.supervision import Supervisor
+from edge_agent.sync.limits import MAX_CHUNK
 
 __all__ = [
     "MAX_ANSWER_BYTES",
     "Ask",
     "DirectLinks",
     "DirectState",
+    "Network",
     "Serve",
     "local_address_towards",
+    "local_network",
+    "usable_hosts",
 ]
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 4096
-MAX_ANSWER_BYTES = 16 << 20
-HANDSHAKE_S = 5.0
+MAX_ANSWER_BYTES = MAX_CHUNK
+"""The largest chunk a manifest may sign (sync.limits)."""
+HANDSHAKE_S = 3.0
+"""TCP connect (client), TLS handshake, challenge and hello: all of it, on either side."""
 IDLE_S = 120.0
 MAX_SERVED_LINKS = 16
+"""Authenticated links this device serves at once."""
 MAX_LINKS_PER_DEVICE = 2
+MAX_PENDING = 32
+"""Connections not authenticated yet (TLS handshake, challenge, hello), from anyone together."""
+MAX_PENDING_PER_SOURCE = 4
+"""... and from one source address (IPv6: one /64), so one LAN host cannot take every slot."""
+MIN_PORT = 1024
+"""Contacts on privileged ports (ssh, http, a router's admin page) are never tried."""
 UNREACHABLE_S = 60.0
-"""After a failed connection, the broker path is used for this long before trying directly again."""
+"""After a failed connection, the broker path is used for this long before trying directly again;
+doubled for each failure in a row, up to MAX_UNREACHABLE_S."""
+MAX_UNREACHABLE_S = 3600.0
 _CONTEXT = b"hearth direct link v1"
 _HEX32 = r"^[0-9a-f]{32}$"
 
@@ -120,6 +149,7 @@ class Answer(_Frame):
 
 Serve = Callable[[str, Ask], Awaitable[bytes]]
 """Answers an ask from a member (by device id); raises DirectLinkError to say no (not held, ...)."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Hostile(HearthError):
@@ -198,14 +228,84 @@ def local_address_towards(host: str, port: int) -> str:
         return str(probe.getsockname()[0])
 
 
+def _interface_prefix(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
+    """The prefix length of the interface that holds ``ip`` (None when no interface says)."""
+    try:
+        import psutil
+    except ImportError:  # a client-only install: the default prefix
+        return None
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family not in (socket.AF_INET, socket.AF_INET6) or not addr.netmask:
+                continue
+            try:
+                if ipaddress.ip_address(addr.address.split("%", 1)[0]) == ip:
+                    return ipaddress.ip_network(f"{ip}/{addr.netmask}", strict=False).prefixlen
+            except ValueError:
+                continue
+    return None
+
+
+def local_network(address: str) -> Network:
+    """The network whose hosts this device may connect to directly: that of the interface holding
+    ``address`` (the one it reaches the broker from), never wider than a /16 (IPv4) or /48 (IPv6),
+    and a /24 or /64 when no interface says; the loopback network when ``address`` is loopback (the
+    broker runs on this host). Raises ValueError if ``address`` is not an IP address."""
+    ip = ipaddress.ip_address(address)
+    if ip.is_loopback:
+        return ipaddress.ip_network("127.0.0.0/8" if ip.version == 4 else "::1/128")
+    widest, default = (16, 24) if ip.version == 4 else (48, 64)
+    prefix = _interface_prefix(ip)
+    prefix = max(widest, prefix if prefix is not None else default)
+    return ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+
+
+def usable_hosts(contact: DirectContact, network: Network | None) -> list[str]:
+    """The hosts of ``contact`` worth connecting to: IP literals (a name is never resolved) inside
+    ``network``, not its network or broadcast address, on a port of at least MIN_PORT; none when
+    ``network`` is None (this device does not know its own)."""
+    if network is None or contact.port < MIN_PORT:
+        return []
+    usable: list[str] = []
+    for host in contact.hosts:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        special = ip.is_multicast or ip.is_unspecified or (ip.is_link_local and not network.is_link_local)
+        edges = ip == network.network_address or (ip.version == 4 and ip == network.broadcast_address)
+        if ip in network and not special and not (edges and network.num_addresses > 2):
+            usable.append(str(ip))
+    return usable
+
+
+def _source_of(peername: object) -> str:
+    """Who a connection comes from, for the per-source bound: its address, or its /64 for IPv6."""
+    try:
+        ip = ipaddress.ip_address(peername[0])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class _Link:
     """Our end of one link to a peer: asks in flight, answered in any order by id."""
 
     def __init__(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dropped: Counter[str]
+        self,
+        peer: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        dropped: Counter[str],
+        supervisor: Supervisor,
     ) -> None:
         self.peer = peer
         self.dropped = dropped
+        self.supervisor = supervisor
         self.reader, self.writer = reader, writer
         self.pending: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
         self.closed = False
@@ -232,6 +332,9 @@ class _Link:
         except _Hostile as exc:
             self.dropped["DirectLinkRefused"] += 1
             why = DirectLinkError(f"{self.peer[:8]} broke the link's rules: {exc}")
+        except Exception as exc:  # a bug a peer's answer triggered: this link ends, counted, nothing else
+            self.supervisor.drop("direct-links", type(exc).__name__, exc, f"link to {self.peer[:8]} failed")
+            why = DirectLinkError(f"link to {self.peer[:8]} failed: {type(exc).__name__}")
         finally:
             self.close(why)
 
@@ -268,11 +371,27 @@ class _Link:
 class DirectLinks:
     """This device's direct links: a TLS server for members' asks, and links to peers it asks."""
 
-    def __init__(self, node: MeshNode, serve: Serve | None, *, host: str | None, port: int = 0) -> None:
-        """``host`` None (or ``serve`` None): ask only, listen nowhere (a one-shot command's links)."""
+    def __init__(
+        self,
+        node: MeshNode,
+        serve: Serve | None,
+        *,
+        host: str | None,
+        port: int = 0,
+        network: Network | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """``host`` None (or ``serve`` None): ask only, listen nowhere (a one-shot command's links).
+        ``network``: where peers' contacts may point (default: `local_network` of ``host``; with
+        neither, no peer is ever reached directly)."""
         self.node = node
         self.serve = serve
         self.host, self.port = host, port
+        if network is None and host is not None:
+            with contextlib.suppress(ValueError):  # a name, or no address: no direct asks
+                network = local_network(host)
+        self.network = network
+        self.supervisor = supervisor or Supervisor()
         self.state = DirectState.UNOPENED
         self.contact: DirectContact | None = None
         """What our presence announces once open."""
@@ -280,9 +399,14 @@ class DirectLinks:
         self._served: dict[asyncio.Task[None], tuple[str, asyncio.StreamWriter]] = {}
         """Connections being served -> the member on the other end ("" until it authenticated) and the
         writer that ends it (closing, not cancelling: asyncio logs a cancelled connection callback)."""
+        self._pending: Counter[str] = Counter()
+        """Unauthenticated connections being handshaken, by source (see `_source_of`)."""
+        self._ssl: ssl.SSLContext | None = None
         self._links: dict[str, _Link] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._unreachable: dict[str, float] = {}
+        self._failures: Counter[str] = Counter()
+        """Failed or timed-out links in a row, by holder: each doubles its time on the broker path."""
         self.received: Counter[str] = Counter()
         """Bytes received directly, by peer (what did not cross the broker)."""
         self._client_ssl = _client_context()
@@ -298,10 +422,9 @@ class DirectLinks:
             return self
         cert_pem, key_pem = _self_signed(self.node.device_id)
         fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).hexdigest()
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, ssl=_server_context(cert_pem, key_pem),
-            ssl_handshake_timeout=HANDSHAKE_S,
-        )  # fmt: skip
+        self._ssl = _server_context(cert_pem, key_pem)
+        # Plain TCP first: a connection is counted (and refused past the bounds) before any TLS work.
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
         port = self._server.sockets[0].getsockname()[1]
         self.contact = DirectContact(hosts=[self.host], port=port, tls_sha256=fingerprint)
         self.state = DirectState.OPEN
@@ -349,17 +472,55 @@ class DirectLinks:
     # -- serving --------------------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: counted before its TLS handshake, and whatever goes wrong in it stays in
+        it (expected failures are handled below; anything else is dropped and counted)."""
+        source = _source_of(writer.get_extra_info("peername"))
+        if sum(self._pending.values()) >= MAX_PENDING or self._pending[source] >= MAX_PENDING_PER_SOURCE:
+            self.node.dropped["DirectLinkFlood"] += 1
+            writer.transport.abort()  # no handshake, no waiting: the descriptor is free at once
+            return
         task = asyncio.current_task()
         assert task is not None
-        peer = writer.get_extra_info("peername")
-        if len(self._served) >= MAX_SERVED_LINKS:
-            self.node.dropped["DirectLinkFlood"] += 1
-            writer.close()
-            return
+        self._pending[source] += 1
+        held = True
+
+        def release() -> None:
+            """Free this connection's unauthenticated slot (once: after the hello, or at the end)."""
+            nonlocal held
+            if held:
+                held = False
+                self._pending[source] -= 1
+                if self._pending[source] <= 0:
+                    del self._pending[source]
+
         self._served[task] = ("", writer)
         try:
-            device = await self._handshake(reader, writer)
-            if sum(1 for d, _ in self._served.values() if d == device) >= MAX_LINKS_PER_DEVICE:
+            with self.supervisor.guard("direct-links", f"dropped a direct link from {source}"):
+                await self._serve_connection(source, reader, writer, release)
+        finally:
+            release()
+            self._served.pop(task, None)
+            writer.close()
+
+    async def _serve_connection(
+        self,
+        source: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        authenticated: Callable[[], None],
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self._ssl is not None
+        try:
+            try:
+                async with asyncio.timeout(HANDSHAKE_S):  # this bound, not asyncio's, ends it
+                    await writer.start_tls(self._ssl, ssl_handshake_timeout=2 * HANDSHAKE_S)
+                    device = await self._handshake(reader, writer)
+            except TimeoutError:
+                raise _Hostile(f"no TLS handshake and hello within {HANDSHAKE_S:g} s") from None
+            authenticated()
+            served = [d for d, _ in self._served.values() if d]
+            if len(served) >= MAX_SERVED_LINKS or served.count(device) >= MAX_LINKS_PER_DEVICE:
                 self.node.dropped["DirectLinkFlood"] += 1
                 return
             self._served[task] = (device, writer)
@@ -367,22 +528,16 @@ class DirectLinks:
             await self._answer(device, reader, writer)
         except _Hostile as exc:
             self.node.dropped["DirectLinkRefused"] += 1
-            log.info("refused a direct link from %s: %s", peer, exc)
+            log.info("refused a direct link from %s: %s", source, exc)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError, TimeoutError):
             pass  # the other end left, or sat idle
-        finally:
-            self._served.pop(task, None)
-            writer.close()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        """The client's proof of its device key (the caller bounds the time it may take)."""
         assert self.contact is not None
         nonce = secrets.token_hex(32)
-        try:
-            async with asyncio.timeout(HANDSHAKE_S):
-                await _write(writer, Challenge(server=self.node.device_id, nonce=nonce))
-                hello = await _read(reader, Hello)
-        except TimeoutError:
-            raise _Hostile(f"no hello within {HANDSHAKE_S:g} s") from None
+        await _write(writer, Challenge(server=self.node.device_id, nonce=nonce))
+        hello = await _read(reader, Hello)
         membership = self.node.membership
         try:
             cert = membership.member(hello.device)
@@ -407,16 +562,26 @@ class DirectLinks:
             assert self.serve is not None
             try:
                 data = await self.serve(device, ask)
+                answer = Answer(id=ask.id, length=len(data))
             except DirectLinkError as exc:
                 await _write(writer, Answer(id=ask.id, length=0, error=str(exc)[:200]))
                 continue
-            await _write(writer, Answer(id=ask.id, length=len(data)), data)
+            except Exception as exc:  # a bug this ask triggered: it is refused, the link goes on
+                self.supervisor.drop(
+                    "direct-links", type(exc).__name__, exc, f"an ask from {device[:8]} failed"
+                )
+                await _write(writer, Answer(id=ask.id, length=0, error="internal error"))
+                continue
+            await _write(writer, answer, data)
 
     # -- asking ---------------------------------------------------------------------------------------
 
     def reachable(self, device_id: str, contact: DirectContact | None) -> bool:
-        """Worth trying directly: it announces a contact and has not failed us lately."""
+        """Worth trying directly: it announces a contact with a host we may try (`usable_hosts`), and
+        has not failed us lately."""
         if contact is None or self.state is not DirectState.OPEN:
+            return False
+        if not usable_hosts(contact, self.network):
             return False
         return time.monotonic() >= self._unreachable.get(device_id, 0.0)
 
@@ -438,14 +603,19 @@ class DirectLinks:
         except DirectLinkError:
             self._give_up_on(device_id)
             raise
+        self._failures.pop(device_id, None)
         self.received[device_id] += len(data)
         return data
 
     def _give_up_on(self, device_id: str) -> None:
-        """Use the broker for this peer for a while (its link failed or went silent)."""
+        """Use the broker for this peer for a while (its link failed or went silent): UNREACHABLE_S,
+        doubled for every failure in a row (a holder whose contact leads nowhere is tried ever less)."""
         if len(self._unreachable) > 1024:
             self._unreachable.clear()
-        self._unreachable[device_id] = time.monotonic() + UNREACHABLE_S
+            self._failures.clear()
+        self._failures[device_id] += 1
+        wait = min(MAX_UNREACHABLE_S, UNREACHABLE_S * 2 ** min(self._failures[device_id] - 1, 16))
+        self._unreachable[device_id] = time.monotonic() + wait
 
     async def _link(self, device_id: str, contact: DirectContact) -> _Link:
         link = self._links.get(device_id)
@@ -468,11 +638,20 @@ class DirectLinks:
 
     async def _connect(self, device_id: str, contact: DirectContact) -> _Link:
         problems: list[str] = []
-        for host in contact.hosts:
+        hosts = usable_hosts(contact, self.network)
+        if not hosts:
+            self.node.dropped["DirectContactRefused"] += 1
+            raise DirectLinkError(
+                f"no direct link to {device_id[:8]}: its contact names no IP address on {self.network} "
+                f"with a port of at least {MIN_PORT}"
+            )
+        for host in hosts:
             writer: asyncio.StreamWriter | None = None
             try:
                 async with asyncio.timeout(HANDSHAKE_S):
-                    reader, writer = await asyncio.open_connection(host, contact.port, ssl=self._client_ssl)
+                    reader, writer = await asyncio.open_connection(
+                        host, contact.port, ssl=self._client_ssl, flags=socket.AI_NUMERICHOST
+                    )
                     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
                     if hashlib.sha256(der).hexdigest() != contact.tls_sha256:
                         self.node.dropped["DirectWrongCertificate"] += 1
@@ -490,10 +669,13 @@ class DirectLinks:
                         Hello(device=self.node.device_id, signature=base64.b64encode(signature).decode()),
                     )
                     await _read(reader, Welcome)
-                return _Link(device_id, reader, writer, self.node.dropped)
+                return _Link(device_id, reader, writer, self.node.dropped, self.supervisor)
             except asyncio.IncompleteReadError:
                 problems.append(f"{host}: closed during the handshake (are we still a member?)")
-            except (OSError, TimeoutError, ssl.SSLError, _Hostile) as exc:
+            except TimeoutError:
+                self.node.dropped["DirectConnectTimeout"] += 1
+                problems.append(f"{host}: no link within {HANDSHAKE_S:g} s")
+            except (OSError, ssl.SSLError, _Hostile) as exc:
                 problems.append(f"{host}: {exc or type(exc).__name__}")
             if writer is not None:
                 writer.close()

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from edge_agent.mesh.corrections import Correction
 from edge_agent.mesh.household import DeviceCertificate, RevocationList
 from edge_agent.mesh.memory import MemoryEntry
+from edge_agent.sync.limits import CHUNK_DATA_CHARS, HELD_HAVE_CHARS, HELD_MANIFEST_CHARS, KEY_SET_CHARS
 from edge_agent.tasks import Task
 
 RequestId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
@@ -286,15 +287,22 @@ class UpdateQuery(_Wire):
 
 
 class HeldUpdate(_Wire):
-    manifest: str = Field(max_length=700_000, description="Base64 of the signed manifest envelope.")
-    have: str = Field(max_length=200_000, description="Base64 bitfield of the chunks held.")
+    manifest: str = Field(
+        max_length=HELD_MANIFEST_CHARS, description="Base64 of the signed manifest envelope."
+    )
+    have: str = Field(max_length=HELD_HAVE_CHARS, description="Base64 bitfield of the chunks held.")
 
 
 class UpdateHoldings(_Wire):
+    """An answer to an UpdateQuery, in parts when it would not fit one frame (sizes: sync.limits)."""
+
     type: Literal["update-holdings"] = "update-holdings"
     nonce: int = Field(ge=0, le=MAX_NONCE)
-    key_set: str | None = Field(default=None, max_length=100_000, description="Base64 key-set envelope.")
+    key_set: str | None = Field(
+        default=None, max_length=KEY_SET_CHARS, description="Base64 key-set envelope."
+    )
     held: list[HeldUpdate] = Field(default_factory=list, max_length=8)
+    more: bool = Field(default=False, description="More parts of this answer follow.")
 
 
 class ChunkRequest(_Wire):
@@ -320,7 +328,7 @@ class ChunkData(_Wire):
     nonce: int = Field(ge=0, le=MAX_NONCE)
     content_id: str = Field(pattern=r"^[0-9a-f]{16}$")
     index: int = Field(ge=0, le=1 << 20)
-    data: str = Field(max_length=700_000, description="Base64 of the chunk (verified on arrival).")
+    data: str = Field(max_length=CHUNK_DATA_CHARS, description="Base64 of the chunk (verified on arrival).")
 
 
 Message = Annotated[

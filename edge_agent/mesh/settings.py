@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.sync.limits import MIN_FRAME_BYTES
+
 
 class MeshLimits(BaseModel):
     """Attacker-bounding limits. Defaults suit a household of a few dozen devices."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_frame_bytes: int = Field(default=1 << 20, ge=4096, le=16 << 20)
-    """Largest envelope accepted or sent; bigger frames are dropped before any parsing."""
+    max_frame_bytes: int = Field(default=1 << 20, ge=MIN_FRAME_BYTES, le=16 << 20)
+    """Largest envelope accepted or sent; bigger frames are dropped before any parsing. At least what
+    the largest model-update message needs (sync.limits), so every valid manifest travels."""
     max_concurrent_requests: int = Field(default=8, ge=1, le=256)
     """Requests this device serves at once, from everyone together."""
     max_requests_per_requester: int = Field(default=4, ge=1, le=256)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -26,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import (
     ChunkDigestError,
@@ -44,12 +45,22 @@ from edge_agent.mesh.direct import Ask, DirectLinks
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
-from edge_agent.mesh.protocol import ChunkData, ChunkRequest, HeldUpdate, UpdateHoldings, UpdateQuery
-from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
+from edge_agent.mesh.protocol import (
+    MAX_COUNT,
+    ChunkData,
+    ChunkRequest,
+    HeldUpdate,
+    UpdateHoldings,
+    UpdateQuery,
+    encode,
+)
+from edge_agent.supervision import Supervisor
+from edge_agent.sync.limits import MAX_MANIFEST_ENVELOPE_BYTES, UPDATE_PAYLOAD_BYTES
+from edge_agent.sync.manifest import MANIFEST_TYPE, NAME_PATTERN, UpdateManifest
 from edge_agent.sync.signing import open_envelope
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.swarm import FetchState, SwarmFetch, decode_bitfield, encode_bitfield
-from edge_agent.sync.trust import MAX_MANIFEST_BYTES, TrustedUpdates
+from edge_agent.sync.trust import TrustedUpdates
 from edge_agent.tasks import DeviceClass
 
 __all__ = ["Holding", "UpdateExchange", "read_chunk", "verified_chunks"]
@@ -78,7 +89,37 @@ class Holding:
 class _Query:
     asked: set[str]
     replies: dict[str, UpdateHoldings] = field(default_factory=dict)
+    """Per peer, its answer (the parts it sent so far, merged)."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class UnverifiedClaim(BaseModel):
+    """What an unverified manifest claims (name, sequence): shown in status, so held to the same
+    rules as a verified one's, or not kept at all."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    sequence: int = Field(ge=1, le=MAX_COUNT)
+
+
+def holdings_parts(nonce: int, key_set: str | None, held: list[HeldUpdate]) -> list[UpdateHoldings]:
+    """An answer to a holdings query, cut into parts that each fit one update payload (the key set
+    and every valid manifest fit one by construction: sync.limits); all but the last say ``more``."""
+    parts: list[UpdateHoldings] = []
+    current: list[HeldUpdate] = []
+    pending_key_set = key_set
+
+    def size(items: list[HeldUpdate]) -> int:
+        return len(encode(UpdateHoldings(nonce=nonce, key_set=pending_key_set, held=items, more=True)))
+
+    for item in held:
+        if (current or pending_key_set is not None) and size([*current, item]) > UPDATE_PAYLOAD_BYTES:
+            parts.append(UpdateHoldings(nonce=nonce, key_set=pending_key_set, held=current, more=True))
+            current, pending_key_set = [], None
+        current.append(item)
+    parts.append(UpdateHoldings(nonce=nonce, key_set=pending_key_set, held=current))
+    return parts
 
 
 def read_chunk(directory: Path, manifest: UpdateManifest, index: int) -> bytes:
@@ -134,8 +175,11 @@ class UpdateExchange:
         *,
         quota_bytes: int | None = None,
         busy: Callable[[], bool] | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.supervisor = supervisor or endpoint.supervisor
+        """Counts what peers sent that failed unexpectedly (one holding, one chunk), dropped alone."""
         self.busy = busy or (lambda: False)
         """True while this device has inference in flight: transfers then yield."""
         self.direct: DirectLinks | None = None
@@ -183,13 +227,17 @@ class UpdateExchange:
             return False
         return True
 
-    def _reply(self, to: DeviceCertificate, msg: UpdateHoldings | ChunkData, session: str) -> None:
+    def _reply(
+        self, to: DeviceCertificate, messages: list[UpdateHoldings] | list[ChunkData], session: str
+    ) -> None:
+        """Send one reply (its parts in order) in the background; it counts once against the bound."""
         device = to.device_id
         self._replying[device] += 1
 
         async def send() -> None:
             try:
-                await self.endpoint._send(device, Channel.RESPONSES, msg, session=session)
+                for msg in messages:
+                    await self.endpoint._send(device, Channel.RESPONSES, msg, session=session)
             finally:
                 self._replying[device] -= 1
                 if self._replying[device] <= 0:
@@ -201,17 +249,24 @@ class UpdateExchange:
         if not self._room_for(requester.device_id):
             return
         key_set = self.store.key_set_path.read_bytes() if self.store.key_set_path.exists() else None
-        held = [
-            HeldUpdate(
-                manifest=base64.b64encode(h.envelope).decode(),
-                have=encode_bitfield(h.have, len(h.manifest.chunks)),
-            )
-            for h in self.holdings.values()
-        ]
-        reply = UpdateHoldings(
-            nonce=query.nonce, key_set=base64.b64encode(key_set).decode() if key_set else None, held=held
-        )
-        self._reply(requester, reply, query.reply_session)
+        held: list[HeldUpdate] = []
+        for h in self.holdings.values():
+            try:  # every envelope held was opened within the size bounds; a bug here skips one
+                held.append(
+                    HeldUpdate(
+                        manifest=base64.b64encode(h.envelope).decode(),
+                        have=encode_bitfield(h.have, len(h.manifest.chunks)),
+                    )
+                )
+            except ValidationError as exc:
+                self.supervisor.drop("model-updates", "UnsendableHolding", exc, "left a holding out")
+        try:
+            text = base64.b64encode(key_set).decode() if key_set else None
+            parts = holdings_parts(query.nonce, text, held)
+        except ValidationError as exc:  # a key set file over its bound: answer without it
+            self.supervisor.drop("model-updates", "UnsendableKeySet", exc, "left the key set out")
+            parts = holdings_parts(query.nonce, None, held)
+        self._reply(requester, parts, query.reply_session)
 
     def _serve_chunk(self, requester: DeviceCertificate, req: ChunkRequest) -> None:
         if not self._room_for(requester.device_id):
@@ -220,10 +275,15 @@ class UpdateExchange:
         if data is None:
             self.endpoint.dropped["UnheldChunk"] += 1
             return
-        msg = ChunkData(
-            nonce=req.nonce, content_id=req.content_id, index=req.index, data=base64.b64encode(data).decode()
-        )
-        self._reply(requester, msg, req.reply_session)
+        try:  # a held manifest's chunks fit the wire by construction (sync.limits); a bug drops one
+            msg = ChunkData(
+                nonce=req.nonce, content_id=req.content_id, index=req.index,
+                data=base64.b64encode(data).decode(),
+            )  # fmt: skip
+        except ValidationError as exc:
+            self.supervisor.drop("model-updates", "UnsendableChunk", exc, "could not send a chunk")
+            return
+        self._reply(requester, [msg], req.reply_session)
 
     def _held_chunk(self, content_id: str, index: int) -> bytes | None:
         """A chunk we hold, re-verified as read (a bad disk is never passed on), or None."""
@@ -254,11 +314,18 @@ class UpdateExchange:
     # -- discovering ---------------------------------------------------------------------------------
 
     def _holdings(self, sender: DeviceCertificate, msg: UpdateHoldings) -> None:
+        """One part of a peer's answer: merged with its earlier parts (at most MAX_HOLDINGS manifests
+        and one key set per peer); the peer has answered when a part says no ``more``."""
         query = self._queries.get(msg.nonce)
         if query is None or sender.device_id not in query.asked:
             return
-        query.asked.discard(sender.device_id)
+        earlier = query.replies.get(sender.device_id)
+        if earlier is not None:
+            held = [*earlier.held, *msg.held][:MAX_HOLDINGS]
+            msg = msg.model_copy(update={"key_set": earlier.key_set or msg.key_set, "held": held})
         query.replies[sender.device_id] = msg
+        if not msg.more or len(msg.held) >= MAX_HOLDINGS:
+            query.asked.discard(sender.device_id)
         if not query.asked:
             query.done.set()
 
@@ -290,34 +357,42 @@ class UpdateExchange:
                 self._adopt_key_set(reply.key_set)
         for device_id, reply in query.replies.items():
             for held in reply.held:
-                try:
-                    envelope = base64.b64decode(held.manifest, validate=True)
-                    manifest = self.trusted.verify_manifest(envelope, self.device_class)
-                    have = decode_bitfield(held.have, len(manifest.chunks))
-                except (UpdateError, ValueError) as exc:
-                    self.endpoint.dropped[type(exc).__name__] += 1
-                    log.info("not fetching an update %s holds: %s", device_id[:8], exc)
-                    self._note_unverifiable(held.manifest, exc)
-                    continue
-                entry = found.setdefault(manifest.content_id, (manifest, envelope, {}))
-                entry[2][device_id] = have
+                # One holding that fails in a way nobody planned is dropped (counted); the rest count.
+                with self.supervisor.guard("model-updates", f"dropped an update {device_id[:8]} holds"):
+                    try:
+                        envelope = base64.b64decode(held.manifest, validate=True)
+                        manifest = self.trusted.verify_manifest(envelope, self.device_class)
+                        have = decode_bitfield(held.have, len(manifest.chunks))
+                    except (UpdateError, ValueError) as exc:
+                        self.endpoint.dropped[type(exc).__name__] += 1
+                        log.info("not fetching an update %s holds: %s", device_id[:8], exc)
+                        self._note_unverifiable(held.manifest, exc)
+                        continue
+                    entry = found.setdefault(manifest.content_id, (manifest, envelope, {}))
+                    entry[2][device_id] = have
         return found
 
     def _note_unverifiable(self, text: str, exc: Exception) -> None:
         """Remember a claimed higher sequence we could not verify (reported in presence and status).
-        The claim itself is unverified: it is only ever shown, never acted on."""
+        The claim itself is unverified: it is only ever shown, never acted on, and kept only if its
+        name and sequence are ones a verified manifest could carry (anything else would poison every
+        table that shows it: issue 21, N1). The newest MAX_HOLDINGS claims are kept."""
         if isinstance(exc, (WrongDeviceClassError, RollbackError)):
             return  # not for us, or not newer: nothing to report
         try:
             payload, _ = open_envelope(
-                base64.b64decode(text), MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=""
+                base64.b64decode(text), MANIFEST_TYPE, max_bytes=MAX_MANIFEST_ENVELOPE_BYTES, what=""
             )
-            claim = json.loads(payload)
-            name, sequence = str(claim["name"])[:80], int(claim["sequence"])
-        except (UpdateError, ValueError, KeyError, TypeError):
+            claim = UnverifiedClaim.model_validate_json(payload)
+        except (UpdateError, ValueError):  # pydantic's ValidationError is a ValueError
+            self.endpoint.dropped["UnreadableUpdateClaim"] += 1
             return
-        if sequence > self.trusted.installed.get(name, 0) and len(self.unverifiable) < MAX_HOLDINGS:
-            self.unverifiable[name] = (sequence, f"{type(exc).__name__}: {exc}"[:300])
+        if claim.sequence <= self.trusted.installed.get(claim.name, 0):
+            return
+        self.unverifiable.pop(claim.name, None)
+        while len(self.unverifiable) >= MAX_HOLDINGS:
+            del self.unverifiable[next(iter(self.unverifiable))]
+        self.unverifiable[claim.name] = (claim.sequence, f"{type(exc).__name__}: {exc}"[:300])
 
     def _adopt_key_set(self, text: str) -> None:
         try:

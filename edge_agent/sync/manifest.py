@@ -15,17 +15,25 @@ import blake3
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.sync.digests import merkle_root
+from edge_agent.sync.limits import (
+    MAX_CHUNK,
+    MAX_CHUNKS,
+    MAX_MANIFEST_BYTES,
+    MAX_PACK_BYTES,
+    MAX_SEQUENCE,
+    MIN_CHUNK,
+)
 from edge_agent.sync.signing import canonical_json
 from edge_agent.tasks import DeviceClass, Task
 from edge_agent.validation import is_plain_relative_path
 
-__all__ = ["MANIFEST_TYPE", "HealthCheck", "ManifestFile", "Precursor", "UpdateManifest"]
+__all__ = ["MANIFEST_TYPE", "NAME_PATTERN", "HealthCheck", "ManifestFile", "Precursor", "UpdateManifest"]
 
 MANIFEST_TYPE = "application/vnd.hearth.model-update+json"
 HEX32 = r"^[0-9a-f]{64}$"
 MAX_FILES = 64
-MAX_PACK_BYTES = 8 << 30
-MIN_CHUNK, MAX_CHUNK = 16 << 10, 4 << 20
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,80}$"
+"""A model name (sequences count per name): what presence, Home Assistant and file names carry."""
 
 
 class _Model(BaseModel):
@@ -65,19 +73,19 @@ class UpdateManifest(_Model):
     type: Literal["model-update"] = "model-update"
     version: Literal[1] = 1
     household_id: str = Field(pattern=r"^[0-9a-f]{16}$")
-    name: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9._-]{1,80}$", description="Model name; sequences count per name."
-    )
+    name: str = Field(pattern=NAME_PATTERN, description="Model name; sequences count per name.")
     pack_id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,80}@[a-z0-9]{2,8}$")
     task: Task
     device_classes: list[DeviceClass] = Field(min_length=1, max_length=8)
-    sequence: int = Field(ge=1, description="Monotonic per model name: lower or equal is a rollback.")
+    sequence: int = Field(
+        ge=1, le=MAX_SEQUENCE, description="Monotonic per model name: lower or equal is a rollback."
+    )
     issued_at: datetime
     expires_at: datetime
     chunk_size: int = Field(ge=MIN_CHUNK, le=MAX_CHUNK)
     total_size: int = Field(ge=0, le=MAX_PACK_BYTES)
     files: list[ManifestFile] = Field(min_length=1, max_length=MAX_FILES)
-    chunks: list[str] = Field(max_length=MAX_PACK_BYTES // MIN_CHUNK)
+    chunks: list[str] = Field(max_length=MAX_CHUNKS)
     merkle_root: str = Field(pattern=HEX32)
     precursor: Precursor | None = None
     health: HealthCheck | None = None
@@ -110,6 +118,12 @@ class UpdateManifest(_Model):
             raise ValueError("the chunk digests do not hash to the merkle root")
         if self.expires_at <= self.issued_at:
             raise ValueError("expires before it is issued")
+        if (size := len(self.canonical())) > MAX_MANIFEST_BYTES:
+            raise ValueError(
+                f"the manifest is {size} bytes, above the {MAX_MANIFEST_BYTES} one holdings answer carries "
+                f"({len(self.chunks)} chunks of {self.chunk_size >> 10} KiB: use larger chunks, up to "
+                f"{MAX_CHUNK >> 10} KiB)"
+            )
         return self
 
     def _chunks_of(self, size: int) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nacl.signing import SigningKey
+from pydantic import ValidationError
 
 from edge_agent.errors import MalformedUpdateError
 from edge_agent.sync.describe import DEFAULT_CHUNK_SIZE, describe
@@ -52,27 +53,35 @@ def build_manifest(
     publisher: str = "",
     health: HealthCheck | None = None,
 ) -> UpdateManifest:
-    """Hash every file of the pack (in the order given) into a manifest."""
+    """Hash every file of the pack (in the order given) into a manifest.
+
+    Raises MalformedUpdateError naming the first rule it breaks (a chunk size off the wire's limits, a
+    pack too large for one manifest): a manifest is made only if every receiver can take it."""
     with ExitStack() as stack:
         streams = [(rel, stack.enter_context(_open_inside(pack_dir, rel))) for rel in files]
         described, chunks = describe(streams, chunk_size)
-    return UpdateManifest(
-        household_id=household_id,
-        name=name,
-        pack_id=pack_id,
-        task=task,
-        device_classes=device_classes,
-        sequence=sequence,
-        issued_at=issued_at,
-        expires_at=expires_at,
-        chunk_size=chunk_size,
-        total_size=sum(f.size for f in described),
-        files=described,
-        chunks=chunks,
-        merkle_root=merkle_root([bytes.fromhex(c) for c in chunks]).hex(),
-        health=health,
-        publisher=publisher,
-    )
+    try:
+        return UpdateManifest(
+            household_id=household_id,
+            name=name,
+            pack_id=pack_id,
+            task=task,
+            device_classes=device_classes,
+            sequence=sequence,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            chunk_size=chunk_size,
+            total_size=sum(f.size for f in described),
+            files=described,
+            chunks=chunks,
+            merkle_root=merkle_root([bytes.fromhex(c) for c in chunks]).hex(),
+            health=health,
+            publisher=publisher,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "manifest"
+        raise MalformedUpdateError(f"cannot publish {pack_id}: {where}: {err['msg']}") from None
 
 
 def sign_manifest(manifest: UpdateManifest, *keys: SigningKey) -> bytes:

@@ -26,6 +26,7 @@ from edge_agent.errors import (
 )
 from edge_agent.sync.digests import chunk_digest
 from edge_agent.sync.keys import KEY_SET_TYPE, UpdateKeySet
+from edge_agent.sync.limits import MAX_KEY_SET_BYTES, MAX_MANIFEST_ENVELOPE_BYTES
 from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
 from edge_agent.sync.signing import key_id, open_envelope, verify_threshold
 from edge_agent.tasks import DeviceClass
@@ -33,9 +34,6 @@ from edge_agent.tasks import DeviceClass
 __all__ = ["TrustedUpdates", "unverified_manifest", "utc_now"]
 
 M = TypeVar("M", bound=BaseModel)
-
-MAX_KEY_SET_BYTES = 64 << 10
-MAX_MANIFEST_BYTES = 4 << 20
 
 
 def utc_now() -> datetime:
@@ -103,7 +101,7 @@ class TrustedUpdates:
             raise UpdateError("no update key set is trusted yet: the hub publishes one with the first pack")
         keys = self.key_set
         payload, signatures = open_envelope(
-            data, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what="manifest"
+            data, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_ENVELOPE_BYTES, what="manifest"
         )
         verify_threshold(
             MANIFEST_TYPE, payload, signatures, keys.verify_keys, keys.threshold,
@@ -157,7 +155,7 @@ class TrustedUpdates:
 def unverified_manifest(data: bytes, what: str) -> UpdateManifest:
     """The manifest inside an envelope, signatures NOT checked: for showing what is stored and for
     seeding this device's own copies (every receiver verifies); never for deciding to install."""
-    payload, _ = open_envelope(data, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_BYTES, what=what)
+    payload, _ = open_envelope(data, MANIFEST_TYPE, max_bytes=MAX_MANIFEST_ENVELOPE_BYTES, what=what)
     return _parse(UpdateManifest, payload, what)
 
 

@@ -239,6 +239,10 @@ class HomeAssistantSection(_Section):
     """How often the state is checked (sent only when changed, or every heartbeat_s); default the
     [mesh] presence interval."""
     heartbeat_s: float = Field(default=300.0, ge=1, le=86400)
+    usage_interval_s: float = Field(default=900.0, ge=1, le=86400)
+    """Queue depth, request counters and free model RAM are published as sampled once per this many
+    seconds of wall-clock time, so whoever reads the broker sees how busy a device was per window, not
+    when each request came."""
 
     @field_validator("url")
     @classmethod

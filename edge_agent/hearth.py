@@ -198,6 +198,8 @@ class Hearth:
                 await self._open_local_socket()
             if self.serve and self.config.home_assistant.mqtt_discovery:
                 await self._start_ha_discovery()
+            if self.serve and self.use_mesh:
+                self._keep_broker_crl()
             if self.serve and self.config.voice.wyoming:
                 # Home Assistant Assist's speech-to-text, served by this agent's voice pipeline (VAD
                 # here, Whisper wherever routing sends each window). A taken port is a config error.
@@ -220,10 +222,20 @@ class Hearth:
         devices' configs are cleared, this device's own too."""
         from edge_agent.ha_discovery.agent import publisher_for, watch_revocations
 
-        self.ha_discovery = publisher_for(self)
+        self.ha_discovery = publisher_for(self, supervisor=self.supervisor)
         await self._stack.enter_async_context(self.ha_discovery)
         if self.service is not None:
             self._stack.callback(watch_revocations(self.ha_discovery, self.service.membership))
+
+    def _keep_broker_crl(self) -> None:
+        """On a hub running the broker CA: renew the broker's short-lived CRL and reload Mosquitto."""
+        from edge_agent.mesh.broker_crl import CrlKeeper
+        from edge_agent.mesh.broker_pki import BrokerPki
+
+        if BrokerPki(self.state_dir).has_ca():
+            state = HouseholdState(self.state_dir)
+            keeper = CrlKeeper(self.state_dir, lambda: state.load().crl.revoked, supervisor=self.supervisor)
+            self.spawn(keeper.run(), "broker-crl")
 
     async def _direct_host(self) -> str | None:
         """Where direct links listen: [updates] direct_address, else the address we reach the broker

@@ -1,22 +1,23 @@
-"""`hearth broker config` on a real Mosquitto: mutual TLS, per-device ACLs, pairing listener, CRL.
+"""`hearth broker config` on a real Mosquitto: mutual TLS, per-device ACLs, the pairing window, CRL.
 
 The user's path end to end: `household init` and `broker config` on the hub, Mosquitto on the written
-config, `household invite` + `pair` (the device reaches the hub through the pairing listener and leaves
-with a client certificate), offload over mutual TLS, then what the ACLs and the CRL refuse.
+config, `household invite` + `pair` (the invitation opens the pairing listener, a Mosquitto of its own;
+the device reaches the hub through it and leaves with a client certificate), offload over mutual TLS,
+then what the ACLs and the CRL refuse (`household revoke` reloads Mosquitto itself).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from edge_agent.mesh.pairing import (
     new_session,
 )
 from edge_agent.mesh.pairing_link import serve_invitation
+from edge_agent.mesh.pairing_window import PairingListener, PairingWindow, open_pairing_window
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.models.store import PackStore
@@ -71,6 +73,19 @@ class Site:
         )
         return path
 
+    @property
+    def hub_dir(self) -> Path:
+        return self.tmp / "hub"
+
+    @contextlib.asynccontextmanager
+    async def window(self, invitation: str) -> AsyncIterator[PairingWindow]:
+        """The hub's pairing listener, open for ``invitation`` (what `hearth household invite` opens)."""
+        listener = PairingListener.load(self.hub_dir)
+        assert listener is not None and listener.port == self.pairing_port
+        hub_id = HouseholdState(self.hub_dir).identity.device_id
+        async with open_pairing_window(self.hub_dir, listener, invitation, hub_id) as window:
+            yield window
+
     def agent_config(self, name: str, profile: str) -> AgentConfig:
         cfg = config(name, self.port, profile)
         mesh = cfg.mesh.model_copy(update={"broker": f"mqtts://localhost:{self.port}"})
@@ -82,16 +97,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """One hub household and its Mosquitto for the module (each test uses its own client ids)."""
     tmp_path, hearth_env = tmp_path_factory.mktemp("site"), cli_env()
     port, pairing_port = free_port(), free_port()
-    s = Site(tmp_path, hearth_env, port, pairing_port, None, tmp_path / "broker.conf")  # type: ignore[arg-type]
+    s = Site(tmp_path, hearth_env, port, pairing_port, None, tmp_path / "mosquitto" / "mosquitto.conf")  # type: ignore[arg-type]
     hub_toml = s.toml("hub", "hub")
     ok(hearth("household", "init", "-c", str(hub_toml), env=hearth_env))
     out = ok(hearth("broker", "config", "-c", str(hub_toml), "--out", str(tmp_path / "mosquitto"),
                     "--hostname", "localhost", "--port", str(port), "--pairing-port", str(pairing_port),
                     "--bind", "127.0.0.1", env=hearth_env))  # fmt: skip
     assert f'broker = "mqtts://localhost:{port}"' in out
-    written = (tmp_path / "mosquitto" / "mosquitto.conf").read_text()
-    s.conf.write_text(AS_ROOT + written)
-    s.broker = start_mosquitto(s.conf, [port, pairing_port], tmp_path)
+    # Run on the written config itself (as root, told to stay root), so `reload_brokers` finds it.
+    s.conf.write_text(AS_ROOT + s.conf.read_text())
+    s.broker = start_mosquitto(s.conf, [port], tmp_path)
     try:
         yield s
     finally:
@@ -100,8 +115,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def pair_fridge(site: Site) -> None:
     """`hearth household invite` on the hub, `hearth pair CODE` on the fridge, as a user types them."""
-    invite = subprocess.Popen([sys.executable, "-m", "edge_agent", "household", "invite", "-c",
-                               str(site.tmp / "hub.toml"), "--minutes", "2"], stdout=subprocess.PIPE,
+    hub_toml = str(site.tmp / "hub.toml")
+    args = ["household", "invite", "-c", hub_toml, "--minutes", "2", "--requests", "generate"]
+    invite = subprocess.Popen([sys.executable, "-m", "edge_agent", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=site.env)  # fmt: skip
     try:
         code = None
@@ -118,6 +134,11 @@ def pair_fridge(site: Site) -> None:
         assert invite.returncode == 0 and "paired 'fridge'" in rest, err
     finally:
         processes.stop(invite, timeout=5)
+
+
+def hub_tls(site: Site) -> ssl.SSLContext:
+    """The hub's own broker client identity (what reaches the pairing window's hub listener)."""
+    return BrokerPki(site.hub_dir).tls_context()
 
 
 def client_tls(state_dir: Path | None, site: Site) -> ssl.SSLContext:
@@ -156,8 +177,8 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
     household = HouseholdState(hub_dir).load().certificate.household_id
     fridge_pki = BrokerPki(fridge_dir)
     assert fridge_pki.has_client_identity() and fridge_pki.ca_cert_path.is_file()
-    for f in (fridge_pki.client_key_path, fridge_pki.client_cert_path, fridge_pki.ca_cert_path):
-        assert f.stat().st_mode & 0o777 == 0o600
+    for path in (fridge_pki.client_key_path, fridge_pki.client_cert_path, fridge_pki.ca_cert_path):
+        assert path.stat().st_mode & 0o777 == 0o600
 
     # Offload over mutual TLS: the fridge's chat is served by the hub.
     hub = service(hub_dir, site.agent_config("hub", "hub"), store)
@@ -169,10 +190,10 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
         assert "".join([c.text async for c in routed]) and routed.served_by == "hub"
 
         # The ACLs, checked with the devices' own certificates (other client ids, same identities).
-        hub_tls, fridge_tls = client_tls(hub_dir, site), client_tls(fridge_dir, site)
+        hub_ctx, fridge_ctx = client_tls(hub_dir, site), client_tls(fridge_dir, site)
         async with (
-            aiomqtt.Client("localhost", site.port, identifier="hub-acl", tls_context=hub_tls) as h,
-            aiomqtt.Client("localhost", site.port, identifier="fridge-acl", tls_context=fridge_tls) as f,
+            aiomqtt.Client("localhost", site.port, identifier="hub-acl", tls_context=hub_ctx) as h,
+            aiomqtt.Client("localhost", site.port, identifier="fridge-acl", tls_context=fridge_ctx) as f,
         ):
             # Markers: each reader's own request inbox, which the other may write.
             to_f, to_h = (h, topics.requests(household, fridge_id)), (f, topics.requests(household, hub_id))
@@ -186,7 +207,6 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
             assert not await delivered(h, f, "elsewhere/topic", to_h)  # nothing outside the household
 
     # No certificate, or one from another CA: the members' listener refuses the TLS handshake.
-    # No certificate, or one from another CA: the members' listener refuses the TLS handshake.
     assert not await connects(site.port, client_tls(None, site), "anon")
     stranger = site.tmp / "stranger"
     stranger_pki = BrokerPki(stranger)
@@ -195,14 +215,40 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
     assert not await connects(site.port, client_tls(stranger, site), "stranger")
     assert await connects(site.port, client_tls(fridge_dir, site), "fridge-ok")
 
-    # The pairing listener: anonymous, the pairing topics only (sessions: test_pairing_sessions_...).
-    anon, session = pairing_tls_context(hub.config.mesh, "mqtts://"), new_session()
+    # The household broker has no anonymous listener at all: pairing has its own, for one invitation
+    # at a time (below, and tests/test_hardening_broker.py).
+    conf = site.conf.read_text()
+    assert conf.count("\nlistener ") == 1 and "allow_anonymous true" not in conf
+    assert "hearth/pair" not in (site.tmp / "mosquitto" / "acl").read_text()
+
+    # Revocation: the CRL the broker reads is refreshed and Mosquitto reloaded by `household revoke`
+    # itself; the fridge cannot connect any more.
+    crl_before = (site.tmp / "mosquitto" / "crl.pem").read_text()
+    revoked = hearth("household", "revoke", fridge_id, "-c", str(site.tmp / "hub.toml"), env=site.env)
+    ok(revoked)
+    assert f"reloaded Mosquitto (pid {site.broker.proc.pid})" in revoked.stderr, revoked.stderr
+    assert (site.tmp / "mosquitto" / "crl.pem").read_text() != crl_before
+    assert await refused_after_reload(site.port, client_tls(fridge_dir, site), "fridge-revoked")
+    transport = member_client(hub.config.mesh, hub_dir, "hub-after")
+    async with transport:  # the hub itself still connects
+        pass
+    assert os.path.exists(site.tmp / "hub" / "broker-ca.key")
+
+
+async def test_the_pairing_window_reaches_the_pairing_topics_only(site: Site) -> None:
+    """Anonymous clients on the pairing listener: the open invitation and their own session, nothing of
+    the household, and they cannot announce an invitation themselves."""
+    inv, session, other = "0123456789abcdef", new_session(), new_session()
+    household = HouseholdState(site.hub_dir).load().certificate.household_id
+    hub_id = HouseholdState(site.hub_dir).identity.device_id
+    anon = pairing_tls_context(site.agent_config("hub", "hub").mesh, "mqtts://")
     async with (
+        site.window(inv) as window,
         aiomqtt.Client("localhost", site.pairing_port, identifier=session, tls_context=anon) as a,
-        aiomqtt.Client("localhost", site.port, identifier="hub-acl-2", tls_context=hub_tls) as h,
+        aiomqtt.Client("localhost", site.pairing_port, identifier=other, tls_context=anon) as b,
+        aiomqtt.Client("127.0.0.1", window.hub_port, identifier="hub-acl-2", tls_context=hub_tls(site)) as h,
     ):
         # Markers: the anonymous client's own session topics (the hub writes to it, it writes to the hub).
-        inv = "0123456789abcdef"
         to_a, to_h = (h, topics.pair_to_device(inv, session)), (a, topics.pair_to_hub(inv, session))
         assert await delivered(a, h, topics.PAIR_OPEN, to_a)  # control: the open invitation is readable
         assert await delivered(h, a, topics.pair_to_hub(inv, session), to_h)
@@ -210,18 +256,9 @@ async def test_broker_config_pairing_mutual_tls_acls_and_crl(site: Site, store: 
         assert not await delivered(a, h, topics.requests(household, hub_id), to_a, sub=in_household)
         assert not await delivered(a, h, topics.presence(household, hub_id), to_a, sub="#")
         assert not await delivered(h, a, topics.requests(household, hub_id), to_h)
-        assert not await delivered(h, a, topics.PAIR_OPEN, to_h)  # an anonymous client cannot fake one
-
-    # Revocation: the CRL the broker reads is refreshed; after a reload the fridge cannot connect.
-    crl_before = (site.tmp / "mosquitto" / "crl.pem").read_text()
-    ok(hearth("household", "revoke", fridge_id, "-c", str(site.tmp / "hub.toml"), env=site.env))
-    assert (site.tmp / "mosquitto" / "crl.pem").read_text() != crl_before
-    site.broker.proc.send_signal(signal.SIGHUP)  # what `systemctl reload mosquitto` does
-    assert await refused_after_reload(site.port, client_tls(fridge_dir, site), "fridge-revoked")
-    transport = member_client(hub.config.mesh, hub_dir, "hub-after")
-    async with transport:  # the hub itself still connects
-        pass
-    assert os.path.exists(site.tmp / "hub" / "broker-ca.key")
+        to_b = (h, topics.pair_to_device(inv, other))
+        assert await delivered(b, h, topics.PAIR_OPEN, to_b)  # control: b hears the hub's announcement
+        assert not await delivered(b, a, topics.PAIR_OPEN, to_b)  # an anonymous client cannot fake one
 
 
 async def delivered(
@@ -256,9 +293,9 @@ async def test_pairing_sessions_are_bound_to_their_mqtt_client(site: Site) -> No
     client id: another cannot learn a session (not even via `#`), read its challenge, or speak for it."""
     inv, victim_id, other_id = "0123456789abcdef", new_session(), new_session()
     anon = pairing_tls_context(site.agent_config("hub", "hub").mesh, "mqtts://")
-    hub_tls = client_tls(site.tmp / "hub", site)
     async with (
-        aiomqtt.Client("localhost", site.port, identifier="hub-pair", tls_context=hub_tls) as hub,
+        site.window(inv) as window,
+        aiomqtt.Client("127.0.0.1", window.hub_port, identifier="hub-pair", tls_context=hub_tls(site)) as hub,
         aiomqtt.Client("localhost", site.pairing_port, identifier=victim_id, tls_context=anon) as victim,
         aiomqtt.Client("localhost", site.pairing_port, identifier=other_id, tls_context=anon) as other,
     ):
@@ -292,6 +329,7 @@ async def test_an_anonymous_client_cannot_disturb_a_pairing_in_progress(
                      issue_tls=broker_certificate_issuer(hub_state.dir))  # fmt: skip
     mesh = site.agent_config("hub", "hub").mesh
     pairing_url = f"mqtts://localhost:{site.pairing_port}"
+    hub_id = hub_state.identity.device_id
     victim_id, attacker_id = new_session(), new_session()
     victim = DevicePairing(DeviceIdentity.generate(), inv.code, inv.invitation_id, session=victim_id,
                            name="fridge", profile="fridge-panel", requests=[], serves=[])  # fmt: skip
@@ -310,17 +348,19 @@ async def test_an_anonymous_client_cannot_disturb_a_pairing_in_progress(
                     return message
         raise AssertionError("the connection closed")
 
-    hub_tls = client_tls(site.tmp / "hub", site)
     async with (
-        member_client(mesh, hub_state.dir, "hub-invite") as hub_link,
+        site.window(inv.invitation_id) as window,
+        window.hub_link(f"{hub_id}-invite") as hub_link,
         pairing_client(mesh, pairing_url, session=victim_id) as victim_link,
         pairing_client(mesh, pairing_url, session=attacker_id) as attacker_link,
-        aiomqtt.Client("localhost", site.port, identifier="hub-marker", tls_context=hub_tls) as marker,
+        aiomqtt.Client(
+            "127.0.0.1", window.hub_port, identifier="hub-marker", tls_context=hub_tls(site)
+        ) as marker,
     ):
-        serving = asyncio.create_task(serve_invitation(hub_link, inv, paired.append))
+        serving = asyncio.create_task(serve_invitation(hub_link, inv, paired.append, retain=False))
         await attacker_link.subscribe("hearth/pair/#")  # everything it may read
         await victim_link.subscribe(topics.PAIR_OPEN)
-        async for frame in victim_link.frames():  # the retained invitation: the hub is listening
+        async for frame in victim_link.frames():  # the announced invitation: the hub is listening
             if frame.payload:
                 break
         await victim_link.subscribe(topics.pair_to_device(inv.invitation_id, victim_id))
@@ -356,4 +396,4 @@ async def test_an_anonymous_client_cannot_disturb_a_pairing_in_progress(
                 if frame.topic == marker_topic:
                     break
                 seen.append(frame.topic)
-        assert set(seen) <= {topics.PAIR_OPEN}, seen  # the open invitation (and its withdrawal) only
+        assert set(seen) <= {topics.PAIR_OPEN}, seen  # the open invitation only

@@ -1,7 +1,11 @@
 """Home Assistant MQTT discovery on a real Mosquitto: the retained device config and its structure,
 states sent when they change, the last will, HA's birth message, decommissioning (no ghosts), and
 nothing at all when it is off (the default). A recording client stands in for Home Assistant; every
-wait is for a message, bounded by a timeout."""
+wait is for a message, bounded by a timeout.
+
+Issue 21, N13: discovery ids are keyed hashes that do not link to mesh device ids (and no document
+names a device id), usage is published once per usage window only, a document under the old id is
+cleared; the publisher's loop runs under the agent's supervisor."""
 
 from __future__ import annotations
 
@@ -27,20 +31,24 @@ from edge_agent.ha_discovery import (
     DiscoverySettings,
     PublisherState,
     Topics,
+    clear_devices,
     discovery_payload,
     object_id_for,
 )
-from edge_agent.ha_discovery.payload import SAFE_ID, published_components, slug
+from edge_agent.ha_discovery.payload import SAFE_ID, discovery_id, published_components, slug
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import Frame, MqttClient
 from edge_agent.models.store import PackStore
+from edge_agent.supervision import Supervisor
 from tests.support.brokers import Mosquitto, free_port, run_mosquitto
 from tests.support.cli import hearth, ok
 from tests.support.meshkit import config, provision, service
 
 WAIT = 15.0
 FAST = DiscoverySettings(interval_s=0.05, heartbeat_s=3600, reconnect_min_s=0.05, reconnect_max_s=0.5,
-                         io_timeout_s=5)  # fmt: skip
+                         io_timeout_s=5, usage_interval_s=0.05)  # fmt: skip
+KEY = bytes(range(32))
+"""A household's root public key (what paired devices' discovery ids are keyed with)."""
 
 
 @pytest.fixture
@@ -60,6 +68,8 @@ class Observer:
         self.patterns = patterns
         self.marker = f"test/marker/{secrets.token_hex(4)}"
         self.queue: asyncio.Queue[Frame] = asyncio.Queue()
+        self.seen: list[Frame] = []
+        """Every message received, in order (next/collect consume the queue, not this)."""
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Observer:
@@ -78,6 +88,7 @@ class Observer:
 
     async def _read(self) -> None:
         async for frame in self.client.frames():
+            self.seen.append(frame)
             self.queue.put_nowait(frame)
 
     async def next(self, topic: str, where: Callable[[Frame], bool] = lambda f: True) -> Frame:
@@ -138,7 +149,7 @@ class Device:
 
 def fridge(**state: Any) -> Device:
     desc = DeviceDescription(object_id="f" * 32, name="Kitchen fridge", model="fridge-panel",
-                             device_class="appliance", sw_version="0.1.0", serial="f" * 32, via="a" * 32,
+                             device_class="appliance", sw_version="0.1.0", via="a" * 32,
                              on_mesh=True)  # fmt: skip
     values: dict[str, Any] = {"queue_depth": 0, "requests_served": 0, "requests_offloaded": 0,
                               "free_model_ram": 300, "speed": {"embed": 120.5, "translate": 9.25},
@@ -185,11 +196,11 @@ def test_object_ids_stay_distinct_and_stable() -> None:
     assert ids == [object_id_for(None, n) for n in names]
     assert object_id_for(None, "kitchen_fridge") == "hearth_kitchen_fridge"  # a clean name reads as itself
     assert slug("Küche Kühlschrank") == "kuche_kuhlschrank"
-    # A paired device is named by its device id: a rename does not orphan its config.
+    # A paired device is named by a keyed hash of its device id: a rename does not orphan its config.
     assert (
-        object_id_for("0123abcd" * 4, "Kitchen fridge")
-        == object_id_for("0123abcd" * 4, "Fridge")
-        == "0123abcd" * 4
+        object_id_for("0123abcd" * 4, "Kitchen fridge", KEY)
+        == object_id_for("0123abcd" * 4, "Fridge", KEY)
+        == discovery_id("0123abcd" * 4, KEY)
     )
 
 
@@ -200,7 +211,7 @@ def test_unsafe_ids_are_refused(bad: str) -> None:
     with pytest.raises(ValidationError):
         Topics(object_id=bad)
     with pytest.raises(ValueError, match="not a safe MQTT discovery id"):
-        object_id_for(bad, "x")
+        object_id_for(bad, "x", KEY)
 
 
 def test_discovery_document_structure() -> None:
@@ -209,7 +220,7 @@ def test_discovery_document_structure() -> None:
     payload = json.loads(discovery_payload(device.desc, device.state, topics).encode())
     assert set(payload) == {"dev", "o", "avty_t", "stat_t", "qos", "cmps"}
     assert payload["dev"] == {"ids": ["hearth_" + "f" * 32], "name": "Kitchen fridge", "mf": "Hearth",
-                              "mdl": "fridge-panel", "mdl_id": "appliance", "sw": "0.1.0", "sn": "f" * 32,
+                              "mdl": "fridge-panel", "mdl_id": "appliance", "sw": "0.1.0",
                               "via_device": "hearth_" + "a" * 32}  # fmt: skip
     assert payload["o"]["name"] == "Hearth" and payload["o"]["sw"] == "0.1.0"
     assert payload["avty_t"] == topics.availability and payload["stat_t"] == topics.state
@@ -404,9 +415,11 @@ async def test_agents_publish_themselves_and_a_revoked_member_disappears(
     fridge_id = HouseholdState(tmp_path / "fridge").identity.device_id
     hub_cfg = _with_discovery(config("hub", broker.port, "hub"), benchmark=False)
     fridge_cfg = _with_discovery(config("Kitchen fridge", broker.port, "fridge-panel"), benchmark=True)
-    hub_topics, fridge_topics = Topics(object_id=hub_id), Topics(object_id=fridge_id)
+    key = bytes(HouseholdState(tmp_path / "hub").membership()[0].root_key)
+    hub_oid, fridge_oid = discovery_id(hub_id, key), discovery_id(fridge_id, key)
+    hub_topics, fridge_topics = Topics(object_id=hub_oid), Topics(object_id=fridge_oid)
     async with (
-        Observer(broker.port, "homeassistant/device/+/config", "hearth/ha/#") as ha,
+        Observer(broker.port, "homeassistant/#", "hearth/ha/#") as ha,
         service(tmp_path / "hub", hub_cfg, store) as hub,
         service(tmp_path / "fridge", fridge_cfg, store) as fridge,
     ):
@@ -414,9 +427,9 @@ async def test_agents_publish_themselves_and_a_revoked_member_disappears(
         assert hub_doc["dev"]["name"] == "hub" and hub_doc["dev"]["mdl"] == "hub"
         assert "via_device" not in hub_doc["dev"]  # the hub hangs off nothing
         fridge_doc = doc(await ha.next(fridge_topics.config))
-        expected = {"ids": [f"hearth_{fridge_id}"], "name": "Kitchen fridge", "mf": "Hearth",
-                    "mdl": "fridge-panel", "mdl_id": "appliance", "sn": fridge_id,
-                    "via_device": f"hearth_{hub_id}"}  # fmt: skip
+        expected = {"ids": [f"hearth_{fridge_oid}"], "name": "Kitchen fridge", "mf": "Hearth",
+                    "mdl": "fridge-panel", "mdl_id": "appliance", "sn": None,
+                    "via_device": f"hearth_{hub_oid}"}  # fmt: skip
         assert {k: fridge_doc["dev"].get(k) for k in expected} == expected
         measured = set(fridge.mesh.offers)
         assert measured and {f"{t}_speed" for t in measured} <= set(fridge_doc["cmps"])
@@ -439,7 +452,14 @@ async def test_agents_publish_themselves_and_a_revoked_member_disappears(
     async with Observer(broker.port, "homeassistant/#", "hearth/ha/#") as late:
         left = {f.topic: f.payload for f in await late.until_marker()}
     assert left[hub_topics.availability] == b"offline" and hub_topics.config in left
-    assert not [t for t in left if fridge_id in t], left
+    assert not [t for t in left if fridge_oid in t], left
+    # N13: nothing Home Assistant's broker carried names a mesh device id (topics show those).
+    named = [
+        f.topic
+        for f in ha.seen
+        if any(i.encode() in f.topic.encode() + f.payload for i in (hub_id, fridge_id))
+    ]
+    assert ha.seen and named == []
 
 
 async def test_nothing_is_published_when_discovery_is_off(
@@ -470,18 +490,23 @@ async def test_revoke_from_the_command_line_removes_the_device_from_home_assista
         f'broker = "mqtt://127.0.0.1:{broker.port}"\nstate_dir = "{tmp_path / "hub"}"\n'
         "[home_assistant]\nmqtt_discovery = true\n"
     )
+    key = bytes(HouseholdState(tmp_path / "hub").membership()[0].root_key)
     device = fridge()
-    device.desc = device.desc.model_copy(update={"object_id": fridge_id, "serial": fridge_id})
-    topics = Topics(object_id=fridge_id)
+    device.desc = device.desc.model_copy(update={"object_id": discovery_id(fridge_id, key)})
+    topics, legacy = Topics(object_id=device.desc.object_id), Topics(object_id=fridge_id)
     async with publishing(device, broker.port):  # the fridge's agent was here once
         pass
-    async with Observer(broker.port, *topics.all_retained()) as ha:
-        assert len(await ha.until_marker()) == 3
+    old = fridge()  # and an older version, under its device id
+    old.desc = old.desc.model_copy(update={"object_id": fridge_id})
+    async with publishing(old, broker.port):
+        pass
+    async with Observer(broker.port, *topics.all_retained(), *legacy.all_retained()) as ha:
+        assert len(await ha.until_marker()) == 6
         done = await asyncio.to_thread(hearth, "household", "revoke", "fridge", "-c", str(hub_toml),
                                        env=hearth_env)  # fmt: skip
         ok(done)
         assert "removed 'fridge' from Home Assistant" in done.stderr
-        for topic in topics.all_retained():
+        for topic in (*topics.all_retained(), *legacy.all_retained()):
             await ha.next(topic, lambda f: f.payload == b"")
 
 
@@ -533,3 +558,120 @@ def test_revoke_still_succeeds_when_home_assistant_s_broker_is_down(
         HouseholdState(tmp_path / "fridge").identity.device_id
         in HouseholdState(tmp_path / "hub").load().crl.revoked
     )
+
+
+# -- issue 21, N13: ids that do not link to the mesh, usage per window only; supervision -------------------
+
+
+def test_discovery_ids_are_keyed_stable_and_unlinkable_to_device_ids() -> None:
+    device, other_device, other_key = "0123abcd" * 4, "4567cdef" * 4, bytes(range(1, 33))
+    oid = discovery_id(device, KEY)
+    assert re.fullmatch(r"[0-9a-f]{32}", oid) and oid == discovery_id(device, KEY)  # stable
+    assert oid != device and device not in oid and oid[:8] not in device
+    assert discovery_id(other_device, KEY) != oid  # per device
+    assert discovery_id(device, other_key) != oid  # and per household: nothing to compute without the key
+    with pytest.raises(ValueError, match=r"^a paired device's discovery id needs the household key$"):
+        object_id_for(device, "fridge")
+    with pytest.raises(
+        ValueError, match=r"^the household key for discovery ids is the 32-byte root public key$"
+    ):
+        discovery_id(device, b"short")
+
+
+class Clock:
+    """Wall-clock seconds the test moves (the usage windows are aligned to it)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_usage_is_published_once_per_usage_window_not_per_request(broker: Mosquitto) -> None:
+    """Queue depth, counters and free RAM change with every request; what the broker sees changes at
+    most once per window (15 minutes by default), so it cannot tell when requests came. Other fields
+    (mesh connectivity) still go out when they change."""
+    device, clock = fridge(requests_served=3), Clock(9_000.0)  # the start of a 900 s window
+    topics = Topics(object_id=device.desc.object_id)
+    settings = FAST.model_copy(update={"usage_interval_s": 900.0})
+    async with (
+        Observer(broker.port, topics.state) as ha,
+        DiscoveryPublisher(device, connector(broker.port), settings, clock=clock) as publisher,
+    ):
+        await publisher.wait_online(WAIT)
+        assert doc(await ha.next(topics.state))["requests_served"] == 3
+        for served in range(4, 40):  # requests come in during the window, one at a time
+            clock.now += 10
+            device.state = device.state.model_copy(update={"requests_served": served, "queue_depth": 1,
+                                                           "free_model_ram": 100})  # fmt: skip
+            calls = device.calls
+            publisher.refresh()
+            await device.wait_calls(calls + 1)  # the publisher looked at the new state
+        device.state = device.state.model_copy(update={"mesh": "OFF"})
+        publisher.refresh()
+        off = doc(await ha.next(topics.state))  # connectivity goes out at once, usage still as sampled
+        assert (off["mesh"], off["requests_served"], off["queue_depth"], off["free_model_ram"]) == (
+            "OFF",
+            3,
+            0,
+            300,
+        )
+        clock.now = 9_900.0  # the next window: one sample of where things stand
+        publisher.refresh()
+        sampled = doc(await ha.next(topics.state))
+        assert (sampled["requests_served"], sampled["queue_depth"], sampled["free_model_ram"]) == (39, 1, 100)
+        assert [f for f in await ha.until_marker() if f.topic == topics.state] == []
+    assert [doc(f)["requests_served"] for f in ha.seen if f.topic == topics.state and f.payload] == [3, 3, 39]
+
+
+async def test_a_document_under_the_old_id_is_cleared_and_only_if_it_is_there(broker: Mosquitto) -> None:
+    """Before N13 a paired device was published under its device id: the device clears that document
+    when it finds one; the hub's clear of a revoked device touches an old id only if it is there."""
+    old_id, absent_id = "0123abcd" * 4, "4567cdef" * 4
+    old = fridge()
+    old.desc = old.desc.model_copy(update={"object_id": old_id})
+    async with publishing(old, broker.port):  # what an older version left behind
+        pass
+    device = fridge()
+    device.desc = device.desc.model_copy(update={"object_id": discovery_id(old_id, KEY)})
+    legacy = Topics(object_id=old_id)
+    async with Observer(broker.port, "homeassistant/#", "hearth/ha/#") as ha:
+        async with DiscoveryPublisher(device, connector(broker.port), FAST, legacy_ids=[old_id]) as publisher:
+            await publisher.wait_online(WAIT)
+            for topic in legacy.all_retained():
+                await ha.next(topic, lambda f: f.payload == b"")
+        await clear_devices(connector(broker.port), [], "homeassistant", if_present=[absent_id, old_id])
+        seen = await ha.until_marker()
+    assert not [f for f in ha.seen if absent_id in f.topic], "cleared an id that was never there"
+    assert [f for f in seen if old_id in f.topic and f.payload] == []
+    async with Observer(broker.port, *legacy.all_retained()) as late:
+        assert await late.until_marker() == []  # nothing left under the old id
+
+
+async def test_a_bug_in_the_discovery_loop_is_supervised_and_publishing_goes_on(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Buggy(Device):
+        def __call__(self) -> tuple[DeviceDescription, DeviceState]:
+            if self.calls == 3:  # one bad snapshot (a bug somewhere in the agent)
+                self.calls += 1
+                raise RuntimeError("a bug")
+            return super().__call__()
+
+    base = fridge()
+    device = Buggy(base.desc, base.state)
+    supervisor = Supervisor(initial_backoff_s=0.01)
+    topics = Topics(object_id=device.desc.object_id)
+    async with (
+        Observer(broker.port, topics.state) as ha,
+        DiscoveryPublisher(device, connector(broker.port), FAST, supervisor=supervisor) as publisher,
+    ):
+        await ha.next(topics.state)
+        await device.wait_calls(6)  # past the bad one
+        device.state = device.state.model_copy(update={"mesh": "OFF"})
+        publisher.refresh()
+        assert doc(await ha.next(topics.state, lambda f: doc(f)["mesh"] == "OFF"))["queue_depth"] == 0
+        assert publisher.state is PublisherState.ONLINE
+    assert supervisor.restarts("ha-discovery") == 1
+    assert supervisor.report().loops[0].last_error == "RuntimeError: a bug"

@@ -169,20 +169,14 @@ def test_the_agent_refuses_its_tls_key_when_others_can_read_it(hub: HouseholdSta
 def test_broker_config_is_written_atomically_through_no_symlink(tmp_path: Path, victim: Path) -> None:
     out = tmp_path / "mosquitto"
     out.mkdir()
-    (out / "acl-pairing").symlink_to(victim)
+    (out / "acl").symlink_to(victim)
     (out / "mosquitto.conf.tmp").symlink_to(victim)
     files = mosquitto_config(out, "f" * 16, "a" * 32, cafile=out / "ca.crt", certfile=out / "server.crt",
                              keyfile=out / "server.key", crlfile=out / "crl.pem")  # fmt: skip
     assert victim.read_text() == "precious"
-    for path in (files.config, files.member_acl, files.pairing_acl):
+    for path in (files.config, files.member_acl):
         assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert files.pairing_acl.read_text().splitlines()[-3:] == [
-        "topic read hearth/pair/open",
-        "pattern write hearth/pair/+/hub/%c",
-        "pattern read hearth/pair/+/dev/%c",
-    ]
-    pairing_listener = files.config.read_text().split("# Pairing only")[1]
-    assert "allow_zero_length_clientid false\n" in pairing_listener and "max_qos 1\n" in pairing_listener
+    assert files.member_acl.read_text().splitlines()[1] == "pattern write hearth/ffffffffffffffff/presence/%u"
 
 
 def _crl_number(path: Path) -> int:

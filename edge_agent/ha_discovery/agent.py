@@ -17,7 +17,7 @@ from edge_agent import __version__
 from edge_agent.config import AgentConfig
 from edge_agent.connect import tls_context
 from edge_agent.errors import ConfigError
-from edge_agent.ha_discovery.payload import DeviceDescription, DeviceState, object_id_for
+from edge_agent.ha_discovery.payload import DeviceDescription, DeviceState, discovery_id, object_id_for
 from edge_agent.ha_discovery.publisher import (
     ClientFactory,
     DiscoveryPublisher,
@@ -28,6 +28,7 @@ from edge_agent.ha_discovery.publisher import (
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.settings import broker_host_port
 from edge_agent.mesh.transports.mqtt import MqttClient
+from edge_agent.supervision import Supervisor
 
 if TYPE_CHECKING:
     from edge_agent.hearth import Hearth
@@ -39,7 +40,10 @@ def discovery_settings(config: AgentConfig) -> DiscoverySettings:
     ha = config.home_assistant
     interval = ha.state_interval_s or config.mesh.presence_interval_s
     return DiscoverySettings(
-        prefix=ha.discovery_prefix, interval_s=interval, heartbeat_s=max(ha.heartbeat_s, interval)
+        prefix=ha.discovery_prefix,
+        interval_s=interval,
+        heartbeat_s=max(ha.heartbeat_s, interval),
+        usage_interval_s=ha.usage_interval_s,
     )
 
 
@@ -89,6 +93,17 @@ def household_hub(membership: Membership, own_id: str) -> DeviceCertificate | No
     return hubs[0]
 
 
+def household_key(membership: Membership) -> bytes:
+    """What paired devices' discovery ids are keyed with: the root public key, which members only hold."""
+    return bytes(membership.root_key)
+
+
+def ids_of(membership: Membership, device_ids: Iterable[str]) -> list[str]:
+    """The discovery object ids of these devices (keyed, see `discovery_id`)."""
+    key = household_key(membership)
+    return [discovery_id(d, key) for d in device_ids]
+
+
 def snapshot_of(hearth: Hearth) -> Snapshot:
     """What the running agent reports, read fresh on every call."""
     profile = hearth.profile
@@ -110,15 +125,15 @@ def snapshot_of(hearth: Hearth) -> Snapshot:
             )  # fmt: skip
             return desc, state
         cert: DeviceCertificate = service.certificate
+        key = household_key(service.membership)
         hub = household_hub(service.membership, cert.device_id)
         desc = DeviceDescription(
-            object_id=object_id_for(cert.device_id, cert.name),
+            object_id=discovery_id(cert.device_id, key),
             name=cert.name,
             model=profile.id,
             device_class=cert.device_class,
             sw_version=__version__,
-            serial=cert.device_id,
-            via=object_id_for(hub.device_id, hub.name) if hub is not None else None,
+            via=discovery_id(hub.device_id, key) if hub is not None else None,
             on_mesh=True,
         )
         state = DeviceState(
@@ -134,10 +149,13 @@ def snapshot_of(hearth: Hearth) -> Snapshot:
     return snapshot
 
 
-def publisher_for(hearth: Hearth) -> DiscoveryPublisher:
-    """The discovery publisher of a serving agent (``[home_assistant] mqtt_discovery = true``)."""
+def publisher_for(hearth: Hearth, supervisor: Supervisor | None = None) -> DiscoveryPublisher:
+    """The discovery publisher of a serving agent (``[home_assistant] mqtt_discovery = true``), its
+    loop under ``supervisor`` (the agent's)."""
     connect = client_factory(hearth.config, hearth.state_dir, on_mesh=hearth.service is not None)
-    return DiscoveryPublisher(snapshot_of(hearth), connect, discovery_settings(hearth.config))
+    legacy = [hearth.service.certificate.device_id] if hearth.service is not None else []
+    return DiscoveryPublisher(snapshot_of(hearth), connect, discovery_settings(hearth.config),
+                              supervisor=supervisor, legacy_ids=legacy)  # fmt: skip
 
 
 def watch_revocations(publisher: DiscoveryPublisher, membership: Membership) -> Callable[[], None]:
@@ -145,7 +163,7 @@ def watch_revocations(publisher: DiscoveryPublisher, membership: Membership) -> 
     Returns the function that stops watching."""
 
     def revoked(device_ids: frozenset[str]) -> None:
-        publisher.forget(sorted(device_ids))
+        publisher.forget(ids_of(membership, sorted(device_ids)))
 
     membership.on_revoked.append(revoked)
     return lambda: membership.on_revoked.remove(revoked)
@@ -154,6 +172,12 @@ def watch_revocations(publisher: DiscoveryPublisher, membership: Membership) -> 
 async def clear_revoked(config: AgentConfig, state_dir: Path, device_ids: Iterable[str]) -> None:
     """`hearth household revoke`: clear the revoked devices' discovery configs right away (no agent
     may be running to do it). Raises TransportError if the broker cannot be reached."""
+    from edge_agent.mesh.state import HouseholdState
+
     connect = client_factory(config, state_dir, on_mesh=True)
-    ids = [object_id_for(d, d) for d in device_ids]
-    await clear_devices(connect, ids, config.home_assistant.discovery_prefix)
+    membership, _ = HouseholdState(state_dir).membership()
+    device_ids = list(device_ids)
+    ids = ids_of(membership, device_ids)
+    # An older version published under the device id itself: cleared too, but only if it is there (a
+    # clear for nothing would tie the device id to its discovery id on the broker).
+    await clear_devices(connect, ids, config.home_assistant.discovery_prefix, if_present=device_ids)

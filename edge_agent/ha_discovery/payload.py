@@ -6,9 +6,18 @@ document and an ``online``/``offline`` availability topic shared by every compon
 component keys are limited to ``[a-zA-Z0-9_-]`` (HA's ``TOPIC_MATCHER``), and the models refuse
 anything else, so a device name never reaches a topic unchecked.
 
-A paired device's object id is its device id (a hash of its key): stable across renames, computable by
-any household member that needs to clear a revoked device's config, and one whole topic level (what a
-Mosquitto ``%u`` ACL pattern can match). A device outside a household uses a slug of its name.
+A paired device's object id is a keyed hash of its device id (`discovery_id`), keyed by the household's
+root public key, which only members hold (it travels in the SPAKE2-sealed welcome and nowhere in
+plaintext): stable across renames and restarts, computable by any member that must clear a revoked
+device's config or name the hub a device hangs off, and unlinkable to the mesh's device ids (which the
+household broker's topics show) for anyone who can read Home Assistant's broker but is not a member.
+The device id is not published either (no serial number). A device outside a household uses a slug
+of its name.
+
+What a state document reveals is coarsened too (`DeviceState.USAGE`): queue depth, request counters
+and free model RAM (a model loads on first use) are sampled once per usage window of wall-clock time
+(`DiscoverySettings.usage_interval_s`, default 15 minutes), so the broker sees at most how busy a device
+was per window, not when each request came.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -47,13 +56,25 @@ def slug(name: str, max_len: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")[:max_len].strip("_")
 
 
-def object_id_for(device_id: str | None, name: str) -> str:
-    """The discovery object id: the device id when paired, else the name's slug. A lossy slug gets a
-    short hash of the exact name, so 'Küche' and 'Kuche', or two names in a non-Latin script, differ."""
+def discovery_id(device_id: str, household_key: bytes) -> str:
+    """A paired device's discovery object id: BLAKE2b keyed with the household's root public key over
+    the device id (32 hex). Stable, the same on every member, unlinkable without the key."""
+    if not re.fullmatch(SAFE_ID, device_id):
+        raise ValueError(f"device id {device_id!r} is not a safe MQTT discovery id")
+    if len(household_key) != 32:
+        raise ValueError("the household key for discovery ids is the 32-byte root public key")
+    digest = hashlib.blake2b(device_id.encode(), key=household_key, person=b"hearth-ha-disc", digest_size=16)
+    return digest.hexdigest()
+
+
+def object_id_for(device_id: str | None, name: str, household_key: bytes | None = None) -> str:
+    """The discovery object id: `discovery_id` when paired (``household_key`` required), else the
+    name's slug. A lossy slug gets a short hash of the exact name, so 'Küche' and 'Kuche', or two names
+    in a non-Latin script, differ."""
     if device_id is not None:
-        if not re.fullmatch(SAFE_ID, device_id):
-            raise ValueError(f"device id {device_id!r} is not a safe MQTT discovery id")
-        return device_id
+        if household_key is None:
+            raise ValueError("a paired device's discovery id needs the household key")
+        return discovery_id(device_id, household_key)
     base = slug(name)
     if base == name:
         return f"hearth_{base}"
@@ -130,6 +151,18 @@ class DeviceState(BaseModel):
     """Measured speed per task this device serves, in the task's unit (see SPEEDS)."""
     mesh: Literal["ON", "OFF"] | None = None
     """Connected to the household mesh (None: not a member)."""
+
+    USAGE: ClassVar[tuple[str, ...]] = (
+        "queue_depth",
+        "requests_served",
+        "requests_offloaded",
+        "free_model_ram",
+    )
+    """What says when the device is used: published only as sampled once per usage window."""
+
+    def with_usage_of(self, sample: DeviceState) -> DeviceState:
+        """This state with the usage fields of ``sample`` (the current window's)."""
+        return self.model_copy(update={key: getattr(sample, key) for key in self.USAGE})
 
     def encode(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

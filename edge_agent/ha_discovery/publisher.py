@@ -14,7 +14,11 @@ this object's task (logged, then retried). What it keeps right, from other proje
 * if someone else empties this device's config (HA's "delete device", or the hub after a revocation
   this device has not heard of), it stays withdrawn until the agent restarts.
 
-State is published when it changes, and otherwise on a slow heartbeat.
+State is published when it changes, and otherwise on a slow heartbeat. What tells when the device is
+used (queue depth, request counters, free model RAM; `DeviceState.USAGE`) is sampled once per usage
+window of wall-clock time (`DiscoverySettings.usage_interval_s`): the broker learns how busy the device
+was per window, never the moment of a request. The connection loop runs under the agent's
+`Supervisor`: a bug it hits is counted and logged there, and the loop restarted.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from edge_agent.ha_discovery.payload import (
     OFFLINE,
     ONLINE,
     SAFE_ID,
+    STATE_ROOT,
     DeviceDescription,
     DeviceState,
     DiscoveryPayload,
@@ -46,6 +51,7 @@ from edge_agent.ha_discovery.payload import (
     published_components,
 )
 from edge_agent.mesh.transports.mqtt import Frame, MqttClient
+from edge_agent.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,9 @@ class DiscoverySettings(BaseModel):
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     io_timeout_s: float = Field(default=10.0, gt=0, le=120)
     """Longest one connect or publish may take before the connection is given up and retried."""
+    usage_interval_s: float = Field(default=900.0, gt=0, le=86400)
+    """The usage window: queue depth, counters and free RAM are sampled once per window of wall-clock
+    time (aligned to multiples of it), so published states do not give a timeline of requests."""
 
 
 class PublisherState(enum.Enum):
@@ -84,13 +93,33 @@ class PublisherState(enum.Enum):
     CLOSED = "closed"
 
 
+LOOP = "ha-discovery"
+
+
 class DiscoveryPublisher:
-    def __init__(self, snapshot: Snapshot, connect: ClientFactory, settings: DiscoverySettings) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        connect: ClientFactory,
+        settings: DiscoverySettings,
+        *,
+        supervisor: Supervisor | None = None,
+        legacy_ids: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``legacy_ids``: object ids this device was published under before (its device id, before
+        discovery ids were keyed): their documents are cleared if the broker still holds them.
+        ``clock``: wall-clock seconds, for the usage windows."""
         self.snapshot = snapshot
         self.connect = connect
         self.settings = settings
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self.clock = clock
         desc, _ = snapshot()
         self.topics = Topics(prefix=settings.prefix, object_id=desc.object_id)
+        self._legacy = {
+            Topics(prefix=settings.prefix, object_id=i).config: i for i in legacy_ids if i != desc.object_id
+        }
         self.state = PublisherState.UNOPENED
         self.client_id = f"hearth-ha-{desc.object_id[:32]}-{secrets.token_hex(4)}"
         self._group: asyncio.TaskGroup | None = None
@@ -110,6 +139,8 @@ class DiscoveryPublisher:
         self._last_config: bytes | None = None
         self._last_state: bytes | None = None
         self._state_sent_at = 0.0
+        self._usage: tuple[int, DeviceState] | None = None
+        """(usage window, the state sampled in it): what the published usage fields come from."""
         self._session_ok = False
         self.published = 0
         """Messages published (for diagnostics and tests)."""
@@ -199,31 +230,38 @@ class DiscoveryPublisher:
     # -- the connection loop ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self.settings.reconnect_min_s
+        """The connection loop, supervised: a bug is counted, logged and the loop restarted; it never
+        takes the agent down."""
         try:
-            while not self._stop.is_set() and not self._done():
-                self.state = PublisherState.CONNECTING
-                try:
-                    await self._session()
-                except (TransportError, TimeoutError, OSError) as exc:
-                    log.warning("Home Assistant discovery: %s; retrying in %.1f s", exc, delay)
-                except Exception:  # never let discovery take the agent down; retried like a lost link
-                    log.exception("Home Assistant discovery failed; retrying in %.1f s", delay)
-                finally:
-                    self._client = None
-                    self._online.clear()
-                    if not self._done():
-                        self.state = PublisherState.CONNECTING
-                if self._session_ok:
-                    delay = self.settings.reconnect_min_s  # it worked: start the backoff over
-                if self._stop.is_set() or self._done():
-                    break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+            await self.supervisor.supervise(LOOP, self._connections, stopping=self._stopping)
         finally:
             self._finished.set()
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._done()
+
+    async def _connections(self) -> None:
+        """Connect, publish, and reconnect with backoff after a lost or failed link (expected)."""
+        delay = self.settings.reconnect_min_s
+        while not self._stopping():
+            self.state = PublisherState.CONNECTING
+            try:
+                await self._session()
+            except (TransportError, TimeoutError, OSError) as exc:
+                log.warning("Home Assistant discovery: %s; retrying in %.1f s", exc, delay)
+            finally:
+                self._client = None
+                self._online.clear()
+                if not self._done():
+                    self.state = PublisherState.CONNECTING
+            if self._session_ok:
+                delay = self.settings.reconnect_min_s  # it worked: start the backoff over
+            if self._stopping():
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            delay = min(delay * 2, self.settings.reconnect_max_s)
 
     def _done(self) -> bool:
         return self.state in (PublisherState.DECOMMISSIONED, PublisherState.WITHDRAWN)
@@ -239,6 +277,8 @@ class DiscoveryPublisher:
             async with asyncio.timeout(timeout):
                 await client.subscribe(self.topics.birth)
                 await client.subscribe(self.topics.config)  # the previous run's document comes back
+                for legacy in self._legacy:  # so does a document under an older id, if any
+                    await client.subscribe(legacy)
             self._resend = True
             reader = asyncio.create_task(self._read(client), name="ha-discovery-reader")
             reader.add_done_callback(lambda _: self._wake.set())
@@ -277,7 +317,8 @@ class DiscoveryPublisher:
         for object_id in sorted(self._pending_clears):
             await self._clear(client, object_id)
             self._pending_clears.discard(object_id)
-        desc, state = self.snapshot()
+        desc, live = self.snapshot()
+        state = self._coarsened(live)
         config = self._config(desc, state)
         resend, self._resend = self._resend, False
         encoded = config.encode()
@@ -297,6 +338,13 @@ class DiscoveryPublisher:
         self._session_ok = True
         self._online.set()
 
+    def _coarsened(self, live: DeviceState) -> DeviceState:
+        """``live`` with the usage fields sampled at the first check of the current usage window."""
+        window = int(self.clock() // self.settings.usage_interval_s)
+        if self._usage is None or self._usage[0] != window:
+            self._usage = (window, live)
+        return live.with_usage_of(self._usage[1])
+
     def _config(self, desc: DeviceDescription, state: DeviceState) -> DiscoveryPayload:
         current = discovery_payload(desc, state, self.topics)
         gone = {k: p for k, p in self._known.items() if k not in current.components}
@@ -306,9 +354,16 @@ class DiscoveryPublisher:
 
     async def _read(self, client: MqttClient) -> None:
         async for frame in client.frames():
-            self._received(frame)
+            with self.supervisor.guard(LOOP, f"dropped a frame on {frame.topic[:80]}"):
+                self._received(frame)
 
     def _received(self, frame: Frame) -> None:
+        if frame.topic in self._legacy:
+            if frame.payload:
+                log.info("Home Assistant discovery: clearing this device's config under its old id")
+                self._pending_clears.add(self._legacy[frame.topic])
+                self._wake.set()
+            return
         if frame.topic == self.topics.birth:
             if frame.payload.strip() == BIRTH_ONLINE:
                 log.info("Home Assistant is online: sending the discovery config again")
@@ -350,13 +405,33 @@ class DiscoveryPublisher:
 
 
 async def clear_devices(
-    connect: ClientFactory, object_ids: Iterable[str], prefix: str, timeout: float = 10.0
+    connect: ClientFactory,
+    object_ids: Iterable[str],
+    prefix: str,
+    timeout: float = 10.0,
+    *,
+    if_present: Iterable[str] = (),
 ) -> None:
     """One-shot: clear the retained discovery documents of ``object_ids`` (e.g. right after
-    `hearth household revoke`, when no agent may be running to do it)."""
+    `hearth household revoke`, when no agent may be running to do it), and those of ``if_present``
+    only if the broker holds a config for them (ids that would say something if cleared for nothing:
+    a device id, the old discovery id)."""
     topics = [Topics(prefix=prefix, object_id=i) for i in object_ids]  # refuses unsafe ids first
+    maybe = {
+        Topics(prefix=prefix, object_id=i).config: Topics(prefix=prefix, object_id=i) for i in if_present
+    }
     client = connect(f"hearth-ha-clear-{secrets.token_hex(4)}", None)
     async with asyncio.timeout(timeout), client:
+        if maybe:
+            marker = f"{STATE_ROOT}/clear-{secrets.token_hex(8)}"
+            for topic in [*maybe, marker]:
+                await client.subscribe(topic)
+            await client.publish(marker, b"", retain=False)  # retained configs arrive before it
+            async for frame in client.frames():
+                if frame.topic == marker:
+                    break
+                if frame.payload and frame.topic in maybe:
+                    topics.append(maybe[frame.topic])
         for device in topics:
             for topic in device.all_retained():
                 await client.publish(topic, b"", retain=True)

@@ -17,15 +17,28 @@ Files in the mesh state directory (owner-only):
   broker-ca.crt                       every device: the pinned CA (verifies the broker, too)
   broker-client.key, broker-client.crt  this device's TLS client identity
   broker-crl.pem                      hub only: revoked client certificates, for Mosquitto's crlfile
+  broker-pki.lock                     hub only: serialises changes to the two files above
+
+The CRL is short-lived (`CRL_LIFETIME`, days): a revoked device must not stay trusted by a broker
+that missed a reload, and Mosquitto rereads ``crlfile`` only on SIGHUP. The running hub agent signs
+it again before it runs out (`crl_due`, `edge_agent.mesh.broker_crl`) and reloads every Mosquitto
+started on a config `hearth broker config` wrote (`reload_brokers`); `hearth household revoke` does
+the same at once. Mosquitto adds each CRL it loads to its store and OpenSSL uses the newest valid
+one, so a reload after a renewal or a revocation takes effect for new connections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
+import itertools
+import os
 import shutil
+import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,6 +54,11 @@ from edge_agent.mesh.files import read_private, write_atomic, write_private
 from edge_agent.mesh.household import DeviceCertificate
 
 _LEEWAY = timedelta(minutes=5)  # clocks on appliances drift; certificates start a little in the past
+CRL_LIFETIME = timedelta(days=7)
+"""How long a broker CRL is valid. Mosquitto (OpenSSL) refuses every client certificate once its CRL
+has expired, so the hub agent renews it well before (`CRL_RENEW_BEFORE`) and reloads Mosquitto."""
+CRL_RENEW_BEFORE = timedelta(days=4)
+"""Renew once the CRL expires within this: renewals every ~3 days leave 4 to notice a failing one."""
 
 
 _CA_USAGE = x509.KeyUsage(
@@ -69,6 +87,8 @@ class _Issued(BaseModel):
     """Where the broker reads the CRL (`hearth broker config --out`); refreshed on every revocation."""
     crl_number: int = Field(default=0, ge=0)
     """Number of the newest CRL signed: RFC 5280 wants each new CRL's number strictly larger."""
+    broker_configs: list[Path] = Field(default_factory=list)
+    """Mosquitto configs that read the CRL (`hearth broker config --out`): reloaded after a new CRL."""
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -235,9 +255,10 @@ class BrokerPki:
         if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
             raise PkiError("the device's TLS public key must be a P-256 key")
         cert = self._issue(device_id, public, ExtendedKeyUsageOID.CLIENT_AUTH, not_after)
-        issued = self._issued()
-        issued.serials.setdefault(device_id, []).append(cert.serial_number)
-        write_private(self.issued_path, issued.model_dump_json(indent=1))
+        with self._locked():
+            issued = self._issued()
+            issued.serials.setdefault(device_id, []).append(cert.serial_number)
+            write_private(self.issued_path, issued.model_dump_json(indent=1))
         return _pem(cert)
 
     def issue_own_client(self, device_id: str, not_after: datetime) -> None:
@@ -245,7 +266,13 @@ class BrokerPki:
         cert = self.issue_client(device_id, public_key_pem(self.client_key()), not_after)
         write_private(self.client_cert_path, cert)
 
-    def issue_server(self, hostnames: list[str], cert_path: Path, key_path: Path) -> None:
+    def issue_server(
+        self,
+        hostnames: list[str],
+        cert_path: Path,
+        key_path: Path,
+        valid_for: timedelta = timedelta(days=825),
+    ) -> None:
         """The broker's certificate; agents verify it against the pinned CA and these names."""
         names: list[x509.GeneralName] = []
         for host in dict.fromkeys(hostnames):
@@ -255,7 +282,7 @@ class BrokerPki:
                 names.append(x509.DNSName(host))
         key = ec.generate_private_key(ec.SECP256R1())
         cert = self._issue(hostnames[0], key.public_key(), ExtendedKeyUsageOID.SERVER_AUTH,
-                           datetime.now(UTC) + timedelta(days=825), names)  # fmt: skip
+                           datetime.now(UTC) + valid_for, names)  # fmt: skip
         write_public(key_path, _key_pem(key), mode=0o640)
         write_public(cert_path, _pem(cert))
 
@@ -267,53 +294,173 @@ class BrokerPki:
         except (OSError, ValidationError) as exc:
             raise PkiError(f"{self.issued_path}: unreadable ({exc})") from exc
 
-    def write_crl(self, revoked_devices: list[str]) -> int:
-        """Revoke every client certificate issued to these devices; returns how many serials are listed."""
-        key, cert = self._ca()
-        issued = self._issued()
-        serials = issued.serials
-        number = max(issued.crl_number, self._current_crl_number()) + 1
-        issued.crl_number = number
-        write_private(self.issued_path, issued.model_dump_json(indent=1))  # before the CRL: never reused
-        now = datetime.now(UTC)
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(cert.subject)
-            .last_update(now - _LEEWAY)
-            .next_update(now + timedelta(days=3650))
-            .add_extension(x509.CRLNumber(number), critical=False)
-        )
-        count = 0
-        for device in revoked_devices:
-            for serial in serials.get(device, []):
-                entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
-                builder = builder.add_revoked_certificate(entry)
-                count += 1
-        pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
-        write_private(self.crl_path, pem)
-        for copy in issued.crl_copies:
-            if copy.parent.is_dir():
-                write_public(copy, pem)
-        return count
+    def write_crl(
+        self,
+        revoked_devices: Iterable[str],
+        *,
+        now: datetime | None = None,
+        lifetime: timedelta = CRL_LIFETIME,
+    ) -> int:
+        """Revoke every client certificate issued to these devices, and keep every serial the current
+        CRL lists (revocation is never undone); returns how many serials are listed.
 
-    def _current_crl_number(self) -> int:
-        """The number of the CRL on disk (0 if none): CRLs signed before the counter existed carry
-        random numbers, and the next one must still be larger."""
+        The CRL is valid for ``lifetime`` (days, not years): the hub agent renews it before it runs
+        out (`crl_due`, `edge_agent.mesh.broker_crl`), so a broker left with an old one does not go
+        on trusting it. Signed under the PKI lock, so an invitation issuing a certificate and a
+        renewal cannot lose each other's writes."""
+        key, cert = self._ca()
+        now = now or datetime.now(UTC)
+        with self._locked():
+            issued = self._issued()
+            current = self._current_crl(cert)
+            number = max(issued.crl_number, _crl_number(current)) + 1
+            issued.crl_number = number
+            write_private(self.issued_path, issued.model_dump_json(indent=1))  # before the CRL: never reused
+            builder = (
+                x509.CertificateRevocationListBuilder()
+                .issuer_name(cert.subject)
+                .last_update(now - _LEEWAY)
+                .next_update(now + lifetime)
+                .add_extension(x509.CRLNumber(number), critical=False)
+            )
+            listed: dict[int, datetime] = {}
+            if current is not None:
+                listed = {r.serial_number: r.revocation_date_utc for r in current}
+            for device in revoked_devices:
+                for serial in issued.serials.get(device, []):
+                    listed.setdefault(serial, now)
+            for serial, when in sorted(listed.items()):
+                entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+                builder = builder.add_revoked_certificate(entry)
+            pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+            write_private(self.crl_path, pem)
+            for copy in issued.crl_copies:
+                if copy.parent.is_dir():
+                    write_public(copy, pem)
+        return len(listed)
+
+    def crl_due(self, now: datetime | None = None, renew_before: timedelta = CRL_RENEW_BEFORE) -> bool:
+        """Whether the CRL must be signed again: missing, unreadable, or expiring within ``renew_before``."""
+        now = now or datetime.now(UTC)
         try:
             crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
-            return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+        except (OSError, ValueError):
+            return True
+        next_update = crl.next_update_utc
+        return next_update is None or next_update - now <= renew_before
+
+    def _current_crl(self, ca: x509.Certificate) -> x509.CertificateRevocationList | None:
+        """The CRL on disk if this CA signed it (None if there is none)."""
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
         except FileNotFoundError:
-            return 0
-        except (OSError, ValueError, x509.ExtensionNotFound) as exc:
+            return None
+        except (OSError, ValueError) as exc:
             raise PkiError(f"{self.crl_path}: unreadable CRL ({exc}); remove it to start over") from exc
+        public = ca.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(public):
+            raise PkiError(f"{self.crl_path}: not signed by this broker CA; remove it to start over")
+        return crl
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialises read-modify-write of broker-issued.json and the CRL across processes."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.dir / "broker-pki.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def record_broker(self, config: Path) -> None:
+        """Remember a Mosquitto config that reads this CRL, so `reload_brokers` finds its process."""
+        with self._locked():
+            issued = self._issued()
+            if config.resolve() not in issued.broker_configs:
+                issued.broker_configs.append(config.resolve())
+                write_private(self.issued_path, issued.model_dump_json(indent=1))
+
+    def reload_brokers(self) -> ReloadResult:
+        """SIGHUP every running Mosquitto started on a recorded config (`mosquitto -c <config>`):
+        it rereads its CRL (and certificates) on a reload. What could not be reloaded is said."""
+        return reload_mosquitto(self._issued().broker_configs)
 
     def publish_crl(self, path: Path) -> None:
         """Copy the CRL to where the broker reads it, now and after every future revocation."""
-        write_public(path, self.crl_path.read_text())
-        issued = self._issued()
-        if path.resolve() not in issued.crl_copies:
-            issued.crl_copies.append(path.resolve())
-            write_private(self.issued_path, issued.model_dump_json(indent=1))
+        with self._locked():
+            write_public(path, self.crl_path.read_text())
+            issued = self._issued()
+            if path.resolve() not in issued.crl_copies:
+                issued.crl_copies.append(path.resolve())
+                write_private(self.issued_path, issued.model_dump_json(indent=1))
+
+
+def _crl_number(crl: x509.CertificateRevocationList | None) -> int:
+    """The number of a CRL (0 for none): CRLs signed before the counter existed carry random numbers,
+    and the next one must still be larger."""
+    if crl is None:
+        return 0
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    reloaded: list[int]
+    """PIDs of the Mosquitto processes signalled."""
+    failed: list[str]
+    """Why a process found could not be signalled (one line each)."""
+
+    def describe(self) -> str:
+        if self.failed:
+            return "could not reload Mosquitto: " + "; ".join(self.failed)
+        if not self.reloaded:
+            return "no running Mosquitto started on this hub's config was found"
+        return f"reloaded Mosquitto (pid {', '.join(map(str, self.reloaded))})"
+
+
+def reload_mosquitto(configs: Iterable[Path], proc: Path = Path("/proc")) -> ReloadResult:
+    """SIGHUP the Mosquitto processes (named ``mosquitto``) whose command line names one of
+    ``configs`` after ``-c``/``--config-file``; nothing else is ever signalled."""
+    wanted = {c.resolve() for c in configs}
+    reloaded: list[int] = []
+    failed: list[str] = []
+    if not wanted:
+        return ReloadResult(reloaded, failed)
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "mosquitto":
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue  # gone, or not ours to look at
+        if not wanted & _config_args(argv, cwd):
+            continue
+        try:
+            os.kill(int(entry.name), signal.SIGHUP)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            failed.append(f"pid {entry.name}: not permitted (run `systemctl reload mosquitto` or "
+                          f"`kill -HUP {entry.name}` as its user)")  # fmt: skip
+            continue
+        reloaded.append(int(entry.name))
+    return ReloadResult(reloaded, failed)
+
+
+def _config_args(argv: list[bytes], cwd: Path) -> set[Path]:
+    found: set[Path] = set()
+    for flag, value in itertools.pairwise(argv):
+        if flag in (b"-c", b"--config-file") and value:
+            path = Path(os.fsdecode(value))
+            found.add((path if path.is_absolute() else cwd / path).resolve())
+    return found
 
 
 def write_public(path: Path, text: str, mode: int = 0o644) -> None:

@@ -1,19 +1,24 @@
 """Carrying a pairing over MQTT. The messages are SPAKE2-protected (see pairing.py); the broker learns
 only that a pairing happened.
 
-The hub publishes the open invitation's id as a retained message on ``hearth/pair/open``. The new
-device picks a random session id (`new_session`), connects with it as its MQTT client id, and talks on
+The hub announces the open invitation's id on ``hearth/pair/open``: on a hub's own pairing broker
+(pairing_window: retain is off there) it repeats it every `ANNOUNCE_EVERY_S`; on a shared broker it
+leaves it retained until the invitation closes. The new device picks a random session id
+(`new_session`), connects with it as its MQTT client id, and talks on
 ``hearth/pair/<invitation>/hub/<session>`` (to the hub) and ``hearth/pair/<invitation>/dev/<session>``
-(to the device). On the production broker the pairing listener's ``%c`` ACL patterns let only that
-connection write the one and read the other, so another anonymous client can neither learn a session
-nor speak for it (see broker.py).
+(to the device). On the pairing broker the ``%c`` ACL patterns let only that connection write the one
+and read the other, so another anonymous client can neither learn a session nor speak for it (see
+broker.py).
 
 The hub does not rely on the broker alone. It reads only its own inbox, drops retained frames and
 frames over 16 KiB, a message whose envelope names another session than its topic, and a second hello
 for a session in progress (the first attempt stands, no attempt is consumed). It never evicts an
 attempt to make room (new hellos are refused instead) and keeps each attempt until a proof verifies
 for it or it expires, so a proof without the session key changes nothing. It answers only the session
-that asked, and only about that session's own attempt; everything else is logged and dropped.
+that asked, and only about that session's own attempt; everything else is dropped and counted, the
+first few of each kind logged (`DropLog`). Everything it holds is bounded: `MAX_SESSIONS` attempts,
+frames of `MAX_HUB_FRAME`, logs of `DropLog.LOGGED_PER_KIND` lines per kind. The device reads frames
+of at most `MAX_DEVICE_FRAME` (and `MAX_OPEN_FRAME` for an announcement).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -40,7 +46,6 @@ from edge_agent.mesh.pairing import (
     PairWelcome,
     Welcome,
     WrongCodeError,
-    _HubAttempt,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,44 @@ MAX_HUB_FRAME = 16 * 1024
 limit packet size per listener, so the hub does."""
 MAX_DEVICE_FRAME = 256 * 1024
 """Largest frame a pairing device reads (the sealed welcome carries the roster)."""
+MAX_OPEN_FRAME = 1024
+"""Largest invitation announcement a pairing device reads (an id and a time)."""
+ANNOUNCE_EVERY_S = 1.0
+"""How often the hub repeats the open invitation where it cannot be retained (its pairing broker)."""
+
+
+class _Attempt(Protocol):
+    """What the hub keeps per session (pairing.Invitation.challenge makes it)."""
+
+    @property
+    def expires(self) -> datetime: ...
+    def welcome(
+        self, proof: PairProof, now: datetime | None = None
+    ) -> tuple[PairWelcome, DeviceCertificate]: ...
+
+
+class DropLog:
+    """Frames the hub dropped, counted by kind; the first `LOGGED_PER_KIND` of each kind are logged, so
+    a flood of junk cannot fill the log while one invitation is open."""
+
+    LOGGED_PER_KIND = 20
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def drop(self, why: _Dropped) -> None:
+        kind = why.kind
+        if kind not in self.counts and len(self.counts) >= 32:
+            kind = "other"
+        self.counts[kind] += 1
+        if self.counts[kind] <= self.LOGGED_PER_KIND:
+            log.warning("dropped %s", why)
+
+    def summary(self) -> None:
+        unlogged = {k: n - self.LOGGED_PER_KIND for k, n in self.counts.items() if n > self.LOGGED_PER_KIND}
+        if unlogged:
+            log.warning("pairing: dropped %d more frames without logging them (%s)", sum(unlogged.values()),
+                        ", ".join(f"{n} {k}" for k, n in sorted(unlogged.items())))  # fmt: skip
 
 
 class PairFrame(Protocol):
@@ -89,13 +132,19 @@ class _Envelope(BaseModel):
 class _Dropped(Exception):
     """A frame the hub ignores: logged, never answered, no state changed."""
 
+    @property
+    def kind(self) -> str:
+        """The message without its details (what DropLog counts by)."""
+        return str(self).split(":", 1)[0].split(" (", 1)[0][:80]
+
 
 class _HubSessions:
     """The hub's attempts in progress for one invitation, and what each inbound message does to them."""
 
     def __init__(self, invitation: Invitation) -> None:
         self.invitation = invitation
-        self.attempts: dict[str, _HubAttempt] = {}
+        self.attempts: dict[str, _Attempt] = {}
+        self.drops = DropLog()
 
     def receive(self, session: str, frame: PairFrame) -> _Envelope:
         """The envelope of a frame on the hub's inbox for ``session``; _Dropped if it is not one."""
@@ -167,13 +216,24 @@ async def serve_invitation(
     link: PairingLink,
     invitation: Invitation,
     on_paired: Callable[[DeviceCertificate], None],
+    *,
+    retain: bool = True,
 ) -> DeviceCertificate:
-    """Hub side: answer pairing attempts until one succeeds or the invitation closes."""
+    """Hub side: answer pairing attempts until one succeeds or the invitation closes.
+
+    ``retain``: announce the invitation once, retained (a shared broker); False: repeat it every
+    `ANNOUNCE_EVERY_S` instead (the hub's own pairing broker, where nothing may be retained)."""
     await link.subscribe(topics.pair_hub_inbox(invitation.invitation_id))
     opened = OpenInvitation(invitation=invitation.invitation_id, expires=invitation.expires)
-    await link.publish(topics.PAIR_OPEN, opened.model_dump_json().encode(), retain=True)
+    announcement = opened.model_dump_json().encode()
     sessions = _HubSessions(invitation)
     loop = asyncio.get_running_loop()
+    announcing: asyncio.Task[None] | None = None
+    if retain:
+        await link.publish(topics.PAIR_OPEN, announcement, retain=True)
+    else:
+        await link.publish(topics.PAIR_OPEN, announcement)
+        announcing = asyncio.create_task(_announce(link, announcement), name="pairing-announce")
     try:
         async with asyncio.timeout((invitation.expires - datetime.now(UTC)).total_seconds()) as deadline:
             async for frame in link.frames():
@@ -192,9 +252,22 @@ async def serve_invitation(
             f"nobody paired before the invitation expired at {invitation.expires:%H:%M:%S}"
         ) from None
     finally:
-        with contextlib.suppress(Exception):
-            await link.publish(topics.PAIR_OPEN, b"", retain=True)
+        sessions.drops.summary()
+        if announcing is not None:
+            announcing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await announcing
+        if retain:
+            with contextlib.suppress(Exception):
+                await link.publish(topics.PAIR_OPEN, b"", retain=True)
     raise PairingError("the broker connection closed before pairing finished")
+
+
+async def _announce(link: PairingLink, announcement: bytes) -> None:
+    """Repeat the open invitation, so a device that subscribes at any time hears it within a second."""
+    while True:
+        await asyncio.sleep(ANNOUNCE_EVERY_S)
+        await link.publish(topics.PAIR_OPEN, announcement)
 
 
 async def _serve_frame(
@@ -219,7 +292,7 @@ async def _serve_frame(
         else:
             raise _Dropped(f"an unexpected pairing message {str(kind)[:40]!r}")
     except _Dropped as why:
-        log.warning("dropped %s", why)
+        sessions.drops.drop(why)
         return None
     except PairingError as exc:
         log.warning("pairing attempt refused: %s", exc)
@@ -256,7 +329,7 @@ async def pair_with_hub(
         pairing: DevicePairing | None = None
         async for frame in frames:
             if frame.topic == topics.PAIR_OPEN:
-                if not frame.payload or invitation is not None:
+                if not frame.payload or invitation is not None or len(frame.payload) > MAX_OPEN_FRAME:
                     continue
                 try:
                     invitation = OpenInvitation.model_validate_json(frame.payload)

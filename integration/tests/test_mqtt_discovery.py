@@ -1,7 +1,9 @@
 """Hearth agents in Home Assistant through HA's own MQTT integration, no custom component: Hearth's real
 discovery publisher (edge_agent.ha_discovery) on a real Mosquitto, HA's real `mqtt` integration reading
-it. The hub and a fridge appear as devices (the fridge behind the hub) with their sensors and values;
-``offline`` makes them unavailable; the fridge's decommissioning removes it, entities and all."""
+it. The hub and a fridge appear as devices (the fridge behind the hub) with their sensors and values,
+under discovery ids that do not show their mesh device ids; a change of load reaches HA at the next
+usage window; ``offline`` makes them unavailable; the fridge's decommissioning removes it, entities and
+all."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from edge_agent.ha_discovery import (
     DiscoveryPublisher,
     DiscoverySettings,
 )
+from edge_agent.ha_discovery.payload import discovery_id
 from edge_agent.mesh.settings import broker_host_port
 from edge_agent.mesh.transports.mqtt import MqttClient
 from homeassistant.const import MATCH_ALL
@@ -24,8 +27,20 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-HUB_ID, FRIDGE_ID = "a1" * 16, "f0" * 16
+KEY = bytes(range(32))  # the household's root public key, which the discovery ids are keyed with
+HUB_MESH_ID, FRIDGE_MESH_ID = "a1" * 16, "f0" * 16
+HUB_ID, FRIDGE_ID = discovery_id(HUB_MESH_ID, KEY), discovery_id(FRIDGE_MESH_ID, KEY)
 FAST = DiscoverySettings(interval_s=0.05, reconnect_min_s=0.05, reconnect_max_s=0.5, io_timeout_s=5)
+
+
+class Clock:
+    """Wall-clock seconds the test moves: usage is published once per 15-minute window of it."""
+
+    def __init__(self) -> None:
+        self.now = 9_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def until(hass: HomeAssistant, condition: Callable[[], bool], timeout: float = 20) -> None:
@@ -61,7 +76,7 @@ class Agent:
 
 def device(object_id: str, name: str, model: str, cls: str, via: str | None, **state: Any) -> Agent:
     desc = DeviceDescription(object_id=object_id, name=name, model=model, device_class=cls,
-                             sw_version="0.1.0", serial=object_id, via=via, on_mesh=True)  # fmt: skip
+                             sw_version="0.1.0", via=via, on_mesh=True)  # fmt: skip
     values: dict[str, Any] = {"queue_depth": 0, "requests_served": 0, "requests_offloaded": 0,
                               "free_model_ram": 1000, "speed": {}, "mesh": "ON"} | state  # fmt: skip
     return Agent(desc, DeviceState(**values))
@@ -95,14 +110,16 @@ async def test_agents_appear_as_devices_go_unavailable_and_are_removed(
     fridge = device(FRIDGE_ID, "Küche Kühlschrank", "fridge-panel", "appliance", HUB_ID, queue_depth=2,
                     requests_offloaded=5, free_model_ram=212, speed={"translate": 9.25})  # fmt: skip
     registry = dr.async_get(hass)
-    async with DiscoveryPublisher(hub, connect, FAST) as hub_publisher:
+    clock = Clock()
+    assert HUB_MESH_ID not in HUB_ID and FRIDGE_MESH_ID not in FRIDGE_ID
+    async with DiscoveryPublisher(hub, connect, FAST, clock=clock) as hub_publisher:
         await until(hass, lambda: value(hass, HUB_ID, "generate_speed") == "21.5")
         hub_device = registry.async_get_device(identifiers={("mqtt", f"hearth_{HUB_ID}")})
         assert hub_device is not None
         assert (hub_device.name, hub_device.manufacturer, hub_device.model, hub_device.sw_version) == (
             "hub", "Hearth", "hub", "0.1.0"
         )  # fmt: skip
-        async with DiscoveryPublisher(fridge, connect, FAST) as fridge_publisher:
+        async with DiscoveryPublisher(fridge, connect, FAST, clock=clock) as fridge_publisher:
             await until(hass, lambda: value(hass, FRIDGE_ID, "mesh") == "on")
             fridge_device = registry.async_get_device(identifiers={("mqtt", f"hearth_{FRIDGE_ID}")})
             assert fridge_device is not None and fridge_device.via_device_id == hub_device.id
@@ -124,8 +141,9 @@ async def test_agents_appear_as_devices_go_unavailable_and_are_removed(
             ram_entry = er.async_get(hass).async_get(ram.entity_id)
             assert ram_entry is not None and ram_entry.entity_category == "diagnostic"
             assert ram.entity_id.startswith("sensor.kuche_kuhlschrank_")  # a safe id from a unicode name
-            # A change of load reaches Home Assistant.
+            # A change of load reaches Home Assistant with the next usage window.
             fridge.state = fridge.state.model_copy(update={"queue_depth": 0, "requests_served": 1})
+            clock.now += FAST.usage_interval_s
             fridge_publisher.refresh()
             await until(hass, lambda: value(hass, FRIDGE_ID, "requests_served") == "1")
             assert value(hass, FRIDGE_ID, "queue_depth") == "0"

@@ -436,11 +436,10 @@ def reload_mosquitto(configs: Iterable[Path], proc: Path = Path("/proc")) -> Rel
         try:
             if (entry / "comm").read_text().strip() != "mosquitto":
                 continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            cwd = Path(os.readlink(entry / "cwd"))
+            argv = (entry / "cmdline").read_bytes().split(b"\0")  # readable by anyone, unlike its cwd
         except OSError:
-            continue  # gone, or not ours to look at
-        if not wanted & _config_args(argv, cwd):
+            continue  # gone
+        if not wanted & _config_args(argv, entry / "cwd"):
             continue
         try:
             os.kill(int(entry.name), signal.SIGHUP)
@@ -454,12 +453,19 @@ def reload_mosquitto(configs: Iterable[Path], proc: Path = Path("/proc")) -> Rel
     return ReloadResult(reloaded, failed)
 
 
-def _config_args(argv: list[bytes], cwd: Path) -> set[Path]:
+def _config_args(argv: list[bytes], cwd_link: Path) -> set[Path]:
+    """The config files a command line names; a relative one against the process's working directory
+    (skipped if that is not ours to read)."""
     found: set[Path] = set()
     for flag, value in itertools.pairwise(argv):
         if flag in (b"-c", b"--config-file") and value:
             path = Path(os.fsdecode(value))
-            found.add((path if path.is_absolute() else cwd / path).resolve())
+            if not path.is_absolute():
+                try:
+                    path = Path(os.readlink(cwd_link)) / path
+                except OSError:
+                    continue
+            found.add(path.resolve())
     return found
 
 

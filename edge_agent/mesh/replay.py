@@ -36,6 +36,10 @@ class ReplayGuard:
                 f"counter {counter} from {sender} is older than the replay window (newest {top})"
             )
 
+    def window(self, sender: str) -> tuple[int, int] | None:
+        """The (newest counter, bitmap below it) held for ``sender``, if any (diagnostics and tests)."""
+        return self._windows.get(sender)
+
     def commit(self, sender: str, counter: int) -> None:
         top, bits = self._windows.get(sender, (0, 0))
         if counter > top:
@@ -76,6 +80,11 @@ class SendCounter:
     def _reserve(self) -> None:
         self._reserved = self._next + RESERVE_BLOCK
         write_private(self.path, json.dumps({"reserved": self._reserved}))
+
+    @property
+    def upcoming(self) -> int:
+        """The value `next` returns next (diagnostics and tests)."""
+        return self._next
 
     def next(self) -> int:
         if self._next >= self._reserved:

@@ -1,0 +1,44 @@
+"""The fuzz harness of issue 21: every decoder and handler that takes peer input, driven through the
+real endpoint on the in-memory mesh (and the real Wyoming server), with invariants after each input:
+no loop dies, the device keeps serving, trusted state unchanged.
+
+Targets (one per input path; `TARGETS`): ``envelope`` (raw frames), ``message`` (every Message type),
+``presence``, ``corrections``, ``memory``, ``responses`` (answers to this device's own requests),
+``holdings``, ``manifests``, ``chunks``, ``wyoming``. Built on Hypothesis: structure-aware inputs from
+valid documents (`hostile`), shrinking and exact replay of failures. The CI form is
+tests/test_fuzz.py; the long form ``python -m benchmarks.fuzz`` (``hearth bench fuzz``).
+"""
+
+from __future__ import annotations
+
+from tests.support.fuzzing.driver import Outcome, Session, campaign, fuzz
+from tests.support.fuzzing.mesh_targets import (
+    CorrectionsTarget,
+    EnvelopeTarget,
+    MemoryTarget,
+    MessageTarget,
+    PresenceTarget,
+    ResponsesTarget,
+)
+from tests.support.fuzzing.rig import Broken, Rig
+from tests.support.fuzzing.target import Target
+from tests.support.fuzzing.update_targets import ChunksTarget, HoldingsTarget, ManifestsTarget
+from tests.support.fuzzing.wyoming_target import WyomingTarget
+
+__all__ = ["TARGETS", "Broken", "Outcome", "Rig", "Session", "Target", "campaign", "fuzz"]
+
+TARGETS: dict[str, type[Target]] = {
+    t.name: t
+    for t in (
+        EnvelopeTarget,
+        MessageTarget,
+        PresenceTarget,
+        CorrectionsTarget,
+        MemoryTarget,
+        ResponsesTarget,
+        HoldingsTarget,
+        ManifestsTarget,
+        ChunksTarget,
+        WyomingTarget,
+    )
+}

@@ -1,0 +1,222 @@
+"""Runs a fuzz target under Hypothesis: one system kept up across inputs (state accumulates, as on a
+device that runs for months), each example one input, the invariants after each, a probe every few.
+
+A failed input leaves the system in an unknown state, so the next example (Hypothesis shrinking the
+failure, or the next one) starts on a fresh system. The CI tests call `fuzz` with a small example
+count under the active Hypothesis profile (derandomized with ``CI`` set); `benchmarks.fuzz` calls
+`campaign` for hundreds of thousands, in runs of a few thousand seeded examples each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypothesis import HealthCheck, Phase, given, reproduce_failure, seed, settings
+from hypothesis import strategies as st
+from hypothesis.errors import StopTest
+from hypothesis.reporting import with_reporter
+
+from tests.support.fuzzing.target import Target
+
+__all__ = ["Outcome", "Session", "campaign", "fuzz", "quiet_agent_logs"]
+
+BLOB = re.compile(r"@reproduce_failure\('([^']+)', (b'[^']*')\)")
+
+
+@contextlib.contextmanager
+def quiet_agent_logs() -> Iterator[None]:
+    """Only errors from the agent's loggers while fuzzing: every refused input logs a warning, and
+    hundreds of thousands of them cost more than the inputs (errors are what the targets count)."""
+    agent = logging.getLogger("edge_agent")
+    level = agent.level
+    agent.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        agent.setLevel(level)
+
+
+class Session:
+    """One target's system across examples; reopened after a failed input."""
+
+    def __init__(self, target: type[Target], tmp: Path, *, probe_every: int, batch: int = 1) -> None:
+        self.target_type = target
+        self.tmp = tmp
+        self.probe_every = probe_every
+        self.batch = batch
+        """Inputs per example (the invariants still hold after each): Hypothesis's own cost per example
+        is then shared, for long campaigns; a failure stops the example at the input that failed."""
+        self.runner = asyncio.Runner()
+        self.target: Target | None = None
+        self.systems = 0
+        self.inputs = 0
+        self.probes = 0
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._close()
+        finally:
+            self.runner.close()
+
+    def _open(self) -> Target:
+        self.systems += 1
+        target = self.target_type()
+        where = self.tmp / f"{target.name}-{self.systems}"
+        where.mkdir(parents=True)
+        self.runner.run(target.open(where))
+        self.target = target
+        return target
+
+    def _close(self) -> None:
+        target, self.target = self.target, None
+        if target is not None:
+            self.runner.run(target.close())
+
+    def one(self, data: st.DataObject) -> None:
+        """Feed one input and check the invariants (the body of every example)."""
+        target = self.target or self._open()
+        try:
+            self.runner.run(self._step(target, data))
+        except StopTest:  # Hypothesis ran out of choices mid-input: not a finding, the system is fine
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._close()
+            self.target = None
+            raise
+
+    async def _step(self, target: Target, data: st.DataObject) -> None:
+        for _ in range(self.batch):
+            await target.feed(data)
+            target.check()
+            self.inputs += 1
+            if self.inputs % self.probe_every == 0:
+                self.probes += 1
+                await target.probe()
+                target.check()
+
+
+def _settings(examples: int, *, campaign: bool) -> settings:
+    """Inherit the active profile (the ``ci`` profile derandomizes) unless running a seeded campaign."""
+    extra: dict[str, object] = {"database": None, "derandomize": False} if campaign else {}
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        print_blob=True,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def fuzz(session: Session, examples: int) -> None:
+    """Run ``examples`` inputs through ``session`` under the active Hypothesis profile (the CI form)."""
+
+    @_settings(examples, campaign=False)
+    @given(st.data())
+    def example(data: st.DataObject) -> None:
+        session.one(data)
+
+    with quiet_agent_logs():
+        example()
+
+
+@dataclass
+class Outcome:
+    """A campaign's figures, and its failure (with what reproduces it) if it had one."""
+
+    target: str
+    inputs: int = 0
+    probes: int = 0
+    seconds: float = 0.0
+    systems: int = 0
+    failure: str = ""
+    traceback: str = ""
+    reproducer: list[str] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return self.inputs / self.seconds if self.seconds else 0.0
+
+
+def campaign(
+    target: type[Target],
+    tmp: Path,
+    *,
+    inputs: int,
+    base_seed: int,
+    probe_every: int = 100,
+    run_size: int = 5000,
+    batch: int = 8,
+    replay: tuple[str, str] | None = None,
+    progress: bool = False,
+) -> Outcome:
+    """At least ``inputs`` inputs through one long-lived system, in Hypothesis runs of ``run_size``
+    inputs (``batch`` per example) seeded ``base_seed``, ``base_seed + 1``, ...; stops at the first
+    failure. ``replay``: (version, blob) of a ``@reproduce_failure`` to run that one example on a fresh
+    system instead."""
+    outcome = Outcome(target.name)
+    lines: list[str] = []
+    started = time.perf_counter()
+    with (
+        Session(target, tmp, probe_every=probe_every) as session,
+        quiet_agent_logs(),
+        with_reporter(lambda value: lines.append(str(value))),
+    ):
+        run = 0
+        while session.inputs < inputs:
+            examples = 1 if replay else -(-min(run_size, inputs - session.inputs) // batch)
+
+            @_settings(examples, campaign=True)
+            @given(st.data())
+            def example(data: st.DataObject) -> None:
+                session.one(data)
+
+            test = seed(base_seed + run)(example)
+            if replay is not None:
+                test = reproduce_failure(replay[0], eval(replay[1]))(
+                    example
+                )  # a bytes literal Hypothesis printed
+            lines.clear()
+            before = session.inputs
+            try:
+                test()
+            except Exception as exc:
+                notes = [str(n) for n in getattr(exc, "__notes__", [])]
+                trace = traceback.format_exception(exc.with_traceback(exc.__traceback__))
+                outcome.failure = f"{type(exc).__name__}: {exc}"[:2000]
+                outcome.traceback = "".join(trace)[-6000:]
+                found = [line for line in [*notes, *lines] if line.strip()]
+                blob = next((m for line in found if (m := BLOB.search(line))), None)
+                outcome.reproducer = [line[:3000] for line in found][:40]
+                if blob is not None:
+                    outcome.reproducer.append(
+                        f"replay: python -m benchmarks.fuzz --target {target.name} --replay "
+                        f'"{blob.group(1)}" "{blob.group(2)}"'
+                    )
+                outcome.reproducer.append(
+                    f"or the whole campaign up to it: python -m benchmarks.fuzz --target {target.name} "
+                    f"--seed {base_seed} --inputs {session.inputs + 1} --run-size {run_size} --batch {batch}"
+                )
+                break
+            if replay is not None or session.inputs == before:
+                break
+            run += 1
+            if progress:
+                rate = session.inputs / (time.perf_counter() - started)
+                print(f"  {target.name}: {session.inputs} inputs, {rate:.0f}/s", flush=True)
+        outcome.inputs, outcome.probes, outcome.systems = session.inputs, session.probes, session.systems
+    outcome.seconds = time.perf_counter() - started
+    return outcome

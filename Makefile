@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help release run test check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs demo-packs install install-dev install-bench system-deps lint typecheck bench clean lock relock
+.PHONY: help release run test test-agent test-ha-all check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs demo-packs install install-dev install-bench system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -131,11 +131,22 @@ system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftab
 	$$SUDO apt-get install -y --no-install-recommends $$missing || \
 	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; }
 
-test: system-deps install-dev packs lint typecheck ha-venv  ## Install everything (system packages too), lint, type-check, test
+# Two lanes on two cores (neither keeps both busy: agents, brokers and browsers wait on each other): the
+# agent's suite beside Home Assistant's three (component, end to end, bridge); likewise the packs beside
+# lint, types and the other venvs. Each lane's output is printed whole when it ends (--output-sync).
+# The venv is installed first, alone: two installs into one venv at once would race.
+PARALLEL := $(MAKE) --no-print-directory -j2 --output-sync=target
+test: system-deps install-dev  ## Install everything (system packages too), lint, type-check, test: what CI runs
+	$(PARALLEL) packs lint typecheck ha-venv $(BRIDGE_VENV)/.installed
+	$(PARALLEL) test-agent test-ha-all
+
+test-agent: install-dev packs  ## The agent's suite (everything in tests/ but what needs the compiled LLM peer)
 	$(BIN)/python -m pytest -m "not llama_cpp" --durations=15
-	$(MAKE) test-ha
-	$(MAKE) test-ha-e2e
-	$(MAKE) test-ha-bridge
+
+test-ha-all: ha-venv install-dev packs system-deps $(BRIDGE_VENV)/.installed  ## Home Assistant's three, one after another
+	$(MAKE) --no-print-directory test-ha
+	$(MAKE) --no-print-directory test-ha-e2e
+	$(MAKE) --no-print-directory test-ha-bridge
 
 # The inner loop: the fast tier, `pytest -m "not slow"` (in-memory mesh, attack tables, IO-free cores, config,
 # profiles, selection; tests/conftest.py says what is slow). No packs, broker, agent processes or network

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +33,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Fuzz campaign",
         "",
-        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['date'][:10]}; base seed {result['seed']}, "
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['date'][:10]}; commit {result['source']['commit']} "
+        f"({result['source']['uncommitted']} files modified in the tree); base seed {result['seed']}, "
         f"a probe every {result['probe_every']} inputs. Every input is followed by the invariants (no supervised "
         "loop restarted, nothing dropped as unexpected, nothing logged as an error, trusted state unchanged); "
         "every probe checks the device still serves an honest client.",
@@ -50,6 +52,21 @@ def markdown(result: dict[str, Any]) -> str:
     for name, t in failures.items():
         lines += ["", f"## {name}: {t['failure'][:500]}", "", "```", *t["reproducer"], "```"]
     return "\n".join(lines)
+
+
+def _source() -> dict[str, Any]:
+    """The commit fuzzed, and how many files differed from it (others' work in progress)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted": len(git("status", "--porcelain", "-uno").splitlines()),
+    }
 
 
 def _row(outcome: Outcome) -> dict[str, Any]:
@@ -72,6 +89,7 @@ def run_fuzz_bench(
     seed: int = 0,
     probe_every: int = 100,
     run_size: int = 5000,
+    batch: int = 8,
     out_dir: Path | None = RESULTS,
     replay: tuple[str, str] | None = None,
     quiet: bool = False,
@@ -85,7 +103,7 @@ def run_fuzz_bench(
         with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as tmp:
             outcome = campaign(
                 TARGETS[name], Path(tmp), inputs=inputs, base_seed=seed, probe_every=probe_every,
-                run_size=run_size, replay=replay, progress=not quiet,
+                run_size=run_size, batch=batch, replay=replay, progress=not quiet,
             )  # fmt: skip
         rows[name] = _row(outcome)
         if not quiet:
@@ -93,9 +111,11 @@ def run_fuzz_bench(
             print(f"{name}: {outcome.inputs:,} inputs, {outcome.per_second:.0f}/s, {verdict}", flush=True)
     result: dict[str, Any] = {
         "machine": machine(),
+        "source": _source(),
         "seed": seed,
         "probe_every": probe_every,
         "run_size": run_size,
+        "batch": batch,
         "inputs": sum(r["inputs"] for r in rows.values()),
         "failures": sum(1 for r in rows.values() if r["failure"]),
         "targets": rows,
@@ -116,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="Base seed (run k uses seed + k).")
     parser.add_argument("--probe-every", type=int, default=100, help="Inputs between probes.")
-    parser.add_argument("--run-size", type=int, default=5000, help="Examples per Hypothesis run.")
+    parser.add_argument("--run-size", type=int, default=5000, help="Inputs per Hypothesis run.")
+    parser.add_argument("--batch", type=int, default=8, help="Inputs per Hypothesis example.")
     parser.add_argument("--replay", nargs=2, metavar=("VERSION", "BLOB"), help="Replay one printed failure.")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Directory for fuzz.json and fuzz.md.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of Markdown.")
@@ -127,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown target(s) {', '.join(unknown)} (known: {', '.join(TARGETS)})")
     result, md = run_fuzz_bench(
         targets=names, inputs=1 if args.replay else args.inputs, seed=args.seed, probe_every=args.probe_every,
-        run_size=args.run_size, out_dir=args.out, replay=tuple(args.replay) if args.replay else None,
+        run_size=args.run_size, batch=args.batch, out_dir=args.out, replay=tuple(args.replay) if args.replay else None,
         quiet=args.json,
     )  # fmt: skip
     print(json.dumps(result) if args.json else md)

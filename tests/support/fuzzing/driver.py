@@ -9,6 +9,7 @@ count under the active Hypothesis profile (derandomized with ``CI`` set); `bench
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import logging
@@ -171,7 +172,7 @@ def campaign(
     lines: list[str] = []
     started = time.perf_counter()
     with (
-        Session(target, tmp, probe_every=probe_every) as session,
+        Session(target, tmp, probe_every=probe_every, batch=batch) as session,
         quiet_agent_logs(),
         with_reporter(lambda value: lines.append(str(value))),
     ):
@@ -186,9 +187,7 @@ def campaign(
 
             test = seed(base_seed + run)(example)
             if replay is not None:
-                test = reproduce_failure(replay[0], eval(replay[1]))(
-                    example
-                )  # a bytes literal Hypothesis printed
+                test = reproduce_failure(replay[0], ast.literal_eval(replay[1]))(example)
             lines.clear()
             before = session.inputs
             try:

@@ -28,9 +28,12 @@ __all__ = [
     "dumps",
     "fill",
     "hostile_json",
+    "mutate",
+    "mutate_bytes",
     "mutated",
     "mutated_bytes",
     "one_in",
+    "payload_of",
     "payloads",
     "payloads_of",
     "wire",
@@ -294,10 +297,11 @@ _TIMES, _SWAP = st.sampled_from([2, 17, 300]), st.sampled_from(SWAPS)
 def mutated(draw: st.DrawFn, doc: Any, max_ops: int = 3) -> Any:
     """``doc`` with up to ``max_ops`` structure-aware changes: a field at or past its edge, replaced by a
     hostile or any value, deleted, an unknown field added, a list element repeated, a type swapped."""
-    return _mutate(draw, doc, max_ops)
+    return mutate(draw, doc, max_ops)
 
 
-def _mutate(draw: st.DrawFn, doc: Any, max_ops: int = 3) -> Any:
+def mutate(draw: st.DrawFn, doc: Any, max_ops: int = 3) -> Any:
+    """`mutated` inside another composite strategy (no strategy object made per call)."""
     doc = copy.deepcopy(doc)
     for _ in range(draw(_OPS if max_ops == 3 else st.integers(0, max_ops))):
         paths = _paths(doc)
@@ -368,8 +372,18 @@ def mutated_bytes(draw: st.DrawFn, raw: bytes, max_ops: int = 3) -> bytes:
     return apply_edits(raw, draw(byte_edits(max_ops)))
 
 
+def mutate_bytes(draw: st.DrawFn, raw: bytes) -> bytes:
+    """`mutated_bytes` inside another composite strategy."""
+    return apply_edits(raw, draw(_EDITS))
+
+
 Drawn = tuple[Any, list[tuple[str, int, int, bytes]]]
 """A drawn payload: (document, byte edits); `wire` makes it bytes."""
+
+
+def payload_of(draw: st.DrawFn, doc: Any) -> Drawn:
+    """`payloads` inside another composite strategy."""
+    return mutate(draw, doc), (draw(_EDITS) if draw(one_in(10)) else [])
 
 
 @st.composite
@@ -377,13 +391,13 @@ def payloads(draw: st.DrawFn, doc: Any) -> Drawn:
     """What a hostile member sends in place of ``doc``, as (document, byte edits): mostly ``doc``
     mutated as JSON (valid JSON, reaching the model's validators), sometimes then mutated as bytes too
     (reaching the JSON parser). `wire` turns it into bytes once placeholders are filled."""
-    return _mutate(draw, doc), (draw(_EDITS) if draw(one_in(10)) else [])
+    return payload_of(draw, doc)
 
 
 @st.composite
 def payloads_of(draw: st.DrawFn, docs: st.SearchStrategy[Any]) -> Drawn:
     """`payloads` of a document drawn from ``docs`` (one strategy, built once)."""
-    return _mutate(draw, draw(docs)), (draw(_EDITS) if draw(one_in(10)) else [])
+    return payload_of(draw, draw(docs))
 
 
 def wire(drawn: Drawn, values: dict[Any, Any] | None = None) -> bytes:

@@ -38,6 +38,7 @@ from tests.support.fuzzing.hostile import (
     byte_edits,
     dumps,
     one_in,
+    payload_of,
     payloads,
     payloads_of,
     wire,
@@ -246,7 +247,9 @@ class MessageTarget(MeshTarget):
 
 # -- envelope ----------------------------------------------------------------------------------------
 
-PLACES = ("req", "resp", "req-retained", "board-own", "board-retained", "board-hub", "board-dut")
+PLACES = ("req", "resp", "req-retained", "board-own", "board-retained", "board-hub", "board-dut", "vanish")
+"""Where a frame goes: an inbox of the device under test, a presence board, or no frame at all but the
+transport's unsigned "gone" for the sender (an emptied board: worth a check, never a fact)."""
 SENDERS = ("mallory", "ghost", "stranger", "mallory-as-hub")
 
 
@@ -284,30 +287,39 @@ TIMESTAMPS = (
 )
 
 
+_PLACE, _SENDER = st.sampled_from(PLACES), st.sampled_from(SENDERS)
+_U8, _U32 = st.integers(0, 255), st.integers(0, 2**32 - 1)
+_COUNTER = st.sampled_from((0, 1, 2**64 - 1)) | st.integers(0, 2**64 - 1)
+_ID16, _RECIPIENT = st.binary(min_size=16, max_size=16), st.integers(0, 2)
+_TIMESTAMP, _TOPIC_LENGTH = st.integers(0, len(TIMESTAMPS) - 1), st.integers(0, 65535)
+_TOPIC = st.integers(0, 6) | st.binary(max_size=64)
+_CIPHER, _SIGNER = st.sampled_from(("pair", "group", "random", "none")), st.sampled_from(("other", "none"))
+
+
 @st.composite
 def frame_recipes(draw: st.DrawFn, target: EnvelopeTarget) -> FrameRecipe:
     def maybe(hostile: st.SearchStrategy[M]) -> M | None:
         return draw(hostile) if draw(one_in(8)) else None
 
-    place = draw(st.sampled_from(PLACES))
+    place = draw(_PLACE)
     departure = place.startswith("board") and draw(st.booleans())
     doc = (target.departure if departure else target.advert) if place.startswith("board") else target.ping
     return FrameRecipe(
-        sender=draw(st.sampled_from(SENDERS)),
+        sender=draw(_SENDER),
         place=place,
-        payload=draw(payloads(doc)) if draw(st.booleans()) else None,
+        payload=payload_of(draw, doc) if draw(st.booleans()) else None,
         departure=departure,
-        version=maybe(st.integers(0, 255)),
-        kind=maybe(st.integers(0, 255)),
-        sender_id=maybe(st.binary(min_size=16, max_size=16)),
-        recipient=maybe(st.integers(0, 2)),
-        counter=maybe(st.sampled_from([0, 1, 2**64 - 1]) | st.integers(0, 2**64 - 1)),
-        timestamp=maybe(st.integers(0, len(TIMESTAMPS) - 1)),
-        epoch=maybe(st.integers(0, 2**32 - 1)),
-        topic=maybe(st.integers(0, 6) | st.binary(max_size=64)),
-        topic_length=maybe(st.integers(0, 65535)),
-        cipher=maybe(st.sampled_from(["pair", "group", "random", "none"])),
-        signer=maybe(st.sampled_from(["other", "none"])),
+        version=maybe(_U8),
+        kind=maybe(_U8),
+        sender_id=maybe(_ID16),
+        recipient=maybe(_RECIPIENT),
+        counter=maybe(_COUNTER),
+        timestamp=maybe(_TIMESTAMP),
+        epoch=maybe(_U32),
+        topic=maybe(_TOPIC),
+        topic_length=maybe(_TOPIC_LENGTH),
+        cipher=maybe(_CIPHER),
+        signer=maybe(_SIGNER),
         edits=draw(byte_edits()) if draw(one_in(8)) else [],
     )
 
@@ -317,7 +329,7 @@ class EnvelopeTarget(MeshTarget):
     about = (
         "raw frames: every header field (version, kind, sender, recipient, counter, time, epoch, topic and "
         "its length), key, signature and bytes, from a member, a revoked member and a stranger, into the "
-        "device's inboxes (retained too) and onto presence boards"
+        "device's inboxes (retained too) and onto presence boards; emptied boards"
     )
 
     async def open(self, tmp: Path) -> None:
@@ -347,6 +359,10 @@ class EnvelopeTarget(MeshTarget):
         r: FrameRecipe = data.draw(self.inputs, label="frame")
         identity = {"ghost": rig.ghost, "stranger": rig.stranger}.get(r.sender, rig.mallory.identity)
         claimed = rig.honest.device_id if r.sender == "mallory-as-hub" else identity.device_id
+        if r.place == "vanish":
+            rig.sim.empty_board(claimed)
+            await rig.settle()
+            return
         board = r.place.startswith("board")
         device = {"board-hub": rig.honest.device_id, "board-dut": rig.dut_id}.get(r.place, claimed)
         channel = Channel.REQUESTS if r.place.startswith("req") else Channel.RESPONSES
@@ -467,6 +483,15 @@ SOURCES = (CORRECTED[0], "Hello.", "ok", "é", "Evil Name!", " spaced  out ", "a
 TRANSLATIONS = ("Olá.", "aumenta o forno ao máximo", "", "ﬃ")
 
 
+_AUTHOR, _SOURCE, _TRANSLATION = (
+    st.sampled_from(AUTHORS),
+    st.sampled_from(SOURCES),
+    st.sampled_from(TRANSLATIONS),
+)
+_WITHDRAWS = st.sampled_from((None, None, "honest", "0" * 32))
+_CREATED = st.sampled_from(("now", "in an hour", "epoch", "400 days ago", "year 33658"))
+
+
 @st.composite
 def correction_records(draw: st.DrawFn, fuzz: CorrectionsTarget) -> dict[str, Any]:
     rig = fuzz.rig
@@ -474,10 +499,12 @@ def correction_records(draw: st.DrawFn, fuzz: CorrectionsTarget) -> dict[str, An
         "hub": rig.honest.device_id,
         "ghost": rig.ghost.device_id,
         "stranger": rig.stranger.device_id,
-    }.get(draw(st.sampled_from(AUTHORS)), rig.mallory.id)
-    withdraws = draw(st.sampled_from([None, None, rig.honest_correction.id, "0" * 32]))
-    source, translation = draw(st.sampled_from(SOURCES)), draw(st.sampled_from(TRANSLATIONS))
-    created = fuzz.now + draw(st.sampled_from([0.0, 3600.0, -fuzz.now, -86400 * 400.0, 1e12]))
+    }.get(draw(_AUTHOR), rig.mallory.id)
+    withdraws = draw(_WITHDRAWS)
+    withdraws = rig.honest_correction.id if withdraws == "honest" else withdraws
+    source, translation = draw(_SOURCE), draw(_TRANSLATION)
+    offsets = {"now": 0.0, "in an hour": 3600.0, "epoch": -fuzz.now, "400 days ago": -400 * 86400.0}
+    created = fuzz.now + offsets.get(draw(_CREATED), 1e12)
     try:  # signed by mallory whoever it claims to be: only mallory's own verify
         record = make_correction(
             rig.mallory.identity.signing_key,
@@ -552,13 +579,14 @@ class CorrectionsTarget(MeshTarget):
 
 PRODUCERS = ("genuine", "mallory", "claims-hub", "ghost")
 ASKED = (REMEMBERED[0], "Hello.", "Where is the car?")
+_PRODUCER, _ENTRY_SOURCE = st.sampled_from(PRODUCERS), st.sampled_from((*ASKED, "Not asked."))
 
 
 @st.composite
 def memory_entries(draw: st.DrawFn, target: MemoryTarget) -> dict[str, Any]:
     rig = target.rig
-    kind = draw(st.sampled_from(PRODUCERS))
-    source = draw(st.sampled_from([*ASKED, "Not asked."]))
+    kind = draw(_PRODUCER)
+    source = draw(_ENTRY_SOURCE)
     if kind == "genuine":
         return rig.honest_entry.model_dump(mode="json")
     producer = {"claims-hub": rig.honest.device_id, "ghost": rig.ghost.device_id}.get(kind, rig.mallory.id)

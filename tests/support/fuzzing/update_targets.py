@@ -30,9 +30,10 @@ from edge_agent.sync.swarm import encode_bitfield
 from tests.support.fuzzing.hostile import (
     HOSTILE_TEXT,
     dumps,
-    mutated,
-    mutated_bytes,
+    mutate,
+    mutate_bytes,
     one_in,
+    payload_of,
     payloads,
     payloads_of,
     wire,
@@ -44,6 +45,13 @@ __all__ = ["ChunksTarget", "HoldingsTarget", "ManifestsTarget"]
 
 SIGNERS = ("update-key", "mallory", "root", "none", "genuine-signature")
 PAYLOAD_TYPES = (MANIFEST_TYPE, KEY_SET_TYPE, "", "application/json", MANIFEST_TYPE.upper())
+CLAIMED_NAMES = ("Evil Name!", "demo", "x" * 81, *HOSTILE_TEXT[:8])
+CLAIMED_SEQUENCES = (2, 3, 2**53, 2**63, 10**400, -1)
+_SIGNER, _PAYLOAD_TYPE = st.sampled_from(SIGNERS), st.sampled_from(PAYLOAD_TYPES)
+_NAME, _SEQUENCE = st.sampled_from(CLAIMED_NAMES), st.sampled_from(CLAIMED_SEQUENCES)
+_HOW = st.sampled_from(("genuine", "bytes", "claim"))
+_KEY_SET = st.sampled_from(("none", "genuine", "bytes", "signed"))
+_JUNK_BITFIELD = st.binary(max_size=8)
 
 
 def b64(raw: bytes) -> str:
@@ -55,12 +63,11 @@ def bitfield(pack: Pack) -> str:
     return encode_bitfield(range(count), count)
 
 
-@st.composite
-def envelopes(draw: st.DrawFn, rig: Rig, payload_type: str, body: Any, genuine: bytes) -> str:
+def envelope(draw: st.DrawFn, rig: Rig, payload_type: str, body: Any, genuine: bytes) -> str:
     """``body`` (JSON) in a signed envelope as drawn, base64: signed by a trusted update key (a member
     holding one, or a publisher's bug), by mallory, by the household root, by nobody, or carrying the
     genuine envelope's signature over these other bytes; the envelope itself sometimes mutated."""
-    signer = draw(st.sampled_from(SIGNERS))
+    signer = draw(_SIGNER)
     keys: dict[str, list[SigningKey]] = {
         "update-key": [rig.update_key],
         "mallory": [rig.mallory.identity.signing_key],
@@ -70,49 +77,50 @@ def envelopes(draw: st.DrawFn, rig: Rig, payload_type: str, body: Any, genuine: 
     if signer == "genuine-signature":
         doc = json.loads(genuine)
         doc["payload"] = b64(dumps(body))
-        envelope = dumps(doc)
+        sealed = dumps(doc)
     else:
-        kind = draw(st.sampled_from((payload_type, *PAYLOAD_TYPES)))
-        envelope = seal(kind, dumps(body), keys[signer])
+        kind = payload_type if draw(st.booleans()) else draw(_PAYLOAD_TYPE)
+        sealed = seal(kind, dumps(body), keys[signer])
     if draw(one_in(6)):
-        envelope = wire(draw(payloads_of(st.just(json.loads(envelope)))))
-    return b64(envelope)
+        sealed = wire(payload_of(draw, json.loads(sealed)))
+    return b64(sealed)
 
 
 @st.composite
 def held_updates(draw: st.DrawFn, rig: Rig) -> dict[str, Any]:
     """One entry of a holdings answer: a genuine manifest, its bytes mutated, or an unsigned claim of a
     name and sequence (the N1 shape); its chunk bitfield true or not."""
-    pack = draw(st.sampled_from([rig.seeded, rig.wanted]))
-    how = draw(st.sampled_from(["genuine", "bytes", "claim"]))
+    pack = rig.wanted if draw(st.booleans()) else rig.seeded
+    how = draw(_HOW)
     text = b64(pack.envelope)
     if how == "bytes":
-        text = b64(draw(mutated_bytes(pack.envelope)))
+        text = b64(mutate_bytes(draw, pack.envelope))
     elif how == "claim":
         claim = pack.manifest.model_dump(mode="json")
-        claim["name"] = draw(st.sampled_from(["Evil Name!", "demo", "x" * 81, *HOSTILE_TEXT[:8]]))
-        claim["sequence"] = draw(st.sampled_from([2, 3, 2**53, 2**63, 10**400, -1]))
-        text = draw(envelopes(rig, MANIFEST_TYPE, claim, pack.envelope))
-    have = bitfield(pack) if draw(st.booleans()) else b64(draw(st.binary(max_size=8)))
+        claim["name"], claim["sequence"] = draw(_NAME), draw(_SEQUENCE)
+        text = envelope(draw, rig, MANIFEST_TYPE, claim, pack.envelope)
+    have = bitfield(pack) if draw(st.booleans()) else b64(draw(_JUNK_BITFIELD))
     return {"manifest": text, "have": have}
 
 
 @st.composite
-def holdings_answers(draw: st.DrawFn, rig: Rig) -> dict[str, Any]:
-    key_set = draw(st.sampled_from(["none", "genuine", "bytes", "signed"]))
+def holdings_answers(
+    draw: st.DrawFn, rig: Rig, held: st.SearchStrategy[list[dict[str, Any]]]
+) -> dict[str, Any]:
+    key_set = draw(_KEY_SET)
     key_text: str | None = None
     if key_set == "genuine":
         key_text = b64(rig.key_set_envelope)
     elif key_set == "bytes":
-        key_text = b64(draw(mutated_bytes(rig.key_set_envelope)))
+        key_text = b64(mutate_bytes(draw, rig.key_set_envelope))
     elif key_set == "signed":
-        body = draw(mutated(rig.key_set.model_dump(mode="json")))
-        key_text = draw(envelopes(rig, KEY_SET_TYPE, body, rig.key_set_envelope))
+        body = mutate(draw, rig.key_set.model_dump(mode="json"))
+        key_text = envelope(draw, rig, KEY_SET_TYPE, body, rig.key_set_envelope)
     return {
         "type": "update-holdings",
         "nonce": OTHER_NONCE if draw(one_in(8)) else NONCE,
         "key_set": key_text,
-        "held": draw(st.lists(held_updates(rig), max_size=3)),
+        "held": draw(held),
         "more": draw(st.booleans()),
     }
 
@@ -120,8 +128,8 @@ def holdings_answers(draw: st.DrawFn, rig: Rig) -> dict[str, Any]:
 @st.composite
 def manifest_answers(draw: st.DrawFn, rig: Rig) -> dict[str, Any]:
     pack = rig.wanted
-    body = draw(mutated(pack.manifest.model_dump(mode="json"), max_ops=4))
-    text = draw(envelopes(rig, MANIFEST_TYPE, body, pack.envelope))
+    body = mutate(draw, pack.manifest.model_dump(mode="json"), max_ops=4)
+    text = envelope(draw, rig, MANIFEST_TYPE, body, pack.envelope)
     return {"type": "update-holdings", "nonce": NONCE, "held": [{"manifest": text, "have": bitfield(pack)}]}
 
 
@@ -170,7 +178,8 @@ class HoldingsTarget(_Discovery):
 
     async def open(self, tmp: Path) -> None:
         await super().open(tmp)
-        self.inputs = st.lists(payloads_of(holdings_answers(self.rig)), min_size=1, max_size=2)
+        held = st.lists(held_updates(self.rig), max_size=3)
+        self.inputs = st.lists(payloads_of(holdings_answers(self.rig, held)), min_size=1, max_size=2)
 
 
 class ManifestsTarget(_Discovery):

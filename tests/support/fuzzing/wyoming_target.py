@@ -26,7 +26,7 @@ from edge_agent.errors import InvalidAudioError
 from edge_agent.supervision import Supervisor
 from edge_agent.voice.transcript import TranscriptPiece
 from edge_agent.voice.wyoming_server import WyomingServer, WyomingServerState
-from tests.support.fuzzing.hostile import dumps, mutated, mutated_bytes, one_in
+from tests.support.fuzzing.hostile import dumps, mutate, mutate_bytes, one_in
 from tests.support.fuzzing.rig import SETTLE_S, Broken, CountErrors
 from tests.support.fuzzing.target import Target
 
@@ -34,6 +34,10 @@ __all__ = ["WyomingTarget"]
 
 FORMATS = ((16000, 2, 1), (48000, 2, 2), (8000, 1, 1), (22050, 4, 2), (96000, 3, 1), (44100, 2, 1))
 KINDS = ("describe", "ping", "transcribe", "audio-start", "audio-chunk", "audio-stop", "select-program", "x")
+_FORMAT, _KIND = st.sampled_from(FORMATS), st.sampled_from(KINDS)
+_LANGUAGE = st.sampled_from(("en", "en-US", "en_GB", "pt", "", "x" * 40))
+_CHUNKS, _EDITS, _AT = st.integers(0, 3), st.integers(0, 2), st.integers(0, 63)
+_PCM, _EDIT = st.binary(max_size=3000), st.sampled_from(("drop", "repeat", "swap", "insert"))
 
 
 class StandInTranscriber:
@@ -67,38 +71,38 @@ def _event(
 @st.composite
 def conversations(draw: st.DrawFn) -> bytes:
     """The bytes a client sends on one connection."""
-    rate, width, channels = draw(st.sampled_from(FORMATS))
+    rate, width, channels = draw(_FORMAT)
     fmt = {"rate": rate, "width": width, "channels": channels}
     plan: list[tuple[str, dict[str, Any] | None, bytes]] = []
     if draw(st.booleans()):
         plan.append(("describe", None, b""))
-    language = draw(st.sampled_from(["en", "en-US", "en_GB", "pt", "", "x" * 40]))
+    language = draw(_LANGUAGE)
     plan.append(("transcribe", {"language": language, "name": "whisper-tiny.en"}, b""))
     plan.append(("audio-start", fmt, b""))
-    for _ in range(draw(st.integers(0, 3))):
-        plan.append(("audio-chunk", fmt, draw(st.binary(max_size=3000))))
+    for _ in range(draw(_CHUNKS)):
+        plan.append(("audio-chunk", fmt, draw(_PCM)))
     plan.append(("audio-stop", None, b""))
-    for _ in range(draw(st.integers(0, 2))):
-        how = draw(st.sampled_from(["drop", "repeat", "swap", "insert"]))
-        at = draw(st.integers(0, 63)) % len(plan) if plan else 0
+    for _ in range(draw(_EDITS)):
+        how = draw(_EDIT)
+        at = draw(_AT) % len(plan) if plan else 0
         if how == "drop" and plan:
             del plan[at]
         elif how == "repeat" and plan:
             plan.insert(at, plan[at])
         elif how == "swap" and len(plan) > 1:
-            other = draw(st.integers(0, 63)) % len(plan)
+            other = draw(_AT) % len(plan)
             plan[at], plan[other] = plan[other], plan[at]
         else:
-            kind = draw(st.sampled_from(KINDS))
+            kind = draw(_KIND)
             plan.insert(at, (kind, {"text": "hi"} if kind == "ping" else None, b""))
     stream = b""
     for kind, event_data, pcm in plan:
         header, rest = _event(kind, event_data, pcm, draw(st.booleans()))
         if draw(one_in(4)):
-            header = draw(mutated(header))
+            header = mutate(draw, header)
         stream += dumps(header) + b"\n" + rest
     if draw(one_in(8)):
-        stream = draw(mutated_bytes(stream))
+        stream = mutate_bytes(draw, stream)
     return stream
 
 

@@ -11,17 +11,23 @@ after the campaign check the harness itself: each invariant catches what it is t
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
-from edge_agent.mesh.envelope import KIND_DIRECT, EnvelopeOpener, Opened
+from edge_agent.errors import ReplayError
+from edge_agent.mesh import envelope
+from edge_agent.mesh.envelope import KIND_DIRECT, EnvelopeHeader, EnvelopeOpener, Opened
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import Ping, encode
 from edge_agent.mesh.replay import ReplayGuard
 from edge_agent.supervision import Supervisor
-from tests.support.fuzzing import TARGETS, Broken, Rig, Session, fuzz
+from edge_agent.sync.trust import TrustedUpdates
+from tests.support.fuzzing import TARGETS, Broken, Rig, Session, campaign, fuzz
 from tests.support.fuzzing.frames import Forgery, forge, pair_key
 from tests.support.fuzzing.mesh_targets import MESSAGE_TYPES
 
@@ -124,3 +130,49 @@ async def test_the_invariants_catch_changed_trust_and_a_device_that_stops_servin
             rig.check()
     finally:
         await rig.aclose()
+
+
+# -- the targets find holes: two closed ones put back ------------------------------------------------
+
+
+class _UnboundedHeader(BaseModel):
+    """The envelope header before N0: any 64-bit timestamp."""
+
+    model_config = ConfigDict(frozen=True)
+    version: int
+    kind: int
+    sender: str
+    recipient: str
+    counter: int
+    timestamp_ms: int
+    epoch: int
+    topic: str
+
+
+def _formats_the_time(self: EnvelopeOpener, header: EnvelopeHeader, now_ms: int | None = None) -> None:
+    """check_fresh before N0: the sender's time formatted as a date (ValueError past year 9999)."""
+    if abs(header.timestamp_ms - int(time.time() * 1000)) > self.max_skew_ms:
+        raise ReplayError(f"timestamped {datetime.fromtimestamp(header.timestamp_ms / 1000):%Y-%m-%d}")
+
+
+def test_the_envelope_target_finds_n0_when_it_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(envelope, "EnvelopeHeader", _UnboundedHeader)
+    monkeypatch.setattr(EnvelopeOpener, "check_fresh", _formats_the_time)
+    outcome = campaign(TARGETS["envelope"], tmp_path, inputs=4000, base_seed=3, shrink=False)
+    found = (
+        r"mesh-(frames|dispatch) restarted 0 time\(s\), dropped \{'ValueError': 1\}.*year \d+ is out of range"
+    )
+    assert re.search(found, outcome.failure), outcome.failure
+    assert outcome.inputs < 4000
+
+
+def test_the_chunks_target_finds_a_verifier_that_lets_a_bad_chunk_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TrustedUpdates, "verify_chunk", staticmethod(lambda manifest, index, data: None))
+    outcome = campaign(TARGETS["chunks"], tmp_path, inputs=2000, base_seed=3, shrink=False)
+    assert re.search(
+        r"the device holds and serves chunks \[\d.*\] that are not the published ones", outcome.failure
+    ), outcome.failure

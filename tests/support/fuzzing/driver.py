@@ -108,16 +108,17 @@ class Session:
                 target.check()
 
 
-def _settings(examples: int, *, campaign: bool) -> settings:
+def _settings(examples: int, *, campaign: bool, shrink: bool = True) -> settings:
     """Inherit the active profile (the ``ci`` profile derandomizes) unless running a seeded campaign."""
     extra: dict[str, object] = {"database": None, "derandomize": False} if campaign else {}
+    phases = (Phase.explicit, Phase.reuse, Phase.generate, *((Phase.shrink,) if shrink else ()))
     return settings(
         max_examples=examples,
         deadline=None,
         print_blob=True,
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
-        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
+        phases=phases,
         **extra,  # type: ignore[arg-type]
     )
 
@@ -163,11 +164,12 @@ def campaign(
     batch: int = 8,
     replay: tuple[str, str] | None = None,
     progress: bool = False,
+    shrink: bool = True,
 ) -> Outcome:
     """At least ``inputs`` inputs through one long-lived system, in Hypothesis runs of ``run_size``
     inputs (``batch`` per example) seeded ``base_seed``, ``base_seed + 1``, ...; stops at the first
-    failure. ``replay``: (version, blob) of a ``@reproduce_failure`` to run that one example on a fresh
-    system instead."""
+    failure (shrunk unless ``shrink`` is False). ``replay``: (version, blob) of a ``@reproduce_failure``
+    to run that one example on a fresh system instead."""
     outcome = Outcome(target.name)
     lines: list[str] = []
     started = time.perf_counter()
@@ -180,7 +182,7 @@ def campaign(
         while session.inputs < inputs:
             examples = 1 if replay else -(-min(run_size, inputs - session.inputs) // batch)
 
-            @_settings(examples, campaign=True)
+            @_settings(examples, campaign=True, shrink=shrink)
             @given(st.data())
             def example(data: st.DataObject) -> None:
                 session.one(data)

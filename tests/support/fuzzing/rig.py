@@ -2,13 +2,16 @@
 honest hub, and a hostile member, on the in-memory mesh with real nodes, endpoints and crypto.
 
 - ``dut`` (the fridge panel): a real `MeshService` (translation memory exchange, corrections sync,
-  group-key rotation, all as `service.py` wires them) with a real `Updater` (update exchange, approvals,
-  its status in presence), connected to the simulator instead of a broker. Engines are stood in for:
-  the targets are the mesh and its features, not the models.
+  group-key rotation, all as `service.py` wires them) with a real `Updater` (update exchange, approvals
+  awaited, its status in presence), connected to the simulator instead of a broker. Engines are stood
+  in for (the targets are the mesh and its features, not the models): it translates by upper-casing,
+  and its plan names the two published models without running them, so claims about them are its news
+  and its own requests are routed to peers.
 - ``honest`` (the hub, admin): a plain endpoint that probes the device under test, answers update
   queries with nothing, and whose standing there must never change. It authored a correction and a
   translation-memory entry the device holds, and published the pack the device seeds.
-- ``mallory``: a household member (appliance, may request and serve translate) gone hostile. It seals
+- ``mallory``: a household member (appliance, may request and serve translate, approved to correct
+  translations) gone hostile. It seals
   whatever the fuzz target draws with its genuine keys, and answers the device's queries and requests
   with whatever the target says (`RawMember.on_message`), bypassing every check a well-behaved
   endpoint would make on its own output.
@@ -44,7 +47,7 @@ from edge_agent.errors import HearthError, NoLocalModelError
 from edge_agent.mesh.corrections import Correction, make_correction
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.envelope import Opened
-from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot
+from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Address, Channel, Transport
 from edge_agent.mesh.memory import MemoryEntry, make_entry
@@ -61,7 +64,8 @@ from edge_agent.mesh.protocol import (
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
 from edge_agent.mesh.transports.memory import MeshSimulator
-from edge_agent.models.selection import Plan
+from edge_agent.models.pack import PackManifest
+from edge_agent.models.selection import Plan, TaskPlan
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
 from edge_agent.service import MeshService
@@ -74,8 +78,6 @@ from edge_agent.updater import Updater
 from tests.support.meshkit import config as agent_config
 
 __all__ = ["PAIR", "Broken", "CountErrors", "Pack", "RawMember", "Rig", "Trusted"]
-
-log = logging.getLogger(__name__)
 
 PAIR = "en-pt"
 CORRECTED = ("Turn off the oven.", "Desliga o forno.")
@@ -271,9 +273,6 @@ class _Household:
         )
         return state
 
-    def root(self) -> HouseholdRoot:
-        return self.hub_state.load_root()[0]
-
 
 def _node(state: HouseholdState, settings: MeshSettings) -> MeshNode:
     membership, data = state.membership()
@@ -319,14 +318,12 @@ class Rig:
         self.probe_timeout_s = probe_timeout_s
         self._stack = contextlib.AsyncExitStack()
         home = _Household(tmp)
-        self.household = home
         hub_data = home.hub_state.load()
         self.household_id = hub_data.certificate.household_id
         self.sim = MeshSimulator(self.household_id)
         # The ghost: paired, then revoked (its keys still sign; the household refuses them).
         ghost = home.member("ghost", "phone", serves=[], device_class="appliance")
         self.ghost = ghost.identity
-        self.ghost_certificate = ghost.load().certificate
         home.hub_state.revoke([self.ghost.device_id])
         self.stranger = DeviceIdentity.generate()
         dut_state = home.member(
@@ -375,10 +372,17 @@ class Rig:
             }
         )
         self.agent = StandInAgent()
+        # Its plan runs both published models (so peers' claims about them are its news), on engines
+        # it does not have here (so routing sends its own requests to peers).
+        tasks: tuple[tuple[Task, Pack], ...] = (("generate", self.seeded), ("transcribe", self.wanted))
+        runs: dict[str, TaskPlan] = {
+            task: TaskPlan(task, "unavailable", cast(PackManifest, pack.manifest), "fuzz stand-in", slot=task)
+            for task, pack in tasks
+        }
         self.dut = MeshService(
             cfg,
             load_profile("fridge-panel"),
-            Plan(profile_id="fridge-panel", budget_mb=0),
+            Plan(profile_id="fridge-panel", budget_mb=0, tasks=runs),
             dut_state.dir,
             agent=cast(Agent, self.agent),
             supervisor=Supervisor(),
@@ -420,7 +424,6 @@ class Rig:
             "mallory", mal_state.identity, mal_state.load().certificate, _node(mal_state, mal_settings)
         )
         self.mallory.on_message = self.mallory_default
-        self.inputs = 0
         self.probes = 0
         self.errors: Counter[str] = Counter()
         """Log records at ERROR or above from the agent's code (a traceback nobody planned for)."""

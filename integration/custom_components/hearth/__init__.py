@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edge_agent.errors import HearthError, IdentityError, NetworkError, NotAMemberError
+from edge_agent.errors import HearthError, IdentityError, NetworkError, NotAMemberError, StateInUseError
 from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.member import MeshMember
 from edge_agent.mesh.state import HouseholdState, NotPairedError
@@ -59,6 +59,12 @@ async def async_setup_entry(hass: HomeAssistant, entry: HearthConfigEntry) -> bo
         raise ConfigEntryAuthFailed(
             translation_domain=DOMAIN,
             translation_key="membership_unreadable",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
+    except StateInUseError as exc:  # another Home Assistant or `hearth` on this membership: retried
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="state_in_use",
             translation_placeholders={"error": str(exc)},
         ) from exc
     try:

@@ -1,20 +1,33 @@
 """Joining the household from Home Assistant: the broker's address and the setup code that
 `hearth household invite` shows on the hub (SPAKE2: the code authenticates the hub end to end, so a
-plain or unauthenticated-TLS pairing connection is enough). One entry per household."""
+plain or unauthenticated-TLS pairing connection is enough). One entry per household.
+
+A zeroconf advert is unauthenticated: anyone on the LAN can announce "this household's broker is now
+there". A household on mqtts:// has its broker CA pinned at pairing, so an announced mqtts:// address is
+taken only once the broker there proves itself with that CA (and never a plain mqtt:// one instead). A
+plain mqtt:// broker cannot prove anything (a relay carries the household's signed presence as well as
+the real one), so the move is only offered, with both addresses shown, and taken if the user confirms.
+
+Checks that connect as this member (reconfigure, a confirmed move) stop the entry's own connection for
+the time of the check: one member per state directory (`MeshMember` holds its lock), or the two would
+reuse the membership's message counters.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import voluptuous as vol
 from edge_agent.errors import HearthError, NetworkError
 from edge_agent.mesh import topics
 from edge_agent.mesh.advertisement import AdvertisementError, HouseholdAdvert
+from edge_agent.mesh.broker_pki import BrokerPki
 from edge_agent.mesh.join import join_household
 from edge_agent.mesh.member import MeshMember
 from edge_agent.mesh.pairing import PairingError, WrongCodeError, new_session, validate_code
@@ -22,7 +35,7 @@ from edge_agent.mesh.settings import broker_host_port
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.tasks import TASKS
-from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.config_entries import ConfigEntry, ConfigEntryState, ConfigFlow, ConfigFlowResult
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 
@@ -55,6 +68,21 @@ def _schema(broker: str, name: str) -> vol.Schema:
     )
 
 
+Move = Literal["verify", "confirm", "ignore"]
+
+
+def broker_move(current: str, announced: str, pinned_ca: bool) -> Move:
+    """What an advert naming another broker address for a known household may do: "verify" (mqtts://
+    with the household's broker CA pinned: the broker there must prove itself with it), "confirm" (a
+    plain mqtt:// household: only the user can say the new address is theirs), "ignore" (a downgrade
+    from mqtts:// to mqtt://, or mqtts:// without a pinned CA to check it against)."""
+    if announced.startswith("mqtts://"):
+        if pinned_ca:
+            return "verify"
+        return "ignore" if current.startswith("mqtts://") else "confirm"
+    return "ignore" if current.startswith("mqtts://") else "confirm"
+
+
 def _pairing_tls(broker: str) -> Any:
     """Encrypted, not authenticated (see the module docstring); None for mqtt://."""
     if not broker.startswith("mqtts://"):
@@ -75,6 +103,8 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
     VERSION = 1
     MINOR_VERSION = 2
     _discovered: tuple[str, str] = (DEFAULT_BROKER, "")
+    _moving: tuple[str, str] = ("", "")
+    """(entry id, announced broker) of a plain-MQTT household's move awaiting the user's confirmation."""
     """1.2: the state directory follows from the household id (no absolute path in the entry)."""
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
@@ -108,15 +138,64 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
         await self.async_set_unique_id(advert.hh)
         entry = next((e for e in self._async_current_entries() if e.unique_id == advert.hh), None)
         if entry is not None:
-            if advert.broker != entry.data.get(CONF_BROKER) and await self._household_heard(
-                entry.data[CONF_HOUSEHOLD], advert.broker
-            ):
-                _LOGGER.info("the household %s moved to %s (zeroconf)", advert.hh, advert.broker)
+            current = str(entry.data.get(CONF_BROKER, ""))
+            if advert.broker == current:
+                return self.async_abort(reason="already_configured")
+            home = state_dir(self.hass, entry.data[CONF_HOUSEHOLD])
+            pinned = await self.hass.async_add_executor_job(lambda: BrokerPki(home).ca_cert_path.is_file())
+            move = broker_move(current, advert.broker, pinned)
+            if move == "verify" and await _broker_proves_itself(self.hass, home, advert.broker):
+                _LOGGER.info("the household %s moved to %s (zeroconf; its broker CA checked)", advert.hh,
+                             advert.broker)  # fmt: skip
                 self._abort_if_unique_id_configured(updates={CONF_BROKER: advert.broker})
+            if move == "confirm":
+                self._moving = (entry.entry_id, advert.broker)
+                self.context["title_placeholders"] = {"name": f"{entry.title}: {advert.broker}"}
+                return await self.async_step_broker_moved()
+            if move == "ignore":
+                _LOGGER.warning("ignored an advert moving the household %s from %s to %s: not a broker its "
+                                "pinned CA can check", advert.hh, current, advert.broker)  # fmt: skip
             return self.async_abort(reason="already_configured")
         self._discovered = (advert.broker, advert.name)
         self.context["title_placeholders"] = {"name": advert.name}
         return await self.async_step_discovery_confirm()
+
+    async def async_step_broker_moved(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """A plain-MQTT household's broker is announced elsewhere: moved only if the user confirms (and
+        the household's own devices are then heard there)."""
+        entry_id, broker = self._moving
+        entry = self.hass.config_entries.async_get_entry(entry_id)
+        if entry is None:
+            return self.async_abort(reason="already_configured")
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            household = entry.data[CONF_HOUSEHOLD]
+            if await self._while_paused(entry, lambda: self._household_heard(household, broker)):
+                _LOGGER.info(
+                    "the household %s moved to %s (zeroconf, confirmed by the user)", household, broker
+                )
+                self.hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_BROKER: broker})
+                self.hass.config_entries.async_schedule_reload(entry.entry_id)
+                return self.async_abort(reason="broker_moved")
+            errors["base"] = "not_heard"
+        placeholders = {"household": entry.title, "old": str(entry.data.get(CONF_BROKER)), "new": broker}
+        return self.async_show_form(step_id="broker_moved", data_schema=vol.Schema({}), errors=errors,
+                                    description_placeholders=placeholders)  # fmt: skip
+
+    async def _while_paused(self, entry: ConfigEntry, check: Callable[[], Awaitable[bool]]) -> bool:
+        """``check`` (which connects as this member) with the entry's own connection stopped meanwhile:
+        one member per state directory. True: the caller updates and reloads the entry; False: it is
+        started again as it was."""
+        loaded = entry.state is ConfigEntryState.LOADED
+        if loaded:
+            await self.hass.config_entries.async_unload(entry.entry_id)
+        ok = False
+        try:
+            ok = await check()
+        finally:
+            if loaded and not ok:
+                await self.hass.config_entries.async_setup(entry.entry_id)
+        return ok
 
     async def async_step_mqtt(self, discovery_info: MqttServiceInfo) -> ConfigFlowResult:
         """Home Assistant's MQTT broker carries a household: a device's (encrypted) presence under
@@ -217,13 +296,18 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
             if not broker.startswith(("mqtt://", "mqtts://")):
                 errors[CONF_BROKER] = "invalid_broker"
             else:
-                try:
-                    home = state_dir(self.hass, entry.data[CONF_HOUSEHOLD])
-                    await _check_connection(self.hass, home, broker)
-                except (NetworkError, OSError, HearthError) as exc:
-                    errors["base"] = "cannot_connect"
-                    placeholders["error"] = str(exc)
-                else:
+                home = state_dir(self.hass, entry.data[CONF_HOUSEHOLD])
+
+                async def connects() -> bool:
+                    try:
+                        await _check_connection(self.hass, home, broker)
+                    except (NetworkError, OSError, HearthError) as exc:
+                        errors["base"] = "cannot_connect"
+                        placeholders["error"] = str(exc)
+                        return False
+                    return True
+
+                if await self._while_paused(entry, connects):
                     return self.async_update_reload_and_abort(entry, data_updates={CONF_BROKER: broker})
         schema = vol.Schema({vol.Required(CONF_BROKER, default=entry.data[CONF_BROKER]): str})
         return self.async_show_form(step_id="reconfigure", data_schema=schema, errors=errors,
@@ -291,6 +375,23 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def _discard(self, staging: Path) -> None:
         await self.hass.async_add_executor_job(shutil.rmtree, staging, True)
+
+
+async def _broker_proves_itself(hass: Any, home: Path, broker: str) -> bool:
+    """Whether the mqtts:// broker at ``broker`` presents a certificate from the household's pinned
+    broker CA for that address, and takes this member's client certificate. Nothing of the membership's
+    state is used (a plain MQTT session; the entry's own connection runs on)."""
+    host, port = broker_host_port(broker)
+    try:
+        tls = await hass.async_add_executor_job(lambda: BrokerPki(home).tls_context())
+        device = await hass.async_add_executor_job(lambda: HouseholdState(home).load().certificate.device_id)
+        async with asyncio.timeout(DISCOVERY_CHECK_S):
+            async with MqttClient(host, port, client_id=f"{device}-{secrets.token_hex(4)}", tls=tls):
+                return True
+    except (HearthError, OSError, TimeoutError) as exc:
+        _LOGGER.info("ignored the advertised broker %s: it did not prove itself with the household's "
+                     "broker CA: %s", broker, exc)  # fmt: skip
+        return False
 
 
 async def _check_connection(hass: Any, home: Path, broker: str) -> None:

@@ -63,6 +63,23 @@ SENSORS: tuple[HearthSensorDescription, ...] = (
         entity_category=EntityCategory.DIAGNOSTIC,
         value=lambda p: p.presence.free_model_ram_mb,
     ),
+    # Health (issue 21): the device's own loops as its presence reports them (edge_agent.supervision):
+    # restarts after unexpected errors and items dropped since its agent started. Above zero is worth a
+    # look at that device's log; a device that does not report them shows unknown.
+    HearthSensorDescription(
+        key="loop_restarts",
+        entity_registry_enabled_default=False,
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value=lambda p: p.presence.health.restarts if p.presence.health is not None else None,
+    ),
+    HearthSensorDescription(
+        key="dropped_items",
+        entity_registry_enabled_default=False,
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value=lambda p: p.presence.health.dropped if p.presence.health is not None else None,
+    ),
     HearthSensorDescription(
         key="generate_speed",
         native_unit_of_measurement="tok/s",

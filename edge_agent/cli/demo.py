@@ -57,6 +57,7 @@ async def _pair(hub: HouseholdState, fridge: HouseholdState, port: int, fridge_c
         bytes.fromhex(root_file.group_key),
         root_file.group_epoch,
         roster=[household.certificate, *household.peers],
+        requests=list(TASKS),  # the demo's point: the fridge asks the hub to chat (an operator's choice)
     )
 
     def make(invitation_id: str, session: str) -> DevicePairing:

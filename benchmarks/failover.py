@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from edge_agent import aio
-from edge_agent.engines.interfaces import GenerateRequest
+from edge_agent.client.schemas import GenerateRequest
 from edge_agent.models.store import PackStore
 from tests.support.brokers import run_mosquitto
 from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog

@@ -155,8 +155,8 @@ class FridgeAgent:
         import asyncio
 
         from edge_agent.agent import Agent
+        from edge_agent.client.schemas import TranslateRequest
         from edge_agent.config import AgentConfig
-        from edge_agent.engines.interfaces import TranslateRequest
         from edge_agent.models.store import PackStore
         from edge_agent.profiles.registry import load_profile
 
@@ -172,7 +172,7 @@ class FridgeAgent:
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
         import asyncio
 
-        from edge_agent.engines.interfaces import TranslateRequest
+        from edge_agent.client.schemas import TranslateRequest
 
         src, dst = self.pair.split("-")
         t0 = time.perf_counter()
@@ -204,7 +204,7 @@ class HearthAsr:
 
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
         from edge_agent.audio.pcm import float_to_pcm16
-        from edge_agent.engines.interfaces import SpeechSegment, TranscribeRequest
+        from edge_agent.client.schemas import SpeechSegment, TranscribeRequest
 
         requests = [
             TranscribeRequest(segments=[SpeechSegment.from_pcm(0, float_to_pcm16(a))])

@@ -15,8 +15,7 @@ from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import cast
 
-from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     EmbedRequest,
     EmbedResult,
     GenerateChunk,
@@ -24,6 +23,7 @@ from edge_agent.engines.interfaces import (
     TranslateRequest,
     TranslateResult,
 )
+from edge_agent.config import AgentConfig
 from edge_agent.engines.manager import ModelManager
 from edge_agent.errors import EngineError
 from edge_agent.models.host_gate import HostGate, gated_plan

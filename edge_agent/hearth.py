@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 from pydantic import BaseModel, Field
 
 from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
@@ -34,6 +33,7 @@ from edge_agent.engines.interfaces import (
     TranslateRequest,
     TranslateResult,
 )
+from edge_agent.config import AgentConfig
 from edge_agent.errors import HearthError
 from edge_agent.mesh.files import StateLock
 from edge_agent.mesh.protocol import Health

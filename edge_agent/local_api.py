@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     EmbedRequest,
     EmbedResult,
     GenerateChunk,

@@ -26,8 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from edge_agent.config import RoutingSection
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     Continuation,
     EmbedRequest,
     EmbedResult,
@@ -37,6 +36,7 @@ from edge_agent.engines.interfaces import (
     TranslateRequest,
     TranslateResult,
 )
+from edge_agent.config import RoutingSection
 from edge_agent.errors import (
     InvalidRequestError,
     LinkDownError,

@@ -18,9 +18,9 @@ from types import TracebackType
 from typing import Any
 
 from edge_agent.agent import Agent
+from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig, RoutingSection
 from edge_agent.connect import member_connector
-from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.corrections import Corrections

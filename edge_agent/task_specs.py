@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     EmbedRequest,
     EmbedResult,
     GenerateChunk,

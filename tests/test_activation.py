@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from edge_agent.engines.interfaces import TranslateRequest
+from edge_agent.client.schemas import TranslateRequest
 from edge_agent.engines.translate import TranslateEngine
 from edge_agent.mesh.household import household_id_for
 from edge_agent.models.activation import INSTALL_REPORT_TYPE, InstallReport, activate

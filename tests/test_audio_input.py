@@ -19,7 +19,7 @@ from edge_agent.audio import (
     load_audio,
     pcm16_to_float,
 )
-from edge_agent.engines.interfaces import SAMPLE_RATE
+from edge_agent.client.schemas import SAMPLE_RATE
 from edge_agent.errors import InvalidAudioError
 from tests.support.speech import SENTENCES, speak
 

@@ -27,9 +27,9 @@ import pytest
 from pydantic import BaseModel
 
 from edge_agent import processes
+from edge_agent.client.schemas import GenerateRequest
 from edge_agent.config import AgentConfig
 from edge_agent.connect import member_client, pairing_client, pairing_tls_context
-from edge_agent.engines.interfaces import GenerateRequest
 from edge_agent.mesh import topics
 from edge_agent.mesh.broker_pki import BrokerPki, broker_certificate_issuer
 from edge_agent.mesh.household import DeviceCertificate

@@ -14,8 +14,8 @@ import pytest
 from rich.console import Console
 
 from edge_agent.cli.models import _packs_table
+from edge_agent.client.schemas import GenerateRequest
 from edge_agent.config import RoutingSection
-from edge_agent.engines.interfaces import GenerateRequest
 from edge_agent.models.selection import Plan, TaskPlan
 from edge_agent.router import Router
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.engines.interfaces import TranslateRequest
+from edge_agent.client.schemas import TranslateRequest
 from edge_agent.models.store import PackStore
 from tests.support.brokers import run_mosquitto
 from tests.support.meshkit import config, provision, service

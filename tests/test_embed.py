@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmarks.sentences import SENTENCES
+from edge_agent.client.schemas import EmbedRequest
 from edge_agent.engines.embed import EmbedEngine
-from edge_agent.engines.interfaces import EmbedRequest
 from edge_agent.errors import InvalidRequestError
 from edge_agent.models.builders.common import package_dir
 

@@ -7,8 +7,8 @@ import threading
 import pytest
 from pydantic import ValidationError
 
+from edge_agent.client.schemas import Continuation, GenerateRequest
 from edge_agent.engines.generate import GenerateEngine, _StopMatcher
-from edge_agent.engines.interfaces import Continuation, GenerateRequest
 from edge_agent.errors import BuildError, InvalidRequestError
 from edge_agent.models.builders import smollm2
 from edge_agent.models.builders.common import package_dir

@@ -21,8 +21,8 @@ import pytest
 from nacl.signing import SigningKey
 from typer.testing import CliRunner
 
+from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.errors import NotAMemberError
 from edge_agent.mesh.corrections import Correction, CorrectionError, Corrections, make_correction
 from edge_agent.mesh.features.corrections import PUSH_RECORDS, PUSHED_RECORDS, CorrectionSync

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from edge_agent.agent import Agent
+from edge_agent.client.schemas import EmbedRequest, GenerateRequest
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.engines.manager import ModelManager
 from edge_agent.errors import BudgetExceededError, NoLocalModelError
 from edge_agent.models.selection import plan_for_profile

@@ -212,8 +212,8 @@ def test_offers_must_be_finite_and_bounded() -> None:
 
 
 async def test_device_class_comes_from_the_certificate_and_measured_speed_wins(tmp_path: Path) -> None:
+    from edge_agent.client.schemas import GenerateRequest
     from edge_agent.config import RoutingSection
-    from edge_agent.engines.interfaces import GenerateRequest
     from edge_agent.models.selection import Plan
     from edge_agent.router import Router
 

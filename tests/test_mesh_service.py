@@ -10,8 +10,8 @@ from pathlib import Path
 import paho.mqtt.publish as paho_publish
 import pytest
 
+from edge_agent.client.schemas import EmbedRequest, GenerateRequest
 from edge_agent.config import RoutingSection
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.errors import NoRouteError
 from edge_agent.mesh.household import HouseholdRoot
 from edge_agent.mesh.interfaces import Address, Channel

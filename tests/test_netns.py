@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.client.schemas import GenerateRequest
 from edge_agent.engines.generate import GenerateEngine
-from edge_agent.engines.interfaces import GenerateRequest
 from tests.support import netlab
 from tests.support.cli import cli_env
 from tests.support.meshkit import provision

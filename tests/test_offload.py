@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.client.schemas import EmbedRequest, GenerateRequest
 from edge_agent.engines.generate import GenerateEngine
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest
 from edge_agent.models.store import PackStore
 from tests.support.brokers import Mosquitto, run_mosquitto
 from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog

@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from edge_agent.config import RoutingSection
-from edge_agent.engines.base import Engine, engine_class
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     Continuation,
     EmbedRequest,
     EmbedResult,
@@ -34,6 +32,8 @@ from edge_agent.engines.interfaces import (
     TranslateResult,
     TranslateStats,
 )
+from edge_agent.config import RoutingSection
+from edge_agent.engines.base import Engine, engine_class
 from edge_agent.errors import InvalidRequestError, NoRouteError, PeerRefusedError
 from edge_agent.mesh.protocol import Chunk, Offer, Request, decode, encode
 from edge_agent.models.selection import Plan, TaskPlan

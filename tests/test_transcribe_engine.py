@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_agent.engines.base import EngineOptions, engine_class
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     MAX_REQUEST_SPEECH_S,
     SpeechSegment,
     TranscribeRequest,
     TranscribeResult,
 )
+from edge_agent.engines.base import EngineOptions, engine_class
 from edge_agent.engines.transcribe import TranscribeEngine, compression_ratio, measure_worst_case
 from edge_agent.engines.whisper_decode import loop_cut
 from edge_agent.errors import InvalidAudioError, InvalidRequestError, PackNotFoundError

@@ -12,8 +12,8 @@ import pytest
 
 from benchmarks.translate_quality import eval_sentences, evaluate, native_translations
 from edge_agent.agent import Agent
+from edge_agent.client.schemas import TranslateRequest
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import TranslateRequest
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.engines.translate import TranslateEngine
 from edge_agent.errors import BuildError, InvalidRequestError

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.client.schemas import TranslateRequest
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import TranslateRequest
 from edge_agent.errors import InvalidRequestError
 from edge_agent.mesh.memory import make_entry
 from edge_agent.models.store import PackStore

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from edge_agent.client.schemas import GenerateRequest, TranslateRequest
 from edge_agent.engines.generate import GenerateEngine
-from edge_agent.engines.interfaces import GenerateRequest, TranslateRequest
 from edge_agent.hearth import Hearth
 from edge_agent.mesh.household import HouseholdRoot
 from edge_agent.mesh.protocol import UpdateStatus

@@ -16,8 +16,8 @@ import soundfile as sf
 from pydantic import ValidationError
 
 from edge_agent.audio import float_to_pcm16, load_audio
+from edge_agent.client.schemas import MAX_REQUEST_SPEECH_S, SAMPLE_RATE
 from edge_agent.engines.base import EngineOptions, engine_class
-from edge_agent.engines.interfaces import MAX_REQUEST_SPEECH_S, SAMPLE_RATE
 from edge_agent.engines.vad import (
     Span,
     SpanTracker,

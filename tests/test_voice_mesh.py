@@ -12,8 +12,8 @@ import paho.mqtt.client as paho
 import pytest
 
 from edge_agent.audio.decode import load_audio
+from edge_agent.client.schemas import TranscribeRequest, TranscribeResult
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import TranscribeRequest, TranscribeResult
 from edge_agent.errors import NoRouteError
 from edge_agent.hearth import Hearth
 from edge_agent.mesh import topics

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     BYTES_PER_SECOND,
     MAX_REQUEST_SPEECH_S,
     SAMPLE_RATE,

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.config import RoutingSection, VoiceSection
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     SpeechSegment,
     TranscribeRequest,
     TranscribeResult,
     TranscribeStats,
 )
+from edge_agent.config import RoutingSection, VoiceSection
 from edge_agent.errors import NoRouteError
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.protocol import Chunk, Offer, Request

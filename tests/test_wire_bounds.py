@@ -198,8 +198,8 @@ def test_n8_estimates_are_clamped_and_policy_comes_before_them() -> None:
     estimate, and a peer the policy excludes is never estimated at all."""
     from nacl.signing import SigningKey
 
+    from edge_agent.client.schemas import GenerateRequest
     from edge_agent.config import RoutingSection
-    from edge_agent.engines.interfaces import GenerateRequest
     from edge_agent.mesh.household import HouseholdRoot
     from edge_agent.models.selection import Plan
 

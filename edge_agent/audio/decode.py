@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 
 from edge_agent.audio.pcm import Samples, float_to_pcm16, pcm16_to_float
-from edge_agent.engines.interfaces import SAMPLE_RATE
+from edge_agent.client.schemas import SAMPLE_RATE
 from edge_agent.errors import InvalidAudioError
 
 MIN_SOURCE_RATE = 8000

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.engines.interfaces import SAMPLE_RATE
+from edge_agent.client.schemas import SAMPLE_RATE
 from edge_agent.errors import ConfigError
 
 

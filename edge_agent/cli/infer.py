@@ -23,7 +23,7 @@ from edge_agent.cli.common import (
     option_error,
     setup_logging,
 )
-from edge_agent.engines.interfaces import EmbedRequest, GenerateChunk, GenerateRequest, GenerateStats
+from edge_agent.client.schemas import EmbedRequest, GenerateChunk, GenerateRequest, GenerateStats
 
 _CHAT_OPTIONS = {o.removeprefix("--").replace("-", "_"): o
                  for o in ("--max-tokens", "--temperature", "--top-p", "--top-k", "--seed")}  # fmt: skip

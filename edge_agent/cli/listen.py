@@ -229,7 +229,7 @@ def confirm_origin(
 
 async def _chat(ctx: Context, hearth: Any, text: str, as_json: bool, report: dict[str, Any]) -> None:
     from edge_agent.cli.infer import stream_chat
-    from edge_agent.engines.interfaces import GenerateRequest
+    from edge_agent.client.schemas import GenerateRequest
 
     gen = ctx.config.generate
     request = GenerateRequest.from_prompt(text, system=gen.system_prompt, max_tokens=gen.max_tokens,
@@ -245,7 +245,7 @@ async def _chat(ctx: Context, hearth: Any, text: str, as_json: bool, report: dic
 async def _translate(
     hearth: Any, text: str, source: str, target: str, as_json: bool, report: dict[str, Any]
 ) -> None:
-    from edge_agent.engines.interfaces import TranslateRequest
+    from edge_agent.client.schemas import TranslateRequest
 
     result, by = await hearth.translate(TranslateRequest(texts=[text], source=source, target=target))
     report["translation"] = {"text": result.translations[0], "pair": result.pair, "served_by": by}

@@ -14,7 +14,7 @@ import typer
 from edge_agent import aio
 from edge_agent.cli.common import console, load_context, setup_logging
 from edge_agent.cli.infer import print_similarity, stream_chat
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest, TranslateRequest
+from edge_agent.client.schemas import EmbedRequest, GenerateRequest, TranslateRequest
 from edge_agent.engines.manager import effective_threads
 from edge_agent.hearth import Hearth
 

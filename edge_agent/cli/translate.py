@@ -20,7 +20,7 @@ from edge_agent.cli.common import (
     open_hearth,
     setup_logging,
 )
-from edge_agent.engines.interfaces import TranslateRequest, TranslateResult
+from edge_agent.client.schemas import TranslateRequest, TranslateResult
 from edge_agent.errors import ConfigError
 
 BATCH = 256  # texts per request: the request limit

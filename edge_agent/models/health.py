@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge_agent.client.schemas import EmbedRequest, GenerateRequest, TranslateRequest
 from edge_agent.engines.base import EngineOptions, engine_class
-from edge_agent.engines.interfaces import EmbedRequest, GenerateRequest, TranslateRequest
 from edge_agent.errors import EngineError
 from edge_agent.sync.manifest import HealthCheck
 from edge_agent.tasks import Task

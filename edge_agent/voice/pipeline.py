@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     BYTES_PER_SECOND,
     MAX_REQUEST_SPEECH_S,
     SAMPLE_RATE,

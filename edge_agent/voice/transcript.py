@@ -12,7 +12,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.engines.interfaces import TranscriptSegment
+from edge_agent.client.schemas import TranscriptSegment
 
 
 class TranscriptPiece(BaseModel):

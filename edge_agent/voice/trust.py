@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from edge_agent.errors import HearthError, NoRouteError
 
 if TYPE_CHECKING:
+    from edge_agent.client.schemas import TranscribeRequest, TranscribeResult
     from edge_agent.config import VoiceSection
-    from edge_agent.engines.interfaces import TranscribeRequest, TranscribeResult
     from edge_agent.mesh.interfaces import PeerDirectory
     from edge_agent.mesh.peers import Peer
     from edge_agent.mesh.protocol import Chunk

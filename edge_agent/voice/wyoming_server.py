@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent import __version__
 from edge_agent.audio.pcm import float_to_pcm16
-from edge_agent.engines.interfaces import BYTES_PER_SECOND, SAMPLE_RATE
+from edge_agent.client.schemas import BYTES_PER_SECOND, SAMPLE_RATE
 from edge_agent.errors import HearthError, InvalidAudioError, NoRouteError
 from edge_agent.supervision import Supervisor
 from edge_agent.voice.transcript import Transcriber, TranscriptPiece

@@ -23,8 +23,8 @@ def main() -> None:
     task, pack_dir, info_json, threads = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     info = json.loads(info_json)
     if task == "generate":
+        from edge_agent.client.schemas import GenerateRequest
         from edge_agent.engines.generate import GenerateEngine  # import cost is not the model's
-        from edge_agent.engines.interfaces import GenerateRequest
 
         base = _status_kb("VmRSS")
         engine = GenerateEngine(pack_dir, info, threads)

@@ -46,7 +46,7 @@ def _check_graph(path: Path) -> None:
 
 
 def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[Path, PackManifest]:
-    from edge_agent.engines.interfaces import SAMPLE_RATE
+    from edge_agent.client.schemas import SAMPLE_RATE
     from edge_agent.engines.vad import CONTEXT_SAMPLES, MODEL_FILE, STATE_SHAPE
     from edge_agent.engines.vad_models import CHUNK_SAMPLES
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Literal
 
-from edge_agent.engines.interfaces import ChatMessage, GenerateRequest
+from edge_agent.client.schemas import ChatMessage, GenerateRequest
 from edge_agent.errors import HearthError
 from edge_agent.router import RoutedStream
 from homeassistant.components import conversation

@@ -41,8 +41,8 @@ from typing import Any, Self, cast
 from nacl.signing import SigningKey
 
 from edge_agent.agent import Agent
+from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig
-from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.errors import HearthError, NoLocalModelError
 from edge_agent.mesh.corrections import Correction, make_correction
 from edge_agent.mesh.endpoint import MeshEndpoint

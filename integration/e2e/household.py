@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent import processes
+from edge_agent.ha_discovery.agent import ids_of
 from edge_agent.mesh.state import HouseholdState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +44,14 @@ class Device:
     @property
     def device_id(self) -> str:
         return HouseholdState(self.state_dir).load().certificate.device_id
+
+    @property
+    def discovery_id(self) -> str:
+        """Its MQTT discovery object id: a hash of its device id keyed by the household's root key
+        (`edge_agent.ha_discovery.agent.ids_of`), not the mesh device id (issue 21, N13)."""
+        membership, data = HouseholdState(self.state_dir).membership()
+        [object_id] = ids_of(membership, [data.certificate.device_id])
+        return object_id
 
     @property
     def env(self) -> dict[str, str]:

@@ -164,7 +164,8 @@ async def test_mqtt_discovery_makes_the_fridges_sensors_appear(
         port = household.broker.port
         result = await api.config_flow("mqtt", {"broker": "127.0.0.1", "port": port})
         assert result["type"] == "create_entry", result
-        prefix = f"hearth_{household.fridge.device_id}"
+        # Its MQTT device and entities are named by its discovery id (a keyed hash), never its device id.
+        prefix = f"hearth_{household.fridge.discovery_id}"
         states = {}
         with explained(hass, household):
             for key in ("mesh", "queue_depth", "free_model_ram", "requests_served", "requests_offloaded"):
@@ -175,6 +176,8 @@ async def test_mqtt_discovery_makes_the_fridges_sensors_appear(
         assert states["free_model_ram"]["attributes"]["unit_of_measurement"] == "MB"
         [device] = [d for d in await api.devices() if ["mqtt", prefix] in d["identifiers"]]
         assert device["name"] == "fridge" and device["model"] == "fridge-panel"
+        mqtt_ids = [e["unique_id"] for e in await api.entities() if e["platform"] == "mqtt"]
+        assert not [u for u in mqtt_ids if household.fridge.device_id in u], mqtt_ids
 
 
 async def test_nothing_reaches_outside_the_machine(

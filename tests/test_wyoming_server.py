@@ -31,14 +31,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edge_agent.audio.convert import SpeechStream
 from edge_agent.config import VoiceSection
 from edge_agent.discovery.advertiser import AdvertiserState
 from edge_agent.errors import HearthError, InvalidAudioError, NoRouteError
 from edge_agent.supervision import Supervisor
-from edge_agent.voice import wyoming_server
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
 from edge_agent.voice.wyoming_advert import SERVICE_TYPE, advert_addresses, instance_label, should_advertise
 from edge_agent.voice.wyoming_server import WHISPER_TINY_EN, WyomingServer, WyomingServerState
+from edge_agent.voice.wyoming_server import session as wyoming_session
 from tests.support.speech import speak
 
 with warnings.catch_warnings():  # wyoming.audio imports audioop, deprecated on Python 3.11-3.12
@@ -623,7 +624,7 @@ async def test_a_trickled_utterance_is_cut_at_its_wall_clock_bound(
 ) -> None:
     """Audio that keeps coming but never ends (empty chunks, so never too long either) is cut once the
     utterance has had twice its longest duration: audio-start + 2 x max_seconds (+ slack, 0 here)."""
-    monkeypatch.setattr(wyoming_server, "UTTERANCE_SLACK_S", 0.0)
+    monkeypatch.setattr(wyoming_session, "UTTERANCE_SLACK_S", 0.0)
     standin = StandInTranscriber()
     async with serving(standin, max_seconds=0.25) as server:
         async with raw(server) as (reader, writer):
@@ -736,11 +737,11 @@ async def test_a_connection_that_fails_inside_hearth_is_dropped_and_counted(
     that connection only: counted in the agent's health, the server serves the next client."""
     async with serving() as server:
         with monkeypatch.context() as bug:
-            bug.setattr(wyoming_server._ToSpeechFormat, "convert", lambda self, audio: 1 / 0)
+            bug.setattr(SpeechStream, "convert", lambda self, audio: 1 / 0)
             with contextlib.suppress(ConnectionError):
                 assert await transcribe(server, b"\0\0" * 1600) == []  # cut off, no answer: our bug
         with monkeypatch.context() as bug:
-            bug.setattr(wyoming_server._Connection, "__init__", lambda *a: [][1])
+            bug.setattr(wyoming_session.Session, "__init__", lambda *a: [][1])
             async with raw(server) as (reader, _):
                 with contextlib.suppress(ConnectionError):
                     assert await raw_until_closed(reader) == []

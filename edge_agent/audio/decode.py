@@ -1,7 +1,8 @@
 """Any recording a user hands Hearth, as 16 kHz mono float32: what the VAD and Whisper read.
 
 libsndfile (through soundfile) decodes WAV, FLAC and OGG from a file or from bytes (stdin); channels are
-averaged; soxr's HQ resampler brings the rate to 16 kHz. Everything a user can get wrong is an
+averaged and soxr's HQ resampler brings the rate to 16 kHz
+(`edge_agent.audio.convert`, as for the Wyoming server's streams). Everything a user can get wrong is an
 InvalidAudioError naming the source, raised before any large allocation where possible: the length and
 rate come from the header, so a two-hour file is refused without decoding it.
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
-import soxr
 
+from edge_agent.audio.convert import resample, to_mono
 from edge_agent.audio.pcm import Samples, float_to_pcm16, pcm16_to_float
 from edge_agent.client.schemas import SAMPLE_RATE
 from edge_agent.errors import InvalidAudioError
@@ -102,8 +103,6 @@ def _check_header(name: str, rate: int, frames: int, max_seconds: float) -> None
 def _to_speech_rate(data: npt.NDArray[np.float32], rate: int, channels: int) -> Audio:
     """Clipping is measured on the source (resampling smears full-scale runs); then down-mix, resample."""
     clipped = float(np.count_nonzero(np.abs(data) >= CLIP_LEVEL)) / data.size
-    mono = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+    mono = resample(to_mono(data), rate)  # edge_agent.audio.convert: the one conversion, as for streams
     samples = np.ascontiguousarray(mono, dtype=np.float32)
     return Audio(samples, rate, channels, data.shape[0] / rate, clipped)

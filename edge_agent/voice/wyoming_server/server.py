@@ -1,0 +1,323 @@
+"""The Wyoming server itself: the listening socket, who may connect, how many at once, supervision.
+
+Wyoming has no authentication, by design (a trusted LAN), and Home Assistant's client sends no secret,
+so the lock is the client's address: the server binds loopback unless told otherwise and answers only
+the addresses in ``allow`` (``[voice] wyoming_allow``; loopback by default). Connections are bounded in
+all and per source address; each is a `Session` (its own bounds: idle time, hold before audio, one
+command's worth of audio, one transcription). The listening loop runs under the agent's `Supervisor`
+(restarted if its socket dies), and a connection that fails inside Hearth is dropped and counted there;
+the others carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from edge_agent.errors import HearthError
+from edge_agent.supervision import Supervisor
+from edge_agent.voice.transcript import Transcriber
+from edge_agent.voice.wyoming_advert import WyomingAdvertiser, should_advertise
+from edge_agent.voice.wyoming_server.info import WHISPER_TINY_EN, AsrModelInfo, languages_of, server_info
+from edge_agent.voice.wyoming_server.protocol import MAX_HEADER_BYTES, refuse_and_close
+from edge_agent.voice.wyoming_server.session import (
+    HOLD_S,
+    IDLE_TIMEOUT_S,
+    MAX_SECONDS,
+    Session,
+    SessionSettings,
+)
+
+if TYPE_CHECKING:
+    from wyoming.info import Info
+
+    from edge_agent.config import VoiceSection
+
+log = logging.getLogger("edge_agent.voice.wyoming_server")
+
+DEFAULT_PORT = 10300
+"""Wyoming's customary port for speech to text (wyoming-faster-whisper's)."""
+LOOPBACK: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+REFUSAL_LOG_S = 60.0
+"""A refused address is logged at most once per this many seconds (a flood writes no flood of lines)."""
+CLOSE_S = 10.0
+"""Shutdown: the advert's goodbye and the listening socket, at most."""
+
+
+class WyomingServerState(enum.Enum):
+    UNOPENED = "unopened"
+    SERVING = "serving"
+    CLOSED = "closed"
+
+
+class WyomingServer:
+    """A Wyoming speech-to-text server: an async context manager, serving while open. One task group
+    holds every connection; closing cancels them (and says the zeroconf goodbye first)."""
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        name: str = "Hearth",
+        models: Sequence[AsrModelInfo] = (WHISPER_TINY_EN,),
+        max_seconds: float = MAX_SECONDS,
+        max_connections: int = 4,
+        max_per_source: int = 2,
+        allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = LOOPBACK,
+        advertise: bool = False,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        hold_s: float = HOLD_S,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """``port`` 0 takes a free port (read ``.port`` once open). ``host`` is loopback by default:
+        Home Assistant on another machine needs an address it reaches (the caller's explicit choice),
+        and its address in ``allow`` (only those clients are answered). ``max_seconds``: the longest
+        utterance accepted (a bounded buffer). ``advertise``: zeroconf ``_wyoming._tcp`` on the bound
+        addresses. ``supervisor``: the agent's (restarts, drops); a private one if None."""
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0-65535, not {port}")
+        if not name.strip():
+            raise ValueError("name must not be empty")
+        if not models:
+            raise ValueError("at least one model must be described")
+        if not 0 < max_seconds <= 4 * 3600:
+            raise ValueError(f"max_seconds must be in (0, 14400], not {max_seconds}")
+        if max_connections < 1 or max_per_source < 1:
+            raise ValueError(f"connection limits must be at least 1, not {max_connections}/{max_per_source}")
+        if not allow:
+            raise ValueError("allow must name at least one client address or network")
+        self.transcriber = transcriber
+        self.host, self.port, self.name = host, port, name.strip()
+        self.models = list(models)
+        self.languages = languages_of(self.models)
+        self.max_seconds, self.max_connections = max_seconds, max_connections
+        self.max_per_source, self.allow = max_per_source, tuple(allow)
+        self.advertise, self.idle_timeout_s, self.hold_s = advertise, idle_timeout_s, hold_s
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self.state = WyomingServerState.UNOPENED
+        self.advertiser: WyomingAdvertiser | None = None
+        self.addresses: list[str] = []
+        """The bound socket addresses, once open."""
+        self.info: Info = server_info(self.name, self.models)
+        self._server: asyncio.Server | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._connections: set[asyncio.Task[None]] = set()
+        self._turned_away: set[asyncio.Task[None]] = set()
+        self._serving: asyncio.Task[None] | None = None
+        self.sources: Counter[str] = Counter()
+        """Open connections per client address."""
+        self._refusals_logged: dict[str, float] = {}
+
+    @classmethod
+    def for_voice(
+        cls,
+        voice: VoiceSection,
+        transcriber: Transcriber,
+        *,
+        name: str = "Hearth",
+        supervisor: Supervisor | None = None,
+    ) -> Self:
+        """From the agent's [voice] section (wyoming_host, _port, _advertise, _allow, _max_seconds,
+        _max_connections, _max_per_source)."""
+        return cls(
+            transcriber, host=voice.wyoming_host, port=voice.wyoming_port, name=name,
+            max_seconds=voice.wyoming_max_seconds, max_connections=voice.wyoming_max_connections,
+            max_per_source=voice.wyoming_max_per_source, allow=voice.wyoming_allow,
+            advertise=should_advertise(voice.wyoming_advertise, voice.wyoming_host), supervisor=supervisor,
+        )  # fmt: skip
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self.state is not WyomingServerState.UNOPENED:
+            raise RuntimeError(f"this Wyoming server is {self.state.value}; make a new one")
+        try:
+            self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._stack.callback(self._cancel_connections)  # runs first: the group then only waits
+            self._server = await self._listen()
+            self._stack.push_async_callback(self._stop_listening)
+            self.addresses = [str(s.getsockname()[0]) for s in self._server.sockets]
+            self.port = int(self._server.sockets[0].getsockname()[1])
+            self.state = WyomingServerState.SERVING
+            serving = self.supervisor.supervise(
+                "wyoming", self._serve, stopping=lambda: self.state is not WyomingServerState.SERVING
+            )
+            self._serving = self._group.create_task(serving, name="wyoming")
+            log.info("serving Wyoming speech to text on %s port %d", ", ".join(self.addresses), self.port)
+            if self.advertise:  # entered last, left first: the goodbye goes out before the port closes
+                self.advertiser = WyomingAdvertiser(self.name, self.port, self.addresses)
+                await self._stack.enter_async_context(self.advertiser)
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.state is WyomingServerState.CLOSED:
+            return
+        self.state = WyomingServerState.CLOSED
+        await self._stack.aclose()
+
+    async def _listen(self) -> asyncio.Server:
+        try:
+            return await asyncio.start_server(self._accept, self.host, self.port, limit=MAX_HEADER_BYTES)
+        except OSError as exc:
+            raise HearthError(
+                f"cannot serve Wyoming on {self.host}:{self.port}: {exc.strerror or exc} "
+                "([voice] wyoming_host / wyoming_port)"
+            ) from None
+
+    async def _serve(self) -> None:
+        """The supervised loop: serve until closed; a listening socket that closes under us (not by
+        our own close) is an unexpected failure, and the supervisor's restart listens again."""
+        if self._server is None or not self._server.is_serving():
+            self._server = await self._listen()
+        try:
+            await self._server.serve_forever()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # we are being stopped
+                raise
+            raise RuntimeError("the listening socket was closed") from None
+
+    async def _stop_listening(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        self._cancel_connections()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_S):
+                await server.wait_closed()
+
+    def _cancel_connections(self) -> None:
+        for task in (*self._connections, *self._turned_away):
+            task.cancel()
+        if self._serving is not None:
+            self._serving.cancel()
+
+    # -- connections ----------------------------------------------------------------------------------
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called by asyncio for each connection: it runs in our task group, or is turned away. A
+        failure in here is Hearth's bug: the connection is dropped and counted, the server goes on."""
+        host, address = _peer_address(writer)
+        peer = _peer_name(writer)
+        if self.state is not WyomingServerState.SERVING or self._group is None:
+            writer.transport.abort()
+            return
+        try:
+            self._admit(reader, writer, host, address, peer)
+        except RuntimeError:  # the task group is shutting down
+            writer.transport.abort()
+        except Exception as exc:
+            self.supervisor.drop("wyoming", type(exc).__name__, exc, f"wyoming {peer}: could not take it")
+            writer.transport.abort()
+
+    def _admit(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+        address: _Address | None,
+        peer: str,
+    ) -> None:
+        assert self._group is not None
+        if address is None or not any(address in net for net in self.allow):
+            self._log_refusal(host, f"wyoming {peer}: refused, not in [voice] wyoming_allow")
+            self._turn_away(reader, writer, "forbidden", f"{host} may not use this Wyoming server "
+                            "(not in its allow-list: [voice] wyoming_allow)")  # fmt: skip
+        elif len(self._connections) >= self.max_connections:
+            log.warning("wyoming %s: turned away, %d connections already open", peer, self.max_connections)
+            self._turn_away(reader, writer, "busy", f"busy: {self.max_connections} Wyoming connections "
+                            "are already open here; try again later")  # fmt: skip
+        elif self.sources[host] >= self.max_per_source:
+            self._log_refusal(host, f"wyoming {peer}: turned away, {self.max_per_source} connections "
+                              "from it already open")  # fmt: skip
+            self._turn_away(reader, writer, "busy", f"busy: {self.max_per_source} Wyoming connections from "
+                            f"{host} are already open here; try again later")  # fmt: skip
+        else:
+            session = Session(self._session_settings(), reader, writer, peer)
+            task = self._group.create_task(session.run(), name=f"wyoming {peer}")
+            self._connections.add(task)
+            self.sources[host] += 1
+            task.add_done_callback(lambda done: self._closed(done, host))
+
+    def _session_settings(self) -> SessionSettings:
+        return SessionSettings(
+            transcriber=self.transcriber, info=self.info, languages=self.languages,
+            max_seconds=self.max_seconds, idle_timeout_s=self.idle_timeout_s, hold_s=self.hold_s,
+            supervisor=self.supervisor,
+        )  # fmt: skip
+
+    def _closed(self, task: asyncio.Task[None], host: str) -> None:
+        self._connections.discard(task)
+        self.sources[host] -= 1
+        if self.sources[host] <= 0:
+            del self.sources[host]
+
+    def _turn_away(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str, text: str
+    ) -> None:
+        """An error event, then closed; past as many refusals in flight as connections, no answer at
+        all (a flood)."""
+        assert self._group is not None
+        if len(self._turned_away) >= self.max_connections:
+            writer.transport.abort()
+            return
+        task = self._group.create_task(refuse_and_close(reader, writer, code, text), name="wyoming busy")
+        self._turned_away.add(task)
+        task.add_done_callback(self._turned_away.discard)
+
+    def _log_refusal(self, host: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._refusals_logged.get(host, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
+            return
+        if len(self._refusals_logged) >= 256:
+            self._refusals_logged.clear()
+        self._refusals_logged[host] = now
+        log.warning("%s", text)
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> tuple[str, _Address | None]:
+    """The client's address (an IPv4-mapped IPv6 one as IPv4, as the allow-list names it)."""
+    peer = writer.get_extra_info("peername")
+    if not (isinstance(peer, tuple) and peer):
+        return "client", None
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return str(peer[0]), None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address), address
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+        return f"{host}:{peer[1]}"
+    return "client"

@@ -14,17 +14,7 @@ from edge_agent.errors import NoLocalModelError
 from edge_agent.voice.pipeline import Span
 
 if TYPE_CHECKING:
-    from edge_agent.cli.common import Context
     from edge_agent.engines.manager import ModelManager
-
-
-def manager_for(ctx: Context) -> ModelManager:
-    """A manager of our own, for a CLI command whose transcription goes to the running agent."""
-    from edge_agent.engines.manager import ModelManager
-
-    engines = ctx.config.engines
-    return ModelManager(ctx.store, ctx.profile, ctx.plan, threads=engines.threads,
-                        verify_on_load=engines.verify_on_load)  # fmt: skip
 
 
 class ManagedVad:

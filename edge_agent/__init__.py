@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Hearth": "edge_agent.hearth",
-    "PeersReport": "edge_agent.hearth",
+    "PeersReport": "edge_agent.facade",
     "AgentConfig": "edge_agent.config",
     "load_config": "edge_agent.config",
     "ChatMessage": "edge_agent.client.schemas",

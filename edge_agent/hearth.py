@@ -21,8 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel, Field
-
 from edge_agent.agent import Agent
 from edge_agent.client.schemas import (
     EmbedRequest,
@@ -35,19 +33,20 @@ from edge_agent.client.schemas import (
 )
 from edge_agent.config import AgentConfig
 from edge_agent.errors import HearthError
+from edge_agent.facade import PeerReport, PeersReport
 from edge_agent.mesh.files import StateLock
-from edge_agent.mesh.protocol import Health
 from edge_agent.mesh.state import HouseholdState, state_dir_for
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.paths import hearth_home
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import RoutedStream, Router
-from edge_agent.supervision import HealthReport, Supervisor
+from edge_agent.supervision import Supervisor
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
     from edge_agent.discovery.advertiser import HouseholdAdvertiser
+    from edge_agent.engines.manager import ModelManager
     from edge_agent.ha_bridge import BridgeReply
     from edge_agent.ha_discovery import DiscoveryPublisher
     from edge_agent.mesh.corrections import Correction
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
     from edge_agent.updater import UpdateOutcome
     from edge_agent.voice.pipeline import VoicePipeline
     from edge_agent.voice.transcript import TranscriptPiece
+    from edge_agent.voice.trust import ActionTranscriber
     from edge_agent.voice.wyoming_server import WyomingServer
 
 log = logging.getLogger(__name__)
@@ -70,30 +70,6 @@ class HearthState(enum.Enum):
     UNOPENED = "unopened"
     RUNNING = "running"
     CLOSED = "closed"
-
-
-class PeerReport(BaseModel):
-    name: str
-    device_id: str
-    profile: str
-    device_class: str
-    rtt_ms: float | None
-    queue_depth: int
-    free_model_ram_mb: int
-    seen_s_ago: float
-    offers: list[dict[str, Any]]
-    health: Health | None = None
-    """Restarts and drops the peer reports for its own loops (None: it does not say)."""
-
-
-class PeersReport(BaseModel):
-    household: str
-    peers: list[PeerReport]
-    routes: dict[str, dict[str, Any]]
-    dropped: dict[str, int]
-    """Frames this device's mesh node refused, by reason (forged, replayed, stale, ...)."""
-    health: HealthReport = Field(default_factory=HealthReport)
-    """This agent's own loops: state, restarts after unexpected errors, items dropped."""
 
 
 def mesh_state_dir(config: AgentConfig) -> Path:
@@ -138,6 +114,7 @@ class Hearth:
         self._spawned: list[asyncio.Task[Any]] = []
         """Model updates from the household (`Updater`), when on the mesh with [updates] enabled."""
         self._voice: VoicePipeline | None = None
+        self._for_commands: ActionTranscriber | None = None
         self._ha_bridge: Any = None  # opened on first ask_home_assistant, kept for the agent's life
         self._ha_opening = asyncio.Lock()
         self.ha_discovery: DiscoveryPublisher | None = None
@@ -372,14 +349,26 @@ class Hearth:
         if self._voice is None:
             from edge_agent.voice.local_vad import ManagedVad
             from edge_agent.voice.pipeline import VoicePipeline
-            from edge_agent.voice.trust import ActionTranscriber, ActionTrust
 
             vad = ManagedVad(self.agent.models, self.config.voice)
-            for_actions = ActionTranscriber(ActionTrust.for_voice(self.config.voice), lambda: self.router,
-                                            self.transcribe)  # fmt: skip
-            self._voice = VoicePipeline(vad.find_speech, for_actions, self.config.voice.language,
+            self._voice = VoicePipeline(vad.find_speech, self.transcribe_command, self.config.voice.language,
                                         self.config.voice.max_seconds)  # fmt: skip
         return self._voice
+
+    async def transcribe_command(self, request: TranscribeRequest) -> tuple[TranscribeResult, str]:
+        """A window of speech that becomes a command: only devices trusted to transcribe commands are
+        asked ([voice] actions_transcribe; edge_agent.voice.trust)."""
+        if self._for_commands is None:
+            from edge_agent.voice.trust import ActionTranscriber, ActionTrust
+
+            trust = ActionTrust.for_voice(self.config.voice)
+            self._for_commands = ActionTranscriber(trust, lambda: self.router, self.transcribe)
+        return await self._for_commands(request)
+
+    @property
+    def models(self) -> ModelManager:
+        """The engines this process runs (the agent's)."""
+        return self.agent.models
 
     def transcribe_pcm(self, pcm: bytes, *, language: str = "en") -> AsyncIterator[TranscriptPiece]:
         """A whole recording (16 kHz mono s16le): VAD here, then each speech window wherever it runs
@@ -431,7 +420,16 @@ class Hearth:
         held = self._corrections_here().corrections.records.values()
         return sorted(held, key=lambda r: r.created)
 
-    def peers(self) -> PeersReport:
+    async def peers(self, wait_s: float | None = None) -> PeersReport:
+        """Live peers and where each task would run from here; with ``wait_s``, listen that long for
+        presence adverts first (a one-shot process hears the household anew) and measure the round trip
+        to generate's candidates."""
+        if wait_s is not None:
+            await asyncio.sleep(wait_s)
+            await self.wait_for_peers("generate", timeout=0)
+        return self.peers_report()
+
+    def peers_report(self) -> PeersReport:
         """Live peers and where each task would run from here right now."""
         now = time.monotonic()
         rows = self.service.endpoint.peers.all() if self.service is not None else []

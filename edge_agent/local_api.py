@@ -50,12 +50,14 @@ from edge_agent.client.schemas import (
     TranslateResult,
 )
 from edge_agent.errors import HearthError, InvalidRequestError, LocalApiError
+from edge_agent.facade import PeersReport
 from edge_agent.mesh.corrections import Correction
 from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
-    from edge_agent.hearth import Hearth, PeersReport
+    from edge_agent.engines.manager import ModelManager
+    from edge_agent.hearth import Hearth
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +329,7 @@ class LocalApiServer:
         elif isinstance(call, CorrectionsCall):
             yield CorrectionsEvent(records=await hearth.corrections())
         else:
-            yield PeersEvent(report=hearth.peers().model_dump(mode="json"))
+            yield PeersEvent(report=hearth.peers_report().model_dump(mode="json"))
 
     async def _pull(self, call: PullCall) -> AsyncIterator[BaseModel]:
         """The agent's own update round, its progress streamed as it goes (newest state only)."""
@@ -376,11 +378,25 @@ class RemoteAnswer:
 
 
 class LocalClient:
-    """The façade of the agent running on this device, over its local socket."""
+    """The façade of the agent running on this device, over its local socket (an `edge_agent.facade.
+    Household`, as `Hearth` is). ``models``: engines of this process's own, made on first use (the VAD
+    of `hearth listen` runs here, never in the agent)."""
 
-    def __init__(self, path: Path, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, path: Path, timeout_s: float = 600.0, *, models: Callable[[], ModelManager] | None = None
+    ) -> None:
         self.path, self.timeout_s = path, timeout_s
         self.wait_s = 0.0
+        self._make_models = models
+        self._models: ModelManager | None = None
+
+    @property
+    def models(self) -> ModelManager:
+        if self._models is None:
+            if self._make_models is None:
+                raise HearthError("this client of the running agent has no engines of its own")
+            self._models = self._make_models()
+        return self._models
 
     async def __aenter__(self) -> Self:
         if not self.path.exists():
@@ -444,6 +460,11 @@ class LocalClient:
         result, by = await self._result(TranscribeCall(request=request, wait_s=self.wait_s))
         return TranscribeResult.model_validate(result), by
 
+    async def transcribe_command(self, request: TranscribeRequest) -> tuple[TranscribeResult, str]:
+        """The running agent routes it as any window: the caller checks the transcript's origin
+        (``served_by``) afterwards (edge_agent.voice.trust)."""
+        return await self.transcribe(request)
+
     async def pull_updates(
         self,
         models: set[str] | None = None,
@@ -476,10 +497,10 @@ class LocalClient:
     async def corrections(self) -> list[Correction]:
         return await self._records(CorrectionsCall())
 
-    async def peers(self, wait_s: float = 0.0) -> PeersReport:
-        from edge_agent.hearth import PeersReport
-
-        async for event in self._exchange(PeersCall(wait_s=wait_s)):
+    async def peers(self, wait_s: float | None = None) -> PeersReport:
+        """The running agent's view (it has heard the household all along); with ``wait_s`` it first
+        waits that long for a peer offering generate and measures the round trip to them."""
+        async for event in self._exchange(PeersCall(wait_s=wait_s or 0.0)):
             if isinstance(event, PeersEvent):
                 return PeersReport.model_validate(event.report)
         raise LocalApiError("the running agent closed the connection without an answer")

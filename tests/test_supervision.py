@@ -261,7 +261,7 @@ async def test_a_local_call_that_hits_a_bug_fails_alone_and_the_socket_keeps_ser
         supervisor = Supervisor()
         calls = 0
 
-        def peers(self) -> PeersReport:
+        def peers_report(self) -> PeersReport:
             self.calls += 1
             if self.calls == 1:
                 raise ZeroDivisionError("a bug behind the socket")

@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import annotated_types
 import typer
@@ -18,12 +18,16 @@ from rich.logging import RichHandler
 
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import InvalidRequestError
+from edge_agent.facade import Household
 from edge_agent.hearth import mesh_state_dir as mesh_state_dir  # re-exported for the commands
 from edge_agent.models.host_gate import HostGate, gated_plan
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import FirmwareProfile, detect_host, list_profiles, load_profile, nearest_profile
 from edge_agent.profiles.detect import profile_for_host
+
+if TYPE_CHECKING:
+    from edge_agent.engines.manager import ModelManager
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent config TOML (see config/).")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile id, YAML path or 'auto'.")]
@@ -111,12 +115,20 @@ def load_context(config_path: Path | None, profile: str | None) -> Context:
     return Context(cfg, prof, store, gated_plan(prof, store.list(), gate)[0])
 
 
-@contextlib.asynccontextmanager
-async def open_hearth(ctx: Context, *, use_mesh: bool = True) -> AsyncIterator[Any]:
-    """This device's agent for one command: the running agent through its local socket if there is
-    one (it owns the mesh state: one process, one send counter), else an agent of our own.
+def own_models(ctx: Context) -> ModelManager:
+    """Engines of this command's own, beside a running agent (the VAD of `hearth listen`)."""
+    from edge_agent.engines.manager import ModelManager
 
-    Yields a `Hearth` or a `LocalClient`; both offer generate, embed, translate, peers, wait_for_peers.
+    engines = ctx.config.engines
+    return ModelManager(ctx.store, ctx.profile, ctx.plan, threads=engines.threads,
+                        verify_on_load=engines.verify_on_load)  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def open_hearth(ctx: Context, *, use_mesh: bool = True) -> AsyncIterator[Household]:
+    """This device's household for one command: the running agent through its local socket if there
+    is one (it owns the mesh state: one process, one send counter), else an agent of our own. Either
+    way the same `Household` calls; commands never ask which.
     """
     from edge_agent.hearth import SOCKET_NAME, Hearth
     from edge_agent.local_api import LocalClient
@@ -127,7 +139,7 @@ async def open_hearth(ctx: Context, *, use_mesh: bool = True) -> AsyncIterator[A
     if use_mesh and ctx.config.mesh.enabled and HouseholdState.exists(state_dir):
         socket_path = state_dir / SOCKET_NAME
         if StateLock(state_dir).held_elsewhere() and socket_path.exists():
-            async with LocalClient(socket_path) as client:
+            async with LocalClient(socket_path, models=lambda: own_models(ctx)) as client:
                 yield client
             return
     async with Hearth(ctx.config, ctx.profile, ctx.store, ctx.plan, use_mesh=use_mesh) as hearth:

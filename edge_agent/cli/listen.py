@@ -22,6 +22,7 @@ from edge_agent.cli.common import (
     setup_logging,
 )
 from edge_agent.errors import ConfigError, InvalidAudioError
+from edge_agent.facade import Household
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
 from edge_agent.voice.trust import ActionTrust
 
@@ -138,11 +139,9 @@ async def _listen(
     as_json: bool,
     report: dict[str, Any],
 ) -> None:
-    from edge_agent.hearth import Hearth
     from edge_agent.mesh.state import HouseholdState
-    from edge_agent.voice.local_vad import ManagedVad, manager_for
+    from edge_agent.voice.local_vad import ManagedVad
     from edge_agent.voice.pipeline import TranscribeWindow, VoicePipeline
-    from edge_agent.voice.trust import ActionTranscriber
 
     use_mesh = ctx.config.mesh.enabled and not local and HouseholdState.exists(mesh_state_dir(ctx.config))
     pieces: list[TranscriptPiece] = []
@@ -151,12 +150,9 @@ async def _listen(
             local_ok = ctx.plan.for_task("transcribe").mode == "local"
             await hearth.wait_for_peers("transcribe", timeout=0.5 if local_ok else 3.0)
         # The VAD runs in this process: a running agent (reached through its socket) gets speech only.
-        models = getattr(getattr(hearth, "agent", None), "models", None) or manager_for(ctx)
-        vad = ManagedVad(models, ctx.config.voice)
+        vad = ManagedVad(hearth.models, ctx.config.voice)
         trust = ActionTrust.for_voice(ctx.config.voice)
-        transcribe: TranscribeWindow = hearth.transcribe
-        if ha and isinstance(hearth, Hearth):  # this process routes: only trusted devices are asked
-            transcribe = ActionTranscriber(trust, lambda: hearth.router, hearth.transcribe)
+        transcribe: TranscribeWindow = hearth.transcribe_command if ha else hearth.transcribe
         pipeline = VoicePipeline(vad.find_speech, transcribe, language, ctx.config.voice.max_seconds)
         async for piece in pipeline.transcribe_pcm(pcm, language=language):
             pieces.append(piece)
@@ -187,15 +183,16 @@ async def _listen(
 
 
 async def _check_origin(
-    ctx: Context, hearth: Any, trust: ActionTrust, pieces: list[TranscriptPiece], text: str, as_json: bool
+    ctx: Context,
+    hearth: Household,
+    trust: ActionTrust,
+    pieces: list[TranscriptPiece],
+    text: str,
+    as_json: bool,
 ) -> None:
     """The command goes to Home Assistant only if devices trusted for commands transcribed it, or the
     user, shown the words and who heard them, says so (a running agent routed it: checked here)."""
-    import inspect
-
-    peers = hearth.peers()
-    if inspect.isawaitable(peers):  # a running agent, through its local socket
-        peers = await peers
+    peers = await hearth.peers()
     confirm = None if as_json or not sys.stdin.isatty() else _ask_user
     confirm_origin(trust, pieces, ctx.config.agent.name, peers.peers, text, confirm)
 
@@ -227,7 +224,7 @@ def confirm_origin(
         trust.check(pieces, local_name, peers)
 
 
-async def _chat(ctx: Context, hearth: Any, text: str, as_json: bool, report: dict[str, Any]) -> None:
+async def _chat(ctx: Context, hearth: Household, text: str, as_json: bool, report: dict[str, Any]) -> None:
     from edge_agent.cli.infer import stream_chat
     from edge_agent.client.schemas import GenerateRequest
 
@@ -243,7 +240,7 @@ async def _chat(ctx: Context, hearth: Any, text: str, as_json: bool, report: dic
 
 
 async def _translate(
-    hearth: Any, text: str, source: str, target: str, as_json: bool, report: dict[str, Any]
+    hearth: Household, text: str, source: str, target: str, as_json: bool, report: dict[str, Any]
 ) -> None:
     from edge_agent.client.schemas import TranslateRequest
 
@@ -254,7 +251,7 @@ async def _translate(
 
 
 async def _ask_home_assistant(
-    ctx: Context, hearth: Any, text: str, as_json: bool, report: dict[str, Any]
+    ctx: Context, hearth: Household, text: str, as_json: bool, report: dict[str, Any]
 ) -> None:
     from edge_agent.ha_bridge import HomeAssistantBridge, check_command
 

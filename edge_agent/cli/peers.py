@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated
 
@@ -11,7 +10,6 @@ from rich.table import Table
 
 from edge_agent import aio
 from edge_agent.cli.common import ConfigOpt, ProfileOpt, console, load_context, open_hearth, setup_logging
-from edge_agent.local_api import LocalClient
 from edge_agent.mesh.protocol import Health
 from edge_agent.supervision import HealthReport, LoopHealth, LoopState
 
@@ -34,12 +32,7 @@ def peers(
 
     async def go() -> None:
         async with open_hearth(ctx) as hearth:
-            if isinstance(hearth, LocalClient):
-                report = await hearth.peers(wait_s=wait)
-            else:
-                await asyncio.sleep(wait)
-                await hearth.wait_for_peers("generate", timeout=0)
-                report = hearth.peers()
+            report = await hearth.peers(wait_s=wait)
         if as_json:
             out = report.model_dump(mode="json")
             for p in out["peers"]:

@@ -27,7 +27,7 @@ from hypothesis.reporting import with_reporter
 
 from tests.support.fuzzing.target import Target
 
-__all__ = ["Outcome", "Session", "campaign", "fuzz", "quiet_agent_logs"]
+__all__ = ["Failure", "Outcome", "Session", "campaign", "fuzz", "quiet_agent_logs"]
 
 BLOB = re.compile(r"@reproduce_failure\('([^']+)', (b'[^']*')\)")
 
@@ -136,21 +136,84 @@ def fuzz(session: Session, examples: int) -> None:
 
 
 @dataclass
+class Failure:
+    """One failed input: what broke, why (the whole chain: a failure Hypothesis could not replay shows
+    as Flaky around the original), and what reproduces it."""
+
+    message: str
+    causes: list[str] = field(default_factory=list)
+    traceback: str = ""
+    reproducer: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """What makes two failures the same (their innermost cause, without numbers that vary)."""
+        return re.sub(r"\d+", "N", (self.causes or [self.message])[-1])[:200]
+
+
+@dataclass
 class Outcome:
-    """A campaign's figures, and its failure (with what reproduces it) if it had one."""
+    """A campaign's figures, and its failures (with what reproduces each)."""
 
     target: str
     inputs: int = 0
     probes: int = 0
     seconds: float = 0.0
     systems: int = 0
-    failure: str = ""
-    traceback: str = ""
-    reproducer: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def failure(self) -> str:
+        """The first failure's message ("" if none)."""
+        return self.failures[0].message if self.failures else ""
 
     @property
     def per_second(self) -> float:
         return self.inputs / self.seconds if self.seconds else 0.0
+
+
+def _causes(exc: BaseException, depth: int = 0) -> list[str]:
+    """Every exception inside ``exc``: its group members, its cause or context, innermost last."""
+    here = [f"{type(exc).__name__}: {exc}"[:1000]]
+    if depth > 6:
+        return here
+    inner: list[BaseException] = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else []
+    if exc.__cause__ is not None or exc.__context__ is not None:
+        inner.append(exc.__cause__ or exc.__context__)  # type: ignore[arg-type]
+    for sub in inner:
+        here += _causes(sub, depth + 1)
+    return here
+
+
+def _failure(
+    exc: Exception,
+    lines: list[str],
+    name: str,
+    replay: tuple[str, str] | None,
+    base_seed: int,
+    inputs: int,
+    run_size: int,
+    batch: int,
+) -> Failure:
+    notes = [str(n) for n in getattr(exc, "__notes__", [])]
+    found = [line for line in [*notes, *lines] if line.strip()]
+    failure = Failure(
+        message=f"{type(exc).__name__}: {exc}"[:2000],
+        causes=_causes(exc)[1:],
+        traceback="".join(traceback.format_exception(exc))[-12000:],
+        reproducer=[line[:3000] for line in found][:40],
+    )
+    blob = next((m for line in found if (m := BLOB.search(line))), None)
+    if blob is not None:
+        failure.reproducer.append(
+            f'replay: python -m benchmarks.fuzz --target {name} --replay "{blob.group(1)}" "{blob.group(2)}"'
+        )
+    if replay is None:
+        failure.reproducer.append(
+            f"or the whole campaign up to it: python -m benchmarks.fuzz --target {name} --seed {base_seed} "
+            f"--inputs {inputs + 1} --run-size {run_size} --batch {batch}"
+        )
+    return failure
 
 
 def campaign(
@@ -165,11 +228,13 @@ def campaign(
     replay: tuple[str, str] | None = None,
     progress: bool = False,
     shrink: bool = True,
+    max_failures: int = 1,
 ) -> Outcome:
     """At least ``inputs`` inputs through one long-lived system, in Hypothesis runs of ``run_size``
     inputs (``batch`` per example) seeded ``base_seed``, ``base_seed + 1``, ...; stops at the first
-    failure (shrunk unless ``shrink`` is False). ``replay``: (version, blob) of a ``@reproduce_failure``
-    to run that one example on a fresh system instead."""
+    failure (shrunk unless ``shrink`` is False), or goes on after each on a fresh system until
+    ``max_failures`` different ones. ``replay``: (version, blob) of a ``@reproduce_failure`` to run
+    that one example on a fresh system instead."""
     outcome = Outcome(target.name)
     lines: list[str] = []
     started = time.perf_counter()
@@ -195,23 +260,13 @@ def campaign(
             try:
                 test()
             except Exception as exc:
-                notes = [str(n) for n in getattr(exc, "__notes__", [])]
-                trace = traceback.format_exception(exc.with_traceback(exc.__traceback__))
-                outcome.failure = f"{type(exc).__name__}: {exc}"[:2000]
-                outcome.traceback = "".join(trace)[-6000:]
-                found = [line for line in [*notes, *lines] if line.strip()]
-                blob = next((m for line in found if (m := BLOB.search(line))), None)
-                outcome.reproducer = [line[:3000] for line in found][:40]
-                if blob is not None:
-                    outcome.reproducer.append(
-                        f"replay: python -m benchmarks.fuzz --target {target.name} --replay "
-                        f'"{blob.group(1)}" "{blob.group(2)}"'
-                    )
-                outcome.reproducer.append(
-                    f"or the whole campaign up to it: python -m benchmarks.fuzz --target {target.name} "
-                    f"--seed {base_seed} --inputs {session.inputs + 1} --run-size {run_size} --batch {batch}"
+                failure = _failure(
+                    exc, lines, target.name, replay, base_seed, session.inputs, run_size, batch
                 )
-                break
+                if all(f.key != failure.key for f in outcome.failures):
+                    outcome.failures.append(failure)
+                if replay is not None or len(outcome.failures) >= max_failures:
+                    break
             if replay is not None or session.inputs == before:
                 break
             run += 1

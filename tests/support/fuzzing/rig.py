@@ -31,7 +31,7 @@ import contextlib
 import logging
 import shutil
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +43,7 @@ from nacl.signing import SigningKey
 from edge_agent.agent import Agent
 from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig
-from edge_agent.errors import HearthError, NoLocalModelError
+from edge_agent.errors import HearthError, NoLocalModelError, RecipientNotMemberError, TransportError
 from edge_agent.mesh.corrections import Correction, make_correction
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.envelope import Opened
@@ -140,6 +140,7 @@ class RawMember:
     on_message: Callable[[Opened, Message], None] | None = None
     received: Counter[str] = field(default_factory=Counter)
     _reader: asyncio.Task[None] | None = None
+    _adverts: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str:
@@ -150,11 +151,19 @@ class RawMember:
         assert self.node.transport is not None, f"{self.name} is not connected"
         return self.node.transport
 
-    async def connect(self, sim: MeshSimulator) -> None:
+    async def connect(self, sim: MeshSimulator, *, advertise_every_s: float = 20.0) -> None:
+        """Connect, and announce its genuine advert now and every ``advertise_every_s`` (as any member
+        does: a device that stops announcing ages out of its peers' tables)."""
         transport = sim.connector(self.id).connect(None)
         await transport.open()
         self.node.transport = transport
         self._reader = asyncio.create_task(self._read(transport), name=f"{self.name}-reader")
+        self._adverts = asyncio.create_task(self._advertise(advertise_every_s), name=f"{self.name}-adverts")
+
+    async def _advertise(self, every_s: float) -> None:
+        while True:
+            await self.announce(encode(self.presence()))
+            await asyncio.sleep(every_s)
 
     async def _read(self, transport: Transport) -> None:
         async for item in self.node.receive(transport):
@@ -168,10 +177,11 @@ class RawMember:
                     self.on_message(item, msg)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, HearthError):
-                await self._reader
+        for task in (self._reader, self._adverts):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, HearthError):
+                    await task
         if self.node.transport is not None:
             await self.node.transport.aclose()
 
@@ -447,17 +457,23 @@ class Rig:
         device's update rounds end at once), the rest is ignored."""
         if isinstance(msg, UpdateQuery):
             reply = encode(UpdateHoldings(nonce=msg.nonce))
-            task = asyncio.create_task(
-                self.mallory.send(self.dut_id, Channel.RESPONSES, reply, msg.reply_session)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._soon(self.mallory.send(self.dut_id, Channel.RESPONSES, reply, msg.reply_session))
 
     def _honest_holdings(self, requester: DeviceCertificate, query: UpdateQuery) -> None:
+        """The hub holds nothing to share: it says so at once (the device's discovery ends on it)."""
         reply = UpdateHoldings(nonce=query.nonce)
-        self.honest._spawn(
-            self.honest._send(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
+        self._soon(
+            self.honest.send(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
         )
+
+    def _soon(self, sending: Coroutine[Any, Any, None]) -> None:
+        async def send() -> None:
+            with contextlib.suppress(TransportError, RecipientNotMemberError):
+                await sending
+
+        task = asyncio.create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def __aenter__(self) -> Self:
         logging.getLogger("edge_agent").addHandler(self._handler)
@@ -466,7 +482,6 @@ class Rig:
             await self._stack.enter_async_context(self.dut)
             await self.mallory.connect(self.sim)
             self._stack.push_async_callback(self.mallory.close)
-            await self.mallory.announce(encode(self.mallory.presence()))
             updates = asyncio.create_task(
                 self.dut.supervisor.supervise("model-updates", self.updater.run_forever), name="model-updates"
             )

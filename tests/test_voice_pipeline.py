@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from edge_agent.client.schemas import (
     BYTES_PER_SECOND,
@@ -145,3 +148,82 @@ async def test_bad_recordings_are_refused_with_what_was_wrong(pcm: bytes, messag
         [p async for p in pipeline.transcribe_pcm(pcm)]
     assert rec.requests == []
     assert BYTES_PER_SECOND == 2 * S
+
+
+class Base64Counter:
+    """Counts every base64 encode and decode made while it is installed (schemas import base64 lazily)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.encodes = self.decodes = 0
+        encode, decode = base64.b64encode, base64.b64decode
+
+        def counted_encode(*args: Any, **kwargs: Any) -> bytes:
+            self.encodes += 1
+            return encode(*args, **kwargs)
+
+        def counted_decode(*args: Any, **kwargs: Any) -> bytes:
+            self.decodes += 1
+            return decode(*args, **kwargs)
+
+        monkeypatch.setattr(base64, "b64encode", counted_encode)
+        monkeypatch.setattr(base64, "b64decode", counted_decode)
+
+    def take(self) -> tuple[int, int]:
+        counts, self.encodes, self.decodes = (self.encodes, self.decodes), 0, 0
+        return counts
+
+
+def _served_here(request: TranscribeRequest) -> None:
+    """What the device that runs Whisper does with a request: the agent's check, the engine's own, and
+    the engine joining the segments' samples (`Agent.run`, `TranscribeEngine.transcribe`)."""
+    from edge_agent.engines.transcribe import join_segments
+
+    TRANSCRIBE.validate(request)
+    request.validate_audio()
+    join_segments(request.segments)
+
+
+def test_pcm_stays_bytes_until_the_wire_and_is_decoded_once_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per window of speech: no base64 at all when it is transcribed here (it was 1 encode, 4 decodes);
+    across the mesh, 1 encode (the request body) and 1 decode on the peer (it was 1 + 1 here, 4 there)."""
+    counter = Base64Counter(monkeypatch)
+    pcm = pcm_of(10)
+
+    (window,) = windows_of(pcm, [(0, S), (2 * S, 3 * S)])  # one window of two segments
+    local = TranscribeRequest(segments=window)
+    TRANSCRIBE.validate(local)  # the router's check
+    _served_here(local)
+    assert counter.take() == (0, 0)
+
+    (window,) = windows_of(pcm, [(0, S), (2 * S, 3 * S)])
+    request = TranscribeRequest(segments=window)
+    TRANSCRIBE.validate(request)
+    body = json.dumps(TRANSCRIBE.encode_request(request))  # the request body: the only encoding
+    assert counter.take() == (2, 0)  # one per segment
+    on_peer = TRANSCRIBE.decode_request(json.loads(body))
+    TRANSCRIBE.validate(on_peer)  # task_specs.serve
+    _served_here(on_peer)
+    assert counter.take() == (0, 2)  # one per segment, kept for every later check
+    assert on_peer == request and [s.samples("s") for s in on_peer.segments] == [
+        pcm[: 2 * S],
+        pcm[4 * S : 6 * S],
+    ]
+
+
+def test_a_segment_made_here_and_one_from_the_wire_are_the_same_segment() -> None:
+    here = SpeechSegment.from_pcm(250, b"\x01\x02" * 801)
+    wire = SpeechSegment.model_validate_json(here.model_dump_json())
+    assert isinstance(here.pcm, bytes) and isinstance(wire.pcm, str)
+    assert here == wire and here.model_dump() == wire.model_dump()
+    assert here.duration_ms == wire.duration_ms == 50
+    assert wire.model_dump()["pcm"] == base64.b64encode(b"\x01\x02" * 801).decode("ascii")
+    longest = b"\0" * (int(MAX_REQUEST_SPEECH_S * BYTES_PER_SECOND) + 3)  # the base64 bound, as bytes
+    assert SpeechSegment.from_pcm(0, longest) == SpeechSegment(
+        start_ms=0, pcm=base64.b64encode(longest).decode()
+    )
+    with pytest.raises(ValidationError):  # one byte more: over the bound in either form
+        SpeechSegment.from_pcm(0, longest + b"\0")
+    with pytest.raises(ValidationError):
+        SpeechSegment(start_ms=0, pcm=base64.b64encode(longest + b"\0").decode())
+    with pytest.raises(ValidationError):
+        SpeechSegment.from_pcm(0, b"")

@@ -7,9 +7,18 @@ only: importing this module loads no engine, mesh or config code.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import InvalidRequestError
 
@@ -198,40 +207,71 @@ MAX_REQUEST_SPEECH_S = 12.0
 mid-recording loses one window, not the job (tests/test_voice_pipeline.py seals the largest one)."""
 
 
+_MAX_PCM_BASE64 = int(MAX_REQUEST_SPEECH_S * BYTES_PER_SECOND * 4 / 3) + 4
+_MAX_PCM_BYTES = _MAX_PCM_BASE64 // 4 * 3
+"""The same bound on the bytes: exactly those whose base64 fits ``_MAX_PCM_BASE64``."""
+
+
+def _base64_length(n: int) -> int:
+    return 4 * -(-n // 3)
+
+
 class SpeechSegment(_Model):
-    """A stretch of speech the VAD found (the silence around it never leaves the device)."""
+    """A stretch of speech the VAD found (the silence around it never leaves the device).
+
+    The PCM is base64 text on the wire (the request body, and what a peer's request holds), bytes on the
+    device that made it (``from_pcm``): encoded only when the request is serialised, and a peer's text
+    decoded once (``samples`` keeps the bytes). Both forms compare equal when they carry the same audio.
+    """
 
     start_ms: int = Field(ge=0, le=24 * 3600 * 1000, description="Offset in the original recording.")
-    pcm: str = Field(
-        min_length=4,
-        max_length=int(MAX_REQUEST_SPEECH_S * BYTES_PER_SECOND * 4 / 3) + 4,
-        description="Base64 of 16 kHz mono s16le PCM.",
-    )
+    pcm: (
+        Annotated[str, Strict(), Field(min_length=4, max_length=_MAX_PCM_BASE64)]
+        | Annotated[bytes, Strict(), Field(min_length=1, max_length=_MAX_PCM_BYTES)]
+    ) = Field(description="Base64 of 16 kHz mono s16le PCM (bytes until serialised).")
+    _decoded: bytes | None = PrivateAttr(default=None)
+
+    @field_serializer("pcm")
+    def _pcm_wire(self, pcm: str | bytes) -> str:
+        if isinstance(pcm, bytes):
+            import base64
+
+            return base64.b64encode(pcm).decode("ascii")
+        return pcm
 
     def samples(self, where: str) -> bytes:
         """The PCM bytes; InvalidAudioError (naming ``where``) if not base64 of whole 16-bit samples."""
-        import base64
-        import binascii
-
         from edge_agent.errors import InvalidAudioError
 
-        try:
-            raw = base64.b64decode(self.pcm, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidAudioError(f"{where}: pcm is not base64") from None
+        raw = self.pcm if isinstance(self.pcm, bytes) else self._decoded
+        if raw is None:
+            import base64
+            import binascii
+
+            try:
+                raw = base64.b64decode(self.pcm, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidAudioError(f"{where}: pcm is not base64") from None
+            self._decoded = raw
         if len(raw) % 2:
             raise InvalidAudioError(f"{where}: {len(raw)} bytes is not a whole number of 16-bit samples")
         return raw
 
     @property
     def duration_ms(self) -> int:
-        return (len(self.pcm) * 3 // 4) * 1000 // BYTES_PER_SECOND
+        """As the wire form counts it (whole base64 groups), so both ends of a request agree."""
+        wire = len(self.pcm) if isinstance(self.pcm, str) else _base64_length(len(self.pcm))
+        return (wire * 3 // 4) * 1000 // BYTES_PER_SECOND
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, SpeechSegment):
+            return NotImplemented
+        return self.start_ms == other.start_ms and self._pcm_wire(self.pcm) == other._pcm_wire(other.pcm)
 
     @classmethod
     def from_pcm(cls, start_ms: int, pcm: bytes) -> SpeechSegment:
-        import base64
-
-        return cls(start_ms=start_ms, pcm=base64.b64encode(pcm).decode("ascii"))
+        """A segment carrying ``pcm`` as bytes: no base64 until the request is serialised."""
+        return cls(start_ms=start_ms, pcm=bytes(pcm))
 
 
 class TranscribeRequest(_Model):

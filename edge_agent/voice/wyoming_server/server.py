@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import ipaddress
 import logging
-import time
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
@@ -26,6 +24,15 @@ from edge_agent.errors import HearthError
 from edge_agent.supervision import Supervisor
 from edge_agent.voice.transcript import Transcriber
 from edge_agent.voice.wyoming_advert import WyomingAdvertiser, should_advertise
+from edge_agent.voice.wyoming_server.clients import (
+    LOOPBACK,
+    Address,
+    Network,
+    RefusalLog,
+    allowed,
+    peer_address,
+    peer_name,
+)
 from edge_agent.voice.wyoming_server.info import WHISPER_TINY_EN, AsrModelInfo, languages_of, server_info
 from edge_agent.voice.wyoming_server.protocol import MAX_HEADER_BYTES, refuse_and_close
 from edge_agent.voice.wyoming_server.session import (
@@ -45,12 +52,6 @@ log = logging.getLogger("edge_agent.voice.wyoming_server")
 
 DEFAULT_PORT = 10300
 """Wyoming's customary port for speech to text (wyoming-faster-whisper's)."""
-LOOPBACK: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-    ipaddress.IPv4Network("127.0.0.0/8"),
-    ipaddress.IPv6Network("::1/128"),
-)
-REFUSAL_LOG_S = 60.0
-"""A refused address is logged at most once per this many seconds (a flood writes no flood of lines)."""
 CLOSE_S = 10.0
 """Shutdown: the advert's goodbye and the listening socket, at most."""
 
@@ -76,7 +77,7 @@ class WyomingServer:
         max_seconds: float = MAX_SECONDS,
         max_connections: int = 4,
         max_per_source: int = 2,
-        allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = LOOPBACK,
+        allow: Sequence[Network] = LOOPBACK,
         advertise: bool = False,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         hold_s: float = HOLD_S,
@@ -120,7 +121,7 @@ class WyomingServer:
         self._serving: asyncio.Task[None] | None = None
         self.sources: Counter[str] = Counter()
         """Open connections per client address."""
-        self._refusals_logged: dict[str, float] = {}
+        self._refusals = RefusalLog()
 
     @classmethod
     def for_voice(
@@ -220,8 +221,8 @@ class WyomingServer:
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Called by asyncio for each connection: it runs in our task group, or is turned away. A
         failure in here is Hearth's bug: the connection is dropped and counted, the server goes on."""
-        host, address = _peer_address(writer)
-        peer = _peer_name(writer)
+        host, address = peer_address(writer)
+        peer = peer_name(writer)
         if self.state is not WyomingServerState.SERVING or self._group is None:
             writer.transport.abort()
             return
@@ -238,12 +239,12 @@ class WyomingServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         host: str,
-        address: _Address | None,
+        address: Address | None,
         peer: str,
     ) -> None:
         assert self._group is not None
-        if address is None or not any(address in net for net in self.allow):
-            self._log_refusal(host, f"wyoming {peer}: refused, not in [voice] wyoming_allow")
+        if not allowed(address, self.allow):
+            self._refusals.warn(host, f"wyoming {peer}: refused, not in [voice] wyoming_allow")
             self._turn_away(reader, writer, "forbidden", f"{host} may not use this Wyoming server "
                             "(not in its allow-list: [voice] wyoming_allow)")  # fmt: skip
         elif len(self._connections) >= self.max_connections:
@@ -251,7 +252,7 @@ class WyomingServer:
             self._turn_away(reader, writer, "busy", f"busy: {self.max_connections} Wyoming connections "
                             "are already open here; try again later")  # fmt: skip
         elif self.sources[host] >= self.max_per_source:
-            self._log_refusal(host, f"wyoming {peer}: turned away, {self.max_per_source} connections "
+            self._refusals.warn(host, f"wyoming {peer}: turned away, {self.max_per_source} connections "
                               "from it already open")  # fmt: skip
             self._turn_away(reader, writer, "busy", f"busy: {self.max_per_source} Wyoming connections from "
                             f"{host} are already open here; try again later")  # fmt: skip
@@ -287,37 +288,3 @@ class WyomingServer:
         task = self._group.create_task(refuse_and_close(reader, writer, code, text), name="wyoming busy")
         self._turned_away.add(task)
         task.add_done_callback(self._turned_away.discard)
-
-    def _log_refusal(self, host: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._refusals_logged.get(host, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
-            return
-        if len(self._refusals_logged) >= 256:
-            self._refusals_logged.clear()
-        self._refusals_logged[host] = now
-        log.warning("%s", text)
-
-
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _peer_address(writer: asyncio.StreamWriter) -> tuple[str, _Address | None]:
-    """The client's address (an IPv4-mapped IPv6 one as IPv4, as the allow-list names it)."""
-    peer = writer.get_extra_info("peername")
-    if not (isinstance(peer, tuple) and peer):
-        return "client", None
-    try:
-        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
-    except ValueError:
-        return str(peer[0]), None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address), address
-
-
-def _peer_name(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-        return f"{host}:{peer[1]}"
-    return "client"

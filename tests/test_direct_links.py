@@ -46,7 +46,8 @@ async def announced(home: SimHousehold, *devices: Device) -> None:
 
 def count_broker_chunks(dev: Device) -> list[int]:
     seen: list[int] = []
-    handler = dev.endpoint._features[ChunkData]
+    handler = dev.endpoint.handler_for(ChunkData)
+    assert handler is not None
 
     def counting(sender: object, msg: ChunkData) -> None:
         seen.append(msg.index)

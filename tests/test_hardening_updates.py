@@ -166,9 +166,7 @@ def answers_holdings_with(mallory: Device, payloads: list[bytes]) -> None:
             for p in payloads
         ]
         reply = UpdateHoldings(nonce=query.nonce, held=held)
-        mallory.endpoint._spawn(
-            mallory.endpoint._send(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
-        )
+        mallory.endpoint.send_soon(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
 
     mallory.endpoint.register(UpdateQuery, answer)
 

@@ -382,7 +382,7 @@ def test_reorder_buffer_is_bounded() -> None:
 
 
 def test_a_stream_that_outruns_its_reader_breaks_instead_of_growing() -> None:
-    from edge_agent.mesh.endpoint import _Stream
+    from edge_agent.mesh.streams import OpenStream as _Stream
 
     limits = MeshLimits(max_stream_queue=16)
     stream = _Stream("a" * 32, StreamReassembler(limits))
@@ -443,7 +443,7 @@ async def test_a_stream_abandoned_while_our_link_was_down_is_cancelled_on_reconn
         await stream.aclose()  # the router gives up on it (and resumes elsewhere)
         assert hub.endpoint.queue_depth == 1  # the cancel could not be sent yet
         assert await until(lambda: hub.endpoint.queue_depth == 0)  # sent as soon as the link is back
-        assert not fridge.endpoint._deferred_cancels
+        assert not fridge.endpoint.exchanges.deferred_cancels
 
 
 async def test_retained_frames_in_an_inbox_are_dropped(tmp_path: Path) -> None:

@@ -185,7 +185,7 @@ async def test_revocation_rotates_the_group_key_for_remaining_members_only(
             # Only the hub (an admin certificate) may rotate the key.
             forged = GroupKey(epoch=7, key=os.urandom(32).hex())
             assert await until(lambda: car.mesh.certificate.device_id in fridge.mesh.node.membership.certs)
-            await fridge.mesh.endpoint._send(
+            await fridge.mesh.endpoint.send_quietly(
                 car.mesh.certificate.device_id, Channel.REQUESTS, forged, session=car.mesh.node.session
             )
             assert await until(lambda: car.mesh.node.dropped["Forbidden"] == 1)

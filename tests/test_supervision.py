@@ -201,7 +201,7 @@ async def test_an_unexpected_error_in_the_connection_loop_restarts_it(tmp_path: 
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        flush = fridge.endpoint._flush_cancels
+        flush = fridge.endpoint.exchanges.flush_cancels
         calls = 0
 
         def fails_once() -> None:
@@ -211,7 +211,7 @@ async def test_an_unexpected_error_in_the_connection_loop_restarts_it(tmp_path: 
                 raise RuntimeError("bug on reconnect")
             flush()
 
-        fridge.endpoint._flush_cancels = fails_once  # type: ignore[method-assign]
+        fridge.endpoint.exchanges.flush_cancels = fails_once  # type: ignore[method-assign]
         home.sim.sever(fridge.id)  # reconnect: the first attempt hits the bug, the supervisor restarts
         sup = fridge.endpoint.supervisor
         assert await until(lambda: sup.restarts("mesh-connection") == 1 and calls >= 2)
@@ -235,17 +235,17 @@ async def test_an_advert_that_cannot_be_built_is_skipped_and_counted(tmp_path: P
         hub = home.device("hub", serves=["generate"])
         fridge = home.device("fridge")
         await home.start(hub, fridge)
-        original = hub.endpoint._presence
+        original = hub.endpoint.directory.presence
         assert original is not None
 
         def broken() -> Presence:
             UpdateStatus(name="Evil Name!", installed=0, available=0, state="current")
             raise AssertionError("unreachable")
 
-        hub.endpoint._presence = broken
+        hub.endpoint.directory.presence = broken
         await hub.endpoint.publish_presence()  # nothing sent, nothing raised
         assert hub.endpoint.supervisor.drops("mesh-presence") == {"ValidationError": 1}
-        hub.endpoint._presence = original
+        hub.endpoint.directory.presence = original
         seen = fridge.endpoint.peers.get(hub.id)
         assert seen is not None and hub.endpoint.supervisor.restarts("mesh-housekeeping") == 0
 

@@ -113,8 +113,7 @@ async def test_a_poisoned_seeder_is_banned_by_device_key_and_the_download_comple
             data = bytes(manifest.chunk_length(req.index))
             msg = ChunkData(nonce=req.nonce, content_id=req.content_id, index=req.index,
                             data=base64.b64encode(data).decode())  # fmt: skip
-            plug.endpoint._spawn(plug.endpoint._send(requester.device_id, Channel.RESPONSES, msg,
-                                                     session=req.reply_session))  # fmt: skip
+            plug.endpoint.send_soon(requester.device_id, Channel.RESPONSES, msg, session=req.reply_session)
 
         plug.endpoint.register(ChunkRequest, poisoned)
 
@@ -257,13 +256,13 @@ async def test_a_member_flooding_chunk_requests_gets_a_bounded_number_of_replies
         publish(home, ex_hub, tmp_path)
         manifest = next(iter(ex_hub.holdings.values())).manifest
         gate = asyncio.Event()
-        send = hub.endpoint._send
+        send = hub.endpoint.send_quietly
 
         async def slow_link(*args: object, **kw: object) -> None:  # the hub's uplink is saturated
             await gate.wait()
             await send(*args, **kw)  # type: ignore[arg-type]
 
-        hub.endpoint._send = slow_link  # type: ignore[method-assign]
+        hub.endpoint.send_quietly = slow_link  # type: ignore[method-assign]
         got: list[int] = []
         car.endpoint.register(ChunkData, lambda sender, msg: got.append(msg.index))
         peer = car.endpoint.peers.get(hub.id)

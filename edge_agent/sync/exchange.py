@@ -42,9 +42,8 @@ from edge_agent.errors import (
     WrongDeviceClassError,
 )
 from edge_agent.mesh.direct import Ask, DirectLinks
-from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.interfaces import Channel, FeaturePort
 from edge_agent.mesh.protocol import (
     MAX_COUNT,
     ChunkData,
@@ -167,7 +166,7 @@ def _prepare_staging(directory: Path, manifest: UpdateManifest) -> None:
 class UpdateExchange:
     def __init__(
         self,
-        endpoint: MeshEndpoint,
+        endpoint: FeaturePort,
         store: UpdateStore,
         trusted: TrustedUpdates,
         device_class: DeviceClass,
@@ -237,13 +236,13 @@ class UpdateExchange:
         async def send() -> None:
             try:
                 for msg in messages:
-                    await self.endpoint._send(device, Channel.RESPONSES, msg, session=session)
+                    await self.endpoint.send_quietly(device, Channel.RESPONSES, msg, session=session)
             finally:
                 self._replying[device] -= 1
                 if self._replying[device] <= 0:
                     del self._replying[device]
 
-        self.endpoint._spawn(send())
+        self.endpoint.spawn(send())
 
     def _answer_query(self, requester: DeviceCertificate, query: UpdateQuery) -> None:
         if not self._room_for(requester.device_id):
@@ -573,7 +572,7 @@ class UpdateExchange:
                     return
                 self._arrived(device_id, content_id, index, data, "direct")
 
-            self.endpoint._spawn(ask_directly())
+            self.endpoint.spawn(ask_directly())
             return
         await self._request_via_broker(fetch, device_id, content_id, index)
 

@@ -18,10 +18,9 @@ import time
 
 from edge_agent.errors import HearthError, RecipientNotMemberError, TransportError
 from edge_agent.mesh.corrections import Correction, CorrectionError, Corrections, make_correction
-from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.interfaces import Channel, FeaturePort
 from edge_agent.mesh.protocol import CorrectionsData, CorrectionsQuery
 
 __all__ = ["CorrectionSync"]
@@ -44,7 +43,7 @@ _PUSH_REFUSALS = {
 
 
 class CorrectionSync:
-    def __init__(self, endpoint: MeshEndpoint, corrections: Corrections) -> None:
+    def __init__(self, endpoint: FeaturePort, corrections: Corrections) -> None:
         self.endpoint = endpoint
         self.corrections = corrections
         self._asked: dict[str, float] = {}
@@ -54,7 +53,8 @@ class CorrectionSync:
         self._warned: dict[tuple[str, str], float] = {}
         endpoint.register(CorrectionsQuery, self._answer)
         endpoint.register(CorrectionsData, self._data)
-        endpoint.presence_hooks.append(self._heard)
+        self.unwatch = endpoint.watch_presence(self._heard)
+        endpoint.contribute_presence(self._presence_fields)
         endpoint.node.membership.on_revoked.append(self._forget_revoked)
 
     # -- authoring ------------------------------------------------------------------------------------
@@ -96,10 +96,13 @@ class CorrectionSync:
             if peer.alive(now):
                 with contextlib.suppress(TransportError, RecipientNotMemberError):
                     await self.endpoint.send(peer.device_id, Channel.REQUESTS, push, session=peer.session)
-        if self.endpoint._presence is not None:  # the new digest: devices that missed the push catch up
-            with contextlib.suppress(HearthError):
-                await self.endpoint.publish_presence()
+        with contextlib.suppress(HearthError):  # the new digest: devices that missed the push catch up
+            await self.endpoint.republish_presence()
         return record
+
+    def _presence_fields(self) -> dict[str, str | None]:
+        """The digest of the records held, in this device's advert (peers that differ ask)."""
+        return {"corrections": self.corrections.digest if self.corrections.records else None}
 
     # -- catching up ----------------------------------------------------------------------------------
 
@@ -120,7 +123,7 @@ class CorrectionSync:
         self._queries[nonce] = sender
         query = CorrectionsQuery(nonce=nonce, reply_session=self.endpoint.node.session,
                                  have=sorted(self.corrections.records)[:4096])  # fmt: skip
-        self.endpoint._spawn(self._ask(sender, query, peer.session))
+        self.endpoint.spawn(self._ask(sender, query, peer.session))
 
     async def _ask(self, device_id: str, query: CorrectionsQuery, session: str) -> None:
         with contextlib.suppress(TransportError, RecipientNotMemberError, HearthError):
@@ -148,9 +151,7 @@ class CorrectionSync:
                 break
             records.append(record)
         reply = CorrectionsData(nonce=query.nonce, records=records)
-        self.endpoint._spawn(
-            self.endpoint._send(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
-        )
+        self.endpoint.send_soon(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
 
     def _data(self, sender: DeviceCertificate, msg: CorrectionsData) -> None:
         if msg.nonce and self._queries.pop(msg.nonce, None) != sender.device_id:

@@ -10,10 +10,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.interfaces import Channel, FeaturePort
 from edge_agent.mesh.protocol import GroupKey
 
 log = logging.getLogger(__name__)
@@ -22,7 +21,7 @@ log = logging.getLogger(__name__)
 class GroupKeyRotation:
     def __init__(
         self,
-        endpoint: MeshEndpoint,
+        endpoint: FeaturePort,
         on_adopted: Callable[[bytes, int], None] | None = None,
         *,
         min_rekey_interval_s: float = 5.0,
@@ -33,7 +32,7 @@ class GroupKeyRotation:
         self.min_rekey_interval_s = min_rekey_interval_s
         self._rekeyed: dict[str, float] = {}
         endpoint.register(GroupKey, self._adopt)
-        endpoint.presence_hooks.append(self._watch_epoch)
+        self.unwatch = endpoint.watch_presence(self._watch_epoch)
 
     def _adopt(self, sender: DeviceCertificate, msg: GroupKey) -> None:
         node = self.endpoint.node
@@ -71,7 +70,7 @@ class GroupKeyRotation:
             return  # not heard yet: its first stale-epoch advert triggers the rekey
         node = self.endpoint.node
         key = GroupKey(epoch=node.group_epoch, key=node.group_key.hex())
-        self.endpoint._spawn(self.endpoint._send(member.device_id, Channel.REQUESTS, key, session=session))
+        self.endpoint.send_soon(member.device_id, Channel.REQUESTS, key, session=session)
 
     def distribute(self) -> None:
         """After a revocation: seal the new group key to every live member still in the household."""

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_agent.errors import HearthError, RecipientNotMemberError, TransportError
-from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.interfaces import Channel, FeaturePort
 from edge_agent.mesh.memory import MemoryEntry, TranslationMemory, digest, salt_for
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import MemoryHits, MemoryQuery
@@ -38,7 +37,7 @@ class _Waiting:
 
 
 class MemoryExchange:
-    def __init__(self, endpoint: MeshEndpoint, memory: TranslationMemory) -> None:
+    def __init__(self, endpoint: FeaturePort, memory: TranslationMemory) -> None:
         self.endpoint = endpoint
         self.memory = memory
         self._waits: dict[int, _Waiting] = {}
@@ -48,6 +47,7 @@ class MemoryExchange:
         endpoint.register(MemoryQuery, self._answer)
         endpoint.register(MemoryHits, self._hits)
         endpoint.node.membership.on_revoked.append(self._forget_revoked)
+        endpoint.contribute_presence(lambda: {"translation_memory": True})
 
     def _refresh_salt(self) -> None:
         node = self.endpoint.node
@@ -99,9 +99,7 @@ class MemoryExchange:
                 break
             hits.append(entry)
         reply = MemoryHits(nonce=query.nonce, entries=hits)
-        self.endpoint._spawn(
-            self.endpoint._send(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
-        )
+        self.endpoint.send_soon(requester.device_id, Channel.RESPONSES, reply, session=query.reply_session)
 
     # -- asking ---------------------------------------------------------------------------------------
 
@@ -129,7 +127,7 @@ class MemoryExchange:
         peers = [
             p for p in endpoint.peers.all() if p.alive(now) and p.presence.translation_memory and allowed(p)
         ]
-        if not peers or not sentences or not endpoint.connected.is_set():
+        if not peers or not sentences or not endpoint.link_up:
             return {}
         if len(self._waits) >= endpoint.limits.max_pending_pings:
             return {}

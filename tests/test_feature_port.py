@@ -9,8 +9,9 @@ import asyncio
 from pathlib import Path
 
 from edge_agent.mesh.envelope import Opened
+from edge_agent.mesh.features.port import FeaturePort
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel, FeaturePort
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import MemoryHits, MemoryQuery
 from tests.support.meshsim import household, until
 

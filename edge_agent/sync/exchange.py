@@ -42,8 +42,9 @@ from edge_agent.errors import (
     WrongDeviceClassError,
 )
 from edge_agent.mesh.direct import Ask, DirectLinks
+from edge_agent.mesh.features.port import FeaturePort
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel, FeaturePort
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import (
     MAX_COUNT,
     ChunkData,

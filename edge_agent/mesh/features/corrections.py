@@ -19,8 +19,9 @@ import time
 from edge_agent.errors import HearthError, RecipientNotMemberError, TransportError
 from edge_agent.mesh.corrections import Correction, CorrectionError, Corrections, make_correction
 from edge_agent.mesh.envelope import Opened
+from edge_agent.mesh.features.port import FeaturePort
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel, FeaturePort
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import CorrectionsData, CorrectionsQuery
 
 __all__ = ["CorrectionSync"]

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 
 from edge_agent.mesh.envelope import Opened
+from edge_agent.mesh.features.port import FeaturePort
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel, FeaturePort
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import GroupKey
 
 log = logging.getLogger(__name__)

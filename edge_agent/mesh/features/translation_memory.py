@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_agent.errors import HearthError, RecipientNotMemberError, TransportError
+from edge_agent.mesh.features.port import FeaturePort
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel, FeaturePort
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.memory import MemoryEntry, TranslationMemory, digest, salt_for
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import MemoryHits, MemoryQuery

@@ -156,14 +156,15 @@ class Router:
     def __init__(
         self,
         *,
-        plan: Plan,
+        plan: Plan | None = None,
         policy: RoutingSection,
         local: Any | None = None,
         endpoint: PeerDirectory | None = None,
         local_offers: dict[Task, Offer] | None = None,
         local_name: str = "this device",
     ) -> None:
-        self.plan = plan
+        self.plan = plan if plan is not None else Plan(local_name, 0)
+        """What runs here (none: a member that runs no models, such as Home Assistant)."""
         self.policy = policy
         self.local = local
         self.endpoint = endpoint

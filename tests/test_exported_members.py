@@ -17,6 +17,10 @@ MESH = [
     "GroupKeyRotation", "GroupKeys", "HouseholdRoot", "HouseholdState", "Invitation", "Membership",
     "MemoryExchange", "MeshEndpoint", "MeshLimits", "MeshNode", "MeshSettings", "MeshSimulator",
     "MqttConnector", "Offer", "Peer", "Presence", "RevocationList", "Transport", "TranslationMemory",
+    # for a member that runs no models (the Home Assistant component)
+    "AdvertisementError", "BrokerPki", "CorrectionSync", "HouseholdAdvert", "MeshMember", "MqttClient",
+    "NotPairedError", "PairingError", "UpdateStatus", "WrongCodeError", "broker_host_port",
+    "join_household", "new_session", "presence_household", "validate_code",
 ]  # fmt: skip
 
 
@@ -31,3 +35,18 @@ def test_mesh_exports_exactly_its_all() -> None:
     for name in edge_agent.mesh.__all__:
         member = getattr(edge_agent.mesh, name)
         assert member.__module__.startswith("edge_agent.mesh"), (name, member.__module__)
+
+
+CLIENT = [
+    "ChatMessage", "Continuation", "EmbedRequest", "EmbedResult", "GenerateChunk", "GenerateRequest",
+    "GenerateStats", "RoutedStream", "Router", "SpeechSegment", "TASKS", "Task", "TranscribeRequest",
+    "TranscribeResult", "TranslateRequest", "TranslateResult", "member_router",
+]  # fmt: skip
+
+
+def test_client_exports_exactly_its_all() -> None:
+    import edge_agent.client
+
+    assert edge_agent.client.__all__ == sorted(CLIENT)
+    for name in edge_agent.client.__all__:
+        assert getattr(edge_agent.client, name) is not None, name

@@ -38,6 +38,23 @@ _EXPORTS = {
     "TranslationMemory": "edge_agent.mesh.memory",
     "MqttConnector": "edge_agent.mesh.transports.mqtt",
     "MeshSimulator": "edge_agent.mesh.transports.memory",
+    # What a member that runs no models (the Home Assistant component) uses: join and pair, its
+    # membership, the peers' presence and update states, corrections, the broker and the LAN advert.
+    "MeshMember": "edge_agent.mesh.member",
+    "CorrectionSync": "edge_agent.mesh.features.corrections",
+    "UpdateStatus": "edge_agent.mesh.protocol",
+    "NotPairedError": "edge_agent.mesh.state",
+    "join_household": "edge_agent.mesh.join",
+    "PairingError": "edge_agent.mesh.pairing",
+    "WrongCodeError": "edge_agent.mesh.pairing",
+    "new_session": "edge_agent.mesh.pairing",
+    "validate_code": "edge_agent.mesh.pairing",
+    "HouseholdAdvert": "edge_agent.mesh.advertisement",
+    "AdvertisementError": "edge_agent.mesh.advertisement",
+    "BrokerPki": "edge_agent.mesh.broker_pki",
+    "MqttClient": "edge_agent.mesh.transports.mqtt",
+    "broker_host_port": "edge_agent.mesh.settings",
+    "presence_household": "edge_agent.mesh.topics",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -192,3 +192,16 @@ async def test_reconfigure_refuses_a_url_that_is_not_a_broker(hass: HomeAssistan
     result = await hass.config_entries.flow.async_configure(flow["flow_id"], {CONF_BROKER: "http://hub.lan"})
     assert result["errors"] == {CONF_BROKER: "invalid_broker"}
     assert entry.data[CONF_BROKER] == hub.broker
+
+
+def test_the_invitation_topic_is_the_mesh_s_and_the_manifest_s() -> None:
+    """The component names a hub's open invitation itself (it imports only the mesh's public surface)."""
+    import json
+
+    from edge_agent.mesh import topics
+
+    from custom_components.hearth.const import PAIR_OPEN_TOPIC
+
+    manifest = json.loads((Path(config_flow.__file__).parent / "manifest.json").read_text())
+    assert PAIR_OPEN_TOPIC == topics.PAIR_OPEN
+    assert PAIR_OPEN_TOPIC in manifest["mqtt"]

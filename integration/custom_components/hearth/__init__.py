@@ -12,9 +12,7 @@ import logging
 from pathlib import Path
 
 from edge_agent.errors import HearthError, IdentityError, NetworkError, NotAMemberError, StateInUseError
-from edge_agent.mesh.features.corrections import CorrectionSync
-from edge_agent.mesh.member import MeshMember
-from edge_agent.mesh.state import HouseholdState, NotPairedError
+from edge_agent.mesh import CorrectionSync, HouseholdState, MeshMember, NotPairedError
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant

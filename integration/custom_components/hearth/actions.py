@@ -11,7 +11,7 @@ the correction only if Home Assistant's certificate may correct (`hearth househo
 from __future__ import annotations
 
 import voluptuous as vol
-from edge_agent.client.schemas import TranslateRequest
+from edge_agent.client import TranslateRequest
 from edge_agent.errors import HearthError
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse, callback

@@ -24,17 +24,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import voluptuous as vol
+from edge_agent.client import TASKS
 from edge_agent.errors import HearthError, NetworkError
-from edge_agent.mesh import topics
-from edge_agent.mesh.advertisement import AdvertisementError, HouseholdAdvert
-from edge_agent.mesh.broker_pki import BrokerPki
-from edge_agent.mesh.join import join_household
-from edge_agent.mesh.member import MeshMember
-from edge_agent.mesh.pairing import PairingError, WrongCodeError, new_session, validate_code
-from edge_agent.mesh.settings import broker_host_port
-from edge_agent.mesh.state import HouseholdState
-from edge_agent.mesh.transports.mqtt import MqttClient
-from edge_agent.tasks import TASKS
+from edge_agent.mesh import (
+    AdvertisementError,
+    BrokerPki,
+    HouseholdAdvert,
+    HouseholdState,
+    MeshMember,
+    MqttClient,
+    PairingError,
+    WrongCodeError,
+    broker_host_port,
+    join_household,
+    new_session,
+    presence_household,
+    validate_code,
+)
 from homeassistant.config_entries import ConfigEntry, ConfigEntryState, ConfigFlow, ConfigFlowResult
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
@@ -47,6 +53,7 @@ from .const import (
     DEFAULT_BROKER,
     DEFAULT_NAME,
     DOMAIN,
+    PAIR_OPEN_TOPIC,
     PAIR_TIMEOUT_S,
     PROFILE,
     STATE_ROOT,
@@ -203,7 +210,7 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
         broker = self._mqtt_broker()
         if broker is None:
             return self.async_abort(reason="not_hearth")
-        if discovery_info.topic == topics.PAIR_OPEN:
+        if discovery_info.topic == PAIR_OPEN_TOPIC:
             if not discovery_info.payload:  # the invitation closed
                 return self.async_abort(reason="invitation_closed")
             await self.async_set_unique_id(f"invitation-{broker}")
@@ -211,7 +218,7 @@ class HearthConfigFlow(ConfigFlow, domain=DOMAIN):
             self._discovered = (broker, "a hub's invitation")
             self.context["title_placeholders"] = {"name": "a hub's invitation"}
             return await self.async_step_discovery_confirm()
-        household = topics.presence_household(discovery_info.topic)
+        household = presence_household(discovery_info.topic)
         if household is None:
             return self.async_abort(reason="not_hearth")
         await self.async_set_unique_id(household)

@@ -17,6 +17,8 @@ CONF_STATE_DIR: Final = "state_dir"
 """Entries before 1.2 stored their state directory's absolute path (migrated away: see __init__)."""
 DEFAULT_BROKER: Final = "mqtt://127.0.0.1:1883"
 DEFAULT_NAME: Final = "Home Assistant"
+PAIR_OPEN_TOPIC: Final = "hearth/pair/open"
+"""A hub's open invitation (the mesh's topics.PAIR_OPEN, also the manifest's MQTT matcher)."""
 PROFILE: Final = "home-assistant"
 """The profile name in Home Assistant's household certificate (it serves nothing, requests everything)."""
 PAIR_TIMEOUT_S: Final = 30.0

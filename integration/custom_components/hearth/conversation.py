@@ -12,9 +12,8 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Literal
 
-from edge_agent.client.schemas import ChatMessage, GenerateRequest
+from edge_agent.client import ChatMessage, GenerateRequest, RoutedStream
 from edge_agent.errors import HearthError
-from edge_agent.router import RoutedStream
 from homeassistant.components import conversation
 from homeassistant.const import MATCH_ALL
 from homeassistant.core import HomeAssistant

@@ -8,21 +8,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from edge_agent.config import RoutingSection
+from edge_agent.client import Router, member_router
 from edge_agent.errors import HearthError
-from edge_agent.mesh.features.corrections import CorrectionSync
-from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.member import MeshMember
-from edge_agent.mesh.peers import Peer
-from edge_agent.models.selection import Plan
-from edge_agent.router import Router
+from edge_agent.mesh import CorrectionSync, DeviceCertificate, MeshMember, Peer
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 
-from .const import DOMAIN, PROFILE
+from .const import DOMAIN
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,8 +44,7 @@ class HearthRuntime:
     def __post_init__(self) -> None:
         # Home Assistant runs no models: every task is offload-only, the router picks among the peers
         # (expected time from their offers and measured speed) and fails over mid-answer.
-        self.router = Router(plan=Plan(PROFILE, 0), policy=RoutingSection(), endpoint=self.member.endpoint,
-                             local_name="Home Assistant")  # fmt: skip
+        self.router = member_router(self.member.endpoint, name="Home Assistant")
 
     def devices(self) -> list[DeviceCertificate]:
         """The household's other members that may be shown (not revoked, not Home Assistant itself)."""

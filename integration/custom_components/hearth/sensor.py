@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.peers import Peer
+from edge_agent.mesh import DeviceCertificate, Peer
 from homeassistant.components.sensor import (
     SensorDeviceClass,
     SensorEntity,

@@ -20,9 +20,7 @@ import logging
 from typing import Any
 
 from edge_agent.errors import HearthError
-from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import UpdateStatus
+from edge_agent.mesh import DeviceCertificate, Peer, UpdateStatus
 from homeassistant.components.update import UpdateEntity, UpdateEntityFeature
 from homeassistant.const import EntityCategory
 from homeassistant.core import HomeAssistant, callback

@@ -32,7 +32,7 @@ from edge_agent.sync.signing import seal
 from edge_agent.sync.trust import TrustedUpdates
 from tests.support.fuzzing import TARGETS, Broken, Rig, Session, campaign, fuzz
 from tests.support.fuzzing.frames import Forgery, forge, pair_key
-from tests.support.fuzzing.known import NAIVE_DATES, known
+from tests.support.fuzzing.known import known
 from tests.support.fuzzing.mesh_targets import MESSAGE_TYPES
 
 EXAMPLES = 200
@@ -188,10 +188,9 @@ def test_the_chunks_target_finds_a_verifier_that_lets_a_bad_chunk_through(
     ), outcome.failure
 
 
-# -- found by the campaign, in another owner's part (see tests/support/fuzzing/known.py) --------------
+# -- found by the campaigns (fixed: signed dates are AwareDatetime, refused at parse) ---------------------
 
 
-@pytest.mark.xfail(strict=True, reason=NAIVE_DATES)
 async def test_a_signed_manifest_with_a_naive_date_is_refused_as_malformed(tmp_path: Path) -> None:
     """Found by the manifests target (benchmarks/results/fuzz.md): a listed update key signs a manifest
     whose issued_at lost its "Z". It must be refused like any malformed manifest, not raise TypeError."""

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
 
 from nacl.signing import SigningKey, VerifyKey
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from edge_agent.sync.signing import KEY_ID, canonical_json, key_id, seal
 
@@ -44,8 +44,9 @@ class UpdateKeySet(BaseModel):
     threshold: int = Field(ge=1, le=16)
     keys: list[UpdateKey] = Field(min_length=1, max_length=16)
     revoked: list[str] = Field(default_factory=list, max_length=256)
-    issued_at: datetime
-    expires_at: datetime
+    issued_at: AwareDatetime
+    """Signed dates carry their zone: a naive one cannot be compared with now (refused at parse)."""
+    expires_at: AwareDatetime
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

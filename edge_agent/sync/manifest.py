@@ -8,11 +8,10 @@ peer, and a bad one names its sender.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal, Self
 
 import blake3
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.sync.digests import merkle_root
 from edge_agent.sync.limits import (
@@ -80,8 +79,9 @@ class UpdateManifest(_Model):
     sequence: int = Field(
         ge=1, le=MAX_SEQUENCE, description="Monotonic per model name: lower or equal is a rollback."
     )
-    issued_at: datetime
-    expires_at: datetime
+    issued_at: AwareDatetime
+    """Signed dates carry their zone: a naive one cannot be compared with now (refused at parse)."""
+    expires_at: AwareDatetime
     chunk_size: int = Field(ge=MIN_CHUNK, le=MAX_CHUNK)
     total_size: int = Field(ge=0, le=MAX_PACK_BYTES)
     files: list[ManifestFile] = Field(min_length=1, max_length=MAX_FILES)

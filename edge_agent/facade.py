@@ -7,7 +7,7 @@ local socket). `cli.common.open_hearth` yields a `Household`; no command asks wh
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -24,7 +24,7 @@ from edge_agent.client.schemas import (
     TranslateResult,
 )
 from edge_agent.mesh.protocol import Health
-from edge_agent.supervision import HealthReport
+from edge_agent.supervision import HealthReport, Supervisor
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from edge_agent.mesh.corrections import Correction
     from edge_agent.mesh.protocol import UpdateStatus
 
-__all__ = ["AnswerStream", "Household", "PeerReport", "PeersReport", "PullOutcome"]
+__all__ = ["AgentHousehold", "AnswerStream", "Household", "PeerReport", "PeersReport", "PullOutcome"]
 
 
 class PeerReport(BaseModel):
@@ -62,7 +62,7 @@ class PeersReport(BaseModel):
 class AnswerStream(Protocol):
     """A generate answer: iterate for its chunks; afterwards it says who served it and why there."""
 
-    def __aiter__(self) -> AsyncIterator[GenerateChunk]: ...
+    def __aiter__(self) -> AsyncGenerator[GenerateChunk, None]: ...
 
     @property
     def reason(self) -> str: ...
@@ -150,3 +150,15 @@ class Household(Protocol):
     async def withdraw_correction(self, record_id: str, *, here: bool = False) -> Correction: ...
 
     async def corrections(self) -> list[Correction]: ...
+
+
+class AgentHousehold(Household, Protocol):
+    """The agent itself, as its local socket serves it (`Hearth`): also its view right now, and the
+    supervisor that counts a call failing on a bug."""
+
+    @property
+    def supervisor(self) -> Supervisor: ...
+
+    def peers_report(self) -> PeersReport:
+        """Live peers and where each task would run from here right now."""
+        ...

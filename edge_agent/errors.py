@@ -12,16 +12,36 @@ prints it as one line instead of a traceback::
     │   └── BuildError         a pack could not be built from its source weights
     ├── PeerError              a peer's message is refused: dropped and logged, never fatal
     │   ├── MalformedMessageError  not a Hearth envelope, wrong version, oversized, bad fields
+    │   │   └── AdvertisementError     (mesh.advertisement) not a valid household LAN advert: ignored
     │   ├── NotAMemberError        unknown sender, bad/expired certificate, revoked device
     │   ├── ForgedMessageError     bad signature or failed decryption (tampered in transit)
     │   └── ReplayError            counter already seen, or timestamp outside the freshness window
     ├── IdentityError          local keys missing, unreadable or stored with unsafe permissions
     ├── NetworkError           the network failed us; no peer is to blame
     │   ├── TransportError         the link to the broker is down or never came up
-    │   └── PeerOfflineError       the device asked for is not connected to the household now
+    │   │   └── LinkDownError          our own link dropped mid-request: wait for it, then resume
+    │   ├── PeerOfflineError       the device asked for is not connected to the household now
+    │   ├── DirectLinkError        a direct device-to-device link failed (fall back to the broker)
+    │   │   └── DirectRefusedError     the peer answered over the link, but does not hold it
+    │   └── HomeAssistantUnreachableError  (ha_bridge; also a BridgeError) Home Assistant is down
+    ├── OffloadError           a request handed to a peer did not complete there
+    │   ├── PeerLostError          the serving peer died, left, stalled or was revoked: fail over
+    │   │   └── StreamBrokenError      its stream cannot be put back together within the limits
+    │   ├── PeerRefusedError       it answered with a failure (busy, not served, invalid, ...)
+    │   └── NoRouteError           neither this device nor any reachable peer may serve it
     ├── RecipientNotMemberError  we refuse to send to a device that is no longer a household member
     ├── StateInUseError        the mesh state directory belongs to the running agent (use its socket)
     ├── LocalApiError          the running agent's local socket failed mid-answer
+    ├── NotPairedError         (mesh.state) this device is not a household member yet
+    ├── PairingError           (mesh.pairing) pairing cannot proceed: expired, exhausted, bad message
+    │   └── WrongCodeError         a proof does not verify: a wrong code
+    ├── PkiError               (mesh.broker_pki) the broker's PKI files are missing or inconsistent
+    ├── NotReloadedError       (mesh.broker_crl) a new CRL was signed but no broker reread it
+    ├── CorrectionError        (mesh.corrections) a correction or withdrawal that is not accepted
+    ├── UntrustedTranscriptError  (voice.trust) a transcript from a device not trusted for commands
+    ├── BridgeError            (ha_bridge) the Home Assistant bridge failed
+    │   ├── BridgeNotInstalledError, TokenRejectedError, HomeAssistantRefusedError
+    │   └── HomeAssistantUnreachableError  (see NetworkError)
     ├── UpdateError            a model update is refused (python-tuf's attack names); trusted state unchanged
     │   ├── MalformedUpdateError   not a signed update envelope or manifest, or out of bounds
     │   ├── UnsignedUpdateError    no signature at all
@@ -41,6 +61,10 @@ prints it as one line instead of a traceback::
         ├── BudgetExceededError  loading would pass the profile's model RAM budget
         ├── NoLocalModelError    the plan says this task is offload-only here
         └── GenaiError           onnxruntime-genai reported an error (its own message)
+
+Classes marked (module) live next to the code that raises them (their module is part of the mesh's or
+the component's public surface); the rest are defined here. tests/test_errors_tree.py checks that every
+HearthError subclass of the package is drawn above, under its real parent.
 """
 
 from __future__ import annotations
@@ -110,6 +134,11 @@ class NetworkError(HearthError):
 
 class TransportError(NetworkError):
     """The link to the broker is down (or never came up); the endpoint reconnects."""
+
+
+class LinkDownError(TransportError):
+    """Our own link to the broker dropped mid-request: wait for it to return, then resume (a network
+    failure: no peer is to blame, none is banned)."""
 
 
 class PeerOfflineError(NetworkError):
@@ -227,10 +256,6 @@ class PeerLostError(OffloadError):
 class StreamBrokenError(PeerLostError):
     """The peer's stream cannot be put back together within the limits (a gap that will not fill, or
     more buffered data than allowed): the router fails over as if the peer had died."""
-
-
-class LinkDownError(PeerLostError):
-    """Our own link to the broker dropped: wait for it to return, then resume (no peer is to blame)."""
 
 
 class PeerRefusedError(OffloadError):

@@ -358,7 +358,7 @@ class Router:
                     span = time.monotonic() - (first_at if streamed else attempt.started)
                     self.endpoint.succeeded(cand.peer.device_id, units, span)
                 return
-            except (PeerLostError, PeerRefusedError) as exc:
+            except (PeerLostError, LinkDownError, PeerRefusedError) as exc:
                 if isinstance(exc, PeerRefusedError) and exc.code == "invalid":
                     raise InvalidRequestError(str(exc)) from None
                 if isinstance(exc, PeerRefusedError) and exc.code not in _RETRYABLE:

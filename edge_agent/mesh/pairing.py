@@ -13,7 +13,8 @@ hello checks the code it used without ever answering. Attempts are therefore cou
 burst of `TRY_BURST`, then one per `TRY_EVERY`): anyone who reaches the pairing listener can still spend
 the 20 attempts, but only over 11 minutes, longer than the default invitation lives, not in one burst;
 the hub then says the tries were used up, perhaps by someone else, and how to make a new invitation.
-These classes are IO-free: any transport (MQTT, a local socket, a test) carries their pydantic messages.
+These classes are IO-free: any transport (MQTT, a local socket, a test) carries their pydantic messages
+(`pairing_messages.py`); the key schedule and sealing are in `pairing_crypto.py`.
 
 Each exchange is bound to its invitation id and its session id (the device's random id, see
 `new_session`): both are in the SPAKE2 identities, the confirmation transcript and the associated data
@@ -32,7 +33,6 @@ sealing the welcome, so no key serves both as a MAC key and as an AEAD key.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -40,16 +40,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import nacl.bindings as sodium
 from nacl.public import PublicKey
 from nacl.signing import VerifyKey
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.spake2 import SPAKEError
 
 from edge_agent.errors import HearthError, PeerError
-from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, RevocationList, usable_box_key
+from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot
 from edge_agent.mesh.identity import DeviceIdentity
+from edge_agent.mesh.pairing_crypto import Keys as _Keys
+from edge_agent.mesh.pairing_crypto import confirm as _confirm
+from edge_agent.mesh.pairing_crypto import context as _context
+from edge_agent.mesh.pairing_crypto import label as _label
+from edge_agent.mesh.pairing_crypto import seal as _seal
+from edge_agent.mesh.pairing_crypto import spake_ids as _spake_ids
+from edge_agent.mesh.pairing_crypto import unseal as _unseal
+from edge_agent.mesh.pairing_messages import (
+    CODE_DIGITS,
+    SESSION_PATTERN,
+    DeviceRequest,
+    PairChallenge,
+    PairHello,
+    PairingError,
+    PairProof,
+    PairWelcome,
+    Welcome,
+    WrongCodeError,
+    new_code,
+    new_session,
+    validate_code,
+)
 from edge_agent.tasks import TASKS, DeviceClass, Task
 
 MAX_ATTEMPTS = 20
@@ -71,156 +91,30 @@ DEFAULT_REQUESTS: dict[DeviceClass, tuple[Task, ...]] = {
 """What a new device may ask peers to run unless the operator says otherwise (`invite --requests`):
 devices people talk to and type on, everything; a car, its voice assistant; an appliance, translating
 its messages (a panel with voice or chat gets more by name)."""
-CODE_DIGITS = 8
-SESSION_PATTERN = r"^[0-9a-f]{32}$"
-_ID_DEVICE, _ID_HUB = b"hearth-pair-device", b"hearth-pair-hub"
-_VERSION = b"hearth-pair-v2"
-_TRIVIAL = {"12345678", "87654321", "01234567", "76543210", "12341234", "11223344", "12121212"}
 
-
-class PairingError(HearthError):
-    """Pairing cannot proceed (wrong code, expired or exhausted invitation, bad message)."""
-
-    exit_code = 2
-
-
-class WrongCodeError(PairingError):
-    """A proof's key confirmation does not verify: a wrong code, or a sender without the session key."""
-
-
-def new_session() -> str:
-    """A pairing session id: 128 random bits, so nobody can guess it. It is also the device's MQTT
-    client id on the pairing listener, whose ``%c`` ACLs keep the session's topics to that connection."""
-    return secrets.token_hex(16)
-
-
-def validate_code(code: str) -> str:
-    """Normalize ``1234-5678`` to ``12345678``; refuse malformed or trivially guessable codes."""
-    digits = code.replace("-", "").replace(" ", "")
-    if len(digits) != CODE_DIGITS or not digits.isdigit():
-        raise PairingError(f"a setup code is {CODE_DIGITS} digits, like 4827-1930 (got {code!r})")
-    if len(set(digits)) == 1 or digits in _TRIVIAL:
-        raise PairingError(f"setup code {code!r} is trivially guessable; use `hearth household invite`")
-    return digits
-
-
-def new_code() -> str:
-    while True:
-        digits = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-        try:
-            validate_code(digits)
-        except PairingError:
-            continue
-        return f"{digits[:4]}-{digits[4:]}"
-
-
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PairHello(_Msg):
-    type: str = Field(default="pair-hello", pattern="^pair-hello$")
-    invitation: str = Field(pattern=r"^[0-9a-f]{16}$")
-    session: str = Field(pattern=SESSION_PATTERN)
-    spake: str = Field(pattern=r"^[0-9a-f]{66}$")
-
-
-class PairChallenge(_Msg):
-    type: str = Field(default="pair-challenge", pattern="^pair-challenge$")
-    spake: str = Field(pattern=r"^[0-9a-f]{66}$")
-    confirm: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class PairProof(_Msg):
-    type: str = Field(default="pair-proof", pattern="^pair-proof$")
-    confirm: str = Field(pattern=r"^[0-9a-f]{64}$")
-    sealed: str = Field(max_length=8192, pattern=r"^[0-9a-f]+$")
-
-
-class PairWelcome(_Msg):
-    type: str = Field(default="pair-welcome", pattern="^pair-welcome$")
-    sealed: str = Field(max_length=65536, pattern=r"^[0-9a-f]+$")
-
-
-class DeviceRequest(_Msg):
-    sign_key: str = Field(pattern=r"^[0-9a-f]{64}$")
-    box_key: str = Field(pattern=r"^[0-9a-f]{64}$")
-    name: str = Field(min_length=1, max_length=64)
-    profile: str = Field(min_length=1, max_length=63)
-    requests: list[Task]
-    serves: list[Task]
-    tls_key: str | None = Field(default=None, max_length=1024)
-    """PEM public key for the broker client certificate (see broker_pki); sealed, so the code binds it."""
-
-    @field_validator("box_key")
-    @classmethod
-    def _usable_box_key(cls, value: str) -> str:
-        if not usable_box_key(bytes.fromhex(value)):
-            raise ValueError("box_key is a low-order X25519 point; refusing to certify it")
-        return value
-
-
-class Welcome(_Msg):
-    certificate: DeviceCertificate
-    root_key: str = Field(pattern=r"^[0-9a-f]{64}$")
-    crl: RevocationList
-    group_key: str = Field(pattern=r"^[0-9a-f]{64}$")
-    group_epoch: int = Field(ge=0)
-    roster: list[DeviceCertificate] = Field(default_factory=list, max_length=256)
-    """Certificates of current members, so the new device trusts them before their next presence."""
-    broker_cert: str | None = Field(default=None, max_length=8192)
-    """PEM client certificate for the broker (CN = device id), when the hub runs the broker CA."""
-    broker_ca: str | None = Field(default=None, max_length=8192)
-    """PEM broker CA the device pins from now on."""
-
-
-def _context(invitation: str, session: str) -> bytes:
-    """What every key, confirmation and sealed payload of one session is bound to."""
-    return b"|".join([_VERSION, invitation.encode(), session.encode()])
-
-
-def _spake_ids(context: bytes) -> tuple[bytes, bytes]:
-    """SPAKE2 identities (device, hub): they enter the SPAKE2 transcript, so the key is per session."""
-    return _ID_DEVICE + b"|" + context, _ID_HUB + b"|" + context
-
-
-@dataclass(frozen=True)
-class _Keys:
-    """One key per job, all from one SPAKE2 output: a MAC key is never also an encryption key."""
-
-    confirm_hub: bytes
-    confirm_device: bytes
-    seal_request: bytes
-    seal_welcome: bytes
-
-    @classmethod
-    def derive(cls, spake_key: bytes, context: bytes) -> _Keys:
-        def sub(label: bytes) -> bytes:
-            return hashlib.blake2b(context, digest_size=32, key=spake_key, person=label).digest()
-
-        return cls(sub(b"confirm-hub"), sub(b"confirm-device"), sub(b"seal-request"), sub(b"seal-welcome"))
-
-
-def _confirm(key: bytes, role: bytes, transcript: bytes) -> str:
-    return hmac.new(key, _VERSION + b"|confirm|" + role + b"|" + transcript, hashlib.sha256).hexdigest()
-
-
-def _label(kind: bytes, context: bytes) -> bytes:
-    """Associated data of a sealed payload: what it is, and which session it belongs to."""
-    return kind + b"|" + context
-
-
-def _seal(key: bytes, label: bytes, data: bytes) -> str:
-    nonce = secrets.token_bytes(24)
-    return (nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(data, label, nonce, key)).hex()
-
-
-def _unseal(key: bytes, label: bytes, hexdata: str) -> bytes:
-    try:
-        raw = bytes.fromhex(hexdata)
-        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(raw[24:], label, raw[:24], key)
-    except Exception as exc:
-        raise PairingError("sealed pairing data does not decrypt") from exc
+__all__ = [
+    "ATTEMPT_LIFETIME",
+    "CODE_DIGITS",
+    "DEFAULT_REQUESTS",
+    "MAX_ATTEMPTS",
+    "MAX_LIFETIME",
+    "SESSION_PATTERN",
+    "TRY_BURST",
+    "TRY_EVERY",
+    "DevicePairing",
+    "DeviceRequest",
+    "Invitation",
+    "PairChallenge",
+    "PairHello",
+    "PairProof",
+    "PairWelcome",
+    "PairingError",
+    "Welcome",
+    "WrongCodeError",
+    "new_code",
+    "new_session",
+    "validate_code",
+]
 
 
 @dataclass

@@ -32,13 +32,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
-import itertools
 import os
-import shutil
-import signal
 import ssl
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,32 +42,38 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import HearthError, IdentityError
-from edge_agent.mesh.files import read_private, write_atomic, write_private
+from edge_agent.mesh.broker_reload import ReloadResult, reload_mosquitto, write_public
+from edge_agent.mesh.broker_x509 import CA_USAGE as _CA_USAGE
+from edge_agent.mesh.broker_x509 import LEEWAY as _LEEWAY
+from edge_agent.mesh.broker_x509 import crl_number as _crl_number
+from edge_agent.mesh.broker_x509 import key_pem as _key_pem
+from edge_agent.mesh.broker_x509 import pem as _pem
+from edge_agent.mesh.broker_x509 import public_key_pem
+from edge_agent.mesh.broker_x509 import subject_name as _name
+from edge_agent.mesh.files import read_private, write_private
 from edge_agent.mesh.household import DeviceCertificate
 
-_LEEWAY = timedelta(minutes=5)  # clocks on appliances drift; certificates start a little in the past
+__all__ = [
+    "CRL_LIFETIME",
+    "CRL_RENEW_BEFORE",
+    "BrokerPki",
+    "PkiError",
+    "ReloadResult",
+    "broker_certificate_issuer",
+    "public_key_pem",
+    "reload_mosquitto",
+    "write_public",
+]
+
 CRL_LIFETIME = timedelta(days=7)
 """How long a broker CRL is valid. Mosquitto (OpenSSL) refuses every client certificate once its CRL
 has expired, so the hub agent renews it well before (`CRL_RENEW_BEFORE`) and reloads Mosquitto."""
 CRL_RENEW_BEFORE = timedelta(days=4)
 """Renew once the CRL expires within this: renewals every ~3 days leave 4 to notice a failing one."""
-
-
-_CA_USAGE = x509.KeyUsage(
-    digital_signature=False,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=True,
-    crl_sign=True,
-    encipher_only=False,
-    decipher_only=False,
-)
 
 
 class PkiError(HearthError):
@@ -89,29 +91,6 @@ class _Issued(BaseModel):
     """Number of the newest CRL signed: RFC 5280 wants each new CRL's number strictly larger."""
     broker_configs: list[Path] = Field(default_factory=list)
     """Mosquitto configs that read the CRL (`hearth broker config --out`): reloaded after a new CRL."""
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
-def public_key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hearth household"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # fmt: skip
 
 
 class BrokerPki:
@@ -394,88 +373,6 @@ class BrokerPki:
             if path.resolve() not in issued.crl_copies:
                 issued.crl_copies.append(path.resolve())
                 write_private(self.issued_path, issued.model_dump_json(indent=1))
-
-
-def _crl_number(crl: x509.CertificateRevocationList | None) -> int:
-    """The number of a CRL (0 for none): CRLs signed before the counter existed carry random numbers,
-    and the next one must still be larger."""
-    if crl is None:
-        return 0
-    try:
-        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-    except x509.ExtensionNotFound:
-        return 0
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    reloaded: list[int]
-    """PIDs of the Mosquitto processes signalled."""
-    failed: list[str]
-    """Why a process found could not be signalled (one line each)."""
-
-    def describe(self) -> str:
-        if self.failed:
-            return "could not reload Mosquitto: " + "; ".join(self.failed)
-        if not self.reloaded:
-            return "no running Mosquitto started on this hub's config was found"
-        return f"reloaded Mosquitto (pid {', '.join(map(str, self.reloaded))})"
-
-
-def reload_mosquitto(configs: Iterable[Path], proc: Path = Path("/proc")) -> ReloadResult:
-    """SIGHUP the Mosquitto processes (named ``mosquitto``) whose command line names one of
-    ``configs`` after ``-c``/``--config-file``; nothing else is ever signalled."""
-    wanted = {c.resolve() for c in configs}
-    reloaded: list[int] = []
-    failed: list[str] = []
-    if not wanted:
-        return ReloadResult(reloaded, failed)
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != "mosquitto":
-                continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")  # readable by anyone, unlike its cwd
-        except OSError:
-            continue  # gone
-        if not wanted & _config_args(argv, entry / "cwd"):
-            continue
-        try:
-            os.kill(int(entry.name), signal.SIGHUP)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            failed.append(f"pid {entry.name}: not permitted (run `systemctl reload mosquitto` or "
-                          f"`kill -HUP {entry.name}` as its user)")  # fmt: skip
-            continue
-        reloaded.append(int(entry.name))
-    return ReloadResult(reloaded, failed)
-
-
-def _config_args(argv: list[bytes], cwd_link: Path) -> set[Path]:
-    """The config files a command line names; a relative one against the process's working directory
-    (skipped if that is not ours to read)."""
-    found: set[Path] = set()
-    for flag, value in itertools.pairwise(argv):
-        if flag in (b"-c", b"--config-file") and value:
-            path = Path(os.fsdecode(value))
-            if not path.is_absolute():
-                try:
-                    path = Path(os.readlink(cwd_link)) / path
-                except OSError:
-                    continue
-            found.add(path.resolve())
-    return found
-
-
-def write_public(path: Path, text: str, mode: int = 0o644) -> None:
-    """Broker-side files: the broker runs as its own user (Mosquitto drops to `mosquitto`), so keys
-    are group-readable by that group when it exists, certificates world-readable."""
-    write_atomic(path, text, mode)
-    if mode & 0o040 and not mode & 0o004:
-        with contextlib.suppress(LookupError, PermissionError):
-            shutil.chown(path, group="mosquitto")
 
 
 def broker_certificate_issuer(state_dir: Path) -> Callable[[DeviceCertificate, str], tuple[str, str]] | None:

@@ -13,6 +13,7 @@ import soundfile as sf
 
 from edge_agent.audio import (
     CLIP_WARN_FRACTION,
+    SpeechStream,
     float_to_pcm16,
     from_pcm16,
     iter_pcm16,
@@ -228,3 +229,22 @@ def test_iter_pcm16_refuses_a_half_sample_at_the_end() -> None:
         InvalidAudioError, match=r"^stdin: 3201 bytes is not a whole number of 16-bit samples$"
     ):
         list(iter_pcm16(io.BytesIO(b"\0" * 3201), 800))
+
+
+def test_a_stream_and_a_file_go_through_one_conversion() -> None:
+    """The Wyoming server's chunks (`SpeechStream`, split anywhere, even inside a frame) and a file
+    (`load_audio`) of the same 48 kHz 24-bit stereo audio become the same 16 kHz mono, to within the
+    stream's rounding to s16: one down-mix, one resampler."""
+    rate = 48_000
+    t = np.arange(2 * rate) / rate
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 1000 * t)], 1)
+    wav, raw = io.BytesIO(), io.BytesIO()
+    sf.write(wav, stereo.astype(np.float32), rate, subtype="PCM_24", format="WAV")
+    sf.write(raw, stereo.astype(np.float32), rate, subtype="PCM_24", format="RAW")
+    whole = load_audio(wav.getvalue(), name="a file", max_seconds=10).samples
+    stream, pcm = SpeechStream(rate, 3, 2), b""
+    for i in range(0, len(raw.getvalue()), 1001):  # 1001 bytes: frames (6 bytes) cut across chunks
+        pcm += stream.convert(raw.getvalue()[i : i + 1001])
+    streamed = pcm16_to_float(pcm + stream.finish(), "the stream")
+    assert len(streamed) == len(whole) == 2 * SAMPLE_RATE
+    assert float(np.max(np.abs(streamed - whole))) <= 0.5 / 32768

@@ -311,5 +311,16 @@ def _current_known() -> str:
     return "\n".join([*lines, ")"])
 
 
-if __name__ == "__main__":  # python -m tests.test_layering: print the breaks the tree has now
-    print(_current_known())
+def _write_readme() -> None:
+    """Put ``layers.render()`` between README's markers."""
+    path = REPO / "README.md"
+    head, rest = path.read_text().split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_BEGIN}\n```text\n{layers.render()}\n```\n{README_END}{tail}")
+
+
+if __name__ == "__main__":  # python -m tests.test_layering [--readme]: today's breaks [or redraw README]
+    if sys.argv[1:] == ["--readme"]:
+        _write_readme()
+    else:
+        print(_current_known())

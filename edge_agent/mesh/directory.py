@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_agent.errors import HearthError, PeerError
+from edge_agent.errors import HearthError, PeerError, TransportError
 from edge_agent.mesh.envelope import KIND_GROUP, Opened
 from edge_agent.mesh.exchanges import Exchanges
 from edge_agent.mesh.lifetime import Lifetime
@@ -44,6 +44,7 @@ class PresenceDirectory:
         lifetime: Lifetime,
         exchanges: Exchanges,
         presence: Callable[[], Presence] | None,
+        connected: asyncio.Event,
     ) -> None:
         self.node = node
         self.settings = settings
@@ -52,6 +53,7 @@ class PresenceDirectory:
         self.exchanges = exchanges
         self.presence = presence
         """Builds this device's advert; None: a one-shot client that does not advertise."""
+        self.connected = connected
         limits = settings.limits
         self.peers = PeerTable(
             node.device_id, max_peers=limits.max_peers, max_interval_s=limits.max_presence_interval_s
@@ -194,6 +196,24 @@ class PresenceDirectory:
             except HearthError as exc:  # expired since its last advert
                 self.forget(device_id, f"no longer a member ({exc})")
 
+    async def housekeeping_loop(self) -> None:
+        """Every presence interval: upkeep, our advert again, the node's state saved."""
+        # Checks closing too: on 3.11 asyncio.wait_for (inside aiomqtt) can swallow a cancel that
+        # races with its result, and a loop that only stops on cancel would then run forever.
+        # Each step is guarded on its own: one that fails (a peer's entry, our own advert) must not
+        # stop the others, or the next round.
+        guard = self.supervisor.guard
+        while not self.lifetime.closing:
+            await asyncio.sleep(self.settings.presence_interval_s)
+            with guard("mesh-housekeeping", "peer table upkeep failed"):
+                self.upkeep()
+            if self.connected.is_set() and self.presence is not None:
+                with contextlib.suppress(TransportError):
+                    await self.publish()
+            with guard("mesh-housekeeping", "saving mesh state failed"):
+                self.node.prune_group_keys()
+                self.node.save_state()
+
     # -- reading the directory ------------------------------------------------------------------------
 
     def is_member(self, device_id: str) -> bool:
@@ -227,3 +247,12 @@ class PresenceDirectory:
                 async with asyncio.timeout(remaining):
                     await self.changed.wait()
         return True
+
+    async def wait_for_presence(self, device_id: str, timeout: float, since: float | None) -> bool:
+        after = time.monotonic() if since is None else since
+
+        def heard() -> bool:
+            peer = self.peers.get(device_id)
+            return peer is not None and peer.seen > after
+
+        return await self.wait_until(heard, timeout)

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from types import TracebackType
@@ -82,7 +81,7 @@ class MeshEndpoint:
         self.lifetime = Lifetime(self.supervisor)
         self.exchanges = Exchanges(node, self.settings, self.lifetime, self.connected, handler)
         self.directory = PresenceDirectory(
-            node, self.settings, self.supervisor, self.lifetime, self.exchanges, presence
+            node, self.settings, self.supervisor, self.lifetime, self.exchanges, presence, self.connected
         )
         self.messages = MessageLayer(
             node,
@@ -269,7 +268,7 @@ class MeshEndpoint:
             raise RuntimeError(f"this endpoint is {self.state.value}; make a new one")
         self.state = EndpointState.OPEN
         self.lifetime.start_loop("mesh-connection", self.messages.connection_loop)
-        self.lifetime.start_loop("mesh-housekeeping", self._housekeeping_loop)
+        self.lifetime.start_loop("mesh-housekeeping", self.directory.housekeeping_loop)
         return self
 
     async def __aexit__(
@@ -297,42 +296,16 @@ class MeshEndpoint:
                 await transport.aclose()
         self.node.save_state()
 
-    async def _housekeeping_loop(self) -> None:
-        # Checks closing too: on 3.11 asyncio.wait_for (inside aiomqtt) can swallow a cancel that
-        # races with its result, and a loop that only stops on cancel would then run forever.
-        # Each step is guarded on its own: one that fails (a peer's entry, our own advert) must not
-        # stop the others, or the next round.
-        guard = self.supervisor.guard
-        while not self.lifetime.closing:
-            await asyncio.sleep(self.settings.presence_interval_s)
-            with guard("mesh-housekeeping", "peer table upkeep failed"):
-                self.directory.upkeep()
-            if self.connected.is_set() and self.directory.presence is not None:
-                with contextlib.suppress(TransportError):
-                    await self.directory.publish()
-            with guard("mesh-housekeeping", "saving mesh state failed"):
-                self.node.prune_group_keys()
-                self.node.save_state()
-
     # -- waiting --------------------------------------------------------------------------------------
 
     async def wait_connected(self, timeout: float) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await self.connected.wait()
-        except TimeoutError:
-            raise TransportError(f"no connection to the mesh within {timeout:g} s") from None
+        """Until the link is up; raises TransportError after ``timeout``."""
+        await self.messages.wait_connected(timeout)
 
     async def caught_up(self, timeout: float) -> bool:
         """True once what the broker held for us when we connected (the presence board's adverts,
         this device's own included) has been taken in here; False after ``timeout`` (or no link)."""
-        end = time.monotonic() + timeout
-        try:
-            await self.wait_connected(timeout)
-        except TransportError:
-            return False
-        transport = self.node.transport
-        return transport is not None and await transport.caught_up(max(0.0, end - time.monotonic()))
+        return await self.messages.caught_up(timeout)
 
     async def wait_peers_changed(self, timeout: float) -> bool:
         return await self.directory.wait_changed(timeout)
@@ -355,10 +328,4 @@ class MeshEndpoint:
 
     async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
         """Wait for a presence from ``device_id`` received after ``since`` (default now)."""
-        after = time.monotonic() if since is None else since
-
-        def heard() -> bool:
-            peer = self.peers.get(device_id)
-            return peer is not None and peer.seen > after
-
-        return await self.wait_until(heard, timeout)
+        return await self.directory.wait_for_presence(device_id, timeout, since)

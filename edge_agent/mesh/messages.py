@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +118,22 @@ class MessageLayer:
                 self.exchanges.link_dropped()
             await asyncio.sleep(delay)
             delay = min(self.settings.reconnect_max_s, delay * 2)
+
+    async def wait_connected(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.connected.wait()
+        except TimeoutError:
+            raise TransportError(f"no connection to the mesh within {timeout:g} s") from None
+
+    async def caught_up(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        try:
+            await self.wait_connected(timeout)
+        except TransportError:
+            return False
+        transport = self.node.transport
+        return transport is not None and await transport.caught_up(max(0.0, end - time.monotonic()))
 
     def unexpected_frame(self, exc: Exception, where: str) -> None:
         """A frame whose checks failed in a way nobody planned for (a bug a peer can trigger): it is

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         result["crossing_list"] = [f"{a} -> {b} x{n}" for (a, b), n in sorted(walk.pairs.items())]
         result["file_list"] = sorted(str(Path(f).relative_to(walk.package.parent)) for f in walk.files)
+        result["steps_per_file"] = dict(Counter(e.split(":")[0] for e in walk.entered).most_common())
     print(json.dumps(result, indent=2))
     return 0
 

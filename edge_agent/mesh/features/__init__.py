@@ -1,1 +1,1 @@
-"""Mesh features: message handlers that plug into the endpoint (`MeshEndpoint.register`)."""
+"""Mesh features: message handlers that plug into the endpoint through `features.port.FeaturePort`."""

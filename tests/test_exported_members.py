@@ -13,7 +13,7 @@ EDGE_AGENT = [
     "TranslateResult", "TransportError", "__version__", "load_config",
 ]  # fmt: skip
 MESH = [
-    "Address", "Channel", "Connector", "DeviceCertificate", "DeviceIdentity", "DevicePairing",
+    "Address", "Channel", "Connector", "DeviceCertificate", "DeviceIdentity", "DevicePairing", "FeaturePort",
     "GroupKeyRotation", "GroupKeys", "HouseholdRoot", "HouseholdState", "Invitation", "Membership",
     "MemoryExchange", "MeshEndpoint", "MeshLimits", "MeshNode", "MeshSettings", "MeshSimulator",
     "MqttConnector", "Offer", "Peer", "Presence", "RevocationList", "Transport", "TranslationMemory",

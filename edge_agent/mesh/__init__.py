@@ -4,8 +4,10 @@ component) installs and uses it alone (`requirements/mesh.txt`).
 
 Layers, bottom up: identity/household (who is a member) → envelope/replay (sealed frames) →
 interfaces + transports (MQTT, in-memory) → node (seal, open, membership checks) → protocol/rpc (wire
-models, IO-free rules) → endpoint (connection, dispatch, request/stream) → features (translation memory,
-group-key rotation). The public surface is `__all__`, pinned by tests/test_exported_members.py.
+models, IO-free rules) → endpoint (messages: connection and dispatch; exchanges: requests, streams,
+serving; directory: presence and peers) → features (translation memory, group-key rotation,
+corrections), which use the endpoint through `FeaturePort` only. The public surface is `__all__`,
+pinned by tests/test_exported_members.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _EXPORTS = {
     "GroupKeys": "edge_agent.mesh.node",
     "MeshNode": "edge_agent.mesh.node",
     "MeshEndpoint": "edge_agent.mesh.endpoint",
+    "FeaturePort": "edge_agent.mesh.features.port",
     "Peer": "edge_agent.mesh.peers",
     "Presence": "edge_agent.mesh.protocol",
     "Offer": "edge_agent.mesh.protocol",

@@ -175,11 +175,6 @@ class MeshEndpoint:
         """Answers we are waiting for from peers (our own offloaded requests)."""
         return len(self.exchanges.streams)
 
-    @property
-    def _tasks(self) -> list[asyncio.Task[Any]]:
-        # The fuzz rig's leak check reads this name; `lifetime.tasks` is the public one.
-        return self.lifetime.tasks
-
     def streaming_from(self) -> list[str]:
         """The devices whose answers we are waiting for now (diagnostics, tests)."""
         return [stream.peer for stream in self.exchanges.streams.values()]

@@ -610,8 +610,8 @@ class Rig:
                 f"the device under test is {self.dut.endpoint.state.value}, connected: "
                 f"{self.dut.endpoint.connected.is_set()}"
             )
-        if len(self.dut.endpoint._tasks) > MAX_TASKS:
-            problems.append(f"{len(self.dut.endpoint._tasks)} background tasks left running")
+        if len(self.dut.endpoint.lifetime.tasks) > MAX_TASKS:
+            problems.append(f"{len(self.dut.endpoint.lifetime.tasks)} background tasks left running")
         if self._trusted is not None:
             problems += _diff(self._trusted, self.trusted())
         # The hub's replay windows here move with the hub's own messages only: never past its counter

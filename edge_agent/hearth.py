@@ -197,9 +197,12 @@ class Hearth:
     async def _start_ha_discovery(self) -> None:
         """Home Assistant MQTT discovery on its own connection (it never holds the agent up); revoked
         devices' configs are cleared, this device's own too."""
-        from edge_agent.ha_discovery.agent import publisher_for, watch_revocations
+        from edge_agent.ha_discovery.agent import publisher_for, snapshot_of, watch_revocations
 
-        self.ha_discovery = publisher_for(self, supervisor=self.supervisor)
+        snapshot = snapshot_of(self.config.agent.name, self.profile, self.agent.models, self.router,
+                               self.service)  # fmt: skip
+        self.ha_discovery = publisher_for(self.config, self.state_dir, snapshot, self.service,
+                                          supervisor=self.supervisor)  # fmt: skip
         await self._stack.enter_async_context(self.ha_discovery)
         if self.service is not None:
             self._stack.callback(watch_revocations(self.ha_discovery, self.service.membership))

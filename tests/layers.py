@@ -263,7 +263,6 @@ KNOWN: tuple[Known, ...] = (
     Known("e2e-off-tests", "integration.e2e.conftest", "tests.support.brokers"),
     Known("e2e-off-tests", "integration.e2e.conftest", "tests.support.headless_hass"),
     Known("e2e-off-tests", "integration.e2e.test_hass_e2e", "tests.support.headless_hass"),
-    Known("root-from-entry-points-only", "edge_agent.ha_discovery.agent", "edge_agent.hearth"),
     Known("downward", "edge_agent.cli.bench", "tests.support.fuzzing"),
     Known("downward", "edge_agent.models.builders.whisper", "edge_agent.audio.decode"),
     Known("downward", "edge_agent.models.host_gate", "edge_agent.audio.decode"),
@@ -273,7 +272,6 @@ KNOWN: tuple[Known, ...] = (
 # members; none may be added.
 KNOWN_CIRCLES: tuple[tuple[str, ...], ...] = (
     ("edge_agent.agent", "edge_agent.task_specs"),
-    ("edge_agent.ha_discovery.agent", "edge_agent.hearth"),
 )
 
 

@@ -1,8 +1,8 @@
 """The agent's side of MQTT discovery: which broker, and what a running `Hearth` reports.
 
 Kept apart from the publisher (which knows nothing of the agent's config) so the composition root
-only asks `publisher_for(hearth)`; revocations reach the publisher through the membership's
-``on_revoked`` listeners (see `watch_revocations`).
+only asks `publisher_for(...)` with the parts it reads (never the root itself); revocations reach the
+publisher through the membership's ``on_revoked`` listeners (see `watch_revocations`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.supervision import Supervisor
 
 if TYPE_CHECKING:
-    from edge_agent.hearth import Hearth
+    from edge_agent.engines.manager import ModelManager
+    from edge_agent.profiles.model import FirmwareProfile
+    from edge_agent.router import Router
+    from edge_agent.service import MeshService
 
 log = logging.getLogger(__name__)
 
@@ -104,23 +107,23 @@ def ids_of(membership: Membership, device_ids: Iterable[str]) -> list[str]:
     return [discovery_id(d, key) for d in device_ids]
 
 
-def snapshot_of(hearth: Hearth) -> Snapshot:
-    """What the running agent reports, read fresh on every call."""
-    profile = hearth.profile
+def snapshot_of(
+    name: str, profile: FirmwareProfile, models: ModelManager, router: Router, service: MeshService | None
+) -> Snapshot:
+    """What the running agent reports, read fresh on every call (``service``: on the mesh)."""
 
     def snapshot() -> tuple[DeviceDescription, DeviceState]:
-        free = max(0, int(profile.model_ram_budget_mb - hearth.agent.models.used_mb))
-        service = hearth.service
+        free = max(0, int(profile.model_ram_budget_mb - models.used_mb))
         if service is None:
             desc = DeviceDescription(
-                object_id=object_id_for(None, hearth.config.agent.name),
-                name=hearth.config.agent.name,
+                object_id=object_id_for(None, name),
+                name=name,
                 model=profile.id,
                 device_class=profile.device_class,
                 sw_version=__version__,
             )
             state = DeviceState(
-                queue_depth=hearth.router.local_in_flight, requests_served=0, requests_offloaded=0,
+                queue_depth=router.local_in_flight, requests_served=0, requests_offloaded=0,
                 free_model_ram=free,
             )  # fmt: skip
             return desc, state
@@ -149,12 +152,18 @@ def snapshot_of(hearth: Hearth) -> Snapshot:
     return snapshot
 
 
-def publisher_for(hearth: Hearth, supervisor: Supervisor | None = None) -> DiscoveryPublisher:
+def publisher_for(
+    config: AgentConfig,
+    state_dir: Path,
+    snapshot: Snapshot,
+    service: MeshService | None,
+    supervisor: Supervisor | None = None,
+) -> DiscoveryPublisher:
     """The discovery publisher of a serving agent (``[home_assistant] mqtt_discovery = true``), its
-    loop under ``supervisor`` (the agent's)."""
-    connect = client_factory(hearth.config, hearth.state_dir, on_mesh=hearth.service is not None)
-    legacy = [hearth.service.certificate.device_id] if hearth.service is not None else []
-    return DiscoveryPublisher(snapshot_of(hearth), connect, discovery_settings(hearth.config),
+    loop under ``supervisor`` (the agent's); ``snapshot`` from `snapshot_of`."""
+    connect = client_factory(config, state_dir, on_mesh=service is not None)
+    legacy = [service.certificate.device_id] if service is not None else []
+    return DiscoveryPublisher(snapshot, connect, discovery_settings(config),
                               supervisor=supervisor, legacy_ids=legacy)  # fmt: skip
 
 

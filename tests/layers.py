@@ -270,9 +270,7 @@ KNOWN: tuple[Known, ...] = (
 
 # Import circles (strongly connected modules, lazy imports included) still open, each as its sorted
 # members; none may be added.
-KNOWN_CIRCLES: tuple[tuple[str, ...], ...] = (
-    ("edge_agent.agent", "edge_agent.task_specs"),
-)
+KNOWN_CIRCLES: tuple[tuple[str, ...], ...] = (("edge_agent.agent", "edge_agent.task_specs"),)
 
 
 def render() -> str:

@@ -5,16 +5,31 @@ when it cannot be reached, and every way of abusing a link is refused with trust
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+import uvloop
+from pydantic import BaseModel
 
 from edge_agent.errors import DirectLinkError, DirectRefusedError
-from edge_agent.mesh.direct import Ask, DirectLinks
+from edge_agent.mesh.direct import (
+    Answer,
+    Ask,
+    Challenge,
+    DirectLinks,
+    Hello,
+    Welcome,
+    _client_context,
+    _sign_input,
+)
 from edge_agent.mesh.protocol import ChunkData, DirectContact
 from edge_agent.sync.exchange import UpdateExchange
 from edge_agent.sync.swarm import FetchState
@@ -287,3 +302,110 @@ async def test_a_holder_serving_a_poisoned_chunk_directly_is_banned_and_the_down
             assert list(banned) == [plug.id] and "bad chunk" in banned[plug.id]
             assert fridge.endpoint.dropped["ChunkDigestError"] >= 1
             assert ex["fridge"].received == {"direct": sum(len(v) for v in FILES.values())}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class EarlyClient:
+    """A direct-link client whose TLS ClientHello is in the server's socket before the server has even
+    accepted the connection (the kernel completes TCP by itself): what a loaded device sees whenever
+    its loop gets to a new connection later than the client's first bytes arrive. TLS over memory
+    BIOs, so the test decides when each byte is sent."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)  # no loop has run since
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = _client_context().wrap_bio(self.incoming, self.outgoing)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.do_handshake()
+        self.sock.sendall(self.outgoing.read())  # the ClientHello, before the server looked
+        self.sock.setblocking(False)
+
+    async def _flush(self) -> None:
+        if out := self.outgoing.read():
+            await asyncio.get_running_loop().sock_sendall(self.sock, out)
+
+    async def _fill(self) -> None:
+        data = await asyncio.get_running_loop().sock_recv(self.sock, 1 << 16)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.incoming.write(data)
+
+    async def handshake(self) -> str:
+        """Completes TLS; the server certificate's SHA-256."""
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+        await self._flush()
+        der = self.tls.getpeercert(binary_form=True)
+        assert der is not None
+        return hashlib.sha256(der).hexdigest()
+
+    async def read_exactly(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            try:
+                buf += self.tls.read(n - len(buf))
+            except ssl.SSLWantReadError:
+                await self._fill()
+        return buf
+
+    async def read(self, model: type[M]) -> M:
+        (length,) = struct.unpack(">I", await self.read_exactly(4))
+        return model.model_validate_json(await self.read_exactly(length))
+
+    async def write(self, frame: BaseModel) -> None:
+        header = frame.model_dump_json().encode()
+        self.tls.write(struct.pack(">I", len(header)) + header)
+        await self._flush()
+
+
+@pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_a_client_hello_that_arrives_before_the_server_accepts_still_makes_the_link(
+    tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """Nothing may read an accepted connection before TLS does: a plain-text stream took the early
+    ClientHello into its own buffer (on uvloop, the agent's loop), the handshake then waited for bytes
+    it already had until HANDSHAKE_S refused the link, and the holder was left to the broker for a
+    minute. Here the link is made, the member authenticated, a chunk served, nothing refused."""
+
+    async def scenario() -> None:
+        async with household(tmp_path) as home:
+            hub, car = home.device("hub", device_class="hub"), home.device("car")
+            await home.start(hub, car)
+            ex_hub = exchange(home, hub, tmp_path)
+            publish(home, ex_hub, tmp_path)
+            manifest = next(iter(ex_hub.holdings.values())).manifest
+            async with direct(hub, ex_hub) as links:
+                assert links.contact is not None
+                client = EarlyClient(links.contact.port)
+                try:
+                    async with asyncio.timeout(30):  # a deadline for the test only
+                        assert await client.handshake() == links.contact.tls_sha256
+                        challenge = await client.read(Challenge)
+                        signed = _sign_input(home.root.household_id, car.id, hub.id,
+                                             links.contact.tls_sha256, challenge.nonce)  # fmt: skip
+                        signature = car.node.identity.signing_key.sign(signed).signature
+                        await client.write(
+                            Hello(device=car.id, signature=base64.b64encode(signature).decode())
+                        )
+                        await client.read(Welcome)
+                        await client.write(Ask(id=7, content_id=manifest.content_id, index=0))
+                        answer = await client.read(Answer)
+                        data = await client.read_exactly(answer.length)
+                    assert (answer.id, answer.error, len(data)) == (7, None, manifest.chunk_length(0))
+                    assert [d for d, _ in links._served.values() if d] == [car.id]
+                    assert hub.node.dropped["DirectLinkRefused"] == 0
+                    assert links.supervisor.report().dropped == 0
+                finally:
+                    client.sock.close()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(scenario())

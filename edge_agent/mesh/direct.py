@@ -12,11 +12,14 @@ Mosquitto), the way WebRTC binds DTLS to its signed signalling:
   per connection and reached the client inside TLS from the pinned server, so the signature can be
   neither relayed to another device nor replayed.
 - Every ask re-checks that both ends are still members; a revocation closes that device's links.
-- Bounded before anything costly (issue 21, N5): the server accepts plain TCP and counts a connection
-  before its TLS handshake starts, at most MAX_PENDING unauthenticated in all and MAX_PENDING_PER_SOURCE
-  from one address (IPv6: one /64); past that a connection is closed at once, so a flood of half-open
-  handshakes costs one file descriptor per slot, never more. TLS, challenge and hello must all be done
-  within HANDSHAKE_S. Authenticated links are bounded in total and per device; header size, answer
+- Bounded before anything costly (issue 21, N5): the server accepts plain TCP sockets itself and counts
+  a connection before its TLS handshake starts, at most MAX_PENDING unauthenticated in all and
+  MAX_PENDING_PER_SOURCE from one address (IPv6: one /64); past that a connection is closed at once, so
+  a flood of half-open handshakes costs one file descriptor per slot, never more. Nothing reads an
+  accepted socket before TLS owns it: a client's ClientHello often arrives before the server gets to
+  it (always, on a loaded device), and bytes a plain-text stream had taken would never reach TLS (the
+  handshake then waits for what it already had). TLS, challenge and hello must all be done within
+  HANDSHAKE_S. Authenticated links are bounded in total and per device; header size, answer
   length (the caller's signed chunk length, read before any byte of data) and idle time too.
 - Contacts are taken at their word only as far as they are safe to try (N4): a host must be an IP
   literal (nothing is ever resolved), on this device's own network (`local_network`), on a port of at
@@ -99,6 +102,10 @@ UNREACHABLE_S = 60.0
 """After a failed connection, the broker path is used for this long before trying directly again;
 doubled for each failure in a row, up to MAX_UNREACHABLE_S."""
 MAX_UNREACHABLE_S = 3600.0
+ACCEPT_RETRY_S = 1.0
+"""After accept() fails for lack of descriptors or buffers, wait this long (as asyncio's servers do)."""
+LOOP = "direct-links"
+"""The supervisor's name for the server: its accept loop's restarts, connections and asks dropped."""
 _CONTEXT = b"hearth direct link v1"
 _HEX32 = r"^[0-9a-f]{32}$"
 
@@ -292,6 +299,31 @@ def _source_of(peername: object) -> str:
     return str(ip)
 
 
+async def _listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host`` (resolved as `asyncio.start_server` would)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    listener = socket.create_server(address, family=family, backlog=100)
+    listener.setblocking(False)
+    return listener
+
+
+async def _start_tls(
+    conn: socket.socket, context: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The server side of TLS on an accepted socket nothing has read from, as streams (what
+    `asyncio.open_connection` does for a client). The socket belongs to the transport from here on,
+    closed with it, also when this fails or is cancelled."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: protocol, conn, ssl=context, ssl_handshake_timeout=2 * HANDSHAKE_S
+    )  # this module's HANDSHAKE_S bound, not asyncio's, is what ends a slow handshake
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 class _Link:
     """Our end of one link to a peer: asks in flight, answered in any order by id."""
 
@@ -333,7 +365,7 @@ class _Link:
             self.dropped["DirectLinkRefused"] += 1
             why = DirectLinkError(f"{self.peer[:8]} broke the link's rules: {exc}")
         except Exception as exc:  # a bug a peer's answer triggered: this link ends, counted, nothing else
-            self.supervisor.drop("direct-links", type(exc).__name__, exc, f"link to {self.peer[:8]} failed")
+            self.supervisor.drop(LOOP, type(exc).__name__, exc, f"link to {self.peer[:8]} failed")
             why = DirectLinkError(f"link to {self.peer[:8]} failed: {type(exc).__name__}")
         finally:
             self.close(why)
@@ -395,10 +427,12 @@ class DirectLinks:
         self.state = DirectState.UNOPENED
         self.contact: DirectContact | None = None
         """What our presence announces once open."""
-        self._server: asyncio.Server | None = None
-        self._served: dict[asyncio.Task[None], tuple[str, asyncio.StreamWriter]] = {}
-        """Connections being served -> the member on the other end ("" until it authenticated) and the
-        writer that ends it (closing, not cancelling: asyncio logs a cancelled connection callback)."""
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self._served: dict[asyncio.Task[None], tuple[str, asyncio.StreamWriter | socket.socket | None]] = {}
+        """Connections being served -> the member on the other end ("" until it authenticated) and what
+        ends it: the accepted socket until TLS takes it, None during the TLS handshake (cancelling the
+        task ends it), then the stream writer."""
         self._pending: Counter[str] = Counter()
         """Unauthenticated connections being handshaken, by source (see `_source_of`)."""
         self._ssl: ssl.SSLContext | None = None
@@ -424,10 +458,14 @@ class DirectLinks:
         fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).hexdigest()
         self._ssl = _server_context(cert_pem, key_pem)
         # Plain TCP first: a connection is counted (and refused past the bounds) before any TLS work.
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
-        port = self._server.sockets[0].getsockname()[1]
+        self._listener = await _listen(self.host, self.port)
+        port = self._listener.getsockname()[1]
         self.contact = DirectContact(hosts=[self.host], port=port, tls_sha256=fingerprint)
         self.state = DirectState.OPEN
+        self._acceptor = asyncio.create_task(
+            self.supervisor.supervise(LOOP, self._accept_loop, stopping=self._closing),
+            name="direct-links-accept",
+        )
         log.info("direct links on %s:%d", self.host, port)
         return self
 
@@ -435,6 +473,9 @@ class DirectLinks:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    def _closing(self) -> bool:
+        return self.state is DirectState.CLOSED
 
     async def close(self) -> None:
         if self.state is DirectState.CLOSED:
@@ -446,42 +487,64 @@ class DirectLinks:
             link.close()
         tasks = [link.task for link in self._links.values()]
         self._links.clear()
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            tasks.append(self._acceptor)
         for task in tasks:
             task.cancel()
-        for _, writer in self._served.values():
-            writer.close()
+        for task, (_, end) in self._served.items():
+            if end is not None:
+                end.close()
+            task.cancel()
         tasks += list(self._served)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await self._server.wait_closed()
+        if self._listener is not None:
+            self._listener.close()
 
     def _revoked(self, devices: frozenset[str]) -> None:
         for device in devices:
             if (link := self._links.pop(device, None)) is not None:
                 link.close(DirectLinkError(f"{device[:8]} has been revoked"))
-        for device, writer in list(self._served.values()):
-            if device in devices:
-                writer.close()
+        for device, end in list(self._served.values()):
+            if device in devices and end is not None:
+                end.close()
 
     # -- serving --------------------------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection: counted before its TLS handshake, and whatever goes wrong in it stays in
-        it (expected failures are handled below; anything else is dropped and counted)."""
-        source = _source_of(writer.get_extra_info("peername"))
+    async def _accept_loop(self) -> None:
+        """Accept connections while open (supervised). An accepted socket is only counted here, never
+        read: its first bytes are the client's ClientHello, for TLS (`_start_tls`)."""
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while not self._closing():
+            try:
+                conn, peer = await loop.sock_accept(self._listener)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # the client left before we got to it
+            except OSError as exc:  # out of descriptors or buffers: the backlog waits meanwhile
+                log.warning("direct links: cannot accept a connection (%s); retrying in %g s", exc,
+                            ACCEPT_RETRY_S)  # fmt: skip
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            self._admit(conn, peer)
+
+    def _admit(self, conn: socket.socket, peer: object) -> None:
+        """Count a new connection before its TLS handshake, or refuse it past the bounds."""
+        source = _source_of(peer)
         if sum(self._pending.values()) >= MAX_PENDING or self._pending[source] >= MAX_PENDING_PER_SOURCE:
             self.node.dropped["DirectLinkFlood"] += 1
-            writer.transport.abort()  # no handshake, no waiting: the descriptor is free at once
+            conn.close()  # no handshake, no waiting: the descriptor is free at once
             return
+        self._pending[source] += 1
+        task = asyncio.create_task(self._accept(conn, source), name=f"direct-from-{source}")
+        self._served[task] = ("", conn)
+
+    async def _accept(self, conn: socket.socket, source: str) -> None:
+        """One counted connection: whatever goes wrong in it stays in it (expected failures are
+        handled below; anything else is dropped and counted)."""
         task = asyncio.current_task()
         assert task is not None
-        self._pending[source] += 1
         held = True
 
         def release() -> None:
@@ -493,28 +556,29 @@ class DirectLinks:
                 if self._pending[source] <= 0:
                     del self._pending[source]
 
-        self._served[task] = ("", writer)
         try:
-            with self.supervisor.guard("direct-links", f"dropped a direct link from {source}"):
-                await self._serve_connection(source, reader, writer, release)
+            with self.supervisor.guard(LOOP, f"dropped a direct link from {source}"):
+                await self._serve_connection(task, source, conn, release)
         finally:
             release()
-            self._served.pop(task, None)
-            writer.close()
+            _, end = self._served.pop(task, ("", None))
+            if end is not None:
+                end.close()
 
     async def _serve_connection(
         self,
+        task: asyncio.Task[None],
         source: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        conn: socket.socket,
         authenticated: Callable[[], None],
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None and self._ssl is not None
+        assert self._ssl is not None
         try:
             try:
-                async with asyncio.timeout(HANDSHAKE_S):  # this bound, not asyncio's, ends it
-                    await writer.start_tls(self._ssl, ssl_handshake_timeout=2 * HANDSHAKE_S)
+                async with asyncio.timeout(HANDSHAKE_S):  # TLS, challenge and hello: all of it
+                    self._served[task] = ("", None)  # the socket is TLS's now (closed with it)
+                    reader, writer = await _start_tls(conn, self._ssl)
+                    self._served[task] = ("", writer)
                     device = await self._handshake(reader, writer)
             except TimeoutError:
                 raise _Hostile(f"no TLS handshake and hello within {HANDSHAKE_S:g} s") from None
@@ -567,9 +631,7 @@ class DirectLinks:
                 await _write(writer, Answer(id=ask.id, length=0, error=str(exc)[:200]))
                 continue
             except Exception as exc:  # a bug this ask triggered: it is refused, the link goes on
-                self.supervisor.drop(
-                    "direct-links", type(exc).__name__, exc, f"an ask from {device[:8]} failed"
-                )
+                self.supervisor.drop(LOOP, type(exc).__name__, exc, f"an ask from {device[:8]} failed")
                 await _write(writer, Answer(id=ask.id, length=0, error="internal error"))
                 continue
             await _write(writer, answer, data)

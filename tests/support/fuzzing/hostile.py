@@ -30,8 +30,6 @@ __all__ = [
     "hostile_json",
     "mutate",
     "mutate_bytes",
-    "mutated",
-    "mutated_bytes",
     "one_in",
     "payload_of",
     "payloads",
@@ -293,15 +291,10 @@ _MUTATION, _FIELD_NAME = st.sampled_from(MUTATIONS), st.sampled_from(FIELD_NAMES
 _TIMES, _SWAP = st.sampled_from([2, 17, 300]), st.sampled_from(SWAPS)
 
 
-@st.composite
-def mutated(draw: st.DrawFn, doc: Any, max_ops: int = 3) -> Any:
-    """``doc`` with up to ``max_ops`` structure-aware changes: a field at or past its edge, replaced by a
-    hostile or any value, deleted, an unknown field added, a list element repeated, a type swapped."""
-    return mutate(draw, doc, max_ops)
-
-
 def mutate(draw: st.DrawFn, doc: Any, max_ops: int = 3) -> Any:
-    """`mutated` inside another composite strategy (no strategy object made per call)."""
+    """``doc`` with up to ``max_ops`` structure-aware changes: a field at or past its edge, replaced by a
+    hostile or any value, deleted, an unknown field added, a list element repeated, a type swapped. Called
+    inside a composite strategy with its ``draw`` (no strategy object is made per call)."""
     doc = copy.deepcopy(doc)
     for _ in range(draw(_OPS if max_ops == 3 else st.integers(0, max_ops))):
         paths = _paths(doc)
@@ -366,14 +359,8 @@ def apply_edits(raw: bytes, edits: list[tuple[str, int, int, bytes]]) -> bytes:
 _EDITS = byte_edits()
 
 
-@st.composite
-def mutated_bytes(draw: st.DrawFn, raw: bytes, max_ops: int = 3) -> bytes:
-    """``raw`` with 1 to ``max_ops`` byte-level changes (bit flips, hostile tokens, cuts, repeats)."""
-    return apply_edits(raw, draw(byte_edits(max_ops)))
-
-
 def mutate_bytes(draw: st.DrawFn, raw: bytes) -> bytes:
-    """`mutated_bytes` inside another composite strategy."""
+    """``raw`` with 1 to 3 byte-level changes (bit flips, hostile tokens, cuts, repeats)."""
     return apply_edits(raw, draw(_EDITS))
 
 

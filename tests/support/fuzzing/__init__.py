@@ -11,7 +11,7 @@ tests/test_fuzz.py; the long form ``python -m benchmarks.fuzz`` (``hearth bench 
 
 from __future__ import annotations
 
-from tests.support.fuzzing.driver import Outcome, Session, campaign, fuzz
+from tests.support.fuzzing.driver import Outcome, Session, campaign, fuzz, seeded_draws
 from tests.support.fuzzing.mesh_targets import (
     CorrectionsTarget,
     EnvelopeTarget,
@@ -25,7 +25,7 @@ from tests.support.fuzzing.target import Target
 from tests.support.fuzzing.update_targets import ChunksTarget, HoldingsTarget, ManifestsTarget
 from tests.support.fuzzing.wyoming_target import WyomingTarget
 
-__all__ = ["TARGETS", "Broken", "Outcome", "Rig", "Session", "Target", "campaign", "fuzz"]
+__all__ = ["TARGETS", "Broken", "Outcome", "Rig", "Session", "Target", "campaign", "fuzz", "seeded_draws"]
 
 TARGETS: dict[str, type[Target]] = {
     t.name: t

@@ -46,13 +46,11 @@ def raw_echo(port: int, qos: int) -> None:
 
 def node_at(home: Path, port: int, client_id: str, qos: int, session: str) -> MeshNode:
     """The MeshNode of the device whose household state is in ``home``, connected to a loopback broker."""
-    from edge_agent.mesh.node import MeshNode
+    from edge_agent.mesh.assembly import build_node
     from edge_agent.mesh.state import HouseholdState
     from edge_agent.mesh.transports.mqtt import MqttConnector
 
-    state = HouseholdState(home)
-    membership, data = state.membership()
-    node = MeshNode(state.identity, membership, state.counters_dir, group_keys=data.group_key_ring())
+    node = build_node(HouseholdState(home))
     node.session = session
     connector = MqttConnector(
         "127.0.0.1", port, household=node.household, device=node.device_id, client_id=client_id, qos=qos

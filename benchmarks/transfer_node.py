@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_agent.mesh.assembly import MemberKeys, build_member
 from edge_agent.mesh.direct import DirectLinks
-from edge_agent.mesh.endpoint import MeshEndpoint
-from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import Presence
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.mesh.state import HouseholdState
@@ -37,16 +36,16 @@ RAW_BLOCK = 256 << 10
 
 class TransferNode:
     def __init__(self, home: Path, broker: str, host: str) -> None:
-        state = HouseholdState(home)
-        membership, household = state.membership()
-        self.certificate = household.certificate
+        keys = MemberKeys.load(HouseholdState(home))
+        membership, self.certificate = keys.membership, keys.certificate
         broker_host, port = broker.rsplit(":", 1)
-        self.node = MeshNode(state.identity, membership, state.counters_dir,
-                             group_keys=household.group_key_ring())  # fmt: skip
+        device = self.certificate.device_id
         connector = MqttConnector(broker_host, int(port), household=membership.household_id,
-                                  device=self.node.device_id, client_id=f"{self.node.device_id}-bench")  # fmt: skip
-        self.endpoint = MeshEndpoint(self.node, connector, presence=self.presence,
-                                     settings=MeshSettings(presence_interval_s=1.0))  # fmt: skip
+                                  device=device, client_id=f"{device}-bench")  # fmt: skip
+        parts = build_member(
+            keys, connector, settings=MeshSettings(presence_interval_s=1.0), presence=self.presence
+        )
+        self.node, self.endpoint = parts.node, parts.endpoint
         self.store = UpdateStore(home)
         trusted, _ = self.store.load_trust(membership.root_key, membership.household_id)
         self.exchange = UpdateExchange(self.endpoint, self.store, trusted, self.certificate.device_class,

@@ -1,10 +1,11 @@
 """The composition root: one object owns an agent's life, and every caller goes through it.
 
-`Hearth` assembles the engines (`Agent`), and, when the device is a paired mesh member, the mesh
-(`MeshService`: endpoint, router, translation memory, presence) under the lock that makes this process
-the only user of the device's mesh state; a serving agent also opens its owner-only local socket
-(`local_api`), through which CLI commands reach it. Callers (CLI, demo, benchmarks, tests, and later
-HTTP and Wyoming) use only `generate`, `embed`, `translate`, `transcribe` and `peers`, whatever runs where.
+`Hearth` assembles the engines (`Agent`), the one `Router`, and, when the device is a paired mesh member,
+the mesh (`MeshService`: endpoint and features, built by `edge_agent.mesh.assembly`) under the lock
+that makes this process the only user of the device's mesh state; a serving agent also opens its
+owner-only local socket (`local_api`), through which CLI commands reach it. Callers (CLI, demo,
+benchmarks, tests, and later HTTP and Wyoming) use only the façade (`edge_agent.agent_facade`:
+`generate`, `embed`, `translate`, `transcribe`, `peers`, ...), whatever runs where.
 
 Lifecycle: an async context manager with a state enum and one TaskGroup; shutdown is bounded.
 """
@@ -13,48 +14,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from edge_agent.agent import Agent
-from edge_agent.client.schemas import (
-    EmbedRequest,
-    EmbedResult,
-    GenerateRequest,
-    TranscribeRequest,
-    TranscribeResult,
-    TranslateRequest,
-    TranslateResult,
-)
+from edge_agent.agent_facade import AgentFacade, HearthState
 from edge_agent.config import AgentConfig
 from edge_agent.errors import HearthError
 from edge_agent.facade import PeerReport, PeersReport
 from edge_agent.mesh.files import StateLock
+from edge_agent.mesh.interfaces import PeerDirectory
+from edge_agent.mesh.protocol import Offer
 from edge_agent.mesh.state import HouseholdState, state_dir_for
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.paths import hearth_home
 from edge_agent.profiles.model import FirmwareProfile
-from edge_agent.router import RoutedStream, Router
+from edge_agent.router import Router
 from edge_agent.supervision import Supervisor
 from edge_agent.tasks import Task
 
 if TYPE_CHECKING:
     from edge_agent.discovery.advertiser import HouseholdAdvertiser
-    from edge_agent.engines.manager import ModelManager
-    from edge_agent.ha_bridge import BridgeReply
     from edge_agent.ha_discovery import DiscoveryPublisher
-    from edge_agent.mesh.corrections import Correction
     from edge_agent.mesh.protocol import UpdateStatus
-    from edge_agent.updater import UpdateOutcome
-    from edge_agent.voice.pipeline import VoicePipeline
-    from edge_agent.voice.transcript import TranscriptPiece
-    from edge_agent.voice.trust import ActionTranscriber
+    from edge_agent.service import MeshService
+    from edge_agent.updates.status import UpdateOutcome
+    from edge_agent.updates.updater import Updater
     from edge_agent.voice.wyoming_server import WyomingServer
 
 log = logging.getLogger(__name__)
@@ -66,18 +56,24 @@ SHUTDOWN_S = 20.0
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
 
 
-class HearthState(enum.Enum):
-    UNOPENED = "unopened"
-    RUNNING = "running"
-    CLOSED = "closed"
-
-
 def mesh_state_dir(config: AgentConfig) -> Path:
     """Where this device's mesh keys and household state live (``[mesh] state_dir`` or <home>/mesh)."""
     return state_dir_for(config.mesh.state_dir, hearth_home())
 
 
-class Hearth:
+def agent_router(
+    config: AgentConfig, plan: Plan, agent: Agent | None
+) -> Callable[[PeerDirectory | None, dict[Task, Offer] | None], Router]:
+    """How an agent routes: its plan and policy, its own engines, and the mesh's peers when given."""
+
+    def build(endpoint: PeerDirectory | None = None, offers: dict[Task, Offer] | None = None) -> Router:
+        return Router(plan=plan, policy=config.routing.settings(), local=agent, endpoint=endpoint,
+                      local_offers=offers, local_name=config.agent.name)  # fmt: skip
+
+    return build
+
+
+class Hearth(AgentFacade):
     def __init__(
         self,
         config: AgentConfig,
@@ -101,22 +97,20 @@ class Hearth:
         self.state_dir = state_dir if state_dir is not None else mesh_state_dir(config)
         paired = config.mesh.enabled and HouseholdState.exists(self.state_dir)
         self.use_mesh = paired if use_mesh is None else use_mesh and paired
+        super().__init__()
         self.state = HearthState.UNOPENED
         self.supervisor = Supervisor()
         """One for the agent's loops (mesh, updates, servers): restarts, drops, the health view."""
         self.agent = agent if agent is not None else Agent(config, profile, store, supervisor=self.supervisor)
-        self.service: Any = None
-        self.router = Router(plan=plan, policy=config.routing, local=self.agent, local_name=config.agent.name)
+        self.service: MeshService | None = None
+        self._route = agent_router(config, plan, self.agent)
+        if not self.use_mesh:
+            self.router = self._route(None, None)  # on the mesh: built once the endpoint is (__aenter__)
         self._lock = StateLock(self.state_dir) if self.use_mesh else None
         self._stack = contextlib.AsyncExitStack()
         self._group: asyncio.TaskGroup | None = None
-        self.updater: Any = None
+        self._updater: Updater | None = None
         self._spawned: list[asyncio.Task[Any]] = []
-        """Model updates from the household (`Updater`), when on the mesh with [updates] enabled."""
-        self._voice: VoicePipeline | None = None
-        self._for_commands: ActionTranscriber | None = None
-        self._ha_bridge: Any = None  # opened on first ask_home_assistant, kept for the agent's life
-        self._ha_opening = asyncio.Lock()
         self.ha_discovery: DiscoveryPublisher | None = None
         """Home Assistant MQTT discovery ([home_assistant] mqtt_discovery, serving agents only)."""
         self.wyoming: WyomingServer | None = None
@@ -144,33 +138,22 @@ class Hearth:
 
                 self.service = MeshService(
                     self.config, self.profile, self.plan, self.state_dir, agent=self.agent, serve=self.serve,
-                    supervisor=self.supervisor,
+                    supervisor=self.supervisor, router=self._route,
                 )  # fmt: skip
+                self.router = self.service.router  # the one router, over the endpoint the service built
                 await self._stack.enter_async_context(self.service)
-                self.router = self.service.router
                 if self.serve:  # the household's front door on the LAN, for Home Assistant (hubs only)
                     from edge_agent.discovery.advertiser import HouseholdAdvertiser
 
                     cert = self.service.certificate
                     self.advertiser = HouseholdAdvertiser.for_mesh(
-                        self.config.mesh, cert.household_id, cert.name, cert.device_class
+                        self.config.mesh.advert_settings(), cert.household_id, cert.name, cert.device_class
                     )
                     await self._stack.enter_async_context(self.advertiser)
             self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
             self._stack.callback(self._cancel_spawned)  # runs first: the group then only waits for them
-            if self.use_mesh and self.config.updates.enabled:
-                from edge_agent.updater import Updater
-
-                ucfg = self.config.updates
-                self.updater = Updater(
-                    self.service, self.store, interval_s=ucfg.interval_s, quota_mb=ucfg.quota_mb,
-                    direct=ucfg.direct, direct_host=await self._direct_host() if self.serve else None,
-                    direct_port=ucfg.direct_port, approval=ucfg.approval, supervisor=self.supervisor,
-                )  # fmt: skip
-                await self._stack.enter_async_context(self.updater)
-                self.service.update_status = self.updater.status
-                if self.serve:
-                    self.spawn(self.updater.run_forever(), "model-updates")
+            if self.service is not None and self.config.updates.enabled:
+                await self._start_updates(self.service)
             if self.local_socket and self.use_mesh:
                 await self._open_local_socket()
             if self.serve and self.config.home_assistant.mqtt_discovery:
@@ -183,7 +166,7 @@ class Hearth:
                 from edge_agent.voice.wyoming_server import WyomingServer
 
                 self.wyoming = WyomingServer.for_voice(
-                    self.config.voice,
+                    self.config.voice.settings().wyoming,
                     self,
                     name=f"Hearth {self.config.agent.name}",
                     supervisor=self.supervisor,
@@ -198,14 +181,23 @@ class Hearth:
         """Home Assistant MQTT discovery on its own connection (it never holds the agent up); revoked
         devices' configs are cleared, this device's own too."""
         from edge_agent.ha_discovery.agent import publisher_for, snapshot_of, watch_revocations
+        from edge_agent.status import DeviceStatus, device_status
 
-        snapshot = snapshot_of(self.config.agent.name, self.profile, self.agent.models, self.router,
-                               self.service)  # fmt: skip
-        self.ha_discovery = publisher_for(self.config, self.state_dir, snapshot, self.service,
+        service = self.service
+
+        def status() -> DeviceStatus:
+            if service is not None:
+                return service.status()
+            return device_status(self.profile, self.agent.models, self.router)
+
+        member = (service.certificate, service.membership) if service is not None else None
+        snapshot = snapshot_of(self.config.agent.name, self.profile, status, member)
+        own_id = service.certificate.device_id if service is not None else None
+        self.ha_discovery = publisher_for(self.config, self.state_dir, snapshot, own_id,
                                           supervisor=self.supervisor)  # fmt: skip
         await self._stack.enter_async_context(self.ha_discovery)
-        if self.service is not None:
-            self._stack.callback(watch_revocations(self.ha_discovery, self.service.membership))
+        if service is not None:
+            self._stack.callback(watch_revocations(self.ha_discovery, service.membership))
 
     def _keep_broker_crl(self) -> None:
         """On a hub running the broker CA: renew the broker's short-lived CRL and reload Mosquitto."""
@@ -217,21 +209,31 @@ class Hearth:
             keeper = CrlKeeper(self.state_dir, lambda: state.load().crl.revoked, supervisor=self.supervisor)
             self.spawn(keeper.run(), "broker-crl")
 
-    async def _direct_host(self) -> str | None:
-        """Where direct links listen: [updates] direct_address, else the address we reach the broker
-        from; None when direct links are off or no route is found (chunks then use the broker)."""
-        ucfg = self.config.updates
-        if not ucfg.direct:
-            return None
-        if ucfg.direct_address is not None:
-            return str(ucfg.direct_address)
-        from edge_agent.mesh.direct import local_address_towards
+    @property
+    def updater(self) -> Updater:
+        """Model updates from the household; HearthError unless on the mesh with [updates] enabled."""
+        if self._updater is None:
+            raise HearthError(
+                "model updates are off on this device: it is not on a household mesh, "
+                "or [updates] enabled = false"
+            )
+        return self._updater
 
-        try:
-            return await asyncio.to_thread(local_address_towards, *self.config.mesh.host_port)
-        except OSError as exc:
-            log.warning("no direct links: no route towards the broker (%s)", exc)
-            return None
+    async def _start_updates(self, service: MeshService) -> None:
+        """Model updates, on the endpoint's feature port: the updater adds its rows (and its direct
+        contact) to this device's presence itself, and removes them when it closes."""
+        from edge_agent.updates.ports import DeviceFacts, UpdateSettings
+        from edge_agent.updates.updater import Updater
+
+        facts = DeviceFacts.of(service.state, service.membership, service.certificate)
+        settings = UpdateSettings.of(self.config.updates, self.config.mesh.host_port)
+        self._updater = updater = Updater(
+            service.endpoint, self.store, device=facts, plan=self.plan, settings=settings, serves=service.serve,
+            busy=service.inference_busy, retire=self.agent.models.retire, supervisor=self.supervisor,
+        )  # fmt: skip
+        await self._stack.enter_async_context(updater)
+        if service.serve:
+            self.spawn(updater.run_forever(), "model-updates")
 
     async def _open_local_socket(self) -> None:
         from edge_agent.local_api import LocalApiServer
@@ -280,11 +282,7 @@ class Hearth:
         for task in self._spawned:
             task.cancel()
 
-    # -- the façade -----------------------------------------------------------------------------------
-
-    async def wait_for_peers(self, task: Task, timeout: float) -> None:
-        if self.service is not None:
-            await self.service.wait_for_peers(task, timeout)
+    # -- model updates ----------------------------------------------------------------------------------
 
     async def pull_updates(
         self,
@@ -294,172 +292,21 @@ class Hearth:
     ) -> list[UpdateOutcome]:
         """Ask the household for newer packs now, fetch and activate them (``models`` only, if given),
         reporting each model's state to ``on_progress`` as it goes."""
-        if self.updater is None:
-            raise HearthError(
-                "model updates are off on this device: it is not on a household mesh, "
-                "or [updates] enabled = false"
-            )
+        updater = self.updater
+        assert self.service is not None  # updates run on the mesh only
         endpoint = self.service.endpoint
         await endpoint.wait_until(
             lambda: any(p.alive(time.monotonic()) for p in endpoint.peers.all()), wait_s
         )
-        round_ = asyncio.ensure_future(self.updater.check_once(models, asked=True))
+        round_ = asyncio.ensure_future(updater.check_once(models, asked=True))
         try:
             while not round_.done():
                 if on_progress is not None:
-                    on_progress(self.updater.status())
+                    on_progress(updater.status())
                 await asyncio.wait({round_}, timeout=0.25)
         finally:
             round_.cancel()  # no-op once done; the caller gave up otherwise
         outcomes: list[UpdateOutcome] = round_.result()
         if on_progress is not None:
-            on_progress(self.updater.status())
+            on_progress(updater.status())
         return outcomes
-
-    def _runs_here(self, task: Task, pair: str | None = None) -> None:
-        """Without the mesh, a task the plan cannot run here is this device's limit, said plainly."""
-        if self.service is None:
-            self.agent.models.require_local(task, pair)
-
-    def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
-        """Stream an answer from wherever it is expected to finish first (failing over mid-answer)."""
-        self._runs_here("generate")
-        return self.router.generate(request, deadline_s)
-
-    async def embed(self, request: EmbedRequest) -> tuple[EmbedResult, str]:
-        self._runs_here("embed")
-        return await self.router.embed(request)
-
-    async def translate(self, request: TranslateRequest) -> tuple[TranslateResult, str]:
-        if self.service is not None:
-            result: tuple[TranslateResult, str] = await self.service.translate(request)
-            return result
-        return await self.router.translate(request)
-
-    # -- voice ------------------------------------------------------------------------------------------
-
-    async def transcribe(self, request: TranscribeRequest) -> tuple[TranscribeResult, str]:
-        """One window of speech, transcribed here or by a peer (policy permitting); (result, served by)."""
-        self._runs_here("transcribe")
-        from edge_agent.task_specs import TRANSCRIBE
-
-        return await self.router.call(TRANSCRIBE, request)
-
-    @property
-    def voice(self) -> VoicePipeline:
-        """The speech pipeline on this device's own VAD for the Wyoming server: Assist acts on what it
-        hears, so its windows go only to devices trusted to transcribe commands (edge_agent.voice.trust)."""
-        if self._voice is None:
-            from edge_agent.voice.local_vad import ManagedVad
-            from edge_agent.voice.pipeline import VoicePipeline
-
-            vad = ManagedVad(self.agent.models, self.config.voice)
-            self._voice = VoicePipeline(vad.find_speech, self.transcribe_command, self.config.voice.language,
-                                        self.config.voice.max_seconds)  # fmt: skip
-        return self._voice
-
-    async def transcribe_command(self, request: TranscribeRequest) -> tuple[TranscribeResult, str]:
-        """A window of speech that becomes a command: only devices trusted to transcribe commands are
-        asked ([voice] actions_transcribe; edge_agent.voice.trust)."""
-        if self._for_commands is None:
-            from edge_agent.voice.trust import ActionTranscriber, ActionTrust
-
-            trust = ActionTrust.for_voice(self.config.voice)
-            self._for_commands = ActionTranscriber(trust, lambda: self.router, self.transcribe)
-        return await self._for_commands(request)
-
-    @property
-    def models(self) -> ModelManager:
-        """The engines this process runs (the agent's)."""
-        return self.agent.models
-
-    def transcribe_pcm(self, pcm: bytes, *, language: str = "en") -> AsyncIterator[TranscriptPiece]:
-        """A whole recording (16 kHz mono s16le): VAD here, then each speech window wherever it runs
-        best; pieces in order as they finish (``Transcriber`` for the Wyoming server)."""
-        return self.voice.transcribe_pcm(pcm, language=language)
-
-    # -- Home Assistant --------------------------------------------------------------------------------
-
-    async def ask_home_assistant(self, text: str, conversation_id: str | None = None) -> BridgeReply:
-        """Hand a command (typed, or heard by the voice pipeline) to Home Assistant's Assist and return
-        its answer ([home_assistant]; needs the `ha` extra). The bridge opens on first use and stays
-        open, one HTTP session, until the agent closes; a failed open is retried on the next call."""
-        if self.state is not HearthState.RUNNING:
-            raise RuntimeError(f"this Hearth is {self.state.value}, not running")
-        async with self._ha_opening:
-            if self._ha_bridge is None:
-                from edge_agent.ha_bridge import HomeAssistantBridge
-
-                bridge = HomeAssistantBridge(self.config.home_assistant)
-                self._ha_bridge = await self._stack.enter_async_context(bridge)
-        reply: BridgeReply = await self._ha_bridge.converse(text, conversation_id)
-        return reply
-
-    # -- shared corrections ----------------------------------------------------------------------------
-
-    def _corrections_here(self) -> Any:
-        if self.service is None:
-            raise HearthError(
-                "corrections are shared by the household: this device is not on a household mesh "
-                "(pair it first: hearth pair)"
-            )
-        return self.service.correction_sync
-
-    async def correct(self, pair: str, source: str, target: str, model: str = "") -> Correction:
-        """Record the user's translation of ``source`` and share it: every device of the household
-        then answers that sentence with it, before any model or cache."""
-        record: Correction = await self._corrections_here().correct(pair, source, target, model)
-        return record
-
-    async def withdraw_correction(self, record_id: str, *, here: bool = False) -> Correction:
-        """Take a correction back for the household (the withdrawal), or with ``here`` only stop using
-        it for this device's own translations (the declined correction)."""
-        sync = self._corrections_here()
-        record: Correction = sync.decline(record_id) if here else await sync.withdraw(record_id)
-        return record
-
-    async def corrections(self) -> list[Correction]:
-        """Every correction and withdrawal held here, oldest first."""
-        held = self._corrections_here().corrections.records.values()
-        return sorted(held, key=lambda r: r.created)
-
-    async def peers(self, wait_s: float | None = None) -> PeersReport:
-        """Live peers and where each task would run from here; with ``wait_s``, listen that long for
-        presence adverts first (a one-shot process hears the household anew) and measure the round trip
-        to generate's candidates."""
-        if wait_s is not None:
-            await asyncio.sleep(wait_s)
-            await self.wait_for_peers("generate", timeout=0)
-        return self.peers_report()
-
-    def peers_report(self) -> PeersReport:
-        """Live peers and where each task would run from here right now."""
-        now = time.monotonic()
-        rows = self.service.endpoint.peers.all() if self.service is not None else []
-        decisions = {
-            "generate": self.router.decide(
-                "generate", GenerateRequest.from_prompt("x", max_tokens=self.config.generate.max_tokens)
-            ),
-            "embed": self.router.decide("embed", EmbedRequest(texts=["x"])),
-        }
-        return PeersReport(
-            household=self.service.membership.household_id if self.service is not None else "",
-            peers=[
-                PeerReport(
-                    name=p.name,
-                    device_id=p.device_id,
-                    profile=p.presence.profile,
-                    device_class=p.device_class,
-                    rtt_ms=p.rtt_ms,
-                    queue_depth=p.presence.queue_depth,
-                    free_model_ram_mb=p.presence.free_model_ram_mb,
-                    seen_s_ago=round(now - p.seen, 3),
-                    offers=[o.model_dump() for o in p.presence.offers],
-                    health=p.presence.health,
-                )
-                for p in rows
-            ],
-            routes={t: {"reason": d.reason, "candidates": d.explain()} for t, d in decisions.items()},
-            dropped=dict(self.service.node.dropped) if self.service is not None else {},
-            health=self.supervisor.report(),
-        )

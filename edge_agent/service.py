@@ -15,45 +15,37 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from edge_agent.agent import Agent
 from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig, RoutingSection
 from edge_agent.connect import member_connector
 from edge_agent.engines.sentences import split_sentences
+from edge_agent.mesh.assembly import Features, MemberKeys, build_member, health_of
 from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.corrections import Corrections
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.features.group_keys import GroupKeyRotation
 from edge_agent.mesh.features.translation_memory import MemoryExchange
-from edge_agent.mesh.household import DeviceCertificate
+from edge_agent.mesh.interfaces import Connector
 from edge_agent.mesh.memory import Audience, TranslationMemory, fits, make_entry, normalize
-from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import (
-    MAX_COUNT,
-    Chunk,
-    DirectContact,
-    Health,
     Offer,
     Presence,
-    Request,
-    UpdateStatus,
     encode,
 )
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.selection import Plan
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.router import Router
+from edge_agent.status import DeviceStatus, device_status
 from edge_agent.supervision import Supervisor
-from edge_agent.task_specs import REGISTRY, TaskSpec, serve
+from edge_agent.task_specs import REGISTRY, PeerServer, ServeHook
 from edge_agent.tasks import Task
 
 Compute = Callable[[TranslateRequest], Awaitable[tuple[TranslateResult, str]]]
-ServeHook = Callable[[Any], AsyncGenerator[Any, None]]
-"""Serves a peer's request for one task instead of the task's own runner."""
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +58,15 @@ def text_audience(policy: RoutingSection) -> Audience:
     return frozenset(policy.peer_classes) if policy.peer_classes else None
 
 
+RouterFactory = Callable[[MeshEndpoint, dict[Task, Offer]], Router]
+"""Builds the one router of the agent (the root's) over this device's endpoint and its own offers."""
+
+
 class MeshService:
+    """The agent's side of the mesh: its endpoint and features, presence, serving peers, translation
+    through the household's corrections and memory. ``router`` builds the agent's router (the root
+    decides how it routes; the service only hands over the endpoint it built)."""
+
     def __init__(
         self,
         config: AgentConfig,
@@ -74,95 +74,99 @@ class MeshService:
         plan: Plan,
         home: Path,
         *,
+        router: RouterFactory,
         agent: Agent | None = None,
         serve: bool = True,
         client_id_suffix: str = "",
         supervisor: Supervisor | None = None,
+        connector: Connector | None = None,
+        connect_timeout_s: float = 10.0,
     ) -> None:
+        """``connector``: how to reach the household (default: the [mesh] broker's, as a member)."""
         self.config = config
+        self.connect_timeout_s = connect_timeout_s
         self.supervisor = supervisor or Supervisor()
         self.profile = profile
         self.plan = plan
         self.agent = agent
         self.serve = serve and agent is not None
         self.state = HouseholdState(home)
-        self.membership, self.household = self.state.membership()
+        keys = MemberKeys.load(self.state)
+        self.membership, self.certificate = keys.membership, keys.certificate
         self.membership.on_revoked.append(self._persist_revocations)
-        self.certificate: DeviceCertificate = self.household.certificate
         self.offers: dict[Task, Offer] = {}
         self.broker: EmbeddedBroker | None = None
-        self.connector = member_connector(
-            config.mesh,
-            self.state.dir,
-            household=self.membership.household_id,
-            device=self.certificate.device_id,
-            # A random tail: a client id known to others (device ids are in every topic) would let any
-            # client, even an anonymous pairing one, take our session over at the broker.
-            client_id=f"{self.certificate.device_id}{client_id_suffix}-{secrets.token_hex(4)}",
-        )
-        self.node = MeshNode(
-            self.state.identity,
-            self.membership,
-            self.state.counters_dir,
-            group_keys=self.household.group_key_ring(),
-            limits=config.mesh.limits,
-        )
-        self.endpoint = MeshEndpoint(
-            self.node,
-            self.connector,
-            presence=self.presence if self.serve else None,
-            handler=self._handle if self.serve else None,
-            settings=config.mesh.settings(),
-            supervisor=self.supervisor,
-        )
-        self.rotation = GroupKeyRotation(self.endpoint, on_adopted=self._save_group_key)
+        if connector is None:
+            connector = member_connector(
+                config.mesh,
+                self.state.dir,
+                household=self.membership.household_id,
+                device=self.certificate.device_id,
+                # A random tail: a client id known to others (device ids are in every topic) would let
+                # any client, even an anonymous pairing one, take our session over at the broker.
+                client_id=f"{self.certificate.device_id}{client_id_suffix}-{secrets.token_hex(4)}",
+            )
         tcfg = config.translate
         self.memory: TranslationMemory | None = None
-        self.exchange: MemoryExchange | None = None
         if tcfg.shared_memory and tcfg.memory_entries > 0:
             self.memory = TranslationMemory(
                 max_entries=tcfg.memory_entries, max_age_s=tcfg.memory_max_age_days * 86400
             )
-            self.exchange = MemoryExchange(self.endpoint, self.memory)
-        self.router = Router(
-            plan=plan,
-            policy=config.routing,
-            local=agent,
-            endpoint=self.endpoint,
-            local_offers=self.offers,
-            local_name=config.agent.name,
-        )
         self.corrections = Corrections(self.membership.member, self.state.dir / "corrections.json")
         """Users' corrections of translations, shared by the household; they beat any model or cache."""
-        self.correction_sync = CorrectionSync(self.endpoint, self.corrections)
-        self.update_status: Callable[[], list[UpdateStatus]] | None = None
-        """Model updates' per-model state for presence (set by the façade when updates are on)."""
-        self.direct: DirectContact | None = None
-        """Where peers reach this device directly (model update chunks), once those links are open."""
         self.serve_hooks: dict[Task, ServeHook] = {"translate": self._serve_translate}
         """Task-specific serving: a peer's translations go through the household memory too."""
+        self._handle = PeerServer(agent, self.serve_hooks) if agent is not None else None
+        """The endpoint's handler: each peer's request validated once, then run on the agent (or a hook)."""
+        features = Features(group_keys=True, on_group_key=self._save_group_key, corrections=self.corrections,
+                            memory=self.memory)  # fmt: skip
+        parts = build_member(
+            keys,
+            connector,
+            settings=config.mesh.settings(),
+            supervisor=self.supervisor,
+            presence=self._advert_base if self.serve else None,
+            handler=self._handle if self.serve else None,
+            features=features,
+        )
+        self.node, self.endpoint = parts.node, parts.endpoint
+        assert parts.rotation is not None and parts.corrections is not None
+        self.rotation: GroupKeyRotation = parts.rotation
+        self.exchange: MemoryExchange | None = parts.memory
+        self.correction_sync: CorrectionSync = parts.corrections
+        self.router = router(self.endpoint, self.offers)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> MeshService:
-        if self.config.mesh.embedded_broker:
-            self.broker = EmbeddedBroker(*self.config.mesh.host_port)
-            await self.broker.start()
-        if self.serve and self.config.mesh.self_benchmark:
-            await self.self_benchmark()
-        await self.endpoint.__aenter__()
-        await self.endpoint.wait_connected(10.0)
-        if not self.serve:
-            await self._introduce_client()
+        try:
+            if self.config.mesh.embedded_broker:
+                self.broker = EmbeddedBroker(*self.config.mesh.host_port)
+                await self.broker.start()
+            if self.serve and self.config.mesh.self_benchmark:
+                await self.self_benchmark()
+            await self.endpoint.__aenter__()
+            await self.endpoint.wait_connected(self.connect_timeout_s)
+            if not self.serve:
+                await self._introduce_client()
+        except BaseException:  # stop what was started: the endpoint's loops, the embedded broker
+            await self._stop(clean=False)
+            raise
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.endpoint.close()
-        self.state.remember(self.membership)
-        if self.broker is not None:
-            await self.broker.stop()
+        await self._stop()
+
+    async def _stop(self, *, clean: bool = True) -> None:
+        try:
+            await self.endpoint.close(clean=clean)
+            if clean:
+                self.state.remember(self.membership)
+        finally:
+            if self.broker is not None:
+                await self.broker.stop()
 
     def _persist_revocations(self, devices: frozenset[str]) -> None:
         """A newer CRL revoking anyone (from a peer's presence, or the hub's own state) is saved at
@@ -176,7 +180,7 @@ class MeshService:
         if not await self.endpoint.caught_up(5.0):
             log.debug("the presence board was not read within 5 s; introducing this client anyway")
         if not self.endpoint.own_presence_seen:
-            await self.node.announce(encode(self._presence_message()))
+            await self.node.announce(encode(self.endpoint.advert(self._presence_message())))
 
     async def wait_for_peers(self, task: Task, timeout: float) -> None:
         """Wait until some peer offers ``task`` (or ``timeout``), then measure RTT to the candidates."""
@@ -186,7 +190,8 @@ class MeshService:
     # -- presence -------------------------------------------------------------------------------------
 
     def _presence_message(self) -> Presence:
-        used = self.agent.models.used_mb if self.agent else 0.0
+        """This device's advert; the features add their own fields (memory, corrections' digest)."""
+        status = self.status()
         return Presence(
             certificate=self.certificate,
             crl=self.membership.crl,
@@ -194,30 +199,18 @@ class MeshService:
             link=self.endpoint.link,
             profile=self.profile.id,
             offers=[o for t, o in self.offers.items() if t in self.certificate.serves] if self.serve else [],
-            queue_depth=self.endpoint.queue_depth + self.router.local_in_flight,
-            free_model_ram_mb=max(0, int(self.profile.model_ram_budget_mb - used)),
-            served=self.endpoint.served,
-            offloaded=self.router.offloaded,
-            translation_memory=self.memory is not None,
-            updates=self._updates_for_presence(),
-            direct=self.direct,
-            corrections=self.corrections.digest if self.corrections.records else None,
-            health=self._health_for_presence(),
+            queue_depth=status.queue_depth,
+            free_model_ram_mb=status.free_model_ram_mb,
+            served=status.served,
+            offloaded=status.offloaded,
+            health=health_of(self.supervisor),
             interval_s=self.config.mesh.presence_interval_s,
         )
 
-    def _updates_for_presence(self) -> list[UpdateStatus]:
-        """The updates' state, or none when it cannot be built: the advert itself (who we are, what we
-        serve) must go out whatever a peer did to the update records."""
-        updates: list[UpdateStatus] = []
-        if self.update_status is not None:
-            with self.supervisor.guard("mesh-presence", "left model updates out of the presence"):
-                updates = self.update_status()
-        return updates
-
-    def _health_for_presence(self) -> Health:
-        report = self.supervisor.report()
-        return Health(restarts=min(report.restarts, MAX_COUNT), dropped=min(report.dropped, MAX_COUNT))
+    def status(self) -> DeviceStatus:
+        """This device's load right now (presence, Home Assistant discovery)."""
+        models = self.agent.models if self.agent is not None else None
+        return device_status(self.profile, models, self.router, self.endpoint, self.offers)
 
     def inference_busy(self) -> bool:
         """Inference in flight here: serving a request, running our own, or waiting for a peer's
@@ -225,6 +218,12 @@ class MeshService:
         return bool(self.endpoint.queue_depth or self.router.local_in_flight or self.endpoint.streams_open)
 
     def presence(self) -> Presence:
+        """This device's advert as peers get it, with what its parts contribute through the endpoint
+        (model updates: their rows and direct contact)."""
+        return self.endpoint.advert(self._advert_base())
+
+    def _advert_base(self) -> Presence:
+        """What the endpoint adds those contributions to, each advert."""
         self._refresh_household()
         return self._presence_message()
 
@@ -348,16 +347,6 @@ class MeshService:
         return audience is None or peer.device_class in audience
 
     # -- serving --------------------------------------------------------------------------------------
-
-    def _handle(self, req: Request, requester: DeviceCertificate) -> AsyncGenerator[Chunk, None]:
-        assert self.agent is not None
-        log.info("serving %s for %s", req.task, requester.name)
-        return serve(req, self._run_for_peer)
-
-    def _run_for_peer(self, spec: TaskSpec[Any, Any], request: Any) -> AsyncGenerator[Any, None]:
-        assert self.agent is not None
-        hook = self.serve_hooks.get(spec.name)
-        return hook(request) if hook is not None else spec.run_here(self.agent, request)
 
     async def _serve_translate(self, request: TranslateRequest) -> AsyncGenerator[TranslateResult, None]:
         """Our memory first (no peer lookups while serving one), the engine for the rest."""

@@ -79,13 +79,15 @@ LAYERS: tuple[Layer, ...] = (
         "parts",
         (
             "edge_agent.service",
+            "edge_agent.agent_facade",
+            "edge_agent.status",
             "edge_agent.updater",
             *tree("edge_agent.voice"),
             *tree("edge_agent.discovery"),
             *tree("edge_agent.ha_discovery"),
             "edge_agent.ha_bridge",
         ),
-        "mesh service, updater, voice, discovery, HA discovery/bridge",
+        "mesh service, the agent's façade, device status, updater, voice, discovery, HA discovery/bridge",
     ),
     Layer(
         "client-api",

@@ -38,6 +38,7 @@ from edge_agent.errors import (
     UnsafePackError,
 )
 from edge_agent.mesh import direct
+from edge_agent.hearth import agent_router
 from edge_agent.mesh.direct import Ask, DirectLinks, local_network, usable_hosts
 from edge_agent.mesh.envelope import seal as seal_frame
 from edge_agent.mesh.household import DeviceCertificate
@@ -110,7 +111,9 @@ def mesh_service(home: SimHousehold, state_dir: Path, monkeypatch: pytest.Monkey
         service_module, "member_connector", lambda *_, device, **__: home.sim.connector(device)
     )
     plan = Plan(profile_id="hub", budget_mb=0)
-    return MeshService(config("fridge", 1883, "hub"), load_profile("hub"), plan, state_dir, serve=False)
+    cfg = config("fridge", 1883, "hub")
+    route = agent_router(cfg, plan, None)
+    return MeshService(cfg, load_profile("hub"), plan, state_dir, serve=False, router=route)
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ import paho.mqtt.publish as paho_publish
 import pytest
 from nacl.signing import SigningKey
 
+from edge_agent.mesh.assembly import MemberKeys, build_node
 from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.household import HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
@@ -59,7 +60,11 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def _node(hh: Household, name: str, port: int, tmp: Path) -> tuple[MeshNode, MqttTransport]:
     ident = hh.devices[name]
-    node = MeshNode(ident, hh.membership(), tmp / name, group_keys=GroupKeys(hh.group_key, 0, {}))
+    membership = hh.membership()
+    keys = MemberKeys(
+        ident, membership.certs[ident.device_id], membership, GroupKeys(hh.group_key, 0, {}), tmp / name
+    )
+    node = build_node(keys)
     connector = MqttConnector(
         "127.0.0.1",
         port,

@@ -247,13 +247,16 @@ async def test_a_registered_task_is_served_and_routed_over_the_mesh(
 async def test_the_mesh_service_serves_and_benchmarks_a_registered_task(
     tmp_path: Path, shout: TaskSpec[Shout, Shouted]
 ) -> None:
+    from edge_agent.hearth import agent_router
     from edge_agent.profiles import load_profile
     from edge_agent.service import MeshService
     from tests.support.meshkit import config, provision
 
     provision(tmp_path, tmp_path, "hub", "hub")
     plan = _local_plan(SimpleNamespace(pack_id="shout@fp32"))
-    svc = MeshService(config("hub", 1883, "hub"), load_profile("hub"), plan, tmp_path, agent=FakeAgent("hub"))  # type: ignore[arg-type]  # fmt: skip
+    cfg, agent = config("hub", 1883, "hub"), FakeAgent("hub")
+    route = agent_router(cfg, plan, agent)  # type: ignore[arg-type]
+    svc = MeshService(cfg, load_profile("hub"), plan, tmp_path, agent=agent, router=route)  # type: ignore[arg-type]
     req = Request(id=secrets.token_hex(16), task="vad", body={"words": ["hi"]}, reply_session=SESSION,
                   deadline_ms=1000)  # fmt: skip
     chunks = [c async for c in svc._handle(req, svc.certificate)]

@@ -31,10 +31,8 @@ from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.supervision import Supervisor
 
 if TYPE_CHECKING:
-    from edge_agent.engines.manager import ModelManager
     from edge_agent.profiles.model import FirmwareProfile
-    from edge_agent.router import Router
-    from edge_agent.service import MeshService
+    from edge_agent.status import DeviceStatus
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +106,17 @@ def ids_of(membership: Membership, device_ids: Iterable[str]) -> list[str]:
 
 
 def snapshot_of(
-    name: str, profile: FirmwareProfile, models: ModelManager, router: Router, service: MeshService | None
+    name: str,
+    profile: FirmwareProfile,
+    status: Callable[[], DeviceStatus],
+    member: tuple[DeviceCertificate, Membership] | None,
 ) -> Snapshot:
-    """What the running agent reports, read fresh on every call (``service``: on the mesh)."""
+    """What the running agent reports, read fresh on every call (``status``: the device status
+    snapshot; ``member``: this device's certificate and household, when on the mesh)."""
 
     def snapshot() -> tuple[DeviceDescription, DeviceState]:
-        free = max(0, int(profile.model_ram_budget_mb - models.used_mb))
-        if service is None:
+        now = status()
+        if member is None:
             desc = DeviceDescription(
                 object_id=object_id_for(None, name),
                 name=name,
@@ -123,13 +125,13 @@ def snapshot_of(
                 sw_version=__version__,
             )
             state = DeviceState(
-                queue_depth=router.local_in_flight, requests_served=0, requests_offloaded=0,
-                free_model_ram=free,
+                queue_depth=now.queue_depth, requests_served=0, requests_offloaded=0,
+                free_model_ram=now.free_model_ram_mb,
             )  # fmt: skip
             return desc, state
-        cert: DeviceCertificate = service.certificate
-        key = household_key(service.membership)
-        hub = household_hub(service.membership, cert.device_id)
+        cert, membership = member
+        key = household_key(membership)
+        hub = household_hub(membership, cert.device_id)
         desc = DeviceDescription(
             object_id=discovery_id(cert.device_id, key),
             name=cert.name,
@@ -140,12 +142,12 @@ def snapshot_of(
             on_mesh=True,
         )
         state = DeviceState(
-            queue_depth=service.endpoint.queue_depth + service.router.local_in_flight,
-            requests_served=service.endpoint.served,
-            requests_offloaded=service.router.offloaded,
-            free_model_ram=free,
-            speed={task: round(offer.rate, 2) for task, offer in service.offers.items()},
-            mesh="ON" if service.endpoint.connected.is_set() else "OFF",
+            queue_depth=now.queue_depth,
+            requests_served=now.served,
+            requests_offloaded=now.offloaded,
+            free_model_ram=now.free_model_ram_mb,
+            speed=dict(now.speed),
+            mesh="ON" if now.connected else "OFF",
         )
         return desc, state
 
@@ -156,13 +158,14 @@ def publisher_for(
     config: AgentConfig,
     state_dir: Path,
     snapshot: Snapshot,
-    service: MeshService | None,
+    device_id: str | None,
     supervisor: Supervisor | None = None,
 ) -> DiscoveryPublisher:
     """The discovery publisher of a serving agent (``[home_assistant] mqtt_discovery = true``), its
-    loop under ``supervisor`` (the agent's); ``snapshot`` from `snapshot_of`."""
-    connect = client_factory(config, state_dir, on_mesh=service is not None)
-    legacy = [service.certificate.device_id] if service is not None else []
+    loop under ``supervisor`` (the agent's); ``snapshot`` from `snapshot_of`; ``device_id``: this
+    device's, when on the mesh."""
+    connect = client_factory(config, state_dir, on_mesh=device_id is not None)
+    legacy = [device_id] if device_id is not None else []
     return DiscoveryPublisher(snapshot, connect, discovery_settings(config),
                               supervisor=supervisor, legacy_ids=legacy)  # fmt: skip
 

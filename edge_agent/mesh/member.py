@@ -21,16 +21,14 @@ from types import TracebackType
 from typing import Self
 
 from edge_agent.errors import HearthError, PeerOfflineError, StateInUseError
+from edge_agent.mesh.assembly import MemberKeys, build_member, health_of
 from edge_agent.mesh.broker_pki import BrokerPki
 from edge_agent.mesh.corrections import Corrections
-from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.features.corrections import CorrectionSync
 from edge_agent.mesh.files import StateLock
-from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
-from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import MAX_COUNT, Health, Presence, UpdateApproval, UpdateStatus
+from edge_agent.mesh.protocol import Health, Presence, UpdateApproval, UpdateStatus
 from edge_agent.mesh.settings import MeshSettings, broker_host_port
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttConnector
@@ -87,13 +85,8 @@ class MeshMember:
         self.settings = settings or MeshSettings()
         self.connect_timeout_s = connect_timeout_s
         self.status = MemberState.UNOPENED
-        self.membership, self.household = self.state.membership()
-        self.certificate: DeviceCertificate = self.household.certificate
-        keys = self.household.group_key_ring()
-        self.node = MeshNode(
-            self.state.identity, self.membership, self.state.counters_dir, group_keys=keys,
-            limits=self.settings.limits,
-        )  # fmt: skip
+        keys = MemberKeys.load(self.state)
+        self.membership, self.certificate = keys.membership, keys.certificate
         host, port = broker_host_port(broker)
         tls = BrokerPki(self.state.dir).tls_context() if broker.startswith("mqtts") else None
         device = self.certificate.device_id
@@ -101,34 +94,33 @@ class MeshMember:
                                   client_id=f"{device}-{secrets.token_hex(4)}", tls=tls)  # fmt: skip
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         """This member's loops (connection, housekeeping): restarts and drops, announced in presence."""
-        self.endpoint = MeshEndpoint(self.node, connector, presence=self.presence, settings=self.settings,
-                                     supervisor=self.supervisor)  # fmt: skip
+        parts = build_member(keys, connector, settings=self.settings, supervisor=self.supervisor,
+                             presence=self._advert_base)  # fmt: skip
+        self.node, self.endpoint = parts.node, parts.endpoint
         self.update_status: Callable[[], list[UpdateStatus]] | None = None
         """Model-update states this member reports in presence (a member that keeps packs of its own)."""
-        self.corrections: Corrections | None = None
-        """Shared corrections this member keeps and syncs (`share_corrections`), announced in presence."""
 
     def share_corrections(self, path: Path) -> CorrectionSync:
-        """Keep the household's shared corrections (persisted at ``path``) and take part in their sync;
-        before opening, so the first presence carries their digest."""
-        self.corrections = Corrections(self.membership.member, path)
-        return CorrectionSync(self.endpoint, self.corrections)
+        """Keep the household's shared corrections (persisted at ``path``) and take part in their sync
+        (the feature announces their digest in presence); before opening, so the first advert has it."""
+        return CorrectionSync(self.endpoint, Corrections(self.membership.member, path))
 
     def check_member(self) -> None:
         """Raise NotAMemberError if this device's own certificate is revoked or expired (reauth)."""
         self.membership.member(self.certificate.device_id)
 
     def presence(self) -> Presence:
-        held = self.corrections
+        """This member's advert as peers get it, with what its features contribute (corrections)."""
+        return self.endpoint.advert(self._advert_base())
+
+    def _advert_base(self) -> Presence:
         return Presence(certificate=self.certificate, crl=self.membership.crl, session=self.node.session,
                         link=self.endpoint.link, profile=self.certificate.profile,
-                        corrections=held.digest if held is not None and held.records else None,
                         updates=self.update_status() if self.update_status is not None else [],
                         health=self.health(), interval_s=self.settings.presence_interval_s)  # fmt: skip
 
     def health(self) -> Health:
-        report = self.supervisor.report()
-        return Health(restarts=min(report.restarts, MAX_COUNT), dropped=min(report.dropped, MAX_COUNT))
+        return health_of(self.supervisor)
 
     def peers(self) -> list[Peer]:
         return self.endpoint.peers.all()

@@ -13,6 +13,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from edge_agent.mesh.assembly import MemberKeys, build_member
 from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.household import DeviceCertificate, HouseholdRoot, Membership
 from edge_agent.mesh.identity import DeviceIdentity
@@ -101,10 +102,9 @@ class SimHousehold:
             may_correct=may_correct,
         )
         self.certs.append(cert)
-        node = self._node(ident, name, settings)
         dev: Device
-        ep = MeshEndpoint(
-            node,
+        parts = build_member(
+            self._keys(ident, cert, name),
             self.connect(self.root.household_id, ident.device_id, name),
             presence=lambda: presence_of(dev),
             handler=handler if serves else None,
@@ -115,33 +115,29 @@ class SimHousehold:
             if offers is not None
             else [Offer(task=t, pack="test@fp32", rate=100.0, first_ms=1.0) for t in serves or []]
         )
-        dev = Device(name, ident, cert, node, ep, offered)
+        dev = Device(name, ident, cert, parts.node, parts.endpoint, offered)
         self.devices[name] = dev
         return dev
 
-    def _node(self, ident: DeviceIdentity, name: str, settings: MeshSettings | None) -> MeshNode:
+    def _keys(self, ident: DeviceIdentity, cert: DeviceCertificate, name: str) -> MemberKeys:
+        """A member's keys as pairing would leave them: every certificate issued so far, the group key."""
         membership = Membership(self.root.key.verify_key)
         membership.apply_revocations(self.root.crl)
         for c in self.certs:
             membership.add_certificate(c)
         state = self.tmp / name
         state.mkdir(exist_ok=True, mode=0o700)
-        return MeshNode(
-            ident,
-            membership,
-            state,
-            group_keys=GroupKeys(self.group, 0, {}),
-            limits=(settings or MeshSettings()).limits,
-        )
+        return MemberKeys(ident, cert, membership, GroupKeys(self.group, 0, {}), state)
 
     def client(self, dev: Device) -> MeshEndpoint:
         """A one-shot client of ``dev``'s device (a `hearth` command on a device whose agent is on the
         mesh): the same identity, its own connection and state, no presence of its own, serves nothing."""
         name = f"{dev.name}-client"
         settings = MeshSettings(presence_interval_s=0.05, coalesce_ms=0)
-        node = self._node(dev.identity, name, None)
         connector = self.connect(self.root.household_id, dev.id, name)
-        return MeshEndpoint(node, connector, presence=None, settings=settings)
+        return build_member(
+            self._keys(dev.identity, dev.certificate, name), connector, settings=settings
+        ).endpoint
 
     async def start(self, *devices: Device) -> None:
         for dev in devices:

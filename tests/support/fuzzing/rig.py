@@ -44,8 +44,9 @@ from edge_agent.agent import Agent
 from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig
 from edge_agent.errors import HearthError, NoLocalModelError, RecipientNotMemberError, TransportError
+from edge_agent.hearth import agent_router
+from edge_agent.mesh.assembly import build_member, build_node
 from edge_agent.mesh.corrections import Correction, make_correction
-from edge_agent.mesh.endpoint import MeshEndpoint
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.identity import DeviceIdentity
@@ -74,7 +75,8 @@ from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
 from edge_agent.sync.manifest import UpdateManifest
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.tasks import TASKS, DeviceClass, Task
-from edge_agent.updater import Updater
+from edge_agent.updates.ports import DeviceFacts, UpdateSettings
+from edge_agent.updates.updater import Updater
 from tests.support.meshkit import config as agent_config
 
 __all__ = ["PAIR", "Broken", "CountErrors", "Pack", "RawMember", "Rig", "Trusted"]
@@ -284,17 +286,6 @@ class _Household:
         return state
 
 
-def _node(state: HouseholdState, settings: MeshSettings) -> MeshNode:
-    membership, data = state.membership()
-    return MeshNode(
-        state.identity,
-        membership,
-        state.counters_dir,
-        group_keys=data.group_key_ring(),
-        limits=settings.limits,
-    )
-
-
 def _publish(tmp: Path, name: str, sequence: int, household_id: str, key: SigningKey) -> Pack:
     """A small pack (4 chunks of 16 KiB), its manifest signed by the household's update key."""
     directory = tmp / f"pack-{name}-{sequence}"
@@ -389,17 +380,24 @@ class Rig:
             task: TaskPlan(task, "unavailable", cast(PackManifest, pack.manifest), "fuzz stand-in", slot=task)
             for task, pack in tasks
         }
+        plan = Plan(profile_id="fridge-panel", budget_mb=0, tasks=runs)
         self.dut = MeshService(
             cfg,
             load_profile("fridge-panel"),
-            Plan(profile_id="fridge-panel", budget_mb=0, tasks=runs),
+            plan,
             dut_state.dir,
+            router=agent_router(cfg, plan, cast(Agent, self.agent)),
             agent=cast(Agent, self.agent),
             supervisor=Supervisor(),
+            connector=self.sim.connector(dut_state.identity.device_id),
         )
-        self.dut.endpoint.connector = self.sim.connector(self.dut.certificate.device_id)
-        self.updater = Updater(self.dut, PackStore(tmp / "store"), interval_s=3600.0, approval="ask")
-        self.dut.update_status = self.updater.status
+        dut = self.dut
+        facts = DeviceFacts.of(dut.state, dut.membership, dut.certificate)
+        self.updater = Updater(
+            dut.endpoint, PackStore(tmp / "store"), device=facts, plan=dut.plan,
+            settings=UpdateSettings(interval_s=3600.0, approval="ask"), serves=dut.serve,
+            busy=dut.inference_busy, retire=self.agent.models.retire, supervisor=dut.supervisor,
+        )  # fmt: skip
         trusted = self.updater.trusted
         trusted.update_key_set(self.key_set_envelope)
         self.updater.updates.save_key_set(self.key_set_envelope)
@@ -407,15 +405,15 @@ class Rig:
 
         # The honest hub: a plain endpoint with the hub's keys.
         settings = MeshSettings(presence_interval_s=30.0, coalesce_ms=0)
-        hub_node = _node(home.hub_state, settings)
         self.honest_certificate = hub_data.certificate
-        self.honest = MeshEndpoint(
-            hub_node,
-            self.sim.connector(hub_node.device_id),
-            presence=self._honest_presence,
+        hub = build_member(
+            home.hub_state,
+            self.sim.connector(self.honest_certificate.device_id),
             settings=settings,
             supervisor=Supervisor(),
+            presence=self._honest_presence,
         )
+        hub_node, self.honest = hub.node, hub.endpoint
         self.honest.register(UpdateQuery, self._honest_holdings)
         self.honest_correction: Correction = make_correction(
             home.hub_state.identity.signing_key, hub_node.device_id, PAIR, *CORRECTED
@@ -431,7 +429,10 @@ class Rig:
         # The hostile member.
         mal_settings = MeshSettings(presence_interval_s=30.0, coalesce_ms=0)
         self.mallory = RawMember(
-            "mallory", mal_state.identity, mal_state.load().certificate, _node(mal_state, mal_settings)
+            "mallory",
+            mal_state.identity,
+            mal_state.load().certificate,
+            build_node(mal_state, mal_settings.limits),
         )
         self.mallory.on_message = self.mallory_default
         self.probes = 0
@@ -479,6 +480,7 @@ class Rig:
         logging.getLogger("edge_agent").addHandler(self._handler)
         try:
             await self._stack.enter_async_context(self.honest)
+            await self._stack.enter_async_context(self.updater)  # in the device's first advert already
             await self._stack.enter_async_context(self.dut)
             await self.mallory.connect(self.sim)
             self._stack.push_async_callback(self.mallory.close)

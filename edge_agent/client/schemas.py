@@ -1,8 +1,8 @@
 """The request and result schemas of every task: what a caller sends and gets back, whoever answers.
 
 Shared by callers (CLI, Home Assistant, later the HTTP API), the router, the mesh's request bodies and
-the local engines (`edge_agent.engines.interfaces` re-exports them for the engines' side). Pydantic
-only: importing this module loads no engine, mesh or config code.
+the local engines, which import them from here. Pydantic only: importing this module loads no engine,
+mesh or config code.
 """
 
 from __future__ import annotations

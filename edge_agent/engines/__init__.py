@@ -1,21 +1,5 @@
-"""Inference engines on onnxruntime. Never imports the mesh: engines only know packs and profiles."""
+"""Inference engines on onnxruntime. Never imports the mesh: engines only know packs and profiles.
 
-from edge_agent.engines.interfaces import (
-    ChatMessage,
-    Continuation,
-    EmbedRequest,
-    EmbedResult,
-    GenerateChunk,
-    GenerateRequest,
-    GenerateStats,
-)
-
-__all__ = [
-    "ChatMessage",
-    "Continuation",
-    "EmbedRequest",
-    "EmbedResult",
-    "GenerateChunk",
-    "GenerateRequest",
-    "GenerateStats",
-]
+The request and result models an engine takes and yields are the client API's
+(`edge_agent.client.schemas`); the engines import them from there.
+"""

@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edge_agent.client.schemas import EmbedRequest, EmbedResult
 from edge_agent.engines.base import Engine, EngineOptions
-from edge_agent.engines.interfaces import EmbedRequest, EmbedResult
 from edge_agent.engines.sessions import cpu_session_options
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
+from edge_agent.client.schemas import FinishReason, GenerateChunk, GenerateRequest, GenerateStats
 from edge_agent.engines import genai_native
 from edge_agent.engines.base import Engine, EngineOptions
 from edge_agent.engines.chat_template import render_chat
-from edge_agent.engines.interfaces import FinishReason, GenerateChunk, GenerateRequest, GenerateStats
 from edge_agent.errors import InvalidRequestError
 
 
@@ -73,7 +73,7 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
         return cls(pack_dir, task_info, options.threads)
 
     def run(self, request: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[GenerateChunk]:
-        return self.stream(request, cancel)
+        yield from self.stream(request, cancel)
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         request.validate_text()

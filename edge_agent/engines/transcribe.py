@@ -29,8 +29,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from edge_agent.audio.pcm import pcm16_to_float
-from edge_agent.engines.base import Engine, EngineOptions
-from edge_agent.engines.interfaces import (
+from edge_agent.client.schemas import (
     MAX_REQUEST_SPEECH_S,
     SAMPLE_RATE,
     SpeechSegment,
@@ -39,6 +38,7 @@ from edge_agent.engines.interfaces import (
     TranscribeStats,
     TranscriptSegment,
 )
+from edge_agent.engines.base import Engine, EngineOptions
 from edge_agent.engines.sessions import cpu_session_options
 from edge_agent.engines.whisper_decode import DecodeOptions, SpecialTokens, WhisperDecoder, WindowResult
 from edge_agent.engines.whisper_features import (

@@ -27,8 +27,8 @@ import numpy as np
 import onnxruntime as ort
 import sentencepiece as spm
 
+from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.base import Engine, EngineOptions
-from edge_agent.engines.interfaces import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.engines.sessions import cpu_session_options
 from edge_agent.errors import InvalidRequestError

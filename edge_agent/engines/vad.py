@@ -30,8 +30,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from edge_agent.audio.pcm import Samples, float_to_pcm16, pcm16_to_float
+from edge_agent.client.schemas import SAMPLE_RATE
 from edge_agent.engines.base import Engine, EngineOptions
-from edge_agent.engines.interfaces import SAMPLE_RATE
 from edge_agent.engines.sessions import cpu_session_options
 from edge_agent.engines.vad_models import CHUNK_SAMPLES, VadParams, VadRequest, VadResult, VadSpan
 from edge_agent.errors import InvalidAudioError, PackError

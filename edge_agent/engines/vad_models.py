@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge_agent.engines.interfaces import BYTES_PER_SECOND, MAX_REQUEST_SPEECH_S, SAMPLE_RATE
+from edge_agent.client.schemas import BYTES_PER_SECOND, MAX_REQUEST_SPEECH_S, SAMPLE_RATE
 
 CHUNK_SAMPLES = 512
 """Silero VAD v6 at 16 kHz reads 32 ms windows (plus 64 samples of the previous one)."""

@@ -81,24 +81,33 @@ class Agent:
 
     async def run(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> AsyncGenerator[ItemT, None]:
         """Run ``request`` on this device's engine for ``spec``'s task. A streaming task's chunks arrive as
-        the engine makes them; cancelling the consumer stops it at the next one."""
-        spec.validate(request)
-        spec.require_variant(
-            request, self.plan.pairs(spec.name, mode=None), "here", "none; run `hearth models build`"
-        )
+        the engine makes them; cancelling the consumer stops it at the next one.
+
+        The request was validated where it entered this device (the router for its own requests, the
+        registry's ``serve`` for a peer's; the engines check their own input too): here it is only
+        matched to a model, InvalidRequestError when none serves its variant (language pair)."""
+        variant = spec.variant(request) if spec.variant is not None else None
+        if variant is not None:
+            spec.require_variant(
+                request, self.plan.pairs(spec.name, mode=None), "here", "none; run `hearth models build`"
+            )
         run = self._stream if spec.streaming else self._once
-        async with contextlib.aclosing(run(spec, request)) as items:
+        async with contextlib.aclosing(run(spec, request, variant)) as items:
             async for item in items:
                 yield item
 
-    async def _once(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> AsyncGenerator[ItemT, None]:
-        async with self.models.use(spec.name, spec.variant(request)) as engine:
+    async def _once(
+        self, spec: TaskSpec[ReqT, ItemT], request: ReqT, variant: str | None
+    ) -> AsyncGenerator[ItemT, None]:
+        async with self.models.use(spec.name, variant) as engine:
             items: list[ItemT] = await asyncio.to_thread(lambda: list(engine.run(request)))
         for item in items:
             yield item
 
-    async def _stream(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> AsyncGenerator[ItemT, None]:
-        async with self.models.use(spec.name, spec.variant(request)) as engine:
+    async def _stream(
+        self, spec: TaskSpec[ReqT, ItemT], request: ReqT, variant: str | None
+    ) -> AsyncGenerator[ItemT, None]:
+        async with self.models.use(spec.name, variant) as engine:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[object] = asyncio.Queue()
             cancel = threading.Event()

@@ -26,10 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.discovery.settings import AdvertSettings
 from edge_agent.errors import ConfigError
+from edge_agent.ha_discovery.settings import DiscoverySettings
 from edge_agent.mesh.settings import MeshLimits, MeshSettings, broker_host_port
-from edge_agent.tasks import DeviceClass, Task
+from edge_agent.router_settings import RouterSettings, RoutingPolicy
 from edge_agent.validation import field_path
+from edge_agent.voice.settings import LOOPBACK, VadSettings, VoiceSettings, WyomingLimits, WyomingSettings
 
 ENV_PREFIX = "HEARTH_"
 BROKER_URL = r"^mqtts?://[^/:]+(:\d+)?/?$"
@@ -122,26 +125,23 @@ class MeshSection(_Section):
             )
         return self
 
+    def advert_settings(self) -> AdvertSettings:
+        """The household advert's view of this section (edge_agent.discovery)."""
+        return AdvertSettings(mode=self.advertise, broker=self.broker, loopback_only=self.embedded_broker)
+
     def settings(self) -> MeshSettings:
         """The mesh library's view of this section."""
         return MeshSettings(presence_interval_s=self.presence_interval_s, coalesce_ms=self.coalesce_ms,
                             pad_bucket_bytes=self.pad_bucket_bytes, limits=self.limits)  # fmt: skip
 
 
-class RoutingSection(_Section):
-    """Where this agent's own requests run: locally, or on the peer expected to finish first."""
+class RoutingSection(RoutingPolicy):
+    """Where this agent's own requests run: locally, or on the peer expected to finish first (the keys
+    are `edge_agent.router_settings.RoutingPolicy`'s, documented there)."""
 
-    mode: Literal["auto", "local-only", "offload-first"] = "auto"
-    prefer_local: bool = False
-    """Run locally whenever this device can serve the task, even if a peer would be faster."""
-    never_offload: list[Task] = Field(default_factory=list)
-    """Tasks that must never leave this device (e.g. ["transcribe", "vad"] for voice)."""
-    peer_classes: list[DeviceClass] | None = None
-    """Only offload to peers of these device classes (e.g. ["hub", "laptop"]); default any."""
-    deadline_s: float = Field(default=120.0, gt=0, le=3600)
-    stall_timeout_s: float = Field(default=3.0, gt=0, le=600)
-    """Fail over when the serving peer sends nothing for this long."""
-    max_attempts: int = Field(default=4, ge=1, le=32)
+    def settings(self) -> RouterSettings:
+        """The router's view of this section (its limits at their defaults)."""
+        return RouterSettings.model_validate(self.model_dump())
 
 
 class DemoSection(_Section):
@@ -243,6 +243,14 @@ class HomeAssistantSection(_Section):
     """Queue depth, request counters and free model RAM are published as sampled once per this many
     seconds of wall-clock time, so whoever reads the broker sees how busy a device was per window, not
     when each request came."""
+
+    def discovery_settings(self, presence_interval_s: float) -> DiscoverySettings:
+        """MQTT discovery's view of this section (``presence_interval_s``: [mesh]'s, the default state
+        interval)."""
+        interval = self.state_interval_s or presence_interval_s
+        return DiscoverySettings(prefix=self.discovery_prefix, interval_s=interval,
+                                 heartbeat_s=max(self.heartbeat_s, interval),
+                                 usage_interval_s=self.usage_interval_s)  # fmt: skip
 
     @field_validator("url")
     @classmethod
@@ -348,9 +356,38 @@ class VoiceSection(_Section):
             )
         return self
 
+    def settings(self) -> VoiceSettings:
+        """The voice parts' view of this section (VAD, command trust, the Wyoming server's limits)."""
+        vad = VadSettings(
+            threshold=self.vad_threshold,
+            min_speech_ms=self.min_speech_ms,
+            min_silence_ms=self.min_silence_ms,
+            speech_pad_ms=self.speech_pad_ms,
+        )
+        limits = WyomingLimits(
+            max_seconds=self.wyoming_max_seconds,
+            max_connections=self.wyoming_max_connections,
+            max_per_source=self.wyoming_max_per_source,
+        )
+        wyoming = WyomingSettings(
+            host=self.wyoming_host,
+            port=self.wyoming_port,
+            advertise=self.wyoming_advertise,
+            allow=tuple(self.wyoming_allow),
+            limits=limits,
+        )
+        return VoiceSettings(
+            language=self.language,
+            max_seconds=self.max_seconds,
+            vad=vad,
+            actions_transcribe=self.actions_transcribe,
+            trusted_transcribers=frozenset(self.trusted_transcribers),
+            wyoming=wyoming,
+        )
+
 
 def _loopback() -> list[IPv4Network | IPv6Network]:
-    return [IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")]
+    return list(LOOPBACK)
 
 
 def _loopback_host(host: str) -> bool:

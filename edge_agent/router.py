@@ -36,7 +36,6 @@ from edge_agent.client.schemas import (
     TranslateRequest,
     TranslateResult,
 )
-from edge_agent.config import RoutingSection
 from edge_agent.errors import (
     InvalidRequestError,
     LinkDownError,
@@ -49,6 +48,7 @@ from edge_agent.mesh.interfaces import PeerDirectory
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import MAX_QUEUE, Chunk, Offer
 from edge_agent.models.selection import Plan
+from edge_agent.router_settings import RouterSettings
 from edge_agent.task_specs import EMBED, GENERATE, TRANSLATE, ItemT, ReqT, TaskSpec, spec_for
 from edge_agent.tasks import Task
 
@@ -60,7 +60,6 @@ MAX_ESTIMATE_MS = 1e8
 """Longer than any deadline (27 hours): estimates are capped here, below the unmeasured sentinel."""
 """Where this device ranks when its own speed is not measured yet: after every measured candidate."""
 UNMEASURED = "speed not measured yet"
-BAN_S = 15.0
 _RETRYABLE = {"busy", "not-served", "internal", "deadline"}
 Source = Callable[["Candidate", ReqT, float], AsyncGenerator[ItemT, None]]
 """Runs (part of) a request on one candidate until a deadline (monotonic), yielding its answer."""
@@ -157,7 +156,7 @@ class Router:
         self,
         *,
         plan: Plan | None = None,
-        policy: RoutingSection,
+        policy: RouterSettings,
         local: Any | None = None,
         endpoint: PeerDirectory | None = None,
         local_offers: dict[Task, Offer] | None = None,
@@ -166,6 +165,7 @@ class Router:
         self.plan = plan if plan is not None else Plan(local_name, 0)
         """What runs here (none: a member that runs no models, such as Home Assistant)."""
         self.policy = policy
+        """Routing policy and limits (`edge_agent.router_settings`; the agent's from its [routing])."""
         self.local = local
         self.endpoint = endpoint
         self.local_offers = local_offers if local_offers is not None else {}
@@ -191,12 +191,16 @@ class Router:
         return min((queue + 1) * job, MAX_ESTIMATE_MS), detail + (f" + queue {queue}" if queue else "")
 
     def decide(self, task: Task, body: BaseModel, deadline_s: float | None = None) -> Decision:
-        spec = spec_for(task)
+        """Where ``body`` (a request for ``task``) would run now, candidates ranked, and why not elsewhere."""
+        return self._decide(spec_for(task), body, deadline_s)
+
+    def _decide(self, spec: TaskSpec[Any, Any], body: BaseModel, deadline_s: float | None) -> Decision:
+        task = spec.name
         deadline_ms = (deadline_s or self.policy.deadline_s) * 1000
         units = spec.work_units(body)
         ranked: list[Candidate] = []
         excluded: list[Candidate] = []
-        pair = spec.variant(body)
+        pair = spec.variant(body) if spec.variant is not None else None
         tp = self.plan.for_task(task, pair)
         if self.local is not None:
             local_ms, detail = self._estimate(self.local_offers.get(task), units, self.local_in_flight)
@@ -261,16 +265,17 @@ class Router:
     # -- running --------------------------------------------------------------------------------------
 
     def _check(self, spec: TaskSpec[ReqT, Any], request: ReqT) -> None:
-        """Refuse here what no device could run: invalid input, or a variant nobody has."""
+        """Refuse here what no device could run: invalid input, or a variant nobody has. The one check of
+        this device's own request: it travels on typed, and the Agent (or a peer's ``serve``) runs it."""
         spec.validate(request)
-        if spec.variant(request) is not None:
+        if spec.variant is not None:
             known = set(self.plan.pairs(spec.name, mode=None)) | self._peer_variants(spec.name)
             spec.require_variant(request, sorted(known), "on this device or any peer")
 
     def generate(self, request: GenerateRequest, deadline_s: float | None = None) -> RoutedStream:
         self._check(GENERATE, request)
         deadline = deadline_s or self.policy.deadline_s
-        return RoutedStream(self, request, self.decide("generate", request, deadline), deadline)
+        return RoutedStream(self, request, self._decide(GENERATE, request, deadline), deadline)
 
     async def _run_generate(self, routed: RoutedStream) -> AsyncGenerator[GenerateChunk, None]:
         tokens: list[int] = []
@@ -303,7 +308,10 @@ class Router:
                     routed.stats = chunk.stats.model_copy(
                         update={"completion_tokens": len(tokens) + (chunk.stats.finish_reason == "stop")}
                     )
-                yield chunk.model_copy(update={"index": index})
+                # Numbered once: a chunk keeps the number it came with (the engine's here, the exchange
+                # layer's ``seq`` from a peer); only after a failover, when the next candidate counts
+                # from 0 again, is the caller's count carried on.
+                yield chunk if chunk.index == index else chunk.model_copy(update={"index": index})
                 index += 1
 
     async def _failover(
@@ -320,11 +328,10 @@ class Router:
         """The one failover loop: try the best candidate; if a peer dies, leaves, stalls or refuses
         (retryably), ban it and go on with the next, resuming from what was already received. A drop of
         our own link bans nobody: wait for it to return and resume (the same peer allowed)."""
-        task = spec.name
         deadline = time.monotonic() + deadline_s
         tried: set[str] = set()
         failures = link_drops = 0
-        while failures < self.policy.max_attempts and link_drops <= 10:
+        while failures < self.policy.max_attempts and link_drops <= self.policy.max_link_drops:
             options = [c for c in decision.ranked if c.name not in tried]
             if not options and attempts and self.endpoint is not None:
                 # Everyone we know failed: give peers a moment to come back (a restarting agent or
@@ -332,7 +339,7 @@ class Router:
                 await self.endpoint.wait_peers_changed(
                     min(2 * self.policy.stall_timeout_s, max(0.0, deadline - time.monotonic()))
                 )
-                decision = self.decide(task, resume(request), max(0.001, deadline - time.monotonic()))
+                decision = self._decide(spec, resume(request), max(0.001, deadline - time.monotonic()))
                 tried.clear()
                 options = decision.ranked
             if not options:
@@ -379,8 +386,8 @@ class Router:
                     continue
                 failures += 1
                 if cand.peer is not None and self.endpoint is not None:
-                    self.endpoint.ban(cand.peer.device_id, BAN_S)
-                decision = self.decide(task, resume(request), max(0.001, deadline - time.monotonic()))
+                    self.endpoint.ban(cand.peer.device_id, self.policy.ban_s)
+                decision = self._decide(spec, resume(request), max(0.001, deadline - time.monotonic()))
         errors = "; ".join(f"{a.served_by}: {a.error}" for a in attempts) or decision.reason
         raise NoRouteError(f"no device could finish the request ({errors})")
 
@@ -430,7 +437,7 @@ class Router:
         self._check(spec, request)
         deadline = deadline_s or self.policy.deadline_s
         attempts: list[Attempt] = []
-        decision = self.decide(spec.name, request, deadline)
+        decision = self._decide(spec, request, deadline)
         results = [
             r
             async for r in self._failover(

@@ -11,15 +11,24 @@ registry: a body is validated against its task's model at the boundary, once on 
 the server, the router's sources for the requester), rather than a pydantic union in the protocol that
 the mesh could not even name. This module sits above both: it may import the engines' models and the
 mesh protocol; neither of them imports it.
+
+Validation once per hop: a request is checked (its model, then ``TaskSpec.validate``) where it enters a
+device, the router for this device's own requests and ``serve`` for a peer's, and travels on as its typed
+model; the Agent runs what it is handed. Chunks are numbered once, by the mesh's exchange layer as they
+leave (``seq``); the items here carry that number as they came.
+
+The registry knows the Agent only as ``LocalEngines`` (what runs a request here), so it imports nothing
+above it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -35,19 +44,29 @@ from edge_agent.client.schemas import (
     TranslateRequest,
     TranslateResult,
 )
-from edge_agent.errors import InvalidRequestError, NoLocalModelError, NoRouteError
+from edge_agent.errors import EngineError, InvalidRequestError, NoLocalModelError, NoRouteError
+from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.protocol import Chunk, Request, TaskBody
 from edge_agent.tasks import Task
 
-if TYPE_CHECKING:
-    from edge_agent.agent import Agent
+log = logging.getLogger(__name__)
 
 ReqT = TypeVar("ReqT", bound=BaseModel)
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
 Runner = Callable[[ReqT], AsyncGenerator[ItemT, None]]
 """Runs one request on this device (what a self-benchmark measures)."""
-LocalRunner = Callable[["Agent", ReqT], AsyncGenerator[ItemT, None]]
+
+
+class LocalEngines(Protocol):
+    """What runs a task's request on this device's engines (the Agent, `edge_agent.agent`)."""
+
+    def run(self, spec: TaskSpec[ReqT, ItemT], request: ReqT) -> AsyncGenerator[ItemT, None]:
+        """Run an already validated ``request`` here, yielding its answer."""
+        ...
+
+
+LocalRunner = Callable[[LocalEngines, ReqT], AsyncGenerator[ItemT, None]]
 
 
 class Speed(NamedTuple):
@@ -63,11 +82,17 @@ Benchmark = Callable[[Runner[ReqT, ItemT], str | None], Awaitable[Speed]]
 """Measures a task on this device, given a runner and the plan's variant (language pair) if any."""
 
 
+@dataclass(frozen=True)
+class HealthProbe(Generic[ReqT, ItemT]):
+    """How a model update's health check runs a task (`edge_agent.updates.health`): a fixed text (and
+    the pack's variant) becomes one request; the answer's items become the text that the publisher
+    records and a receiving device must match."""
+
+    request: Callable[[str, str | None], ReqT]
+    answer: Callable[[list[ItemT]], str]
+
+
 def _accept(request: BaseModel) -> None:
-    return None
-
-
-def _no_variant(request: BaseModel) -> str | None:
     return None
 
 
@@ -82,9 +107,11 @@ class TaskSpec(Generic[ReqT, ItemT]):
     """The request's size in the unit of an offer's rate (tokens still to generate, texts, ...)."""
     benchmark: Benchmark[ReqT, ItemT]
     validate: Callable[[ReqT], None] = _accept
-    """Raise InvalidRequestError for what the model lets through; run by requester and server alike."""
-    variant: Callable[[ReqT], str | None] = _no_variant
-    """The plan slot within the task a request needs (a translation's language pair), or None."""
+    """Raise InvalidRequestError for what the model lets through; run once where a request enters a
+    device (the router for its own, ``serve`` for a peer's)."""
+    variant: Callable[[ReqT], str] | None = None
+    """The plan slot within the task a request needs (a translation's language pair); None: the task
+    has no variants (callers test it rather than call a function that answers None)."""
     variant_model: str = "model"
     """What serves one variant, for errors: 'no translation model for fr→pt'."""
     run_local: LocalRunner[ReqT, ItemT] | None = None
@@ -94,6 +121,8 @@ class TaskSpec(Generic[ReqT, ItemT]):
     encode_chunk: Callable[[str, ItemT], Chunk] | None = None
     decode_chunk: Callable[[Chunk], ItemT | None] | None = None
     """A streaming task's codec; None: the result travels whole in the final chunk's body."""
+    health: HealthProbe[ReqT, ItemT] | None = None
+    """The known inference a model update of this task must pass; None: packs of it cannot carry one."""
 
     def __post_init__(self) -> None:
         if self.streaming and None in (self.item_units, self.encode_chunk, self.decode_chunk):
@@ -101,7 +130,7 @@ class TaskSpec(Generic[ReqT, ItemT]):
 
     # -- running --------------------------------------------------------------------------------------
 
-    def run_here(self, agent: Agent, request: ReqT) -> AsyncGenerator[ItemT, None]:
+    def run_here(self, agent: LocalEngines, request: ReqT) -> AsyncGenerator[ItemT, None]:
         return self.run_local(agent, request) if self.run_local else agent.run(self, request)
 
     def units(self, request: ReqT, item: ItemT) -> int:
@@ -110,7 +139,7 @@ class TaskSpec(Generic[ReqT, ItemT]):
 
     def require_variant(self, request: ReqT, known: Collection[str], where: str, none: str = "none") -> None:
         """InvalidRequestError unless the request's variant is in ``known`` (or it needs none)."""
-        variant = self.variant(request)
+        variant = self.variant(request) if self.variant is not None else None
         if variant is not None and variant not in known:
             arrows = ", ".join(v.replace("-", "→") for v in known) or none
             raise InvalidRequestError(
@@ -210,10 +239,8 @@ async def _bench_transcribe(run: Runner[TranscribeRequest, TranscribeResult], va
     the encoder, which reads a full 30 s window whatever the speech, plus a few decoding steps. The rate
     is milliseconds of speech per second; the latency is one short command's."""
     import base64
-    import random
 
-    rng = random.Random(7)  # the same "audio" on every device, so their speeds compare
-    pcm = b"".join(rng.randint(-200, 200).to_bytes(2, "little", signed=True) for _ in range(16_000 * 4))
+    pcm = _quiet_noise(7, seconds=4)  # the same "audio" on every device, so their speeds compare
     request = TranscribeRequest(
         segments=[SpeechSegment(start_ms=0, pcm=base64.b64encode(pcm).decode("ascii"))], max_tokens=32
     )
@@ -222,6 +249,34 @@ async def _bench_transcribe(run: Runner[TranscribeRequest, TranscribeResult], va
     await _drain(run(request))
     elapsed = time.perf_counter() - t0
     return Speed(request.speech_ms / elapsed, elapsed * 1000)
+
+
+def _quiet_noise(seed: int | str, *, seconds: int) -> bytes:
+    """Quiet 16 kHz s16le noise, the same bytes for the same seed on every device and run."""
+    import random
+
+    rng = random.Random(seed)
+    samples = range(16_000 * seconds)
+    return b"".join(rng.randint(-200, 200).to_bytes(2, "little", signed=True) for _ in samples)
+
+
+# -- health probes (a model update's known inference) ---------------------------------------------------
+
+_PROBE_TOKENS = 24
+
+
+def _translate_probe(text: str, pair: str | None) -> TranslateRequest:
+    if pair is None:
+        raise EngineError("a translation health check needs its language pair")
+    source, target = pair.split("-")
+    return TranslateRequest(texts=[text], source=source, target=target)
+
+
+def _transcribe_probe(text: str, pair: str | None) -> TranscribeRequest:
+    """Speech cannot be written down in a manifest: the text seeds two seconds of quiet noise, and what
+    the pack makes of that (greedy, so repeatable) is its answer."""
+    pcm = _quiet_noise(text, seconds=2)
+    return TranscribeRequest(segments=[SpeechSegment.from_pcm(0, pcm)], max_tokens=_PROBE_TOKENS)
 
 
 # -- the tasks ------------------------------------------------------------------------------------------
@@ -261,6 +316,10 @@ GENERATE: TaskSpec[GenerateRequest, GenerateChunk] = TaskSpec(
     item_units=lambda chunk: len(chunk.token_ids),
     encode_chunk=_generate_chunk,
     decode_chunk=_generate_item,
+    health=HealthProbe(
+        lambda text, _: GenerateRequest.from_prompt(text, max_tokens=_PROBE_TOKENS),
+        lambda items: "".join(item.text for item in items),
+    ),
 )
 
 EMBED: TaskSpec[EmbedRequest, EmbedResult] = TaskSpec(
@@ -271,6 +330,7 @@ EMBED: TaskSpec[EmbedRequest, EmbedResult] = TaskSpec(
     work_units=lambda request: len(request.texts),
     benchmark=_bench_embed,
     # No requester-side checks: the batch limit is the serving engine's, which checks the texts too.
+    health=HealthProbe(lambda text, _: EmbedRequest(texts=[text]), lambda items: f"{items[-1].dim} dims"),
 )
 
 TRANSLATE: TaskSpec[TranslateRequest, TranslateResult] = TaskSpec(
@@ -283,6 +343,7 @@ TRANSLATE: TaskSpec[TranslateRequest, TranslateResult] = TaskSpec(
     validate=TranslateRequest.validate_text,
     variant=lambda request: request.pair,
     variant_model="translation model",
+    health=HealthProbe(_translate_probe, lambda items: str(items[-1].translations[0])),
 )
 
 TRANSCRIBE: TaskSpec[TranscribeRequest, TranscribeResult] = TaskSpec(
@@ -294,6 +355,7 @@ TRANSCRIBE: TaskSpec[TranscribeRequest, TranscribeResult] = TaskSpec(
     work_units=lambda request: max(1, request.speech_ms),
     benchmark=_bench_transcribe,
     validate=TranscribeRequest.validate_audio,
+    health=HealthProbe(_transcribe_probe, lambda items: str(items[-1].text)),
 )
 
 REGISTRY: dict[Task, TaskSpec[Any, Any]] = {
@@ -315,6 +377,8 @@ def spec_for(task: Task) -> TaskSpec[Any, Any]:
 
 PeerRunner = Callable[[TaskSpec[Any, Any], Any], AsyncGenerator[Any, None]]
 """Runs a peer's decoded request on this device: usually ``spec.run_here``, with service hooks."""
+ServeHook = Callable[[Any], AsyncGenerator[Any, None]]
+"""Serves a peer's request for one task instead of the task's own runner."""
 
 
 async def serve(req: Request, run: PeerRunner) -> AsyncGenerator[Chunk, None]:
@@ -328,3 +392,24 @@ async def serve(req: Request, run: PeerRunner) -> AsyncGenerator[Chunk, None]:
     async with contextlib.aclosing(run(spec, request)) as items:
         async for item in items:
             yield spec.encode_item(req.id, item)
+
+
+class PeerServer:
+    """The mesh endpoint's handler on a serving device: each peer's request is decoded and validated
+    once (``serve``) and runs on ``local`` (the Agent), or on the task's hook in ``hooks`` (read at each
+    request, so a hook added later serves the next one). One object between the exchange layer and the
+    engines, so a served request crosses no other layer on its way in or its chunks on their way out."""
+
+    def __init__(self, local: LocalEngines, hooks: Mapping[Task, ServeHook] | None = None) -> None:
+        self.local = local
+        self.hooks: Mapping[Task, ServeHook] = hooks if hooks is not None else {}
+
+    async def __call__(self, req: Request, requester: DeviceCertificate) -> AsyncGenerator[Chunk, None]:
+        log.info("serving %s for %s", req.task, requester.name)
+        async with contextlib.aclosing(serve(req, self._run)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def _run(self, spec: TaskSpec[Any, Any], request: Any) -> AsyncGenerator[Any, None]:
+        hook = self.hooks.get(spec.name)
+        return hook(request) if hook is not None else spec.run_here(self.local, request)

@@ -15,9 +15,9 @@ from rich.console import Console
 
 from edge_agent.cli.models import _packs_table
 from edge_agent.client.schemas import GenerateRequest
-from edge_agent.config import RoutingSection
 from edge_agent.models.selection import Plan, TaskPlan
 from edge_agent.router import Router
+from edge_agent.router_settings import RouterSettings
 
 ROWS = [
     dict(zip(("pack", "task", "size", "peak RAM", "variant", "source"), row, strict=True))
@@ -66,7 +66,7 @@ def _local_only_plan() -> Plan:
 
 def test_an_unmeasured_device_has_no_expected_time() -> None:
     """Before this device has measured itself, its estimate is a ranking sentinel, never shown as ms."""
-    router = Router(plan=_local_only_plan(), policy=RoutingSection(), local=object(), endpoint=None)
+    router = Router(plan=_local_only_plan(), policy=RouterSettings(), local=object(), endpoint=None)
     decision = router.decide("generate", GenerateRequest.from_prompt("hi"))
     assert decision.reason == "local: speed not measured yet"
     assert decision.explain() == ["local: speed not measured yet"]

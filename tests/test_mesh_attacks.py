@@ -213,9 +213,9 @@ def test_offers_must_be_finite_and_bounded() -> None:
 
 async def test_device_class_comes_from_the_certificate_and_measured_speed_wins(tmp_path: Path) -> None:
     from edge_agent.client.schemas import GenerateRequest
-    from edge_agent.config import RoutingSection
     from edge_agent.models.selection import Plan
     from edge_agent.router import Router
+    from edge_agent.router_settings import RouterSettings
 
     async with household(tmp_path) as home:
         liar = home.device(
@@ -229,14 +229,14 @@ async def test_device_class_comes_from_the_certificate_and_measured_speed_wins(t
         await home.start(liar, hub, fridge)
         router = Router(
             plan=Plan(profile_id="x", budget_mb=0),
-            policy=RoutingSection(peer_classes=["hub"]),
+            policy=RouterSettings(peer_classes=["hub"]),
             endpoint=fridge.endpoint,
         )
         decision = router.decide("generate", GenerateRequest.from_prompt("hi", max_tokens=10))
         assert [c.name for c in decision.ranked] == ["hub"]
         assert any(c.name == "plug" and "class appliance" in (c.excluded or "") for c in decision.excluded)
         # Without the class filter the liar's claim ranks it first, until its real speed is measured.
-        router.policy = RoutingSection()
+        router.policy = RouterSettings()
         assert (
             router.decide("generate", GenerateRequest.from_prompt("hi", max_tokens=10)).ranked[0].name
             == "plug"

@@ -11,7 +11,6 @@ import paho.mqtt.publish as paho_publish
 import pytest
 
 from edge_agent.client.schemas import EmbedRequest, GenerateRequest
-from edge_agent.config import RoutingSection
 from edge_agent.errors import NoRouteError
 from edge_agent.mesh.household import HouseholdRoot
 from edge_agent.mesh.interfaces import Address, Channel
@@ -25,6 +24,7 @@ from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
 from edge_agent.router import Router
+from edge_agent.router_settings import RouterSettings
 from tests.support.brokers import Mosquitto, run_mosquitto
 from tests.support.meshkit import config, provision, service
 from tests.support.meshsim import until
@@ -256,7 +256,7 @@ def test_router_policy_and_expected_completion_time(store: PackStore) -> None:
 
     def decide(**policy: object):  # type: ignore[no-untyped-def]
         r = Router(
-            plan=plan, policy=RoutingSection(**policy), local=object(), endpoint=ep, local_offers=local
+            plan=plan, policy=RouterSettings(**policy), local=object(), endpoint=ep, local_offers=local
         )  # type: ignore[arg-type]
         return r.decide("generate", req)
 
@@ -272,6 +272,6 @@ def test_router_policy_and_expected_completion_time(store: PackStore) -> None:
     assert "deadline" in (excluded["hub"] or "")
     ep.peers.ban(d.ranked[0].peer.device_id, 15)  # type: ignore[union-attr]
     assert decide().ranked[0].name == "hub"
-    assert Router(plan=plan, policy=RoutingSection(), local=None, endpoint=ep).decide(
+    assert Router(plan=plan, policy=RouterSettings(), local=None, endpoint=ep).decide(
         "embed", EmbedRequest(texts=["x"])
     ).ranked[0].name in ("hub", "car")

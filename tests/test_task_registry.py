@@ -32,12 +32,12 @@ from edge_agent.client.schemas import (
     TranslateResult,
     TranslateStats,
 )
-from edge_agent.config import RoutingSection
 from edge_agent.engines.base import Engine, engine_class
 from edge_agent.errors import InvalidRequestError, NoRouteError, PeerRefusedError
 from edge_agent.mesh.protocol import Chunk, Offer, Request, decode, encode
 from edge_agent.models.selection import Plan, TaskPlan
 from edge_agent.router import Router
+from edge_agent.router_settings import RouterSettings
 from edge_agent.task_specs import LOCAL_ONLY, REGISTRY, Speed, TaskSpec, serve, spec_for
 from edge_agent.tasks import TASKS, Task
 from tests.support.meshsim import household
@@ -205,7 +205,7 @@ def _local_plan(pack: Any = None) -> Plan:
 async def test_a_registered_task_is_routed_locally(shout: TaskSpec[Shout, Shouted]) -> None:
     router = Router(
         plan=_local_plan(),
-        policy=RoutingSection(),
+        policy=RouterSettings(),
         local=FakeAgent("me"),
         local_offers={"vad": Offer(task="vad", pack="shout@fp32", rate=10, first_ms=1)},
         local_name="me",
@@ -230,7 +230,7 @@ async def test_a_registered_task_is_served_and_routed_over_the_mesh(
         fridge = home.device("fridge")
         await home.start(hub, fridge)
         nothing_here = Plan(profile_id="fridge", budget_mb=0)
-        router = Router(plan=nothing_here, policy=RoutingSection(), endpoint=fridge.endpoint)
+        router = Router(plan=nothing_here, policy=RouterSettings(), endpoint=fridge.endpoint)
         result = await router.call(shout, Shout(words=["hi", "there"]))
         assert result == (Shouted(words=["HI", "THERE"], by="hub"), "hub")
         # The server checks a body through the same spec: what pydantic accepts but validate refuses,

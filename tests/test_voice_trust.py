@@ -17,12 +17,13 @@ from edge_agent.client.schemas import (
     TranscribeResult,
     TranscribeStats,
 )
-from edge_agent.config import RoutingSection, VoiceSection
+from edge_agent.config import VoiceSection
 from edge_agent.errors import NoRouteError
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.protocol import Chunk, Offer, Request
 from edge_agent.models.selection import Plan
 from edge_agent.router import Router
+from edge_agent.router_settings import RouterSettings
 from edge_agent.task_specs import TRANSCRIBE
 from edge_agent.voice.transcript import TranscriptPiece
 from edge_agent.voice.trust import ActionTranscriber, ActionTrust, UntrustedTranscriptError
@@ -66,7 +67,7 @@ async def rig(home: SimHousehold, heard: list[str], *, with_hub: bool = True) ->
         devices.append(home.device("hub", serves=["transcribe"], device_class="hub", offers=offer(5_000),
                                    handler=transcriber(SAID, heard, "hub")))  # fmt: skip
     await home.start(*devices)
-    return Router(plan=Plan(profile_id="fridge-panel", budget_mb=0), policy=RoutingSection(),
+    return Router(plan=Plan(profile_id="fridge-panel", budget_mb=0), policy=RouterSettings(),
                   endpoint=panel.endpoint, local_name="panel")  # fmt: skip
 
 
@@ -84,7 +85,8 @@ async def test_a_command_is_transcribed_only_by_a_trusted_device(tmp_path: Path)
         # For a command: the appliance is never asked, the hub (slower, trusted by its class) is.
         heard.clear()
         offloaded = base.offloaded
-        for_actions = ActionTranscriber(ActionTrust.for_voice(VoiceSection()), lambda: base, refuse_plain)
+        trust = ActionTrust.for_voice(VoiceSection().settings())
+        for_actions = ActionTranscriber(trust, lambda: base, refuse_plain)
         result, by = await for_actions(request())
         assert (result.text, by, heard) == (SAID, "hub", ["hub"])
         assert base.offloaded == offloaded + 1  # announced with the agent's other offloaded requests
@@ -116,7 +118,7 @@ async def test_the_operator_may_trust_a_device_by_name_or_id(tmp_path: Path, ent
         base = await rig(home, heard, with_hub=False)
         oven = home.devices["oven"].id
         trust = ActionTrust.for_voice(
-            VoiceSection(trusted_transcribers=[oven if entry == "by-id" else "oven"])
+            VoiceSection(trusted_transcribers=[oven if entry == "by-id" else "oven"]).settings()
         )
         result, by = await ActionTranscriber(trust, lambda: base, refuse_plain)(request())
         assert (result.text, by) == (FORGED, "oven")  # the operator's choice, on the record

@@ -199,9 +199,9 @@ def test_n8_estimates_are_clamped_and_policy_comes_before_them() -> None:
     from nacl.signing import SigningKey
 
     from edge_agent.client.schemas import GenerateRequest
-    from edge_agent.config import RoutingSection
     from edge_agent.mesh.household import HouseholdRoot
     from edge_agent.models.selection import Plan
+    from edge_agent.router_settings import RouterSettings
 
     root = HouseholdRoot(SigningKey.generate())
     cert = root.issue(DeviceIdentity.generate(), name="big", profile="hub", requests=[], serves=["generate"])
@@ -224,12 +224,12 @@ def test_n8_estimates_are_clamped_and_policy_comes_before_them() -> None:
 
     request = GenerateRequest.from_prompt("x", max_tokens=8)
     router = Router(
-        plan=Plan(profile_id="hub", budget_mb=1024), policy=RoutingSection(), endpoint=Directory()
+        plan=Plan(profile_id="hub", budget_mb=1024), policy=RouterSettings(), endpoint=Directory()
     )  # type: ignore[arg-type]
     decision = router.decide("generate", request, deadline_s=3600 * 24 * 7)
     (cand,) = decision.ranked + decision.excluded
     assert cand.expected_ms < 1e9 and f"queue {MAX_QUEUE}" in cand.detail
-    local_only = Router(plan=Plan(profile_id="hub", budget_mb=1024), policy=RoutingSection(mode="local-only"),
+    local_only = Router(plan=Plan(profile_id="hub", budget_mb=1024), policy=RouterSettings(mode="local-only"),
                         endpoint=Directory())  # type: ignore[arg-type]  # fmt: skip
     (excluded,) = local_only.decide("generate", request).excluded
     assert excluded.excluded == "policy: local-only" and excluded.estimate == "not estimated"

@@ -36,6 +36,7 @@ from edge_agent.config import VoiceSection
 from edge_agent.discovery.advertiser import AdvertiserState
 from edge_agent.errors import HearthError, InvalidAudioError, NoRouteError
 from edge_agent.supervision import Supervisor
+from edge_agent.voice.settings import WyomingLimits
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
 from edge_agent.voice.wyoming_advert import SERVICE_TYPE, advert_addresses, instance_label, should_advertise
 from edge_agent.voice.wyoming_server import WHISPER_TINY_EN, WyomingServer, WyomingServerState
@@ -97,7 +98,9 @@ def expected_pieces(samples: int) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def serving(transcriber: Any = None, **options: Any) -> AsyncIterator[WyomingServer]:
-    server = WyomingServer(transcriber or StandInTranscriber(), port=0, name="Hearth test", **options)
+    limits = WyomingLimits(**{k: options.pop(k) for k in list(options) if k in WyomingLimits.model_fields})
+    server = WyomingServer(transcriber or StandInTranscriber(), port=0, name="Hearth test", limits=limits,
+                           **options)  # fmt: skip
     async with server:
         yield server
     assert server.state is WyomingServerState.CLOSED
@@ -806,7 +809,7 @@ def test_the_voice_section_configures_the_server() -> None:
                          wyoming_allow=["192.168.1.10", "fd00::/64"], wyoming_max_per_source=1)  # fmt: skip
     supervisor = Supervisor()
     server = WyomingServer.for_voice(
-        voice, StandInTranscriber(), name="Hearth kitchen", supervisor=supervisor
+        voice.settings().wyoming, StandInTranscriber(), name="Hearth kitchen", supervisor=supervisor
     )
     assert (server.host, server.port, server.name, server.max_seconds, server.max_per_source) == (
         "0.0.0.0",
@@ -817,7 +820,7 @@ def test_the_voice_section_configures_the_server() -> None:
     )
     assert [str(n) for n in server.allow] == ["192.168.1.10/32", "fd00::/64"]
     assert server.advertise and server.supervisor is supervisor  # "auto", bound beyond loopback
-    default = WyomingServer.for_voice(VoiceSection(wyoming=True), StandInTranscriber())
+    default = WyomingServer.for_voice(VoiceSection(wyoming=True).settings().wyoming, StandInTranscriber())
     assert not default.advertise  # loopback
     # One voice command's worth of audio, not [voice] max_seconds (600 s, for files): 4 connections
     # hold at most 4 x 30 s of 16 kHz s16 (3.8 MB), not 77 MB.

@@ -150,10 +150,11 @@ async def _listen(
             local_ok = ctx.plan.for_task("transcribe").mode == "local"
             await hearth.wait_for_peers("transcribe", timeout=0.5 if local_ok else 3.0)
         # The VAD runs in this process: a running agent (reached through its socket) gets speech only.
-        vad = ManagedVad(hearth.models, ctx.config.voice)
-        trust = ActionTrust.for_voice(ctx.config.voice)
+        voice = ctx.config.voice.settings()
+        vad = ManagedVad(hearth.models, voice.vad)
+        trust = ActionTrust.for_voice(voice)
         transcribe: TranscribeWindow = hearth.transcribe_command if ha else hearth.transcribe
-        pipeline = VoicePipeline(vad.find_speech, transcribe, language, ctx.config.voice.max_seconds)
+        pipeline = VoicePipeline(vad.find_speech, transcribe, language, voice.max_seconds)
         async for piece in pipeline.transcribe_pcm(pcm, language=language):
             pieces.append(piece)
             if piece.text and not as_json:

@@ -16,10 +16,11 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.discovery.settings import AdvertiseMode, AdvertSettings
 from edge_agent.discovery.zeroconf_advert import AdvertiserState, ZeroconfAdvertiser
 from edge_agent.mesh.advertisement import (
     SERVICE_TYPE,
@@ -34,8 +35,6 @@ from edge_agent.tasks import DeviceClass
 if TYPE_CHECKING:
     from zeroconf.asyncio import AsyncServiceInfo
 
-    from edge_agent.config import MeshSection
-
 
 __all__ = [
     "AdvertSource",
@@ -48,7 +47,6 @@ __all__ = [
     "should_advertise",
 ]
 
-AdvertiseMode = Literal["auto", "on", "off"]
 _ROUTE_PROBE = ("192.0.2.1", 9)
 """TEST-NET-1 (RFC 5737): which local address the default route uses; no packet is ever sent."""
 
@@ -197,11 +195,14 @@ class HouseholdAdvertiser(ZeroconfAdvertiser):
         """The broker accepts loopback connections only (the embedded broker): nothing to announce."""
 
     @classmethod
-    def for_mesh(cls, mesh: MeshSection, household_id: str, name: str, device_class: DeviceClass) -> Self:
-        """From the agent's [mesh] section and the device's certified name and class."""
+    def for_mesh(
+        cls, settings: AdvertSettings, household_id: str, name: str, device_class: DeviceClass
+    ) -> Self:
+        """From the advert settings (the agent's [mesh]: `MeshSection.advert_settings`) and the device's
+        certified name and class."""
         source = AdvertSource(household_id=household_id, device_name=name, device_class=device_class,
-                              broker=mesh.broker)  # fmt: skip
-        return cls(source, mesh.advertise, loopback_only=mesh.embedded_broker)
+                              broker=settings.broker)  # fmt: skip
+        return cls(source, settings.mode, loopback_only=settings.loopback_only)
 
     def _why_not(self) -> tuple[str, int] | None:
         if self.loopback_only and self.mode != "off":

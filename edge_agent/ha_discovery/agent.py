@@ -18,13 +18,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.connect import tls_context
 from edge_agent.errors import ConfigError
 from edge_agent.ha_discovery.payload import DeviceDescription, DeviceState, discovery_id, object_id_for
-from edge_agent.ha_discovery.publisher import (
-    ClientFactory,
-    DiscoveryPublisher,
-    DiscoverySettings,
-    Snapshot,
-    clear_devices,
-)
+from edge_agent.ha_discovery.publisher import ClientFactory, DiscoveryPublisher, Snapshot, clear_devices
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.settings import broker_host_port
 from edge_agent.mesh.transports.mqtt import MqttClient
@@ -35,17 +29,6 @@ if TYPE_CHECKING:
     from edge_agent.status import DeviceStatus
 
 log = logging.getLogger(__name__)
-
-
-def discovery_settings(config: AgentConfig) -> DiscoverySettings:
-    ha = config.home_assistant
-    interval = ha.state_interval_s or config.mesh.presence_interval_s
-    return DiscoverySettings(
-        prefix=ha.discovery_prefix,
-        interval_s=interval,
-        heartbeat_s=max(ha.heartbeat_s, interval),
-        usage_interval_s=ha.usage_interval_s,
-    )
 
 
 def client_factory(config: AgentConfig, state_dir: Path, *, on_mesh: bool) -> ClientFactory:
@@ -166,7 +149,8 @@ def publisher_for(
     device's, when on the mesh."""
     connect = client_factory(config, state_dir, on_mesh=device_id is not None)
     legacy = [device_id] if device_id is not None else []
-    return DiscoveryPublisher(snapshot, connect, discovery_settings(config),
+    settings = config.home_assistant.discovery_settings(config.mesh.presence_interval_s)
+    return DiscoveryPublisher(snapshot, connect, settings,
                               supervisor=supervisor, legacy_ids=legacy)  # fmt: skip
 
 

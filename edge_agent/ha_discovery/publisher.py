@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from edge_agent.errors import TransportError
 from edge_agent.ha_discovery.payload import (
     BIRTH_ONLINE,
@@ -50,6 +48,7 @@ from edge_agent.ha_discovery.payload import (
     discovery_payload,
     published_components,
 )
+from edge_agent.ha_discovery.settings import DiscoverySettings
 from edge_agent.mesh.transports.mqtt import Frame, MqttClient
 from edge_agent.supervision import Supervisor
 
@@ -61,26 +60,8 @@ ClientFactory = Callable[[str, tuple[str, bytes] | None], MqttClient]
 """A new MQTT client from (client id, last will (topic, payload) or None) with the broker's address
 and credentials; one per connection attempt."""
 
-MAX_PENDING_CLEARS = 256
 FAREWELL_S = 2.0
 """Longest the ``offline`` of a clean stop may wait for the broker (the will covers a dead link)."""
-
-
-class DiscoverySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prefix: str = Field(default="homeassistant", pattern=r"^[a-zA-Z0-9_-]+(/[a-zA-Z0-9_-]+)*$")
-    interval_s: float = Field(default=5.0, gt=0, le=3600)
-    """How often the state is checked for changes."""
-    heartbeat_s: float = Field(default=300.0, gt=0, le=86400)
-    """An unchanged state is re-sent this often."""
-    reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
-    io_timeout_s: float = Field(default=10.0, gt=0, le=120)
-    """Longest one connect or publish may take before the connection is given up and retried."""
-    usage_interval_s: float = Field(default=900.0, gt=0, le=86400)
-    """The usage window: queue depth, counters and free RAM are sampled once per window of wall-clock
-    time (aligned to multiples of it), so published states do not give a timeline of requests."""
 
 
 class PublisherState(enum.Enum):
@@ -190,7 +171,7 @@ class DiscoveryPublisher:
         for object_id in object_ids:
             if object_id == self.topics.object_id:
                 self.decommission_soon()
-            elif len(self._pending_clears) >= MAX_PENDING_CLEARS:
+            elif len(self._pending_clears) >= self.settings.max_pending_clears:
                 log.warning("Home Assistant discovery: too many devices to clear; skipping %s", object_id)
             elif re.fullmatch(SAFE_ID, object_id):
                 self._pending_clears.add(object_id)
@@ -441,7 +422,6 @@ __all__ = [
     "SAFE_ID",
     "ClientFactory",
     "DiscoveryPublisher",
-    "DiscoverySettings",
     "PublisherState",
     "Snapshot",
     "clear_devices",

@@ -8,25 +8,25 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.config import VoiceSection
 from edge_agent.engines.base import Engine
 from edge_agent.errors import NoLocalModelError
 from edge_agent.voice.pipeline import Span
+from edge_agent.voice.settings import VadSettings
 
 if TYPE_CHECKING:
     from edge_agent.engines.manager import ModelManager
 
 
 class ManagedVad:
-    def __init__(self, models: ModelManager, voice: VoiceSection) -> None:
+    def __init__(self, models: ModelManager, vad: VadSettings) -> None:
         from edge_agent.engines.vad_models import VadParams
 
         self.models = models
         self.params = VadParams(
-            threshold=voice.vad_threshold,
-            min_speech_duration_ms=voice.min_speech_ms,
-            min_silence_duration_ms=voice.min_silence_ms,
-            speech_pad_ms=voice.speech_pad_ms,
+            threshold=vad.threshold,
+            min_speech_duration_ms=vad.min_speech_ms,
+            min_silence_duration_ms=vad.min_silence_ms,
+            speech_pad_ms=vad.speech_pad_ms,
         )
 
     async def find_speech(self, pcm: bytes) -> list[Span]:

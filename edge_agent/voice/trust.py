@@ -21,26 +21,26 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.errors import HearthError, NoRouteError
+from edge_agent.voice.settings import ActionsMode
 
 if TYPE_CHECKING:
     from edge_agent.client.schemas import TranscribeRequest, TranscribeResult
-    from edge_agent.config import VoiceSection
     from edge_agent.mesh.interfaces import PeerDirectory
     from edge_agent.mesh.peers import Peer
     from edge_agent.mesh.protocol import Chunk
     from edge_agent.router import Router
     from edge_agent.tasks import Task
     from edge_agent.voice.pipeline import TranscribeWindow
+    from edge_agent.voice.settings import VoiceSettings
     from edge_agent.voice.transcript import TranscriptPiece
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ActionTranscriber", "ActionTrust", "UntrustedTranscriptError"]
 
-ActionsMode = Literal["local", "trusted", "any"]
 LOCAL_SUFFIX = " (local)"
 """How the router names this device in ``served_by`` ("<name> (local)")."""
 
@@ -73,8 +73,9 @@ class ActionTrust:
     """Device ids (32 hex) and certified names."""
 
     @classmethod
-    def for_voice(cls, voice: VoiceSection) -> ActionTrust:
-        return cls(voice.actions_transcribe, frozenset(voice.trusted_transcribers))
+    def for_voice(cls, voice: VoiceSettings) -> ActionTrust:
+        """From the voice settings (``[voice] actions_transcribe`` and ``trusted_transcribers``)."""
+        return cls(voice.actions_transcribe, voice.trusted_transcribers)
 
     def trusts(self, peer: PeerLike) -> bool:
         """Whether ``peer`` (another device) may transcribe a command for this one."""

@@ -17,10 +17,11 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from edge_agent.discovery.advertiser import lan_addresses
 from edge_agent.discovery.zeroconf_advert import AdvertiserState, ZeroconfAdvertiser
+from edge_agent.voice.settings import WyomingAdvertiseMode
 
 if TYPE_CHECKING:
     from zeroconf.asyncio import AsyncServiceInfo
@@ -38,7 +39,6 @@ __all__ = [
 ]
 
 SERVICE_TYPE = "_wyoming._tcp.local."
-WyomingAdvertiseMode = Literal["auto", "on", "off"]
 MAX_INSTANCE_BYTES = 63
 """DNS label limit for the instance part (RFC 6763 §4.1.1)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -13,19 +13,17 @@ import logging
 import time
 from collections.abc import Sequence
 
+from edge_agent.voice.settings import LOOPBACK
+
+__all__ = ["LOOPBACK", "Address", "Network", "RefusalLog", "allowed", "peer_address", "peer_name"]
+
 log = logging.getLogger("edge_agent.voice.wyoming_server")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-LOOPBACK: tuple[Network, ...] = (
-    ipaddress.IPv4Network("127.0.0.0/8"),
-    ipaddress.IPv6Network("::1/128"),
-)
 REFUSAL_LOG_S = 60.0
 """A refused address is logged at most once per this many seconds (a flood writes no flood of lines)."""
-REFUSAL_LOG_HOSTS = 256
-"""Addresses remembered for that; past it the memory starts afresh (bounded, whoever floods)."""
 
 
 def peer_address(writer: asyncio.StreamWriter) -> tuple[str, Address | None]:
@@ -59,14 +57,16 @@ def allowed(address: Address | None, allow: Sequence[Network]) -> bool:
 class RefusalLog:
     """Warns of a refused address at most once per ``REFUSAL_LOG_S``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_hosts: int = 256) -> None:
+        """``max_hosts``: addresses remembered; past it the memory starts afresh (bounded, whoever floods)."""
+        self.max_hosts = max_hosts
         self._last: dict[str, float] = {}
 
     def warn(self, host: str, text: str) -> None:
         now = time.monotonic()
         if now - self._last.get(host, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
             return
-        if len(self._last) >= REFUSAL_LOG_HOSTS:
+        if len(self._last) >= self.max_hosts:
             self._last.clear()
         self._last[host] = now
         log.warning("%s", text)

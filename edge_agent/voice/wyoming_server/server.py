@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Self
 
 from edge_agent.errors import HearthError
 from edge_agent.supervision import Supervisor
+from edge_agent.voice.settings import WyomingLimits, WyomingSettings
 from edge_agent.voice.transcript import Transcriber
 from edge_agent.voice.wyoming_advert import WyomingAdvertiser, should_advertise
 from edge_agent.voice.wyoming_server.clients import (
@@ -35,18 +36,10 @@ from edge_agent.voice.wyoming_server.clients import (
 )
 from edge_agent.voice.wyoming_server.info import WHISPER_TINY_EN, AsrModelInfo, languages_of, server_info
 from edge_agent.voice.wyoming_server.protocol import MAX_HEADER_BYTES, refuse_and_close
-from edge_agent.voice.wyoming_server.session import (
-    HOLD_S,
-    IDLE_TIMEOUT_S,
-    MAX_SECONDS,
-    Session,
-    SessionSettings,
-)
+from edge_agent.voice.wyoming_server.session import Session, SessionSettings
 
 if TYPE_CHECKING:
     from wyoming.info import Info
-
-    from edge_agent.config import VoiceSection
 
 log = logging.getLogger("edge_agent.voice.wyoming_server")
 
@@ -74,39 +67,33 @@ class WyomingServer:
         port: int = DEFAULT_PORT,
         name: str = "Hearth",
         models: Sequence[AsrModelInfo] = (WHISPER_TINY_EN,),
-        max_seconds: float = MAX_SECONDS,
-        max_connections: int = 4,
-        max_per_source: int = 2,
         allow: Sequence[Network] = LOOPBACK,
         advertise: bool = False,
-        idle_timeout_s: float = IDLE_TIMEOUT_S,
-        hold_s: float = HOLD_S,
+        limits: WyomingLimits | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
         """``port`` 0 takes a free port (read ``.port`` once open). ``host`` is loopback by default:
         Home Assistant on another machine needs an address it reaches (the caller's explicit choice),
-        and its address in ``allow`` (only those clients are answered). ``max_seconds``: the longest
-        utterance accepted (a bounded buffer). ``advertise``: zeroconf ``_wyoming._tcp`` on the bound
-        addresses. ``supervisor``: the agent's (restarts, drops); a private one if None."""
+        and its address in ``allow`` (only those clients are answered). ``limits``: what a client can
+        make the server hold (the longest utterance, connections in all and per address, idle and hold
+        times). ``advertise``: zeroconf ``_wyoming._tcp`` on the bound addresses. ``supervisor``: the
+        agent's (restarts, drops); a private one if None."""
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0-65535, not {port}")
         if not name.strip():
             raise ValueError("name must not be empty")
         if not models:
             raise ValueError("at least one model must be described")
-        if not 0 < max_seconds <= 4 * 3600:
-            raise ValueError(f"max_seconds must be in (0, 14400], not {max_seconds}")
-        if max_connections < 1 or max_per_source < 1:
-            raise ValueError(f"connection limits must be at least 1, not {max_connections}/{max_per_source}")
         if not allow:
             raise ValueError("allow must name at least one client address or network")
         self.transcriber = transcriber
         self.host, self.port, self.name = host, port, name.strip()
         self.models = list(models)
         self.languages = languages_of(self.models)
-        self.max_seconds, self.max_connections = max_seconds, max_connections
-        self.max_per_source, self.allow = max_per_source, tuple(allow)
-        self.advertise, self.idle_timeout_s, self.hold_s = advertise, idle_timeout_s, hold_s
+        self.limits = limits if limits is not None else WyomingLimits()
+        self.max_seconds = self.limits.max_seconds
+        self.max_connections, self.max_per_source = self.limits.max_connections, self.limits.max_per_source
+        self.allow, self.advertise = tuple(allow), advertise
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.state = WyomingServerState.UNOPENED
         self.advertiser: WyomingAdvertiser | None = None
@@ -121,24 +108,22 @@ class WyomingServer:
         self._serving: asyncio.Task[None] | None = None
         self.sources: Counter[str] = Counter()
         """Open connections per client address."""
-        self._refusals = RefusalLog()
+        self._refusals = RefusalLog(self.limits.refusal_log_hosts)
 
     @classmethod
     def for_voice(
         cls,
-        voice: VoiceSection,
+        settings: WyomingSettings,
         transcriber: Transcriber,
         *,
         name: str = "Hearth",
         supervisor: Supervisor | None = None,
     ) -> Self:
-        """From the agent's [voice] section (wyoming_host, _port, _advertise, _allow, _max_seconds,
-        _max_connections, _max_per_source)."""
+        """From the voice settings' Wyoming part (the agent's [voice] wyoming_*: `VoiceSection.settings`)."""
         return cls(
-            transcriber, host=voice.wyoming_host, port=voice.wyoming_port, name=name,
-            max_seconds=voice.wyoming_max_seconds, max_connections=voice.wyoming_max_connections,
-            max_per_source=voice.wyoming_max_per_source, allow=voice.wyoming_allow,
-            advertise=should_advertise(voice.wyoming_advertise, voice.wyoming_host), supervisor=supervisor,
+            transcriber, host=settings.host, port=settings.port, name=name, allow=settings.allow,
+            advertise=should_advertise(settings.advertise, settings.host), limits=settings.limits,
+            supervisor=supervisor,
         )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -264,11 +249,8 @@ class WyomingServer:
             task.add_done_callback(lambda done: self._closed(done, host))
 
     def _session_settings(self) -> SessionSettings:
-        return SessionSettings(
-            transcriber=self.transcriber, info=self.info, languages=self.languages,
-            max_seconds=self.max_seconds, idle_timeout_s=self.idle_timeout_s, hold_s=self.hold_s,
-            supervisor=self.supervisor,
-        )  # fmt: skip
+        return SessionSettings(transcriber=self.transcriber, info=self.info, languages=self.languages,
+                               limits=self.limits, supervisor=self.supervisor)  # fmt: skip
 
     def _closed(self, task: asyncio.Task[None], host: str) -> None:
         self._connections.discard(task)

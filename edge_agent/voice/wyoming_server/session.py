@@ -24,6 +24,7 @@ from edge_agent.audio.convert import SpeechStream
 from edge_agent.client.schemas import BYTES_PER_SECOND
 from edge_agent.errors import HearthError, InvalidAudioError, NoRouteError
 from edge_agent.supervision import Supervisor
+from edge_agent.voice.settings import WyomingLimits
 from edge_agent.voice.transcript import Transcriber, TranscriptPiece
 from edge_agent.voice.wyoming_server.protocol import (
     AudioFormat,
@@ -50,21 +51,9 @@ with warnings.catch_warnings():
 
 log = logging.getLogger("edge_agent.voice.wyoming_server")
 
-MAX_IGNORED_EVENTS = 16
-"""Unknown events dropped per connection before it counts as abuse and is closed."""
-IDLE_TIMEOUT_S = 20.0
-"""Longest wait for a client's next event: a live microphone sends a chunk every few tens of ms."""
-HOLD_S = 30.0
-"""Longest a connection may stay open before its audio starts, whatever it sends meanwhile: Home
-Assistant asks ``describe`` on a connection of its own and closes it, and starts an utterance's audio at
-once; pings do not count as activity past this."""
 UTTERANCE_WALL_FACTOR, UTTERANCE_SLACK_S = 2.0, 5.0
 """After audio-start, audio-stop must come within 2 x max_seconds + 5 s (a microphone streams in real
 time): a client trickling a byte now and then cannot hold its slot for ever."""
-MAX_SECONDS = 30.0
-"""Default utterance bound: one voice command (Assist ends one after 15 s of speech)."""
-DRAIN_S = 30.0
-"""After refusing an utterance, how long its remaining audio is read (and dropped) until audio-stop."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +63,10 @@ class SessionSettings:
     transcriber: Transcriber
     info: Info
     languages: list[str]
-    max_seconds: float
-    idle_timeout_s: float
-    hold_s: float
+    limits: WyomingLimits
+    """The utterance bound, idle and hold times, ignored events, drain time (`voice.settings`): Home
+    Assistant asks ``describe`` on a connection of its own and closes it, and starts an utterance's
+    audio at once, so pings do not count as activity past the hold time."""
     supervisor: Supervisor
 
 
@@ -98,10 +88,11 @@ class Session:
         self.converter: SpeechStream | None = None
         self.pcm = bytearray()
         self.ignored = 0
-        self.max_bytes = int(settings.max_seconds * BYTES_PER_SECOND)
-        self.deadline = time.monotonic() + settings.hold_s
+        self.max_bytes = int(settings.limits.max_seconds * BYTES_PER_SECOND)
+        self.deadline = time.monotonic() + settings.limits.hold_s
         """When this connection's slot is up unless its utterance moves on (audio-start resets it)."""
-        self.deadline_why = f"no audio within {settings.hold_s:g} s of connecting (pings do not keep it open)"
+        hold = settings.limits.hold_s
+        self.deadline_why = f"no audio within {hold:g} s of connecting (pings do not keep it open)"
 
     async def run(self) -> None:
         try:
@@ -135,7 +126,7 @@ class Session:
         """The rest of a refused utterance, read and dropped (bounded), so the client can finish sending
         and read our answer; then the connection closes."""
         try:
-            async with asyncio.timeout(DRAIN_S):
+            async with asyncio.timeout(self.settings.limits.drain_s):
                 while (event := await read_event(self.reader)) is not None and not AudioStop.is_type(
                     event.type
                 ):
@@ -146,7 +137,7 @@ class Session:
     async def _next_event(self) -> Event | None:
         """The next event within the idle timeout, and before the connection's deadline (the hold
         before audio starts, then the utterance's wall-clock bound): whichever comes first."""
-        idle = self.settings.idle_timeout_s
+        idle = self.settings.limits.idle_timeout_s
         left = self.deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(0.0, min(idle, left))):
@@ -181,8 +172,9 @@ class Session:
                 return  # one utterance per connection
             else:
                 self.ignored += 1
-                if self.ignored > MAX_IGNORED_EVENTS:
-                    raise Refused("bad-event", f"more than {MAX_IGNORED_EVENTS} unknown events")
+                if self.ignored > self.settings.limits.max_ignored_events:
+                    limit = self.settings.limits.max_ignored_events
+                    raise Refused("bad-event", f"more than {limit} unknown events")
                 log.info("wyoming %s: ignored an unknown event %s", self.peer, shown(kind))
         if self.requested:
             log.info("wyoming %s: the client left before audio-stop", self.peer)
@@ -209,7 +201,7 @@ class Session:
         self.requested = True
         self.format = audio_format(event, "audio-start")
         self.converter = SpeechStream(self.format.rate, self.format.width, self.format.channels)
-        wall = UTTERANCE_WALL_FACTOR * self.settings.max_seconds + UTTERANCE_SLACK_S
+        wall = UTTERANCE_WALL_FACTOR * self.settings.limits.max_seconds + UTTERANCE_SLACK_S
         self.deadline = time.monotonic() + wall
         self.deadline_why = f"the utterance's audio took over {wall:g} s to arrive"
 
@@ -221,7 +213,7 @@ class Session:
             raise Refused("bad-audio", f"an audio-chunk in {fmt}, after audio-start said {self.format}")
         audio = event.payload or b""
         seconds_in = len(audio) / (fmt.rate * fmt.width * fmt.channels)
-        if len(self.pcm) / BYTES_PER_SECOND + seconds_in > self.settings.max_seconds + 0.01:
+        if len(self.pcm) / BYTES_PER_SECOND + seconds_in > self.settings.limits.max_seconds + 0.01:
             self._too_long()
         self._append(self.converter.convert(audio))
 
@@ -234,7 +226,7 @@ class Session:
         self.pcm = bytearray()
         raise Refused(
             "audio-too-long",
-            f"the utterance passed {self.settings.max_seconds:g} s, the most this server takes",
+            f"the utterance passed {self.settings.limits.max_seconds:g} s, the most this server takes",
             drain=True,
         )
 

@@ -1,6 +1,7 @@
 """Direct device-to-device links for update chunks (mesh.direct): real TLS 1.3 on loopback between
 in-memory-mesh agents. Chunks take the direct path when a holder announces one, fall back to the broker
-when it cannot be reached, and every way of abusing a link is refused with trusted state unchanged."""
+when it cannot be reached, and every way of abusing a link is refused with trusted state unchanged. The
+chunk tests that hold on either path run on both, in test_update_exchange.py (`PATHS`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import hashlib
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,78 +21,14 @@ import uvloop
 from pydantic import BaseModel
 
 from edge_agent.errors import DirectLinkError, DirectRefusedError
-from edge_agent.mesh.direct import (
-    Answer,
-    Ask,
-    Challenge,
-    DirectLinks,
-    Hello,
-    Welcome,
-    _client_context,
-    _sign_input,
-)
-from edge_agent.mesh.protocol import ChunkData, DirectContact
-from edge_agent.sync.exchange import UpdateExchange
+from edge_agent.mesh.direct import Ask, DirectLinks
+from edge_agent.mesh.direct.frames import Answer, Challenge, Hello, Welcome
+from edge_agent.mesh.direct.handshake import sign_input
+from edge_agent.mesh.direct.tls import client_context
+from edge_agent.mesh.protocol import DirectContact
 from edge_agent.sync.swarm import FetchState
-from tests.support.meshsim import Device, SimHousehold, household, until
-from tests.test_update_exchange import FILES, exchange, publish, pull, same_files
-
-
-@contextlib.asynccontextmanager
-async def direct(dev: Device, ex: UpdateExchange) -> AsyncIterator[DirectLinks]:
-    """Open ``dev``'s direct links on loopback and announce them in its presence."""
-    async with DirectLinks(dev.node, ex.serve_direct, host="127.0.0.1") as links:
-        ex.direct, dev.direct = links, links.contact
-        yield links
-
-
-async def announced(home: SimHousehold, *devices: Device) -> None:
-    """Every started device has heard every other's direct contact (presence every 50 ms)."""
-
-    def heard() -> bool:
-        return all(
-            (peer := d.endpoint.peers.get(o.id)) is not None and peer.presence.direct == o.direct
-            for d in home.devices.values()
-            for o in devices
-            if o is not d
-        )
-
-    assert await until(heard)
-
-
-def count_broker_chunks(dev: Device) -> list[int]:
-    seen: list[int] = []
-    handler = dev.endpoint.handler_for(ChunkData)
-    assert handler is not None
-
-    def counting(sender: object, msg: ChunkData) -> None:
-        seen.append(msg.index)
-        handler(sender, msg)  # type: ignore[arg-type]
-
-    dev.endpoint.register(ChunkData, counting)
-    return seen
-
-
-async def test_a_pack_reaches_four_peers_over_direct_links_and_not_through_the_broker(
-    tmp_path: Path,
-) -> None:
-    async with household(tmp_path) as home, contextlib.AsyncExitStack() as stack:
-        devices = [home.device(n, device_class="hub" if n == "hub" else "appliance")
-                   for n in ("hub", "fridge", "car", "phone", "plug")]  # fmt: skip
-        await home.start(*devices)
-        ex = {d.name: exchange(home, d, tmp_path) for d in devices}
-        for d in devices:
-            await stack.enter_async_context(direct(d, ex[d.name]))
-        await announced(home, *devices)
-        publish(home, ex["hub"], tmp_path)
-        via_broker = {d.name: count_broker_chunks(d) for d in devices}
-        results = await asyncio.gather(*(pull(ex[n]) for n in ("fridge", "car", "phone", "plug")))
-        for state, staging, banned in results:
-            assert state is FetchState.DONE and banned == {} and same_files(staging)
-        total = sum(len(v) for v in FILES.values())
-        for name in ("fridge", "car", "phone", "plug"):
-            assert ex[name].received == {"direct": total}
-            assert via_broker[name] == []
+from tests.support.meshsim import household, until
+from tests.test_update_exchange import FILES, announced, direct, exchange, publish, pull, same_files
 
 
 async def test_an_unreachable_holder_is_fetched_from_through_the_broker(tmp_path: Path) -> None:
@@ -151,7 +88,7 @@ async def test_a_revoked_device_cannot_open_a_link_and_is_served_nothing(tmp_pat
                 await car_links.ask(hub.id, links.contact, Ask(id=1, content_id=manifest.content_id,
                                     index=0), max_length=1 << 20)  # fmt: skip
             assert hub.node.dropped["DirectLinkRefused"] == before.get("DirectLinkRefused", 0) + 1
-            assert links._served == {}
+            assert links.server.served == {}
 
 
 async def test_links_close_when_either_end_is_revoked_and_are_not_made_again(tmp_path: Path) -> None:
@@ -169,14 +106,14 @@ async def test_links_close_when_either_end_is_revoked_and_are_not_made_again(tmp
             assert links.contact is not None
             assert len(await car_links.ask(hub.id, links.contact, ask, max_length=size)) == size
             assert len(await phone_links.ask(hub.id, links.contact, ask, max_length=size)) == size
-            assert len(links._served) == 2
+            assert len(links.server.served) == 2
             home.revoke(car)  # the client end: the hub closes the car's link at once
-            assert await until(lambda: len(links._served) == 1)
+            assert await until(lambda: len(links.server.served) == 1)
             with pytest.raises(DirectLinkError, match="closed during the handshake"):
                 await car_links.ask(hub.id, links.contact, ask, max_length=size)
-            assert len(links._served) == 1
+            assert len(links.server.served) == 1
             home.revoke(hub)  # the server end: the phone drops its link and asks it nothing more
-            assert phone_links._links == {}
+            assert phone_links.links == {}
             with pytest.raises(DirectLinkError, match="has been revoked"):
                 await phone_links.ask(hub.id, links.contact, ask, max_length=size)
 
@@ -277,33 +214,6 @@ def test_a_contact_with_a_bad_fingerprint_or_host_is_refused_on_arrival() -> Non
             DirectContact.model_validate(bad)
 
 
-async def test_a_holder_serving_a_poisoned_chunk_directly_is_banned_and_the_download_completes(
-    tmp_path: Path,
-) -> None:
-    async with household(tmp_path) as home:
-        hub, fridge, plug = (home.device(n, device_class="hub" if n == "hub" else "appliance")
-                             for n in ("hub", "fridge", "plug"))  # fmt: skip
-        await home.start(hub, fridge, plug)
-        ex = {d.name: exchange(home, d, tmp_path) for d in (hub, fridge, plug)}
-        signed, pack = publish(home, ex["hub"], tmp_path)
-        manifest = next(iter(ex["hub"].holdings.values())).manifest
-        ex["plug"].trusted.update_key_set(ex["hub"].store.key_set_path.read_bytes())
-        ex["plug"].hold(manifest, signed, pack)
-
-        async def poisoned(requester: str, ask: Ask) -> bytes:  # the right length, the wrong bytes
-            return bytes(manifest.chunk_length(ask.index))
-
-        async with direct(hub, ex["hub"]), direct(fridge, ex["fridge"]), \
-                DirectLinks(plug.node, poisoned, host="127.0.0.1") as bad:  # fmt: skip
-            ex["plug"].direct, plug.direct = bad, bad.contact
-            await announced(home, hub, fridge, plug)
-            state, staging, banned = await pull(ex["fridge"])
-            assert state is FetchState.DONE and same_files(staging)
-            assert list(banned) == [plug.id] and "bad chunk" in banned[plug.id]
-            assert fridge.endpoint.dropped["ChunkDigestError"] >= 1
-            assert ex["fridge"].received == {"direct": sum(len(v) for v in FILES.values())}
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -316,7 +226,7 @@ class EarlyClient:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)  # no loop has run since
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = _client_context().wrap_bio(self.incoming, self.outgoing)
+        self.tls = client_context().wrap_bio(self.incoming, self.outgoing)
         with contextlib.suppress(ssl.SSLWantReadError):
             self.tls.do_handshake()
         self.sock.sendall(self.outgoing.read())  # the ClientHello, before the server looked
@@ -390,7 +300,7 @@ def test_a_client_hello_that_arrives_before_the_server_accepts_still_makes_the_l
                     async with asyncio.timeout(30):  # a deadline for the test only
                         assert await client.handshake() == links.contact.tls_sha256
                         challenge = await client.read(Challenge)
-                        signed = _sign_input(home.root.household_id, car.id, hub.id,
+                        signed = sign_input(home.root.household_id, car.id, hub.id,
                                              links.contact.tls_sha256, challenge.nonce)  # fmt: skip
                         signature = car.node.identity.signing_key.sign(signed).signature
                         await client.write(
@@ -401,7 +311,7 @@ def test_a_client_hello_that_arrives_before_the_server_accepts_still_makes_the_l
                         answer = await client.read(Answer)
                         data = await client.read_exactly(answer.length)
                     assert (answer.id, answer.error, len(data)) == (7, None, manifest.chunk_length(0))
-                    assert [d for d, _ in links._served.values() if d] == [car.id]
+                    assert [d for d, _ in links.server.served.values() if d] == [car.id]
                     assert hub.node.dropped["DirectLinkRefused"] == 0
                     assert links.supervisor.report().dropped == 0
                 finally:

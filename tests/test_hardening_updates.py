@@ -37,7 +37,6 @@ from edge_agent.errors import (
     NotAMemberError,
     UnsafePackError,
 )
-from edge_agent.mesh import direct
 from edge_agent.hearth import agent_router
 from edge_agent.mesh.direct import Ask, DirectLinks, local_network, usable_hosts
 from edge_agent.mesh.envelope import seal as seal_frame
@@ -51,7 +50,7 @@ from edge_agent.mesh.protocol import (
     UpdateQuery,
     encode,
 )
-from edge_agent.mesh.settings import MeshLimits
+from edge_agent.mesh.settings import DirectLimits, MeshLimits
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
@@ -81,9 +80,18 @@ from edge_agent.tasks import TASKS, DeviceClass
 from edge_agent.updater import Updater
 from tests.support.meshkit import config
 from tests.support.meshsim import Device, SimHousehold, household, presence_of, until
-from tests.test_direct_links import announced
-from tests.test_direct_links import direct as open_direct
-from tests.test_update_exchange import FILES, exchange, publish, same_files
+from tests.test_update_exchange import FILES, announced, exchange, publish, same_files
+
+
+@contextlib.asynccontextmanager
+async def open_direct(
+    dev: Device, ex: UpdateExchange, limits: DirectLimits | None = None
+) -> AsyncIterator[DirectLinks]:
+    """``dev``'s direct links on loopback, announced in its presence, with ``limits`` if given."""
+    async with DirectLinks(dev.node, ex.serve_direct, host="127.0.0.1", limits=limits) as links:
+        ex.direct, dev.direct = links, links.contact
+        yield links
+
 
 # -- a real MeshService (and Updater) on the in-memory mesh -------------------------------------------
 
@@ -322,7 +330,7 @@ async def test_n4_a_member_naming_hosts_off_our_network_makes_nobody_connect_or_
             hub.direct = contact("deadbeef", "10.255.255.1", port=8080)
             await announced(home, hub)
             publish(home, ex_hub, tmp_path)
-            unreachable = dict(links._unreachable)
+            unreachable = dict(links.client.unreachable)
             found = await ex_fridge.discover(timeout=15)
             [(manifest, envelope, holders)] = found.values()
             fetch, staging = await ex_fridge.fetch(manifest, envelope, holders, rediscover_s=0.2)
@@ -330,12 +338,10 @@ async def test_n4_a_member_naming_hosts_off_our_network_makes_nobody_connect_or_
             assert tried == []  # nothing resolved, nothing connected to
             assert not links.reachable(hub.id, hub.direct)
             assert ex_fridge.received == {"broker": sum(len(v) for v in FILES.values())}
-            assert links._unreachable == unreachable and links._links == {}
+            assert links.client.unreachable == unreachable and links.links == {}
 
 
-async def test_n4_a_holder_whose_contact_times_out_is_tried_ever_less(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_n4_a_holder_whose_contact_times_out_is_tried_ever_less(tmp_path: Path) -> None:
     async with household(tmp_path) as home:
         hub, fridge = home.device("hub", device_class="hub"), home.device("fridge")
         await home.start(hub, fridge)
@@ -345,9 +351,8 @@ async def test_n4_a_holder_whose_contact_times_out_is_tried_ever_less(
             lambda _, writer: accepted.append(writer), "127.0.0.1", 0
         )
         port = silent.sockets[0].getsockname()[1]
-        monkeypatch.setattr(direct, "HANDSHAKE_S", 0.2)
         try:
-            async with open_direct(fridge, ex_fridge) as links:
+            async with open_direct(fridge, ex_fridge, DirectLimits(handshake_s=0.2)) as links:
                 silent_contact = contact("127.0.0.1", port=port)
                 ask = Ask(id=1, content_id="0" * 16, index=0)
                 waits = []
@@ -356,10 +361,10 @@ async def test_n4_a_holder_whose_contact_times_out_is_tried_ever_less(
                         await links.ask(hub.id, silent_contact, ask, max_length=100)
                     assert fridge.node.dropped["DirectConnectTimeout"] == attempt
                     assert not links.reachable(hub.id, silent_contact)
-                    waits.append(round(links._unreachable[hub.id] - time.monotonic()))
-                    links._unreachable[hub.id] = 0.0  # as if that long had passed
+                    waits.append(round(links.client.unreachable[hub.id] - time.monotonic()))
+                    links.client.unreachable[hub.id] = 0.0  # as if that long had passed
                 assert waits == [60, 120, 240]
-                assert links._links == {}
+                assert links.links == {}
         finally:
             silent.close()
             for writer in accepted:
@@ -383,10 +388,8 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
         return True
 
 
-async def test_n5_connections_are_bounded_before_the_handshake_per_source_and_in_all(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(direct, "HANDSHAKE_S", 60.0)  # no slot frees itself during the test
+async def test_n5_connections_are_bounded_before_the_handshake_per_source_and_in_all(tmp_path: Path) -> None:
+    limits = DirectLimits(handshake_s=60.0)  # no slot frees itself during the test
     async with household(tmp_path) as home:
         hub, car = home.device("hub", device_class="hub"), home.device("car")
         await home.start(hub, car)
@@ -394,14 +397,15 @@ async def test_n5_connections_are_bounded_before_the_handshake_per_source_and_in
         publish(home, ex_hub, tmp_path)
         manifest = next(iter(ex_hub.holdings.values())).manifest
         ask = Ask(id=1, content_id=manifest.content_id, index=0)
-        async with open_direct(hub, ex_hub) as links, open_direct(car, ex_car) as car_links:
-            assert links.contact is not None
+        async with open_direct(hub, ex_hub, limits) as links, open_direct(car, ex_car, limits) as car_links:
+            assert links.contact is not None and links.server is not None
+            server = links.server
             port = links.contact.port
             held: list[asyncio.StreamWriter] = []
             try:
-                for _ in range(direct.MAX_PENDING_PER_SOURCE):  # one LAN host takes its share...
+                for _ in range(limits.max_pending_per_source):  # one LAN host takes its share...
                     held.append((await _half_open(port, "127.0.0.2"))[1])
-                assert await until(lambda: links._pending["127.0.0.2"] == direct.MAX_PENDING_PER_SOURCE)
+                assert await until(lambda: server.pending["127.0.0.2"] == limits.max_pending_per_source)
                 reader, writer = await _half_open(port, "127.0.0.2")  # ...and no more
                 assert await _closed_by_server(reader)
                 writer.close()
@@ -410,40 +414,37 @@ async def test_n5_connections_are_bounded_before_the_handshake_per_source_and_in
                 size = manifest.chunk_length(0)
                 assert len(await car_links.ask(hub.id, links.contact, ask, max_length=size)) == size
                 # Other sources fill what is left of the pending slots; then everyone waits.
-                for i in range(3, 3 + direct.MAX_PENDING // direct.MAX_PENDING_PER_SOURCE - 1):
-                    for _ in range(direct.MAX_PENDING_PER_SOURCE):
+                for i in range(3, 3 + limits.max_pending // limits.max_pending_per_source - 1):
+                    for _ in range(limits.max_pending_per_source):
                         held.append((await _half_open(port, f"127.0.0.{i}"))[1])
-                assert await until(lambda: sum(links._pending.values()) == direct.MAX_PENDING)
+                assert await until(lambda: sum(server.pending.values()) == limits.max_pending)
                 reader, writer = await _half_open(port, "127.0.0.100")
                 assert await _closed_by_server(reader)
                 writer.close()
                 assert hub.node.dropped["DirectLinkFlood"] == 2
-                assert sum(links._pending.values()) == direct.MAX_PENDING  # bounded: nothing more held
-                assert [d for d, _ in links._served.values() if d] == [car.id]  # trusted links unchanged
+                assert sum(server.pending.values()) == limits.max_pending  # bounded: nothing more held
+                assert [d for d, _ in server.served.values() if d] == [car.id]  # trusted links unchanged
             finally:
                 for w in held:
                     w.close()
-            assert await until(lambda: not links._pending)
+            assert await until(lambda: not server.pending)
             # The existing link kept serving throughout, and still does; nothing failed unexpectedly.
             assert len(await car_links.ask(hub.id, links.contact, ask, max_length=size)) == size
             assert links.supervisor.report().dropped == 0
 
 
-async def test_n5_a_handshake_not_finished_in_time_is_closed_and_counted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_n5_a_handshake_not_finished_in_time_is_closed_and_counted(tmp_path: Path) -> None:
     async with household(tmp_path) as home:
         hub = home.device("hub", device_class="hub")
         await home.start(hub)
         ex_hub = exchange(home, hub, tmp_path)
-        async with open_direct(hub, ex_hub) as links:
-            assert links.contact is not None
-            monkeypatch.setattr(direct, "HANDSHAKE_S", 0.2)
+        async with open_direct(hub, ex_hub, DirectLimits(handshake_s=0.2)) as links:
+            assert links.contact is not None and links.server is not None
             reader, writer = await _half_open(links.contact.port, "127.0.0.2")
             assert await _closed_by_server(reader)
             writer.close()
             assert await until(lambda: hub.node.dropped["DirectLinkRefused"] == 1)
-            assert not links._pending and links._served == {}
+            assert not links.server.pending and links.server.served == {}
 
 
 async def test_an_ask_that_fails_unexpectedly_is_refused_and_the_link_goes_on(tmp_path: Path) -> None:
@@ -471,7 +472,8 @@ async def test_an_ask_that_fails_unexpectedly_is_refused_and_the_link_goes_on(tm
                                        index=1), max_length=manifest.chunk_length(1))  # fmt: skip
             assert len(data) == manifest.chunk_length(1)
             assert supervisor.drops("direct-links") == Counter({"KeyError": 1})
-            assert len(car_links._links) == 1 and len(links._served) == 1  # the same link, still up
+            assert links.server is not None
+            assert len(car_links.links) == 1 and len(links.server.served) == 1  # the same link, still up
 
 
 # -- N14: chunk sizes the wire refuses ---------------------------------------------------------------------

@@ -1,18 +1,23 @@
 """Model updates over the mesh, on the in-memory transport with real endpoints and crypto: five agents,
 one publishes, the others learn the key set and the manifest from their peers, fetch from every holder,
-and a poisoned seeder is banned by device key while the download completes from the others."""
+and a poisoned seeder is banned by device key while the download completes from the others. The chunk
+tests run once per path (`PATHS`): over direct TLS links on loopback, and through the broker."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from nacl.signing import SigningKey
 
+from edge_agent.mesh.direct import Ask, DirectLinks
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import ChunkData, ChunkRequest
@@ -78,17 +83,80 @@ def same_files(staging: Path) -> bool:
     return all((staging / name).read_bytes() == data for name, data in FILES.items())
 
 
-async def test_a_pack_reaches_four_peers_from_every_holder(tmp_path: Path) -> None:
-    async with household(tmp_path) as home:
+PATHS = pytest.mark.parametrize("path", ["direct", "broker"])
+"""A chunk test, once over direct links and once through the broker: the same assertions hold."""
+
+
+@contextlib.asynccontextmanager
+async def direct(dev: Device, ex: UpdateExchange) -> AsyncIterator[DirectLinks]:
+    """Open ``dev``'s direct links on loopback and announce them in its presence."""
+    async with DirectLinks(dev.node, ex.serve_direct, host="127.0.0.1") as links:
+        ex.direct, dev.direct = links, links.contact
+        yield links
+
+
+async def announced(home: SimHousehold, *devices: Device) -> None:
+    """Every started device has heard every other's direct contact (presence every 50 ms)."""
+
+    def heard() -> bool:
+        return all(
+            (peer := d.endpoint.peers.get(o.id)) is not None and peer.presence.direct == o.direct
+            for d in home.devices.values()
+            for o in devices
+            if o is not d
+        )
+
+    assert await until(heard)
+
+
+def count_broker_chunks(dev: Device) -> list[int]:
+    """The indices of every chunk ``dev`` receives through the broker, from now on."""
+    seen: list[int] = []
+    handler = dev.endpoint.handler_for(ChunkData)
+    assert handler is not None
+
+    def counting(sender: object, msg: ChunkData) -> None:
+        seen.append(msg.index)
+        handler(sender, msg)  # type: ignore[arg-type]
+
+    dev.endpoint.register(ChunkData, counting)
+    return seen
+
+
+async def open_path(
+    stack: contextlib.AsyncExitStack, home: SimHousehold, path: str, *devices: tuple[Device, UpdateExchange]
+) -> None:
+    """Make ``path`` the one chunks take between these devices: "direct" opens each one's links and
+    waits until every device has heard every other's contact; "broker" is every exchange's default."""
+    if path == "direct":
+        for dev, ex in devices:
+            await stack.enter_async_context(direct(dev, ex))
+        await announced(home, *(dev for dev, _ in devices))
+
+
+@PATHS
+async def test_a_pack_reaches_four_peers_from_every_holder(tmp_path: Path, path: str) -> None:
+    async with household(tmp_path) as home, contextlib.AsyncExitStack() as stack:
         devices = [home.device(n, device_class="hub" if n == "hub" else "appliance")
                    for n in ("hub", "fridge", "car", "phone", "plug")]  # fmt: skip
         await home.start(*devices)
         exchanges = {d.name: exchange(home, d, tmp_path) for d in devices}
+        await open_path(stack, home, path, *((d, exchanges[d.name]) for d in devices))
         publish(home, exchanges["hub"], tmp_path)
+        chunks = len(next(iter(exchanges["hub"].holdings.values())).manifest.chunks)
+        via_broker = {d.name: count_broker_chunks(d) for d in devices}
         results = await asyncio.gather(*(pull(exchanges[n]) for n in ("fridge", "car", "phone", "plug")))
         for state, staging, banned in results:
             assert state is FetchState.DONE and banned == {}
             assert same_files(staging)
+        total = sum(len(v) for v in FILES.values())
+        for name in ("fridge", "car", "phone", "plug"):
+            # Every chunk came by the path under test, and only by it.
+            assert exchanges[name].received == {path: total}
+            if path == "direct":
+                assert via_broker[name] == []
+            else:
+                assert set(via_broker[name]) == set(range(chunks))
         for name in ("fridge", "car", "phone", "plug"):  # the key set came from peers, and was saved
             assert exchanges[name].trusted.key_set is not None
             assert (
@@ -98,8 +166,11 @@ async def test_a_pack_reaches_four_peers_from_every_holder(tmp_path: Path) -> No
             assert len(exchanges[name].holdings) == 1  # and each now seeds what it fetched
 
 
-async def test_a_poisoned_seeder_is_banned_by_device_key_and_the_download_completes(tmp_path: Path) -> None:
-    async with household(tmp_path) as home:
+@PATHS
+async def test_a_poisoned_seeder_is_banned_by_device_key_and_the_download_completes(
+    tmp_path: Path, path: str
+) -> None:
+    async with household(tmp_path) as home, contextlib.AsyncExitStack() as stack:
         hub, fridge, plug = (home.device(n, device_class="hub" if n == "hub" else "appliance")
                              for n in ("hub", "fridge", "plug"))  # fmt: skip
         await home.start(hub, fridge, plug)
@@ -109,13 +180,23 @@ async def test_a_poisoned_seeder_is_banned_by_device_key_and_the_download_comple
         ex["plug"].trusted.update_key_set(ex["hub"].store.key_set_path.read_bytes())
         ex["plug"].hold(manifest, signed, pack)
 
-        def poisoned(requester: DeviceCertificate, req: ChunkRequest) -> None:  # serves garbage
+        # The plug serves garbage of the right length, on the path under test.
+        def poisoned(requester: DeviceCertificate, req: ChunkRequest) -> None:
             data = bytes(manifest.chunk_length(req.index))
             msg = ChunkData(nonce=req.nonce, content_id=req.content_id, index=req.index,
                             data=base64.b64encode(data).decode())  # fmt: skip
             plug.endpoint.send_soon(requester.device_id, Channel.RESPONSES, msg, session=req.reply_session)
 
-        plug.endpoint.register(ChunkRequest, poisoned)
+        async def poisoned_directly(requester: str, ask: Ask) -> bytes:
+            return bytes(manifest.chunk_length(ask.index))
+
+        if path == "direct":
+            await open_path(stack, home, path, (hub, ex["hub"]), (fridge, ex["fridge"]))
+            bad = await stack.enter_async_context(DirectLinks(plug.node, poisoned_directly, host="127.0.0.1"))
+            ex["plug"].direct, plug.direct = bad, bad.contact
+            await announced(home, hub, fridge, plug)
+        else:
+            plug.endpoint.register(ChunkRequest, poisoned)
 
         # The fridge knows both holders before it asks (else, on a loaded machine, the hub alone may
         # serve every chunk before the plug's holdings are heard, and nobody poisons anything).
@@ -131,6 +212,7 @@ async def test_a_poisoned_seeder_is_banned_by_device_key_and_the_download_comple
         assert state is FetchState.DONE and same_files(staging)
         assert list(banned) == [plug.id] and "bad chunk" in banned[plug.id]
         assert fridge.endpoint.dropped["ChunkDigestError"] >= 1
+        assert ex["fridge"].received == {path: sum(len(v) for v in FILES.values())}
 
 
 async def test_a_manifest_for_another_class_is_not_fetched(tmp_path: Path) -> None:
@@ -148,13 +230,13 @@ async def test_a_manifest_for_another_class_is_not_fetched(tmp_path: Path) -> No
 
 def _stage(ex: UpdateExchange, manifest_holder: UpdateExchange, chunks: range) -> None:
     """Put ``chunks`` of the published pack into ``ex``'s staging, as an interrupted fetch left them."""
-    from edge_agent.sync.exchange import _prepare_staging, _write_chunk, read_chunk
+    from edge_agent.sync.staging import prepare_staging, read_chunk, write_chunk
 
     holding = next(iter(manifest_holder.holdings.values()))
     staging = ex.staging_root / holding.manifest.content_id
-    _prepare_staging(staging, holding.manifest)
+    prepare_staging(staging, holding.manifest)
     for i in chunks:
-        _write_chunk(staging, holding.manifest, i, read_chunk(holding.directory, holding.manifest, i))
+        write_chunk(staging, holding.manifest, i, read_chunk(holding.directory, holding.manifest, i))
 
 
 async def test_a_restarted_fetch_asks_only_for_what_it_lacks(tmp_path: Path) -> None:
@@ -195,17 +277,17 @@ async def test_the_only_full_seeder_dies_at_half_and_the_rest_comes_from_a_parti
             manifest, signed, ex["fridge"].staging_root / manifest.content_id, set(range(n // 2))
         )
 
-        got = ex["car"]._chunk
+        arrived = ex["car"]._arrived  # every chunk the car verifies, by whichever path it came
         crashed = asyncio.Event()
 
-        def watching(sender: DeviceCertificate, msg: ChunkData) -> None:
-            got(sender, msg)
-            fetch = ex["car"]._fetches.get(msg.content_id)
+        def watching(sender: str, content_id: str, index: int, data: bytes, path: str) -> None:
+            arrived(sender, content_id, index, data, path)
+            fetch = ex["car"]._fetches.get(content_id)
             if fetch is not None and not crashed.is_set() and len(fetch[0].have) >= n // 2:
                 crashed.set()
                 home.sim.crash(hub.id)  # the only complete seeder dies; its endpoint comes back later
 
-        car.endpoint.register(ChunkData, watching)
+        ex["car"]._arrived = watching  # type: ignore[method-assign]
         state, staging, banned = await pull(ex["car"])
         assert crashed.is_set()
         assert state is FetchState.DONE and banned == {} and same_files(staging)

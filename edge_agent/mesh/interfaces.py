@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 __all__ = [
     "Address",
     "Announcement",
+    "BulkPath",
     "Channel",
     "Connector",
     "Incoming",
     "PeerDirectory",
+    "Piece",
     "Received",
     "Transport",
     "TransportError",
@@ -194,3 +196,48 @@ class PeerDirectory(Protocol):
     def stream(
         self, peer: Peer, task: Task, body: dict[str, Any], *, deadline_s: float, stall_s: float
     ) -> AsyncGenerator[Chunk, None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One piece of bulk data asked of one member: ``resource`` names what (a model update's content
+    id), ``index`` which piece of it (a chunk), ``max_length`` the most bytes that may come back (the
+    signed chunk length; a path that can, refuses a longer answer before reading it)."""
+
+    resource: str
+    index: int
+    max_length: int
+
+
+class BulkPath(Protocol):
+    """One way to fetch bulk data from a member, below the exchange that wants it (as httpx keeps a
+    one-method transport under its client). Two today: direct TLS links (`mesh.direct.DirectLinks`,
+    "direct") and the broker (`mesh.bulk.BrokerPath`, "broker"); `mesh.bulk.BulkPaths` holds them in
+    order of preference and is the one place that chooses and falls back. What comes back is
+    unverified: the caller checks it against what was signed, whichever path it took.
+
+    Room for what comes next. Issue 23 (requests and streams over direct links) adds a sibling
+    Protocol beside this one, ``open_stream(peer, request) -> AsyncIterator[Chunk]``, implemented by the
+    same links on their existing frames (an ask whose answer comes in parts) and by the endpoint's
+    broker streams, chosen by the same ordered list; `reaches` stays the per-peer gate. Issue 24 (CoAP)
+    is one more implementation of this Protocol: `fetch` is a block-wise GET (RFC 7959, Block2) of
+    ``/<resource>/<index>`` with ``max_length`` as the size bound, `reaches` says whether the peer
+    announces a CoAP contact, and its limits sit in their own settings value, as `DirectLimits` does.
+    """
+
+    @property
+    def name(self) -> str:
+        """What received bytes are counted under ("direct", "broker", ...)."""
+        ...
+
+    def reaches(self, peer: Peer) -> bool:
+        """Worth trying for ``peer`` now (it announces a contact this path may use, and has not failed
+        lately). Cheap, no IO."""
+        ...
+
+    async def fetch(self, peer: Peer, piece: Piece, *, timeout: float) -> bytes:
+        """``piece`` from ``peer``. Raises DirectRefusedError if the peer answered that it does not hold
+        it (ask another holder), DirectLinkError if this path failed (the next path is tried),
+        TimeoutError if no answer came within ``timeout``, a PeerError if what came is no piece at
+        all, TransportError or RecipientNotMemberError if the ask could not be sent."""
+        ...

@@ -2,7 +2,9 @@
 
 One value object handed to the mesh by whoever assembles it (the agent reads it from its config; a
 Home Assistant client can use the defaults). The mesh never reads configuration itself. Every limit
-is here, named, documented and validated, like python-tuf's UpdaterConfig.
+is here, named, documented and validated, like python-tuf's UpdaterConfig: the endpoint's in
+`MeshLimits`, direct links' in `DirectLimits` (carried in `MeshLimits.direct`, so a node's limits
+reach its links).
 """
 
 from __future__ import annotations
@@ -10,6 +12,39 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.sync.limits import MIN_FRAME_BYTES
+
+
+class DirectLimits(BaseModel):
+    """What bounds direct links (`mesh.direct`): every limit a member, or anyone on the LAN who can
+    open a TCP connection, meets before and after the handshake. Defaults: a household's few links."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_header_bytes: int = Field(default=4096, ge=256, le=1 << 20)
+    """Largest frame header (JSON) read from a link; a longer one ends it as hostile."""
+    handshake_s: float = Field(default=3.0, gt=0, le=120)
+    """TCP connect (client), TLS handshake, challenge and hello: all of it, on either side."""
+    idle_s: float = Field(default=120.0, gt=0, le=3600)
+    """A served link with no ask for this long is closed."""
+    max_served_links: int = Field(default=16, ge=1, le=1024)
+    """Authenticated links this device serves at once."""
+    max_links_per_device: int = Field(default=2, ge=1, le=64)
+    """... of them from one member."""
+    max_pending: int = Field(default=32, ge=1, le=4096)
+    """Connections not authenticated yet (TLS handshake, challenge, hello), from anyone together; past
+    it a new connection is closed at once (one descriptor per slot, never more)."""
+    max_pending_per_source: int = Field(default=4, ge=1, le=4096)
+    """... and from one source address (IPv6: one /64), so one LAN host cannot take every slot."""
+    min_port: int = Field(default=1024, ge=1, le=65535)
+    """Contacts on lower ports (ssh, http, a router's admin page) are never tried."""
+    unreachable_s: float = Field(default=60.0, gt=0, le=86400)
+    """After a failed connection, the broker path is used for this long before trying directly again;
+    doubled for each failure in a row, up to ``max_unreachable_s``."""
+    max_unreachable_s: float = Field(default=3600.0, gt=0, le=86400)
+    max_unreachable_peers: int = Field(default=1024, ge=1, le=65536)
+    """Holders remembered as unreachable; past it the memory starts afresh."""
+    accept_retry_s: float = Field(default=1.0, gt=0, le=60)
+    """After accept() fails for lack of descriptors or buffers, wait this long (as asyncio's servers do)."""
 
 
 class MeshLimits(BaseModel):
@@ -42,6 +77,8 @@ class MeshLimits(BaseModel):
     """Peers tracked at once (the household is bounded by its certificates anyway)."""
     max_pending_pings: int = Field(default=64, ge=1, le=4096)
     """Outstanding pings and memory queries tracked at once."""
+    direct: DirectLimits = Field(default_factory=DirectLimits)
+    """Direct links' bounds (`[mesh.limits.direct]`): their server's slots, handshake time, frames."""
 
 
 class MeshSettings(BaseModel):

@@ -6,9 +6,10 @@ messages. What arrives is checked before use: holdings' manifests go through `Tr
 by `SwarmFetch` against the signed digests, and a seeder re-verifies what it reads from disk before
 sending it. Partial holders serve what they have; a device that finishes seeds at once.
 
-Chunks go over a direct TLS link to the holder (`mesh.direct`) when it announces one and we can reach
-it, else through the broker; the rules (`SwarmFetch`) are the same on both paths. While this device has
-inference in flight (`busy`), transfers yield: one chunk in flight at a time, served one at a time.
+Chunks are asked through `mesh.bulk.BulkPaths`: over a direct TLS link to the holder (`mesh.direct`)
+when it announces one and we can reach it, else through the broker; the choice and the fallback live
+there, the rules (`SwarmFetch`) are the same on every path. While this device has inference in flight
+(`busy`), transfers yield: one chunk in flight at a time, served one at a time.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import secrets
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from edge_agent.errors import (
     DirectRefusedError,
     EndlessDataError,
     HearthError,
+    MalformedMessageError,
     MalformedUpdateError,
     RecipientNotMemberError,
     RollbackError,
@@ -41,10 +41,12 @@ from edge_agent.errors import (
     UpdateError,
     WrongDeviceClassError,
 )
+from edge_agent.mesh.bulk import BrokerPath, BulkPaths
 from edge_agent.mesh.direct import Ask, DirectLinks
 from edge_agent.mesh.features.port import FeaturePort
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.interfaces import Channel, Piece
+from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import (
     MAX_COUNT,
     ChunkData,
@@ -58,6 +60,15 @@ from edge_agent.supervision import Supervisor
 from edge_agent.sync.limits import MAX_MANIFEST_ENVELOPE_BYTES, UPDATE_PAYLOAD_BYTES
 from edge_agent.sync.manifest import MANIFEST_TYPE, NAME_PATTERN, UpdateManifest
 from edge_agent.sync.signing import open_envelope
+from edge_agent.sync.staging import (
+    STAGING_MAX_AGE_S,
+    no_room,
+    prepare_staging,
+    read_chunk,
+    stale_stagings,
+    verified_chunks,
+    write_chunk,
+)
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.swarm import FetchState, SwarmFetch, decode_bitfield, encode_bitfield
 from edge_agent.sync.trust import TrustedUpdates
@@ -70,9 +81,7 @@ log = logging.getLogger(__name__)
 MAX_HOLDINGS = 8
 MAX_REPLIES_PER_PEER = 8
 MAX_REPLIES = 32
-DISK_MARGIN_BYTES = 64 << 20
 MAX_PENDING_QUERIES = 16
-STAGING_MAX_AGE_S = 7 * 86400
 
 
 @dataclass
@@ -122,48 +131,6 @@ def holdings_parts(nonce: int, key_set: str | None, held: list[HeldUpdate]) -> l
     return parts
 
 
-def read_chunk(directory: Path, manifest: UpdateManifest, index: int) -> bytes:
-    file, offset, length = manifest.chunk_location(index)
-    with (directory / file.path).open("rb") as fh:
-        fh.seek(offset)
-        return fh.read(length)
-
-
-def verified_chunks(directory: Path, manifest: UpdateManifest) -> set[int]:
-    """Chunks already on disk that match the manifest: where a restarted fetch resumes from."""
-    good: set[int] = set()
-    for index in range(len(manifest.chunks)):
-        try:
-            TrustedUpdates.verify_chunk(manifest, index, read_chunk(directory, manifest, index))
-        except (OSError, UpdateError):
-            continue
-        good.add(index)
-    return good
-
-
-def _write_chunk(directory: Path, manifest: UpdateManifest, index: int, data: bytes) -> None:
-    file, offset, _ = manifest.chunk_location(index)
-    fd = os.open(directory / file.path, os.O_WRONLY | os.O_NOFOLLOW)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-
-
-def _prepare_staging(directory: Path, manifest: UpdateManifest) -> None:
-    """Every file of the pack at its signed size (sparse), so chunks land at their offsets."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for f in manifest.files:
-        path = directory / f.path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            if os.fstat(fd).st_size != f.size:
-                os.ftruncate(fd, f.size)
-        finally:
-            os.close(fd)
-
-
 class UpdateExchange:
     def __init__(
         self,
@@ -182,8 +149,11 @@ class UpdateExchange:
         """Counts what peers sent that failed unexpectedly (one holding, one chunk), dropped alone."""
         self.busy = busy or (lambda: False)
         """True while this device has inference in flight: transfers then yield."""
-        self.direct: DirectLinks | None = None
-        """Direct links to holders (set by the owner once they are open); None: broker path only."""
+        self.broker = BrokerPath(endpoint)
+        """Chunks through the broker: the path every member has (and the fallback)."""
+        self.paths = BulkPaths(self.broker)
+        """The paths chunks are asked by, in order of preference (`use_direct` adds direct links)."""
+        self._direct: DirectLinks | None = None
         self.received: Counter[str] = Counter()
         """Verified chunk bytes received, by path ("direct", "broker")."""
         self._serving_one = asyncio.Lock()
@@ -195,7 +165,8 @@ class UpdateExchange:
         self.holdings: dict[str, Holding] = {}
         self._queries: dict[int, _Query] = {}
         self._fetches: dict[str, tuple[SwarmFetch, Path, asyncio.Event]] = {}
-        self._chunk_nonces: dict[int, tuple[str, str, int]] = {}
+        self._asking: dict[str, set[asyncio.Task[None]]] = {}
+        """Per fetch (content id), its chunk asks in flight: cancelled when the fetch ends."""
         self._replying: Counter[str] = Counter()
         """Replies being sent, by requester (bounded: see `_room_for`)."""
         self.unverifiable: dict[str, tuple[int, str]] = {}
@@ -205,7 +176,20 @@ class UpdateExchange:
         endpoint.register(UpdateQuery, self._answer_query)
         endpoint.register(UpdateHoldings, self._holdings)
         endpoint.register(ChunkRequest, self._serve_chunk)
-        endpoint.register(ChunkData, self._chunk)
+
+    @property
+    def direct(self) -> DirectLinks | None:
+        """Direct links to holders, tried before the broker; None: broker path only."""
+        return self._direct
+
+    @direct.setter
+    def direct(self, links: DirectLinks | None) -> None:
+        self.use_direct(links)
+
+    def use_direct(self, links: DirectLinks | None) -> None:
+        """Ask holders over ``links`` first (once they are open), or the broker only (None)."""
+        self._direct = links
+        self.paths = BulkPaths(self.broker) if links is None else BulkPaths(links, self.broker)
 
     # -- holding and serving ------------------------------------------------------------------------
 
@@ -411,22 +395,6 @@ class UpdateExchange:
 
     # -- fetching ------------------------------------------------------------------------------------
 
-    def _chunk(self, sender: DeviceCertificate, msg: ChunkData) -> None:
-        expected = self._chunk_nonces.pop(msg.nonce, None)
-        if expected is None or expected != (sender.device_id, msg.content_id, msg.index):
-            self.endpoint.dropped["UnaskedChunk"] += 1
-            return
-        entry = self._fetches.get(msg.content_id)
-        if entry is None:
-            return
-        try:
-            data = base64.b64decode(msg.data, validate=True)
-        except ValueError:
-            entry[0].ban(sender.device_id, "sent a chunk that is not base64")
-            entry[2].set()
-            return
-        self._arrived(sender.device_id, msg.content_id, msg.index, data, "broker")
-
     def _arrived(self, sender: str, content_id: str, index: int, data: bytes, path: str) -> None:
         """A chunk we asked ``sender`` for, by either path: verified, then written and served on."""
         entry = self._fetches.get(content_id)
@@ -435,7 +403,7 @@ class UpdateExchange:
         fetch, staging, wake = entry
         try:
             if fetch.on_chunk(sender, index, data):
-                _write_chunk(staging, fetch.manifest, index, data)
+                write_chunk(staging, fetch.manifest, index, data)
                 self.received[path] += len(data)
                 holding = self.holdings.get(content_id)
                 if holding is not None:
@@ -456,11 +424,11 @@ class UpdateExchange:
         """Fetch ``manifest``'s pack from every holder into staging (resuming from verified chunks there);
         the fetch's final state says DONE or GAVE_UP with its reason."""
         staging = self.staging_root / manifest.content_id
-        if (refusal := self._no_room(manifest, staging)) is not None:
+        if (refusal := no_room(manifest, staging, self.staging_root, self.quota_bytes)) is not None:
             fetch = SwarmFetch(manifest)
             fetch.give_up(refusal)
             return fetch, staging
-        _prepare_staging(staging, manifest)
+        prepare_staging(staging, manifest)
         have = await asyncio.to_thread(verified_chunks, staging, manifest)
         fetch = SwarmFetch(manifest, have=have, tiebreak=int(self.endpoint.device_id[:12], 16) or 1)
         for device_id, chunks in holders.items():
@@ -473,7 +441,7 @@ class UpdateExchange:
         try:
             while fetch.state is FetchState.FETCHING:
                 for device_id, index in fetch.next_requests(limit=1 if self.busy() else None):
-                    await self._request(fetch, device_id, manifest.content_id, index)
+                    self._request(fetch, device_id, manifest.content_id, index)
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
@@ -497,26 +465,20 @@ class UpdateExchange:
                 with contextlib.suppress(asyncio.CancelledError):
                     await discovery
             self._fetches.pop(manifest.content_id, None)
+            for task in self._asking.pop(manifest.content_id, set()):
+                task.cancel()  # what they would bring has no fetch to go to
             self._last_fetch = fetch
         return fetch, staging
 
     def prune_staging(self, max_age_s: float = STAGING_MAX_AGE_S) -> list[str]:
         """Remove staged fetches untouched for ``max_age_s`` (a fetch that gave up keeps its verified
         chunks for the next round to resume from, but not forever). Returns the content ids removed."""
-        if not self.staging_root.is_dir():
-            return []
-        now, gone = time.time(), []
-        for entry in self.staging_root.iterdir():
-            if entry.name in self._fetches or not entry.is_dir():
-                continue
-            newest = max((p.stat().st_mtime for p in entry.rglob("*")), default=entry.stat().st_mtime)
-            if now - newest > max_age_s:
-                shutil.rmtree(entry, ignore_errors=True)
-                holding = self.holdings.get(entry.name)
-                if holding is not None and holding.directory == entry:
-                    del self.holdings[entry.name]
-                gone.append(entry.name)
-        return gone
+        gone = stale_stagings(self.staging_root, self._fetches, max_age_s)
+        for entry in gone:
+            holding = self.holdings.get(entry.name)
+            if holding is not None and holding.directory == entry:
+                del self.holdings[entry.name]
+        return [entry.name for entry in gone]
 
     def progress(self) -> dict[str, tuple[UpdateManifest, float]]:
         """Fetches in progress: content id -> (manifest, fraction of bytes verified)."""
@@ -526,74 +488,39 @@ class UpdateExchange:
             out[content_id] = (fetch.manifest, done / total if total else 1.0)
         return out
 
-    def _no_room(self, manifest: UpdateManifest, staging: Path) -> str | None:
-        """Why this pack may not be staged here, if it may not: over the quota, or the disk would fill
-        (staging plus the store's copy, plus a margin for everything else on the device)."""
-        if self.quota_bytes is not None and manifest.total_size > self.quota_bytes:
-            size, quota = manifest.total_size / 1e6, self.quota_bytes / 1e6
-            return f"{manifest.pack_id} is {size:.1f} MB; the update quota here is {quota:.1f} MB"
-        self.staging_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staged = (
-            sum(p.stat().st_blocks * 512 for p in staging.rglob("*") if p.is_file())
-            if staging.exists()
-            else 0
-        )
-        need = 2 * manifest.total_size - staged + DISK_MARGIN_BYTES
-        free = shutil.disk_usage(self.staging_root).free
-        if need > free:
-            return (
-                f"not enough disk for {manifest.pack_id}: needs {need / 1e6:.0f} MB, {free / 1e6:.0f} MB free"
-            )
-        return None
-
-    async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
+    def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
         peer = self.endpoint.peers.get(device_id)
         if peer is None:
             fetch.peer_gone(device_id)
             return
-        contact = peer.presence.direct
-        if self.direct is not None and contact is not None and self.direct.reachable(device_id, contact):
-            direct = self.direct
+        piece = Piece(content_id, index, fetch.manifest.chunk_length(index))
+        task = self.endpoint.spawn(self._ask(fetch, peer, piece), name=f"chunk-{index}-from-{device_id[:8]}")
+        asking = self._asking.setdefault(content_id, set())
+        asking.add(task)
+        task.add_done_callback(asking.discard)
 
-            async def ask_directly() -> None:
-                ask = Ask(id=secrets.randbits(62), content_id=content_id, index=index)
-                try:
-                    data = await direct.ask(
-                        device_id, contact, ask,
-                        max_length=fetch.manifest.chunk_length(index), timeout=fetch.request_timeout_s,
-                    )  # fmt: skip
-                except DirectRefusedError:
-                    fetch.not_held(device_id, index)
-                    if (entry := self._fetches.get(content_id)) is not None:
-                        entry[2].set()
-                    return
-                except DirectLinkError as exc:
-                    log.info("direct link to %s failed (%s); using the broker", device_id[:8], exc)
-                    await self._request_via_broker(fetch, device_id, content_id, index)
-                    return
-                self._arrived(device_id, content_id, index, data, "direct")
-
-            self.endpoint.spawn(ask_directly())
-            return
-        await self._request_via_broker(fetch, device_id, content_id, index)
-
-    async def _request_via_broker(
-        self, fetch: SwarmFetch, device_id: str, content_id: str, index: int
-    ) -> None:
-        peer = self.endpoint.peers.get(device_id)
-        if peer is None:
-            fetch.peer_gone(device_id)
-            return
-        nonce = secrets.randbits(62)
-        self._chunk_nonces[nonce] = (device_id, content_id, index)
-        if len(self._chunk_nonces) > 4096:  # answers that never came
-            for stale in list(self._chunk_nonces)[:1024]:
-                del self._chunk_nonces[stale]
-        req = ChunkRequest(
-            nonce=nonce, reply_session=self.endpoint.node.session, content_id=content_id, index=index
-        )
+    async def _ask(self, fetch: SwarmFetch, peer: Peer, piece: Piece) -> None:
+        """One chunk from one holder, by whichever path `paths` takes; what comes is verified
+        (`_arrived`). A silent holder is left to the fetch's own timeout, which asks again."""
+        device_id = peer.device_id
         try:
-            await self.endpoint.send(device_id, Channel.REQUESTS, req, session=peer.session)
+            path, data = await self.paths.fetch(peer, piece, timeout=fetch.request_timeout_s)
+        except TimeoutError:
+            return
+        except DirectRefusedError:
+            fetch.not_held(device_id, piece.index)
+            self._wake(piece.resource)
+            return
+        except MalformedMessageError as exc:  # broker: what came is no chunk at all
+            fetch.ban(device_id, str(exc))
+            self._wake(piece.resource)
+            return
         except (TransportError, RecipientNotMemberError, HearthError) as exc:
             log.info("chunk request to %s failed: %s", device_id[:8], exc)
             fetch.peer_gone(device_id)
+            return
+        self._arrived(device_id, piece.resource, piece.index, data, path)
+
+    def _wake(self, content_id: str) -> None:
+        if (entry := self._fetches.get(content_id)) is not None:
+            entry[2].set()

@@ -1,0 +1,194 @@
+"""The serving side of direct links: a plain TCP listener whose connections are counted before any TLS
+work, then TLS, the member's proof, and its asks answered one frame each.
+
+Bounded before anything costly (issue 21, N5): a connection is counted before its TLS handshake starts,
+at most ``max_pending`` unauthenticated in all and ``max_pending_per_source`` from one address (IPv6:
+one /64); past that it is closed at once, so a flood of half-open handshakes costs one file descriptor
+per slot, never more. Nothing reads an accepted socket before TLS owns it (`tls.start_tls`). TLS,
+challenge and hello must all be done within ``handshake_s``. Authenticated links are bounded in total
+and per device; header size, answer length and idle time too. Supervised: one connection or one ask
+that fails unexpectedly is dropped and counted; the server and every other link go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from edge_agent.errors import DirectLinkError, HearthError
+from edge_agent.mesh.direct.addresses import source_of
+from edge_agent.mesh.direct.client import LOOP
+from edge_agent.mesh.direct.frames import Answer, Ask, Hostile, Welcome, read_frame, write_frame
+from edge_agent.mesh.direct.handshake import challenge_client
+from edge_agent.mesh.direct.tls import start_tls
+from edge_agent.mesh.node import MeshNode
+from edge_agent.mesh.settings import DirectLimits
+from edge_agent.supervision import Supervisor
+
+__all__ = ["LinkServer", "Serve"]
+
+log = logging.getLogger(__name__)
+
+Serve = Callable[[str, Ask], Awaitable[bytes]]
+"""Answers an ask from a member (by device id); raises DirectLinkError to say no (not held, ...)."""
+
+
+class LinkServer:
+    """Serves members' asks on ``listener`` while running (`start` to `close`)."""
+
+    def __init__(
+        self,
+        node: MeshNode,
+        serve: Serve,
+        listener: socket.socket,
+        context: ssl.SSLContext,
+        fingerprint: str,
+        limits: DirectLimits,
+        supervisor: Supervisor,
+    ) -> None:
+        self.node, self.serve, self.limits, self.supervisor = node, serve, limits, supervisor
+        self.listener, self.context, self.fingerprint = listener, context, fingerprint
+        self.served: dict[asyncio.Task[None], tuple[str, asyncio.StreamWriter | socket.socket | None]] = {}
+        """Connections being served -> the member on the other end ("" until it authenticated) and what
+        ends it: the accepted socket until TLS takes it, None during the TLS handshake (cancelling the
+        task ends it), then the stream writer."""
+        self.pending: Counter[str] = Counter()
+        """Unauthenticated connections being handshaken, by source (see `source_of`)."""
+        self._acceptor: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._acceptor = asyncio.create_task(
+            self.supervisor.supervise(LOOP, self._accept_loop, stopping=lambda: self._closed),
+            name="direct-links-accept",
+        )
+
+    def close(self) -> list[asyncio.Task[None]]:
+        """Stop accepting and end every connection; returns the tasks (cancelled) to await."""
+        self._closed = True
+        tasks = [self._acceptor] if self._acceptor is not None else []
+        for task in tasks:
+            task.cancel()
+        for task, (_, end) in self.served.items():
+            if end is not None:
+                end.close()
+            task.cancel()
+        return tasks + list(self.served)
+
+    def close_listener(self) -> None:
+        self.listener.close()
+
+    def revoked(self, devices: frozenset[str]) -> None:
+        for device, end in list(self.served.values()):
+            if device in devices and end is not None:
+                end.close()
+
+    async def _accept_loop(self) -> None:
+        """Accept connections while open (supervised). An accepted socket is only counted here, never
+        read: its first bytes are the client's ClientHello, for TLS (`tls.start_tls`)."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            try:
+                conn, peer = await loop.sock_accept(self.listener)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # the client left before we got to it
+            except OSError as exc:  # out of descriptors or buffers: the backlog waits meanwhile
+                log.warning("direct links: cannot accept a connection (%s); retrying in %g s", exc,
+                            self.limits.accept_retry_s)  # fmt: skip
+                await asyncio.sleep(self.limits.accept_retry_s)
+                continue
+            self._admit(conn, peer)
+
+    def _admit(self, conn: socket.socket, peer: object) -> None:
+        """Count a new connection before its TLS handshake, or refuse it past the bounds."""
+        source = source_of(peer)
+        limits = self.limits
+        if (
+            sum(self.pending.values()) >= limits.max_pending
+            or self.pending[source] >= limits.max_pending_per_source
+        ):
+            self.node.dropped["DirectLinkFlood"] += 1
+            conn.close()  # no handshake, no waiting: the descriptor is free at once
+            return
+        self.pending[source] += 1
+        task = asyncio.create_task(self._accept(conn, source), name=f"direct-from-{source}")
+        self.served[task] = ("", conn)
+
+    async def _accept(self, conn: socket.socket, source: str) -> None:
+        """One counted connection: whatever goes wrong in it stays in it (expected failures are
+        handled below; anything else is dropped and counted)."""
+        task = asyncio.current_task()
+        assert task is not None
+        held = True
+
+        def release() -> None:
+            """Free this connection's unauthenticated slot (once: after the hello, or at the end)."""
+            nonlocal held
+            if held:
+                held = False
+                self.pending[source] -= 1
+                if self.pending[source] <= 0:
+                    del self.pending[source]
+
+        try:
+            with self.supervisor.guard(LOOP, f"dropped a direct link from {source}"):
+                await self._serve_connection(task, source, conn, release)
+        finally:
+            release()
+            _, end = self.served.pop(task, ("", None))
+            if end is not None:
+                end.close()
+
+    async def _serve_connection(
+        self, task: asyncio.Task[None], source: str, conn: socket.socket, authenticated: Callable[[], None]
+    ) -> None:
+        handshake_s = self.limits.handshake_s
+        try:
+            try:
+                async with asyncio.timeout(handshake_s):  # TLS, challenge and hello: all of it
+                    self.served[task] = ("", None)  # the socket is TLS's now (closed with it)
+                    reader, writer = await start_tls(conn, self.context, handshake_s)
+                    self.served[task] = ("", writer)
+                    device = await challenge_client(self.node, self.fingerprint, reader, writer, self.limits)
+            except TimeoutError:
+                raise Hostile(f"no TLS handshake and hello within {handshake_s:g} s") from None
+            authenticated()
+            served = [d for d, _ in self.served.values() if d]
+            if (
+                len(served) >= self.limits.max_served_links
+                or served.count(device) >= self.limits.max_links_per_device
+            ):
+                self.node.dropped["DirectLinkFlood"] += 1
+                return
+            self.served[task] = (device, writer)
+            await write_frame(writer, Welcome())
+            await self._answer(device, reader, writer)
+        except Hostile as exc:
+            self.node.dropped["DirectLinkRefused"] += 1
+            log.info("refused a direct link from %s: %s", source, exc)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError, TimeoutError):
+            pass  # the other end left, or sat idle
+
+    async def _answer(self, device: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            async with asyncio.timeout(self.limits.idle_s):
+                ask = await read_frame(reader, Ask, self.limits.max_header_bytes)
+            try:
+                self.node.membership.member(device)
+            except HearthError as exc:
+                raise Hostile(str(exc)) from None
+            try:
+                data = await self.serve(device, ask)
+                answer = Answer(id=ask.id, length=len(data))
+            except DirectLinkError as exc:
+                await write_frame(writer, Answer(id=ask.id, length=0, error=str(exc)[:200]))
+                continue
+            except Exception as exc:  # a bug this ask triggered: it is refused, the link goes on
+                self.supervisor.drop(LOOP, type(exc).__name__, exc, f"an ask from {device[:8]} failed")
+                await write_frame(writer, Answer(id=ask.id, length=0, error="internal error"))
+                continue
+            await write_frame(writer, answer, data)

@@ -84,7 +84,7 @@ class AnswerStream(Protocol):
 
 
 class PullOutcome(Protocol):
-    """How one model's update round ended (`updater.UpdateOutcome`, or its copy from the socket)."""
+    """How one model's update round ended (`updates.UpdateOutcome`, or its copy from the socket)."""
 
     @property
     def pack_id(self) -> str: ...

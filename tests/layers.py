@@ -81,13 +81,13 @@ LAYERS: tuple[Layer, ...] = (
             "edge_agent.service",
             "edge_agent.agent_facade",
             "edge_agent.status",
-            "edge_agent.updater",
+            *tree("edge_agent.updates"),
             *tree("edge_agent.voice"),
             *tree("edge_agent.discovery"),
             *tree("edge_agent.ha_discovery"),
             "edge_agent.ha_bridge",
         ),
-        "mesh service, the agent's façade, device status, updater, voice, discovery, HA discovery/bridge",
+        "mesh service, the agent's façade, device status, updates, voice, discovery, HA discovery/bridge",
     ),
     Layer(
         "client-api",
@@ -103,7 +103,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "models",
         (*tree("edge_agent.models"), *tree("edge_agent.profiles")),
-        "packs, plans, activation, profiles",
+        "packs, plans, quality gate, profiles",
     ),
     Layer("config", ("edge_agent.config", "edge_agent.connect"), "TOML config → settings values"),
     Layer(
@@ -246,7 +246,6 @@ KNOWN: tuple[Known, ...] = (
     Known("models-below-engines", "edge_agent.models.builders.smollm2", "edge_agent.engines.chat_template"),
     Known("models-below-engines", "edge_agent.models.builders.smollm2", "edge_agent.engines.generate"),
     Known("models-below-engines", "edge_agent.models.builders.whisper", "edge_agent.engines.transcribe"),
-    Known("models-below-engines", "edge_agent.models.health", "edge_agent.engines.base"),
     Known("models-below-engines", "edge_agent.models.host_gate", "edge_agent.engines.embed"),
     Known("models-below-engines", "edge_agent.models.host_gate", "edge_agent.engines.generate"),
     Known("models-below-engines", "edge_agent.models.host_gate", "edge_agent.engines.transcribe"),

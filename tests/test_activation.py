@@ -14,8 +14,6 @@ from nacl.signing import SigningKey
 from edge_agent.client.schemas import TranslateRequest
 from edge_agent.engines.translate import TranslateEngine
 from edge_agent.mesh.household import household_id_for
-from edge_agent.models.activation import INSTALL_REPORT_TYPE, InstallReport, activate
-from edge_agent.models.health import probe
 from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.store import PackStore
 from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
@@ -24,6 +22,9 @@ from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.signing import key_id, open_envelope, verify_threshold
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.trust import TrustedUpdates
+from edge_agent.task_specs import REGISTRY
+from edge_agent.updates.activation import INSTALL_REPORT_TYPE, InstallReport, activate
+from edge_agent.updates.health import probe
 
 PACK = "bergamot-tiny11-en-pt@int8"
 SENTENCE = "The fridge door is open."
@@ -191,3 +192,30 @@ def test_a_pack_that_fails_its_quality_reference_on_this_cpu_rolls_back(
     assert result.pack is not None and result.pack.path.stat().st_ino == before
     engine = TranslateEngine(result.pack.path, result.pack.manifest.task_info, 1)
     assert list(engine.run(TranslateRequest(texts=[SENTENCE], source="en", target="pt")))[-1].translations
+
+
+PROBED = {
+    "generate": "smollm2-135m-instruct@int8",
+    "embed": "all-minilm-l6-v2@int8",
+    "translate": PACK,
+    "transcribe": "whisper-tiny-en@int8",
+}
+
+
+def test_every_task_in_the_registry_has_a_health_probe() -> None:
+    assert set(PROBED) == set(REGISTRY)
+    assert all(spec.health is not None for spec in REGISTRY.values())
+
+
+@pytest.mark.parametrize("task", sorted(PROBED))
+def test_the_health_probe_runs_every_task_through_the_registry_and_repeats(
+    store: PackStore, task: str
+) -> None:
+    """What a publisher records is what a receiver with the same pack gets again (transcribe included:
+    its input seeds a fixed stretch of audio)."""
+    pack = store.get(PROBED[task])
+    pair = pack.manifest.task_info.get("pair")
+    first = probe(pack.path, pack.manifest.task, pack.manifest.task_info, SENTENCE, pair)
+    assert probe(pack.path, pack.manifest.task, pack.manifest.task_info, SENTENCE, pair) == first
+    if task != "transcribe":  # noise may well transcribe to nothing; the other tasks always answer
+        assert first

@@ -77,7 +77,8 @@ from edge_agent.sync.signing import seal
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.swarm import FetchState, encode_bitfield
 from edge_agent.tasks import TASKS, DeviceClass
-from edge_agent.updater import Updater
+from edge_agent.updates.ports import DeviceFacts, UpdateSettings
+from edge_agent.updates.updater import Updater
 from tests.support.meshkit import config
 from tests.support.meshsim import Device, SimHousehold, household, presence_of, until
 from tests.test_update_exchange import FILES, announced, exchange, publish, same_files
@@ -141,13 +142,19 @@ def update_key_set(home: SimHousehold, *keys: SigningKey) -> bytes:
     return sign_key_set(key_set, home.root.key)
 
 
-def updater_for(svc: MeshService, tmp: Path, supervisor: Supervisor | None = None) -> Updater:
+@contextlib.asynccontextmanager
+async def updater_for(
+    svc: MeshService, tmp: Path, supervisor: Supervisor | None = None
+) -> AsyncIterator[Updater]:
     """The updater as the agent assembles it (sharing the agent's supervisor, feeding its presence)."""
     updater = Updater(
-        svc, PackStore(tmp / "fridge-packs"), interval_s=3600, supervisor=supervisor or svc.supervisor
-    )
-    svc.update_status = updater.status
-    return updater
+        svc.endpoint, PackStore(tmp / "fridge-packs"),
+        device=DeviceFacts.of(svc.state, svc.membership, svc.certificate), plan=svc.plan,
+        settings=UpdateSettings(interval_s=3600), busy=svc.inference_busy,
+        supervisor=supervisor or svc.supervisor,
+    )  # fmt: skip
+    async with updater:
+        yield updater
 
 
 def _finished(updater: Updater, n: int) -> Callable[[], bool]:
@@ -202,8 +209,7 @@ async def test_n1_unsigned_offers_are_refused_where_parsed_and_presence_keeps_it
         exchange(home, hub, tmp_path)  # the hub answers holdings queries (it holds nothing)
         answers_holdings_with(mallory, EVIL)
         svc = mesh_service(home, state_dir, monkeypatch)
-        async with running(svc, hub, mallory):
-            updater = updater_for(svc, tmp_path)
+        async with running(svc, hub, mallory), updater_for(svc, tmp_path) as updater:
             updater.trusted.update_key_set(update_key_set(home, SigningKey.generate()))
             own = svc.presence().updates
             assert [(u.name, u.installed, u.state) for u in own] == [("demo", 1, "current")]
@@ -250,8 +256,7 @@ async def test_n1_status_builds_each_row_alone_and_never_raises(
         hub = home.device("hub", device_class="hub")
         await home.start(hub)
         svc = mesh_service(home, state_dir, monkeypatch)
-        async with running(svc, hub):
-            updater = updater_for(svc, tmp_path)
+        async with running(svc, hub), updater_for(svc, tmp_path) as updater:
             updater.awaiting["Evil Name!"] = 7
             updates = svc.presence().updates
             assert [(u.name, u.installed, u.state) for u in updates] == [("demo", 1, "current")]
@@ -272,9 +277,8 @@ async def test_a_round_that_fails_unexpectedly_restarts_the_update_loop_which_go
         await home.start(hub)
         exchange(home, hub, tmp_path)
         svc = mesh_service(home, state_dir, monkeypatch)
-        async with running(svc, hub):
-            supervisor = Supervisor(initial_backoff_s=0.0)
-            updater = updater_for(svc, tmp_path, supervisor)
+        supervisor = Supervisor(initial_backoff_s=0.0)
+        async with running(svc, hub), updater_for(svc, tmp_path, supervisor) as updater:
             real, calls = updater.exchange.discover, [0]
 
             async def discover_once_broken(timeout: float = 2.0) -> Any:

@@ -20,7 +20,6 @@ from edge_agent.hearth import Hearth
 from edge_agent.mesh.household import HouseholdRoot
 from edge_agent.mesh.protocol import UpdateStatus
 from edge_agent.mesh.state import HouseholdState
-from edge_agent.models.health import probe
 from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
@@ -29,6 +28,7 @@ from edge_agent.sync.keys import UpdateKeySet, sign_key_set
 from edge_agent.sync.manifest import HealthCheck
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.store import UpdateStore
+from edge_agent.updates.health import probe
 from tests.support.brokers import run_mosquitto
 from tests.support.meshkit import config, provision, service
 

@@ -436,7 +436,7 @@ def publish(
     pack = PackStore().get(pack_id)
     check: HealthCheck | None = None
     if health is not None:
-        from edge_agent.models.health import probe
+        from edge_agent.updates.health import probe
 
         pair = pack.manifest.task_info.get("pair")
         with console_err.status(f"recording the health check: running {pack_id} once"):

@@ -3,6 +3,8 @@
 The publisher records what the pack answers to a fixed input (`hearth models publish --health TEXT`);
 a receiving device activates the pack only if it answers the same (or, for `contains`, includes it),
 so a pack that loads but computes garbage (a bad quantization, the wrong vocabulary) is rolled back.
+What the input becomes and how the answer reads are the task's (`TaskSpec.health` in the task
+registry), so every task the registry runs has one, `transcribe` included.
 """
 
 from __future__ import annotations
@@ -10,38 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge_agent.client.schemas import EmbedRequest, GenerateRequest, TranslateRequest
 from edge_agent.engines.base import EngineOptions, engine_class
 from edge_agent.errors import EngineError
 from edge_agent.sync.manifest import HealthCheck
+from edge_agent.task_specs import REGISTRY
 from edge_agent.tasks import Task
 
 __all__ = ["probe", "verdict"]
 
-PROBE_TOKENS = 24
-
 
 def probe(pack_dir: Path, task: Task, task_info: dict[str, Any], text: str, pair: str | None) -> str:
     """Load the pack in ``pack_dir`` and run ``text`` through it once (blocking; greedy, so repeatable)."""
-    engine = engine_class(task).from_pack(pack_dir, task_info, EngineOptions(threads=1))
-    request: Any
-    if task == "generate":
-        request = GenerateRequest.from_prompt(text, max_tokens=PROBE_TOKENS)
-    elif task == "translate":
-        if pair is None:
-            raise EngineError("a translation health check needs its language pair")
-        source, target = pair.split("-")
-        request = TranslateRequest(texts=[text], source=source, target=target)
-    elif task == "embed":
-        request = EmbedRequest(texts=[text])
-    else:
+    spec = REGISTRY.get(task)
+    if spec is None or spec.health is None:
         raise EngineError(f"no health probe for task {task}")
-    items = list(engine.run(request))
-    if task == "generate":
-        return "".join(item.text for item in items)
-    if task == "translate":
-        return str(items[-1].translations[0])
-    return f"{items[-1].dim} dims"
+    engine = engine_class(task).from_pack(pack_dir, task_info, EngineOptions(threads=1))
+    request = spec.health.request(text, pair)
+    return spec.health.answer(list(engine.run(request)))
 
 
 def verdict(check: HealthCheck, output: str) -> str | None:

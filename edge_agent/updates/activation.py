@@ -29,7 +29,6 @@ from edge_agent.errors import (
     UnsafePackError,
     UpdateError,
 )
-from edge_agent.models.health import probe, verdict
 from edge_agent.models.host_gate import HostGate
 from edge_agent.models.pack import MANIFEST_NAME, PackManifest
 from edge_agent.models.store import InstalledPack, PackStore
@@ -38,6 +37,7 @@ from edge_agent.sync.pack_check import check_pack_dir
 from edge_agent.sync.signing import canonical_json, seal
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.trust import TrustedUpdates
+from edge_agent.updates.health import probe, verdict
 
 __all__ = ["INSTALL_REPORT_TYPE", "ActivationResult", "InstallReport", "activate"]
 

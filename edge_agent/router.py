@@ -298,7 +298,7 @@ class Router:
                 routed.attempts,
                 self._source(GENERATE),
                 resume,
-                lambda c: GENERATE.units(routed.request, c),
+                lambda c: len(c.token_ids),  # the tokens this loop already keeps for a resume
             )
         ) as chunks:
             async for chunk in chunks:

@@ -228,8 +228,9 @@ class Hearth(AgentFacade):
         facts = DeviceFacts.of(service.state, service.membership, service.certificate)
         settings = UpdateSettings.of(self.config.updates, self.config.mesh.host_port)
         self._updater = updater = Updater(
-            service.endpoint, self.store, device=facts, plan=self.plan, settings=settings, serves=service.serve,
-            busy=service.inference_busy, retire=self.agent.models.retire, supervisor=self.supervisor,
+            service.endpoint, self.store, device=facts, plan=self.plan, settings=settings,
+            serves=service.serve, busy=service.inference_busy, retire=self.agent.models.retire,
+            supervisor=self.supervisor,
         )  # fmt: skip
         await self._stack.enter_async_context(updater)
         if service.serve:

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -47,15 +46,20 @@ from edge_agent.client.schemas import (
 from edge_agent.errors import EngineError, InvalidRequestError, NoLocalModelError, NoRouteError
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.protocol import Chunk, Request, TaskBody
+from edge_agent.task_benchmarks import (
+    Benchmark,
+    bench_embed,
+    bench_generate,
+    bench_transcribe,
+    bench_translate,
+    quiet_noise,
+)
 from edge_agent.tasks import Task
 
 log = logging.getLogger(__name__)
 
 ReqT = TypeVar("ReqT", bound=BaseModel)
 ItemT = TypeVar("ItemT", bound=BaseModel)
-
-Runner = Callable[[ReqT], AsyncGenerator[ItemT, None]]
-"""Runs one request on this device (what a self-benchmark measures)."""
 
 
 class LocalEngines(Protocol):
@@ -67,19 +71,6 @@ class LocalEngines(Protocol):
 
 
 LocalRunner = Callable[[LocalEngines, ReqT], AsyncGenerator[ItemT, None]]
-
-
-class Speed(NamedTuple):
-    """A self-benchmark's measurement, advertised in the task's offer."""
-
-    rate: float
-    """Work units per second (see ``TaskSpec.work_units``)."""
-    first_ms: float
-    """Time to the first token, or one small request's latency."""
-
-
-Benchmark = Callable[[Runner[ReqT, ItemT], str | None], Awaitable[Speed]]
-"""Measures a task on this device, given a runner and the plan's variant (language pair) if any."""
 
 
 @dataclass(frozen=True)
@@ -172,94 +163,6 @@ class TaskSpec(Generic[ReqT, ItemT]):
         return self.result_model.model_validate(chunk.body)
 
 
-# -- self-benchmarks ------------------------------------------------------------------------------------
-
-_BENCH_PROMPT = "Name three fruits."
-_BENCH_TEXTS = [
-    "Turn off the kitchen lights.",
-    "Is the fridge door open?",
-    "Play some music.",
-    "What's the weather tomorrow?",
-] * 2
-_BENCH_TRANSLATE = {
-    "pt": [
-        "Desligue as luzes da cozinha.",
-        "A porta da geladeira está aberta?",
-        "Toque uma música.",
-        "Como vai estar o tempo amanhã?",
-    ]
-    * 2
-}
-
-
-async def _drain(items: AsyncGenerator[Any, None]) -> None:
-    async with contextlib.aclosing(items) as running:
-        async for _ in running:
-            pass
-
-
-async def _bench_generate(run: Runner[GenerateRequest, GenerateChunk], variant: str | None) -> Speed:
-    """Three short answers: the first loads the model; the faster of the others counts."""
-    request = GenerateRequest.from_prompt(_BENCH_PROMPT, max_tokens=24)
-    runs: list[GenerateStats] = []
-    for _ in range(3):
-        async for chunk in run(request):
-            if chunk.stats is not None:
-                runs.append(chunk.stats)
-    stats = max(runs[1:], key=lambda s: s.decode_tok_s)
-    return Speed(stats.decode_tok_s, stats.ttft_ms)
-
-
-async def bench_batches(run: Runner[ReqT, ItemT], one: ReqT, batch: ReqT, size: int) -> Speed:
-    """A one-item request (loads the model), the same again (latency), then a batch of ``size`` items."""
-    await _drain(run(one))
-    t1 = time.perf_counter()
-    await _drain(run(one))
-    first = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    await _drain(run(batch))
-    return Speed(size / (time.perf_counter() - t2), first * 1000)
-
-
-async def _bench_embed(run: Runner[EmbedRequest, EmbedResult], variant: str | None) -> Speed:
-    texts = _BENCH_TEXTS
-    return await bench_batches(run, EmbedRequest(texts=texts[:1]), EmbedRequest(texts=texts), len(texts))
-
-
-async def _bench_translate(run: Runner[TranslateRequest, TranslateResult], variant: str | None) -> Speed:
-    assert variant is not None, "translation is planned per language pair"
-    source, target = variant.split("-")
-    texts = _BENCH_TRANSLATE.get(source, _BENCH_TEXTS)
-    one = TranslateRequest(texts=texts[:1], source=source, target=target)
-    return await bench_batches(run, one, one.model_copy(update={"texts": texts}), len(texts))
-
-
-async def _bench_transcribe(run: Runner[TranscribeRequest, TranscribeResult], variant: str | None) -> Speed:
-    """One window of quiet noise (loads the model), then the same again: Whisper's cost is dominated by
-    the encoder, which reads a full 30 s window whatever the speech, plus a few decoding steps. The rate
-    is milliseconds of speech per second; the latency is one short command's."""
-    import base64
-
-    pcm = _quiet_noise(7, seconds=4)  # the same "audio" on every device, so their speeds compare
-    request = TranscribeRequest(
-        segments=[SpeechSegment(start_ms=0, pcm=base64.b64encode(pcm).decode("ascii"))], max_tokens=32
-    )
-    await _drain(run(request))
-    t0 = time.perf_counter()
-    await _drain(run(request))
-    elapsed = time.perf_counter() - t0
-    return Speed(request.speech_ms / elapsed, elapsed * 1000)
-
-
-def _quiet_noise(seed: int | str, *, seconds: int) -> bytes:
-    """Quiet 16 kHz s16le noise, the same bytes for the same seed on every device and run."""
-    import random
-
-    rng = random.Random(seed)
-    samples = range(16_000 * seconds)
-    return b"".join(rng.randint(-200, 200).to_bytes(2, "little", signed=True) for _ in samples)
-
-
 # -- health probes (a model update's known inference) ---------------------------------------------------
 
 _PROBE_TOKENS = 24
@@ -275,7 +178,7 @@ def _translate_probe(text: str, pair: str | None) -> TranslateRequest:
 def _transcribe_probe(text: str, pair: str | None) -> TranscribeRequest:
     """Speech cannot be written down in a manifest: the text seeds two seconds of quiet noise, and what
     the pack makes of that (greedy, so repeatable) is its answer."""
-    pcm = _quiet_noise(text, seconds=2)
+    pcm = quiet_noise(text, seconds=2)
     return TranscribeRequest(segments=[SpeechSegment.from_pcm(0, pcm)], max_tokens=_PROBE_TOKENS)
 
 
@@ -311,7 +214,7 @@ GENERATE: TaskSpec[GenerateRequest, GenerateChunk] = TaskSpec(
     result_model=GenerateChunk,
     streaming=True,
     work_units=_tokens_left,
-    benchmark=_bench_generate,
+    benchmark=bench_generate,
     validate=GenerateRequest.validate_text,
     item_units=lambda chunk: len(chunk.token_ids),
     encode_chunk=_generate_chunk,
@@ -328,7 +231,7 @@ EMBED: TaskSpec[EmbedRequest, EmbedResult] = TaskSpec(
     result_model=EmbedResult,
     streaming=False,
     work_units=lambda request: len(request.texts),
-    benchmark=_bench_embed,
+    benchmark=bench_embed,
     # No requester-side checks: the batch limit is the serving engine's, which checks the texts too.
     health=HealthProbe(lambda text, _: EmbedRequest(texts=[text]), lambda items: f"{items[-1].dim} dims"),
 )
@@ -339,7 +242,7 @@ TRANSLATE: TaskSpec[TranslateRequest, TranslateResult] = TaskSpec(
     result_model=TranslateResult,
     streaming=False,
     work_units=lambda request: len(request.texts),
-    benchmark=_bench_translate,
+    benchmark=bench_translate,
     validate=TranslateRequest.validate_text,
     variant=lambda request: request.pair,
     variant_model="translation model",
@@ -353,7 +256,7 @@ TRANSCRIBE: TaskSpec[TranscribeRequest, TranscribeResult] = TaskSpec(
     streaming=False,
     # Milliseconds of speech: the encoder's cost is per window, the decoder's per word, both grow with it.
     work_units=lambda request: max(1, request.speech_ms),
-    benchmark=_bench_transcribe,
+    benchmark=bench_transcribe,
     validate=TranscribeRequest.validate_audio,
     health=HealthProbe(_transcribe_probe, lambda items: str(items[-1].text)),
 )

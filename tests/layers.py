@@ -96,8 +96,8 @@ LAYERS: tuple[Layer, ...] = (
     ),
     Layer(
         "routing",
-        ("edge_agent.router", "edge_agent.agent", "edge_agent.task_specs"),
-        "router, agent, task registry",
+        ("edge_agent.router", "edge_agent.agent", "edge_agent.task_specs", "edge_agent.task_benchmarks"),
+        "router, agent, task registry (+ its self-benchmarks)",
     ),
     Layer("engines", (*tree("edge_agent.engines"), *tree("edge_agent.audio")), "onnxruntime engines, audio"),
     Layer(
@@ -144,6 +144,7 @@ _ABOVE_MESH = (
     *tree("edge_agent.models"),
     "edge_agent.agent",
     "edge_agent.task_specs",
+    "edge_agent.task_benchmarks",
     "edge_agent.router",
     "edge_agent.service",
     "edge_agent.hearth",
@@ -223,6 +224,7 @@ LIGHT: tuple[str, ...] = (
     "edge_agent.router",
     "edge_agent.router_settings",
     "edge_agent.task_specs",
+    "edge_agent.task_benchmarks",
     "edge_agent.hearth",
     *tree("edge_agent.local_api"),
     "edge_agent.config",

@@ -38,7 +38,8 @@ from edge_agent.mesh.protocol import Chunk, Offer, Request, decode, encode
 from edge_agent.models.selection import Plan, TaskPlan
 from edge_agent.router import Router
 from edge_agent.router_settings import RouterSettings
-from edge_agent.task_specs import LOCAL_ONLY, REGISTRY, Speed, TaskSpec, serve, spec_for
+from edge_agent.task_benchmarks import Speed
+from edge_agent.task_specs import LOCAL_ONLY, REGISTRY, TaskSpec, serve, spec_for
 from edge_agent.tasks import TASKS, Task
 from tests.support.meshsim import household
 

@@ -441,7 +441,7 @@ class UpdateExchange:
         try:
             while fetch.state is FetchState.FETCHING:
                 for device_id, index in fetch.next_requests(limit=1 if self.busy() else None):
-                    self._request(fetch, device_id, manifest.content_id, index)
+                    await self._request(fetch, device_id, manifest.content_id, index)
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
@@ -488,7 +488,8 @@ class UpdateExchange:
             out[content_id] = (fetch.manifest, done / total if total else 1.0)
         return out
 
-    def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
+    async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
+        """Ask ``device_id`` for chunk ``index`` in the background (`_ask`); returns at once."""
         peer = self.endpoint.peers.get(device_id)
         if peer is None:
             fetch.peer_gone(device_id)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from edge_agent.mesh.direct import Ask, DirectLinks
+from edge_agent.mesh.direct import Ask, DirectLinks, Serve
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import ChunkData, ChunkRequest
@@ -88,9 +88,10 @@ PATHS = pytest.mark.parametrize("path", ["direct", "broker"])
 
 
 @contextlib.asynccontextmanager
-async def direct(dev: Device, ex: UpdateExchange) -> AsyncIterator[DirectLinks]:
-    """Open ``dev``'s direct links on loopback and announce them in its presence."""
-    async with DirectLinks(dev.node, ex.serve_direct, host="127.0.0.1") as links:
+async def direct(dev: Device, ex: UpdateExchange, serve: Serve | None = None) -> AsyncIterator[DirectLinks]:
+    """Open ``dev``'s direct links on loopback (serving ``ex``'s chunks, or ``serve``'s answers) and
+    announce them in its presence."""
+    async with DirectLinks(dev.node, serve or ex.serve_direct, host="127.0.0.1") as links:
         ex.direct, dev.direct = links, links.contact
         yield links
 
@@ -239,8 +240,9 @@ def _stage(ex: UpdateExchange, manifest_holder: UpdateExchange, chunks: range) -
         write_chunk(staging, holding.manifest, i, read_chunk(holding.directory, holding.manifest, i))
 
 
-async def test_a_restarted_fetch_asks_only_for_what_it_lacks(tmp_path: Path) -> None:
-    async with household(tmp_path) as home:
+@PATHS
+async def test_a_restarted_fetch_asks_only_for_what_it_lacks(tmp_path: Path, path: str) -> None:
+    async with household(tmp_path) as home, contextlib.AsyncExitStack() as stack:
         hub, fridge = home.device("hub", device_class="hub"), home.device("fridge")
         await home.start(hub, fridge)
         ex_hub, ex_fridge = exchange(home, hub, tmp_path), exchange(home, fridge, tmp_path)
@@ -249,16 +251,27 @@ async def test_a_restarted_fetch_asks_only_for_what_it_lacks(tmp_path: Path) -> 
         half = len(manifest.chunks) // 2
         _stage(ex_fridge, ex_hub, range(half))  # verified chunks on disk from before the restart
         asked: list[int] = []
-        serve = ex_hub._serve_chunk
+        serve, serve_directly = ex_hub._serve_chunk, ex_hub.serve_direct
 
         def counting(requester: DeviceCertificate, req: ChunkRequest) -> None:
             asked.append(req.index)
             serve(requester, req)
 
+        async def counting_directly(requester: str, ask: Ask) -> bytes:
+            asked.append(ask.index)
+            return await serve_directly(requester, ask)
+
         hub.endpoint.register(ChunkRequest, counting)
+        if path == "direct":
+            await stack.enter_async_context(direct(hub, ex_hub, counting_directly))
+            await open_path(stack, home, path, (fridge, ex_fridge))
+            await announced(home, hub, fridge)
         state, staging, _ = await pull(ex_fridge)
         assert state is FetchState.DONE and same_files(staging)
         assert sorted(asked) == list(range(half, len(manifest.chunks)))
+        assert ex_fridge.received == {
+            path: sum(manifest.chunk_length(i) for i in range(half, len(manifest.chunks)))
+        }
 
 
 async def test_the_only_full_seeder_dies_at_half_and_the_rest_comes_from_a_partial_holder_and_its_return(

@@ -71,3 +71,25 @@ async def test_a_mesh_service_that_cannot_connect_stops_what_it_started(tmp_path
     assert svc.endpoint.state is EndpointState.CLOSED
     with socket.socket() as s:  # the embedded broker is stopped: its port is free again
         s.bind(("127.0.0.1", broker_port))
+
+
+async def test_a_mesh_service_leaves_nothing_running_after_it_closes(tmp_path: Path) -> None:
+    """Opened on the in-memory mesh, then closed: no task of its endpoint outlives it; its advert's load
+    figures are the one device status (the snapshot Home Assistant discovery reads too)."""
+    state = provision(tmp_path, tmp_path, "hub", "hub")
+    keys = MemberKeys.load(state)
+    sim = MeshSimulator(keys.membership.household_id)
+    cfg = config("hub", free_port(), "hub")
+    plan = Plan(profile_id="hub", budget_mb=0)
+    route, link = agent_router(cfg, plan, None), sim.connector(keys.certificate.device_id)
+    svc = MeshService(cfg, load_profile("hub"), plan, tmp_path, serve=False, router=route, connector=link)
+    before = asyncio.all_tasks()
+    async with svc:
+        status, advert = svc.status(), svc.presence()
+        assert status.connected
+        assert (advert.queue_depth, advert.free_model_ram_mb, advert.served, advert.offloaded) == (
+            status.queue_depth, status.free_model_ram_mb, status.served, status.offloaded
+        )  # fmt: skip
+    await asyncio.sleep(0.05)
+    assert [t.get_name() for t in asyncio.all_tasks() - before if not t.done()] == []
+    assert svc.endpoint.state is EndpointState.CLOSED

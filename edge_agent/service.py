@@ -1,8 +1,9 @@
 """An agent on the household mesh: serves its local models to peers and routes its own requests.
 
-Composition root for mesh + engines: the MeshEndpoint moves envelopes, the Agent runs models, the
-Router decides where each request runs. Also used by one-shot CLI commands (`hearth chat`, `hearth
-peers`) as a non-serving client of the same household.
+The agent's mesh part, built by the composition root (`edge_agent.hearth`): its endpoint and features
+come from `mesh.assembly` (as every device's do), the Agent runs models, and the root's one Router (built
+over this endpoint by the factory the root hands in) decides where each request runs. Also used by
+one-shot CLI commands (`hearth chat`, `hearth peers`) as a non-serving client of the same household.
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ class Hearth(AgentFacade):
         self._stack.push_async_callback(server.aclose)
 
     @property
-    def mesh(self) -> Any:
+    def mesh(self) -> MeshService:
         """The mesh side (`MeshService`: endpoint, node, memory, offers), for diagnostics and tests."""
         if self.service is None:
             raise RuntimeError("this agent is not on the mesh ([mesh] disabled, or not paired)")

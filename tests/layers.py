@@ -96,8 +96,14 @@ LAYERS: tuple[Layer, ...] = (
     ),
     Layer(
         "routing",
-        ("edge_agent.router", "edge_agent.agent", "edge_agent.task_specs", "edge_agent.task_benchmarks"),
-        "router, agent, task registry (+ its self-benchmarks)",
+        (
+            "edge_agent.router",
+            "edge_agent.routing_decision",
+            "edge_agent.agent",
+            "edge_agent.task_specs",
+            "edge_agent.task_benchmarks",
+        ),
+        "router (+ its decisions), agent, task registry (+ its self-benchmarks)",
     ),
     Layer("engines", (*tree("edge_agent.engines"), *tree("edge_agent.audio")), "onnxruntime engines, audio"),
     Layer(
@@ -146,6 +152,7 @@ _ABOVE_MESH = (
     "edge_agent.task_specs",
     "edge_agent.task_benchmarks",
     "edge_agent.router",
+    "edge_agent.routing_decision",
     "edge_agent.service",
     "edge_agent.hearth",
     *tree("edge_agent.local_api"),
@@ -223,6 +230,7 @@ LIGHT: tuple[str, ...] = (
     "edge_agent._exports",
     "edge_agent.router",
     "edge_agent.router_settings",
+    "edge_agent.routing_decision",
     "edge_agent.task_specs",
     "edge_agent.task_benchmarks",
     "edge_agent.hearth",

@@ -280,8 +280,10 @@ class MeshService:
         self, request: TranslateRequest, compute: Compute, *, own: bool
     ) -> tuple[TranslateResult, str]:
         """``own``: a request of this device's (its declines and routing policy apply, peers' memories
-        are asked); else a peer's, served here (the household's corrections unless it applied them)."""
-        request.validate_text()
+        are asked); else a peer's, served here (the household's corrections unless it applied them),
+        already validated where it entered (`task_specs.serve`)."""
+        if own:  # this device's own request enters here, before any memory lookup leaves the device
+            request.validate_text()
         pair = request.pair
         audience = text_audience(self.config.routing) if own else None
         if own:  # we apply the corrections; a server keeps our sentences only if anyone may see them

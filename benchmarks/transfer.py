@@ -112,7 +112,7 @@ def _publish(tmp: Path, hub_home: Path, pack_path: Path, files: list[str], pack_
 
 def _verify_cost(pack_path: Path, envelope: Path) -> tuple[float, float]:
     """(seconds, MB/s) to verify every chunk of the pack once, as a fetcher does on arrival."""
-    from edge_agent.sync.exchange import read_chunk
+    from edge_agent.sync.staging import read_chunk
     from edge_agent.sync.trust import unverified_manifest
 
     manifest = unverified_manifest(envelope.read_bytes(), envelope.name)

@@ -59,7 +59,8 @@ from edge_agent.service import MeshService
 from edge_agent.supervision import Supervisor
 from edge_agent.sync import pack_check
 from edge_agent.sync.digests import merkle_root
-from edge_agent.sync.exchange import UnverifiedClaim, UpdateExchange, holdings_parts
+from edge_agent.sync.exchange import UpdateExchange
+from edge_agent.sync.holdings import UnverifiedClaim, holdings_parts
 from edge_agent.sync.keys import UpdateKey, UpdateKeySet, sign_key_set
 from edge_agent.sync.limits import (
     KEY_SET_CHARS,
@@ -216,7 +217,7 @@ async def test_n1_unsigned_offers_are_refused_where_parsed_and_presence_keeps_it
             trusted = (dict(updater.trusted.installed), updater.trusted.key_set)
             claims, held = dict(updater.exchange.unverifiable), dict(updater.exchange.holdings)
             dropped = Counter(svc.endpoint.dropped)
-            caplog.set_level(logging.INFO, logger="edge_agent.sync.exchange")
+            caplog.set_level(logging.INFO, logger="edge_agent.sync.holdings")
 
             await rounds(updater, 2)  # two full rounds: the loop goes on after the attack
 

@@ -28,8 +28,9 @@ from edge_agent.mesh.protocol import UpdateApproval, UpdateStatus
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
 from edge_agent.supervision import Supervisor
-from edge_agent.sync.exchange import UpdateExchange, verified_chunks
+from edge_agent.sync.exchange import UpdateExchange
 from edge_agent.sync.manifest import UpdateManifest
+from edge_agent.sync.staging import verified_chunks
 from edge_agent.sync.store import UpdateStore
 from edge_agent.sync.swarm import FetchState
 from edge_agent.sync.trust import unverified_manifest

@@ -22,10 +22,10 @@ from nacl.signing import SigningKey
 from edge_agent.errors import UpdateError
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import ChunkRequest, UpdateHoldings, UpdateQuery, encode
-from edge_agent.sync.exchange import read_chunk
 from edge_agent.sync.keys import KEY_SET_TYPE
 from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
 from edge_agent.sync.signing import seal
+from edge_agent.sync.staging import read_chunk
 from edge_agent.sync.swarm import encode_bitfield
 from tests.support.fuzzing.hostile import (
     HOSTILE_TEXT,

@@ -17,6 +17,9 @@ MESH = [
     "GroupKeyRotation", "GroupKeys", "HouseholdRoot", "HouseholdState", "Invitation", "Membership",
     "MemoryExchange", "MeshEndpoint", "MeshLimits", "MeshNode", "MeshSettings", "MeshSimulator",
     "MqttConnector", "Offer", "Peer", "Presence", "RevocationList", "Transport", "TranslationMemory",
+    "DirectLimits",
+    # the one assembly (node + endpoint + features) every caller uses
+    "Features", "MemberKeys", "MeshParts", "build_member",
     # for a member that runs no models (the Home Assistant component)
     "AdvertisementError", "BrokerPki", "CorrectionSync", "HouseholdAdvert", "MeshMember", "MqttClient",
     "NotPairedError", "PairingError", "UpdateStatus", "WrongCodeError", "broker_host_port",

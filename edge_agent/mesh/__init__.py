@@ -6,8 +6,9 @@ Layers, bottom up: identity/household (who is a member) → envelope/replay (sea
 interfaces + transports (MQTT, in-memory) → node (seal, open, membership checks) → protocol/rpc (wire
 models, IO-free rules) → endpoint (messages: connection and dispatch; exchanges: requests, streams,
 serving; directory: presence and peers) → features (translation memory, group-key rotation,
-corrections), which use the endpoint through `FeaturePort` only. The public surface is `__all__`,
-pinned by tests/test_exported_members.py.
+corrections), which use the endpoint through `FeaturePort` only; `build_member` assembles them all
+(node, endpoint, features) for every caller. The public surface is `__all__`, pinned by
+tests/test_exported_members.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _EXPORTS = {
     "Channel": "edge_agent.mesh.interfaces",
     "Connector": "edge_agent.mesh.interfaces",
     "Transport": "edge_agent.mesh.interfaces",
+    "DirectLimits": "edge_agent.mesh.settings",
     "MeshLimits": "edge_agent.mesh.settings",
     "MeshSettings": "edge_agent.mesh.settings",
     "DeviceIdentity": "edge_agent.mesh.identity",
@@ -32,6 +34,11 @@ _EXPORTS = {
     "GroupKeys": "edge_agent.mesh.node",
     "MeshNode": "edge_agent.mesh.node",
     "MeshEndpoint": "edge_agent.mesh.endpoint",
+    # One assembly of a device for every caller: node + endpoint + the standard features.
+    "MemberKeys": "edge_agent.mesh.assembly",
+    "Features": "edge_agent.mesh.assembly",
+    "MeshParts": "edge_agent.mesh.assembly",
+    "build_member": "edge_agent.mesh.assembly",
     "FeaturePort": "edge_agent.mesh.features.port",
     "Peer": "edge_agent.mesh.peers",
     "Presence": "edge_agent.mesh.protocol",

@@ -185,8 +185,8 @@ class MeshService:
 
     async def wait_for_peers(self, task: Task, timeout: float) -> None:
         """Wait until some peer offers ``task`` (or ``timeout``), then measure RTT to the candidates."""
-        await self.endpoint.wait_until(lambda: any(p.offer(task) for p in self.endpoint.peers.all()), timeout)
-        await asyncio.gather(*(self.endpoint.ping(p) for p in self.endpoint.peers.all() if p.offer(task)))
+        await self.endpoint.wait_until(lambda: any(p.offer(task) for p in self.endpoint.known()), timeout)
+        await asyncio.gather(*(self.endpoint.ping(p) for p in self.endpoint.known() if p.offer(task)))
 
     # -- presence -------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -32,7 +32,7 @@ from edge_agent.mesh.lifetime import Lifetime
 from edge_agent.mesh.messages import MessageLayer
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer, PeerTable
-from edge_agent.mesh.protocol import Chunk, Presence
+from edge_agent.mesh.protocol import Presence
 from edge_agent.mesh.settings import MeshLimits, MeshSettings
 from edge_agent.supervision import Supervisor
 from edge_agent.tasks import Task
@@ -93,6 +93,22 @@ class MeshEndpoint:
             self.directory,
             closing=lambda: self.lifetime.closing,
         )
+        # The router's view (mesh.interfaces.PeerDirectory) and the pings, bound straight to the layer
+        # that answers: on the offloaded chat's path each is one call, not a forward and then the call.
+        peers = self.directory.peers
+        self.known: Callable[[], list[Peer]] = peers.all
+        """Every peer heard from recently (`PeerTable.all`)."""
+        self.is_member: Callable[[str], bool] = self.directory.is_member
+        self.own_requests: Callable[[], list[Task]] = self.directory.own_requests
+        self.ban: Callable[[str, float], None] = peers.ban
+        self.succeeded = peers.succeeded
+        """A peer answered: clear its failures, fold the measured throughput in (`PeerTable.succeeded`)."""
+        self.stream = self.exchanges.stream
+        """Send a request to a peer and yield its chunks in order (`Exchanges.stream`)."""
+        self.ping = self.exchanges.ping
+        """Round-trip time to a peer in ms, None if it does not answer (`Exchanges.ping`)."""
+        self.wait_until = self.directory.wait_until
+        """Re-check a condition on every peer-table change until it holds or the timeout passes."""
 
     # -- state, for the agent, the router, diagnostics and tests ------------------------------------
 
@@ -179,36 +195,11 @@ class MeshEndpoint:
         """The devices whose answers we are waiting for now (diagnostics, tests)."""
         return [stream.peer for stream in self.exchanges.streams.values()]
 
-    # -- the router's view (mesh.interfaces.PeerDirectory) --------------------------------------------
-
-    def known(self) -> list[Peer]:
-        return self.peers.all()
-
-    def is_member(self, device_id: str) -> bool:
-        return self.directory.is_member(device_id)
-
-    def own_requests(self) -> list[Task]:
-        own = self.node.membership.certs.get(self.device_id)
-        return list(own.requests) if own is not None else []
-
-    def ban(self, device_id: str, seconds: float) -> None:
-        self.peers.ban(device_id, seconds)
-
-    def succeeded(self, device_id: str, units: int = 0, seconds: float = 0.0) -> None:
-        self.peers.succeeded(device_id, units, seconds)
+    # -- the router's view (mesh.interfaces.PeerDirectory; known, is_member, own_requests, ban, succeeded,
+    # stream and wait_until are bound in __init__) ------------------------------------------------
 
     def session_of(self, device_id: str) -> str | None:
         return self.directory.session_of(device_id)
-
-    def stream(
-        self, peer: Peer, task: Task, body: dict[str, Any], *, deadline_s: float, stall_s: float
-    ) -> AsyncGenerator[Chunk, None]:
-        """Send a request to ``peer`` and yield its chunks in order (see `Exchanges.stream`)."""
-        return self.exchanges.stream(peer, task, body, deadline_s=deadline_s, stall_s=stall_s)
-
-    async def ping(self, peer: Peer, timeout: float = 1.0) -> float | None:
-        """Round-trip time to ``peer`` in ms (None if it does not answer); kept on the peer as an EWMA."""
-        return await self.exchanges.ping(peer, timeout)
 
     # -- the features' view (mesh.interfaces.FeaturePort) ---------------------------------------------
 
@@ -316,10 +307,6 @@ class MeshEndpoint:
             for waiting in waits:
                 waiting.cancel()
         return bool(done)
-
-    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
-        """Re-check ``condition`` on every peer-table change until it holds or ``timeout`` passes."""
-        return await self.directory.wait_until(condition, timeout)
 
     async def wait_for_presence(self, device_id: str, timeout: float, since: float | None = None) -> bool:
         """Wait for a presence from ``device_id`` received after ``since`` (default now)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.protocol import Offer, Presence
@@ -27,21 +27,21 @@ class Peer:
     """Work units per second this device measured from the peer's real answers (EWMA); trusted over
     the rate the peer claims."""
 
-    @property
-    def session(self) -> str:
-        return self.presence.session
+    device_id: str = field(init=False)
+    """This and the next three are copied from the certificate and advert whenever they change (plain
+    attributes, not properties: the router and the exchanges read them on every request)."""
+    name: str = field(init=False)
+    device_class: str = field(init=False)
+    session: str = field(init=False)
 
-    @property
-    def device_class(self) -> str:
-        return self.certificate.device_class
+    def __post_init__(self) -> None:
+        self.heard(self.certificate, self.presence, self.seen)
 
-    @property
-    def device_id(self) -> str:
-        return self.certificate.device_id
-
-    @property
-    def name(self) -> str:
-        return self.certificate.name
+    def heard(self, certificate: DeviceCertificate, presence: Presence, now: float) -> None:
+        """A newer verified advert (with the certificate it was checked against) arrived at ``now``."""
+        self.certificate, self.presence, self.seen = certificate, presence, now
+        self.device_id, self.name = certificate.device_id, certificate.name
+        self.device_class, self.session = certificate.device_class, presence.session
 
     def alive(self, now: float) -> bool:
         return now - self.seen <= AGE_OUT_INTERVALS * min(self.presence.interval_s, self.max_interval_s)
@@ -78,7 +78,7 @@ class PeerTable:
                 certificate, presence, now, max_interval_s=self.max_interval_s
             )
         else:
-            peer.certificate, peer.presence, peer.seen = certificate, presence, now
+            peer.heard(certificate, presence, now)
         return peer
 
     def forget(self, device_id: str) -> Peer | None:

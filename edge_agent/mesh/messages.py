@@ -100,8 +100,14 @@ class MessageLayer:
                         await self.directory.publish()
                     self.exchanges.flush_cancels()
                     async for item in self.node.receive(transport, self.unexpected_frame):
-                        with self.supervisor.guard("mesh-dispatch", "dropped a message that failed"):
+                        # Supervisor.guard's contract, spelled out: the supervisor is called only when a
+                        # message fails, not entered for every frame.
+                        try:
                             self.dispatch(item)
+                        except Exception as exc:
+                            self.supervisor.drop(
+                                "mesh-dispatch", type(exc).__name__, exc, "dropped a message that failed"
+                            )
             except TransportError as exc:
                 if self.closing():
                     return

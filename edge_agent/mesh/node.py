@@ -103,6 +103,8 @@ class MeshNode:
         limits: MeshLimits | None = None,
     ) -> None:
         self.identity = identity
+        self.device_id = identity.device_id
+        """This device (an attribute, not a property: the exchanges read it per request)."""
         self.membership = membership
         self.state_dir = state_dir
         self.limits = limits or MeshLimits()
@@ -129,10 +131,6 @@ class MeshNode:
     @property
     def household(self) -> str:
         return self.membership.household_id
-
-    @property
-    def device_id(self) -> str:
-        return self.identity.device_id
 
     @property
     def group_epoch(self) -> int:

@@ -35,22 +35,22 @@ class Lifetime:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
-        self.tasks: list[asyncio.Task[Any]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
         """Set once the endpoint closes: loops check it (a swallowed cancel must not keep them going)."""
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` until it ends or the endpoint closes; a failure is counted under "mesh-tasks"."""
         task = asyncio.create_task(coro, name=name)
-        self.tasks.append(task)
-        task.add_done_callback(lambda t: self.tasks.remove(t) if t in self.tasks else None)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)  # a C method: nothing of ours runs per task's end
         self.supervisor.watch(task, "mesh-tasks")
         return task
 
     def start_loop(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """A long-lived loop, restarted by the supervisor with backoff until the endpoint closes."""
         supervised = self.supervisor.supervise(name, loop, stopping=lambda: self.closing)
-        self.tasks.append(asyncio.create_task(supervised, name=name))
+        self.tasks.add(asyncio.create_task(supervised, name=name))
 
     async def stop(self, *also: asyncio.Task[Any]) -> None:
         await stop_tasks(list(self.tasks) + list(also))

@@ -185,7 +185,12 @@ class MeshService:
 
     async def wait_for_peers(self, task: Task, timeout: float) -> None:
         """Wait until some peer offers ``task`` (or ``timeout``), then measure RTT to the candidates."""
-        await self.endpoint.wait_until(lambda: any(p.offer(task) for p in self.endpoint.known()), timeout)
+
+        def offered() -> bool:
+            return any(p.offer(task) for p in self.endpoint.known())
+
+        if not offered():  # no waiting (and no waiter) when a peer already offers it
+            await self.endpoint.wait_until(offered, timeout)
         await asyncio.gather(*(self.endpoint.ping(p) for p in self.endpoint.known() if p.offer(task)))
 
     # -- presence -------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ from edge_agent.mesh.settings import MeshLimits
 
 log = logging.getLogger(__name__)
 
+_MAX_NAMES = 4096
+"""Inbox names kept computed (3 channels of every member, with room to spare)."""
+
 __all__ = ["Announced", "GroupKeys", "MeshNode", "VanishHint"]
 
 
@@ -114,6 +117,9 @@ class MeshNode:
         self.transport: Transport | None = None
         self._sealed_for: dict[Address, str] = {}
         """Our inboxes' names as envelopes must bind them (computed once: every frame checks one)."""
+        self._names: dict[Address, str] = {}
+        """Members' inbox names, each computed once (every send seals for one); bounded by the
+        household's size, cleared past `_MAX_NAMES` (revoked members' entries)."""
         self.dropped: Counter[str] = Counter()
         """Refused frames by reason class, for diagnostics (`hearth peers` shows them)."""
         self.counter = SendCounter(state_dir / "send-counter.json")
@@ -172,9 +178,14 @@ class MeshNode:
         """Seal ``payload`` for one member's inbox and current ``session``, and send it."""
         cert = self.recipient(to)
         address = self.address(to, channel)
+        name = self._names.get(address)
+        if name is None:
+            if len(self._names) >= _MAX_NAMES:
+                self._names.clear()
+            name = self._names[address] = str(address)
         frame = seal(
             self.identity,
-            topic=f"{address}#{session}",
+            topic=f"{name}#{session}",
             counter=self.counter.next(),
             payload=payload,
             recipient=cert,

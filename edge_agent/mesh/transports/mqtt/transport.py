@@ -34,6 +34,8 @@ from edge_agent.mesh.transports.mqtt.client import MqttClient
 
 log = logging.getLogger(__name__)
 
+_MAX_TOPICS = 4096
+"""Inbox topics kept computed (3 channels of every member, with room to spare)."""
 _BARRIER = b"\x00hearth-barrier:"
 """Prefix of the markers `caught_up` sends to its own inbox: never an envelope (those start with "HE"),
 so the device's other connection (its agent, while a one-shot CLI client runs) skips them silently."""
@@ -48,6 +50,8 @@ class MqttTransport(Transport):
         self._inbox = str(Address(household, device, Channel.RESPONSES))
         self._clearing: set[asyncio.Task[None]] = set()
         self._barriers: dict[bytes, asyncio.Future[bool]] = {}
+        self._topics: dict[Address, str] = {}
+        """Members' inbox topics, each computed once (every send publishes to one)."""
 
     async def open(self) -> None:
         if self.state is not TransportState.UNOPENED:
@@ -75,7 +79,12 @@ class MqttTransport(Transport):
         self.client.abort()
 
     async def send(self, address: Address, frame: bytes) -> None:
-        await self.client.publish(str(address), frame)
+        topic = self._topics.get(address)
+        if topic is None:
+            if len(self._topics) >= _MAX_TOPICS:
+                self._topics.clear()
+            topic = self._topics[address] = str(address)
+        await self.client.publish(topic, frame)
 
     async def announce(self, frame: bytes) -> None:
         await self.client.publish(self._board, frame, retain=True)

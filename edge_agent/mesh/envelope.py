@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import nacl.bindings as sodium
 from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import VerifyKey
 from nacl.utils import random as random_bytes
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,6 +134,8 @@ class EnvelopeOpener:
     max_frame: int = DEFAULT_MAX_FRAME
     max_skew_ms: int = 60_000
     _pair_keys: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    _verify_keys: dict[str, VerifyKey] = field(default_factory=dict)
+    """Members' signature keys by their hex (as `_pair_keys`: only members' certificates get here)."""
 
     def open(
         self,
@@ -200,8 +203,11 @@ class EnvelopeOpener:
                 raise
             introduce(self._decrypt(frame, body, end_aad, self._key_for(header, None), header.sender))
             cert = self.membership.member(header.sender)
+        verify_key = self._verify_keys.get(cert.sign_key)
+        if verify_key is None:
+            verify_key = self._verify_keys[cert.sign_key] = cert.verify_key
         try:
-            cert.verify_key.verify(_digest(body), signature)
+            verify_key.verify(_digest(body), signature)
         except BadSignatureError:
             raise ForgedMessageError(
                 f"bad signature on a message claiming to be from {header.sender}"

@@ -24,7 +24,6 @@ from edge_agent.mesh.peers import PeerTable
 from edge_agent.mesh.protocol import Departure, Presence, decode, encode
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.supervision import Supervisor
-from edge_agent.tasks import Task
 
 __all__ = ["PresenceDirectory", "PresenceFields", "PresenceHook"]
 
@@ -216,18 +215,6 @@ class PresenceDirectory:
                 self.node.save_state()
 
     # -- reading the directory ------------------------------------------------------------------------
-
-    def is_member(self, device_id: str) -> bool:
-        try:
-            self.node.membership.member(device_id)
-        except HearthError:
-            return False
-        return True
-
-    def own_requests(self) -> list[Task]:
-        """Tasks this device's certificate allows it to request from peers."""
-        own = self.node.membership.certs.get(self.node.device_id)
-        return list(own.requests) if own is not None else []
 
     def session_of(self, device_id: str) -> str | None:
         peer = self.peers.get(device_id)

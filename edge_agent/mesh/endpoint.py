@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
@@ -93,13 +94,17 @@ class MeshEndpoint:
             self.directory,
             closing=lambda: self.lifetime.closing,
         )
-        # The router's view (mesh.interfaces.PeerDirectory) and the pings, bound straight to the layer
-        # that answers: on the offloaded chat's path each is one call, not a forward and then the call.
+        # The router's view (mesh.interfaces.PeerDirectory) and the pings, bound straight to what
+        # answers (the membership, the peer table, the directory, the exchanges): on the offloaded
+        # chat's path each is one call, not a forward and then the call.
         peers = self.directory.peers
         self.known: Callable[[], list[Peer]] = peers.all
         """Every peer heard from recently (`PeerTable.all`)."""
-        self.is_member: Callable[[str], bool] = self.directory.is_member
-        self.own_requests: Callable[[], list[Task]] = self.directory.own_requests
+        self.is_member: Callable[[str], bool] = node.membership.is_member
+        self.own_requests: Callable[[], list[Task]] = functools.partial(
+            node.membership.requests_of, node.device_id
+        )
+        """Tasks this device's certificate allows it to request from peers."""
         self.ban: Callable[[str, float], None] = peers.ban
         self.succeeded = peers.succeeded
         """A peer answered: clear its failures, fold the measured throughput in (`PeerTable.succeeded`)."""

@@ -230,6 +230,19 @@ class Membership:
                 listener(newly)
         return True
 
+    def is_member(self, device_id: str) -> bool:
+        """Whether ``device_id`` holds a valid, unrevoked certificate right now."""
+        try:
+            self.member(device_id)
+        except NotAMemberError:
+            return False
+        return True
+
+    def requests_of(self, device_id: str) -> list[Task]:
+        """The tasks ``device_id``'s certificate allows it to request from peers ([] if unknown)."""
+        cert = self.certs.get(device_id)
+        return list(cert.requests) if cert is not None else []
+
     def member(self, device_id: str, now: datetime | None = None) -> DeviceCertificate:
         """The valid certificate of ``device_id``, or NotAMemberError saying why not."""
         if device_id in self.revoked:

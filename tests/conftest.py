@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pytest_asyncio import is_async_test
 
 from edge_agent.models.store import InstalledPack, PackStore
+from tests.support import leaks
 from tests.support.cli import cli_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +42,40 @@ with contextlib.suppress(ImportError):
 # pack opened directly) is declared where it is used: `pytestmark = pytest.mark.slow` for a whole module,
 # `@pytest.mark.slow` on a test.
 SLOW_FIXTURES = frozenset({"store", "hearth_env", "broker"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_leaks(why): this test may leave tasks, threads or processes running after its teardown "
+        "(the `no_leaks` check still runs and reports them, but does not fail the test); say why",
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Nothing a test started is left running after its teardown (as aiocoap's fixtures check): no
+    asyncio task still pending on its loop, no thread and no child process still alive (allowed:
+    `tests.support.leaks.ALLOWED_THREADS`, each with why). What leaked is named (a task's name and
+    coroutine, file and line). An async test's loop is requested here, before its async fixtures, so
+    their teardown runs first and this check runs before pytest-asyncio closes the loop (which would
+    cancel a leaked task silently). `@pytest.mark.allow_leaks("why")` reports without failing."""
+    loop: asyncio.AbstractEventLoop | None = None
+    item = request.node
+    if is_async_test(item):
+        loop = request.getfixturevalue(f"_{item._loop_scope}_scoped_runner").get_loop()
+    before = leaks.Snapshot.take(loop)
+    yield
+    leaks.settle(loop, before)
+    found = leaks.leaks(loop, before)
+    if not found:
+        return
+    report = "left running after teardown:\n  " + "\n  ".join(found)
+    marker = item.get_closest_marker("allow_leaks")
+    if marker is not None:
+        item.add_report_section("teardown", "leaks", f"{report}\n(allowed: {marker.args[0]})")
+        return
+    pytest.fail(report, pytrace=False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -62,8 +62,11 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     cancel a leaked task silently). `@pytest.mark.allow_leaks("why")` reports without failing."""
     loop: asyncio.AbstractEventLoop | None = None
     item = request.node
-    if is_async_test(item):
-        loop = request.getfixturevalue(f"_{item._loop_scope}_scoped_runner").get_loop()
+    if is_async_test(item):  # its loop's scope as pytest-asyncio reads it: the mark, else the default
+        mark = item.get_closest_marker("asyncio")
+        kwargs = mark.kwargs if mark is not None else {}
+        scope = kwargs.get("loop_scope") or request.config.getini("asyncio_default_test_loop_scope")
+        loop = request.getfixturevalue(f"_{scope or 'function'}_scoped_runner").get_loop()
     before = leaks.Snapshot.take(loop)
     yield
     leaks.settle(loop, before)

@@ -98,6 +98,11 @@ async def test_leak_in_an_async_fixture_teardown(leaky_fixture) -> None:
     pass
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_leaks_on_a_module_loop() -> None:
+    asyncio.get_running_loop().create_task(forever(), name="module-leak")
+
+
 @pytest.mark.allow_leaks("demonstrates the opt-out")
 async def test_allowed() -> None:
     asyncio.get_running_loop().create_task(forever(), name="allowed-one")
@@ -112,12 +117,13 @@ def test_the_autouse_check_fails_a_leaking_test(
     pytester.makeconftest("from tests.conftest import no_leaks, pytest_configure  # noqa: F401\n")
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
-    result.assert_outcomes(passed=4, errors=2)
+    result.assert_outcomes(passed=5, errors=3)
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_leaks_a_task*",
         "*left running after teardown:*",
         "*task 'leaky-one': forever at test_inner.py:*",
     ])  # fmt: skip
     result.stdout.fnmatch_lines(["*task 'from-a-fixture-teardown': forever at test_inner.py:*"])
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_on_a_module_loop*", "*'module-leak'*"])
     assert "tidy-one" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*task 'allowed-one'*", "*(allowed: demonstrates the opt-out)*"])

@@ -31,6 +31,8 @@ ALLOWED_THREADS: dict[str, str] = {
     # are seen: onnxruntime's and onnxruntime-genai's intra-op pools are native threads of the session
     # an engine holds (session-scoped fixtures), and aiomqtt runs paho on the loop (no paho thread), so
     # neither needs an entry.
+    "tqdm_monitor": "tqdm's process-wide monitor (`tqdm.monitor`, a daemon started with the first bar and "
+    "kept for the life of the process by design); faster-whisper, the reference ASR peer, draws bars",
     "asyncio_": "the loop's default executor (asyncio.to_thread): its idle workers are shut down when "
     "pytest-asyncio closes the loop; a worker still running a call is reported",
 }

@@ -14,6 +14,7 @@ Not thread-safe (neither is the C API): one generation at a time per model, as t
 from __future__ import annotations
 
 import codecs
+import collections.abc
 import ctypes
 import json
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ import onnxruntime_genai
 
 from edge_agent.errors import GenaiError
 
-__all__ = ["Generator", "Model", "Tokenizer", "TokenizerStream"]
+__all__ = ["Generator", "Model", "Tokenizer", "TokenizerStream", "generate"]
 
 _Handle = ctypes.c_void_p
 _Out = ctypes.POINTER(ctypes.c_void_p)
@@ -262,3 +263,34 @@ class Generator(_Owned):
         """Forget every token after the first ``length`` (their KV cache too)."""
         api = _lib()
         api.check(api.rewind_to(self.handle, length), f"rewind to {length} tokens")
+
+
+def generate(
+    model: Model,
+    tokenizer: Tokenizer,
+    options: Mapping[str, float | int | bool],
+    prompt: list[int],
+    resumed: list[int],
+    eos: frozenset[int],
+) -> collections.abc.Generator[tuple[int, str], None, None]:
+    """One generation as one generator, so the engine's decode loop crosses into this module once per
+    token instead of four times (done? next token, its text).
+
+    Yields, in order: ``(-1, the resumed tokens' text)`` before any model work (the engine checks it
+    against what its caller saw); ``(-1, "")`` once ``prompt`` and then ``resumed`` are in (the
+    prefill, one step per resumed token, as they were first produced: a batched prefill takes other
+    kernels whose rounding can flip a greedy choice later); then ``(token, its text)`` per decode step
+    until genai is done (max_length), an end-of-text token with "" (not detokenized). Closing it frees
+    the C objects."""
+    with TokenizerStream(tokenizer) as detok, Generator(model, options) as generator:
+        try:
+            yield -1, "".join(detok.decode(t) for t in resumed)
+            generator.append_tokens(prompt)
+            for token in resumed:
+                generator.append_tokens([token])
+            yield -1, ""
+            while not generator.is_done():
+                token = generator.generate_next_token()
+                yield token, "" if token in eos else detok.decode(token)
+        finally:
+            del detok, generator  # collected as the `with` ends, here, not in the engine's frame

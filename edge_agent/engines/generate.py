@@ -8,9 +8,10 @@ agent's event loop keeps serving the mesh during a generation.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -117,34 +118,31 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
             options.update(do_sample=False)
         if request.seed is not None:
             options["random_seed"] = request.seed
-        with genai_native.Generator(self.model, options) as generator:
-            yield from self._decode(request, ids, prefix, generator, cancel)
+        with contextlib.closing(
+            genai_native.generate(self.model, self.tokenizer, options, ids, prefix, self._eos)
+        ) as steps:
+            yield from self._decode(request, ids, prefix, steps, cancel)
 
     def _decode(
         self,
         request: GenerateRequest,
         ids: list[int],
         prefix: list[int],
-        generator: genai_native.Generator,
+        steps: Generator[tuple[int, str], None, None],
         cancel: threading.Event | None,
     ) -> Iterator[GenerateChunk]:
         cont = request.continuation
-        detok = self.tokenizer.stream()
         stops = _StopMatcher(request.stop)
+        _, seen = next(steps)  # the resumed tokens' text, before any model work
         if prefix:
-            # Prime the detokenizer with the resumed tokens; whatever of their text the caller has not
-            # seen yet (held back for stop matching) becomes our pending text.
-            seen = "".join(detok.decode(t) for t in prefix)
+            # Whatever of the resumed tokens' text the caller has not seen yet (held back for stop
+            # matching) becomes our pending text.
             shown = cont.emitted_text if cont else ""
             if not seen.startswith(shown):
                 raise InvalidRequestError("continuation text does not match its tokens")
             stops.pending = seen[len(shown) :]
         t0 = time.perf_counter()
-        generator.append_tokens(ids)
-        for token in prefix:
-            # One step per resumed token, as they were first produced: a batched prefill takes other
-            # kernels (GEMM, not GEMV) whose rounding can flip a greedy choice later in the answer.
-            generator.append_tokens([token])
+        next(steps)  # the prefill: the prompt, then the resumed tokens one by one
         t_first: float | None = None
         n = 0
         index = 0
@@ -154,9 +152,10 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
-            if generator.is_done():  # max_length reached
+            step = next(steps, None)
+            if step is None:  # max_length reached
                 break
-            token = generator.generate_next_token()
+            token, piece = step
             if t_first is None:
                 t_first = time.perf_counter()
             n += 1
@@ -164,7 +163,7 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
                 finish = "stop"
                 break
             tokens.append(token)
-            text, hit = stops.feed(detok.decode(token))
+            text, hit = stops.feed(piece)
             if text:
                 yield GenerateChunk(index=index, text=text, token_ids=tokens)
                 tokens = []

@@ -12,7 +12,9 @@ from edge_agent.errors import PackError
 
 
 @lru_cache(maxsize=8)
-def _compile(template: str) -> Any:
+def compile_chat(template: str) -> Any:
+    """The compiled template (a jinja2 Template: ``.render(messages=..., add_generation_prompt=...)``);
+    PackError if it does not compile."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     try:
         return env.from_string(template)
@@ -22,4 +24,4 @@ def _compile(template: str) -> Any:
 
 def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
     """The prompt text the model was trained on for these messages."""
-    return str(_compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt))
+    return str(compile_chat(template).render(messages=messages, add_generation_prompt=add_generation_prompt))

@@ -18,7 +18,7 @@ from typing import Any, Self
 from edge_agent.client.schemas import FinishReason, GenerateChunk, GenerateRequest, GenerateStats
 from edge_agent.engines import genai_native
 from edge_agent.engines.base import Engine, EngineOptions
-from edge_agent.engines.chat_template import render_chat
+from edge_agent.engines.chat_template import compile_chat, render_chat
 from edge_agent.errors import InvalidRequestError
 
 
@@ -63,6 +63,9 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
         self.pack_dir = pack_dir
         self.context_length = int(task_info.get("context_length", 2048))
         self.chat_template = str(task_info["chat_template"])
+        self._template: Any = None
+        """The chat template compiled, on first use: a template that does not compile fails that
+        request with PackError, as it always did; afterwards each prompt renders without a lookup."""
         session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
         self.model = genai_native.Model(pack_dir, {"model": {"decoder": {"session_options": session}}})
         self.tokenizer = genai_native.Tokenizer(self.model)
@@ -78,7 +81,10 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         request.validate_text()
-        prompt = render_chat(self.chat_template, [m.model_dump() for m in request.messages])
+        if self._template is None:
+            self._template = compile_chat(self.chat_template)
+        messages = [m.model_dump() for m in request.messages]
+        prompt = str(self._template.render(messages=messages, add_generation_prompt=True))
         ids = self.tokenizer.encode(prompt)
         if len(ids) >= self.context_length:
             raise InvalidRequestError(

@@ -56,7 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Nothing a test started is left running after its teardown (as aiocoap's fixtures check): no
     asyncio task still pending on its loop, no thread and no child process still alive (allowed:
-    `tests.support.leaks.ALLOWED_THREADS`, each with why). What leaked is named (a task's name and
+    `tests.support.leaks.ALLOWED_THREADS`, each with why), and nothing asyncio logged as an error (a
+    task destroyed pending, an exception never retrieved). What leaked is named (a task's name and
     coroutine, file and line). An async test's loop is requested here, before its async fixtures, so
     their teardown runs first and this check runs before pytest-asyncio closes the loop (which would
     cancel a leaked task silently). `@pytest.mark.allow_leaks("why")` reports without failing."""
@@ -68,9 +69,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         scope = kwargs.get("loop_scope") or request.config.getini("asyncio_default_test_loop_scope")
         loop = request.getfixturevalue(f"_{scope or 'function'}_scoped_runner").get_loop()
     before = leaks.Snapshot.take(loop)
-    yield
-    leaks.settle(loop, before)
-    found = leaks.leaks(loop, before)
+    with leaks.AsyncioErrors() as asyncio_errors:
+        yield
+        leaks.settle(loop, before)
+    found = [*leaks.leaks(loop, before), *asyncio_errors.found]
     if not found:
         return
     report = "left running after teardown:\n  " + "\n  ".join(found)

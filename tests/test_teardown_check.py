@@ -98,6 +98,15 @@ async def test_leak_in_an_async_fixture_teardown(leaky_fixture) -> None:
     pass
 
 
+async def boom() -> None:
+    raise RuntimeError("nobody looked")
+
+
+async def test_drops_a_failed_task() -> None:
+    asyncio.get_running_loop().create_task(boom(), name="dropped-one")
+    await asyncio.sleep(0.01)
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_leaks_on_a_module_loop() -> None:
     asyncio.get_running_loop().create_task(forever(), name="module-leak")
@@ -117,7 +126,7 @@ def test_the_autouse_check_fails_a_leaking_test(
     pytester.makeconftest("from tests.conftest import no_leaks, pytest_configure  # noqa: F401\n")
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
-    result.assert_outcomes(passed=5, errors=3)
+    result.assert_outcomes(passed=6, errors=4)
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_leaks_a_task*",
         "*left running after teardown:*",
@@ -125,5 +134,9 @@ def test_the_autouse_check_fails_a_leaking_test(
     ])  # fmt: skip
     result.stdout.fnmatch_lines(["*task 'from-a-fixture-teardown': forever at test_inner.py:*"])
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_on_a_module_loop*", "*'module-leak'*"])
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_drops_a_failed_task*",
+        "*asyncio logged: Task exception was never retrieved future: <Task finished name='dropped-one'*",
+    ])  # fmt: skip
     assert "tidy-one" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*task 'allowed-one'*", "*(allowed: demonstrates the opt-out)*"])

@@ -1,6 +1,7 @@
 """What a test leaves running: asyncio tasks still pending on its loop, threads and child processes it
-started that are still alive. Checked after every test's teardown (tests/conftest.py `no_leaks`), as
-aiocoap's fixtures check that nothing a test built outlives it.
+started that are still alive, and tasks asyncio itself complained about (`AsyncioErrors`). Checked
+after every test's teardown (tests/conftest.py `no_leaks`), as aiocoap's fixtures check that nothing a
+test built outlives it.
 
 A leak is reported by what it is (a task's name and the coroutine it is suspended in, file and line; a
 thread's name and what it runs; a process's pid and command line), so the message says where to look.
@@ -11,6 +12,7 @@ finishes then, and is no leak; one still pending after that is.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["ALLOWED_THREADS", "SETTLE_S", "Snapshot", "describe_task", "leaks", "settle"]
+__all__ = ["ALLOWED_THREADS", "SETTLE_S", "AsyncioErrors", "Snapshot", "describe_task", "leaks", "settle"]
 
 SETTLE_S = 1.0
 """How long tasks, threads and processes get to end after the last teardown before they count."""
@@ -183,3 +185,25 @@ def leaks(loop: asyncio.AbstractEventLoop | None, before: Snapshot) -> list[str]
         *(_describe_process(p) for p in _new_children(before)),
     )
     return sorted(found)
+
+
+class AsyncioErrors(logging.Handler):
+    """What asyncio itself logs as an error while the test runs: a task destroyed while still pending
+    (it was dropped, not ended), an exception no one retrieved, a callback that raised. Each is a task
+    the test or the product let go of, so it is reported with the leaks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.found: list[str] = []
+        self._logger = logging.getLogger("asyncio")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())
+        self.found.append(f"asyncio logged: {text[:400]}")
+
+    def __enter__(self) -> AsyncioErrors:
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)

@@ -1,6 +1,6 @@
 """Whisper tiny.en: Hearth's ONNX pack vs faster-whisper (CTranslate2 int8) on the same weights and audio.
 
-The audio is the voice tests' corpus (tests/support/speech.py): known sentences spoken by espeak-ng in four
+The audio is the voice tests' corpus (benchmarks/rigs/speech.py): known sentences spoken by espeak-ng in four
 voices and speeds, some mixed with pink noise at 20 and 10 dB SNR. Both engines get the same decoded 16 kHz
 samples (decoding is not timed), greedy decoding, no timestamps, no VAD, English, the same threads, each
 in its own process; runs are interleaved and we report medians. Goals: real-time factor at least 1.25x
@@ -22,7 +22,7 @@ WER_POINTS = 1.0
 def _wer(references: list[str], hypotheses: list[str]) -> float:
     import jiwer
 
-    from tests.support.speech import normalise
+    from benchmarks.rigs.speech import normalise
 
     return 100.0 * float(
         jiwer.wer([normalise(r) for r in references], [normalise(h) or "<empty>" for h in hypotheses])
@@ -52,8 +52,8 @@ def fridge_panel_plan() -> dict[str, Any]:
 def run_asr_bench(
     *, runs: int, threads: int, variant: str, out_dir: Path, quiet: bool = False
 ) -> tuple[dict[str, Any], str]:
-    from edge_agent.models.builders.common import package_dir
-    from tests.support.speech import corpus
+    from benchmarks.rigs.speech import corpus
+    from edge_agent.packs.builders.common import package_dir
 
     with tempfile.TemporaryDirectory(prefix="hearth-asr-bench-") as tmp:
         clips = corpus(Path(tmp) / "speech")

@@ -4,7 +4,9 @@ A fridge panel (plan: generate offload-only) asks ``hearth chat``'s question thr
 the command does when no agent runs on it); the hub's `Hearth` serves it on the real engine and streams
 it back. Both agents run in this process on a real Mosquitto, as ``tests/test_offload.py`` runs them.
 After one unmeasured warm-up chat (imports, sessions), a second chat is recorded with ``sys.setprofile``
-(and ``threading.setprofile`` for the engine's worker threads) from ``generate()`` to the stream's end.
+(and ``threading.setprofile`` for the engine's worker threads) from ``generate()`` to the stream's end
+(``--with-discovery``: from the wait for a peer that offers it, as ``hearth chat`` in a fresh process
+does; up to 2026-12 the recorded window always included that wait and its RTT pings).
 
 Counted as the issue counts, one step per function entered in another file: ``steps`` is the number of
 distinct ``edge_agent`` functions entered from a function in another file, the caller being the nearest
@@ -95,22 +97,32 @@ def _config(name: str, port: int, profile: str) -> Any:
     )
 
 
-async def _chat(fridge: Any, tokens: int) -> tuple[str, str]:
+async def _chat(fridge: Any, tokens: int, walk: Walk | None, discovery: bool) -> tuple[str, str]:
+    """One chat; recorded into ``walk`` (if given) from ``generate()`` to the stream's end, or from the
+    wait for a peer offering it (``discovery``: what ``hearth chat`` in a fresh process adds, the RTT
+    pings to the candidates included)."""
     from edge_agent import GenerateRequest
 
+    request = GenerateRequest.from_prompt(PROMPT, max_tokens=tokens)
+    if walk is not None and discovery:
+        walk.recording = True
     await fridge.wait_for_peers("generate", timeout=10)
-    routed = fridge.generate(GenerateRequest.from_prompt(PROMPT, max_tokens=tokens))
+    if walk is not None:
+        walk.recording = True
+    routed = fridge.generate(request)
     text = "".join([chunk.text async for chunk in routed])
+    if walk is not None:
+        walk.recording = False
     return text, str(routed.served_by)
 
 
-async def measure(tokens: int) -> tuple[Walk, dict[str, object]]:
+async def measure(tokens: int, discovery: bool = False) -> tuple[Walk, dict[str, object]]:
     import edge_agent
-    from edge_agent.models.store import PackStore
 
-    # The shared rig (a Mosquitto, households on disk) lives in tests/support, as for benchmarks/mesh.py.
-    from tests.support.brokers import run_mosquitto
-    from tests.support.meshkit import provision, service
+    # The shared rig (a Mosquitto, households on disk) lives in benchmarks/rigs, as for benchmarks/mesh.py.
+    from benchmarks.rigs.brokers import run_mosquitto
+    from benchmarks.rigs.meshkit import provision, service
+    from edge_agent.models.store import PackStore
 
     walk = Walk(Path(edge_agent.__file__).resolve().parent)
     store = PackStore()
@@ -125,11 +137,9 @@ async def measure(tokens: int) -> tuple[Walk, dict[str, object]]:
             sys.setprofile(walk.hook)
             try:
                 async with hub, fridge:
-                    warm, served = await _chat(fridge, tokens)
+                    warm, served = await _chat(fridge, tokens, None, discovery)
                     assert served == "hub", f"served by {served}, not the hub"
-                    walk.recording = True
-                    text, served = await _chat(fridge, tokens)
-                    walk.recording = False
+                    text, served = await _chat(fridge, tokens, walk, discovery)
             finally:
                 sys.setprofile(None)
                 threading.setprofile(None)
@@ -151,11 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tokens", type=int, default=16, help="tokens the hub generates (default 16)")
     parser.add_argument("--list", action="store_true", help="include every crossing and file")
+    parser.add_argument(
+        "--with-discovery",
+        action="store_true",
+        help="record from the wait for a peer offering generate (and the RTT pings) instead of generate()",
+    )
     args = parser.parse_args(argv)
-    walk, chat = asyncio.run(measure(args.tokens))
+    walk, chat = asyncio.run(measure(args.tokens, args.with_discovery))
     result: dict[str, object] = {
         "benchmark": "crossings",
         "path": "fridge-panel Hearth.generate -> hub serves (real engine) -> streamed back",
+        "window": "wait_for_peers + generate() to the stream's end"
+        if args.with_discovery
+        else "generate() to the stream's end",
         "transport": "real Mosquitto, both agents in one process",
         "commit": _commit(walk.package),
         "tokens": args.tokens,

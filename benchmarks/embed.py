@@ -16,7 +16,7 @@ from benchmarks.sentences import benchmark_corpus
 def run_embed_bench(
     *, runs: int, threads: int, variant: str, out_dir: Path, quiet: bool = False
 ) -> tuple[dict[str, Any], str]:
-    from edge_agent.models.builders.common import package_dir
+    from edge_agent.packs.builders.common import package_dir
 
     texts = benchmark_corpus(1024)
     pack_id = f"all-minilm-l6-v2@{variant}"

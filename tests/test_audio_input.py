@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks.rigs.speech import SENTENCES, speak
 from edge_agent.audio import (
     CLIP_WARN_FRACTION,
     SpeechStream,
@@ -22,7 +23,6 @@ from edge_agent.audio import (
 )
 from edge_agent.client.schemas import SAMPLE_RATE
 from edge_agent.errors import InvalidAudioError
-from tests.support.speech import SENTENCES, speak
 
 # Resampling 16 kHz -> 44.1 kHz (sox) -> 16 kHz (soxr HQ) keeps the waveform: measured RMS error 0.71% of
 # the signal's RMS (both resamplers roll off just below 8 kHz, where espeak still has a little energy).

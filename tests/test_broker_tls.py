@@ -26,6 +26,8 @@ import aiomqtt
 import pytest
 from pydantic import BaseModel
 
+from benchmarks.rigs.brokers import AS_ROOT, Mosquitto, free_port, start_mosquitto
+from benchmarks.rigs.meshkit import config, service
 from edge_agent import processes
 from edge_agent.client.schemas import GenerateRequest
 from edge_agent.config import AgentConfig
@@ -48,9 +50,7 @@ from edge_agent.mesh.pairing_window import PairingListener, PairingWindow, open_
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.models.store import PackStore
-from tests.support.brokers import AS_ROOT, Mosquitto, free_port, start_mosquitto
 from tests.support.cli import cli_env, hearth, ok
-from tests.support.meshkit import config, service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

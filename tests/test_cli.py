@@ -147,3 +147,30 @@ def test_make_run_demo_offloads_the_fridge_chat_to_the_hub(hearth_env: dict[str,
     assert "paired the fridge panel" not in proc.stdout  # already paired on the first run
     assert (home / "demo" / "hub" / "root.json").stat().st_mode & 0o077 == 0
     shutil.rmtree(home / "demo")
+
+
+def test_a_command_that_exits_with_a_code_makes_the_process_exit_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """click returns typer.Exit's code instead of exiting when not standalone: a `hearth models update`
+    that failed to activate, or a fuzz campaign with failures, used to end with 0."""
+    import typer
+
+    from edge_agent.cli import run_app
+
+    commands = typer.Typer()
+
+    @commands.command()
+    def fail() -> None:
+        raise typer.Exit(3)
+
+    @commands.command()
+    def fine() -> None:
+        pass
+
+    monkeypatch.setattr(sys, "argv", ["t", "fail"])
+    with pytest.raises(SystemExit) as exited:
+        run_app(commands)
+    assert exited.value.code == 3
+    monkeypatch.setattr(sys, "argv", ["t", "fine"])
+    run_app(commands)  # no SystemExit: success ends normally

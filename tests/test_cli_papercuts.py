@@ -126,7 +126,7 @@ def test_a_build_keeps_converter_noise_in_its_log_and_shows_it_on_failure(
     script = textwrap.dedent(f"""
         import os, sys, types
         from edge_agent.errors import BuildError
-        from edge_agent.models.builders import catalog
+        from edge_agent.packs.builders import catalog
 
         def build(quant, work, out_root, progress):
             progress("exporting")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.brokers import run_mosquitto
+from benchmarks.rigs.meshkit import config, provision, service
 from edge_agent.client.schemas import TranslateRequest
 from edge_agent.models.store import PackStore
-from tests.support.brokers import run_mosquitto
-from tests.support.meshkit import config, provision, service
 
 pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
 

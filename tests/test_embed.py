@@ -9,7 +9,7 @@ from benchmarks.sentences import SENTENCES
 from edge_agent.client.schemas import EmbedRequest
 from edge_agent.engines.embed import EmbedEngine
 from edge_agent.errors import InvalidRequestError
-from edge_agent.models.builders.common import package_dir
+from edge_agent.packs.builders.common import package_dir
 
 pytestmark = pytest.mark.slow  # inference on the built packs
 

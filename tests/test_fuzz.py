@@ -23,6 +23,10 @@ from hypothesis import strategies as st
 from hypothesis.internal.conjecture import providers
 from pydantic import BaseModel, ConfigDict
 
+from benchmarks.fuzzing import TARGETS, Broken, Rig, Session, campaign, fuzz, seeded_draws
+from benchmarks.fuzzing.frames import Forgery, forge, pair_key
+from benchmarks.fuzzing.known import known
+from benchmarks.fuzzing.mesh_targets import MESSAGE_TYPES
 from edge_agent.errors import MalformedUpdateError, ReplayError
 from edge_agent.mesh import envelope
 from edge_agent.mesh.envelope import KIND_DIRECT, EnvelopeHeader, EnvelopeOpener, Opened
@@ -33,10 +37,6 @@ from edge_agent.supervision import Supervisor
 from edge_agent.sync.manifest import MANIFEST_TYPE
 from edge_agent.sync.signing import seal
 from edge_agent.sync.trust import TrustedUpdates
-from tests.support.fuzzing import TARGETS, Broken, Rig, Session, campaign, fuzz, seeded_draws
-from tests.support.fuzzing.frames import Forgery, forge, pair_key
-from tests.support.fuzzing.known import known
-from tests.support.fuzzing.mesh_targets import MESSAGE_TYPES
 
 EXAMPLES = 200
 """Per target: the whole file runs in well under a minute on two busy cores."""

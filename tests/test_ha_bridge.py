@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.brokers import free_port
 from edge_agent.config import AgentConfig, HomeAssistantSection, load_config
 from edge_agent.errors import ConfigError
-from tests.support.brokers import free_port
 from tests.support.cli import hearth
 
 pytestmark = pytest.mark.slow  # a headless Home Assistant, `hearth` in subprocesses
@@ -174,7 +174,7 @@ class Home:
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
     if not HAS_EXTRA:
         pytest.skip("the `ha` extra is not installed here")
-    from tests.support.headless_hass import run_hass
+    from benchmarks.rigs.headless_hass import run_hass
 
     root = tmp_path_factory.mktemp("ha-bridge")
     with run_hass(root / "hass", integrations=INTEGRATIONS) as hass:
@@ -255,7 +255,7 @@ def test_json_reply_and_an_assist_error(home: Home, hearth_env: dict[str, str]) 
 @needs_extra
 def test_a_spoken_command_reaches_assist(home: Home, tmp_path: Path, hearth_env: dict[str, str]) -> None:
     """`hearth listen --ha`: espeak-ng speech → Silero VAD → Whisper (the real packs) → Assist."""
-    from tests.support import speech
+    from benchmarks.rigs import speech
 
     assert home.state(LIGHT) == "on"  # the tests above turned it on
     wav = speech.speak("Turn off the kitchen light.", tmp_path / "off.wav", "en-gb", 175)

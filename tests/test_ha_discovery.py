@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from benchmarks.rigs.brokers import Mosquitto, free_port, run_mosquitto
+from benchmarks.rigs.meshkit import config, provision, service
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.ha_discovery import (
@@ -40,9 +42,7 @@ from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import Frame, MqttClient
 from edge_agent.models.store import PackStore
 from edge_agent.supervision import Supervisor
-from tests.support.brokers import Mosquitto, free_port, run_mosquitto
 from tests.support.cli import hearth, ok
-from tests.support.meshkit import config, provision, service
 
 WAIT = 15.0
 FAST = DiscoverySettings(interval_s=0.05, heartbeat_s=3600, reconnect_min_s=0.05, reconnect_max_s=0.5,

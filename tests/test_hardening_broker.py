@@ -27,6 +27,8 @@ from cryptography import x509
 from nacl.signing import SigningKey
 from pydantic import BaseModel
 
+from benchmarks.rigs.brokers import AS_ROOT, Mosquitto, free_port, run_mosquitto, start_mosquitto
+from benchmarks.rigs.meshkit import config, provision, service
 from edge_agent.errors import HearthError, TransportError
 from edge_agent.mesh import topics
 from edge_agent.mesh.broker import MAX_PAIRING_PACKET, PairingLimits, mosquitto_config
@@ -47,8 +49,6 @@ from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.mqtt import MqttClient
 from edge_agent.models.store import PackStore
 from edge_agent.supervision import Supervisor
-from tests.support.brokers import AS_ROOT, Mosquitto, free_port, run_mosquitto, start_mosquitto
-from tests.support.meshkit import config, provision, service
 from tests.support.meshsim import until
 
 WAIT = 15.0

@@ -30,6 +30,7 @@ from onnx import helper, numpy_helper
 from pydantic import ValidationError
 
 import edge_agent.service as service_module
+from benchmarks.rigs.meshkit import config
 from edge_agent.errors import (
     DirectLinkError,
     DirectRefusedError,
@@ -80,7 +81,6 @@ from edge_agent.sync.swarm import FetchState, encode_bitfield
 from edge_agent.tasks import TASKS, DeviceClass
 from edge_agent.updates.ports import DeviceFacts, UpdateSettings
 from edge_agent.updates.updater import Updater
-from tests.support.meshkit import config
 from tests.support.meshsim import Device, SimHousehold, household, presence_of, until
 from tests.test_update_exchange import FILES, announced, exchange, publish, same_files
 

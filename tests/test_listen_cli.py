@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import speech
+from benchmarks.rigs import speech
 from tests.support.cli import hearth, ok
 
 pytestmark = pytest.mark.slow  # `hearth listen` in subprocesses, on the built packs

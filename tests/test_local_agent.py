@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.brokers import free_port
+from benchmarks.rigs.meshkit import provision
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StateInUseError
 from edge_agent.hearth import Hearth
@@ -26,8 +28,6 @@ from edge_agent.mesh.files import StateLock
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
-from tests.support.brokers import free_port
-from tests.support.meshkit import provision
 
 pytestmark = pytest.mark.slow  # a `hearth run` agent process
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.brokers import Mosquitto, run_mosquitto
+from benchmarks.rigs.meshkit import provision
 from edge_agent.errors import HearthError, StateInUseError
 from edge_agent.mesh.files import StateLock
 from edge_agent.mesh.member import MeshMember
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.mesh.state import HouseholdState
-from tests.support.brokers import Mosquitto, run_mosquitto
-from tests.support.meshkit import provision
 
 FAST = MeshSettings(presence_interval_s=0.2)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import paho.mqtt.publish as paho_publish
 import pytest
 
+from benchmarks.rigs.brokers import Mosquitto, run_mosquitto
+from benchmarks.rigs.meshkit import config, provision, service
 from edge_agent.client.schemas import EmbedRequest, GenerateRequest
 from edge_agent.errors import NoRouteError
 from edge_agent.mesh.household import HouseholdRoot
@@ -25,8 +27,6 @@ from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
 from edge_agent.router import Router
 from edge_agent.router_settings import RouterSettings
-from tests.support.brokers import Mosquitto, run_mosquitto
-from tests.support.meshkit import config, provision, service
 from tests.support.meshsim import until
 
 pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs

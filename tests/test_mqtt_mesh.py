@@ -14,6 +14,7 @@ import paho.mqtt.publish as paho_publish
 import pytest
 from nacl.signing import SigningKey
 
+from benchmarks.rigs.brokers import RecordingRelay, free_port, run_mosquitto
 from edge_agent.mesh.assembly import MemberKeys, build_node
 from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.household import HouseholdRoot, Membership
@@ -22,7 +23,6 @@ from edge_agent.mesh.interfaces import Address, Channel
 from edge_agent.mesh.node import GroupKeys, MeshNode
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.mesh.transports.mqtt import MqttConnector, MqttTransport
-from tests.support.brokers import RecordingRelay, free_port, run_mosquitto
 from tests.support.meshsim import household as sim_household
 
 CANARY = b"CANARY-9d1c-the-broker-must-not-see-this"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs import netlab
+from benchmarks.rigs.meshkit import provision
 from edge_agent.client.schemas import GenerateRequest
 from edge_agent.engines.generate import GenerateEngine
-from tests.support import netlab
 from tests.support.cli import cli_env
-from tests.support.meshkit import provision
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs import netlab
+from benchmarks.rigs.meshkit import provision
 from benchmarks.transfer import BROKER_PORT, _node, _publish
 from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.store import PackStore
-from tests.support import netlab
-from tests.support.meshkit import provision
 
 pytestmark = [
     pytest.mark.slow,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.brokers import Mosquitto, run_mosquitto
+from benchmarks.rigs.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent.client.schemas import EmbedRequest, GenerateRequest
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.models.store import PackStore
-from tests.support.brokers import Mosquitto, run_mosquitto
-from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from tests.support.meshsim import until
 
 pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
@@ -107,7 +107,7 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
 async def test_broker_restart_mid_stream_reconnects_and_the_stream_completes(
     tmp_path: Path, store: PackStore, llm_int4: GenerateEngine
 ) -> None:
-    from tests.support.brokers import free_port
+    from benchmarks.rigs.brokers import free_port
 
     port = free_port()
     provision(tmp_path / "hub", tmp_path / "hub", "hub", "hub")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.models import host_gate
-from edge_agent.models.builders.quality_reference import INPUTS
+from benchmarks.rigs import quality_clips
 from edge_agent.models.pack import PackManifest
 from edge_agent.models.quality import (
     QUALITY_FILE,
@@ -25,8 +24,9 @@ from edge_agent.models.quality import (
     word_error_rate,
 )
 from edge_agent.models.store import InstalledPack, PackStore, sha256_file
+from edge_agent.packs import host_gate
+from edge_agent.packs.builders.quality_reference import INPUTS
 from edge_agent.profiles import load_profile
-from tests.support import quality_clips
 
 REPO = Path(__file__).resolve().parent.parent
 QUANTIZED = (
@@ -195,7 +195,7 @@ def test_hearth_models_plan_says_which_pack_passed_here(store: PackStore, hearth
 
 # -- the cause, on an emulated CPU without VNNI ----------------------------------------------------------
 
-SATURATION_PROBE = REPO / "tests" / "support" / "int8_saturation.py"
+SATURATION_PROBE = REPO / "benchmarks" / "rigs" / "int8_saturation.py"
 
 
 def _probe(*prefix: str) -> dict[str, dict[str, int]]:

@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from edge_agent.errors import PackError, PackIntegrityError, PackNotFoundError
-from edge_agent.models.builders.common import pack_files
 from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
 from edge_agent.models.store import PackStore
+from edge_agent.packs.builders.common import pack_files
 
 
 def _manifest(src: Path, name: str = "toy-pack", quant: str = "int8") -> PackManifest:

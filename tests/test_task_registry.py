@@ -248,10 +248,10 @@ async def test_a_registered_task_is_served_and_routed_over_the_mesh(
 async def test_the_mesh_service_serves_and_benchmarks_a_registered_task(
     tmp_path: Path, shout: TaskSpec[Shout, Shouted]
 ) -> None:
+    from benchmarks.rigs.meshkit import config, provision
     from edge_agent.hearth import agent_router
     from edge_agent.profiles import load_profile
     from edge_agent.service import MeshService
-    from tests.support.meshkit import config, provision
 
     provision(tmp_path, tmp_path, "hub", "hub")
     plan = _local_plan(SimpleNamespace(pack_id="shout@fp32"))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks.rigs.speech import Utterance, corpus, normalise, padded, speak
 from edge_agent.client.schemas import (
     MAX_REQUEST_SPEECH_S,
     SpeechSegment,
@@ -22,9 +23,8 @@ from edge_agent.engines.base import EngineOptions, engine_class
 from edge_agent.engines.transcribe import TranscribeEngine, compression_ratio, measure_worst_case
 from edge_agent.engines.whisper_decode import loop_cut
 from edge_agent.errors import InvalidAudioError, InvalidRequestError, PackNotFoundError
-from edge_agent.models.builders.common import package_dir
 from edge_agent.models.store import PackStore, sha256_file
-from tests.support.speech import Utterance, corpus, normalise, padded, speak
+from edge_agent.packs.builders.common import package_dir
 
 pytestmark = pytest.mark.slow  # Whisper on the built packs
 
@@ -137,7 +137,7 @@ def test_weight_mapping_reproduces_faster_whisper(speech: list[Utterance]) -> No
     from faster_whisper.audio import pad_or_trim
     from tokenizers import Tokenizer
 
-    from edge_agent.models.builders.whisper import hf_model
+    from edge_agent.packs.builders.whisper import hf_model
 
     config = json.loads((model_dir() / "config.json").read_text())
     hf = hf_model(model_dir() / "model.bin", config)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.brokers import Mosquitto, run_mosquitto
+from benchmarks.rigs.meshkit import config, provision, service
 from edge_agent.client.schemas import TranslateRequest
 from edge_agent.config import AgentConfig
 from edge_agent.errors import InvalidRequestError
 from edge_agent.mesh.memory import make_entry
 from edge_agent.models.store import PackStore
-from tests.support.brokers import Mosquitto, run_mosquitto
-from tests.support.meshkit import config, provision, service
 
 pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.rigs.meshkit import provision
 from edge_agent.errors import BelowThresholdError
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.store import PackStore
 from edge_agent.sync.store import UpdateStore
 from tests.support.cli import hearth, ok
-from tests.support.meshkit import provision
 
 pytestmark = pytest.mark.slow  # `hearth` in subprocesses, on the built packs
 

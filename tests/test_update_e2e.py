@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks.rigs.brokers import run_mosquitto
+from benchmarks.rigs.meshkit import config, provision, service
 from edge_agent.client.schemas import GenerateRequest, TranslateRequest
 from edge_agent.engines.generate import GenerateEngine
 from edge_agent.hearth import Hearth
@@ -29,8 +31,6 @@ from edge_agent.sync.manifest import HealthCheck
 from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.sync.store import UpdateStore
 from edge_agent.updates.health import probe
-from tests.support.brokers import run_mosquitto
-from tests.support.meshkit import config, provision, service
 
 pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
 
@@ -258,7 +258,7 @@ async def test_a_fetch_through_the_broker_resumes_after_the_broker_restarts(
     """Direct links off: every chunk goes through Mosquitto, which is restarted a quarter of the way
     in. The fridge's fetch loses what was in flight, keeps what it verified, finds the hub again when
     it re-announces, and finishes: the same pack, activated."""
-    from tests.support.brokers import free_port
+    from benchmarks.rigs.brokers import free_port
 
     hub_home, fridge_home = tmp_path / "hub", tmp_path / "fridge"
     provision(hub_home, hub_home, "hub", "hub")

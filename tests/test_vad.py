@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 from pydantic import ValidationError
 
+from benchmarks.rigs.speech import SENTENCES, VOICES, joined, padded, speak
 from edge_agent.audio import float_to_pcm16, load_audio
 from edge_agent.client.schemas import MAX_REQUEST_SPEECH_S, SAMPLE_RATE
 from edge_agent.engines.base import EngineOptions, engine_class
@@ -28,7 +29,6 @@ from edge_agent.engines.vad import (
 from edge_agent.engines.vad_models import MAX_VAD_REQUEST_S, VadParams, VadRequest
 from edge_agent.errors import InvalidAudioError, PackNotFoundError
 from edge_agent.models.store import PackStore
-from tests.support.speech import SENTENCES, VOICES, joined, padded, speak
 
 pytestmark = pytest.mark.slow  # the built Silero pack
 
@@ -37,7 +37,7 @@ LEAD_S, PAUSE_S, TRAIL_S = 1.0, 1.2, 1.5
 VOICED = 0.001  # a sample above -60 dBFS is sound; espeak's own silences are exact zeros
 MS = SAMPLE_RATE // 1000
 # Span bounds around each sentence's first and last voiced sample. Measured over the 4 voices x 2 sentence
-# pairs (tests/support/speech.py VOICES): starts from 41 ms before to 45 ms after the first voiced sample
+# pairs (benchmarks/rigs/speech.py VOICES): starts from 41 ms before to 45 ms after the first voiced sample
 # (a window is 32 ms, the pad 30 ms, and onsets are soft), ends from 45 ms before (a faint tail under the
 # model's notice) to 129 ms after the last (min_silence 100 ms + pad 30 ms, less the model's own lag).
 START_EARLY_MS, START_LATE_MS = 80, 80

@@ -11,6 +11,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
+from benchmarks.rigs import speech
+from benchmarks.rigs.brokers import Mosquitto, run_mosquitto
+from benchmarks.rigs.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent.audio.decode import load_audio
 from edge_agent.client.schemas import TranscribeRequest, TranscribeResult
 from edge_agent.config import AgentConfig
@@ -20,9 +23,6 @@ from edge_agent.mesh import topics
 from edge_agent.models.store import PackStore
 from edge_agent.task_specs import TRANSCRIBE
 from edge_agent.voice.transcript import TranscriptPiece, joined_text
-from tests.support import speech
-from tests.support.brokers import Mosquitto, run_mosquitto
-from tests.support.meshkit import TwoHubs, config, crash, provision, service, watchdog
 
 pytestmark = pytest.mark.slow  # a real Mosquitto, agents on the built packs
 

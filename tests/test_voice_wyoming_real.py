@@ -9,6 +9,7 @@ from pathlib import Path
 import jiwer
 import pytest
 
+from benchmarks.rigs import speech
 from edge_agent.audio.decode import load_audio
 from edge_agent.config import AgentConfig
 from edge_agent.hearth import Hearth
@@ -16,7 +17,6 @@ from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
 from edge_agent.profiles import load_profile
 from edge_agent.voice.transcript import joined_text
-from tests.support import speech
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks.rigs.speech import corpus
 from edge_agent.audio.pcm import pcm16_to_float
 from edge_agent.engines.whisper_features import N_FRAMES, LogMel, mel_filters, window
-from tests.support.speech import corpus
 
 # Measured over the 48 corpus clips and the synthetic edge cases below: at most 4.8e-3 from Hugging Face
 # (float64 STFT vs our float32; the largest gaps are in bins near the log10 clamp of loud noise) and

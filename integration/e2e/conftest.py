@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # tests.support, shared with the agent's tests
+sys.path.insert(0, str(REPO))  # benchmarks.rigs, shared with the agent's tests
 
+from benchmarks.rigs.brokers import Mosquitto, run_mosquitto  # noqa: E402
+from benchmarks.rigs.headless_hass import LOCAL_INTEGRATIONS, HeadlessHass, run_hass  # noqa: E402
 from household import Device, join, new_household  # noqa: E402
-from tests.support.brokers import Mosquitto, run_mosquitto  # noqa: E402
-from tests.support.headless_hass import LOCAL_INTEGRATIONS, HeadlessHass, run_hass  # noqa: E402
 
 RELEASE_SCRIPT = REPO / "integration" / "scripts" / "build_release.py"
 PROMPT = "What is the capital of France? Answer in one sentence."

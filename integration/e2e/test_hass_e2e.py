@@ -15,9 +15,9 @@ from typing import Any
 
 import psutil
 import pytest
+from benchmarks.rigs.headless_hass import HassClient, HeadlessHass
 from browser import Browser, chromium
 from conftest import PROMPT, Household
-from tests.support.headless_hass import HassClient, HeadlessHass
 
 MAX_TOKENS = 256  # the component's (conversation.MAX_TOKENS)
 BENCHMARKED_S = 180.0  # an agent benchmarks itself before it offers a task

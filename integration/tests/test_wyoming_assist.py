@@ -113,7 +113,7 @@ def advertised_server(tmp_path: Path, socket_enabled: None) -> Iterator[WyomingP
 
 @pytest.fixture
 def speech_pcm(tmp_path: Path) -> bytes:
-    """Real speech (espeak-ng, as tests/support/speech.py makes it): 16 kHz mono s16, Assist's format."""
+    """Real speech (espeak-ng, as benchmarks/rigs/speech.py makes it): 16 kHz mono s16, Assist's format."""
     wav = tmp_path / "lights.wav"
     raw = tmp_path / "lights.espeak.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), SENTENCE], check=True)

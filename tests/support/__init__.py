@@ -1,3 +1,3 @@
-"""Fixtures shared by tests and benchmarks: real brokers, provisioned households, agents on the mesh, network
-namespaces, and the in-memory mesh simulator. Lives with the tests; benchmarks run from a checkout and
-reuse it."""
+"""Helpers only the tests use: the in-memory mesh simulator, the teardown leak check, the CLI runner, the
+zeroconf lab. The rigs benchmarks share with the tests (brokers, agents, namespaces, speech, fuzzing) live
+in ``benchmarks/rigs`` and ``benchmarks/fuzzing``."""

@@ -1,4 +1,4 @@
-"""Processes for the zeroconf tests, each run inside a network namespace (`tests/support/netlab`):
+"""Processes for the zeroconf tests, each run inside a network namespace (`benchmarks/rigs/netlab.py`):
 
 * ``browse --ip ADDR``: a python-zeroconf browser for ``_hearth._tcp.local.`` (what Home Assistant's
   zeroconf integration runs), printing one JSON line per event: ``found`` (the PTR arrived),
@@ -66,9 +66,9 @@ async def browse(ip: str) -> None:
 
 
 async def agent(home: Path, config_json: str) -> None:
+    from benchmarks.rigs.meshkit import service
     from edge_agent.config import AgentConfig
     from edge_agent.models.store import PackStore
-    from tests.support.meshkit import service
 
     config = AgentConfig.model_validate(json.loads(config_json))
     async with service(home, config, PackStore()) as hearth:

@@ -75,7 +75,7 @@ def measure_peak_ram_mb(task: Task, pack_dir: Path, task_info: dict[str, Any], t
     cmd = [
         sys.executable,
         "-m",
-        "edge_agent.models.builders.measure",
+        "edge_agent.packs.builders.measure",
         task,
         str(pack_dir),
         json.dumps(task_info),

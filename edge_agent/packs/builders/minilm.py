@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BuildError
-from edge_agent.models.builders.common import (
+from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+from edge_agent.packs.builders.common import (
     Progress,
     measure_peak_ram_mb,
     source_weights,
     tool_versions,
     write_manifest,
 )
-from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
 
 NAME = "all-minilm-l6-v2"
 MAX_SEQ_LENGTH = 256  # sentence-transformers' max_seq_length for this model
@@ -166,7 +166,7 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
             source_version=src.version,
             source_file="model/model.safetensors",
             source_sha256=src.sha256,
-            builder="edge_agent.models.builders.minilm",
+            builder="edge_agent.packs.builders.minilm",
             tool_versions=tool_versions("onnxruntime", "torch", "transformers"),
         ),
         task_info=task_info,
@@ -188,8 +188,8 @@ QUALITY_TEXTS: tuple[tuple[str, str], ...] = (
 def _record_quality(out: Path, raw: Path, task_info: dict[str, Any]) -> None:
     """Short, long and non-English texts with the float graph's embeddings."""
     from edge_agent.engines.embed import EmbedEngine
-    from edge_agent.models.builders.quality_reference import float_pack, record
     from edge_agent.models.quality import QualityCase
+    from edge_agent.packs.builders.quality_reference import float_pack, record
 
     with float_pack(out) as float_dir:
         (float_dir / "model.onnx").symlink_to(raw.resolve())

@@ -1,7 +1,7 @@
-"""The speech a Whisper pack's quality reference is made of (``edge_agent/models/builders/quality_inputs``).
+"""The speech a Whisper pack's quality reference is made of (``edge_agent/packs/builders/quality_inputs``).
 
 Committed as FLAC so a fresh machine builds packs without espeak-ng; made by ``python -m
-tests.support.quality_clips`` (espeak-ng + sox in their repeatable modes: the same bytes every time, which
+benchmarks.rigs.quality_clips`` (espeak-ng + sox in their repeatable modes: the same bytes every time, which
 ``tests/test_quality_gate.py`` checks). Each clip is hard in its own way: two words; a command with a
 second of silence around it (the input that came out as nonsense on a CPU without VNNI); pink noise at
 10 dB; a fast voice; a slow voice, padded, in light noise.
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import speech
+from benchmarks.rigs import speech
 
 INPUTS = Path(__file__).resolve().parents[2] / "edge_agent" / "models" / "builders" / "quality_inputs"
 

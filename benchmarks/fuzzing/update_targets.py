@@ -19,15 +19,7 @@ from typing import Any
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from edge_agent.errors import UpdateError
-from edge_agent.mesh.interfaces import Channel
-from edge_agent.mesh.protocol import ChunkRequest, UpdateHoldings, UpdateQuery, encode
-from edge_agent.sync.keys import KEY_SET_TYPE
-from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
-from edge_agent.sync.signing import seal
-from edge_agent.sync.staging import read_chunk
-from edge_agent.sync.swarm import encode_bitfield
-from tests.support.fuzzing.hostile import (
+from benchmarks.fuzzing.hostile import (
     HOSTILE_TEXT,
     dumps,
     mutate,
@@ -38,8 +30,16 @@ from tests.support.fuzzing.hostile import (
     payloads_of,
     wire,
 )
-from tests.support.fuzzing.mesh_targets import NONCE, OTHER_NONCE, MeshTarget
-from tests.support.fuzzing.rig import SETTLE_S, Broken, Pack, Rig
+from benchmarks.fuzzing.mesh_targets import NONCE, OTHER_NONCE, MeshTarget
+from benchmarks.fuzzing.rig import SETTLE_S, Broken, Pack, Rig
+from edge_agent.errors import UpdateError
+from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.protocol import ChunkRequest, UpdateHoldings, UpdateQuery, encode
+from edge_agent.sync.keys import KEY_SET_TYPE
+from edge_agent.sync.manifest import MANIFEST_TYPE, UpdateManifest
+from edge_agent.sync.signing import seal
+from edge_agent.sync.staging import read_chunk
+from edge_agent.sync.swarm import encode_bitfield
 
 __all__ = ["ChunksTarget", "HoldingsTarget", "ManifestsTarget"]
 

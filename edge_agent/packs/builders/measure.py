@@ -1,4 +1,4 @@
-"""``python -m edge_agent.models.builders.measure TASK DIR TASK_INFO THREADS``: peak RSS of one real run.
+"""``python -m edge_agent.packs.builders.measure TASK DIR TASK_INFO THREADS``: peak RSS of one real run.
 
 Runs in a fresh process so the number is the engine's own: RSS high-water mark after loading the pack and
 serving one worst-case request (full context for an LLM, a full micro-batch at max length for embeddings),

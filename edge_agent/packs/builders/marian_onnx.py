@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.models.builders.marian_format import MarianModel
+from edge_agent.packs.builders.marian_format import MarianModel
 
 OPSET = 17
 LN_EPS = 1e-6

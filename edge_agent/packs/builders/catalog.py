@@ -32,21 +32,19 @@ class BuildSpec:
 
 
 CATALOG: tuple[BuildSpec, ...] = (
-    BuildSpec("smollm2-135m-instruct", "int4", "edge_agent.models.builders.smollm2"),
-    BuildSpec("smollm2-135m-instruct", "int8", "edge_agent.models.builders.smollm2"),
-    BuildSpec("smollm2-135m-instruct", "fp32", "edge_agent.models.builders.smollm2"),
-    BuildSpec("all-minilm-l6-v2", "fp32", "edge_agent.models.builders.minilm"),
-    BuildSpec("all-minilm-l6-v2", "int8", "edge_agent.models.builders.minilm"),
+    BuildSpec("smollm2-135m-instruct", "int4", "edge_agent.packs.builders.smollm2"),
+    BuildSpec("smollm2-135m-instruct", "int8", "edge_agent.packs.builders.smollm2"),
+    BuildSpec("smollm2-135m-instruct", "fp32", "edge_agent.packs.builders.smollm2"),
+    BuildSpec("all-minilm-l6-v2", "fp32", "edge_agent.packs.builders.minilm"),
+    BuildSpec("all-minilm-l6-v2", "int8", "edge_agent.packs.builders.minilm"),
     *(
-        BuildSpec(
-            f"bergamot-tiny11-{pair}", quant, "edge_agent.models.builders.bergamot", entry=f"build_{fn}"
-        )
+        BuildSpec(f"bergamot-tiny11-{pair}", quant, "edge_agent.packs.builders.bergamot", entry=f"build_{fn}")
         for pair, fn in (("en-pt", "en_pt"), ("pt-en", "pt_en"))
         for quant in ("fp32", "int8")
     ),
-    BuildSpec("silero-vad", "fp32", "edge_agent.models.builders.silero"),
-    BuildSpec("whisper-tiny-en", "fp32", "edge_agent.models.builders.whisper"),
-    BuildSpec("whisper-tiny-en", "int8", "edge_agent.models.builders.whisper"),
+    BuildSpec("silero-vad", "fp32", "edge_agent.packs.builders.silero"),
+    BuildSpec("whisper-tiny-en", "fp32", "edge_agent.packs.builders.whisper"),
+    BuildSpec("whisper-tiny-en", "int8", "edge_agent.packs.builders.whisper"),
 )
 
 

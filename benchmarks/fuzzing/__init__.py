@@ -11,8 +11,8 @@ tests/test_fuzz.py; the long form ``python -m benchmarks.fuzz`` (``hearth bench 
 
 from __future__ import annotations
 
-from tests.support.fuzzing.driver import Outcome, Session, campaign, fuzz, seeded_draws
-from tests.support.fuzzing.mesh_targets import (
+from benchmarks.fuzzing.driver import Outcome, Session, campaign, fuzz, seeded_draws
+from benchmarks.fuzzing.mesh_targets import (
     CorrectionsTarget,
     EnvelopeTarget,
     MemoryTarget,
@@ -20,10 +20,10 @@ from tests.support.fuzzing.mesh_targets import (
     PresenceTarget,
     ResponsesTarget,
 )
-from tests.support.fuzzing.rig import Broken, Rig
-from tests.support.fuzzing.target import Target
-from tests.support.fuzzing.update_targets import ChunksTarget, HoldingsTarget, ManifestsTarget
-from tests.support.fuzzing.wyoming_target import WyomingTarget
+from benchmarks.fuzzing.rig import Broken, Rig
+from benchmarks.fuzzing.target import Target
+from benchmarks.fuzzing.update_targets import ChunksTarget, HoldingsTarget, ManifestsTarget
+from benchmarks.fuzzing.wyoming_target import WyomingTarget
 
 __all__ = ["TARGETS", "Broken", "Outcome", "Rig", "Session", "Target", "campaign", "fuzz", "seeded_draws"]
 

@@ -7,7 +7,7 @@ import logging
 import os
 import warnings
 
-from edge_agent.models.builders.catalog import CATALOG, BuildSpec, default_specs, resolve_specs
+from edge_agent.packs.builders.catalog import CATALOG, BuildSpec, default_specs, resolve_specs
 
 __all__ = ["CATALOG", "BuildSpec", "default_specs", "quiet_converters", "resolve_specs"]
 

@@ -22,13 +22,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from benchmarks.fuzzing.hostile import dumps, mutate, mutate_bytes, one_in
+from benchmarks.fuzzing.rig import SETTLE_S, Broken, CountErrors
+from benchmarks.fuzzing.target import Target
 from edge_agent.errors import InvalidAudioError
 from edge_agent.supervision import Supervisor
 from edge_agent.voice.transcript import TranscriptPiece
 from edge_agent.voice.wyoming_server import WyomingServer, WyomingServerState
-from tests.support.fuzzing.hostile import dumps, mutate, mutate_bytes, one_in
-from tests.support.fuzzing.rig import SETTLE_S, Broken, CountErrors
-from tests.support.fuzzing.target import Target
 
 __all__ = ["WyomingTarget"]
 

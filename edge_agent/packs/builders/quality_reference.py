@@ -3,7 +3,7 @@
 The expected answers come from the unquantized graphs (fp32 arithmetic is the same on every ISA, up to
 rounding); the builder then runs the quantized pack on this CPU, refuses to write a pack that is already
 wrong here (``cap``), and records the worst case it measured plus the task's ``allowance`` as the
-threshold every other host must meet (``edge_agent.models.host_gate``).
+threshold every other host must meet (``edge_agent.packs.host_gate``).
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BuildError
-from edge_agent.models.host_gate import host_key, measure
 from edge_agent.models.quality import (
     QUALITY_FILE,
     Metric,
     QualityCase,
     QualityReference,
 )
+from edge_agent.packs.host_gate import host_key, measure
 from edge_agent.tasks import Task
 
 __all__ = ["INPUTS", "float_pack", "record"]
 
 INPUTS = Path(__file__).parent / "quality_inputs"
-"""Committed hard inputs (speech made by tests/support/quality_clips.py, byte-identical every time)."""
+"""Committed hard inputs (speech made by benchmarks/rigs/quality_clips.py, byte-identical every time)."""
 
 
 @contextmanager

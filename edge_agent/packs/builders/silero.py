@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BuildError
-from edge_agent.models.builders.common import (
+from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
+from edge_agent.packs.builders.common import (
     Progress,
     measure_peak_ram_mb,
     source_weights,
     tool_versions,
     write_manifest,
 )
-from edge_agent.models.pack import PackManifest, Provenance, Requirements, Variant
 
 NAME = "silero-vad"
 SOURCE_FILE = "data/silero_vad.onnx"
@@ -80,7 +80,7 @@ def build(quant: str, work: Path, out_root: Path, progress: Progress) -> tuple[P
             source_version=src.version,
             source_file=SOURCE_FILE,
             source_sha256=src.sha256,
-            builder="edge_agent.models.builders.silero",
+            builder="edge_agent.packs.builders.silero",
             tool_versions=tool_versions("onnxruntime", "onnx"),
         ),
         task_info=task_info,

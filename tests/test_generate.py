@@ -10,9 +10,10 @@ from pydantic import ValidationError
 from edge_agent.client.schemas import Continuation, GenerateRequest
 from edge_agent.engines.generate import GenerateEngine, _StopMatcher
 from edge_agent.errors import BuildError, InvalidRequestError
-from edge_agent.models.builders import smollm2
-from edge_agent.models.builders.common import package_dir
-from edge_agent.models.builders.smollm2 import (
+from edge_agent.models.store import sha256_file
+from edge_agent.packs.builders import smollm2
+from edge_agent.packs.builders.common import package_dir
+from edge_agent.packs.builders.smollm2 import (
     GGUF_FILE,
     LLAMA_CPP_GGUF_SHA256,
     LLAMA_CPP_IDS,
@@ -22,7 +23,7 @@ from edge_agent.models.builders.smollm2 import (
     gguf_tokenizer,
     llama_cpp_tokenizer,
 )
-from edge_agent.models.store import sha256_file
+from edge_agent.task_specs import GENERATE
 
 pytestmark = pytest.mark.slow  # inference on the built packs, llama.cpp as the reference
 
@@ -170,12 +171,19 @@ def test_cancel_stops_generation(llm_int4: GenerateEngine) -> None:
             GenerateRequest.from_prompt("caf\udce9 au lait"),
             r"message 0 \(user\) is not valid UTF-8 text \(byte 0xe9",
         ),
-        (GenerateRequest.from_prompt("word " * 3000), r"prompt is \d+ tokens but the context holds 2048"),
     ],
 )
-def test_bad_input_is_a_clear_error(llm_int4: GenerateEngine, request_: GenerateRequest, match: str) -> None:
+def test_bad_input_is_refused_where_it_enters_the_device(request_: GenerateRequest, match: str) -> None:
+    """Checked once per hop, by the task registry where a request enters (the router for this device's,
+    ``serve`` for a peer's); the engine then runs it typed."""
     with pytest.raises(InvalidRequestError, match=match):
-        list(llm_int4.stream(request_))
+        GENERATE.validate(request_)
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_error(llm_int4: GenerateEngine) -> None:
+    """What only the tokenizer can tell is the engine's check."""
+    with pytest.raises(InvalidRequestError, match=r"prompt is \d+ tokens but the context holds 2048"):
+        list(llm_int4.stream(GenerateRequest.from_prompt("word " * 3000)))
 
 
 def test_request_model_rejects_out_of_range_options() -> None:

@@ -17,10 +17,11 @@ from edge_agent.config import AgentConfig
 from edge_agent.engines.sentences import split_sentences
 from edge_agent.engines.translate import TranslateEngine
 from edge_agent.errors import BuildError, InvalidRequestError
-from edge_agent.models.builders.marian_format import read_model, read_shortlist
 from edge_agent.models.selection import plan_for_profile
 from edge_agent.models.store import PackStore
+from edge_agent.packs.builders.marian_format import read_model, read_shortlist
 from edge_agent.profiles.registry import load_profile
+from edge_agent.task_specs import TRANSLATE
 from tests.test_cli import hearth
 
 
@@ -87,10 +88,11 @@ def test_bad_requests_are_refused_clearly(engines: dict[str, TranslateEngine]) -
     engine = engines["en-pt@int8"]
     with pytest.raises(InvalidRequestError, match="translates en→pt, not pt→en"):
         engine.translate(TranslateRequest(texts=["Olá"], source="pt", target="en"))
+    # Checked once per hop, where the request enters the device (the task registry), not again here:
     with pytest.raises(InvalidRequestError, match="every text is empty"):
-        engine.translate(TranslateRequest(texts=["  ", ""], source="en", target="pt"))
+        TRANSLATE.validate(TranslateRequest(texts=["  ", ""], source="en", target="pt"))
     with pytest.raises(InvalidRequestError, match="not valid UTF-8"):
-        engine.translate(TranslateRequest(texts=["bad \udcff byte"], source="en", target="pt"))
+        TRANSLATE.validate(TranslateRequest(texts=["bad \udcff byte"], source="en", target="pt"))
     with pytest.raises(InvalidRequestError, match="tokens"):
         engine.translate(TranslateRequest(texts=["word " * 400], source="en", target="pt"))
     blank, _ = engine.translate_sentences(["", "Good morning."])

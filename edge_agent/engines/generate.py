@@ -80,7 +80,8 @@ class GenerateEngine(Engine[GenerateRequest, GenerateChunk]):
         yield from self.stream(request, cancel)
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
-        request.validate_text()
+        """Token ids of the rendered chat; the request was checked where it entered the device
+        (``TaskSpec.validate``), so only what needs the tokenizer is checked here: it fits the context."""
         if self._template is None:
             self._template = compile_chat(self.chat_template)
         messages = [m.model_dump() for m in request.messages]

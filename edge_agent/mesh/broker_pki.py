@@ -52,7 +52,7 @@ from edge_agent.mesh.broker_x509 import LEEWAY as _LEEWAY
 from edge_agent.mesh.broker_x509 import crl_number as _crl_number
 from edge_agent.mesh.broker_x509 import key_pem as _key_pem
 from edge_agent.mesh.broker_x509 import pem as _pem
-from edge_agent.mesh.broker_x509 import public_key_pem
+from edge_agent.mesh.broker_x509 import public_key_pem, self_signed
 from edge_agent.mesh.broker_x509 import subject_name as _name
 from edge_agent.mesh.files import read_private, write_private
 from edge_agent.mesh.household import DeviceCertificate
@@ -163,21 +163,12 @@ class BrokerPki:
         if self.has_ca():
             return
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        name = _name(f"Hearth broker CA {household_id}")
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _LEEWAY)
-            .not_valid_after(now + valid_for)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_CA_USAGE, critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
+        ca = (
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (_CA_USAGE, True),
+            (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
         )
+        cert = self_signed(key, _name(f"Hearth broker CA {household_id}"), valid_for, ca)
         write_private(self.ca_key_path, _key_pem(key))
         write_private(self.ca_cert_path, _pem(cert))
         self.write_crl([])

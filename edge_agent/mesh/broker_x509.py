@@ -1,16 +1,26 @@
-"""The X.509 pieces of the broker PKI (`broker_pki.py`): PEM encodings, names, the CA's key usage, CRL
-numbers. Pure functions over `cryptography` objects."""
+"""The X.509 pieces of the broker PKI (`broker_pki.py`) and the direct links' certificates
+(`direct/tls.py`): PEM encodings, names, the CA's key usage, self-signing, CRL numbers. Pure functions
+over `cryptography` objects."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["CA_USAGE", "LEEWAY", "crl_number", "key_pem", "pem", "public_key_pem", "subject_name"]
+__all__ = [
+    "CA_USAGE",
+    "LEEWAY",
+    "crl_number",
+    "key_pem",
+    "pem",
+    "public_key_pem",
+    "self_signed",
+    "subject_name",
+]
 
 LEEWAY = timedelta(minutes=5)  # clocks on appliances drift; certificates start a little in the past
 
@@ -48,6 +58,29 @@ def public_key_pem(key: ec.EllipticCurvePrivateKey) -> str:
 def subject_name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hearth household"),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # fmt: skip
+
+
+def self_signed(
+    key: ec.EllipticCurvePrivateKey,
+    name: x509.Name,
+    valid_for: timedelta,
+    extensions: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+) -> x509.Certificate:
+    """A certificate ``key`` signs for itself (``extensions``: each with whether it is critical), valid
+    from a little in the past (``LEEWAY``) for ``valid_for``."""
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - LEEWAY)
+        .not_valid_after(now + valid_for)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256())
 
 
 def crl_number(crl: x509.CertificateRevocationList | None) -> int:

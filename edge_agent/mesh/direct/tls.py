@@ -9,13 +9,14 @@ import hashlib
 import socket
 import ssl
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from edge_agent.mesh import broker_x509
 
 __all__ = ["client_context", "fingerprint", "listen", "self_signed", "server_context", "start_tls"]
 
@@ -24,21 +25,8 @@ def self_signed(device_id: str) -> tuple[bytes, bytes]:
     """A fresh P-256 key and self-signed certificate (PEM): identity comes from the signed presence."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    cert = broker_x509.self_signed(key, name, timedelta(days=3650))  # dates unchecked: pinned by fingerprint
+    return broker_x509.pem(cert).encode(), broker_x509.key_pem(key).encode()
 
 
 def fingerprint(cert_pem: bytes) -> str:

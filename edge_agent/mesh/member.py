@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self
 
 from edge_agent.errors import HearthError, PeerOfflineError, StateInUseError
-from edge_agent.mesh.assembly import MemberKeys, build_member, health_of
+from edge_agent.mesh.assembly import Features, MemberKeys, build_member, health_of
 from edge_agent.mesh.broker_pki import BrokerPki
 from edge_agent.mesh.corrections import Corrections
 from edge_agent.mesh.features.corrections import CorrectionSync
@@ -57,7 +57,12 @@ class MeshMember:
         settings: MeshSettings | None = None,
         connect_timeout_s: float = 10.0,
         supervisor: Supervisor | None = None,
+        corrections: Path | None = None,
+        update_status: Callable[[], list[UpdateStatus]] | None = None,
     ) -> None:
+        """``corrections``: keep the household's shared corrections in this file and take part in their
+        sync (announced in presence from the first advert). ``update_status``: the model-update rows this
+        member reports in presence (a member that keeps packs of its own)."""
         self.state = HouseholdState(state_dir)
         self._lock = StateLock(self.state.dir)
         try:
@@ -69,10 +74,11 @@ class MeshMember:
                 "reuse its message counters and peers would refuse them as replays"
             ) from None
         try:
-            self._build(broker, settings, connect_timeout_s, supervisor)
+            self._build(broker, settings, connect_timeout_s, supervisor, corrections)
         except BaseException:
             self._lock.release()
             raise
+        self._update_status = update_status
 
     def _build(
         self,
@@ -80,6 +86,7 @@ class MeshMember:
         settings: MeshSettings | None,
         connect_timeout_s: float,
         supervisor: Supervisor | None,
+        corrections: Path | None,
     ) -> None:
         self.broker = broker
         self.settings = settings or MeshSettings()
@@ -94,16 +101,12 @@ class MeshMember:
                                   client_id=f"{device}-{secrets.token_hex(4)}", tls=tls)  # fmt: skip
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         """This member's loops (connection, housekeeping): restarts and drops, announced in presence."""
+        kept = Corrections(self.membership.member, corrections) if corrections is not None else None
         parts = build_member(keys, connector, settings=self.settings, supervisor=self.supervisor,
-                             presence=self._advert_base)  # fmt: skip
+                             presence=self._advert_base, features=Features(corrections=kept))  # fmt: skip
         self.node, self.endpoint = parts.node, parts.endpoint
-        self.update_status: Callable[[], list[UpdateStatus]] | None = None
-        """Model-update states this member reports in presence (a member that keeps packs of its own)."""
-
-    def share_corrections(self, path: Path) -> CorrectionSync:
-        """Keep the household's shared corrections (persisted at ``path``) and take part in their sync
-        (the feature announces their digest in presence); before opening, so the first advert has it."""
-        return CorrectionSync(self.endpoint, Corrections(self.membership.member, path))
+        self.corrections: CorrectionSync | None = parts.corrections
+        """The shared corrections' sync, if this member keeps them (``corrections=``)."""
 
     def check_member(self) -> None:
         """Raise NotAMemberError if this device's own certificate is revoked or expired (reauth)."""
@@ -116,7 +119,7 @@ class MeshMember:
     def _advert_base(self) -> Presence:
         return Presence(certificate=self.certificate, crl=self.membership.crl, session=self.node.session,
                         link=self.endpoint.link, profile=self.certificate.profile,
-                        updates=self.update_status() if self.update_status is not None else [],
+                        updates=self._update_status() if self._update_status is not None else [],
                         health=self.health(), interval_s=self.settings.presence_interval_s)  # fmt: skip
 
     def health(self) -> Health:

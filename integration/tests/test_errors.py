@@ -103,9 +103,10 @@ async def test_install_refuses_what_it_cannot_approve_and_says_when_unanswered(
             hub, tmp_path / "fridge", "fridge-panel", serves=["translate"], device_class="appliance"
         )
     )
-    fridge = await hass.async_add_executor_job(lambda: MeshMember(home, hub.broker, settings=FAST))
     reported = [UpdateStatus(name=MODEL, installed=1, available=2, state="refused", detail="bad signature")]
-    fridge.update_status = lambda: list(reported)
+    fridge = await hass.async_add_executor_job(
+        lambda: MeshMember(home, hub.broker, settings=FAST, update_status=lambda: list(reported))
+    )
     registry = er.async_get(hass)
     unique_id = f"{fridge.certificate.device_id}-update-{MODEL}"
     async with fridge:

@@ -126,8 +126,6 @@ async def test_a_device_refusing_an_update_raises_a_repair_until_it_reports_a_go
             hub, tmp_path / "fridge", "fridge-panel", serves=["translate"], device_class="appliance"
         )
     )
-    fridge = await hass.async_add_executor_job(lambda: MeshMember(home, hub.broker, settings=FAST))
-    fridge_id = fridge.certificate.device_id
     reported: list[UpdateStatus] = [
         UpdateStatus(
             name="bergamot-tiny11-en-pt",
@@ -138,7 +136,10 @@ async def test_a_device_refusing_an_update_raises_a_repair_until_it_reports_a_go
         )
     ]
 
-    fridge.update_status = lambda: list(reported)  # what the fridge's updater would report
+    fridge = await hass.async_add_executor_job(  # reports what the fridge's updater would report
+        lambda: MeshMember(home, hub.broker, settings=FAST, update_status=lambda: list(reported))
+    )
+    fridge_id = fridge.certificate.device_id
     issue_id = f"update_refused_{fridge_id}_bergamot-tiny11-en-pt"
     async with fridge:
         await until(hass, entry, lambda: ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None)

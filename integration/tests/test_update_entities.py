@@ -37,10 +37,12 @@ def status(name: str, **fields: object) -> UpdateStatus:
 class Fridge:
     """A household appliance that announces whatever update rows the test gives it."""
 
-    def __init__(self, member: MeshMember) -> None:
-        self.member = member
+    def __init__(self, home: Path, broker: str) -> None:
         self.rows: list[UpdateStatus] = []
-        member.update_status = lambda: list(self.rows)
+        self.member = MeshMember(home, broker, settings=FAST, update_status=self.report)
+
+    def report(self) -> list[UpdateStatus]:
+        return list(self.rows)
 
     @property
     def id(self) -> str:
@@ -52,13 +54,13 @@ async def _setup(hass: HomeAssistant, hub: Hub, tmp_path: Path):  # type: ignore
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
 
-    def member() -> MeshMember:
+    def fridge() -> Fridge:
         home = add_member(
             hub, tmp_path / "fridge", "fridge-panel", serves=["translate"], device_class="appliance"
         )
-        return MeshMember(home, hub.broker, settings=FAST)
+        return Fridge(home, hub.broker)
 
-    return entry, Fridge(await hass.async_add_executor_job(member))
+    return entry, await hass.async_add_executor_job(fridge)
 
 
 def update_ids(hass: HomeAssistant, entry_id: str, device_id: str) -> list[str]:
@@ -118,8 +120,7 @@ async def test_only_models_the_device_holds_get_entities_and_they_follow_its_adv
 
     # The device leaves the household: its update entities go with it.
     fridge.rows = [status(MODEL)]
-    async with MeshMember(fridge.member.state.dir, hub.broker, settings=FAST) as again:
-        again.update_status = lambda: list(fridge.rows)
+    async with MeshMember(fridge.member.state.dir, hub.broker, settings=FAST, update_status=fridge.report):
         await until(hass, entry, lambda: update_ids(hass, entry.entry_id, fridge.id) == [MODEL])
     hub_member = await hass.async_add_executor_job(
         lambda: MeshMember(hub.home / "state", hub.broker, settings=FAST)

@@ -98,8 +98,9 @@ def _member(home: Path, broker: str) -> tuple[MeshMember, CorrectionSync]:
     """This household's member (files: in the executor), keeping the shared corrections too."""
     if not HouseholdState.exists(home):  # never a fresh identity in its place: that is pairing's job
         raise FileNotFoundError(home)
-    member = MeshMember(home, broker)
-    return member, member.share_corrections(home / "corrections.json")
+    member = MeshMember(home, broker, corrections=home / "corrections.json")
+    assert member.corrections is not None  # asked for above
+    return member, member.corrections
 
 
 async def async_remove_config_entry_device(

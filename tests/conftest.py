@@ -24,8 +24,11 @@ os.environ["HEARTH_MESH__ADVERTISE"] = "off"
 
 # Hypothesis in CI (the CI variable set, as `CI=true bash .ci/run`): the same examples on every run, no
 # example database, no deadline, and a failure prints its @reproduce_failure blob, so a red CI replays
-# exactly with `CI=true .venv/bin/python -m pytest <test>`. Elsewhere each run tries new examples. Spelled
-# out rather than left to Hypothesis's own CI detection. (The HA bridge's venv has no hypothesis.)
+# exactly with `CI=true .venv/bin/python -m pytest <test>`: the draws are also held independent of which
+# modules are loaded (`same_draws_in_ci` below), so the one test alone draws what it drew in the suite.
+# Elsewhere each run tries new examples. Spelled out rather than left to Hypothesis's own CI detection.
+# (The HA bridge's venv has no hypothesis.)
+HYPOTHESIS_CI = False
 with contextlib.suppress(ImportError):
     from hypothesis import HealthCheck, settings
 
@@ -33,6 +36,21 @@ with contextlib.suppress(ImportError):
                               suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
     if os.environ.get("CI"):
         settings.load_profile("ci")
+        HYPOTHESIS_CI = True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def same_draws_in_ci() -> Iterator[None]:
+    """Under the ``ci`` profile, no constants mined from loaded modules in any draw (Hypothesis mines every
+    local module and again whenever more are imported: the full suite drew differently than one file)."""
+    if not HYPOTHESIS_CI:
+        yield
+        return
+    from benchmarks.rigs.hypothesis_draws import seeded_draws
+
+    with seeded_draws():
+        yield
+
 
 # Two tiers. `make check` runs the fast one (`pytest -m "not slow"`: in-memory mesh, attack tables, IO-free
 # cores, config, profiles, selection; no packs needed); `make test` runs everything. A test is slow when it

@@ -12,6 +12,7 @@ after the campaign check the harness itself: each invariant catches what it is t
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from datetime import datetime
@@ -27,6 +28,7 @@ from benchmarks.fuzzing import TARGETS, Broken, Rig, Session, campaign, fuzz, se
 from benchmarks.fuzzing.frames import Forgery, forge, pair_key
 from benchmarks.fuzzing.known import known
 from benchmarks.fuzzing.mesh_targets import MESSAGE_TYPES
+from benchmarks.rigs.hypothesis_draws import mined_constants
 from edge_agent.errors import MalformedUpdateError, ReplayError
 from edge_agent.mesh import envelope
 from edge_agent.mesh.envelope import KIND_DIRECT, EnvelopeHeader, EnvelopeOpener, Opened
@@ -96,8 +98,16 @@ def test_a_seed_draws_the_same_inputs_whatever_modules_are_loaded(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(__import__("sys").modules, "hearth_fuzz_constants", raising=False)
     __import__("hearth_fuzz_constants")
-    assert len(providers._get_local_constants()) > 0  # outside the pin, mining goes on as usual
+    assert len(mined_constants()) > 0  # the new module's constants are there to be mined
     assert draws() == before
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="the pin is the ci profile's (CI=true)")
+def test_under_the_ci_profile_every_property_test_draws_without_mined_constants() -> None:
+    """`tests/conftest.py::same_draws_in_ci`: a property test anywhere in the suite draws what it draws
+    when run alone, so a red CI replays with `CI=true pytest <that test>`."""
+    assert len(mined_constants()) > 0  # the suite's modules hold constants Hypothesis would mix in
+    assert len(providers._get_local_constants()) == 0
 
 
 # -- the harness catches what it is there to catch ---------------------------------------------------

@@ -26,6 +26,7 @@ from hypothesis.errors import StopTest
 from hypothesis.reporting import with_reporter
 
 from benchmarks.fuzzing.target import Target
+from benchmarks.rigs.hypothesis_draws import seeded_draws
 
 __all__ = ["Failure", "Outcome", "Session", "campaign", "fuzz", "quiet_agent_logs", "seeded_draws"]
 
@@ -43,29 +44,6 @@ def quiet_agent_logs() -> Iterator[None]:
         yield
     finally:
         agent.setLevel(level)
-
-
-@contextlib.contextmanager
-def seeded_draws() -> Iterator[None]:
-    """Draws that depend on the seed and the strategies only, not on which modules happen to be loaded.
-
-    Hypothesis mixes constants mined from every *local* module in ``sys.modules`` into its draws (about one
-    draw in twenty), and mines again whenever ``sys.modules`` grows. So one seed drew different inputs in
-    the full suite (every test module imported) than in ``pytest tests/test_fuzz.py``, and a campaign's
-    "--seed 3 --inputs N" did not replay what the campaign saw. The local pool is held empty while fuzzing
-    (Hypothesis's built-in constants stay): ``hypothesis`` is pinned in the lock file, and
-    tests/test_fuzz.py checks that a new module's constants no longer change a seeded campaign."""
-    from hypothesis.internal.conjecture import providers
-    from hypothesis.internal.constants_ast import Constants
-
-    mine = providers._get_local_constants
-    providers._get_local_constants = Constants
-    providers.CONSTANTS_CACHE.cache.clear()
-    try:
-        yield
-    finally:
-        providers._get_local_constants = mine
-        providers.CONSTANTS_CACHE.cache.clear()
 
 
 class Session:

@@ -44,7 +44,9 @@ class BrokerPath:
     def reaches(self, peer: Peer) -> bool:
         return True
 
-    async def fetch(self, peer: Peer, piece: Piece, *, timeout: float) -> bytes:
+    async def fetch(
+        self, peer: Peer, piece: Piece, *, timeout: float, sent: asyncio.Event | None = None
+    ) -> bytes:
         nonce = secrets.randbits(62)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._asked[nonce] = ((peer.device_id, piece.resource, piece.index), future)
@@ -57,7 +59,11 @@ class BrokerPath:
             content_id=piece.resource,
             index=piece.index,
         )
-        await self.endpoint.send(peer.device_id, Channel.REQUESTS, req, session=peer.session)
+        try:
+            await self.endpoint.send(peer.device_id, Channel.REQUESTS, req, session=peer.session)
+        finally:  # acknowledged by the broker (QoS 1), or failed: either way the caller may go on
+            if sent is not None:
+                sent.set()
         async with asyncio.timeout(timeout):
             return await future
 
@@ -81,7 +87,9 @@ class BulkPaths:
     def __init__(self, *paths: BulkPath) -> None:
         self.paths = paths
 
-    async def fetch(self, peer: Peer, piece: Piece, *, timeout: float) -> tuple[str, bytes]:
+    async def fetch(
+        self, peer: Peer, piece: Piece, *, timeout: float, sent: asyncio.Event | None = None
+    ) -> tuple[str, bytes]:
         """``piece`` from ``peer`` and the name of the path that brought it, by the first path that
         reaches it, then the next whenever one fails as a path. Raises DirectRefusedError (the peer
         does not hold it), and what the last path tried raises (see `BulkPath.fetch`)."""
@@ -90,7 +98,7 @@ class BulkPaths:
             if not path.reaches(peer):
                 continue
             try:
-                return path.name, await path.fetch(peer, piece, timeout=timeout)
+                return path.name, await path.fetch(peer, piece, timeout=timeout, sent=sent)
             except DirectRefusedError:
                 raise
             except DirectLinkError as exc:

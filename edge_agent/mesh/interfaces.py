@@ -14,6 +14,7 @@ should leave behind if this device dies (the MQTT last will).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -235,9 +236,13 @@ class BulkPath(Protocol):
         lately). Cheap, no IO."""
         ...
 
-    async def fetch(self, peer: Peer, piece: Piece, *, timeout: float) -> bytes:
+    async def fetch(
+        self, peer: Peer, piece: Piece, *, timeout: float, sent: asyncio.Event | None = None
+    ) -> bytes:
         """``piece`` from ``peer``. Raises DirectRefusedError if the peer answered that it does not hold
         it (ask another holder), DirectLinkError if this path failed (the next path is tried),
         TimeoutError if no answer came within ``timeout``, a PeerError if what came is no piece at
-        all, TransportError or RecipientNotMemberError if the ask could not be sent."""
+        all, TransportError or RecipientNotMemberError if the ask could not be sent. ``sent`` is set
+        once the ask has left this device as far as this path paces asks (the caller asks for more
+        only then)."""
         ...

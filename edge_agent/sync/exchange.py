@@ -324,23 +324,33 @@ class UpdateExchange:
         return out
 
     async def _request(self, fetch: SwarmFetch, device_id: str, content_id: str, index: int) -> None:
-        """Ask ``device_id`` for chunk ``index`` in the background (`_ask`); returns at once."""
+        """Ask ``device_id`` for chunk ``index`` in the background (`_ask`); returns once the ask has
+        left (through the broker: once the broker acknowledged it). That pacing keeps the broker's queue
+        to us short, so presence and holdings answers are not stuck behind chunks: without it the
+        swarm through the broker fell back to the seeder (71.6 → 74.9 s in `hearth bench transfer`)."""
         peer = self.endpoint.peers.get(device_id)
         if peer is None:
             fetch.peer_gone(device_id)
             return
         piece = Piece(content_id, index, fetch.manifest.chunk_length(index))
-        task = self.endpoint.spawn(self._ask(fetch, peer, piece), name=f"chunk-{index}-from-{device_id[:8]}")
+        sent = asyncio.Event()
+        name = f"chunk-{index}-from-{device_id[:8]}"
+        task = self.endpoint.spawn(self._ask(fetch, peer, piece, sent), name=name)
         asking = self._asking.setdefault(content_id, set())
         asking.add(task)
         task.add_done_callback(asking.discard)
+        left = asyncio.ensure_future(sent.wait())
+        try:
+            await asyncio.wait({left, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
 
-    async def _ask(self, fetch: SwarmFetch, peer: Peer, piece: Piece) -> None:
+    async def _ask(self, fetch: SwarmFetch, peer: Peer, piece: Piece, sent: asyncio.Event) -> None:
         """One chunk from one holder, by whichever path `paths` takes; what comes is verified
         (`_arrived`). A silent holder is left to the fetch's own timeout, which asks again."""
         device_id = peer.device_id
         try:
-            path, data = await self.paths.fetch(peer, piece, timeout=fetch.request_timeout_s)
+            path, data = await self.paths.fetch(peer, piece, timeout=fetch.request_timeout_s, sent=sent)
         except TimeoutError:
             return
         except DirectRefusedError:

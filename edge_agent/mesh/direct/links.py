@@ -158,7 +158,11 @@ class DirectLinks:
     def reaches(self, peer: Peer) -> bool:
         return self.reachable(peer.device_id, peer.presence.direct)
 
-    async def fetch(self, peer: Peer, piece: Piece, *, timeout: float) -> bytes:
+    async def fetch(
+        self, peer: Peer, piece: Piece, *, timeout: float, sent: asyncio.Event | None = None
+    ) -> bytes:
+        if sent is not None:  # a link's own TCP flow control paces its asks
+            sent.set()
         contact = peer.presence.direct
         if contact is None:
             raise DirectLinkError(f"{peer.device_id[:8]} announces no direct contact")

@@ -103,8 +103,8 @@ async def boom() -> None:
 
 
 async def test_drops_a_failed_task() -> None:
-    asyncio.get_running_loop().create_task(boom(), name="dropped-one")
-    await asyncio.sleep(0.01)
+    task = asyncio.get_running_loop().create_task(boom(), name="dropped-one")
+    await asyncio.wait([task])  # it has failed; asyncio.wait leaves its exception unretrieved
 
 
 @pytest.mark.asyncio(loop_scope="module")

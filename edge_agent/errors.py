@@ -21,6 +21,7 @@ prints it as one line instead of a traceback::
     │   ├── TransportError         the link to the broker is down or never came up
     │   │   └── LinkDownError          our own link dropped mid-request: wait for it, then resume
     │   ├── PeerOfflineError       the device asked for is not connected to the household now
+    │   │   └── SessionError           no forward-secret session with it: the handshake got no answer in time
     │   ├── DirectLinkError        a direct device-to-device link failed (fall back to the broker)
     │   │   └── DirectRefusedError     the peer answered over the link, but does not hold it
     │   └── HomeAssistantUnreachableError  (ha_bridge; also a BridgeError) Home Assistant is down
@@ -147,6 +148,11 @@ class PeerOfflineError(NetworkError):
 
 class StateInUseError(HearthError):
     """Another process (the running agent) holds this device's mesh state; use its local socket."""
+
+
+class SessionError(PeerOfflineError):
+    """No forward-secret session with that peer could be made: it did not finish the handshake in time
+    (off, restarting, or overloaded). Nothing was sent; try another device."""
 
 
 class LocalApiError(HearthError):

@@ -76,6 +76,8 @@ class PresenceDirectory:
 
     def advert(self, base: Presence) -> Presence:
         """``base`` with the features' fields; a contribution that fails is left out (and counted)."""
+        if self.node.sessions is not None:
+            base = base.model_copy(update={"envelopes": [1, 2]})
         for fields in self.contributions:
             with self.supervisor.guard("mesh-presence", "left a feature's fields out of the presence"):
                 base = base.model_copy(update=dict(fields()))
@@ -133,6 +135,10 @@ class PresenceDirectory:
         if known is not None and known.session != msg.session:
             # The peer restarted: anything it was doing for us died with its old run.
             self.exchanges.lost(sender, f"{known.name} restarted")
+        if (sessions := self.node.sessions) is not None:
+            sessions.speaks(sender, 2 in msg.envelopes)
+            if known is not None and known.session != msg.session:
+                sessions.forget_runs(sender, keep=msg.session)
         if self.peers.update(cert, msg) is None:
             self.dropped["PeerTableFull"] += 1
             return
@@ -212,6 +218,7 @@ class PresenceDirectory:
                     await self.publish()
             with guard("mesh-housekeeping", "saving mesh state failed"):
                 self.node.prune_group_keys()
+                self.node.prune_sessions()
                 self.node.save_state()
 
     # -- reading the directory ------------------------------------------------------------------------

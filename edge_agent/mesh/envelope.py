@@ -54,7 +54,8 @@ class EnvelopeHeader(BaseModel):
     """The authenticated, unencrypted part of an envelope."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    version: int = Field(ge=1, le=1)
+    version: int = Field(ge=1, le=2)
+    """1: this envelope; 2: a forward-secret session frame (`mesh.sessions`), opened into the same header."""
     kind: int = Field(ge=0, le=1)
     sender: str
     recipient: str

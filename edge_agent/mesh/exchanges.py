@@ -21,6 +21,7 @@ from edge_agent.errors import (
     PeerLostError,
     PeerRefusedError,
     RecipientNotMemberError,
+    SessionError,
     TransportError,
 )
 from edge_agent.mesh.household import DeviceCertificate
@@ -77,7 +78,7 @@ class Exchanges:
         """`send`, where a failure only means the peer misses this message (logged at debug level)."""
         try:
             await self.send(device_id, channel, msg, session=session)
-        except (TransportError, RecipientNotMemberError) as exc:
+        except (TransportError, RecipientNotMemberError, SessionError) as exc:
             log.debug("send to %s failed: %s", device_id[:8], exc)
 
     def send_soon(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
@@ -200,13 +201,13 @@ class Exchanges:
         except asyncio.CancelledError:
             log.info("request %s from %s cancelled", req.id[:8], requester.name)
             raise
-        except (TransportError, RecipientNotMemberError) as exc:
+        except (TransportError, RecipientNotMemberError, SessionError) as exc:
             log.warning("request %s from %s: stopped answering (%s)", req.id[:8], requester.name, exc)
         except Exception as exc:  # reported to the requester; the agent keeps serving
             code, message = failure_of(exc)
             if code == "internal":
                 log.exception("request %s from %s failed", req.id[:8], requester.name)
-            with contextlib.suppress(TransportError, RecipientNotMemberError):
+            with contextlib.suppress(TransportError, RecipientNotMemberError, SessionError):
                 await reply(Failure(id=req.id, code=code, message=message))
         finally:
             await stop_tasks([ka])
@@ -240,7 +241,7 @@ class Exchanges:
             )
             try:
                 await self.send(peer.device_id, Channel.REQUESTS, request, session=peer.session)
-            except RecipientNotMemberError as exc:
+            except (RecipientNotMemberError, SessionError) as exc:
                 raise PeerLostError(str(exc)) from None
             except TransportError as exc:
                 raise LinkDownError(f"could not send to {peer.name}: {exc}") from exc
@@ -289,7 +290,7 @@ class Exchanges:
             )
             async with asyncio.timeout(timeout):
                 rtt = await future
-        except (TimeoutError, TransportError, RecipientNotMemberError):
+        except (TimeoutError, TransportError, RecipientNotMemberError, SessionError):
             return None
         finally:
             self.pings.pop(nonce, None)

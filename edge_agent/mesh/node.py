@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_agent.errors import (
+    ForgedMessageError,
     MalformedMessageError,
     NotAMemberError,
     PeerError,
@@ -32,6 +33,7 @@ from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Address, Announcement, Channel, Received, Transport, Vanished
 from edge_agent.mesh.protocol import Presence
 from edge_agent.mesh.replay import ReplayGuard, SendCounter
+from edge_agent.mesh.sessions import KIND_DATA, KIND_HANDSHAKE, Sessions, kind_of
 from edge_agent.mesh.settings import MeshLimits
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,20 @@ class MeshNode:
         # Presence is state, not a command: its window lives in memory, so after a restart a retained
         # advert (fresh, since peers re-publish every few seconds) is accepted again.
         self.presence_replay = ReplayGuard()
+        self.sessions: Sessions | None = (
+            Sessions(
+                identity,
+                membership,
+                self.limits.sessions,
+                run=lambda: self.session,
+                send_frame=self._send_handshake,
+                max_frame=self.limits.max_frame_bytes,
+                max_skew_ms=self.opener.max_skew_ms,
+            )
+            if self.limits.sessions.enabled
+            else None
+        )
+        """Forward-secret sessions (envelope v2) with peers that speak them; None: v1 only."""
 
     @property
     def household(self) -> str:
@@ -175,7 +191,9 @@ class MeshNode:
             raise RecipientNotMemberError(f"not sending to {device_id[:8]}: {exc}") from None
 
     async def send(self, to: str, channel: Channel, payload: bytes, *, session: str) -> None:
-        """Seal ``payload`` for one member's inbox and current ``session``, and send it."""
+        """Seal ``payload`` for one member's inbox and current ``session`` (its run), and send it: on a
+        forward-secret session when the member speaks v2 (after a handshake, the first time), else in
+        a v1 envelope. Raises RecipientNotMemberError, TransportError, SessionError."""
         cert = self.recipient(to)
         address = self.address(to, channel)
         name = self._names.get(address)
@@ -183,6 +201,11 @@ class MeshNode:
             if len(self._names) >= _MAX_NAMES:
                 self._names.clear()
             name = self._names[address] = str(address)
+        sessions = self.sessions
+        if sessions is not None and to in sessions.speakers:
+            link = self._link()  # no handshake while our own link is down
+            await link.send(address, await sessions.seal(cert, session, name, payload))
+            return
         frame = seal(
             self.identity,
             topic=f"{name}#{session}",
@@ -191,6 +214,10 @@ class MeshNode:
             recipient=cert,
         )
         await self._link().send(address, frame)
+
+    async def _send_handshake(self, to: str, frame: bytes) -> None:
+        self.recipient(to)
+        await self._link().send(self.address(to, Channel.REQUESTS), frame)
 
     def seal_announcement(self, payload: bytes) -> bytes:
         board = self.address(self.device_id, Channel.PRESENCE)
@@ -249,11 +276,10 @@ class MeshNode:
                 if item.retained:
                     self._drop("RetainedInbox", str(item.address), len(item.frame))
                     continue
-                sealed_for = self._sealed_for.get(item.address)
-                if sealed_for is None:
-                    sealed_for = self._sealed_for[item.address] = f"{item.address}#{self.session}"
                 try:
-                    opened_direct = self.opener.open(item.frame, sealed_for)
+                    opened_direct = await self._open_direct(item)
+                    if opened_direct is None:
+                        continue
                 except PeerError as exc:
                     self._drop(exc, str(item.address), len(item.frame))
                     continue
@@ -281,6 +307,35 @@ class MeshNode:
                 self._unexpected(exc, str(board), unexpected)
                 continue
             yield Announced(opened, item.retained)
+
+    async def _open_direct(self, item: Received) -> Opened | None:
+        """A direct frame verified and opened (None: a handshake frame, taken by the session layer)."""
+        kind = kind_of(item.frame)
+        sessions = self.sessions
+        if kind is not None and sessions is not None:
+            if kind == KIND_DATA:
+                return sessions.open(item.frame, str(item.address))
+            if kind == KIND_HANDSHAKE:
+                try:
+                    await sessions.handshake(item.frame)
+                except TransportError as exc:
+                    log.debug("could not answer a session handshake: %s", exc)
+                return None
+            raise MalformedMessageError(f"unknown envelope v2 kind {kind}")
+        if sessions is not None and (claimed := item.frame[4:20].hex()) in sessions.speakers:
+            # Before any check that would commit state: whoever sent it, it is refused.
+            raise ForgedMessageError(
+                f"a v1 envelope claiming to be from {claimed}, which speaks forward-secret sessions "
+                "(a downgrade): refused"
+            )
+        sealed_for = self._sealed_for.get(item.address)
+        if sealed_for is None:
+            sealed_for = self._sealed_for[item.address] = f"{item.address}#{self.session}"
+        return self.opener.open(item.frame, sealed_for)
+
+    def prune_sessions(self) -> None:
+        if self.sessions is not None:
+            self.sessions.prune()
 
     def save_state(self) -> None:
         if self.opener.replay.dirty:

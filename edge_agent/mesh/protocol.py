@@ -166,6 +166,9 @@ class Presence(_Wire):
         default=None, pattern=r"^[0-9a-f]{32}$", description="Digest of the shared corrections held."
     )
     health: Health | None = None
+    envelopes: list[Annotated[int, Field(ge=1, le=255)]] = Field(default_factory=lambda: [1], max_length=8)
+    """Direct-message envelope versions this device opens: 2 is forward-secret sessions (`mesh.sessions`);
+    absent (a device from before them) means v1 only."""
     interval_s: float = Field(
         gt=0,
         le=3600,

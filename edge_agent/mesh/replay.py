@@ -40,6 +40,11 @@ class ReplayGuard:
         """The (newest counter, bitmap below it) held for ``sender``, if any (diagnostics and tests)."""
         return self._windows.get(sender)
 
+    def forget(self, sender: str) -> None:
+        """Drop ``sender``'s window (a session whose keys are gone: nothing on it opens any more)."""
+        if self._windows.pop(sender, None) is not None:
+            self.dirty = True
+
     def commit(self, sender: str, counter: int) -> None:
         top, bits = self._windows.get(sender, (0, 0))
         if counter > top:

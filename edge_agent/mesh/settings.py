@@ -4,12 +4,14 @@ One value object handed to the mesh by whoever assembles it (the agent reads it 
 Home Assistant client can use the defaults). The mesh never reads configuration itself. Every limit
 is here, named, documented and validated, like python-tuf's UpdaterConfig: the endpoint's in
 `MeshLimits`, direct links' in `DirectLimits` (carried in `MeshLimits.direct`, so a node's limits
-reach its links).
+reach its links), sessions' in `SessionLimits` (`MeshLimits.sessions`).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge_agent.sync.limits import MIN_FRAME_BYTES
 
@@ -47,6 +49,39 @@ class DirectLimits(BaseModel):
     """After accept() fails for lack of descriptors or buffers, wait this long (as asyncio's servers do)."""
 
 
+class SessionLimits(BaseModel):
+    """Forward-secret sessions (envelope v2, `mesh.sessions`): when keys change, and what bounds the
+    handshakes a member can make this device do. Defaults as WireGuard's: rekey after two minutes,
+    refuse a session's keys after three."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    """Speak v2 (announced in presence); off, this device behaves as a v1 device (mixed households)."""
+    handshake_s: float = Field(default=3.0, gt=0, le=60)
+    """A handshake not finished within this is abandoned (the send fails; the peer is not answering)."""
+    rekey_after_s: float = Field(default=120.0, ge=1, le=86400)
+    """A session this old is replaced by a fresh handshake at the next send."""
+    reject_after_s: float = Field(default=180.0, ge=1, le=86400)
+    """... and its keys are forgotten this long after it was made: nothing sealed with them opens
+    afterwards, here or anywhere (the point of forward secrecy). At least ``rekey_after_s``."""
+    rekey_after_messages: int = Field(default=1 << 24, ge=16, le=1 << 48)
+    """Frames sent on one session before a new handshake (AEAD keys are never worn out)."""
+    max_sessions_per_peer: int = Field(default=3, ge=2, le=16)
+    """Sessions kept per member: the current one, its predecessor during a rekey, one made by both
+    sides at once; the oldest goes first."""
+    max_pending: int = Field(default=64, ge=1, le=4096)
+    """Handshakes half done (either side), from everyone together; past it the oldest is dropped."""
+    max_pending_per_peer: int = Field(default=2, ge=1, le=64)
+    """... and answered for one member, so a member cannot make this device hold many."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.reject_after_s < self.rekey_after_s:
+            raise ValueError("reject_after_s must be at least rekey_after_s")
+        return self
+
+
 class MeshLimits(BaseModel):
     """Attacker-bounding limits. Defaults suit a household of a few dozen devices."""
 
@@ -79,6 +114,8 @@ class MeshLimits(BaseModel):
     """Outstanding pings and memory queries tracked at once."""
     direct: DirectLimits = Field(default_factory=DirectLimits)
     """Direct links' bounds (`[mesh.limits.direct]`): their server's slots, handshake time, frames."""
+    sessions: SessionLimits = Field(default_factory=SessionLimits)
+    """Forward-secret sessions (`[mesh.limits.sessions]`): rekeying, handshake bounds, on or off."""
 
 
 class MeshSettings(BaseModel):

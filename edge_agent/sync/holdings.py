@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge_agent.errors import (
     RecipientNotMemberError,
     RollbackError,
+    SessionError,
     TransportError,
     UpdateError,
     WrongDeviceClassError,
@@ -178,7 +179,7 @@ class HoldingsDiscovery:
         try:
             ask = UpdateQuery(nonce=nonce, reply_session=endpoint.node.session)
             for peer in peers:
-                with contextlib.suppress(TransportError, RecipientNotMemberError):
+                with contextlib.suppress(TransportError, RecipientNotMemberError, SessionError):
                     await endpoint.send(peer.device_id, Channel.REQUESTS, ask, session=peer.session)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

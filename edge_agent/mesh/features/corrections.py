@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 
-from edge_agent.errors import HearthError, RecipientNotMemberError, TransportError
+from edge_agent.errors import HearthError, RecipientNotMemberError, SessionError, TransportError
 from edge_agent.mesh.corrections import Correction, CorrectionError, Corrections, make_correction
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.features.port import FeaturePort
@@ -95,7 +95,7 @@ class CorrectionSync:
         push = CorrectionsData(nonce=0, records=[record])
         for peer in self.endpoint.peers.all():
             if peer.alive(now):
-                with contextlib.suppress(TransportError, RecipientNotMemberError):
+                with contextlib.suppress(TransportError, RecipientNotMemberError, SessionError):
                     await self.endpoint.send(peer.device_id, Channel.REQUESTS, push, session=peer.session)
         with contextlib.suppress(HearthError):  # the new digest: devices that missed the push catch up
             await self.endpoint.republish_presence()

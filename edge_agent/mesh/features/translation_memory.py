@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edge_agent.errors import HearthError, RecipientNotMemberError, TransportError
+from edge_agent.errors import HearthError, RecipientNotMemberError, SessionError, TransportError
 from edge_agent.mesh.features.port import FeaturePort
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel
@@ -145,7 +145,7 @@ class MemoryExchange:
             for peer in peers:
                 try:
                     await endpoint.send(peer.device_id, Channel.REQUESTS, query, session=peer.session)
-                except (TransportError, RecipientNotMemberError):
+                except (TransportError, RecipientNotMemberError, SessionError):
                     waiting.asked.discard(peer.device_id)
             if waiting.asked:
                 with contextlib.suppress(TimeoutError):

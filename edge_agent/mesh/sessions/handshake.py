@@ -1,0 +1,129 @@
+"""One EDHOC handshake (RFC 9528, method 3: static DH both ways, cipher suite 2), through lakers.
+
+    initiator                                responder
+    message 1: ephemeral key X       ->
+                                     <-      message 2: ephemeral key Y, its credential and statement
+                                             (encrypted), MAC over the transcript
+    message 3: its credential and    ->
+    statement (encrypted), MAC
+
+Forward secrecy comes from the ephemeral keys: the session keys depend on X*Y, which nobody keeps.
+Each end proves its run credential by a static-DH MAC (so knowing one device's keys does not let
+anyone pose as *another* device to it: no key-compromise impersonation), and the statement binds that
+credential to a member (`credentials`). Session keys are exported (one per direction) with a context
+naming the household, both devices and both runs, so a handshake cannot be moved to other ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lakers
+from lakers import CredentialTransfer, EADItem, EdhocInitiator, EdhocResponder
+
+from edge_agent.errors import ForgedMessageError, MalformedMessageError
+from edge_agent.mesh.sessions.aead import AES_GCM, CHACHA20_POLY1305, SessionCipher
+from edge_agent.mesh.sessions.credentials import FLAG_AES, RunCredential
+
+__all__ = ["EAD_STATEMENT", "Initiator", "Keys", "Responder", "VerifyPeer"]
+
+EAD_STATEMENT = 26725
+"""The EAD label of Hearth's credential statement (critical: an EDHOC peer that is not Hearth stops)."""
+_LABEL_I2R, _LABEL_R2I = 128, 129
+"""Exporter labels of the two directions' keys (EDHOC's OSCORE labels are 0 and 1)."""
+_LAKERS_ERRORS = (ValueError, RuntimeError, TypeError, OverflowError)
+
+VerifyPeer = Callable[[bytes, bytes | None], int]
+"""Checks the peer's credential (CCS) against its statement; returns the statement's flags or raises."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """A finished handshake's keys, as the side that holds them uses them."""
+
+    sender: SessionCipher
+    receiver: SessionCipher
+
+
+def _statement(items: list[EADItem] | None) -> bytes | None:
+    for item in items or []:
+        if item.label() == EAD_STATEMENT:
+            value = item.value()
+            return bytes(value) if value is not None else None
+    return None
+
+
+def _keys(edhoc: EdhocInitiator | EdhocResponder, context: bytes, both_aes: bool, initiator: bool) -> Keys:
+    name = AES_GCM if both_aes else CHACHA20_POLY1305
+    i2r = SessionCipher(bytes(edhoc.edhoc_exporter(_LABEL_I2R, context, 32)), name)
+    r2i = SessionCipher(bytes(edhoc.edhoc_exporter(_LABEL_R2I, context, 32)), name)
+    return Keys(i2r, r2i) if initiator else Keys(r2i, i2r)
+
+
+def _refused(who: str, exc: Exception) -> ForgedMessageError:
+    return ForgedMessageError(f"session handshake with {who} failed: {exc}")
+
+
+class Initiator:
+    def __init__(self, credential: RunCredential, peer: str) -> None:
+        self.credential = credential
+        self.peer = peer
+        self._edhoc = EdhocInitiator()
+
+    def message_1(self) -> bytes:
+        return bytes(self._edhoc.prepare_message_1(c_i=None))
+
+    def message_3(self, message_2: bytes, verify_peer: VerifyPeer, context: bytes) -> tuple[bytes, Keys]:
+        """Check the responder and answer it; raises ForgedMessageError or MalformedMessageError."""
+        try:
+            _, id_cred_r, ead_2 = self._edhoc.parse_message_2(message_2)
+            ccs = bytes(lakers.credential_check_or_fetch(id_cred_r, None))
+        except _LAKERS_ERRORS as exc:
+            raise _refused(self.peer[:8], exc) from None
+        flags = verify_peer(ccs, _statement(ead_2))
+        own = self.credential
+        try:
+            self._edhoc.verify_message_2(own.private_key, own.ccs, ccs)
+            message_3, _ = self._edhoc.prepare_message_3(
+                CredentialTransfer.ByValue, [EADItem(EAD_STATEMENT, True, own.statement)]
+            )
+            self._edhoc.completed_without_message_4()
+        except _LAKERS_ERRORS as exc:
+            raise _refused(self.peer[:8], exc) from None
+        both_aes = bool(flags & FLAG_AES and own.statement[0] & FLAG_AES)
+        return bytes(message_3), _keys(self._edhoc, context, both_aes, initiator=True)
+
+
+class Responder:
+    def __init__(self, credential: RunCredential, peer: str) -> None:
+        self.credential = credential
+        self.peer = peer
+        self._edhoc = EdhocResponder(credential.private_key, credential.ccs)
+
+    def message_2(self, message_1: bytes) -> bytes:
+        own = self.credential
+        try:
+            self._edhoc.process_message_1(message_1)
+            return bytes(
+                self._edhoc.prepare_message_2(
+                    CredentialTransfer.ByValue, None, [EADItem(EAD_STATEMENT, True, own.statement)]
+                )
+            )
+        except _LAKERS_ERRORS as exc:
+            raise MalformedMessageError(f"session handshake message 1 from {self.peer[:8]}: {exc}") from None
+
+    def finish(self, message_3: bytes, verify_peer: VerifyPeer, context: bytes) -> Keys:
+        try:
+            id_cred_i, ead_3 = self._edhoc.parse_message_3(message_3)
+            ccs = bytes(lakers.credential_check_or_fetch(id_cred_i, None))
+        except _LAKERS_ERRORS as exc:
+            raise _refused(self.peer[:8], exc) from None
+        flags = verify_peer(ccs, _statement(ead_3))
+        try:
+            self._edhoc.verify_message_3(ccs)
+            self._edhoc.completed_without_message_4()
+        except _LAKERS_ERRORS as exc:
+            raise _refused(self.peer[:8], exc) from None
+        both_aes = bool(flags & FLAG_AES and self.credential.statement[0] & FLAG_AES)
+        return _keys(self._edhoc, context, both_aes, initiator=False)

@@ -3,7 +3,7 @@ real endpoint on the in-memory mesh (and the real Wyoming server), with invarian
 no loop dies, the device keeps serving, trusted state unchanged.
 
 Targets (one per input path; `TARGETS`): ``envelope`` (raw frames), ``message`` (every Message type),
-``presence``, ``corrections``, ``memory``, ``responses`` (answers to this device's own requests),
+``presence``, ``sessions`` (envelope v2: data and handshake frames), ``corrections``, ``memory``, ``responses`` (answers to this device's own requests),
 ``holdings``, ``manifests``, ``chunks``, ``wyoming``. Built on Hypothesis: structure-aware inputs from
 valid documents (`hostile`), shrinking and exact replay of failures. The CI form is
 tests/test_fuzz.py; the long form ``python -m benchmarks.fuzz`` (``hearth bench fuzz``).
@@ -21,6 +21,7 @@ from benchmarks.fuzzing.mesh_targets import (
     ResponsesTarget,
 )
 from benchmarks.fuzzing.rig import Broken, Rig
+from benchmarks.fuzzing.session_targets import SessionsTarget
 from benchmarks.fuzzing.target import Target
 from benchmarks.fuzzing.update_targets import ChunksTarget, HoldingsTarget, ManifestsTarget
 from benchmarks.fuzzing.wyoming_target import WyomingTarget
@@ -36,6 +37,7 @@ TARGETS: dict[str, type[Target]] = {
         CorrectionsTarget,
         MemoryTarget,
         ResponsesTarget,
+        SessionsTarget,
         HoldingsTarget,
         ManifestsTarget,
         ChunksTarget,

@@ -141,6 +141,8 @@ class RawMember:
     node: MeshNode
     on_message: Callable[[Opened, Message], None] | None = None
     received: Counter[str] = field(default_factory=Counter)
+    envelopes: list[int] = field(default_factory=lambda: [1])
+    """What its advert says it speaks: v1 unless a target makes it a session speaker (`sessions`)."""
     _reader: asyncio.Task[None] | None = None
     _adverts: asyncio.Task[None] | None = None
 
@@ -199,6 +201,7 @@ class RawMember:
                 Offer(task="embed", pack="minilm@int8", rate=500.0, first_ms=5.0),
             ],
             translation_memory=True,
+            envelopes=self.envelopes,
             interval_s=60.0,
         )
         return advert.model_copy(update=changes) if changes else advert
@@ -229,6 +232,8 @@ class Trusted:
     approved: tuple[tuple[str, int], ...]
     honest_corrections: tuple[str, ...]
     honest_memory: str | None
+    honest_sessions: tuple[tuple[int, int, str], ...] = ()
+    """(our index, its index, its run) of each forward-secret session with the honest hub."""
 
 
 def _diff(before: Trusted, after: Trusted) -> list[str]:
@@ -590,6 +595,11 @@ class Rig:
                 sorted(r.id for r in dut.corrections.records.values() if r.author == honest_id)
             ),
             honest_memory=honest_memory,
+            honest_sessions=tuple(
+                sorted((s.index, s.peer_index, s.peer_run) for s in node.sessions.sessions_with(honest_id))
+            )
+            if node.sessions is not None
+            else (),
         )
 
     def check(self) -> None:

@@ -119,6 +119,10 @@ class SimHousehold:
         self.devices[name] = dev
         return dev
 
+    def keys_of(self, dev: Device) -> MemberKeys:
+        """``dev``'s keys and state directory, as its next start would load them."""
+        return self._keys(dev.identity, dev.certificate, dev.name)
+
     def _keys(self, ident: DeviceIdentity, cert: DeviceCertificate, name: str) -> MemberKeys:
         """A member's keys as pairing would leave them: every certificate issued so far, the group key."""
         membership = Membership(self.root.key.verify_key)

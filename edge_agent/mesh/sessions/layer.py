@@ -77,6 +77,11 @@ class Session:
     def aead(self) -> str:
         return self.sender.name
 
+    @property
+    def window(self) -> str:
+        """Its counter window's name (what a replay refusal names)."""
+        return f"{self.peer} (session {self.index:08x})"
+
 
 @dataclass(eq=False, slots=True)
 class _Initiating:
@@ -102,7 +107,7 @@ def context_of(household: str, initiator: str, responder: str, i_run: str, r_run
     return "\n".join(["hearth session v2", household, initiator, responder, i_run, r_run]).encode()
 
 
-@dataclass
+@dataclass(repr=False)
 class Sessions:
     identity: DeviceIdentity
     membership: Membership
@@ -117,6 +122,8 @@ class Sessions:
     speakers: set[str] = field(default_factory=set)
     """Devices known to speak v2 (their presence says so, or a handshake with them finished): a v1
     envelope from one of them is a downgrade and refused."""
+    evicted: int = 0
+    """Half-done handshakes dropped to make room for newer ones (a flood of messages 1 shows here)."""
     _credential: RunCredential | None = None
     _by_index: dict[int, Session] = field(default_factory=dict)
     _by_peer: dict[str, list[Session]] = field(default_factory=dict)
@@ -130,6 +137,11 @@ class Sessions:
     @property
     def device_id(self) -> str:
         return self.identity.device_id
+
+    @property
+    def max_counter(self) -> int:
+        """The highest counter an honest peer can reach on one session (it rekeys before), with room."""
+        return self.limits.rekey_after_messages + (1 << 16)
 
     def credential(self) -> RunCredential:
         run = self.run()
@@ -212,11 +224,13 @@ class Sessions:
             async with asyncio.timeout(max(0.0, pending.started + self.limits.handshake_s - self.clock())):
                 return await asyncio.shield(pending.done)
         except TimeoutError:
+            if self._initiating.get(key) is pending:
+                del self._initiating[key]
             raise SessionError(
                 f"{cert.name} did not finish a session handshake within {self.limits.handshake_s:g} s"
             ) from None
         finally:
-            if self._initiating.get(key) is pending and (pending.done.done() or self._timed_out(pending)):
+            if self._initiating.get(key) is pending and pending.done.done():
                 del self._initiating[key]
 
     # -- receiving ------------------------------------------------------------------------------------
@@ -234,9 +248,11 @@ class Sessions:
         if self._expired(session):
             self._forget(session)
             raise ReplayError(f"session {index:08x} with {cert.name} has expired (keys forgotten)")
-        window = str(index)
-        if counter == 0:
-            raise ReplayError(f"counter 0 from {session.peer} (sessions count from 1)")
+        window = session.window
+        if counter == 0 or counter > self.max_counter:
+            raise ReplayError(
+                f"counter {counter} from {session.peer} is outside a session's range [1, {self.max_counter}]"
+            )
         self._replay.check(window, counter)
         head = frame[: DATA_HEAD.size]
         try:
@@ -283,12 +299,17 @@ class Sessions:
             self._finish(cert, hs)
 
     async def _answer(self, cert: DeviceCertificate, hs: HandshakeFrame) -> None:
+        # Message 1 is not authenticated (anyone on the broker can send one naming any member), so a
+        # full table makes room by dropping its oldest entry, as a SYN cache does, rather than refusing
+        # newcomers: an honest handshake needs its slot for one round trip only.
         self._expire_pending()
-        mine = sum(1 for r in self._responding.values() if r.peer == cert.device_id)
-        if mine >= self.limits.max_pending_per_peer:
-            raise ReplayError(f"{mine} session handshakes from {cert.device_id} already under way")
+        mine = [i for i, r in self._responding.items() if r.peer == cert.device_id]
+        if len(mine) >= self.limits.max_pending_per_peer:
+            self._evict(mine[0])
         if len(self._initiating) + len(self._responding) >= self.limits.max_pending:
-            raise ReplayError("too many session handshakes under way here")
+            if not self._responding:
+                raise ReplayError("too many session handshakes under way here")
+            self._evict(next(iter(self._responding)))
         responder = Responder(self.credential(), cert.device_id)
         message_2 = responder.message_2(hs.message)
         index = self._new_index()
@@ -384,7 +405,7 @@ class Sessions:
 
     def _forget(self, session: Session) -> None:
         self._by_index.pop(session.index, None)
-        self._replay.forget(str(session.index))
+        self._replay.forget(session.window)
         sessions = self._by_peer.get(session.peer)
         if sessions is not None:
             with contextlib.suppress(ValueError):
@@ -402,6 +423,11 @@ class Sessions:
                 and all(p.index != index for p in self._initiating.values())
             ):
                 return index
+
+    def _evict(self, index: int) -> None:
+        gone = self._responding.pop(index)
+        self.evicted += 1
+        log.debug("dropped a half-done session handshake from %s to make room", gone.peer[:8])
 
     def _expired(self, session: Session) -> bool:
         return self.clock() - session.made >= self.limits.reject_after_s
@@ -445,6 +471,15 @@ class Sessions:
     def sessions_with(self, device_id: str) -> list[Session]:
         """Diagnostics and tests."""
         return list(self._by_peer.get(device_id, ()))
+
+    def window(self, index: int) -> tuple[int, int] | None:
+        """The counter window of our session ``index`` (diagnostics and tests)."""
+        session = self._by_index.get(index)
+        return self._replay.window(session.window) if session is not None else None
+
+    def initiating(self) -> list[int]:
+        """Our indices of the handshakes this device started and waits on (diagnostics and tests)."""
+        return [p.index for p in self._initiating.values()]
 
     @property
     def pending(self) -> int:

@@ -20,8 +20,9 @@ prints it as one line instead of a traceback::
     ├── NetworkError           the network failed us; no peer is to blame
     │   ├── TransportError         the link to the broker is down or never came up
     │   │   └── LinkDownError          our own link dropped mid-request: wait for it, then resume
+    │   │       └── PathDownError          the direct link it used broke: resume through the broker now
     │   ├── PeerOfflineError       the device asked for is not connected to the household now
-    │   │   └── SessionError           no forward-secret session with it: the handshake got no answer in time
+    │   │   └── SessionError           no forward-secret session: the handshake got no answer in time
     │   ├── DirectLinkError        a direct device-to-device link failed (fall back to the broker)
     │   │   └── DirectRefusedError     the peer answered over the link, but does not hold it
     │   └── HomeAssistantUnreachableError  (ha_bridge; also a BridgeError) Home Assistant is down
@@ -140,6 +141,11 @@ class TransportError(NetworkError):
 class LinkDownError(TransportError):
     """Our own link to the broker dropped mid-request: wait for it to return, then resume (a network
     failure: no peer is to blame, none is banned)."""
+
+
+class PathDownError(LinkDownError):
+    """The direct link a request travelled on broke or went silent mid-answer; the broker path is still
+    up, so the request resumes there at once, on the same peer."""
 
 
 class PeerOfflineError(NetworkError):

@@ -40,6 +40,7 @@ from edge_agent.errors import (
     InvalidRequestError,
     LinkDownError,
     NoRouteError,
+    PathDownError,
     PeerLostError,
     PeerRefusedError,
     TransportError,
@@ -320,6 +321,12 @@ class Router:
                     raise
                 attempt.error = str(exc)
                 log.warning("%s failed (%s); failing over", cand.name, exc)
+                if isinstance(exc, PathDownError):
+                    # Its direct link broke: the same peer through the broker, now (the exchanges
+                    # chose the broker already); a peer that is really gone fails that attempt too.
+                    tried.discard(cand.name)
+                    link_drops += 1
+                    continue
                 if isinstance(exc, LinkDownError) and self.endpoint is not None:
                     tried.discard(cand.name)
                     link_drops += 1

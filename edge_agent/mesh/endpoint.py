@@ -28,12 +28,12 @@ from edge_agent.errors import TransportError
 from edge_agent.mesh.directory import PresenceDirectory, PresenceFields, PresenceHook
 from edge_agent.mesh.exchanges import Exchanges, Handler
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel, Connector
+from edge_agent.mesh.interfaces import Channel, Connector, MessagePath
 from edge_agent.mesh.lifetime import Lifetime
 from edge_agent.mesh.messages import MessageLayer
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer, PeerTable
-from edge_agent.mesh.protocol import Presence
+from edge_agent.mesh.protocol import DirectContact, Presence
 from edge_agent.mesh.settings import MeshLimits, MeshSettings
 from edge_agent.supervision import Supervisor
 from edge_agent.tasks import Task
@@ -114,6 +114,12 @@ class MeshEndpoint:
         """Round-trip time to a peer in ms, None if it does not answer (`Exchanges.ping`)."""
         self.wait_until = self.directory.wait_until
         """Re-check a condition on every peer-table change until it holds or the timeout passes."""
+
+        def contact_of(device_id: str) -> DirectContact | None:
+            peer = peers.get(device_id)
+            return peer.presence.direct if peer is not None else None
+
+        self.exchanges.contact_of = contact_of
 
     # -- state, for the agent, the router, diagnostics and tests ------------------------------------
 
@@ -226,6 +232,19 @@ class MeshEndpoint:
 
     def send_soon(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
         self.exchanges.send_soon(device_id, channel, msg, session=session)
+
+    def carry(self, path: MessagePath) -> Callable[[], None]:
+        """Send requests, streams and pings on ``path`` (direct links) before the broker, and take in
+        what it carries; returns what stops that."""
+        self.exchanges.direct = path
+        path.carry(self.messages)
+
+        def stop() -> None:
+            if self.exchanges.direct is path:
+                self.exchanges.direct = None
+                path.carry(None)
+
+        return stop
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
         return self.lifetime.spawn(coro, name=name)

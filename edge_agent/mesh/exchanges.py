@@ -17,7 +17,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from edge_agent.errors import (
+    DirectLinkError,
     LinkDownError,
+    PathDownError,
     PeerLostError,
     PeerRefusedError,
     RecipientNotMemberError,
@@ -25,11 +27,21 @@ from edge_agent.errors import (
     TransportError,
 )
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.interfaces import Channel, MessagePath
 from edge_agent.mesh.lifetime import Lifetime, stop_tasks
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
-from edge_agent.mesh.protocol import Accepted, Cancel, Chunk, Failure, Ping, Pong, Request, encode
+from edge_agent.mesh.protocol import (
+    Accepted,
+    Cancel,
+    Chunk,
+    DirectContact,
+    Failure,
+    Ping,
+    Pong,
+    Request,
+    encode,
+)
 from edge_agent.mesh.rpc import StreamReassembler, admit, keepalive_every_s
 from edge_agent.mesh.settings import MeshSettings
 from edge_agent.mesh.streams import OpenStream, coalesced, failure_of
@@ -66,13 +78,30 @@ class Exchanges:
         self.pings: dict[int, tuple[str, float, asyncio.Future[float]]] = {}
         self.deferred_cancels: deque[tuple[str, str, str]] = deque(maxlen=self.limits.max_pending_pings)
         """(peer, request id, peer session) of streams abandoned while our link was down."""
+        self.direct: MessagePath | None = None
+        """The path tried before the broker (direct links), when the endpoint carries one."""
+        self.contact_of: Callable[[str], DirectContact | None] = lambda device_id: None
+        """A peer's announced direct contact (from its presence: set by the endpoint)."""
 
     # -- sending --------------------------------------------------------------------------------------
 
-    async def send(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
-        """Seal and send one message (padded to a size bucket); raises TransportError,
-        RecipientNotMemberError."""
-        await self.node.send(device_id, channel, encode(msg, self.settings.pad_bucket_bytes), session=session)
+    async def send(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> str:
+        """Send one message (padded to a size bucket) on the first path that carries it: a direct link
+        when there is one with the peer, else sealed through the broker. Returns the path's name.
+        Raises TransportError, RecipientNotMemberError, SessionError."""
+        payload = encode(msg, self.settings.pad_bucket_bytes)
+        direct = self.direct
+        if direct is not None:
+            contact = self.contact_of(device_id)
+            if direct.carries(device_id, contact):
+                self.node.recipient(device_id)  # every outgoing path checks the peer still belongs
+                try:
+                    await direct.send_message(device_id, contact, channel, payload)
+                    return direct.name
+                except DirectLinkError as exc:
+                    log.info("direct path to %s failed (%s); through the broker", device_id[:8], exc)
+        await self.node.send(device_id, channel, payload, session=session)
+        return "broker"
 
     async def send_quietly(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
         """`send`, where a failure only means the peer misses this message (logged at debug level)."""
@@ -119,6 +148,13 @@ class Exchanges:
             if requester == device_id:
                 log.info("stopped serving request %s: its requester is gone (%s)", rid[:8], reason)
                 task.cancel()
+
+    def path_down(self, device_id: str) -> None:
+        """The direct link with ``device_id`` closed: streams whose request went on it resume through
+        the broker (what was in flight on it is lost)."""
+        for stream in self.streams.values():
+            if stream.peer == device_id and stream.path != "broker":
+                stream.fail(PathDownError(f"the {stream.path} link to {device_id[:8]} closed"))
 
     def link_dropped(self) -> None:
         """Whatever we were waiting for over the lost link will not come: fail over now."""
@@ -240,7 +276,7 @@ class Exchanges:
                 stall_ms=stall_ms,
             )
             try:
-                await self.send(peer.device_id, Channel.REQUESTS, request, session=peer.session)
+                stream.path = await self.send(peer.device_id, Channel.REQUESTS, request, session=peer.session)
             except (RecipientNotMemberError, SessionError) as exc:
                 raise PeerLostError(str(exc)) from None
             except TransportError as exc:
@@ -251,6 +287,13 @@ class Exchanges:
                     async with asyncio.timeout(stall_ms / 1000):
                         msg = await stream.queue.get()
                 except TimeoutError:
+                    if stream.path != "broker" and self.direct is not None:
+                        # A silent link (a cable pulled, a route gone) is not a dead peer: once more,
+                        # through the broker; if the peer is gone, that attempt stalls too.
+                        self.direct.give_up_on(peer.device_id)
+                        raise PathDownError(
+                            f"{peer.name} sent nothing on the {stream.path} link for {stall_ms / 1000:g} s"
+                        ) from None
                     raise PeerLostError(
                         f"{peer.name} sent nothing for {stall_ms / 1000:g} s (stalled)"
                     ) from None

@@ -26,7 +26,7 @@ from edge_agent.errors import TransportError
 
 if TYPE_CHECKING:
     from edge_agent.mesh.peers import Peer
-    from edge_agent.mesh.protocol import Chunk
+    from edge_agent.mesh.protocol import Chunk, DirectContact
     from edge_agent.tasks import Task
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "Channel",
     "Connector",
     "Incoming",
+    "MessagePath",
+    "PathEvents",
     "PeerDirectory",
     "Piece",
     "Received",
@@ -217,13 +219,10 @@ class BulkPath(Protocol):
     order of preference and is the one place that chooses and falls back. What comes back is
     unverified: the caller checks it against what was signed, whichever path it took.
 
-    Room for what comes next. Issue 23 (requests and streams over direct links) adds a sibling
-    Protocol beside this one, ``open_stream(peer, request) -> AsyncIterator[Chunk]``, implemented by the
-    same links on their existing frames (an ask whose answer comes in parts) and by the endpoint's
-    broker streams, chosen by the same ordered list; `reaches` stays the per-peer gate. Issue 24 (CoAP)
-    is one more implementation of this Protocol: `fetch` is a block-wise GET (RFC 7959, Block2) of
-    ``/<resource>/<index>`` with ``max_length`` as the size bound, `reaches` says whether the peer
-    announces a CoAP contact, and its limits sit in their own settings value, as `DirectLimits` does.
+    Requests and streams have their own sibling, `MessagePath`, implemented by the same links. Issue 24
+    (CoAP) is one more implementation of both: `fetch` a block-wise GET (RFC 7959, Block2) of
+    ``/<resource>/<index>`` with ``max_length`` as the size bound, `reaches` whether the peer announces
+    a CoAP contact, its limits in their own settings value, as `DirectLimits` does.
     """
 
     @property
@@ -245,4 +244,44 @@ class BulkPath(Protocol):
         all, TransportError or RecipientNotMemberError if the ask could not be sent. ``sent`` is set
         once the ask has left this device as far as this path paces asks (the caller asks for more
         only then)."""
+        ...
+
+
+class PathEvents(Protocol):
+    """Who hears what a message path carries (the endpoint's message layer)."""
+
+    def message(self, device_id: str, channel: Channel, payload: bytes) -> None:
+        """A message from ``device_id`` (a member, proven by the path) to our ``channel`` inbox."""
+        ...
+
+    def link_down(self, device_id: str) -> None:
+        """The path's link with ``device_id`` closed after carrying messages: what was on it is lost."""
+        ...
+
+
+class MessagePath(Protocol):
+    """Another way than the broker to move mesh messages (requests, chunks, cancels, pings) between two
+    members, chosen per message by the endpoint's exchanges before the broker (which always works).
+    One today: direct links (`mesh.direct.DirectLinks`, "direct"); CoAP next. What it carries is the
+    same padded message the broker path would seal, checked on arrival by the same message layer."""
+
+    @property
+    def name(self) -> str: ...
+
+    def carries(self, device_id: str, contact: DirectContact | None) -> bool:
+        """Worth trying for ``device_id`` now (a link is up, or its contact may be tried). No IO."""
+        ...
+
+    async def send_message(
+        self, device_id: str, contact: DirectContact | None, channel: Channel, payload: bytes
+    ) -> None:
+        """Deliver one message; raises DirectLinkError if this path failed (the broker takes it)."""
+        ...
+
+    def give_up_on(self, device_id: str) -> None:
+        """A stream on this path went silent: stop using it for ``device_id`` for a while."""
+        ...
+
+    def carry(self, events: PathEvents | None) -> None:
+        """Hand what arrives to ``events`` from now on (None: stop carrying)."""
         ...

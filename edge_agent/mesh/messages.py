@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edge_agent.errors import TransportError
+from edge_agent.errors import PeerError, TransportError
 from edge_agent.mesh.directory import PresenceDirectory
-from edge_agent.mesh.envelope import KIND_DIRECT, Opened
+from edge_agent.mesh.envelope import KIND_DIRECT, EnvelopeHeader, Opened
 from edge_agent.mesh.exchanges import Exchanges
 from edge_agent.mesh.household import DeviceCertificate
 from edge_agent.mesh.interfaces import Channel, Connector
@@ -140,6 +140,33 @@ class MessageLayer:
             return False
         transport = self.node.transport
         return transport is not None and await transport.caught_up(max(0.0, end - time.monotonic()))
+
+    # -- what direct links carry (mesh.direct.carrier.LinkEvents) -------------------------------------
+
+    def message(self, device_id: str, channel: Channel, payload: bytes) -> None:
+        """A message a link carried from a member it proved: dispatched as one from the broker, with the
+        same checks from the decoding on (the link's TLS stands in for the envelope's)."""
+        try:
+            cert = self.node.membership.member(device_id)
+            header = EnvelopeHeader(
+                version=2,
+                kind=KIND_DIRECT,
+                sender=device_id,
+                recipient=self.node.device_id,
+                counter=1,
+                timestamp_ms=int(time.time() * 1000),
+                epoch=0,
+                topic=str(self.node.address(self.node.device_id, channel)),
+            )
+            self.dispatch(Opened(header, cert, payload))
+        except PeerError as exc:
+            self.dropped[type(exc).__name__] += 1
+            log.warning("dropped a message on the direct link with %s: %s", device_id[:8], exc)
+        except Exception as exc:
+            self.supervisor.drop("mesh-dispatch", type(exc).__name__, exc, "dropped a message that failed")
+
+    def link_down(self, device_id: str) -> None:
+        self.exchanges.path_down(device_id)
 
     def unexpected_frame(self, exc: Exception, where: str) -> None:
         """A frame whose checks failed in a way nobody planned for (a bug a peer can trigger): it is

@@ -39,6 +39,8 @@ class OpenStream:
     reassembler: StreamReassembler
     queue: asyncio.Queue[Chunk | Accepted | Failure | Broken] = field(default_factory=asyncio.Queue)
     broken: bool = False
+    path: str = "broker"
+    """The path its request went on ("direct": a silent or broken link resumes through the broker)."""
 
     def fail(self, error: Broken) -> None:
         if not self.broken:

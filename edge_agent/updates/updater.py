@@ -149,6 +149,7 @@ class Updater:
         if links is None:
             return
         self._direct = self.exchange.direct = links
+        self._leave.append(self.port.carry(links))  # requests and streams take the links too
         contact = links.contact
         if contact is not None:
             self._leave.append(self.port.contribute_presence(lambda: {"direct": contact}))

@@ -1,7 +1,7 @@
-"""Direct links between two household devices for bulk data (model update chunks): a pack crosses the
-network once, between the two devices, instead of twice through the broker's host. A `BulkPath`
-(`mesh.interfaces`) beside the broker's: the update exchange asks `mesh.bulk.BulkPaths`, which
-chooses.
+"""Direct links between two household devices: the data plane, one hop instead of two through the
+broker's host. For bulk data (model update chunks) they are a `BulkPath` (`mesh.interfaces`) beside
+the broker's, chosen by `mesh.bulk.BulkPaths`; for requests and streams a `MessagePath`, chosen per
+message by the endpoint's exchanges, with the broker as the fallback that always works.
 
 TLS 1.3, bound to household identity without an X.509 CA (that exists only beside a production
 Mosquitto), the way WebRTC binds DTLS to its signed signalling. Each agent makes a fresh certificate at
@@ -14,8 +14,8 @@ life): a device that holds nothing answers "not held", and the bounds make liste
 
 One job per module: `frames` (the wire), `tls` (certificates, contexts, the accepted socket's TLS),
 `handshake` (the challenge, both sides), `addresses` (where to listen, which contacts to try),
-`server` (accept, bound, answer), `client` (links to holders, back-off), `links` (`DirectLinks`: the
-lifetime, and the bulk path).
+`server` (accept, bound, answer), `client` (links to holders, back-off), `carrier` (mesh messages on
+links, both ways), `links` (`DirectLinks`: the lifetime, the bulk path and the message path).
 """
 
 from edge_agent.mesh.direct.addresses import Network, local_address_towards, local_network, usable_hosts

@@ -1,6 +1,7 @@
 """The asking side of direct links: one link per holder, made on first use and kept; asks in flight on
-a link are answered in any order, by id. A holder whose links fail or time out is left to the broker
-path for a while, doubling each time (`DirectLimits.unreachable_s` up to ``max_unreachable_s``)."""
+a link are answered in any order, by id, and mesh messages flow both ways (`carrier`). A holder whose
+links fail or time out is left to the broker path for a while, doubling each time
+(`DirectLimits.unreachable_s` up to ``max_unreachable_s``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections import Counter
 
 from edge_agent.errors import DirectLinkError, DirectRefusedError, HearthError
 from edge_agent.mesh.direct.addresses import Network, usable_hosts
-from edge_agent.mesh.direct.frames import Answer, Ask, Hostile, read_frame, write_frame
+from edge_agent.mesh.direct.carrier import LinkEvents, channel_of, read_message, send_message
+from edge_agent.mesh.direct.frames import ANSWER_OR_MESSAGE, Answer, Ask, Hostile, read_frame, write_frame
 from edge_agent.mesh.direct.handshake import connect
 from edge_agent.mesh.direct.tls import client_context
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import DirectContact
 from edge_agent.mesh.settings import DirectLimits
@@ -26,31 +29,53 @@ LOOP = "direct-links"
 
 
 class Link:
-    """Our end of one link to a peer: asks in flight, answered in any order by id."""
+    """Our end of one link to a peer: asks in flight, answered in any order by id; messages both ways."""
 
     def __init__(
         self,
         peer: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        dropped: Counter[str],
+        node: MeshNode,
         supervisor: Supervisor,
         max_header_bytes: int,
+        events: LinkEvents | None = None,
     ) -> None:
         self.peer = peer
-        self.dropped = dropped
+        self.node = node
+        self.dropped = node.dropped
         self.supervisor = supervisor
         self.max_header_bytes = max_header_bytes
+        self.events = events
         self.reader, self.writer = reader, writer
         self.pending: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
         self.closed = False
+        self.carried = False
+        """It carried a message (its closing is then news for the endpoint's streams)."""
         self.task = asyncio.create_task(self._read_answers(), name=f"direct-{peer[:8]}")
+
+    async def send_message(self, channel: Channel, payload: bytes) -> None:
+        """Raises DirectLinkError if the link is closed or breaks."""
+        if self.closed:
+            raise DirectLinkError(f"link to {self.peer[:8]} is closed")
+        self.carried = True
+        try:
+            await send_message(self.writer, channel, payload)
+        except (ConnectionError, OSError, RuntimeError) as exc:
+            self.close(exc)
+            raise DirectLinkError(f"link to {self.peer[:8]} broke: {exc or type(exc).__name__}") from None
 
     async def _read_answers(self) -> None:
         why: BaseException = DirectLinkError(f"link to {self.peer[:8]} closed")
         try:
             while True:
-                answer = await read_frame(self.reader, Answer, self.max_header_bytes)
+                answer = await read_frame(self.reader, ANSWER_OR_MESSAGE, self.max_header_bytes)
+                if not isinstance(answer, Answer):
+                    payload = await read_message(self.node, self.peer, answer, self.reader)
+                    if self.events is not None:
+                        self.carried = True
+                        self.events.message(self.peer, channel_of(answer), payload)
+                    continue
                 expected = self.pending.pop(answer.id, None)
                 if expected is not None and answer.length > expected[0]:
                     self.pending[answer.id] = expected  # failed with the rest below
@@ -82,6 +107,8 @@ class Link:
                 future.set_exception(why or DirectLinkError(f"link to {self.peer[:8]} closed"))
         self.pending.clear()
         self.writer.close()
+        if self.carried and self.events is not None:
+            self.events.link_down(self.peer)
         if self.task is not asyncio.current_task():
             self.task.cancel()
 
@@ -118,6 +145,8 @@ class LinkClient:
         """Failed or timed-out links in a row, by holder: each doubles its time on the broker path."""
         self.received: Counter[str] = Counter()
         """Bytes received directly, by peer (what did not cross the broker)."""
+        self.events: LinkEvents | None = None
+        """Who hears the messages links carry (set by `DirectLinks.carry`)."""
         self._context = client_context()
 
     def reachable(self, device_id: str, contact: DirectContact) -> bool:
@@ -143,6 +172,29 @@ class LinkClient:
         self._failures.pop(device_id, None)
         self.received[device_id] += len(data)
         return data
+
+    def live(self, device_id: str) -> Link | None:
+        link = self.links.get(device_id)
+        return link if link is not None and not link.closed else None
+
+    async def send_message(
+        self, device_id: str, contact: DirectContact, channel: Channel, payload: bytes
+    ) -> None:
+        """On the link to ``device_id`` (made now if need be); raises DirectLinkError (then the peer is
+        left to the broker path for a while)."""
+        link = await self._link(device_id, contact)
+        try:
+            await link.send_message(channel, payload)
+        except DirectLinkError:
+            self._give_up_on(device_id)
+            raise
+
+    def give_up_on(self, device_id: str) -> None:
+        """The link to ``device_id`` failed a stream (it went silent): close it, use the broker."""
+        link = self.links.pop(device_id, None)
+        if link is not None:
+            link.close(DirectLinkError(f"link to {device_id[:8]} went silent"))
+        self._give_up_on(device_id)
 
     def _give_up_on(self, device_id: str) -> None:
         """Use the broker for this peer for a while (its link failed or went silent): ``unreachable_s``,
@@ -189,8 +241,8 @@ class LinkClient:
                     reader, writer = await connect(
                         self.node, device_id, host, contact, self._context, self.limits
                     )
-                return Link(device_id, reader, writer, self.node.dropped, self.supervisor,
-                            self.limits.max_header_bytes)  # fmt: skip
+                return Link(device_id, reader, writer, self.node, self.supervisor,
+                            self.limits.max_header_bytes, self.events)  # fmt: skip
             except asyncio.IncompleteReadError:
                 problems.append(f"{host}: closed during the handshake (are we still a member?)")
             except TimeoutError:

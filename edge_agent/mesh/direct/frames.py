@@ -1,14 +1,16 @@
 """The frames of a direct link, after TLS: each is a 4-byte big-endian header length, the header (JSON,
-one pydantic model per type), then, for an answer, its raw bytes. The handshake's three frames
-(challenge, hello, welcome) come first; then asks and answers, matched by id."""
+one pydantic model per type), then, for an answer or a message, its raw bytes. The handshake's three
+frames (challenge, hello, welcome) come first; then asks and answers (bulk data, matched by id) and, in
+both directions, mesh messages (a request, its chunks, a cancel, a ping: the padded JSON the broker
+path would seal, here protected by the link's TLS)."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edge_agent.sync.limits import MAX_CHUNK
 
@@ -19,6 +21,7 @@ __all__ = [
     "Challenge",
     "Hello",
     "Hostile",
+    "Message",
     "Welcome",
     "read_frame",
     "write_frame",
@@ -72,6 +75,29 @@ class Answer(Frame):
     error: str | None = Field(default=None, max_length=200)
 
 
+MAX_MESSAGE_BYTES = 16 << 20
+"""Ceiling of a message's length field (`MeshLimits.max_frame_bytes`' own ceiling); the receiving link
+holds it to its node's ``max_frame_bytes`` before reading a byte of it."""
+
+
+class Message(Frame):
+    """A mesh message, to the recipient's request or response inbox as on the broker path."""
+
+    type: Literal["msg"] = "msg"
+    channel: Literal["req", "resp"]
+    length: int = Field(ge=1, le=MAX_MESSAGE_BYTES)
+
+
+ASK_OR_MESSAGE: TypeAdapter[Ask | Message] = TypeAdapter(
+    Annotated[Ask | Message, Field(discriminator="type")]
+)
+"""What a served link reads after the welcome."""
+ANSWER_OR_MESSAGE: TypeAdapter[Answer | Message] = TypeAdapter(
+    Annotated[Answer | Message, Field(discriminator="type")]
+)
+"""What the asking side of a link reads."""
+
+
 async def write_frame(writer: asyncio.StreamWriter, frame: Frame, data: bytes = b"") -> None:
     header = frame.model_dump_json().encode()
     writer.write(struct.pack(">I", len(header)) + header)
@@ -80,13 +106,20 @@ async def write_frame(writer: asyncio.StreamWriter, frame: Frame, data: bytes = 
     await writer.drain()
 
 
-async def read_frame(reader: asyncio.StreamReader, model: type[F], max_header_bytes: int) -> F:
-    """The next frame, which must be a ``model``; raises Hostile for anything else or an oversized
-    header (read before any of it is), asyncio.IncompleteReadError if the link closes."""
+async def read_frame(
+    reader: asyncio.StreamReader, model: type[F] | TypeAdapter[F], max_header_bytes: int
+) -> F:
+    """The next frame, which must be a ``model`` (or one of an adapter's union); raises Hostile for
+    anything else or an oversized header (read before any of it is), asyncio.IncompleteReadError if
+    the link closes."""
     (length,) = struct.unpack(">I", await reader.readexactly(4))
     if length > max_header_bytes:
         raise Hostile(f"a {length}-byte frame header (at most {max_header_bytes})")
+    raw = await reader.readexactly(length)
     try:
-        return model.model_validate_json(await reader.readexactly(length))
+        if isinstance(model, TypeAdapter):
+            return model.validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise Hostile(f"not a {model.__name__} frame: {exc.errors()[0]['msg']}") from None
+        name = model.__name__ if isinstance(model, type) else "known"
+        raise Hostile(f"not a {name} frame: {exc.errors()[0]['msg']}") from None

@@ -1,6 +1,7 @@
-"""`DirectLinks`: this device's direct links as one object with a lifetime, a `BulkPath` (path "direct")
-under the mesh's transport interface. Opening makes a fresh certificate and starts the server (when
-this device serves); the client side asks holders over links made on first use."""
+"""`DirectLinks`: this device's direct links as one object with a lifetime, a `BulkPath` and a
+`MessagePath` (path "direct") under the mesh's transport interface. Opening makes a fresh certificate
+and starts the server (when this device serves); the client side asks holders over links made on first
+use; messages go on whichever link with the peer is up."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from typing import Self
 
 from edge_agent.errors import DirectLinkError
 from edge_agent.mesh.direct.addresses import Network, local_network
+from edge_agent.mesh.direct.carrier import LinkEvents
 from edge_agent.mesh.direct.client import Link, LinkClient
 from edge_agent.mesh.direct.frames import Ask
 from edge_agent.mesh.direct.server import LinkServer, Serve
 from edge_agent.mesh.direct.tls import fingerprint, listen, self_signed, server_context
-from edge_agent.mesh.interfaces import Piece
+from edge_agent.mesh.interfaces import Channel, Piece
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import DirectContact
@@ -152,6 +154,44 @@ class DirectLinks:
         use. Raises DirectRefusedError if the peer said no, DirectLinkError if the link could not be
         made or broke (then use the broker)."""
         return await self.client.ask(device_id, contact, ask, max_length, timeout)
+
+    # -- as a message path (mesh.interfaces.MessagePath) -----------------------------------------------
+
+    def carry(self, events: LinkEvents | None) -> None:
+        """Hand the messages links carry to ``events`` (the endpoint); None: stop."""
+        self.client.events = events
+        if self.server is not None:
+            self.server.events = events
+
+    def carries(self, device_id: str, contact: DirectContact | None) -> bool:
+        """Messages to ``device_id`` may go directly: a link with it is up (whichever side made it), or
+        its contact is worth trying (`reachable`)."""
+        if self.state is not DirectState.OPEN or self.client.events is None:
+            return False
+        if self.client.live(device_id) is not None:
+            return True
+        if self.server is not None and self.server.writer_to(device_id) is not None:
+            return True
+        return contact is not None and self.client.reachable(device_id, contact)
+
+    async def send_message(
+        self, device_id: str, contact: DirectContact | None, channel: Channel, payload: bytes
+    ) -> None:
+        """One message to ``device_id`` on a link with it (made now if need be). Raises DirectLinkError
+        (the caller sends it through the broker instead)."""
+        served = self.client.live(device_id) is None and self.server is not None
+        if served and self.server is not None and await self.server.send_message(device_id, channel, payload):
+            return
+        if contact is None:
+            raise DirectLinkError(f"{device_id[:8]} announces no direct contact")
+        await self.client.send_message(device_id, contact, channel, payload)
+
+    def give_up_on(self, device_id: str) -> None:
+        """A stream on the link with ``device_id`` went silent: close the link, use the broker for a
+        while (the client side's back-off)."""
+        self.client.give_up_on(device_id)
+        if self.server is not None:
+            self.server.revoked(frozenset({device_id}))  # closes the links it made to us, nothing more
 
     # -- as a bulk path (mesh.interfaces.BulkPath) ------------------------------------------------------
 

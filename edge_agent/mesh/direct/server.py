@@ -21,10 +21,20 @@ from collections.abc import Awaitable, Callable
 
 from edge_agent.errors import DirectLinkError, HearthError
 from edge_agent.mesh.direct.addresses import source_of
+from edge_agent.mesh.direct.carrier import LinkEvents, channel_of, read_message, send_message
 from edge_agent.mesh.direct.client import LOOP
-from edge_agent.mesh.direct.frames import Answer, Ask, Hostile, Welcome, read_frame, write_frame
+from edge_agent.mesh.direct.frames import (
+    ASK_OR_MESSAGE,
+    Answer,
+    Ask,
+    Hostile,
+    Welcome,
+    read_frame,
+    write_frame,
+)
 from edge_agent.mesh.direct.handshake import challenge_client
 from edge_agent.mesh.direct.tls import start_tls
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.settings import DirectLimits
 from edge_agent.supervision import Supervisor
@@ -58,6 +68,12 @@ class LinkServer:
         task ends it), then the stream writer."""
         self.pending: Counter[str] = Counter()
         """Unauthenticated connections being handshaken, by source (see `source_of`)."""
+        self.events: LinkEvents | None = None
+        """Who hears the messages links carry (set by `DirectLinks.carry`)."""
+        self.idle: dict[asyncio.Task[None], asyncio.Timeout] = {}
+        """Each served link's idle deadline (moved on by every frame read or message sent)."""
+        self.carried: set[asyncio.Task[None]] = set()
+        """Served links that carried a message (their end is news for the endpoint's streams)."""
         self._acceptor: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -78,6 +94,31 @@ class LinkServer:
                 end.close()
             task.cancel()
         return tasks + list(self.served)
+
+    def writer_to(self, device_id: str) -> asyncio.StreamWriter | None:
+        """An authenticated link from ``device_id`` to send on (the newest), if it made one."""
+        for device, end in reversed(list(self.served.values())):
+            if device == device_id and isinstance(end, asyncio.StreamWriter) and not end.is_closing():
+                return end
+        return None
+
+    async def send_message(self, device_id: str, channel: Channel, payload: bytes) -> bool:
+        """On a link ``device_id`` made to us; False if there is none. Raises DirectLinkError."""
+        writer = self.writer_to(device_id)
+        if writer is None:
+            return False
+        idle_until = asyncio.get_running_loop().time() + self.limits.idle_s
+        for task, (_, end) in self.served.items():
+            if end is writer:
+                self.carried.add(task)
+                if (idle := self.idle.get(task)) is not None:
+                    idle.reschedule(idle_until)  # sending is activity too: a long answer keeps its link
+        try:
+            await send_message(writer, channel, payload)
+        except (ConnectionError, OSError, RuntimeError) as exc:
+            writer.close()
+            raise DirectLinkError(f"link from {device_id[:8]} broke: {exc or type(exc).__name__}") from None
+        return True
 
     def close_listener(self) -> None:
         self.listener.close()
@@ -139,9 +180,14 @@ class LinkServer:
                 await self._serve_connection(task, source, conn, release)
         finally:
             release()
-            _, end = self.served.pop(task, ("", None))
+            self.idle.pop(task, None)
+            device, end = self.served.pop(task, ("", None))
             if end is not None:
                 end.close()
+            if task in self.carried:
+                self.carried.discard(task)
+                if self.events is not None and device:
+                    self.events.link_down(device)
 
     async def _serve_connection(
         self, task: asyncio.Task[None], source: str, conn: socket.socket, authenticated: Callable[[], None]
@@ -174,9 +220,18 @@ class LinkServer:
             pass  # the other end left, or sat idle
 
     async def _answer(self, device: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
         while True:
-            async with asyncio.timeout(self.limits.idle_s):
-                ask = await read_frame(reader, Ask, self.limits.max_header_bytes)
+            async with asyncio.timeout(self.limits.idle_s) as idle:
+                if task is not None:
+                    self.idle[task] = idle
+                ask = await read_frame(reader, ASK_OR_MESSAGE, self.limits.max_header_bytes)
+            if not isinstance(ask, Ask):
+                payload = await read_message(self.node, device, ask, reader)
+                if self.events is not None and task is not None:
+                    self.carried.add(task)
+                    self.events.message(device, channel_of(ask), payload)
+                continue
             try:
                 self.node.membership.member(device)
             except HearthError as exc:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.household import DeviceCertificate
-from edge_agent.mesh.interfaces import Channel
+from edge_agent.mesh.interfaces import Channel, MessagePath
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.peers import PeerTable
 from edge_agent.mesh.settings import MeshLimits
@@ -77,6 +77,11 @@ class FeaturePort(Protocol):
 
     def send_soon(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
         """`send_quietly` in the background, under the endpoint's lifetime."""
+        ...
+
+    def carry(self, path: MessagePath) -> Callable[[], None]:
+        """Send requests and streams on ``path`` (direct links) before the broker, and take in what it
+        carries; returns what stops that."""
         ...
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:

@@ -1,0 +1,45 @@
+"""Mesh messages on direct links, both directions: what a link does with a `Message` frame it reads
+(bounded, then handed to the endpoint), and how one is written. A link made for bulk data carries
+requests and streams as well; whichever side made it, both may send on it.
+
+Every bound of the broker path holds here: the message is the same padded JSON, its length is held to
+the node's ``max_frame_bytes`` before a byte of it is read, the sender is the member the link's
+handshake proved (re-checked per message: a revocation ends it), and what it says is decoded and
+checked by the endpoint's message layer exactly as a message from the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from edge_agent.errors import HearthError
+from edge_agent.mesh.direct.frames import Hostile, Message, write_frame
+from edge_agent.mesh.interfaces import Channel, PathEvents
+from edge_agent.mesh.node import MeshNode
+
+__all__ = ["LinkEvents", "read_message", "send_message"]
+
+
+LinkEvents = PathEvents
+"""Who hears what links carry (the endpoint's message layer, through `DirectLinks.carry`)."""
+
+
+async def read_message(node: MeshNode, device_id: str, frame: Message, reader: asyncio.StreamReader) -> bytes:
+    """The payload of ``frame``, once its sender and size pass; raises Hostile (the link ends)."""
+    limit = node.limits.max_frame_bytes
+    if frame.length > limit:
+        raise Hostile(f"a {frame.length}-byte message (at most {limit})")
+    try:
+        node.membership.member(device_id)
+    except HearthError as exc:
+        raise Hostile(str(exc)) from None
+    return await reader.readexactly(frame.length)
+
+
+async def send_message(writer: asyncio.StreamWriter, channel: Channel, payload: bytes) -> None:
+    await write_frame(writer, Message(channel="req" if channel is Channel.REQUESTS else "resp",
+                                      length=len(payload)), payload)  # fmt: skip
+
+
+def channel_of(frame: Message) -> Channel:
+    return Channel.REQUESTS if frame.channel == "req" else Channel.RESPONSES

@@ -1,13 +1,22 @@
-"""Encrypted mesh request/response vs a raw paho-mqtt round trip, through the same Mosquitto.
+"""Mesh round trips on both of Hearth's paths, side by side with raw paho through the same Mosquitto and
+with a raw TLS 1.3 echo over loopback (the physical anchor of a direct link).
 
-Two devices, two processes, as in a home: the answering side runs in its own process
-(``benchmarks.mesh_echo``), the requester here. Raw: paho clients with their network threads publish
-the bytes as they are. Hearth: MeshNodes on aiomqtt; the requester seals each request to the peer
-(sign + encrypt), the peer opens it, seals the reply back, the requester opens that (envelope v1 both
-ways). Same broker, same QoS, same payload sizes; round trips alternate between the stacks.
+Two devices, two processes, as in a home: every answering side runs in its own process
+(``benchmarks.mesh_echo``), the requester here, all on one event loop type. Per payload size, round
+trips alternate between the stacks (so drift hits all of them alike):
+
+- raw: paho clients with their network threads publish the bytes as they are (QoS as given);
+- broker: Hearth nodes on aiomqtt through the same Mosquitto, on a forward-secret session (envelope
+  v2: AEAD with counter nonces, keys from an EDHOC handshake made before the timed round trips);
+- broker_v1: the same with the v1 envelope (Ed25519 signature per frame; sessions off): what every
+  release before sessions sent, for the record;
+- direct: Hearth's direct link (TLS 1.3, pinned certificate, the household handshake), one hop, the
+  broker out of the data path;
+- tls: a plain asyncio TLS 1.3 echo of length-prefixed frames, nothing else: what one hop costs.
 
 Latency: one request in flight, p50/p99. Throughput: 64 requests in flight from one requester.
-Goals (issue 3): p50 within 0.5 ms of raw, and >= 2,000 requests/s.
+Goals (issue 23): direct p50 <= raw and req/s >= raw, direct within 1.3x of the TLS echo; broker p50
+<= 1.5x raw and req/s >= 0.6x raw.
 """
 
 from __future__ import annotations
@@ -16,43 +25,56 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.common import bar_plot, machine, write_report
-from benchmarks.mesh_echo import ECHO_SESSION, RAW_REQ, RAW_RESP, REQUESTER_SESSION, node_at
+from benchmarks.common import machine, write_report
+from benchmarks.mesh_echo import ECHO_SESSION, LENGTH, RAW_REQ, RAW_RESP, REQUESTER_SESSION, node_at
 from benchmarks.rigs.brokers import run_mosquitto
 from benchmarks.rigs.meshkit import provision
 from edge_agent import aio, processes
+from edge_agent.mesh.direct import DirectLinks, local_network
+from edge_agent.mesh.direct.tls import client_context
 from edge_agent.mesh.envelope import Opened
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.node import MeshNode
+from edge_agent.mesh.protocol import DirectContact
 
 SIZES = (200, 4096, 65536)
 WINDOW = 64
-GOAL_OVERHEAD_MS, GOAL_RPS = 0.5, 2000
+STACKS = ("raw", "broker", "broker_v1", "direct", "tls")
+GOALS = {
+    # ratio name pattern -> the least it must be (every ratio: > 1 means Hearth is ahead)
+    "direct_p50_vs_raw": 1.0,
+    "direct_rps_vs_raw": 1.0,
+    "direct_p50_vs_tls": 1 / 1.3,
+    "broker_p50_vs_raw": 1 / 1.5,
+    "broker_rps_vs_raw": 0.6,
+}
 
 
 @contextlib.contextmanager
-def echo_process(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """The answering device, stopped by its PID."""
+def echo_process(*args: str) -> Iterator[list[str]]:
+    """The answering device, stopped by its PID; yields what it printed after ``ready``."""
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.mesh_echo", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
+        words = proc.stdout.readline().split()
+        if not words or words[0] != "ready":
             raise RuntimeError(f"mesh echo {args[0]} did not start (exit code {proc.poll()})")
-        yield proc
+        yield words[1:]
     finally:
         processes.stop(proc, timeout=10)
 
@@ -104,127 +126,276 @@ class RawRequester:
         self.client.disconnect()
 
 
+class AsyncRequester:
+    """One of the asyncio stacks: ``send`` a payload, ``reply`` waits for the next echo."""
+
+    def __init__(
+        self,
+        send: Callable[[bytes], Coroutine[Any, Any, None]],
+        reply: Callable[[], Coroutine[Any, Any, None]],
+    ) -> None:
+        self.send, self.reply = send, reply
+
+    async def round_trip(self, payload: bytes) -> float:
+        t0 = time.perf_counter()
+        await self.send(payload)
+        async with asyncio.timeout(5):
+            await self.reply()
+        return time.perf_counter() - t0
+
+    async def rate(self, payload: bytes, n: int) -> float:
+        """``n`` requests with up to WINDOW in flight, each sent from its own task (concurrent callers)."""
+        window = asyncio.Semaphore(WINDOW)
+        sends: set[asyncio.Task[None]] = set()
+
+        async def collect() -> None:
+            for _ in range(n):
+                await self.reply()
+                window.release()
+
+        t0 = time.perf_counter()
+        collector = asyncio.create_task(collect())
+        for _ in range(n):
+            await window.acquire()
+            task = asyncio.create_task(self.send(payload))
+            sends.add(task)
+            task.add_done_callback(sends.discard)
+        async with asyncio.timeout(60):
+            await collector
+        return n / (time.perf_counter() - t0)
+
+
+def _broker_requester(node: MeshNode, hub: str, stack: contextlib.AsyncExitStack) -> Callable[[], Any]:
+    """Opens ``node``'s MQTT link (in ``stack``) and returns the requester factory for it."""
+
+    async def make() -> AsyncRequester:
+        link = node.transport
+        assert link is not None
+        await stack.enter_async_context(link)
+        got: asyncio.Queue[Opened] = asyncio.Queue()
+
+        async def read() -> None:  # handshake frames are taken inside receive, so it always runs
+            async for item in node.receive(link):
+                if isinstance(item, Opened):
+                    got.put_nowait(item)
+
+        reader = asyncio.create_task(read())
+        stack.callback(reader.cancel)
+
+        async def reply() -> None:
+            await got.get()
+
+        async def send(payload: bytes) -> None:
+            await node.send(hub, Channel.REQUESTS, payload, session=ECHO_SESSION)
+
+        return AsyncRequester(send, reply)
+
+    return make
+
+
+async def _direct_requester(
+    node: MeshNode, hub: str, port: int, sha256: str, stack: contextlib.AsyncExitStack
+) -> AsyncRequester:
+    links = await stack.enter_async_context(
+        DirectLinks(node, None, host=None, network=local_network("127.0.0.1"))
+    )
+    contact = DirectContact(hosts=["127.0.0.1"], port=port, tls_sha256=sha256)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Replies:
+        def message(self, device_id: str, channel: Channel, payload: bytes) -> None:
+            got.put_nowait(payload)
+
+        def link_down(self, device_id: str) -> None:
+            pass
+
+    links.carry(Replies())
+
+    async def send(payload: bytes) -> None:
+        await links.send_message(hub, contact, Channel.REQUESTS, payload)
+
+    async def reply() -> None:
+        await got.get()
+
+    return AsyncRequester(send, reply)
+
+
+async def _tls_requester(port: int, stack: contextlib.AsyncExitStack) -> AsyncRequester:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context())
+    stack.callback(writer.close)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    assert isinstance(writer.get_extra_info("ssl_object"), ssl.SSLObject)
+
+    async def send(payload: bytes) -> None:
+        writer.write(LENGTH.pack(len(payload)) + payload)
+        await writer.drain()
+
+    async def reply() -> None:
+        (n,) = LENGTH.unpack(await reader.readexactly(4))
+        await reader.readexactly(n)
+
+    return AsyncRequester(send, reply)
+
+
 async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        homes = {name: Path(tmp) / name for name in ("hub", "fridge")}
-        for name, home in homes.items():
-            provision(homes["hub"], home, name, "hub")
+        names = ("hub", "fridge", "hub-v1", "fridge-v1")
+        homes = {name: Path(tmp) / name for name in names}
+        for name, home in homes.items():  # v1 in a household of its own: its inboxes are apart
+            provision(homes["hub-v1" if name.endswith("v1") else "hub"], home, name, "hub")
         with (
             run_mosquitto(Path(tmp) / "broker") as broker,
             echo_process("raw", str(broker.port), "--qos", str(qos)),
             echo_process("hearth", str(broker.port), "--home", str(homes["hub"]), "--qos", str(qos)),
+            echo_process(
+                "hearth", str(broker.port), "--home", str(homes["hub-v1"]), "--qos", str(qos), "--v1"
+            ),
+            echo_process("direct", "0", "--home", str(homes["hub"])) as direct_contact,
+            echo_process("tls", "0") as tls_contact,
         ):
             raw = RawRequester(broker.port, qos)
             fridge = node_at(homes["fridge"], broker.port, "mesh-req", qos, REQUESTER_SESSION)
+            fridge_v1 = node_at(
+                homes["fridge-v1"], broker.port, "mesh-req-v1", qos, REQUESTER_SESSION, v1=True
+            )
             hub = next(c for c in fridge.membership.certs.values() if c.name == "hub").device_id
-            link = fridge.transport
-            assert link is not None
-            async with link:
-                replies = fridge.receive(link)
-
-                async def reply() -> None:
-                    while not isinstance(await anext(replies), Opened):
-                        pass
-
+            hub_v1 = next(c for c in fridge_v1.membership.certs.values() if c.name == "hub-v1").device_id
+            assert fridge.sessions is not None
+            fridge.sessions.speaks(hub)  # as the hub's presence would say
+            async with contextlib.AsyncExitStack() as stack:
+                stacks = {
+                    "broker": await _broker_requester(fridge, hub, stack)(),
+                    "broker_v1": await _broker_requester(fridge_v1, hub_v1, stack)(),
+                    "direct": await _direct_requester(
+                        fridge, hub, int(direct_contact[0]), direct_contact[1], stack
+                    ),
+                    "tls": await _tls_requester(int(tls_contact[0]), stack),
+                }
                 for size in SIZES:
                     payload = os.urandom(size)
-                    samples: dict[str, list[float]] = {"raw": [], "hearth": []}
-                    for i in range(runs + 20):
-                        t_raw = await asyncio.to_thread(raw.round_trip, payload)
-                        t0 = time.perf_counter()
-                        await fridge.send(hub, Channel.REQUESTS, payload, session=ECHO_SESSION)
-                        async with asyncio.timeout(5):
-                            await reply()
-                        t_mesh = time.perf_counter() - t0
-                        if i >= 20:  # warm-up
-                            samples["raw"].append(t_raw * 1000)
-                            samples["hearth"].append(t_mesh * 1000)
-                    raw_rps = await asyncio.to_thread(raw.rate, payload, rate_n)
-                    hearth_rps = await _hearth_rate(fridge, hub, payload, rate_n, reply)
+                    samples: dict[str, list[float]] = {name: [] for name in STACKS}
+                    for i in range(runs + 20):  # the first 20: warm-up (the session's handshake too)
+                        timed = {"raw": await asyncio.to_thread(raw.round_trip, payload)}
+                        for name, requester in stacks.items():
+                            timed[name] = await requester.round_trip(payload)
+                        if i >= 20:
+                            for name, seconds in timed.items():
+                                samples[name].append(seconds * 1000)
+                    rates = {"raw": await asyncio.to_thread(raw.rate, payload, rate_n)}
+                    for name, requester in stacks.items():
+                        rates[name] = await requester.rate(payload, rate_n)
                     results[str(size)] = {
-                        name: {"p50_ms": statistics.median(v), "p99_ms": sorted(v)[int(len(v) * 0.99) - 1]}
+                        name: {
+                            "p50_ms": statistics.median(v),
+                            "p99_ms": sorted(v)[int(len(v) * 0.99) - 1],
+                            "requests_per_s": rates[name],
+                        }
                         for name, v in samples.items()
                     }
-                    results[str(size)]["raw"]["requests_per_s"] = raw_rps
-                    results[str(size)]["hearth"]["requests_per_s"] = hearth_rps
             raw.close()
     return results
 
 
-async def _hearth_rate(fridge: MeshNode, hub: str, payload: bytes, n: int, reply: Any) -> float:
-    """``n`` requests with up to WINDOW in flight, each sent from its own task (concurrent callers)."""
-    window = asyncio.Semaphore(WINDOW)
-    sends: set[asyncio.Task[None]] = set()
-
-    async def collect() -> None:
-        for _ in range(n):
-            await reply()
-            window.release()
-
-    t0 = time.perf_counter()
-    collector = asyncio.create_task(collect())
-    for _ in range(n):
-        await window.acquire()
-        task = asyncio.create_task(fridge.send(hub, Channel.REQUESTS, payload, session=ECHO_SESSION))
-        sends.add(task)
-        task.add_done_callback(sends.discard)
-    async with asyncio.timeout(60):
-        await collector
-    return n / (time.perf_counter() - t0)
+def ratios_of(per_size: dict[str, Any]) -> dict[str, float]:
+    """Every goal's ratio per size, > 1 meaning Hearth is ahead of what it is compared with."""
+    ratios: dict[str, float] = {}
+    for size, v in per_size.items():
+        ratios[f"direct_p50_vs_raw_{size}B"] = v["raw"]["p50_ms"] / v["direct"]["p50_ms"]
+        ratios[f"direct_rps_vs_raw_{size}B"] = v["direct"]["requests_per_s"] / v["raw"]["requests_per_s"]
+        ratios[f"direct_p50_vs_tls_{size}B"] = v["tls"]["p50_ms"] / v["direct"]["p50_ms"]
+        ratios[f"broker_p50_vs_raw_{size}B"] = v["raw"]["p50_ms"] / v["broker"]["p50_ms"]
+        ratios[f"broker_rps_vs_raw_{size}B"] = v["broker"]["requests_per_s"] / v["raw"]["requests_per_s"]
+        ratios[f"broker_p50_vs_v1_{size}B"] = v["broker_v1"]["p50_ms"] / v["broker"]["p50_ms"]
+    return ratios
 
 
 def run_mesh_bench(*, runs: int, qos: int, out_dir: Path, rate_n: int = 3000) -> tuple[dict[str, Any], str]:
     per_size = aio.run(_run(qos, runs, rate_n))
-    small = per_size["200"]
-    overhead = small["hearth"]["p50_ms"] - small["raw"]["p50_ms"]
+    ratios = ratios_of(per_size)
+    goals = {
+        name: {
+            "goal": round(GOALS[name.rsplit("_", 1)[0]], 3),
+            "measured": value,
+            "met": value >= GOALS[name.rsplit("_", 1)[0]],
+        }
+        for name, value in ratios.items()
+        if name.rsplit("_", 1)[0] in GOALS
+    }
     result: dict[str, Any] = {
         "benchmark": "mesh",
         "sizes": per_size,
-        # > 1 means Hearth is ahead of raw paho; sealing costs something, so expect a little under 1.
-        "ratios": {
-            "p50_latency_200B": small["raw"]["p50_ms"] / small["hearth"]["p50_ms"],
-            "requests_per_s_200B": small["hearth"]["requests_per_s"] / small["raw"]["requests_per_s"],
-        },
-        "goals": {
-            "p50_overhead_ms": {
-                "goal": GOAL_OVERHEAD_MS,
-                "measured": overhead,
-                "met": overhead <= GOAL_OVERHEAD_MS,
-            },
-            "requests_per_s": {
-                "goal": GOAL_RPS,
-                "measured": small["hearth"]["requests_per_s"],
-                "met": small["hearth"]["requests_per_s"] >= GOAL_RPS,
-            },
-        },
+        "ratios": ratios,
+        "goals": goals,
         "setup": {"runs": runs, "qos": qos, "in_flight": WINDOW, "rate_requests": rate_n, **machine()},
     }
-    rows = [
-        f"| {size} B | {v['raw']['p50_ms']:.3f} | {v['hearth']['p50_ms']:.3f} | "
-        f"{v['hearth']['p50_ms'] - v['raw']['p50_ms']:+.3f} | {v['raw']['p99_ms']:.3f} | {v['hearth']['p99_ms']:.3f} | "
-        f"{v['raw']['requests_per_s']:,.0f} | {v['hearth']['requests_per_s']:,.0f} |"
-        for size, v in per_size.items()
+    md = markdown(per_size, ratios, runs=runs, qos=qos, cpu=str(result["setup"].get("cpu", "?")))
+    write_report(out_dir, "mesh", result, md)
+    plot(out_dir / "mesh.png", per_size, qos)
+    return result, md
+
+
+def markdown(per_size: dict[str, Any], ratios: dict[str, float], *, runs: int, qos: int, cpu: str) -> str:
+    rows = []
+    for size, v in per_size.items():
+        for name in STACKS:
+            s = v[name]
+            rows.append(
+                f"| {size} B | {name} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['requests_per_s']:,.0f} |"
+            )
+    goal_rows = [
+        f"| {name} | {value:.2f} | ≥ {GOALS[name.rsplit('_', 1)[0]]:.2f} | "
+        f"{'yes' if value >= GOALS[name.rsplit('_', 1)[0]] else 'no'} |"
+        for name, value in ratios.items()
+        if name.rsplit("_", 1)[0] in GOALS
     ]
-    md = "\n".join(
+    return "\n".join(
         [
-            f"### Mesh: sealed request/response vs raw paho, same Mosquitto, QoS {qos}, requester and answerer in "
-            f"separate processes, {runs} round trips per size, {WINDOW} in flight for req/s",
+            f"### Mesh round trips: both of Hearth's paths vs raw paho (same Mosquitto, QoS {qos}) and a raw TLS "
+            f"1.3 echo; requester and answerers in separate processes; {runs} round trips per size and stack, "
+            f"{WINDOW} in flight for req/s; {cpu}",
             "",
-            "| payload | raw p50 (ms) | Hearth p50 (ms) | overhead (goal ≤ +0.5) | raw p99 | Hearth p99 | raw req/s | Hearth req/s (goal ≥ 2,000) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| payload | stack | p50 (ms) | p99 (ms) | req/s |",
+            "|---|---|---|---|---|",
             *rows,
+            "",
+            "| ratio (> 1: Hearth ahead) | measured | goal | met |",
+            "|---|---|---|---|",
+            *goal_rows,
         ]
     )
-    write_report(out_dir, "mesh", result, md)
-    bar_plot(
-        out_dir / "mesh.png",
-        f"Mesh round trip, QoS {qos}",
-        {f"{s} B p50": (v["hearth"]["p50_ms"], v["raw"]["p50_ms"], "ms") for s, v in per_size.items()}
-        | {
-            f"{s} B req/s": (v["hearth"]["requests_per_s"], v["raw"]["requests_per_s"], "req/s")
-            for s, v in per_size.items()
-        },
-        ("Hearth (sealed)", "raw paho"),
+
+
+def plot(path: Path, per_size: dict[str, Any], qos: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {
+        "raw": "#868e96",
+        "broker": "#d9480f",
+        "broker_v1": "#ffa94d",
+        "direct": "#1971c2",
+        "tls": "#40c057",
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.16
+    sizes = list(per_size)
+    for panel, (metric, unit) in zip(
+        axes, (("p50_ms", "p50 round trip, ms"), ("requests_per_s", "req/s")), strict=True
+    ):
+        for k, name in enumerate(STACKS):
+            values = [per_size[s][name][metric] for s in sizes]
+            xs = [i + (k - 2) * width for i in range(len(sizes))]
+            panel.bar(xs, values, width, label=name, color=colours[name])
+        panel.set_xticks(range(len(sizes)), [f"{s} B" for s in sizes])
+        panel.set_title(unit, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Mesh round trips, QoS {qos}: Hearth's broker and direct paths, raw paho, raw TLS echo", fontsize=11
     )
-    return result, md
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -189,11 +189,12 @@ class UpdatesSection(_Section):
     quota_mb: int | None = Field(default=None, ge=1)
     """Largest pack this device stages (None: whatever fits with the store's copy and 64 MB to spare)."""
     direct: bool = True
-    """Move chunks over direct TLS links between devices (addresses in presence), falling back to the
-    broker path when a peer cannot be reached; off: every chunk goes through the broker."""
+    """Move chunks, requests and streams over direct TLS links between devices (addresses in presence),
+    falling back to the broker path when a peer cannot be reached or a link fails; off: everything goes
+    through the broker."""
     direct_address: IPvAnyAddress | None = None
-    """Address to listen on and announce for direct links (default: the one this host reaches the
-    broker from, so peers that reach the broker reach it too)."""
+    """Address to listen on and announce for direct links, and whose network peers' contacts must be on
+    (default: the one this host reaches the broker from, so peers that reach the broker reach it too)."""
     direct_port: int = Field(default=0, ge=0, le=65535)
     """TCP port for direct links (0: any free port; it is announced in presence)."""
     approval: Literal["automatic", "ask"] = "automatic"

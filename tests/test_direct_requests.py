@@ -189,3 +189,21 @@ async def test_a_revoked_member_gets_nothing_on_a_link(tmp_path: Path) -> None:
                 await hub.endpoint.send(
                     fridge.id, Channel.RESPONSES, Pong(nonce=1), session=fridge.node.session
                 )
+
+
+async def test_answers_written_while_the_link_reads_the_next_message_all_arrive(tmp_path: Path) -> None:
+    """Replies go out from their own tasks while the serving side is in the middle of reading another
+    message (between its header and its bytes): each must still go out (the idle deadline is only
+    moved while it runs)."""
+    async with household(tmp_path) as home:
+        hub, fridge = home.device("hub", serves=["generate"]), home.device("fridge")
+        await home.start(hub, fridge)
+        async with linked(hub), linked(fridge):
+            await _heard_contacts(home)
+            peer = fridge.endpoint.peers.get(hub.id)
+            assert peer is not None
+            home.sim.wiretap.frames.clear()
+            for _ in range(5):
+                rtts = await asyncio.gather(*(fridge.endpoint.ping(peer, timeout=5) for _ in range(60)))
+                assert None not in rtts
+            assert _broker_frames(home, hub, fridge) == []

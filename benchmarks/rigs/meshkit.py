@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
+from edge_agent.errors import HearthError
 from edge_agent.hearth import Hearth
 from edge_agent.mesh.protocol import Offer
 from edge_agent.mesh.state import HouseholdFile, HouseholdState
@@ -105,6 +106,10 @@ async def crash(agent: Hearth) -> None:
     if mesh.node.transport is not None:
         mesh.node.transport.abort()
     await mesh.endpoint.close(clean=False)
+    with contextlib.suppress(HearthError):  # a dead process's sockets close: its direct links end too
+        links = agent.updater.links
+        if links is not None:
+            await links.close()
 
 
 @dataclass

@@ -99,6 +99,57 @@ def lan(names: list[str]) -> Iterator[dict[str, Host]]:
         subprocess.run(["ip", "netns", "del", switch], capture_output=True)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A second network between two hosts (a second veth pair on its own /24)."""
+
+    a_ip: str
+    b_ip: str
+    a_dev: str
+    b_dev: str
+
+
+def add_link(a: Host, b: Host) -> Link:
+    """Join ``a`` and ``b`` by another veth pair on a /24 of its own (removed with the namespaces): a
+    path that can be cut while their first network (the broker's) stays up."""
+    tag = secrets.token_hex(3)
+    net = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    link = Link(f"{net}.1", f"{net}.2", f"hl{tag}a", f"hl{tag}b")
+    _ip("link", "add", link.a_dev, "type", "veth", "peer", "name", link.b_dev)
+    for host, dev, ip in ((a, link.a_dev, link.a_ip), (b, link.b_dev, link.b_ip)):
+        _ip("link", "set", dev, "netns", host.ns)
+        _ip("-n", host.ns, "addr", "add", f"{ip}/24", "dev", dev)
+        _ip("-n", host.ns, "link", "set", dev, "up")
+    return link
+
+
+def set_link(host: Host, dev: str, up: bool) -> None:
+    """``ip link set DEV up|down`` inside ``host``: down, its network's route is gone at once."""
+    _ip("-n", host.ns, "link", "set", dev, "up" if up else "down")
+
+
+def link_bytes(host: Host, dev: str) -> int:
+    """Bytes ``host`` received on ``dev`` so far."""
+    return int(host.run("cat", f"/sys/class/net/{dev}/statistics/rx_bytes").stdout)
+
+
+def go_silent_after(host: Host, daddr: str, sport: int, nbytes: int) -> None:
+    """From the next ``nbytes`` bytes on, drop every packet ``host`` sends from TCP port ``sport`` to
+    ``daddr``: a link that goes silent mid-stream (no FIN, no RST), at a point set by bytes, not time."""
+    host.run("nft", "-f", "-", stdin=(
+        "table inet hearth_cut {\n"
+        "  chain output {\n    type filter hook output priority 0; policy accept;\n"
+        f"    ip daddr {daddr} tcp sport {sport} quota over {nbytes} bytes counter drop\n  }}\n"
+        "}\n"
+    ))  # fmt: skip
+
+
+def cut_packets(host: Host) -> int:
+    """Packets `go_silent_after` dropped so far."""
+    listing = host.run("nft", "list", "table", "inet", "hearth_cut").stdout
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+
+
 def switch_of(hosts: dict[str, Host]) -> Host:
     """The switch namespace of a `lan` (where its bridge and the hosts' far veth ends live)."""
     first = next(iter(hosts.values()))

@@ -57,9 +57,9 @@ async def _listen_host(settings: UpdateSettings) -> str | None:
 
 async def _own_network(host: str | None, settings: UpdateSettings) -> Network | None:
     """The network peers' direct contacts must be on (mesh.direct.usable_hosts): that of the address
-    we listen on, else of the one we reach the broker from; None (no direct asks) if neither is
-    known."""
-    address = host
+    we listen on (or would: [updates] direct_address), else of the one we reach the broker from; None
+    (no direct asks) if neither is known."""
+    address = host or settings.direct_address  # an ask-only device's own LAN address, when named
     try:
         if address is None or ipaddress.ip_address(address).is_unspecified:
             address = await asyncio.to_thread(local_address_towards, *_broker(settings))

@@ -120,6 +120,11 @@ class Updater:
         return self.settings.interval_s
 
     @property
+    def links(self) -> DirectLinks | None:
+        """This device's direct links while open (chunks, requests and streams use them)."""
+        return self._direct
+
+    @property
     def awaiting(self) -> dict[str, int]:
         """Per model, the newest sequence found that waits for approval (policy "ask")."""
         return self.approvals.awaiting

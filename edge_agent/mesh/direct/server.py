@@ -13,6 +13,7 @@ that fails unexpectedly is dropped and counted; the server and every other link 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -111,8 +112,11 @@ class LinkServer:
         for task, (_, end) in self.served.items():
             if end is writer:
                 self.carried.add(task)
+                # Sending is activity too: a long answer keeps its link. (Between two frames the
+                # deadline is not running: nothing to move then.)
                 if (idle := self.idle.get(task)) is not None:
-                    idle.reschedule(idle_until)  # sending is activity too: a long answer keeps its link
+                    with contextlib.suppress(RuntimeError):
+                        idle.reschedule(idle_until)
         try:
             await send_message(writer, channel, payload)
         except (ConnectionError, OSError, RuntimeError) as exc:

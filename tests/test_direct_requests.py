@@ -207,3 +207,27 @@ async def test_answers_written_while_the_link_reads_the_next_message_all_arrive(
                 rtts = await asyncio.gather(*(fridge.endpoint.ping(peer, timeout=5) for _ in range(60)))
                 assert None not in rtts
             assert _broker_frames(home, hub, fridge) == []
+
+
+async def test_an_idle_link_is_closed_and_one_that_answers_is_kept(tmp_path: Path) -> None:
+    """The serving side closes a link nothing crossed for ``idle_s``; answers it sends count as
+    activity (a long answer to a requester that sends nothing keeps its link)."""
+    async with household(tmp_path) as home:
+        hub, fridge = home.device("hub", serves=["generate"]), home.device("fridge")
+        await home.start(hub, fridge)
+        async with linked(hub, DirectLimits(idle_s=1.0)) as hub_links, linked(fridge) as fridge_links:
+            await _heard_contacts(home)
+            assert hub_links.server is not None
+            GATES["slow"] = asyncio.Queue()
+            stream = _stream(fridge, hub, ["a", "b", "c", "d"], gate="slow")
+            words = []
+            for _ in range(4):  # an answer that takes 4 x 0.3 s, more than idle_s: the link stays
+                await asyncio.sleep(0.3)  # the slow answer under test, not a wait for something
+                GATES["slow"].put_nowait(None)
+                words.append((await anext(stream)).text)
+            assert words == ["a", "b", "c", "d"]
+            assert (await anext(stream)).final
+            link = fridge_links.links[hub.id]
+            assert not link.closed
+            assert await until(lambda: link.closed)  # then nothing crosses it: closed
+            assert hub_links.server.writer_to(fridge.id) is None

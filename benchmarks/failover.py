@@ -20,19 +20,22 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from benchmarks.rigs.brokers import run_mosquitto
 from benchmarks.rigs.meshkit import TwoHubs, config, crash, provision, service, watchdog
 from edge_agent import aio
 from edge_agent.client.schemas import GenerateRequest
+from edge_agent.hearth import Hearth
 from edge_agent.models.store import PackStore
 
 PROMPT = "Describe a kitchen in three sentences."
 RESULTS = Path(__file__).parent / "results"
 
 
-async def trials(n: int, tmp: Path, min_tokens: int = 40) -> dict[str, object]:
+async def trials(n: int, tmp: Path, min_tokens: int = 40) -> dict[str, Any]:
     store = PackStore()
     request = GenerateRequest.from_prompt(PROMPT, max_tokens=48, min_tokens=min_tokens)
     with run_mosquitto(tmp / "broker") as broker:
@@ -47,6 +50,7 @@ async def trials(n: int, tmp: Path, min_tokens: int = 40) -> dict[str, object]:
                 rig.offers.update(rig.hubs["hub-a"].mesh.offers)
                 await fridge.wait_for_peers("generate", timeout=5)
                 expected = "".join([c.text async for c in fridge.router.generate(request)])
+                rates = await stream_rates(fridge, rig.hubs, request, runs=7)
                 for trial in range(n):
                     async with watchdog(90, f"trial {trial}"):
                         await fridge.wait_for_peers("generate", timeout=5)
@@ -74,6 +78,7 @@ async def trials(n: int, tmp: Path, min_tokens: int = 40) -> dict[str, object]:
         finally:
             await rig.aclose()
         return {
+            **rates,
             "trials": n,
             "min_tokens": min_tokens,
             "exact_match": exact,
@@ -83,6 +88,36 @@ async def trials(n: int, tmp: Path, min_tokens: int = 40) -> dict[str, object]:
             "dropped_frames": dict(fridge.mesh.node.dropped),
             "problems": problems[:10],
         }
+
+
+async def stream_rates(
+    fridge: Hearth, hubs: dict[str, Hearth], request: GenerateRequest, runs: int
+) -> dict[str, Any]:
+    """The decode rate the fridge sees through the mesh against the serving hub's own local decode of
+    the same request, interleaved, medians (tokens after the first per second from the first token on:
+    prefill and the request's trip are excluded, each is measured elsewhere)."""
+
+    def rate(stamps: list[tuple[float, int]]) -> float:
+        tokens = sum(n for _, n in stamps[1:])
+        return tokens / (stamps[-1][0] - stamps[0][0])
+
+    mesh, local, paths = [], [], Counter[str]()
+    for _ in range(runs):
+        routed = fridge.router.generate(request)
+        stamps = [(time.perf_counter(), len(c.token_ids)) async for c in routed if c.token_ids]
+        mesh.append(rate(stamps))
+        hub = hubs[routed.served_by]
+        links = fridge.updater.links
+        paths["direct" if links is not None and hub.mesh.node.device_id in links.links else "broker"] += 1
+        stamps = [
+            (time.perf_counter(), len(c.token_ids)) async for c in hub.agent.generate(request) if c.token_ids
+        ]
+        local.append(rate(stamps))
+    mesh_rate, local_rate = statistics.median(mesh), statistics.median(local)
+    return {
+        "decode_tok_s": {"through_mesh": mesh_rate, "local": local_rate, "runs": runs, "paths": dict(paths)},
+        "ratios": {"mesh_decode_vs_local": mesh_rate / local_rate},
+    }
 
 
 def main() -> None:
@@ -105,6 +140,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
     else:
+        print(f"decode through the mesh {result['decode_tok_s']['through_mesh']:.1f} tok/s, locally "
+              f"{result['decode_tok_s']['local']:.1f} tok/s ({result['decode_tok_s']['paths']})")  # fmt: skip
         print(f"{result['exact_match']}/{result['trials']} streams identical to the uninterrupted answer; "
               f"{result['failed_over_once']} failed over exactly once; gap median {result['gap_ms_median']:.1f} ms, "
               f"p99 {result['gap_ms_p99']:.1f} ms")  # fmt: skip

@@ -14,13 +14,16 @@ key-compromise impersonation, ~500 bytes per handshake here, and the key exchang
 is keyed by: the CoAP transport (issue 24) reuses these handshakes.
 
 One job per module: `wire` (frame layouts), `credentials` (the run's key and its signed statement),
-`handshake` (the EDHOC steps), `aead` (the cipher, per CPU), `layer` (`Sessions`: the table, sealing,
-opening, rekeying, bounds). The node (`mesh.node`) uses v2 with every peer whose presence says it
-speaks it, v1 with the others (mixed versions during a rollout), and refuses v1 from a v2 speaker.
+`handshake` (the EDHOC steps), `pending` (handshakes under way), `aead` (the cipher, per CPU), `table`
+(the sessions held, their ages and counter windows), `layer` (`Sessions`: starting and answering
+handshakes, sealing, opening, rekeying, bounds).
+The node (`mesh.node`) uses v2 with every peer whose presence says it speaks it, v1 with the others
+(mixed versions during a rollout), and refuses v1 from a v2 speaker.
 """
 
 from edge_agent.mesh.sessions.aead import AES_GCM, CHACHA20_POLY1305, has_aes_instructions
-from edge_agent.mesh.sessions.layer import Session, Sessions
+from edge_agent.mesh.sessions.layer import Sessions
+from edge_agent.mesh.sessions.table import Session
 from edge_agent.mesh.sessions.wire import KIND_DATA, KIND_HANDSHAKE, kind_of
 
 __all__ = [

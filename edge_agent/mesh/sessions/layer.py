@@ -15,7 +15,6 @@ Every table is bounded: sessions per peer, half-done handshakes per peer and in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -34,10 +33,11 @@ from edge_agent.errors import (
 from edge_agent.mesh.envelope import KIND_DIRECT, MAX_TIMESTAMP_MS, Opened, PathHeader
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.identity import DeviceIdentity
-from edge_agent.mesh.replay import ReplayGuard
-from edge_agent.mesh.sessions.aead import SessionCipher, has_aes_instructions
+from edge_agent.mesh.sessions.aead import has_aes_instructions
 from edge_agent.mesh.sessions.credentials import RunCredential, verify_statement
 from edge_agent.mesh.sessions.handshake import Initiator, Keys, Responder
+from edge_agent.mesh.sessions.pending import Initiating, Responding, context_of
+from edge_agent.mesh.sessions.table import Session, SessionTable
 from edge_agent.mesh.sessions.wire import (
     DATA_HEAD,
     HandshakeFrame,
@@ -55,56 +55,6 @@ log = logging.getLogger(__name__)
 SendFrame = Callable[[str, bytes], Awaitable[None]]
 """Sends a handshake frame to a member's request inbox (raises TransportError)."""
 _MAX_SPEAKERS = 4096
-
-
-@dataclass(eq=False, slots=True)
-class Session:
-    """Keys shared with one run of one peer."""
-
-    peer: str
-    peer_run: str
-    index: int
-    """Ours: the peer puts it in every frame it sends on this session."""
-    peer_index: int
-    sender: SessionCipher = field(repr=False)
-    receiver: SessionCipher = field(repr=False)
-    made: float
-    """time.monotonic() when the handshake finished."""
-    initiator: bool
-    sent: int = 0
-
-    @property
-    def aead(self) -> str:
-        return self.sender.name
-
-    @property
-    def window(self) -> str:
-        """Its counter window's name (what a replay refusal names)."""
-        return f"{self.peer} (session {self.index:08x})"
-
-
-@dataclass(eq=False, slots=True)
-class _Initiating:
-    initiator: Initiator
-    peer: str
-    peer_run: str
-    index: int
-    done: asyncio.Future[Session]
-    started: float
-
-
-@dataclass(eq=False, slots=True)
-class _Responding:
-    responder: Responder
-    peer: str
-    peer_run: str
-    initiator_index: int
-    started: float
-
-
-def context_of(household: str, initiator: str, responder: str, i_run: str, r_run: str) -> bytes:
-    """The exporter context: keys belong to this household, these two devices and these two runs."""
-    return "\n".join(["hearth session v2", household, initiator, responder, i_run, r_run]).encode()
 
 
 @dataclass(repr=False)
@@ -125,13 +75,12 @@ class Sessions:
     evicted: int = 0
     """Half-done handshakes dropped to make room for newer ones (a flood of messages 1 shows here)."""
     _credential: RunCredential | None = None
-    _by_index: dict[int, Session] = field(default_factory=dict)
-    _by_peer: dict[str, list[Session]] = field(default_factory=dict)
-    _initiating: dict[tuple[str, str], _Initiating] = field(default_factory=dict)
-    _responding: dict[int, _Responding] = field(default_factory=dict)
-    _replay: ReplayGuard = field(default_factory=ReplayGuard)
+    _initiating: dict[tuple[str, str], Initiating] = field(default_factory=dict)
+    _responding: dict[int, Responding] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.table = SessionTable(self.limits, lambda: self.clock())
+        """The sessions made (the clock read through this object, so a test may replace it)."""
         self.membership.on_revoked.append(self.revoked)
 
     @property
@@ -165,18 +114,15 @@ class Sessions:
 
     def current(self, peer: str, peer_run: str) -> Session | None:
         """The newest usable session with that run of ``peer``."""
-        for session in reversed(self._by_peer.get(peer, ())):
-            if session.peer_run == peer_run and not self._expired(session):
-                return session
-        return None
+        return self.table.current(peer, peer_run)
 
     async def seal(
         self, cert: DeviceCertificate, peer_run: str, inbox: str, payload: bytes, now_ms: int | None = None
     ) -> bytes:
         """``payload`` sealed on the current session with that run of the member (made first if need
         be). Raises SessionError if no session could be made, TransportError if the link is down."""
-        session = self.current(cert.device_id, peer_run)
-        if session is None or self._worn(session):
+        session = self.table.current(cert.device_id, peer_run)
+        if session is None or self.table.worn(session):
             try:
                 session = await self.establish(cert, peer_run)
             except SessionError:
@@ -203,7 +149,7 @@ class Sessions:
                 )
             initiator = Initiator(self.credential(), cert.device_id)
             done: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
-            pending = _Initiating(initiator, cert.device_id, peer_run, self._new_index(), done, self.clock())
+            pending = Initiating(initiator, cert.device_id, peer_run, self._new_index(), done, self.clock())
             self._initiating[key] = pending
             frame = HandshakeFrame(
                 1,
@@ -238,22 +184,22 @@ class Sessions:
     def open(self, frame: bytes, inbox: str, now_ms: int | None = None) -> Opened:
         """Verify and decrypt one data frame, or raise a PeerError saying why not."""
         index, counter = parse_data_header(frame, self.max_frame)
-        session = self._by_index.get(index)
+        session = self.table.get(index)
         if session is None:
             raise ReplayError(
                 f"no session {index:08x} here: sealed for an earlier run of this device, expired, "
                 "or never made"
             )
         cert = self.membership.member(session.peer)  # NotAMemberError once revoked or expired
-        if self._expired(session):
-            self._forget(session)
+        if self.table.expired(session):
+            self.table.forget(session)
             raise ReplayError(f"session {index:08x} with {cert.name} has expired (keys forgotten)")
         window = session.window
         if counter == 0 or counter > self.max_counter:
             raise ReplayError(
                 f"counter {counter} from {session.peer} is outside a session's range [1, {self.max_counter}]"
             )
-        self._replay.check(window, counter)
+        self.table.replay.check(window, counter)
         head = frame[: DATA_HEAD.size]
         try:
             plain = session.receiver.open(counter, frame[DATA_HEAD.size :], head + inbox.encode())
@@ -277,7 +223,7 @@ class Sessions:
                 f"message from {session.peer} is timestamped {abs(skew) / 1000:.0f} s {side} this device's "
                 f"clock, outside the {self.max_skew_ms / 1000:g} s freshness window"
             )
-        self._replay.commit(window, counter)
+        self.table.replay.commit(window, counter)
         return Opened(header, cert, plain[8:])
 
     async def handshake(self, frame: bytes) -> None:
@@ -313,7 +259,7 @@ class Sessions:
         responder = Responder(self.credential(), cert.device_id)
         message_2 = responder.message_2(hs.message)
         index = self._new_index()
-        self._responding[index] = _Responding(
+        self._responding[index] = Responding(
             responder, cert.device_id, hs.sender_run, hs.initiator_index, self.clock()
         )
         answer = HandshakeFrame(
@@ -386,39 +332,16 @@ class Sessions:
     def _add(
         self, peer: str, peer_run: str, index: int, peer_index: int, keys: Keys, initiator: bool
     ) -> Session:
-        now = self.clock()
-        session = Session(peer, peer_run, index, peer_index, keys.sender, keys.receiver, now, initiator)
-        sessions = self._by_peer.setdefault(peer, [])
-        sessions.append(session)
-        self._by_index[index] = session
-        while len(sessions) > self.limits.max_sessions_per_peer:
-            self._forget(sessions[0])
+        session = self.table.add(peer, peer_run, index, peer_index, keys, initiator)
         self.speaks(peer)
-        log.debug(
-            "session %08x with %s (%s, %s)",
-            index,
-            peer[:8],
-            session.aead,
-            "we started it" if initiator else "it started it",
-        )
         return session
-
-    def _forget(self, session: Session) -> None:
-        self._by_index.pop(session.index, None)
-        self._replay.forget(session.window)
-        sessions = self._by_peer.get(session.peer)
-        if sessions is not None:
-            with contextlib.suppress(ValueError):
-                sessions.remove(session)
-            if not sessions:
-                del self._by_peer[session.peer]
 
     def _new_index(self) -> int:
         while True:
             index = secrets.randbits(32)
             if (
                 index
-                and index not in self._by_index
+                and index not in self.table
                 and index not in self._responding
                 and all(p.index != index for p in self._initiating.values())
             ):
@@ -429,16 +352,7 @@ class Sessions:
         self.evicted += 1
         log.debug("dropped a half-done session handshake from %s to make room", gone.peer[:8])
 
-    def _expired(self, session: Session) -> bool:
-        return self.clock() - session.made >= self.limits.reject_after_s
-
-    def _worn(self, session: Session) -> bool:
-        return (
-            self.clock() - session.made >= self.limits.rekey_after_s
-            or session.sent >= self.limits.rekey_after_messages
-        )
-
-    def _timed_out(self, pending: _Initiating | _Responding) -> bool:
+    def _timed_out(self, pending: Initiating | Responding) -> bool:
         return self.clock() - pending.started >= self.limits.handshake_s
 
     def _expire_pending(self) -> None:
@@ -449,33 +363,26 @@ class Sessions:
         """Forget expired sessions and abandoned handshakes (housekeeping: keys must not outlive
         ``reject_after_s`` even with a peer we no longer talk to). Returns how many sessions went."""
         self._expire_pending()
-        gone = [s for s in self._by_index.values() if self._expired(s)]
-        for session in gone:
-            self._forget(session)
-        return len(gone)
+        return self.table.prune()
 
     def revoked(self, devices: frozenset[str]) -> None:
         for device in devices:
-            for session in list(self._by_peer.get(device, ())):
-                self._forget(session)
+            self.table.forget_peer(device)
             for index in [i for i, r in self._responding.items() if r.peer == device]:
                 del self._responding[index]
             self.speakers.discard(device)
 
     def forget_runs(self, device_id: str, keep: str | None = None) -> None:
         """``device_id`` restarted (or left): sessions with its other runs are useless, forget them now."""
-        for session in list(self._by_peer.get(device_id, ())):
-            if session.peer_run != keep:
-                self._forget(session)
+        self.table.forget_peer(device_id, keep)
 
     def sessions_with(self, device_id: str) -> list[Session]:
         """Diagnostics and tests."""
-        return list(self._by_peer.get(device_id, ()))
+        return self.table.with_peer(device_id)
 
     def window(self, index: int) -> tuple[int, int] | None:
         """The counter window of our session ``index`` (diagnostics and tests)."""
-        session = self._by_index.get(index)
-        return self._replay.window(session.window) if session is not None else None
+        return self.table.window(index)
 
     def initiating(self) -> list[int]:
         """Our indices of the handshakes this device started and waits on (diagnostics and tests)."""

@@ -189,7 +189,8 @@ class AgentFacade:
     def peers_report(self) -> PeersReport:
         """Live peers and where each task would run from here right now."""
         now = time.monotonic()
-        rows = self.service.endpoint.peers.all() if self.service is not None else []
+        endpoint = self.service.endpoint if self.service is not None else None
+        rows = endpoint.peers.all() if endpoint is not None else []
         decisions = {
             "generate": self.router.decide(
                 "generate", GenerateRequest.from_prompt("x", max_tokens=self.config.generate.max_tokens)
@@ -210,6 +211,8 @@ class AgentFacade:
                     seen_s_ago=round(now - p.seen, 3),
                     offers=[o.model_dump() for o in p.presence.offers],
                     health=p.presence.health,
+                    path=endpoint.path_to(p.device_id) if endpoint is not None else "broker",
+                    envelope=endpoint.envelope_to(p.device_id) if endpoint is not None else 1,
                 )
                 for p in rows
             ],

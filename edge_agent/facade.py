@@ -47,6 +47,11 @@ class PeerReport(BaseModel):
     offers: list[dict[str, Any]]
     health: Health | None = None
     """Restarts and drops the peer reports for its own loops (None: it does not say)."""
+    path: str = "broker"
+    """Where a request to it would go now: "direct" (a link is up or its contact may be tried) or
+    "broker"."""
+    envelope: int = 1
+    """2: messages to it travel on forward-secret sessions; 1: the v1 envelope (it does not speak v2)."""
 
 
 class PeersReport(BaseModel):

@@ -83,6 +83,10 @@ async def test_requests_and_streams_take_the_link_and_the_broker_sees_none_of_th
             assert fridge_peer is not None
             assert await fridge.endpoint.ping(fridge_peer) is not None
             assert _broker_frames(home, hub, fridge) == []
+            # What `hearth peers` shows for it: the direct path, on forward-secret sessions.
+            assert (fridge.endpoint.path_to(hub.id), fridge.endpoint.envelope_to(hub.id)) == ("direct", 2)
+        # Without links, the broker (still forward-secret).
+        assert (fridge.endpoint.path_to(hub.id), fridge.endpoint.envelope_to(hub.id)) == ("broker", 2)
 
 
 async def test_messages_on_a_link_are_padded_and_checked_as_on_the_broker(tmp_path: Path) -> None:

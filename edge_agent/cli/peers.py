@@ -40,12 +40,13 @@ def peers(
             print(json.dumps(out, indent=1))
             return
         table = Table("name", "device", "class / profile", "serves (measured)", "queue", "free RAM", "RTT",
-                      "seen", "health", title=f"household {report.household}")  # fmt: skip
+                      "path", "seen", "health", title=f"household {report.household}")  # fmt: skip
         for p in report.peers:
             offers = ", ".join(f"{o['task']} {o['rate']:.0f}/s ({o['pack']})" for o in p.offers) or "-"
+            path = f"{p.path}, {'forward-secret' if p.envelope == 2 else 'v1 envelope'}"
             table.add_row(p.name, p.device_id[:12], f"{p.device_class} / {p.profile}", offers,
                           str(p.queue_depth), f"{p.free_model_ram_mb} MB",
-                          f"{p.rtt_ms:.2f} ms" if p.rtt_ms is not None else "?",
+                          f"{p.rtt_ms:.2f} ms" if p.rtt_ms is not None else "?", path,
                           f"{p.seen_s_ago:.1f} s ago", _peer_health(p.health))  # fmt: skip
         console.print(table)
         if not report.peers:

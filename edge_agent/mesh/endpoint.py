@@ -212,6 +212,18 @@ class MeshEndpoint:
     def session_of(self, device_id: str) -> str | None:
         return self.directory.session_of(device_id)
 
+    def path_to(self, device_id: str) -> str:
+        """Where a message to ``device_id`` would go now: a direct path's name, or "broker"."""
+        direct = self.exchanges.direct
+        if direct is not None and direct.carries(device_id, self.exchanges.contact_of(device_id)):
+            return direct.name
+        return "broker"
+
+    def envelope_to(self, device_id: str) -> int:
+        """2 when messages to ``device_id`` travel on forward-secret sessions, else 1."""
+        sessions = self.node.sessions
+        return 2 if sessions is not None and device_id in sessions.speakers else 1
+
     # -- the features' view (mesh.interfaces.FeaturePort) ---------------------------------------------
 
     def register(self, message_type: type[M], handler: Callable[[DeviceCertificate, M], None]) -> None:

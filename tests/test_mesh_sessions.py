@@ -375,6 +375,26 @@ async def test_sessions_rekey_by_time_and_count_and_forget_their_keys(tmp_path: 
         assert len(hub.sessions.sessions_with(fridge.id)) == 1
 
 
+async def test_a_failed_rekey_leaves_the_old_session_serving_without_waiting_again(tmp_path: Path) -> None:
+    limits = MeshLimits(sessions=SessionLimits(rekey_after_s=10, reject_after_s=60, handshake_s=0.3))
+    async with pair(tmp_path, limits) as (home, hub, fridge, *_):
+        now = [1000.0]
+        for live in (hub, fridge):
+            live.sessions.clock = lambda: now[0]
+        await fridge.send(hub)
+        await hub.next()
+        now[0] += 10  # due for a rekey, but the hub's answers to handshakes are lost
+        home.sim.drop = lambda address, frame: kind_of(frame) == KIND_HANDSHAKE and f"/{fridge.id}" in address
+        await fridge.send(hub, b"after a failed rekey")  # waits one handshake_s, then the old session
+        assert (await hub.next()).payload == b"after a failed rekey"
+        (session,) = fridge.sessions.sessions_with(hub.id)
+        assert session.retry_rekey_at == now[0] + 3.0 and session.sent == 2
+        handshakes = len(_frames(home, KIND_HANDSHAKE, hub.id))
+        await fridge.send(hub, b"no wait")  # backing off: no new handshake, the old session at once
+        assert (await hub.next()).payload == b"no wait"
+        assert len(_frames(home, KIND_HANDSHAKE, hub.id)) == handshakes
+
+
 async def test_a_peer_that_never_finishes_the_handshake_fails_the_request_over(tmp_path: Path) -> None:
     settings = MeshSettings(
         presence_interval_s=0.05, coalesce_ms=0, limits=MeshLimits(sessions=SessionLimits(handshake_s=0.3))

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 SendFrame = Callable[[str, bytes], Awaitable[None]]
 """Sends a handshake frame to a member's request inbox (raises TransportError)."""
 _MAX_SPEAKERS = 4096
+REKEY_RETRY_HANDSHAKES = 10
+"""After a failed rekey, wait this many handshake timeouts before the next try."""
 
 
 @dataclass(repr=False)
@@ -128,6 +130,7 @@ class Sessions:
             except SessionError:
                 if session is None:
                     raise
+                session.retry_rekey_at = self.clock() + REKEY_RETRY_HANDSHAKES * self.limits.handshake_s
                 log.info("rekeying with %s failed; the current session serves until it expires", cert.name)
         return self.seal_on(session, inbox, payload, now_ms)
 

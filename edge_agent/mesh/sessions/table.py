@@ -34,6 +34,9 @@ class Session:
     """The table's clock when the handshake finished."""
     initiator: bool
     sent: int = 0
+    retry_rekey_at: float = 0.0
+    """After a rekey that failed, the next is not tried before this (the table's clock): the old
+    session serves meanwhile, and no send waits for a handshake that will not come."""
 
     @property
     def aead(self) -> str:
@@ -96,8 +99,10 @@ class SessionTable:
         return self.clock() - session.made >= self.limits.reject_after_s
 
     def worn(self, session: Session) -> bool:
-        return (
-            self.clock() - session.made >= self.limits.rekey_after_s
+        """Due for a rekey (and not backing off from a failed one)."""
+        now = self.clock()
+        return now >= session.retry_rekey_at and (
+            now - session.made >= self.limits.rekey_after_s
             or session.sent >= self.limits.rekey_after_messages
         )
 

@@ -59,7 +59,8 @@ async def test_fridge_chat_is_served_by_the_hub_and_streamed_back(
         assert hub.mesh.node.dropped == {} and fridge.mesh.node.dropped == {}
 
 
-FAILOVER_TRIALS = 50
+FAILOVER_TRIALS = 16
+"""Each kill point once, 16 of them spread over 1..28 tokens (benchmarks.failover runs 200 trials)."""
 
 
 async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_repeat(
@@ -78,7 +79,7 @@ async def test_killing_the_serving_peer_mid_stream_fails_over_without_gap_or_rep
             for trial in range(FAILOVER_TRIALS):
                 async with watchdog(90, f"trial {trial}"):
                     await fridge.wait_for_peers("generate", timeout=5)
-                    kill_after = 1 + (trial * 7) % 28  # tokens received before the serving hub dies
+                    kill_after = 1 + (trial * 5) % 28  # tokens received before the serving hub dies
                     routed = fridge.router.generate(request)
                     text, seen = "", 0
                     victim = None

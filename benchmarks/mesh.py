@@ -3,7 +3,8 @@ with a raw TLS 1.3 echo over loopback (the physical anchor of a direct link).
 
 Two devices, two processes, as in a home: every answering side runs in its own process
 (``benchmarks.mesh_echo``), the requester here, all on one event loop type. Per payload size, round
-trips alternate between the stacks (so drift hits all of them alike):
+trips alternate between the stacks in an order that rotates every round (so drift, and whatever one
+stack leaves running, hits all of them alike):
 
 - raw: paho clients with their network threads publish the bytes as they are (QoS as given);
 - broker: Hearth nodes on aiomqtt through the same Mosquitto, on a forward-secret session (envelope
@@ -277,9 +278,14 @@ async def _run(qos: int, runs: int, rate_n: int) -> dict[str, Any]:
                     payload = os.urandom(size)
                     samples: dict[str, list[float]] = {name: [] for name in STACKS}
                     for i in range(runs + 20):  # the first 20: warm-up (the session's handshake too)
-                        timed = {"raw": await asyncio.to_thread(raw.round_trip, payload)}
-                        for name, requester in stacks.items():
-                            timed[name] = await requester.round_trip(payload)
+                        # The order rotates every round: what one stack leaves behind (a PUBACK still
+                        # in flight, a woken thread) lands on each of the others alike.
+                        timed: dict[str, float] = {}
+                        for name in STACKS[i % len(STACKS) :] + STACKS[: i % len(STACKS)]:
+                            if name == "raw":
+                                timed[name] = await asyncio.to_thread(raw.round_trip, payload)
+                            else:
+                                timed[name] = await stacks[name].round_trip(payload)
                         if i >= 20:
                             for name, seconds in timed.items():
                                 samples[name].append(seconds * 1000)

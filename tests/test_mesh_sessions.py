@@ -32,8 +32,10 @@ from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Address, Channel
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.sessions import AES_GCM, CHACHA20_POLY1305, KIND_DATA, KIND_HANDSHAKE, Sessions, kind_of
+from edge_agent.mesh.sessions.aead import SessionCipher
 from edge_agent.mesh.sessions.credentials import RunCredential, verify_statement
-from edge_agent.mesh.sessions.handshake import Initiator, Responder
+from edge_agent.mesh.sessions.handshake import Initiator, Keys, Responder
+from edge_agent.mesh.sessions.table import SessionTable
 from edge_agent.mesh.sessions.wire import HandshakeFrame
 from edge_agent.mesh.settings import MeshLimits, MeshSettings, SessionLimits
 from edge_agent.mesh.transports.memory import MeshSimulator
@@ -479,3 +481,25 @@ async def test_a_statement_binds_its_credential_to_one_household_device_and_run(
                 verify_statement(*bad)
         with pytest.raises(MalformedMessageError, match="no credential statement"):
             verify_statement(*args[:4], None)
+
+
+def test_one_shot_runs_of_a_device_never_evict_the_run_it_is_busy_with() -> None:
+    """A device's agent, its one-shot commands and Home Assistant share one device id (each its own
+    run): the table keeps a bounded number of that device's runs, and the one it forgets is the run used
+    least lately, never the agent's busy session; within a run, the oldest session (a rekey's
+    predecessor) goes first."""
+    now = [0.0]
+    table = SessionTable(SessionLimits(max_runs_per_peer=2, max_sessions_per_peer=2), lambda: now[0])
+    cipher = SessionCipher(bytes(32), CHACHA20_POLY1305)
+    keys = Keys(cipher, cipher)
+    agent = table.add("f" * 32, "a" * 16, 1, 101, keys, initiator=False)
+    for n, run in enumerate(("b" * 16, "c" * 16, "d" * 16), start=2):  # one-shot commands, one by one
+        now[0] += 1
+        table.add("f" * 32, run, n, 100 + n, keys, initiator=False)
+        now[0] += 1
+        agent.used = now[0]  # the agent keeps talking between them
+    assert {s.peer_run for s in table.with_peer("f" * 32)} == {"a" * 16, "d" * 16}
+    assert table.get(1) is agent
+    for index in (5, 6):  # two rekeys of the agent's run: its oldest session goes
+        table.add("f" * 32, "a" * 16, index, 100 + index, keys, initiator=True)
+    assert [s.index for s in table.with_peer("f" * 32) if s.peer_run == "a" * 16] == [5, 6]

@@ -68,8 +68,11 @@ class SessionLimits(BaseModel):
     rekey_after_messages: int = Field(default=1 << 24, ge=16, le=1 << 48)
     """Frames sent on one session before a new handshake (AEAD keys are never worn out)."""
     max_sessions_per_peer: int = Field(default=3, ge=2, le=16)
-    """Sessions kept per member: the current one, its predecessor during a rekey, one made by both
-    sides at once; the oldest goes first."""
+    """Sessions kept per run of a member: the current one, its predecessor during a rekey, one made by
+    both sides at once; the oldest goes first."""
+    max_runs_per_peer: int = Field(default=4, ge=1, le=64)
+    """Runs of one member held at once (its agent, a one-shot `hearth` command, Home Assistant share
+    its device id); past it, the run used least recently is forgotten."""
     max_pending: int = Field(default=64, ge=1, le=4096)
     """Handshakes half done (either side), from everyone together; past it the oldest is dropped."""
     max_pending_per_peer: int = Field(default=2, ge=1, le=64)

@@ -136,6 +136,7 @@ class Sessions:
 
     def seal_on(self, session: Session, inbox: str, payload: bytes, now_ms: int | None = None) -> bytes:
         session.sent += 1
+        session.used = self.clock()
         head = data_header(session.peer_index, session.sent)
         ts = int(time.time() * 1000) if now_ms is None else now_ms
         return head + session.sender.seal(session.sent, pack_time(ts) + payload, head + inbox.encode())
@@ -227,6 +228,7 @@ class Sessions:
                 f"clock, outside the {self.max_skew_ms / 1000:g} s freshness window"
             )
         self.table.replay.commit(window, counter)
+        session.used = self.clock()
         return Opened(header, cert, plain[8:])
 
     async def handshake(self, frame: bytes) -> None:

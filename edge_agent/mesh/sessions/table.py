@@ -1,6 +1,8 @@
 """The session table: the sessions this device holds with its peers' runs, by the index peers put in
-their frames and by peer, with their counter windows; bounded per peer, aged by the clock it is given
-(rekey after ``rekey_after_s`` or ``rekey_after_messages``, keys forgotten after ``reject_after_s``)."""
+their frames and by peer, with their counter windows; bounded per run of a peer and in runs per peer
+(a device's agent, its one-shot commands and Home Assistant share one device id: an eviction takes the
+run used least lately, never the busy one), aged by the clock it is given (rekey after
+``rekey_after_s`` or ``rekey_after_messages``, keys forgotten after ``reject_after_s``)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class Session:
     """The table's clock when the handshake finished."""
     initiator: bool
     sent: int = 0
+    used: float = 0.0
+    """The table's clock when a frame last went out or came in on it."""
     retry_rekey_at: float = 0.0
     """After a rekey that failed, the next is not tried before this (the table's clock): the old
     session serves meanwhile, and no send waits for a handshake that will not come."""
@@ -73,14 +77,22 @@ class SessionTable:
     def add(
         self, peer: str, peer_run: str, index: int, peer_index: int, keys: Keys, initiator: bool
     ) -> Session:
-        session = Session(
-            peer, peer_run, index, peer_index, keys.sender, keys.receiver, self.clock(), initiator
-        )
+        now = self.clock()
+        session = Session(peer, peer_run, index, peer_index, keys.sender, keys.receiver, now, initiator)
+        session.used = now
         sessions = self._by_peer.setdefault(peer, [])
         sessions.append(session)
         self._by_index[index] = session
-        while len(sessions) > self.limits.max_sessions_per_peer:
-            self.forget(sessions[0])
+        same_run = [s for s in sessions if s.peer_run == peer_run]
+        for old in same_run[: max(0, len(same_run) - self.limits.max_sessions_per_peer)]:
+            self.forget(old)  # the oldest of this run: a rekey's predecessor
+        runs: dict[str, float] = {}
+        for s in self._by_peer.get(peer, ()):
+            runs[s.peer_run] = max(runs.get(s.peer_run, 0.0), s.used)
+        while len(runs) > self.limits.max_runs_per_peer:
+            stale = min((r for r in runs if r != peer_run), key=runs.__getitem__)
+            self.forget_run(peer, stale)  # another run of that device, the one used least lately
+            del runs[stale]
         log.debug("session %08x with %s (%s, %s)", index, peer[:8], session.aead,
                   "we started it" if initiator else "it started it")  # fmt: skip
         return session
@@ -112,6 +124,11 @@ class SessionTable:
         for session in gone:
             self.forget(session)
         return len(gone)
+
+    def forget_run(self, device_id: str, run: str) -> None:
+        for session in list(self._by_peer.get(device_id, ())):
+            if session.peer_run == run:
+                self.forget(session)
 
     def forget_peer(self, device_id: str, keep_run: str | None = None) -> None:
         """Every session with ``device_id`` but those with its run ``keep_run``."""

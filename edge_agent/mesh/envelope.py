@@ -88,6 +88,21 @@ class Opened:
     payload: bytes
 
 
+def check_fresh(header: EnvelopeHeader | PathHeader, max_skew_ms: int, now_ms: int | None = None) -> None:
+    """Raise ReplayError unless the header's time is within ``max_skew_ms`` of this device's clock (v1
+    envelopes and v2 session frames alike)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    skew_ms = header.timestamp_ms - now
+    if abs(skew_ms) > max_skew_ms:
+        # The sender's time is not formatted as a date: it is untrusted (and a header from outside
+        # the window says nothing more than how far outside it is).
+        side = "ahead of" if skew_ms > 0 else "behind"
+        raise ReplayError(
+            f"message from {header.sender} is timestamped {abs(skew_ms) / 1000:.0f} s {side} this "
+            f"device's clock, outside the {max_skew_ms / 1000:g} s freshness window"
+        )
+
+
 def _digest(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=32, person=b"hearth-env-v1").digest()
 
@@ -240,16 +255,7 @@ class EnvelopeOpener:
         return Opened(header, cert, payload)
 
     def check_fresh(self, header: EnvelopeHeader | PathHeader, now_ms: int | None = None) -> None:
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        skew_ms = header.timestamp_ms - now
-        if abs(skew_ms) > self.max_skew_ms:
-            # The sender's time is not formatted as a date: it is untrusted (and a header from outside
-            # the window says nothing more than how far outside it is).
-            side = "ahead of" if skew_ms > 0 else "behind"
-            raise ReplayError(
-                f"message from {header.sender} is timestamped {abs(skew_ms) / 1000:.0f} s {side} this "
-                f"device's clock, outside the {self.max_skew_ms / 1000:g} s freshness window"
-            )
+        check_fresh(header, self.max_skew_ms, now_ms)
 
     @staticmethod
     def _decrypt(frame: bytes, body: bytes, end_aad: int, key: bytes, sender: str) -> bytes:

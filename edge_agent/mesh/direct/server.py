@@ -111,23 +111,26 @@ class LinkServer:
             task.cancel()
         return tasks + list(self.served)
 
+    def _link_from(self, device_id: str) -> tuple[asyncio.Task[None], asyncio.StreamWriter] | None:
+        """The newest authenticated link ``device_id`` made to us that is still open: its task and writer."""
+        for task, (device, end) in reversed(list(self.served.items())):
+            if device == device_id and isinstance(end, asyncio.StreamWriter) and not end.is_closing():
+                return task, end
+        return None
+
     def writer_to(self, device_id: str) -> asyncio.StreamWriter | None:
         """An authenticated link from ``device_id`` to send on (the newest), if it made one."""
-        for device, end in reversed(list(self.served.values())):
-            if device == device_id and isinstance(end, asyncio.StreamWriter) and not end.is_closing():
-                return end
-        return None
+        link = self._link_from(device_id)
+        return link[1] if link is not None else None
 
     async def send_message(self, device_id: str, channel: Channel, payload: bytes) -> bool:
         """On a link ``device_id`` made to us; False if there is none. Raises DirectLinkError."""
-        writer = self.writer_to(device_id)
-        if writer is None:
+        link = self._link_from(device_id)
+        if link is None:
             return False
-        now = time.monotonic()
-        for task, (_, end) in self.served.items():
-            if end is writer:
-                self.carried.add(task)
-                self.active[task] = now  # sending is activity too: a long answer keeps its link
+        task, writer = link
+        self.carried.add(task)
+        self.active[task] = time.monotonic()  # sending is activity too: a long answer keeps its link
         try:
             await send_message(writer, channel, payload)
         except (ConnectionError, OSError, RuntimeError) as exc:

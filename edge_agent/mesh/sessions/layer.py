@@ -30,7 +30,7 @@ from edge_agent.errors import (
     ReplayError,
     SessionError,
 )
-from edge_agent.mesh.envelope import KIND_DIRECT, MAX_TIMESTAMP_MS, Opened, PathHeader
+from edge_agent.mesh.envelope import KIND_DIRECT, MAX_TIMESTAMP_MS, Opened, PathHeader, check_fresh
 from edge_agent.mesh.household import DeviceCertificate, Membership
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.sessions.aead import has_aes_instructions
@@ -219,14 +219,7 @@ class Sessions:
             epoch=0,
             topic=inbox,
         )
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        skew = header.timestamp_ms - now
-        if abs(skew) > self.max_skew_ms:
-            side = "ahead of" if skew > 0 else "behind"
-            raise ReplayError(
-                f"message from {session.peer} is timestamped {abs(skew) / 1000:.0f} s {side} this device's "
-                f"clock, outside the {self.max_skew_ms / 1000:g} s freshness window"
-            )
+        check_fresh(header, self.max_skew_ms, now_ms)
         self.table.replay.commit(window, counter)
         session.used = self.clock()
         return Opened(header, cert, plain[8:])

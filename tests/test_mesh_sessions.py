@@ -153,6 +153,19 @@ async def test_the_first_message_makes_one_session_and_both_ends_use_it(tmp_path
         assert bytes.fromhex(fridge.id) not in data and bytes.fromhex(hub.id) not in data
 
 
+async def test_a_peer_without_aes_instructions_gets_chacha20_poly1305_both_ways(tmp_path: Path) -> None:
+    """The AEAD is AES-GCM only when both statements say AES instructions; a fridge panel without them
+    (a Cortex-A53 without the crypto extensions) makes both ends use ChaCha20-Poly1305, on any host."""
+    async with pair(tmp_path) as (_, hub, fridge, *_):
+        fridge.sessions.aes = False  # before its run credential (and statement) is made
+        await fridge.send(hub)
+        assert (await hub.next()).payload == PROMPT
+        await hub.send(fridge, b"answer", Channel.RESPONSES)
+        assert (await fridge.next()).payload == b"answer"
+        (mine,), (theirs,) = fridge.sessions.sessions_with(hub.id), hub.sessions.sessions_with(fridge.id)
+        assert mine.aead == theirs.aead == CHACHA20_POLY1305
+
+
 async def test_a_recorded_session_cannot_be_opened_with_the_long_term_keys_afterwards(tmp_path: Path) -> None:
     """The review's p18: whoever recorded the broker's traffic later steals both devices' identity
     files (and the household group key). v1 frames open with them; v2 frames do not, by any key those

@@ -235,3 +235,20 @@ async def test_an_idle_link_is_closed_and_one_that_answers_is_kept(tmp_path: Pat
             assert not link.closed
             assert await until(lambda: link.closed)  # then nothing crosses it: closed
             assert hub_links.server.writer_to(fridge.id) is None
+
+
+async def test_a_link_to_an_earlier_run_of_the_peer_is_not_used(tmp_path: Path) -> None:
+    """A peer that restarted announces a new certificate: a link made to its old one (whose end may
+    not have closed yet) is closed, not sent on."""
+    async with household(tmp_path) as home:
+        hub, fridge = home.device("hub", serves=["generate"]), home.device("fridge")
+        await home.start(hub, fridge)
+        async with linked(hub), linked(fridge) as fridge_links:
+            await _heard_contacts(home)
+            assert [c.text async for c in _stream(fridge, hub, ["a"])] == ["a", ""]
+            old = fridge_links.links[hub.id]
+            assert hub.direct is not None
+            restarted = hub.direct.model_copy(update={"tls_sha256": "0" * 64})
+            assert fridge_links.client.live(hub.id, hub.direct) is old  # the same run: used
+            assert fridge_links.client.live(hub.id, restarted) is None
+            assert old.closed

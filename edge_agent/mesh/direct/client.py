@@ -40,8 +40,12 @@ class Link:
         supervisor: Supervisor,
         max_header_bytes: int,
         events: LinkEvents | None = None,
+        fingerprint: str = "",
     ) -> None:
         self.peer = peer
+        self.fingerprint = fingerprint
+        """The certificate fingerprint of the contact it was made to: that peer run's (a new run of the
+        peer announces a new one, and this link is then a dead run's)."""
         self.node = node
         self.dropped = node.dropped
         self.supervisor = supervisor
@@ -173,9 +177,16 @@ class LinkClient:
         self.received[device_id] += len(data)
         return data
 
-    def live(self, device_id: str) -> Link | None:
+    def live(self, device_id: str, contact: DirectContact | None = None) -> Link | None:
+        """The open link to ``device_id``; with ``contact`` (what its presence announces now), only if
+        it was made to that contact: a link to an earlier run of the peer is closed here, not used."""
         link = self.links.get(device_id)
-        return link if link is not None and not link.closed else None
+        if link is None or link.closed:
+            return None
+        if contact is not None and link.fingerprint != contact.tls_sha256:
+            link.close(DirectLinkError(f"{device_id[:8]} restarted: its link belongs to its earlier run"))
+            return None
+        return link
 
     async def send_message(
         self, device_id: str, contact: DirectContact, channel: Channel, payload: bytes
@@ -207,13 +218,13 @@ class LinkClient:
         self.unreachable[device_id] = time.monotonic() + min(self.limits.max_unreachable_s, doubled)
 
     async def _link(self, device_id: str, contact: DirectContact) -> Link:
-        link = self.links.get(device_id)
-        if link is not None and not link.closed:
+        link = self.live(device_id, contact)
+        if link is not None:
             return link
         lock = self._connecting.setdefault(device_id, asyncio.Lock())
         async with lock:
-            link = self.links.get(device_id)
-            if link is not None and not link.closed:
+            link = self.live(device_id, contact)
+            if link is not None:
                 return link
             if time.monotonic() < self.unreachable.get(device_id, 0.0):  # failed while we waited
                 raise DirectLinkError(f"no direct link to {device_id[:8]} (failed moments ago)")
@@ -242,7 +253,7 @@ class LinkClient:
                         self.node, device_id, host, contact, self._context, self.limits
                     )
                 return Link(device_id, reader, writer, self.node, self.supervisor,
-                            self.limits.max_header_bytes, self.events)  # fmt: skip
+                            self.limits.max_header_bytes, self.events, contact.tls_sha256)  # fmt: skip
             except asyncio.IncompleteReadError:
                 problems.append(f"{host}: closed during the handshake (are we still a member?)")
             except TimeoutError:

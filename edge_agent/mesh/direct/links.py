@@ -168,7 +168,7 @@ class DirectLinks:
         its contact is worth trying (`reachable`)."""
         if self.state is not DirectState.OPEN or self.client.events is None:
             return False
-        if self.client.live(device_id) is not None:
+        if self.client.live(device_id, contact) is not None:
             return True
         if self.server is not None and self.server.writer_to(device_id) is not None:
             return True
@@ -179,7 +179,7 @@ class DirectLinks:
     ) -> None:
         """One message to ``device_id`` on a link with it (made now if need be). Raises DirectLinkError
         (the caller sends it through the broker instead)."""
-        served = self.client.live(device_id) is None and self.server is not None
+        served = self.client.live(device_id, contact) is None and self.server is not None
         if served and self.server is not None and await self.server.send_message(device_id, channel, payload):
             return
         if contact is None:

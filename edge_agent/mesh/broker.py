@@ -8,6 +8,7 @@ written as ``acl_file`` patterns (Mosquitto 2.0.11's dynamic-security plugin doe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,23 @@ class EmbeddedBroker:
     async def start(self) -> None:
         from amqtt.broker import Broker
 
+        class ClosingBroker(Broker):  # type: ignore[misc]
+            """amqtt closes a client's socket only when the client's session ends; a session stuck
+            delivering a QoS 1 message to a client that left never ends, and its socket outlived the
+            broker. Here every connection's socket is closed when its handler returns or is cancelled."""
+
+            async def stream_connected(
+                self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+            ) -> None:
+                try:
+                    await super().stream_connected(reader, writer, listener_name)
+                finally:
+                    writer.close()
+
         # amqtt logs every dropped TCP probe as an ERROR; the mesh's own logs say what matters.
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-        self._broker = Broker(
+        self._broker = ClosingBroker(
             {
                 "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
                 "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},

@@ -7,13 +7,13 @@ embedded amqtt broker speaks. One client is one connection. The mesh uses it thr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -21,19 +21,10 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 
 from edge_agent.errors import TransportError
+from edge_agent.mesh.transports.mqtt.acks import PendingAcks
+from edge_agent.mesh.transports.mqtt.inbox import Frame, Inbox
 
 log = logging.getLogger(__name__)
-
-MAX_IN_FLIGHT_QUIET = 100_000
-"""Publishes awaiting their acknowledgement before aiomqtt warns (bounded elsewhere: by the broker's
-in-flight window and the mesh's own limits)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    topic: str
-    payload: bytes
-    retained: bool = False
 
 
 class MqttClient:
@@ -67,7 +58,10 @@ class MqttClient:
             # Small request/ack packets must not wait for Nagle + delayed ACK (~40 ms each way).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        self.max_queued = max_queued
         self._client: aiomqtt.Client | None = None
+        self._acks = PendingAcks(timeout_s=10)
+        self._inbox = Inbox(max_queued)
 
     async def __aenter__(self) -> MqttClient:
         client = aiomqtt.Client(**self._options)  # type: ignore[arg-type]
@@ -76,13 +70,23 @@ class MqttClient:
         except aiomqtt.MqttError as exc:
             raise TransportError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from exc
         _write_without_deferral(client)
-        # aiomqtt logs a warning for every publish made while more than this many wait for their
-        # acknowledgement (10 by default): a stream's chunks and a swarm's asks routinely have dozens in
-        # flight, and a log record per message was the broker path's largest cost under load.
-        client.pending_calls_threshold = MAX_IN_FLIGHT_QUIET
-        # The reader task sees a lost connection as TransportError; this only stops asyncio from also
-        # printing "Future exception was never retrieved" for aiomqtt's internal disconnect future.
-        client._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._acks = acks = PendingAcks(timeout_s=10)
+        _acks_by_callback(client, acks)
+        self._inbox = inbox = Inbox(self.max_queued)
+        client._client.on_message = inbox.on_message
+        where = f"{self.host}:{self.port}"
+
+        def disconnected(future: asyncio.Future[None]) -> None:
+            # The reader task sees a lost connection as TransportError; retrieving the exception here
+            # only stops asyncio from also printing "Future exception was never retrieved".
+            if future.cancelled() or (cause := future.exception()) is None:
+                error = TransportError(f"connection to the MQTT broker at {where} closed")
+            else:
+                error = TransportError(f"connection to {where} lost: {cause}")
+            acks.fail_all(error)
+            inbox.close(error)
+
+        client._disconnected.add_done_callback(disconnected)
         self._client = client
         return self
 
@@ -102,10 +106,13 @@ class MqttClient:
         return self._client
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        try:
-            await self._live().publish(topic, payload, qos=self.qos, retain=retain)
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"publish to {topic} failed: {exc}") from exc
+        """Returns once the broker has the message (its PUBACK, at QoS 1); TransportError if the
+        connection is gone or the broker does not acknowledge it in time."""
+        info = self._live()._client.publish(topic, payload, self.qos, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise TransportError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if self.qos and not info.is_published():
+            await self._acks.expect(info.mid)
 
     async def subscribe(self, pattern: str) -> None:
         try:
@@ -114,14 +121,10 @@ class MqttClient:
             raise TransportError(f"subscribe to {pattern} failed: {exc}") from exc
 
     async def frames(self) -> AsyncIterator[Frame]:
-        try:
-            async for message in self._live().messages:
-                payload = message.payload
-                if not isinstance(payload, bytes | bytearray):
-                    payload = b"" if payload is None else str(payload).encode()
-                yield Frame(str(message.topic), bytes(payload), bool(message.retain))
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"connection to {self.host}:{self.port} lost: {exc}") from exc
+        """Incoming frames, then TransportError once the connection has ended."""
+        self._live()
+        async for frame in self._inbox.frames():
+            yield frame
 
     def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT, as a crash would (the broker fires the will)."""
@@ -130,6 +133,20 @@ class MqttClient:
             sock = client._client.socket()
             if isinstance(sock, socket.socket):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _acks_by_callback(client: aiomqtt.Client, acks: PendingAcks) -> None:
+    """Resolve our publishes' futures from paho's PUBACK callback (and still aiomqtt's own, which
+    its other calls may use)."""
+    paho = client._client
+    inner = paho.on_publish
+
+    def on_publish(c: mqtt.Client, userdata: Any, mid: int, *rest: Any) -> None:
+        acks.acked(mid)
+        if inner is not None:
+            inner(c, userdata, mid, *rest)
+
+    paho.on_publish = on_publish
 
 
 def _write_without_deferral(client: aiomqtt.Client) -> None:

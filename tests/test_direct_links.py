@@ -22,9 +22,10 @@ from pydantic import BaseModel
 
 from edge_agent.errors import DirectLinkError, DirectRefusedError
 from edge_agent.mesh.direct import Ask, DirectLinks
-from edge_agent.mesh.direct.frames import Answer, Challenge, Hello, Welcome
+from edge_agent.mesh.direct.frames import Answer, Challenge, Hello, Message, Welcome
 from edge_agent.mesh.direct.handshake import sign_input
 from edge_agent.mesh.direct.tls import client_context
+from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import DirectContact
 from edge_agent.sync.swarm import FetchState
 from tests.support.meshsim import household, until
@@ -158,7 +159,13 @@ async def test_hostile_framing_is_dropped_and_the_server_keeps_serving(tmp_path:
             assert contact is not None
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-            for garbage in (struct.pack(">I", 1 << 30), struct.pack(">I", 5) + b"{nope"):
+            # An oversized header, a header that is not JSON, a message before the handshake.
+            garbage_frames = (
+                struct.pack(">I", 1 << 30),
+                struct.pack(">I", 5) + b"{nope",
+                Message(Channel.REQUESTS, 4).prefix() + b"ping",
+            )
+            for garbage in garbage_frames:
                 reader, writer = await asyncio.open_connection("127.0.0.1", contact.port, ssl=ctx)
                 await reader.readexactly(4)  # the challenge's length...
                 writer.write(garbage)
@@ -166,7 +173,7 @@ async def test_hostile_framing_is_dropped_and_the_server_keeps_serving(tmp_path:
                 with contextlib.suppress(Exception):
                     await reader.read()  # ...and the server hangs up
                 writer.close()
-            assert await until(lambda: hub.node.dropped["DirectLinkRefused"] == 2)
+            assert await until(lambda: hub.node.dropped["DirectLinkRefused"] == 3)
             data = await car_links.ask(hub.id, contact, Ask(id=7, content_id=manifest.content_id, index=1),
                                        max_length=manifest.chunk_length(1))  # fmt: skip
             assert len(data) == manifest.chunk_length(1)

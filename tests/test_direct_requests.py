@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from edge_agent.errors import DirectLinkError, PathDownError, RecipientNotMemberError
 from edge_agent.mesh.direct import Ask, DirectLinks
-from edge_agent.mesh.direct.frames import Message
+from edge_agent.mesh.direct.frames import MAX_MESSAGE_BYTES, Answer, Hostile, Message, read_frame_or_message
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import Chunk, Pong, padded_size
 from edge_agent.mesh.sessions import kind_of
@@ -116,10 +115,7 @@ async def test_messages_on_a_link_are_padded_and_checked_as_on_the_broker(tmp_pa
             link = fridge.endpoint.exchanges.direct
             assert isinstance(link, DirectLinks)
             writer = link.links[hub.id].writer
-            header = (
-                Message(channel="req", length=hub.node.limits.max_frame_bytes + 1).model_dump_json().encode()
-            )
-            writer.write(struct.pack(">I", len(header)) + header)
+            writer.write(Message(Channel.REQUESTS, hub.node.limits.max_frame_bytes + 1).prefix())
             assert await until(lambda: hub.node.dropped["DirectLinkRefused"] == 1)
             assert await until(lambda: hub.id not in link.links or link.links[hub.id].closed)
             # ... and the hub still serves, over a new link.
@@ -252,3 +248,15 @@ async def test_a_link_to_an_earlier_run_of_the_peer_is_not_used(tmp_path: Path) 
             assert fridge_links.client.live(hub.id, hub.direct) is old  # the same run: used
             assert fridge_links.client.live(hub.id, restarted) is None
             assert old.closed
+
+
+async def test_a_message_prefix_carries_channel_and_length_and_an_empty_one_ends_the_link() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(Message(Channel.RESPONSES, 5).prefix() + b"hello" + (1 << 31).to_bytes(4, "big"))
+    assert await read_frame_or_message(reader, Answer, 4096) == Message(Channel.RESPONSES, 5)
+    assert await reader.readexactly(5) == b"hello"
+    with pytest.raises(Hostile, match="an empty message"):
+        await read_frame_or_message(reader, Answer, 4096)
+    for length in (0, MAX_MESSAGE_BYTES + 1):
+        with pytest.raises(ValueError, match="a direct message is 1 to"):
+            Message(Channel.REQUESTS, length).prefix()

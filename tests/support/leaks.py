@@ -164,7 +164,8 @@ def settle(loop: asyncio.AbstractEventLoop | None, before: Snapshot, timeout: fl
     deadline = time.monotonic() + timeout
 
     async def tasks_done() -> None:
-        while _pending(loop, before) and time.monotonic() < deadline:
+        this = asyncio.current_task()  # pending itself while it waits: not what it waits for
+        while [t for t in _pending(loop, before) if t is not this] and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     if loop is not None and not loop.is_closed() and not loop.is_running():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from edge_agent.errors import HearthError
-from edge_agent.mesh.direct.frames import Hostile, Message, write_frame
+from edge_agent.mesh.direct.frames import Hostile, Message
 from edge_agent.mesh.interfaces import Channel, PathEvents
 from edge_agent.mesh.node import MeshNode
 
@@ -37,9 +37,5 @@ async def read_message(node: MeshNode, device_id: str, frame: Message, reader: a
 
 
 async def send_message(writer: asyncio.StreamWriter, channel: Channel, payload: bytes) -> None:
-    await write_frame(writer, Message(channel="req" if channel is Channel.REQUESTS else "resp",
-                                      length=len(payload)), payload)  # fmt: skip
-
-
-def channel_of(frame: Message) -> Channel:
-    return Channel.REQUESTS if frame.channel == "req" else Channel.RESPONSES
+    writer.write(Message(channel, len(payload)).prefix() + payload)  # one write: one TLS record
+    await writer.drain()

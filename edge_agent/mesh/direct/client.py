@@ -12,8 +12,8 @@ from collections import Counter
 
 from edge_agent.errors import DirectLinkError, DirectRefusedError, HearthError
 from edge_agent.mesh.direct.addresses import Network, usable_hosts
-from edge_agent.mesh.direct.carrier import LinkEvents, channel_of, read_message, send_message
-from edge_agent.mesh.direct.frames import ANSWER_OR_MESSAGE, Answer, Ask, Hostile, read_frame, write_frame
+from edge_agent.mesh.direct.carrier import LinkEvents, read_message, send_message
+from edge_agent.mesh.direct.frames import Answer, Ask, Hostile, read_frame_or_message, write_frame
 from edge_agent.mesh.direct.handshake import connect
 from edge_agent.mesh.direct.tls import client_context
 from edge_agent.mesh.interfaces import Channel
@@ -73,12 +73,12 @@ class Link:
         why: BaseException = DirectLinkError(f"link to {self.peer[:8]} closed")
         try:
             while True:
-                answer = await read_frame(self.reader, ANSWER_OR_MESSAGE, self.max_header_bytes)
+                answer = await read_frame_or_message(self.reader, Answer, self.max_header_bytes)
                 if not isinstance(answer, Answer):
                     payload = await read_message(self.node, self.peer, answer, self.reader)
                     if self.events is not None:
                         self.carried = True
-                        self.events.message(self.peer, channel_of(answer), payload)
+                        self.events.message(self.peer, answer.channel, payload)
                     continue
                 expected = self.pending.pop(answer.id, None)
                 if expected is not None and answer.length > expected[0]:

@@ -22,15 +22,14 @@ from collections.abc import Awaitable, Callable
 
 from edge_agent.errors import DirectLinkError, HearthError
 from edge_agent.mesh.direct.addresses import source_of
-from edge_agent.mesh.direct.carrier import LinkEvents, channel_of, read_message, send_message
+from edge_agent.mesh.direct.carrier import LinkEvents, read_message, send_message
 from edge_agent.mesh.direct.client import LOOP
 from edge_agent.mesh.direct.frames import (
-    ASK_OR_MESSAGE,
     Answer,
     Ask,
     Hostile,
     Welcome,
-    read_frame,
+    read_frame_or_message,
     write_frame,
 )
 from edge_agent.mesh.direct.handshake import challenge_client
@@ -148,19 +147,34 @@ class LinkServer:
 
     async def _accept_loop(self) -> None:
         """Accept connections while open (supervised). An accepted socket is only counted here, never
-        read: its first bytes are the client's ClientHello, for TLS (`tls.start_tls`)."""
+        read: its first bytes are the client's ClientHello, for TLS (`tls.start_tls`).
+
+        Not ``loop.sock_accept``: on CPython 3.11's own loop, a close that cancels it just as a client
+        arrives accepts the connection into a cancelled future, and its socket is never closed. Here
+        the task waits for the listener to be readable, then accepts in its own step."""
         loop = asyncio.get_running_loop()
+        fd = self.listener.fileno()
         while not self._closed:
+            readable: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _wake, readable)
             try:
-                conn, peer = await loop.sock_accept(self.listener)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue  # the client left before we got to it
-            except OSError as exc:  # out of descriptors or buffers: the backlog waits meanwhile
-                log.warning("direct links: cannot accept a connection (%s); retrying in %g s", exc,
-                            self.limits.accept_retry_s)  # fmt: skip
-                await asyncio.sleep(self.limits.accept_retry_s)
-                continue
-            self._admit(conn, peer)
+                await readable
+            finally:
+                loop.remove_reader(fd)
+            while not self._closed:
+                try:
+                    conn, peer = self.listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break  # accepted all that waited
+                except ConnectionAbortedError:
+                    continue  # the client left before we got to it
+                except OSError as exc:  # out of descriptors or buffers: the backlog waits meanwhile
+                    log.warning("direct links: cannot accept a connection (%s); retrying in %g s", exc,
+                                self.limits.accept_retry_s)  # fmt: skip
+                    await asyncio.sleep(self.limits.accept_retry_s)
+                    break
+                conn.setblocking(False)
+                self._admit(conn, peer)
 
     def _admit(self, conn: socket.socket, peer: object) -> None:
         """Count a new connection before its TLS handshake, or refuse it past the bounds."""
@@ -241,14 +255,14 @@ class LinkServer:
     async def _answer(self, device: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         while True:
-            ask = await read_frame(reader, ASK_OR_MESSAGE, self.limits.max_header_bytes)
+            ask = await read_frame_or_message(reader, Ask, self.limits.max_header_bytes)
             if task is not None:
                 self.active[task] = time.monotonic()
             if not isinstance(ask, Ask):
                 payload = await read_message(self.node, device, ask, reader)
                 if self.events is not None and task is not None:
                     self.carried.add(task)
-                    self.events.message(device, channel_of(ask), payload)
+                    self.events.message(device, ask.channel, payload)
                 continue
             try:
                 self.node.membership.member(device)
@@ -265,3 +279,8 @@ class LinkServer:
                 await write_frame(writer, Answer(id=ask.id, length=0, error="internal error"))
                 continue
             await write_frame(writer, answer, data)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -33,7 +33,9 @@ class PendingAcks:
         """The future the PUBACK of ``mid`` resolves (TransportError if it does not come in time)."""
         if self._broken is not None:
             raise self._broken
-        if mid in self._waiting or len(self._waiting) >= self.max_pending:
+        if mid in self._waiting:
+            raise TransportError(f"message id {mid} already waits for its acknowledgement")
+        if len(self._waiting) >= self.max_pending:
             raise TransportError(f"{len(self._waiting)} publishes wait for the broker: not sending more")
         loop = asyncio.get_running_loop()
         future = loop.create_future()

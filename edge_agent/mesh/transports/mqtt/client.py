@@ -53,6 +53,10 @@ class MqttClient:
             will=aiomqtt.Will(will[0], will[1], qos=1, retain=True) if will else None,
             protocol=aiomqtt.ProtocolVersion.V311,
             max_queued_incoming_messages=max_queued,
+            # paho's window (20 by default) queues further publishes and, on every PUBACK, scans all
+            # of them for the next to send; the mesh bounds what it has in flight itself (exchanges,
+            # stream windows, `PendingAcks`), so every publish goes to the socket at once.
+            max_inflight_messages=0,
             keepalive=keepalive,
             timeout=10,
             # Small request/ack packets must not wait for Nagle + delayed ACK (~40 ms each way).
@@ -61,7 +65,7 @@ class MqttClient:
         self.max_queued = max_queued
         self._client: aiomqtt.Client | None = None
         self._acks = PendingAcks(timeout_s=10)
-        self._inbox = Inbox(max_queued)
+        self._inbox = Inbox(max_queued, ack=lambda mid, qos: None)
 
     async def __aenter__(self) -> MqttClient:
         client = aiomqtt.Client(**self._options)  # type: ignore[arg-type]
@@ -72,8 +76,10 @@ class MqttClient:
         _write_without_deferral(client)
         self._acks = acks = PendingAcks(timeout_s=10)
         _acks_by_callback(client, acks)
-        self._inbox = inbox = Inbox(self.max_queued)
-        client._client.on_message = inbox.on_message
+        paho = client._client
+        paho.manual_ack_set(True)  # the inbox acknowledges a frame once its reader has taken it
+        self._inbox = inbox = Inbox(self.max_queued, ack=paho.ack)
+        paho.on_message = inbox.on_message
         where = f"{self.host}:{self.port}"
 
         def disconnected(future: asyncio.Future[None]) -> None:

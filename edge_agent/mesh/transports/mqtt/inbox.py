@@ -4,6 +4,11 @@ aiomqtt's message iterator makes a task and an ``asyncio.wait`` per message, whi
 turns between a frame's arrival and the code that opens it; on the broker path's round trip that was
 most of what Hearth added to raw paho. Here paho's callback appends the frame and wakes the reader's
 future: the reader runs on the next turn.
+
+A QoS 1 frame is acknowledged once the reader has taken it, after what its handling scheduled (a
+reply goes out before the PUBACK, as paho does on its own thread), not before the reader has seen it:
+the PUBACK's write is off the round trip's path, and a reader that falls behind holds the broker's
+in-flight window, so the broker queues for it rather than this process.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +37,12 @@ class Frame:
 
 
 class Inbox:
-    def __init__(self, max_queued: int) -> None:
+    def __init__(self, max_queued: int, ack: Callable[[int, int], object]) -> None:
         self.max_queued = max_queued
-        self._frames: deque[Frame] = deque()
+        self._ack = ack
+        """paho's ``ack(mid, qos)`` (the client runs with manual acknowledgements)."""
+        self._frames: deque[tuple[Frame, int, int]] = deque()
+        self._owed: list[tuple[int, int]] = []
         self._waiter: asyncio.Future[None] | None = None
         self._closed: TransportError | None = None
         self.discarded = 0
@@ -44,6 +52,7 @@ class Inbox:
         """paho's on_message (on the event loop's thread: aiomqtt drives paho from the loop)."""
         if len(self._frames) >= self.max_queued:
             self.discarded += 1
+            self._ack(message.mid, message.qos)
             log.warning(
                 "%d MQTT frames wait to be read: dropped one (%d so far)", len(self._frames), self.discarded
             )
@@ -51,9 +60,11 @@ class Inbox:
         try:
             topic = message.topic
         except UnicodeDecodeError:
+            self._ack(message.mid, message.qos)
             log.debug("dropped an MQTT frame whose topic is not UTF-8")
             return
-        self._frames.append(Frame(topic, bytes(message.payload), bool(message.retain)))
+        frame = Frame(topic, bytes(message.payload), bool(message.retain))
+        self._frames.append((frame, message.mid, message.qos))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -65,13 +76,28 @@ class Inbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def frames(self) -> AsyncIterator[Frame]:
+    def _owe(self, loop: asyncio.AbstractEventLoop, mid: int, qos: int) -> None:
+        if not self._owed and not loop.is_closed():
+            loop.call_soon(self._acknowledge)  # after what handling the frame scheduled
+        self._owed.append((mid, qos))
+
+    def _acknowledge(self) -> None:
+        owed, self._owed = self._owed, []
+        for mid, qos in owed:
+            self._ack(mid, qos)
+
+    async def frames(self) -> AsyncGenerator[Frame, None]:
         if self._waiter is not None:
             raise RuntimeError("this MQTT connection's frames already have a reader")
         loop = asyncio.get_running_loop()
         while True:
             while self._frames:
-                yield self._frames.popleft()
+                frame, mid, qos = self._frames.popleft()
+                try:
+                    yield frame
+                finally:  # taken (or the reader left with it): owed either way
+                    if qos:
+                        self._owe(loop, mid, qos)
             if self._closed is not None:
                 raise self._closed
             self._waiter = loop.create_future()

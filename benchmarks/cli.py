@@ -119,12 +119,22 @@ def mesh(
         int, typer.Option(min=1, max=100_000, help="Round trips per payload size and stack.")
     ] = 300,
     qos: Annotated[int, typer.Option(min=0, max=1, help="MQTT QoS for both stacks.")] = 1,
+    failover_trials: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10_000,
+            help="Streams: decode through the mesh vs locally, then this many failover trials (the serving "
+            "hub killed mid-stream; ~1 s each, needs the int4 LLM pack); 0 skips them.",
+        ),
+    ] = 60,
     out: OutOpt = Path("benchmarks/results"),
 ) -> None:
-    """Encrypted mesh request/response vs raw paho round trips through the same (real) Mosquitto."""
+    """Mesh round trips on the broker path (forward-secret sessions) and on direct links, against raw paho
+    through the same Mosquitto and a raw TLS 1.3 echo; then streams and failover."""
     from benchmarks.mesh import run_mesh_bench
 
-    result, md = run_mesh_bench(runs=runs, qos=qos, out_dir=out)
+    result, md = run_mesh_bench(runs=runs, qos=qos, out_dir=out, failover_trials=failover_trials)
     _emit(result, as_json, md)
 
 

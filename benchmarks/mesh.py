@@ -18,6 +18,11 @@ stack leaves running, hits all of them alike):
 Latency: one request in flight, p50/p99. Throughput: 64 requests in flight from one requester.
 Goals (issue 23): direct p50 <= raw and req/s >= raw, direct within 1.3x of the TLS echo; broker p50
 <= 1.5x raw and req/s >= 0.6x raw.
+
+Streams (``failover_trials`` > 0, the int4 LLM pack): the decode rate a fridge sees through the mesh
+against the serving hub's own local decode, and the failover trials of `benchmarks.failover` (the
+serving hub killed mid-stream): goals tokens/s within 5% of local, gap p50 no worse than the 639 ms
+measured before this work (7ea46d6, the same machine), every stream exact.
 """
 
 from __future__ import annotations
@@ -62,7 +67,12 @@ GOALS = {
     "direct_p50_vs_tls": 1 / 1.3,
     "broker_p50_vs_raw": 1 / 1.5,
     "broker_rps_vs_raw": 0.6,
+    "stream_decode_vs_local": 0.95,
+    "failover_gap_p50_vs_before": 1.0,
+    "failover_exact": 1.0,
 }
+GAP_P50_BEFORE_MS = 639.0
+"""Failover gap p50 at 7ea46d6 (200 trials, this machine), the figure issue 23 must not worsen."""
 
 
 @contextlib.contextmanager
@@ -317,32 +327,68 @@ def ratios_of(per_size: dict[str, Any]) -> dict[str, float]:
     return ratios
 
 
-def run_mesh_bench(*, runs: int, qos: int, out_dir: Path, rate_n: int = 3000) -> tuple[dict[str, Any], str]:
+def _goal_of(name: str) -> float | None:
+    return GOALS.get(name, GOALS.get(name.rsplit("_", 1)[0]))
+
+
+def stream_ratios(streams: dict[str, Any]) -> dict[str, float]:
+    """The streams' goals as ratios, > 1 meaning Hearth is ahead."""
+    ratios = {"stream_decode_vs_local": streams["ratios"]["mesh_decode_vs_local"]}
+    if streams.get("gap_ms_median"):
+        ratios["failover_gap_p50_vs_before"] = GAP_P50_BEFORE_MS / streams["gap_ms_median"]
+    ratios["failover_exact"] = streams["exact_match"] / streams["trials"]
+    return ratios
+
+
+def run_mesh_bench(
+    *, runs: int, qos: int, out_dir: Path, rate_n: int = 3000, failover_trials: int = 0
+) -> tuple[dict[str, Any], str]:
     per_size = aio.run(_run(qos, runs, rate_n))
     ratios = ratios_of(per_size)
+    streams: dict[str, Any] | None = None
+    if failover_trials:
+        from benchmarks.failover import trials
+
+        with tempfile.TemporaryDirectory() as tmp:
+            streams = aio.run(trials(failover_trials, Path(tmp)))
+        ratios.update(stream_ratios(streams))
     goals = {
-        name: {
-            "goal": round(GOALS[name.rsplit("_", 1)[0]], 3),
-            "measured": value,
-            "met": value >= GOALS[name.rsplit("_", 1)[0]],
-        }
+        name: {"goal": round(goal, 3), "measured": value, "met": value >= goal}
         for name, value in ratios.items()
-        if name.rsplit("_", 1)[0] in GOALS
+        if (goal := _goal_of(name)) is not None
     }
     result: dict[str, Any] = {
         "benchmark": "mesh",
         "sizes": per_size,
+        "streams": streams,
         "ratios": ratios,
         "goals": goals,
-        "setup": {"runs": runs, "qos": qos, "in_flight": WINDOW, "rate_requests": rate_n, **machine()},
+        "setup": {
+            "runs": runs,
+            "qos": qos,
+            "in_flight": WINDOW,
+            "rate_requests": rate_n,
+            "failover_trials": failover_trials,
+            **machine(),
+        },
     }
-    md = markdown(per_size, ratios, runs=runs, qos=qos, cpu=str(result["setup"].get("cpu", "?")))
+    md = markdown(
+        per_size, ratios, runs=runs, qos=qos, cpu=str(result["setup"].get("cpu", "?")), streams=streams
+    )
     write_report(out_dir, "mesh", result, md)
     plot(out_dir / "mesh.png", per_size, qos)
     return result, md
 
 
-def markdown(per_size: dict[str, Any], ratios: dict[str, float], *, runs: int, qos: int, cpu: str) -> str:
+def markdown(
+    per_size: dict[str, Any],
+    ratios: dict[str, float],
+    *,
+    runs: int,
+    qos: int,
+    cpu: str,
+    streams: dict[str, Any] | None = None,
+) -> str:
     rows = []
     for size, v in per_size.items():
         for name in STACKS:
@@ -351,11 +397,21 @@ def markdown(per_size: dict[str, Any], ratios: dict[str, float], *, runs: int, q
                 f"| {size} B | {name} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['requests_per_s']:,.0f} |"
             )
     goal_rows = [
-        f"| {name} | {value:.2f} | ≥ {GOALS[name.rsplit('_', 1)[0]]:.2f} | "
-        f"{'yes' if value >= GOALS[name.rsplit('_', 1)[0]] else 'no'} |"
+        f"| {name} | {value:.2f} | ≥ {goal:.2f} | {'yes' if value >= goal else 'no'} |"
         for name, value in ratios.items()
-        if name.rsplit("_", 1)[0] in GOALS
+        if (goal := _goal_of(name)) is not None
     ]
+    stream_lines = []
+    if streams is not None:
+        decode = streams["decode_tok_s"]
+        stream_lines = [
+            "",
+            f"Streams (int4 SmolLM2, {decode['runs']} runs, paths {decode['paths']}): decode through the mesh "
+            f"{decode['through_mesh']:.1f} tok/s vs {decode['local']:.1f} tok/s locally on the serving hub; "
+            f"failover ({streams['trials']} trials, the serving hub killed mid-stream): "
+            f"{streams['exact_match']}/{streams['trials']} exact, gap p50 {streams['gap_ms_median']:.0f} ms, "
+            f"p99 {streams['gap_ms_p99']:.0f} ms (before: p50 {GAP_P50_BEFORE_MS:.0f} ms).",
+        ]
     return "\n".join(
         [
             f"### Mesh round trips: both of Hearth's paths vs raw paho (same Mosquitto, QoS {qos}) and a raw TLS "
@@ -365,6 +421,7 @@ def markdown(per_size: dict[str, Any], ratios: dict[str, float], *, runs: int, q
             "| payload | stack | p50 (ms) | p99 (ms) | req/s |",
             "|---|---|---|---|---|",
             *rows,
+            *stream_lines,
             "",
             "| ratio (> 1: Hearth ahead) | measured | goal | met |",
             "|---|---|---|---|",

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.errors import TransportError
 from edge_agent.mesh.transports.mqtt.acks import PendingAcks
-from edge_agent.mesh.transports.mqtt.inbox import Frame, Inbox
+from edge_agent.mesh.transports.mqtt.inbox import ACK_AT_ONCE_BEHIND, Frame, Inbox
 
 
 def _message(mid: int, topic: bytes, payload: bytes, qos: int = 1) -> mqtt.MQTTMessage:
@@ -40,6 +40,20 @@ async def test_a_frame_is_acknowledged_after_what_its_handling_scheduled() -> No
     inbox.close(TransportError("gone"))
     with pytest.raises(TransportError, match="gone"):
         await anext(frames)
+
+
+async def test_a_reader_that_falls_behind_does_not_hold_the_brokers_window() -> None:
+    acked: list[int] = []
+    inbox = Inbox(max_queued=100, ack=lambda mid, qos: acked.append(mid))
+    for mid in range(1, ACK_AT_ONCE_BEHIND + 3):
+        inbox.on_message(None, None, _message(mid, b"t", b"x"))  # type: ignore[arg-type]
+    assert acked == [ACK_AT_ONCE_BEHIND + 1, ACK_AT_ONCE_BEHIND + 2]  # on arrival, as paho would
+    frames = inbox.frames()
+    for _ in range(ACK_AT_ONCE_BEHIND + 2):
+        await anext(frames)
+    await asyncio.sleep(0)
+    assert sorted(acked) == list(range(1, ACK_AT_ONCE_BEHIND + 3))  # each once
+    await frames.aclose()
 
 
 async def test_a_frame_taken_by_a_reader_that_leaves_is_still_acknowledged() -> None:

@@ -85,8 +85,12 @@ async def test_request_and_reply_through_mosquitto(household: Household, broker,
         _node(household, "hub", broker.port, tmp_path),
         _node(household, "fridge", broker.port, tmp_path),
     )
-    async with hub_link, fridge_link:
-        hub_in, fridge_in = hub.receive(hub_link), fridge.receive(fridge_link)
+    async with (
+        hub_link,
+        fridge_link,
+        contextlib.aclosing(hub.receive(hub_link)) as hub_in,
+        contextlib.aclosing(fridge.receive(fridge_link)) as fridge_in,
+    ):
         await fridge.send(hub.device_id, Channel.REQUESTS, b"what is 2+2?", session=hub.session)
         req = await _first(hub_in)
         assert req.payload == b"what is 2+2?" and req.sender.name == "fridge"
@@ -122,8 +126,7 @@ async def test_hostile_frames_are_dropped_and_the_node_keeps_serving(
     )
     topic = str(Address(hub.household, hub.device_id, Channel.REQUESTS))
     caplog.set_level(logging.WARNING, logger="edge_agent.mesh.node")
-    async with hub_link, fridge_link:
-        incoming = hub.receive(hub_link)
+    async with hub_link, fridge_link, contextlib.aclosing(hub.receive(hub_link)) as incoming:
         hostile = [os.urandom(100), b"HE\x01\x00" + os.urandom(50), b"HE", os.urandom(1_500_000)]
         for payload in hostile:
             await asyncio.to_thread(

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,7 +261,7 @@ class MeshNode:
 
     async def receive(
         self, transport: Transport, unexpected: Callable[[Exception, str], None] | None = None
-    ) -> AsyncIterator[Opened | Announced | VanishHint]:
+    ) -> AsyncGenerator[Opened | Announced | VanishHint, None]:
         """Verified messages, announcements and hints only. Anything else is dropped with a log line.
 
         A check that fails with anything but a PeerError is a bug a peer can trigger: that frame is

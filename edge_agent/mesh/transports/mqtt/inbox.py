@@ -6,9 +6,10 @@ most of what Hearth added to raw paho. Here paho's callback appends the frame an
 future: the reader runs on the next turn.
 
 A QoS 1 frame is acknowledged once the reader has taken it, after what its handling scheduled (a
-reply goes out before the PUBACK, as paho does on its own thread), not before the reader has seen it:
-the PUBACK's write is off the round trip's path, and a reader that falls behind holds the broker's
-in-flight window, so the broker queues for it rather than this process.
+reply goes out before the PUBACK, as paho does on its own thread): the PUBACK's write is off the
+round trip's path. When the reader falls behind (`ACK_AT_ONCE_BEHIND` frames waiting), frames are
+acknowledged on arrival as paho would: the broker's in-flight window never waits on a busy reader,
+and a burst queues here (up to ``max_queued``), not in the broker's small per-client queue.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from edge_agent.errors import TransportError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Frame", "Inbox"]
+__all__ = ["ACK_AT_ONCE_BEHIND", "Frame", "Inbox"]
+
+ACK_AT_ONCE_BEHIND = 8
+"""Frames waiting for the reader from which new ones are acknowledged on arrival."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,11 @@ class Inbox:
             log.debug("dropped an MQTT frame whose topic is not UTF-8")
             return
         frame = Frame(topic, bytes(message.payload), bool(message.retain))
-        self._frames.append((frame, message.mid, message.qos))
+        qos = message.qos
+        if qos and len(self._frames) >= ACK_AT_ONCE_BEHIND:
+            self._ack(message.mid, qos)
+            qos = 0  # owed nothing when taken
+        self._frames.append((frame, message.mid, qos))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -83,6 +91,8 @@ class Inbox:
 
     def _acknowledge(self) -> None:
         owed, self._owed = self._owed, []
+        if self._closed is not None:
+            return  # the connection is gone, and with it what the broker waited for
         for mid, qos in owed:
             self._ack(mid, qos)
 

@@ -36,6 +36,15 @@ async def read_message(node: MeshNode, device_id: str, frame: Message, reader: a
     return await reader.readexactly(frame.length)
 
 
+_JOIN_BELOW = 16 << 10
+"""A TLS record's most: a message shorter than this goes in one record with its prefix (two records
+would wake the peer twice); a longer one spans records anyway, and is not copied to join them."""
+
+
 async def send_message(writer: asyncio.StreamWriter, channel: Channel, payload: bytes) -> None:
-    writer.write(Message(channel, len(payload)).prefix() + payload)  # one write: one TLS record
+    prefix = Message(channel, len(payload)).prefix()
+    if len(payload) < _JOIN_BELOW:
+        writer.write(prefix + payload)
+    else:
+        writer.writelines((prefix, payload))
     await writer.drain()

@@ -20,6 +20,7 @@ from nacl.exceptions import BadSignatureError
 
 from edge_agent.errors import HearthError
 from edge_agent.mesh.direct.frames import Challenge, Hello, Hostile, Welcome, read_frame, write_frame
+from edge_agent.mesh.direct.tls import STREAM_BUFFER
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import DirectContact
 from edge_agent.mesh.settings import DirectLimits
@@ -70,7 +71,7 @@ async def connect(
     pinned fingerprint, the signed hello, the welcome. The caller bounds the time (``handshake_s``)
     and closes nothing: on failure the writer is closed here."""
     reader, writer = await asyncio.open_connection(
-        host, contact.port, ssl=context, flags=socket.AI_NUMERICHOST
+        host, contact.port, ssl=context, flags=socket.AI_NUMERICHOST, limit=STREAM_BUFFER
     )
     try:
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)

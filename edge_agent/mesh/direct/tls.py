@@ -64,6 +64,11 @@ async def listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+STREAM_BUFFER = 256 << 10
+"""A link's read buffer before it stops reading the socket (pausing at twice this): asyncio's 64 KiB
+paused and resumed the socket for every 64 KiB message; a frame is at most ``max_frame_bytes`` anyway."""
+
+
 async def start_tls(
     conn: socket.socket, context: ssl.SSLContext, handshake_s: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -74,7 +79,7 @@ async def start_tls(
     The socket belongs to the transport from here on, closed with it, also when this fails or is
     cancelled."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=STREAM_BUFFER)
     protocol = asyncio.StreamReaderProtocol(reader)
     transport, _ = await loop.connect_accepted_socket(
         lambda: protocol, conn, ssl=context, ssl_handshake_timeout=2 * handshake_s

@@ -78,10 +78,35 @@ def machine() -> dict[str, Any]:
     )
     return {
         "cpu": cpu,
+        "isa": cpu_features(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(),
     }
+
+
+NOTABLE_FEATURES = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "aes",
+    "asimd",
+    "asimddp",
+    "sve",
+)
+"""The CPU flags the figures depend on: int8 kernels (VNNI, AMX, ARM dot product), AEAD speed (AES)."""
+
+
+def cpu_features() -> list[str]:
+    """Which of `NOTABLE_FEATURES` this CPU has (x86 "flags", ARM "Features" in /proc/cpuinfo)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith(("flags", "Features"))), [])
+    return [f for f in NOTABLE_FEATURES if f in flags]
 
 
 def write_report(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> None:

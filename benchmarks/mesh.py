@@ -422,8 +422,8 @@ def markdown(
     return "\n".join(
         [
             f"### Mesh round trips: both of Hearth's paths vs raw paho (same Mosquitto, QoS {qos}) and a raw TLS "
-            f"1.3 echo; requester and answerers in separate processes; {runs} round trips per size and stack, "
-            f"{WINDOW} in flight for req/s; {cpu}",
+            f"1.3 echo; requester and answerers in separate processes; {runs} round trips per size and stack "
+            f"(turns of {BLOCK}), {WINDOW} in flight for req/s; {cpu}",
             "",
             "| payload | stack | p50 (ms) | p99 (ms) | req/s |",
             "|---|---|---|---|---|",

@@ -133,7 +133,15 @@ def mesh(
     """Mesh round trips on the broker path (forward-secret sessions) and on direct links, against raw paho
     through the same Mosquitto and a raw TLS 1.3 echo; then streams and failover."""
     from benchmarks.mesh import run_mesh_bench
+    from edge_agent.errors import PackNotFoundError
+    from edge_agent.models.store import PackStore
 
+    store = PackStore()
+    if failover_trials and not store.list():  # before the round trips, not after them
+        raise PackNotFoundError(
+            f"the streams and failover trials need the LLM pack, and {store.packs} has none: run "
+            "`make packs` (or `hearth models build`), or pass --failover-trials 0"
+        )
     result, md = run_mesh_bench(runs=runs, qos=qos, out_dir=out, failover_trials=failover_trials)
     _emit(result, as_json, md)
 

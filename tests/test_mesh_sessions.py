@@ -231,7 +231,7 @@ async def test_stolen_keys_of_one_device_do_not_let_anyone_pose_as_another_to_it
         # The attacker's own run key, with a statement signed by the key it stole (the fridge's), as
         # the hub: the fridge checks the statement against the hub's certificate.
         forged_credential = RunCredential.make(stolen, home.root.household_id, hub.node.session, aes=False)
-        responder = Responder(forged_credential, fridge.id)
+        responder = Responder(forged_credential, fridge.id, 77)
         m2 = HandshakeFrame(2, hub.id, fridge.id, hub.node.session, fridge.node.session, m1.initiator_index,
                             77, responder.message_2(m1.message))  # fmt: skip
         before = dict(fridge.node.dropped)
@@ -334,7 +334,7 @@ async def test_handshakes_from_strangers_revoked_devices_and_floods_are_bounded(
 
         def m1(sender: DeviceIdentity, index: int) -> bytes:
             credential = RunCredential.make(sender, home.root.household_id, "1" * 16, aes=False)
-            message = Initiator(credential, hub.id).message_1()
+            message = Initiator(credential, hub.id, index).message_1()
             return HandshakeFrame(1, sender.device_id, hub.id, "1" * 16, hub.node.session, index, 0,
                                   message).pack()  # fmt: skip
 

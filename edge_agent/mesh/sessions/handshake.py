@@ -12,6 +12,10 @@ Each end proves its run credential by a static-DH MAC (so knowing one device's k
 anyone pose as *another* device to it: no key-compromise impersonation), and the statement binds that
 credential to a member (`credentials`). Session keys are exported (one per direction) with a context
 naming the household, both devices and both runs, so a handshake cannot be moved to other ends.
+
+Each side's connection identifier (C_I, C_R) is the index it receives a session's frames under (4
+bytes, unique among its sessions), carried inside the handshake, so the same handshake can key OSCORE
+(RFC 9528 Appendix A.1: the ids are the OSCORE sender and recipient ids) for the CoAP transport.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from lakers import CredentialTransfer, EADItem, EdhocInitiator, EdhocResponder
 from edge_agent.errors import ForgedMessageError, MalformedMessageError
 from edge_agent.mesh.sessions.aead import AES_GCM, CHACHA20_POLY1305, SessionCipher
 from edge_agent.mesh.sessions.credentials import FLAG_AES, RunCredential
+from edge_agent.mesh.sessions.oscore_keys import OscoreMaterial, material_from_exporter
 
 __all__ = ["EAD_STATEMENT", "Initiator", "Keys", "Responder", "VerifyPeer"]
 
@@ -65,20 +70,32 @@ def _refused(who: str, exc: Exception) -> ForgedMessageError:
     return ForgedMessageError(f"session handshake with {who} failed: {exc}")
 
 
+def connection_id(index: int) -> bytes:
+    """A session index as an EDHOC connection identifier (and OSCORE id): 4 bytes, big-endian."""
+    return index.to_bytes(4, "big")
+
+
 class Initiator:
-    def __init__(self, credential: RunCredential, peer: str) -> None:
+    def __init__(self, credential: RunCredential, peer: str, index: int) -> None:
         self.credential = credential
         self.peer = peer
+        self.c_i = connection_id(index)
+        self.c_r = b""
         self._edhoc = EdhocInitiator()
 
     def message_1(self) -> bytes:
-        return bytes(self._edhoc.prepare_message_1(c_i=None))
+        return bytes(self._edhoc.prepare_message_1(c_i=self.c_i))
+
+    def oscore(self) -> OscoreMaterial:
+        """OSCORE keys of this finished handshake (RFC 9528 A.1)."""
+        return material_from_exporter(self._edhoc.edhoc_exporter, initiator=True, c_i=self.c_i, c_r=self.c_r)
 
     def message_3(self, message_2: bytes, verify_peer: VerifyPeer, context: bytes) -> tuple[bytes, Keys]:
         """Check the responder and answer it; raises ForgedMessageError or MalformedMessageError."""
         try:
-            _, id_cred_r, ead_2 = self._edhoc.parse_message_2(message_2)
+            c_r, id_cred_r, ead_2 = self._edhoc.parse_message_2(message_2)
             ccs = bytes(lakers.credential_check_or_fetch(id_cred_r, None))
+            self.c_r = bytes(c_r)
         except _LAKERS_ERRORS as exc:
             raise _refused(self.peer[:8], exc) from None
         flags = verify_peer(ccs, _statement(ead_2))
@@ -96,18 +113,25 @@ class Initiator:
 
 
 class Responder:
-    def __init__(self, credential: RunCredential, peer: str) -> None:
+    def __init__(self, credential: RunCredential, peer: str, index: int) -> None:
         self.credential = credential
         self.peer = peer
+        self.c_i = b""
+        self.c_r = connection_id(index)
         self._edhoc = EdhocResponder(credential.private_key, credential.ccs)
+
+    def oscore(self) -> OscoreMaterial:
+        """OSCORE keys of this finished handshake (RFC 9528 A.1)."""
+        return material_from_exporter(self._edhoc.edhoc_exporter, initiator=False, c_i=self.c_i, c_r=self.c_r)
 
     def message_2(self, message_1: bytes) -> bytes:
         own = self.credential
         try:
-            self._edhoc.process_message_1(message_1)
+            c_i, _ = self._edhoc.process_message_1(message_1)
+            self.c_i = bytes(c_i)
             return bytes(
                 self._edhoc.prepare_message_2(
-                    CredentialTransfer.ByValue, None, [EADItem(EAD_STATEMENT, True, own.statement)]
+                    CredentialTransfer.ByValue, self.c_r, [EADItem(EAD_STATEMENT, True, own.statement)]
                 )
             )
         except _LAKERS_ERRORS as exc:

@@ -151,9 +151,10 @@ class Sessions:
                 raise SessionError(
                     f"too many session handshakes under way; not starting one with {cert.name}"
                 )
-            initiator = Initiator(self.credential(), cert.device_id)
+            index = self._new_index()
+            initiator = Initiator(self.credential(), cert.device_id, index)
             done: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
-            pending = Initiating(initiator, cert.device_id, peer_run, self._new_index(), done, self.clock())
+            pending = Initiating(initiator, cert.device_id, peer_run, index, done, self.clock())
             self._initiating[key] = pending
             frame = HandshakeFrame(
                 1,
@@ -254,9 +255,9 @@ class Sessions:
             if not self._responding:
                 raise ReplayError("too many session handshakes under way here")
             self._evict(next(iter(self._responding)))
-        responder = Responder(self.credential(), cert.device_id)
-        message_2 = responder.message_2(hs.message)
         index = self._new_index()
+        responder = Responder(self.credential(), cert.device_id, index)
+        message_2 = responder.message_2(hs.message)
         self._responding[index] = Responding(
             responder, cert.device_id, hs.sender_run, hs.initiator_index, self.clock()
         )

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge_agent.profiles.detect import cpuinfo
+
 
 class Worker:
     """One engine in its own process (so its peak RSS is its own), driven by JSON lines."""
@@ -68,17 +70,10 @@ def median(xs: list[float]) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    info = cpuinfo()
     return {
-        "cpu": cpu,
-        "isa": cpu_features(),
+        "cpu": info.get("model name") or platform.processor(),
+        "isa": cpu_features(info),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(),
@@ -99,13 +94,10 @@ NOTABLE_FEATURES = (
 """The CPU flags the figures depend on: int8 kernels (VNNI, AMX, ARM dot product), AEAD speed (AES)."""
 
 
-def cpu_features() -> list[str]:
+def cpu_features(info: dict[str, str] | None = None) -> list[str]:
     """Which of `NOTABLE_FEATURES` this CPU has (x86 "flags", ARM "Features" in /proc/cpuinfo)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith(("flags", "Features"))), [])
+    info = cpuinfo() if info is None else info
+    flags = (info.get("flags") or info.get("Features") or "").split()
     return [f for f in NOTABLE_FEATURES if f in flags]
 
 

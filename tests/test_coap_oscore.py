@@ -38,17 +38,17 @@ def _handshake(home: SimHousehold, fridge: Device, hub: Device) -> tuple[OscoreM
         RunCredential.make(hub.identity, household, hub_run, aes=True), fridge.id, HUB_INDEX
     )
     message_2 = responder.message_2(initiator.message_1())
-    message_3, _ = initiator.message_3(
+    message_3, initiator_keys = initiator.message_3(
         message_2,
         lambda ccs, statement: verify_statement(hub.certificate, household, hub_run, ccs, statement),
         context_of(household, fridge.id, hub.id, fridge_run, hub_run),
     )
-    responder.finish(
+    responder_keys = responder.finish(
         message_3,
         lambda ccs, statement: verify_statement(fridge.certificate, household, fridge_run, ccs, statement),
         context_of(household, fridge.id, hub.id, fridge_run, hub_run),
     )
-    return initiator.oscore(), responder.oscore()
+    return initiator_keys.oscore, responder_keys.oscore
 
 
 def _received(message: Message) -> Message:

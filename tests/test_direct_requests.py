@@ -112,7 +112,7 @@ async def test_messages_on_a_link_are_padded_and_checked_as_on_the_broker(tmp_pa
             bucket = hub.endpoint.settings.pad_bucket_bytes
             assert sizes and all(s == padded_size(s, bucket) for s in sizes)
             # A message longer than this device's frame limit ends the link before a byte of it is read.
-            link = fridge.endpoint.exchanges.direct
+            link = fridge.endpoint.exchanges.paths[0]
             assert isinstance(link, DirectLinks)
             writer = link.links[hub.id].writer
             writer.write(Message(Channel.REQUESTS, hub.node.limits.max_frame_bytes + 1).prefix())

@@ -35,6 +35,7 @@ from edge_agent.mesh.sessions import AES_GCM, CHACHA20_POLY1305, KIND_DATA, KIND
 from edge_agent.mesh.sessions.aead import SessionCipher
 from edge_agent.mesh.sessions.credentials import RunCredential, verify_statement
 from edge_agent.mesh.sessions.handshake import Initiator, Keys, Responder
+from edge_agent.mesh.sessions.oscore_keys import OscoreMaterial
 from edge_agent.mesh.sessions.table import SessionTable
 from edge_agent.mesh.sessions.wire import HandshakeFrame
 from edge_agent.mesh.settings import MeshLimits, MeshSettings, SessionLimits
@@ -504,7 +505,7 @@ def test_one_shot_runs_of_a_device_never_evict_the_run_it_is_busy_with() -> None
     now = [0.0]
     table = SessionTable(SessionLimits(max_runs_per_peer=2, max_sessions_per_peer=2), lambda: now[0])
     cipher = SessionCipher(bytes(32), CHACHA20_POLY1305)
-    keys = Keys(cipher, cipher)
+    keys = Keys(cipher, cipher, OscoreMaterial(bytes(16), bytes(8), b"\x01", b"\x02"))
     agent = table.add("f" * 32, "a" * 16, 1, 101, keys, initiator=False)
     for n, run in enumerate(("b" * 16, "c" * 16, "d" * 16), start=2):  # one-shot commands, one by one
         now[0] += 1

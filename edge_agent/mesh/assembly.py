@@ -27,6 +27,8 @@ from edge_agent.mesh.node import GroupKeys, MeshNode
 from edge_agent.mesh.protocol import MAX_COUNT, Health, Presence
 from edge_agent.mesh.settings import MeshLimits, MeshSettings
 from edge_agent.mesh.state import HouseholdState
+from edge_agent.mesh.transports.coap.links import CoapLinks
+from edge_agent.mesh.transports.multi import MultiConnector
 from edge_agent.supervision import Supervisor
 
 __all__ = ["Features", "MemberKeys", "MeshParts", "build_member", "build_node", "health_of"]
@@ -71,6 +73,12 @@ class MeshParts:
     rotation: GroupKeyRotation | None = None
     corrections: CorrectionSync | None = None
     memory: MemoryExchange | None = None
+    coap: CoapLinks | None = None
+    """The CoAP side, when the device's connector includes it."""
+
+
+ConnectorFor = Callable[[MeshNode], Connector]
+"""Makes the connector from the node, for a transport that needs it (CoAP: sessions key OSCORE)."""
 
 
 def build_node(keys: MemberKeys | HouseholdState, limits: MeshLimits | None = None) -> MeshNode:
@@ -82,7 +90,7 @@ def build_node(keys: MemberKeys | HouseholdState, limits: MeshLimits | None = No
 
 def build_member(
     keys: MemberKeys | HouseholdState,
-    connector: Connector,
+    connector: Connector | ConnectorFor,
     *,
     settings: MeshSettings | None = None,
     supervisor: Supervisor | None = None,
@@ -95,13 +103,34 @@ def build_member(
     settings = settings or MeshSettings()
     features = features or Features()
     node = build_node(keys, settings.limits)
+    made = connector if isinstance(connector, Connector) else connector(node)
     endpoint = MeshEndpoint(
-        node, connector, presence=presence, handler=handler, settings=settings, supervisor=supervisor
+        node, made, presence=presence, handler=handler, settings=settings, supervisor=supervisor
     )
+    coap = coap_of(made)
+    if coap is not None:
+        plug_coap(endpoint, coap)
     rotation = GroupKeyRotation(endpoint, on_adopted=features.on_group_key) if features.group_keys else None
     memory = MemoryExchange(endpoint, features.memory) if features.memory is not None else None
     corrections = CorrectionSync(endpoint, features.corrections) if features.corrections is not None else None
-    return MeshParts(node, endpoint, rotation, corrections, memory)
+    return MeshParts(node, endpoint, rotation, corrections, memory, coap)
+
+
+def coap_of(connector: Connector) -> CoapLinks | None:
+    """The CoAP side among a connector's transports, if there is one."""
+    if isinstance(connector, CoapLinks):
+        return connector
+    if isinstance(connector, MultiConnector):
+        return next((c for _, c in connector.parts if isinstance(c, CoapLinks)), None)
+    return None
+
+
+def plug_coap(endpoint: MeshEndpoint, coap: CoapLinks) -> None:
+    """Messages to members that answer CoAP go there first (OSCORE), this device's presence says where
+    it answers, and verified adverts say where members do."""
+    endpoint.carry(coap, first=True)
+    endpoint.contribute_presence(lambda: {"coap": coap.contact()})
+    endpoint.watch_presence(coap.heard)
 
 
 def health_of(supervisor: Supervisor) -> Health:

@@ -214,10 +214,7 @@ class MeshEndpoint:
 
     def path_to(self, device_id: str) -> str:
         """Where a message to ``device_id`` would go now: a direct path's name, or "broker"."""
-        direct = self.exchanges.direct
-        if direct is not None and direct.carries(device_id, self.exchanges.contact_of(device_id)):
-            return direct.name
-        return "broker"
+        return self.exchanges.path_to(device_id)
 
     def envelope_to(self, device_id: str) -> int:
         """2 when messages to ``device_id`` travel on forward-secret sessions, else 1."""
@@ -245,15 +242,17 @@ class MeshEndpoint:
     def send_soon(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
         self.exchanges.send_soon(device_id, channel, msg, session=session)
 
-    def carry(self, path: MessagePath) -> Callable[[], None]:
-        """Send requests, streams and pings on ``path`` (direct links) before the broker, and take in
-        what it carries; returns what stops that."""
-        self.exchanges.direct = path
+    def carry(self, path: MessagePath, *, first: bool = False) -> Callable[[], None]:
+        """Send requests, streams and pings on ``path`` (direct links, CoAP) before the transport (after
+        the paths carried already, or before them with ``first``), and take in what it carries;
+        returns what stops that."""
+        paths = self.exchanges.paths
+        paths.insert(0 if first else len(paths), path)
         path.carry(self.messages)
 
         def stop() -> None:
-            if self.exchanges.direct is path:
-                self.exchanges.direct = None
+            if path in paths:
+                paths.remove(path)
                 path.carry(None)
 
         return stop

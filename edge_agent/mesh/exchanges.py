@@ -78,8 +78,9 @@ class Exchanges:
         self.pings: dict[int, tuple[str, float, asyncio.Future[float]]] = {}
         self.deferred_cancels: deque[tuple[str, str, str]] = deque(maxlen=self.limits.max_pending_pings)
         """(peer, request id, peer session) of streams abandoned while our link was down."""
-        self.direct: MessagePath | None = None
-        """The path tried before the broker (direct links), when the endpoint carries one."""
+        self.paths: list[MessagePath] = []
+        """Paths tried before the transport, in order (CoAP with OSCORE, direct TLS links), as the
+        endpoint carries them."""
         self.contact_of: Callable[[str], DirectContact | None] = lambda device_id: None
         """A peer's announced direct contact (from its presence: set by the endpoint)."""
 
@@ -90,18 +91,24 @@ class Exchanges:
         when there is one with the peer, else sealed through the broker. Returns the path's name.
         Raises TransportError, RecipientNotMemberError, SessionError."""
         payload = encode(msg, self.settings.pad_bucket_bytes)
-        direct = self.direct
-        if direct is not None:
+        if self.paths:
             contact = self.contact_of(device_id)
-            if direct.carries(device_id, contact):
+            for path in self.paths:
+                if not path.carries(device_id, contact):
+                    continue
                 self.node.recipient(device_id)  # every outgoing path checks the peer still belongs
                 try:
-                    await direct.send_message(device_id, contact, channel, payload)
-                    return direct.name
+                    await path.send_message(device_id, contact, channel, payload, session=session)
+                    return path.name
                 except DirectLinkError as exc:
-                    log.info("direct path to %s failed (%s); through the broker", device_id[:8], exc)
+                    log.info("%s path to %s failed (%s); trying the next", path.name, device_id[:8], exc)
         await self.node.send(device_id, channel, payload, session=session)
         return "broker"
+
+    def path_to(self, device_id: str) -> str:
+        """Where a message to ``device_id`` would go now: a path's name, or "broker" (the transport)."""
+        contact = self.contact_of(device_id)
+        return next((p.name for p in self.paths if p.carries(device_id, contact)), "broker")
 
     async def send_quietly(self, device_id: str, channel: Channel, msg: BaseModel, *, session: str) -> None:
         """`send`, where a failure only means the peer misses this message (logged at debug level)."""
@@ -287,10 +294,11 @@ class Exchanges:
                     async with asyncio.timeout(stall_ms / 1000):
                         msg = await stream.queue.get()
                 except TimeoutError:
-                    if stream.path != "broker" and self.direct is not None:
+                    path = next((p for p in self.paths if p.name == stream.path), None)
+                    if path is not None:
                         # A silent link (a cable pulled, a route gone) is not a dead peer: once more,
                         # through the broker; if the peer is gone, that attempt stalls too.
-                        self.direct.give_up_on(peer.device_id)
+                        path.give_up_on(peer.device_id)
                         raise PathDownError(
                             f"{peer.name} sent nothing on the {stream.path} link for {stall_ms / 1000:g} s"
                         ) from None

@@ -262,8 +262,9 @@ class PathEvents(Protocol):
 class MessagePath(Protocol):
     """Another way than the broker to move mesh messages (requests, chunks, cancels, pings) between two
     members, chosen per message by the endpoint's exchanges before the broker (which always works).
-    One today: direct links (`mesh.direct.DirectLinks`, "direct"); CoAP next. What it carries is the
-    same padded message the broker path would seal, checked on arrival by the same message layer."""
+    Two: CoAP with OSCORE (`mesh.transports.coap.CoapLinks`, "coap") and direct TLS links
+    (`mesh.direct.DirectLinks`, "direct"). What it carries is the same padded message the broker path
+    would seal, checked on arrival by the same message layer."""
 
     @property
     def name(self) -> str: ...
@@ -273,9 +274,10 @@ class MessagePath(Protocol):
         ...
 
     async def send_message(
-        self, device_id: str, contact: DirectContact | None, channel: Channel, payload: bytes
+        self, device_id: str, contact: DirectContact | None, channel: Channel, payload: bytes, *, session: str
     ) -> None:
-        """Deliver one message; raises DirectLinkError if this path failed (the broker takes it)."""
+        """Deliver one message to the run ``session`` of ``device_id``; raises DirectLinkError if this
+        path failed (the next path, or the transport, takes it)."""
         ...
 
     def give_up_on(self, device_id: str) -> None:

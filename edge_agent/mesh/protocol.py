@@ -130,6 +130,17 @@ class DirectContact(_Wire):
     tls_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class CoapContact(_Wire):
+    """Where this device answers CoAP over UDP (`mesh.transports.coap`: the transport that needs no
+    broker). Signed inside the presence like `DirectContact`; what is sent there is protected by OSCORE
+    keys from a session handshake (or is a sealed frame), so the address needs no certificate pin."""
+
+    hosts: list[Annotated[str, Field(max_length=45, pattern=r"^[0-9A-Fa-f.:]+$")]] = Field(
+        min_length=1, max_length=4
+    )
+    port: int = Field(ge=1, le=65535)
+
+
 class Health(_Wire):
     """How the advertising device's own loops fare (see edge_agent.supervision): restarts after
     unexpected errors and items dropped, since its agent started. Home Assistant shows them as
@@ -162,6 +173,8 @@ class Presence(_Wire):
     translation_memory: bool = Field(default=False, description="Answers shared translation-memory queries.")
     updates: list[UpdateStatus] = Field(default_factory=list, max_length=16)
     direct: DirectContact | None = None
+    coap: CoapContact | None = None
+    """Where this device answers CoAP, when it does (absent: MQTT only)."""
     corrections: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{32}$", description="Digest of the shared corrections held."
     )

@@ -9,7 +9,7 @@ reach its links), sessions' in `SessionLimits` (`MeshLimits.sessions`).
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -85,6 +85,46 @@ class SessionLimits(BaseModel):
         return self
 
 
+class CoapSettings(BaseModel):
+    """The CoAP transport (`mesh.transports.coap`): where this device answers, how it finds members
+    without a broker, and what bounds what strangers on the LAN can make it do."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bind: str = Field(default="::", pattern=r"^[0-9A-Fa-f.:]+$", max_length=45)
+    """Address to serve on (an IP literal; ``::`` is every interface, which multicast needs)."""
+    port: int = Field(default=5683, ge=0, le=65535)
+    """UDP port (5683 is CoAP's; 0 picks a free one, for a one-shot client)."""
+    advertise: list[Annotated[str, Field(pattern=r"^[0-9A-Fa-f.:]+$", max_length=45)]] = Field(
+        default_factory=list, max_length=4
+    )
+    """The hosts this device's presence names for CoAP (the port is the bound one)."""
+    seeds: list[tuple[str, int]] = Field(default_factory=list, max_length=64)
+    """Addresses to fetch presence from at start, besides what discovery finds (a LAN without multicast)."""
+    multicast_interfaces: list[Annotated[str, Field(max_length=15)]] = Field(
+        default_factory=list, max_length=8
+    )
+    """Interfaces to join All-CoAP-Nodes on (multicast discovery and hellos; empty: none)."""
+    request_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """A frame, message or fetch not answered within this has failed (the next path is tried)."""
+    hello_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    max_inbox: int = Field(default=256, ge=8, le=65536)
+    """Frames and adverts received and not read yet; past it a frame is answered 5.03."""
+    max_fetches: int = Field(default=8, ge=1, le=256)
+    """Presence fetches under way at once (one per source address)."""
+    min_fetch_interval_s: float = Field(default=0.5, ge=0, le=60)
+    """Hellos from one address within this of its last fetch are ignored."""
+    max_devices: int = Field(default=1024, ge=1, le=65536)
+    """Members whose CoAP address is remembered."""
+
+    def hello_groups(self) -> list[tuple[str, int]]:
+        """Where an announcement's group hello goes (All-CoAP-Nodes, when multicast is on)."""
+        return [(ALL_COAP_NODES_V4, self.port or 5683)] if self.multicast_interfaces else []
+
+
+ALL_COAP_NODES_V4 = "224.0.1.187"
+
+
 class MeshLimits(BaseModel):
     """Attacker-bounding limits. Defaults suit a household of a few dozen devices."""
 
@@ -138,6 +178,8 @@ class MeshSettings(BaseModel):
     departure_check_s: float = Field(default=1.5, gt=0, le=60)
     """An unsigned 'gone' hint from the transport is confirmed by pinging the peer for this long."""
     limits: MeshLimits = Field(default_factory=MeshLimits)
+    coap: CoapSettings = Field(default_factory=CoapSettings)
+    """The CoAP transport's (`[mesh.coap]`), used when the household runs it."""
 
 
 def broker_host_port(url: str) -> tuple[str, int]:

@@ -175,10 +175,17 @@ class DirectLinks:
         return contact is not None and self.client.reachable(device_id, contact)
 
     async def send_message(
-        self, device_id: str, contact: DirectContact | None, channel: Channel, payload: bytes
+        self,
+        device_id: str,
+        contact: DirectContact | None,
+        channel: Channel,
+        payload: bytes,
+        *,
+        session: str = "",
     ) -> None:
-        """One message to ``device_id`` on a link with it (made now if need be). Raises DirectLinkError
-        (the caller sends it through the broker instead)."""
+        """One message to ``device_id`` on a link with it (made now if need be; a link is with one run,
+        so ``session`` is not needed). Raises DirectLinkError (the caller sends it through the broker
+        instead)."""
         served = self.client.live(device_id, contact) is None and self.server is not None
         if served and self.server is not None and await self.server.send_message(device_id, channel, payload):
             return

@@ -49,6 +49,8 @@ class Keys:
 
     sender: SessionCipher
     receiver: SessionCipher
+    oscore: OscoreMaterial
+    """The same handshake's OSCORE keys (RFC 9528 A.1), for the CoAP transport."""
 
 
 def _statement(items: list[EADItem] | None) -> bytes | None:
@@ -59,11 +61,15 @@ def _statement(items: list[EADItem] | None) -> bytes | None:
     return None
 
 
-def _keys(edhoc: EdhocInitiator | EdhocResponder, context: bytes, both_aes: bool, initiator: bool) -> Keys:
+def _keys(
+    edhoc: EdhocInitiator | EdhocResponder, context: bytes, both_aes: bool, *, c_i: bytes, c_r: bytes
+) -> Keys:
+    initiator = isinstance(edhoc, EdhocInitiator)
     name = AES_GCM if both_aes else CHACHA20_POLY1305
     i2r = SessionCipher(bytes(edhoc.edhoc_exporter(_LABEL_I2R, context, 32)), name)
     r2i = SessionCipher(bytes(edhoc.edhoc_exporter(_LABEL_R2I, context, 32)), name)
-    return Keys(i2r, r2i) if initiator else Keys(r2i, i2r)
+    oscore = material_from_exporter(edhoc.edhoc_exporter, initiator=initiator, c_i=c_i, c_r=c_r)
+    return Keys(i2r, r2i, oscore) if initiator else Keys(r2i, i2r, oscore)
 
 
 def _refused(who: str, exc: Exception) -> ForgedMessageError:
@@ -86,10 +92,6 @@ class Initiator:
     def message_1(self) -> bytes:
         return bytes(self._edhoc.prepare_message_1(c_i=self.c_i))
 
-    def oscore(self) -> OscoreMaterial:
-        """OSCORE keys of this finished handshake (RFC 9528 A.1)."""
-        return material_from_exporter(self._edhoc.edhoc_exporter, initiator=True, c_i=self.c_i, c_r=self.c_r)
-
     def message_3(self, message_2: bytes, verify_peer: VerifyPeer, context: bytes) -> tuple[bytes, Keys]:
         """Check the responder and answer it; raises ForgedMessageError or MalformedMessageError."""
         try:
@@ -109,7 +111,7 @@ class Initiator:
         except _LAKERS_ERRORS as exc:
             raise _refused(self.peer[:8], exc) from None
         both_aes = bool(flags & FLAG_AES and own.statement[0] & FLAG_AES)
-        return bytes(message_3), _keys(self._edhoc, context, both_aes, initiator=True)
+        return bytes(message_3), _keys(self._edhoc, context, both_aes, c_i=self.c_i, c_r=self.c_r)
 
 
 class Responder:
@@ -119,10 +121,6 @@ class Responder:
         self.c_i = b""
         self.c_r = connection_id(index)
         self._edhoc = EdhocResponder(credential.private_key, credential.ccs)
-
-    def oscore(self) -> OscoreMaterial:
-        """OSCORE keys of this finished handshake (RFC 9528 A.1)."""
-        return material_from_exporter(self._edhoc.edhoc_exporter, initiator=False, c_i=self.c_i, c_r=self.c_r)
 
     def message_2(self, message_1: bytes) -> bytes:
         own = self.credential
@@ -150,4 +148,4 @@ class Responder:
         except _LAKERS_ERRORS as exc:
             raise _refused(self.peer[:8], exc) from None
         both_aes = bool(flags & FLAG_AES and self.credential.statement[0] & FLAG_AES)
-        return _keys(self._edhoc, context, both_aes, initiator=False)
+        return _keys(self._edhoc, context, both_aes, c_i=self.c_i, c_r=self.c_r)

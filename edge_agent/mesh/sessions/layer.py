@@ -123,6 +123,12 @@ class Sessions:
     ) -> bytes:
         """``payload`` sealed on the current session with that run of the member (made first if need
         be). Raises SessionError if no session could be made, TransportError if the link is down."""
+        return self.seal_on(await self.ready(cert, peer_run), inbox, payload, now_ms)
+
+    async def ready(self, cert: DeviceCertificate, peer_run: str) -> Session:
+        """The session to send on with that run of the member: the current one, or a new one when there
+        is none or it is due for a rekey (the old one serves if the rekey fails). Raises SessionError,
+        TransportError."""
         session = self.table.current(cert.device_id, peer_run)
         if session is None or self.table.worn(session):
             try:
@@ -132,7 +138,7 @@ class Sessions:
                     raise
                 session.retry_rekey_at = self.clock() + REKEY_RETRY_HANDSHAKES * self.limits.handshake_s
                 log.info("rekeying with %s failed; the current session serves until it expires", cert.name)
-        return self.seal_on(session, inbox, payload, now_ms)
+        return session
 
     def seal_on(self, session: Session, inbox: str, payload: bytes, now_ms: int | None = None) -> bytes:
         session.sent += 1
@@ -189,16 +195,7 @@ class Sessions:
     def open(self, frame: bytes, inbox: str, now_ms: int | None = None) -> Opened:
         """Verify and decrypt one data frame, or raise a PeerError saying why not."""
         index, counter = parse_data_header(frame, self.max_frame)
-        session = self.table.get(index)
-        if session is None:
-            raise ReplayError(
-                f"no session {index:08x} here: sealed for an earlier run of this device, expired, "
-                "or never made"
-            )
-        cert = self.membership.member(session.peer)  # NotAMemberError once revoked or expired
-        if self.table.expired(session):
-            self.table.forget(session)
-            raise ReplayError(f"session {index:08x} with {cert.name} has expired (keys forgotten)")
+        session, cert = self.receiving(index)
         window = session.window
         if counter == 0 or counter > self.max_counter:
             raise ReplayError(
@@ -224,6 +221,22 @@ class Sessions:
         self.table.replay.commit(window, counter)
         session.used = self.clock()
         return Opened(header, cert, plain[8:])
+
+    def receiving(self, index: int) -> tuple[Session, DeviceCertificate]:
+        """Our session ``index`` and its peer's certificate, if something may still arrive on it: it
+        exists, its peer is a member now, its keys are not past ``reject_after_s``. Raises ReplayError
+        or NotAMemberError (a PeerError) saying which."""
+        session = self.table.get(index)
+        if session is None:
+            raise ReplayError(
+                f"no session {index:08x} here: sealed for an earlier run of this device, expired, "
+                "or never made"
+            )
+        cert = self.membership.member(session.peer)  # NotAMemberError once revoked or expired
+        if self.table.expired(session):
+            self.table.forget(session)
+            raise ReplayError(f"session {index:08x} with {cert.name} has expired (keys forgotten)")
+        return session, cert
 
     async def handshake(self, frame: bytes) -> None:
         """Take one handshake frame: answer it, or finish a handshake. Raises a PeerError for a frame

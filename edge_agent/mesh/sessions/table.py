@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from edge_agent.mesh.replay import ReplayGuard
 from edge_agent.mesh.sessions.aead import SessionCipher
 from edge_agent.mesh.sessions.handshake import Keys
+from edge_agent.mesh.sessions.oscore_keys import OscoreMaterial
 from edge_agent.mesh.settings import SessionLimits
 
 __all__ = ["Session", "SessionTable"]
@@ -32,12 +33,17 @@ class Session:
     peer_index: int
     sender: SessionCipher = field(repr=False)
     receiver: SessionCipher = field(repr=False)
+    oscore: OscoreMaterial = field(repr=False)
+    """The same handshake's OSCORE keys (the CoAP transport makes its context from them)."""
     made: float
     """The table's clock when the handshake finished."""
     initiator: bool
     sent: int = 0
     used: float = 0.0
     """The table's clock when a frame last went out or came in on it."""
+    coap: object | None = field(default=None, repr=False)
+    """The CoAP transport's OSCORE context of this session, made on first use (it dies with the
+    session: its sequence number and replay window are never kept or copied)."""
     retry_rekey_at: float = 0.0
     """After a rekey that failed, the next is not tried before this (the table's clock): the old
     session serves meanwhile, and no send waits for a handshake that will not come."""
@@ -78,7 +84,9 @@ class SessionTable:
         self, peer: str, peer_run: str, index: int, peer_index: int, keys: Keys, initiator: bool
     ) -> Session:
         now = self.clock()
-        session = Session(peer, peer_run, index, peer_index, keys.sender, keys.receiver, now, initiator)
+        session = Session(
+            peer, peer_run, index, peer_index, keys.sender, keys.receiver, keys.oscore, now, initiator
+        )
         session.used = now
         sessions = self._by_peer.setdefault(peer, [])
         sessions.append(session)

@@ -1,0 +1,256 @@
+"""`CoapLinks`: this device's CoAP side, for as long as its endpoint runs.
+
+It is two things the endpoint already knows how to use:
+
+- a `Connector`: each (re)connection is a new `CoapTransport` (the board, hellos, sealed frames);
+- a `MessagePath`: mesh messages (requests, stream chunks, cancels, pings, features' messages) to a
+  member that answers CoAP go in ``POST /hearth/m/<channel>``, protected by **OSCORE** (RFC 8613) with
+  the keys of the same forward-secret session the envelope v2 would use (one EDHOC handshake keys both,
+  RFC 9528 A.1). OSCORE *replaces* the envelope on this path rather than wrapping it: one AEAD, 8 bytes
+  of timestamp and OSCORE's ~12 bytes instead of the envelope's 40 (README "CoAP" has the measurement).
+
+What holds on the broker path holds here, checked in the same order: the OSCORE context is found only
+for a live session whose peer is a member *now* (its index is the OSCORE key id; a revoked member's
+sessions are gone), OSCORE's replay window refuses a datagram seen before, the timestamp inside must be
+within the node's freshness window, the size is bounded by ``max_frame_bytes`` (block-wise only inside
+OSCORE, assembled only for a peer that holds keys), and the resource checks membership again before
+the message layer decodes anything. A restart makes new sessions, so nothing captured before it opens
+after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiocoap
+from aiocoap import CHANGED, POST, Message, error, oscore, resource
+from aiocoap.credentials import CredentialsMap
+from aiocoap.message import UndecidedRemote
+from aiocoap.transports.oscore import OSCOREAddress
+
+from edge_agent.errors import (
+    DirectLinkError,
+    PeerError,
+    ReplayError,
+    SessionError,
+    TransportError,
+)
+from edge_agent.mesh.envelope import KIND_DIRECT, Opened, PathHeader, check_fresh
+from edge_agent.mesh.interfaces import Channel, PathEvents, Transport
+from edge_agent.mesh.node import MeshNode
+from edge_agent.mesh.protocol import CoapContact, DirectContact, Presence
+from edge_agent.mesh.sessions import Sessions
+from edge_agent.mesh.sessions.table import Session
+from edge_agent.mesh.sessions.wire import pack_time, unpack_time
+from edge_agent.mesh.settings import CoapSettings
+from edge_agent.mesh.transports.coap.book import AddressBook, hostinfo
+from edge_agent.mesh.transports.coap.oscore import MemoryContext
+from edge_agent.mesh.transports.coap.resources import MESSAGE
+from edge_agent.mesh.transports.coap.site import member_of
+from edge_agent.mesh.transports.coap.transport import CoapTransport, Discover, Tuning
+
+__all__ = ["CoapLinks", "SessionContexts", "context_of"]
+
+log = logging.getLogger(__name__)
+
+_TIME = 8
+"""Bytes of the sender's clock (ms) before each message: freshness, as in the envelope."""
+
+
+def context_of(session: Session) -> MemoryContext:
+    """The OSCORE context of ``session``, made on first use and kept on it (one per session, never
+    copied: its sequence number and replay window are that session's alone)."""
+    context = session.coap
+    if not isinstance(context, MemoryContext):
+        context = session.coap = MemoryContext(session.oscore, session.peer)
+    return context
+
+
+class SessionContexts:
+    """The one entry of the server's OSCORE credentials: a request's key id is our session index, so
+    its context is found in the session table, and only while that session may still receive."""
+
+    def __init__(self, sessions: Sessions, refused: Callable[[PeerError], None]) -> None:
+        self.sessions = sessions
+        self.refused = refused
+
+    def get_oscore_context_for(self, unprotected: dict[Any, Any]) -> MemoryContext | None:
+        kid = unprotected.get(oscore.COSE_KID)
+        if (
+            not isinstance(kid, bytes)
+            or len(kid) != 4
+            or unprotected.get(oscore.COSE_KID_CONTEXT) is not None
+        ):
+            return None
+        try:
+            session, _ = self.sessions.receiving(int.from_bytes(kid, "big"))
+        except PeerError as exc:
+            self.refused(exc)
+            return None
+        return context_of(session)
+
+
+class _MessageResource(resource.Resource):  # type: ignore[misc]
+    def __init__(self, links: CoapLinks, channel: Channel) -> None:
+        super().__init__()
+        self.links = links
+        self.channel = channel
+
+    async def render_post(self, request: Message) -> Message:
+        self.links.received(request, self.channel)
+        return Message(code=CHANGED)
+
+
+class CoapLinks:
+    """The CoAP transport's connector and its OSCORE message path (``name`` "coap")."""
+
+    name = "coap"
+
+    def __init__(self, node: MeshNode, settings: CoapSettings, *, discover: Discover | None = None) -> None:
+        if node.sessions is None:
+            raise ValueError(
+                "the CoAP transport needs forward-secret sessions ([mesh.limits.sessions] enabled)"
+            )
+        self.node = node
+        self.sessions: Sessions = node.sessions
+        self.settings = settings
+        self.discover = discover
+        self.book = AddressBook(settings.max_devices)
+        self.events: PathEvents | None = None
+        self.context: aiocoap.Context | None = None
+        """The open transport's aiocoap context (messages leave from its socket), None between links."""
+        self.port: int | None = None
+        self.credentials = CredentialsMap()
+        self.credentials[":hearth-sessions"] = SessionContexts(self.sessions, self._refused)
+        self._backoff: dict[str, float] = {}
+
+    # -- Connector ------------------------------------------------------------------------------------
+
+    def connect(self, departure_notice: bytes | None) -> Transport:
+        """A new CoAP transport (no departure notice: UDP has no last will, silence tells instead)."""
+        return CoapTransport(
+            self.settings,
+            household=self.node.household,
+            device=self.node.device_id,
+            book=self.book,
+            max_frame=self.node.limits.max_frame_bytes,
+            discover=self.discover,
+            routes=[(MESSAGE[channel], _MessageResource(self, channel)) for channel in MESSAGE],
+            credentials=self.credentials,
+            on_open=self._opened,
+        )
+
+    def _opened(self, context: aiocoap.Context | None, port: int | None) -> None:
+        self.context, self.port = context, port
+
+    # -- presence -------------------------------------------------------------------------------------
+
+    def contact(self) -> CoapContact | None:
+        """What this device's presence says about CoAP (None until the transport is bound)."""
+        if self.port is None:
+            return None
+        hosts = self.settings.advertise or [self.settings.bind]
+        return CoapContact(hosts=hosts, port=self.port)
+
+    def heard(self, opened: Opened) -> None:
+        """A verified advert (a presence hook): where its device answers CoAP now, or that it no
+        longer does."""
+        sender = opened.header.sender
+        if sender != self.node.device_id:
+            self.book.learn(sender, Presence.model_validate_json(opened.payload).coap)
+
+    # -- MessagePath ----------------------------------------------------------------------------------
+
+    def carries(self, device_id: str, contact: DirectContact | None) -> bool:
+        return (
+            self.context is not None
+            and device_id in self.book
+            and device_id in self.sessions.speakers
+            and self._backoff.get(device_id, 0.0) <= time.monotonic()
+        )
+
+    def carry(self, events: PathEvents | None) -> None:
+        self.events = events
+
+    def give_up_on(self, device_id: str) -> None:
+        self._backoff[device_id] = time.monotonic() + self.settings.request_timeout_s
+        if len(self._backoff) > self.settings.max_devices:
+            now = time.monotonic()
+            self._backoff = {d: t for d, t in self._backoff.items() if t > now}
+
+    async def send_message(
+        self,
+        device_id: str,
+        contact: DirectContact | None,
+        channel: Channel,
+        payload: bytes,
+        *,
+        session: str = "",
+    ) -> None:
+        context, endpoint = self.context, self.book.endpoint(device_id)
+        if context is None or endpoint is None:
+            raise DirectLinkError(f"{device_id[:8]} is not reachable over CoAP now")
+        if len(payload) + _TIME > self.node.limits.max_frame_bytes:
+            raise DirectLinkError(f"a {len(payload)}-byte message is over the frame limit")
+        cert = self.node.recipient(device_id)
+        try:
+            current = await self.sessions.ready(cert, session)
+        except (SessionError, TransportError) as exc:
+            raise DirectLinkError(f"no session with {cert.name}: {exc}") from None
+        request = Message(
+            code=POST, payload=pack_time(int(time.time() * 1000)) + payload, transport_tuning=Tuning()
+        )
+        request.remote = OSCOREAddress(context_of(current), UndecidedRemote("coap", hostinfo(endpoint)))
+        request.opt.uri_path = MESSAGE[channel]
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                response = await context.request(request).response
+        except oscore.NotAProtectedMessage as exc:
+            # The peer no longer holds that session (it restarted, or the keys expired there): the next
+            # send makes a new one.
+            self.sessions.table.forget(current)
+            raise DirectLinkError(f"{cert.name} refused the session: {exc.plain_message.code}") from None
+        except (TimeoutError, aiocoap.error.Error, OSError) as exc:
+            self.give_up_on(device_id)
+            raise DirectLinkError(
+                f"{cert.name} at {hostinfo(endpoint)} did not answer ({exc or 'timeout'})"
+            ) from None
+        if not response.code.is_successful():
+            raise DirectLinkError(f"{cert.name} refused a message: {response.code}")
+
+    # -- receiving ------------------------------------------------------------------------------------
+
+    def received(self, request: Message, channel: Channel) -> None:
+        """One OSCORE-protected message: checked, then handed to the message layer. Raises aiocoap's
+        renderable errors (the peer gets 4.xx/5.03; nothing here changes)."""
+        cert = member_of(request, self.node.membership)  # 4.01 / 4.03
+        payload = bytes(request.payload)
+        if len(payload) < _TIME or len(payload) > self.node.limits.max_frame_bytes:
+            raise error.BadRequest("not a Hearth message")
+        header = PathHeader(
+            version=2,
+            kind=KIND_DIRECT,
+            sender=cert.device_id,
+            recipient=self.node.device_id,
+            counter=1,
+            timestamp_ms=unpack_time(payload),
+            epoch=0,
+            topic=MESSAGE[channel][-1],
+        )
+        try:
+            check_fresh(header, self.node.opener.max_skew_ms)
+        except ReplayError as exc:
+            self._refused(exc)
+            raise error.BadRequest("stale") from None
+        events = self.events
+        if events is None:
+            raise error.ServiceUnavailable("not taking messages now")
+        events.message(cert.device_id, channel, payload[_TIME:])
+
+    def _refused(self, exc: PeerError) -> None:
+        self.node.dropped[type(exc).__name__] += 1
+        log.warning("dropped a CoAP message: %s", exc)

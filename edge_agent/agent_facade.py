@@ -213,6 +213,11 @@ class AgentFacade:
                     health=p.presence.health,
                     path=endpoint.path_to(p.device_id) if endpoint is not None else "broker",
                     envelope=endpoint.envelope_to(p.device_id) if endpoint is not None else 1,
+                    coap=(
+                        f"{p.presence.coap.hosts[0]}:{p.presence.coap.port}"
+                        if p.presence.coap is not None
+                        else None
+                    ),
                 )
                 for p in rows
             ],

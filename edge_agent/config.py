@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -75,6 +76,44 @@ class GenerateSection(_Section):
     system_prompt: str | None = None
 
 
+HOSTPORT = r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+):\d{1,5}$"
+
+
+class CoapSection(_Section):
+    """The CoAP transport (`[mesh] transports` includes "coap"): members reach each other over UDP with
+    no broker, messages protected by OSCORE keyed by the household's own session handshakes."""
+
+    bind: str = Field(default="::", pattern=r"^[0-9A-Fa-f.:]+$")
+    """Address to serve on; ``::`` (every interface) is what multicast discovery needs."""
+    port: int = Field(default=5683, ge=1, le=65535)
+    """UDP port of the agent (one-shot commands use a free one)."""
+    advertise: list[str] = Field(default_factory=list, max_length=4)
+    """Hosts this device's presence names; default the bound address, or every interface's when bound
+    to all."""
+    peers: list[str] = Field(default_factory=list, max_length=64)
+    """``host:port`` of members to ask for presence at start (a LAN where multicast does not pass)."""
+    multicast: bool = True
+    """Find members and greet them on All-CoAP-Nodes (224.0.1.187) on every interface that can."""
+    zeroconf: bool = True
+    """Also advertise and browse ``_hearth-coap._udp`` over mDNS."""
+    request_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("peers")
+    @classmethod
+    def _hostports(cls, peers: list[str]) -> list[str]:
+        for peer in peers:
+            if not re.match(HOSTPORT, peer):
+                raise ValueError(f"{peer!r} is not host:port with an IP literal ([v6]:port for IPv6)")
+        return peers
+
+    def seeds(self) -> list[tuple[str, int]]:
+        found = []
+        for peer in self.peers:
+            host, _, port = peer.rpartition(":")
+            found.append((host.strip("[]"), int(port)))
+        return found
+
+
 class MeshSection(_Section):
     """How this agent joins the household mesh (see `hearth household --help`)."""
 
@@ -106,6 +145,10 @@ class MeshSection(_Section):
     """Mesh payloads are padded to size buckets of this many bytes; 1 turns padding off."""
     limits: MeshLimits = Field(default_factory=MeshLimits)
     """What a peer can make this device hold or do (`[mesh.limits]`; see edge_agent/mesh/settings.py)."""
+    transports: list[Literal["mqtt", "coap"]] = Field(default=["mqtt"], min_length=1, max_length=2)
+    """How this device reaches members: "mqtt" through the broker, "coap" directly over UDP with no
+    broker (`[mesh.coap]`), or both (a hub that serves members of either kind)."""
+    coap: CoapSection = Field(default_factory=CoapSection)
     advertise: Literal["auto", "on", "off"] = "auto"
     """Advertise the household on the LAN over zeroconf (mDNS `_hearth._tcp`) so Home Assistant offers
     to join it: "auto" on hub-class devices only, "on" on this device whatever its class, "off" never.
@@ -114,6 +157,13 @@ class MeshSection(_Section):
     @property
     def host_port(self) -> tuple[str, int]:
         return broker_host_port(self.broker)
+
+    @field_validator("transports")
+    @classmethod
+    def _distinct(cls, transports: list[str]) -> list[str]:
+        if len(set(transports)) != len(transports):
+            raise ValueError("each transport once")
+        return transports
 
     @model_validator(mode="after")
     def _embedded_broker_on_loopback(self) -> MeshSection:

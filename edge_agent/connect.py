@@ -12,14 +12,21 @@ end, which a CA could not add to, and the pinned CA arrives in the sealed welcom
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import ssl
 from pathlib import Path
 
 from edge_agent.config import MeshSection
 from edge_agent.errors import ConfigError
+from edge_agent.mesh.assembly import ConnectorFor
 from edge_agent.mesh.broker_pki import BrokerPki, PkiError
-from edge_agent.mesh.settings import broker_host_port
+from edge_agent.mesh.interfaces import Connector
+from edge_agent.mesh.node import MeshNode
+from edge_agent.mesh.settings import CoapSettings, broker_host_port
+from edge_agent.mesh.transports.coap.links import CoapLinks
 from edge_agent.mesh.transports.mqtt import MqttClient, MqttConnector
+from edge_agent.mesh.transports.multi import MultiConnector
 
 
 def tls_context(mesh: MeshSection, state_dir: Path, url: str | None = None) -> ssl.SSLContext | None:
@@ -81,3 +88,92 @@ def pairing_client(mesh: MeshSection, url: str | None = None, *, session: str) -
                       username=mesh.username if shared else None,
                       password=mesh.password if shared else None,
                       tls=pairing_tls_context(mesh, url))  # fmt: skip
+
+
+_IFF_UP, _IFF_LOOPBACK, _IFF_MULTICAST = 0x1, 0x8, 0x1000
+
+
+def _interfaces() -> list[tuple[str, int]]:
+    """(name, flags) of this host's network interfaces (Linux /sys; none elsewhere)."""
+    found = []
+    for name in (
+        sorted(p.name for p in Path("/sys/class/net").glob("*")) if Path("/sys/class/net").exists() else []
+    ):
+        try:
+            flags = int((Path("/sys/class/net") / name / "flags").read_text().strip(), 16)
+        except (OSError, ValueError):
+            continue
+        found.append((name, flags))
+    return found
+
+
+def multicast_interfaces() -> list[str]:
+    """Interfaces that are up, not loopback, and can multicast (where All-CoAP-Nodes is joined)."""
+    wanted = _IFF_UP | _IFF_MULTICAST
+    return [n for n, f in _interfaces() if f & wanted == wanted and not f & _IFF_LOOPBACK][:8]
+
+
+def interface_addresses() -> list[str]:
+    """This host's unicast addresses on interfaces that are up, IPv4 first, loopback last."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    ranked: list[tuple[int, str]] = []
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ip = ipaddress.ip_address(addr.address.split("%", 1)[0])
+            except ValueError:
+                continue
+            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                continue
+            ranked.append((2 * int(ip.is_loopback) + int(ip.version == 6), str(ip)))
+    return [ip for _, ip in sorted(ranked)]
+
+
+def coap_settings(mesh: MeshSection, *, one_shot: bool = False) -> CoapSettings:
+    """The CoAP transport's settings for this host: its addresses and interfaces filled in; a one-shot
+    command serves on a free port (the agent holds the configured one)."""
+    coap = mesh.coap
+    wildcard = coap.bind in ("::", "0.0.0.0")
+    advertise = coap.advertise or (interface_addresses() if wildcard else [coap.bind])
+    return CoapSettings(
+        bind=coap.bind,
+        port=0 if one_shot else coap.port,
+        advertise=advertise[:4] or ["127.0.0.1"],
+        seeds=coap.seeds(),
+        multicast_interfaces=multicast_interfaces() if coap.multicast and wildcard else [],
+        peer_port=coap.port,
+        zeroconf=coap.zeroconf,
+        request_timeout_s=coap.request_timeout_s,
+    )
+
+
+def household_connector(
+    mesh: MeshSection, state_dir: Path, *, household: str, device: str, client_id: str, one_shot: bool = False
+) -> Connector | ConnectorFor:
+    """How this device (re)connects, by ``[mesh] transports``: the broker's MQTT connector, the CoAP
+    links (made from the node: OSCORE is keyed by its sessions), or both as one."""
+    mqtt = (
+        member_connector(mesh, state_dir, household=household, device=device, client_id=client_id)
+        if "mqtt" in mesh.transports
+        else None
+    )
+    if "coap" not in mesh.transports:
+        assert mqtt is not None
+        return mqtt
+    settings = coap_settings(mesh, one_shot=one_shot)
+
+    def made(node: MeshNode) -> Connector:
+        coap = CoapLinks(node, settings)
+        if mqtt is None:
+            return coap
+        # A member that answers CoAP is reached there first, else through the broker.
+        return MultiConnector(
+            [("mqtt", mqtt), ("coap", coap)], lambda device_id: (1, 0) if device_id in coap.book else (0, 1)
+        )
+
+    return made

@@ -48,8 +48,10 @@ class PeerReport(BaseModel):
     health: Health | None = None
     """Restarts and drops the peer reports for its own loops (None: it does not say)."""
     path: str = "broker"
-    """Where a request to it would go now: "direct" (a link is up or its contact may be tried) or
-    "broker"."""
+    """Where a request to it would go now: "coap" (OSCORE over UDP), "direct" (a TLS link is up or its
+    contact may be tried) or "broker" (the transport: MQTT, or a sealed CoAP frame)."""
+    coap: str | None = None
+    """Where it answers CoAP (``host:port`` from its signed presence); None: MQTT only."""
     envelope: int = 1
     """2: messages to it travel on forward-secret sessions; 1: the v1 envelope (it does not speak v2)."""
 

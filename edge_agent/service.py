@@ -20,9 +20,9 @@ from types import TracebackType
 from edge_agent.agent import Agent
 from edge_agent.client.schemas import TranslateRequest, TranslateResult, TranslateStats
 from edge_agent.config import AgentConfig, RoutingSection
-from edge_agent.connect import member_connector
+from edge_agent.connect import household_connector
 from edge_agent.engines.sentences import split_sentences
-from edge_agent.mesh.assembly import Features, MemberKeys, build_member, health_of
+from edge_agent.mesh.assembly import ConnectorFor, Features, MemberKeys, build_member, health_of
 from edge_agent.mesh.broker import EmbeddedBroker
 from edge_agent.mesh.corrections import Corrections
 from edge_agent.mesh.endpoint import MeshEndpoint
@@ -33,6 +33,7 @@ from edge_agent.mesh.interfaces import Connector
 from edge_agent.mesh.memory import Audience, TranslationMemory, fits, make_entry, normalize
 from edge_agent.mesh.peers import Peer
 from edge_agent.mesh.protocol import (
+    CoapContact,
     Offer,
     Presence,
     encode,
@@ -80,7 +81,7 @@ class MeshService:
         serve: bool = True,
         client_id_suffix: str = "",
         supervisor: Supervisor | None = None,
-        connector: Connector | None = None,
+        connector: Connector | ConnectorFor | None = None,
         connect_timeout_s: float = 10.0,
     ) -> None:
         """``connector``: how to reach the household (default: the [mesh] broker's, as a member)."""
@@ -98,7 +99,7 @@ class MeshService:
         self.offers: dict[Task, Offer] = {}
         self.broker: EmbeddedBroker | None = None
         if connector is None:
-            connector = member_connector(
+            connector = household_connector(
                 config.mesh,
                 self.state.dir,
                 household=self.membership.household_id,
@@ -106,6 +107,7 @@ class MeshService:
                 # A random tail: a client id known to others (device ids are in every topic) would let
                 # any client, even an anonymous pairing one, take our session over at the broker.
                 client_id=f"{self.certificate.device_id}{client_id_suffix}-{secrets.token_hex(4)}",
+                one_shot=not self.serve,
             )
         tcfg = config.translate
         self.memory: TranslationMemory | None = None
@@ -131,11 +133,17 @@ class MeshService:
             features=features,
         )
         self.node, self.endpoint = parts.node, parts.endpoint
+        self.coap = parts.coap
+        """The CoAP side, when `[mesh] transports` includes it."""
         assert parts.rotation is not None and parts.corrections is not None
         self.rotation: GroupKeyRotation = parts.rotation
         self.exchange: MemoryExchange | None = parts.memory
         self.correction_sync: CorrectionSync = parts.corrections
         self.router = router(self.endpoint, self.offers)
+
+    def coap_contact(self) -> CoapContact | None:
+        """Where this device answers CoAP (None: not a CoAP member, or not bound yet)."""
+        return self.coap.contact() if self.coap is not None else None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

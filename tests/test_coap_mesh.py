@@ -17,6 +17,7 @@ from edge_agent.mesh.protocol import Chunk
 from edge_agent.mesh.settings import CoapSettings, MeshSettings
 from edge_agent.mesh.transports.coap.links import CoapLinks
 from edge_agent.mesh.transports.coap.resources import MESSAGE
+from edge_agent.mesh.transports.multi import MultiConnector
 from tests.support.meshsim import Device, SimHousehold, household, until
 
 NAMES = ("hub", "fridge", "car")
@@ -86,3 +87,46 @@ async def test_two_devices_without_a_broker_find_each_other_and_stream_over_osco
         assert ping_peer is not None and await fridge.endpoint.ping(ping_peer) is not None
         assert MESSAGE  # the routes exist
         assert await until(lambda: True)
+
+
+async def test_a_mixed_household_the_hub_bridges_coap_only_and_mqtt_only_members(tmp_path: Path) -> None:
+    """The fridge speaks CoAP only, the car MQTT only (the in-memory broker here), the hub both: each
+    is served by the hub, on its own transport, and neither needs the other's."""
+    lab = CoapLab(("hub", "fridge"))
+    home: SimHousehold
+
+    def connect(household_id: str, device_id: str, name: str) -> Connector:
+        if name == "car":
+            return home.sim.connector(device_id)
+        coap = lab.connect(household_id, device_id, name)
+        if name == "fridge":
+            return coap
+
+        def both(node: MeshNode) -> Connector:
+            links = coap(node)  # type: ignore[operator]
+            return MultiConnector(
+                [("mqtt", home.sim.connector(device_id)), ("coap", links)],
+                lambda d: (1, 0) if d in links.book else (0, 1),
+            )
+
+        return both  # type: ignore[return-value]
+
+    async with household(tmp_path, connect) as home:
+        hub = home.device("hub", serves=["generate"], settings=_settings())
+        fridge, car = home.device("fridge", settings=_settings()), home.device("car", settings=_settings())
+        for dev in (hub, fridge, car):
+            dev.interval_s = 1.0
+        await home.start(hub, fridge)
+        await home._stack.enter_async_context(car.endpoint)
+        await car.endpoint.wait_connected(2)
+        assert await car.endpoint.wait_until(lambda: car.endpoint.peers.get(hub.id) is not None, 2)
+        assert await hub.endpoint.wait_until(lambda: hub.endpoint.peers.get(car.id) is not None, 2)
+
+        fridge_chunks = [c.text async for c in _stream(fridge, hub, ["cold", "milk"])]
+        car_chunks = [c.text async for c in _stream(car, hub, ["fuel", "low"])]
+        assert (fridge_chunks, car_chunks) == (["cold", "milk", ""], ["fuel", "low", ""])
+        assert fridge.endpoint.path_to(hub.id) == "coap"
+        assert car.endpoint.path_to(hub.id) == "broker"  # the car has no CoAP: the broker
+        assert hub.endpoint.path_to(fridge.id) == "coap" and hub.endpoint.path_to(car.id) == "broker"
+        # The fridge and the car never hear of each other: no transport in common.
+        assert fridge.endpoint.peers.get(car.id) is None and car.endpoint.peers.get(fridge.id) is None

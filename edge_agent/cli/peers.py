@@ -44,6 +44,8 @@ def peers(
         for p in report.peers:
             offers = ", ".join(f"{o['task']} {o['rate']:.0f}/s ({o['pack']})" for o in p.offers) or "-"
             path = f"{p.path}, {'forward-secret' if p.envelope == 2 else 'v1 envelope'}"
+            if p.coap is not None:
+                path += f"\nCoAP {p.coap}"
             table.add_row(p.name, p.device_id[:12], f"{p.device_class} / {p.profile}", offers,
                           str(p.queue_depth), f"{p.free_model_ram_mb} MB",
                           f"{p.rtt_ms:.2f} ms" if p.rtt_ms is not None else "?", path,

@@ -98,9 +98,13 @@ def run(
             if hearth.service is not None:
                 service = hearth.service
                 served = ", ".join(f"{o.task} {o.rate:.0f}/s" for o in service.offers.values()) or "nothing"
+                via = []
+                if "mqtt" in cfg.mesh.transports:
+                    via.append(cfg.mesh.broker + (" (embedded broker)" if service.broker else ""))
+                if (coap := service.coap_contact()) is not None:
+                    via.append(f"CoAP on udp port {coap.port} (OSCORE, no broker)")
                 console.print(
-                    f"mesh: household {service.membership.household_id} via {cfg.mesh.broker}"
-                    + (" (embedded broker)" if service.broker else "")
+                    f"mesh: household {service.membership.household_id} via {' and '.join(via)}"
                     + f"; measured {served}"
                 )
                 if demo:

@@ -105,6 +105,14 @@ class CoapSettings(BaseModel):
         default_factory=list, max_length=8
     )
     """Interfaces to join All-CoAP-Nodes on (multicast discovery and hellos; empty: none)."""
+    peer_port: int = Field(default=5683, ge=1, le=65535)
+    """The port members' agents answer on: multicast probes and group hellos go there."""
+    zeroconf: bool = False
+    """Advertise this endpoint and browse for members' over mDNS (``_hearth-coap._udp``)."""
+    probe_s: float = Field(default=1.0, gt=0, le=30)
+    """How long a multicast probe collects answers."""
+    rediscover_s: float = Field(default=60.0, gt=0, le=3600)
+    """Between discovery rounds (members that joined while no hello reached this device)."""
     request_timeout_s: float = Field(default=5.0, gt=0, le=120)
     """A frame, message or fetch not answered within this has failed (the next path is tried)."""
     hello_timeout_s: float = Field(default=1.0, gt=0, le=60)
@@ -119,7 +127,7 @@ class CoapSettings(BaseModel):
 
     def hello_groups(self) -> list[tuple[str, int]]:
         """Where an announcement's group hello goes (All-CoAP-Nodes, when multicast is on)."""
-        return [(ALL_COAP_NODES_V4, self.port or 5683)] if self.multicast_interfaces else []
+        return [(ALL_COAP_NODES_V4, self.peer_port)] if self.multicast_interfaces else []
 
 
 ALL_COAP_NODES_V4 = "224.0.1.187"
@@ -178,8 +186,6 @@ class MeshSettings(BaseModel):
     departure_check_s: float = Field(default=1.5, gt=0, le=60)
     """An unsigned 'gone' hint from the transport is confirmed by pinging the peer for this long."""
     limits: MeshLimits = Field(default_factory=MeshLimits)
-    coap: CoapSettings = Field(default_factory=CoapSettings)
-    """The CoAP transport's (`[mesh.coap]`), used when the household runs it."""
 
 
 def broker_host_port(url: str) -> tuple[str, int]:

@@ -30,12 +30,16 @@ The responding side is plain aiocoap. This module only says what to pass it (`mu
   sets No-Response for 2.xx. So only Hearth endpoints answer the rt-filtered probe. aiocoap does not
   suppress *errors* to multicast requests, so a CoAP server without ``/.well-known/core`` answers 4.04.
   The probe ignores anything but 2.05.
-* aiocoap sets ``SO_REUSEPORT`` on server sockets. A second server on the same port binds without
-  complaint and the kernel splits unicast datagrams between the two. Run responders with
-  ``AIOCOAP_REUSE_PORT=0`` to get "address in use" instead.
-* ``ff02::fd`` is link-local: a send needs the interface (its index is the scope id). 224.0.1.187 without
-  an interface goes where the routing table sends multicast, and there is no route at all on a host
-  without a default route. Name the interface.
+* aiocoap sets ``SO_REUSEPORT`` on server sockets, so a second server on the same port binds without
+  complaint and the kernel splits unicast datagrams between the two (issue 24 research, p3). Run
+  responders with ``AIOCOAP_REUSE_PORT=0`` to get "address in use" instead.
+* Name the interface. ``ff02::fd`` is link-local, so the interface's index goes in the scope id and in
+  ``IPV6_MULTICAST_IF``. Without one, the kernel picks an interface by its ``ff00::/8`` route, and every
+  interface has one of those. 224.0.1.187 without an interface follows the routing table, and on a host
+  without a default route the send fails with "Network is unreachable".
+* Over IPv6 a host's link-local address is usable once duplicate address detection has passed it, about a
+  second after the link comes up. Until then a probe from that host fails with "Cannot assign requested
+  address".
 * TTL and hop limit stay at the kernel's default of 1, so a probe never leaves the link.
 """
 

@@ -20,7 +20,6 @@ after it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -40,18 +39,19 @@ from edge_agent.errors import (
     TransportError,
 )
 from edge_agent.mesh.envelope import KIND_DIRECT, Opened, PathHeader, check_fresh
-from edge_agent.mesh.interfaces import Channel, PathEvents, Transport
+from edge_agent.mesh.interfaces import Channel, Connector, PathEvents, Transport
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import CoapContact, DirectContact, Presence
 from edge_agent.mesh.sessions import Sessions
 from edge_agent.mesh.sessions.table import Session
 from edge_agent.mesh.sessions.wire import pack_time, unpack_time
 from edge_agent.mesh.settings import CoapSettings
+from edge_agent.mesh.transports.coap.asking import ask
 from edge_agent.mesh.transports.coap.book import AddressBook, hostinfo
 from edge_agent.mesh.transports.coap.oscore import MemoryContext
 from edge_agent.mesh.transports.coap.resources import MESSAGE
 from edge_agent.mesh.transports.coap.site import member_of
-from edge_agent.mesh.transports.coap.transport import CoapTransport, Discover, Tuning
+from edge_agent.mesh.transports.coap.transport import CoapTransport, Tuning
 
 __all__ = ["CoapLinks", "SessionContexts", "context_of"]
 
@@ -105,12 +105,12 @@ class _MessageResource(resource.Resource):  # type: ignore[misc]
         return Message(code=CHANGED)
 
 
-class CoapLinks:
+class CoapLinks(Connector):
     """The CoAP transport's connector and its OSCORE message path (``name`` "coap")."""
 
     name = "coap"
 
-    def __init__(self, node: MeshNode, settings: CoapSettings, *, discover: Discover | None = None) -> None:
+    def __init__(self, node: MeshNode, settings: CoapSettings) -> None:
         if node.sessions is None:
             raise ValueError(
                 "the CoAP transport needs forward-secret sessions ([mesh.limits.sessions] enabled)"
@@ -118,7 +118,6 @@ class CoapLinks:
         self.node = node
         self.sessions: Sessions = node.sessions
         self.settings = settings
-        self.discover = discover
         self.book = AddressBook(settings.max_devices)
         self.events: PathEvents | None = None
         self.context: aiocoap.Context | None = None
@@ -138,7 +137,6 @@ class CoapLinks:
             device=self.node.device_id,
             book=self.book,
             max_frame=self.node.limits.max_frame_bytes,
-            discover=self.discover,
             routes=[(MESSAGE[channel], _MessageResource(self, channel)) for channel in MESSAGE],
             credentials=self.credentials,
             on_open=self._opened,
@@ -207,8 +205,7 @@ class CoapLinks:
         request.remote = OSCOREAddress(context_of(current), UndecidedRemote("coap", hostinfo(endpoint)))
         request.opt.uri_path = MESSAGE[channel]
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                response = await context.request(request).response
+            response = await ask(context, request, timeout=self.settings.request_timeout_s)
         except oscore.NotAProtectedMessage as exc:
             # The peer no longer holds that session (it restarted, or the keys expired there): the next
             # send makes a new one.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -48,7 +49,10 @@ from edge_agent.mesh.interfaces import (
     Vanished,
 )
 from edge_agent.mesh.settings import CoapSettings
+from edge_agent.mesh.transports.coap.asking import ask
 from edge_agent.mesh.transports.coap.book import AddressBook, Endpoint, hostinfo
+from edge_agent.mesh.transports.coap.discovery import ProbeError, multicast_spec, probe
+from edge_agent.mesh.transports.coap.dnssd import CoapBrowser, CoapService
 from edge_agent.mesh.transports.coap.resources import (
     FRAME,
     HELLO,
@@ -60,12 +64,9 @@ from edge_agent.mesh.transports.coap.resources import (
 )
 from edge_agent.mesh.transports.coap.site import MemberSite, Route
 
-__all__ = ["CoapTransport", "Discover", "Tuning"]
+__all__ = ["CoapTransport", "Tuning"]
 
 log = logging.getLogger(__name__)
-
-Discover = Callable[[], Awaitable[list[Endpoint]]]
-"""One discovery round: addresses where a member may answer (multicast, zeroconf, seeds)."""
 
 _BLOCK_EXP = 6  # 1024-byte blocks
 _PUBLIC: tuple[Route, ...] = (
@@ -86,7 +87,7 @@ class _PipeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         kwargs.pop("exception", None)
         return msg, kwargs
 
-    def getChild(self, suffix: str) -> _PipeLog:  # noqa: N802 - logging's name
+    def getChild(self, suffix: str) -> _PipeLog:
         return _PipeLog(self.logger.getChild(suffix), {})
 
 
@@ -94,6 +95,12 @@ def _mend_pipe_logs(context: aiocoap.Context) -> None:
     for holder in (context, *context.request_interfaces):
         if isinstance(getattr(holder, "log", None), logging.Logger):
             holder.log = _PipeLog(holder.log, {})
+
+
+def _tag(name: str) -> str:
+    """A non-secret tag for mDNS (the household's, or a device's): anyone on the LAN sees it, so it is a
+    hash, not the id; the same household gives the same tag."""
+    return hashlib.sha256(f"hearth-coap/{name}".encode()).hexdigest()[:16]
 
 
 def _free_port(bind: str) -> int:
@@ -131,7 +138,6 @@ class CoapTransport(Transport):
         device: str,
         book: AddressBook,
         max_frame: int,
-        discover: Discover | None = None,
         routes: Iterable[tuple[tuple[str, ...], resource.Resource]] = (),
         credentials: CredentialsMap | None = None,
         on_open: Callable[[aiocoap.Context | None, int | None], None] | None = None,
@@ -141,7 +147,6 @@ class CoapTransport(Transport):
         self.device = device
         self.book = book
         self.max_frame = max_frame
-        self.discover = discover
         self.routes = list(routes)
         self.credentials = credentials if credentials is not None else CredentialsMap()
         self.on_open = on_open
@@ -181,7 +186,7 @@ class CoapTransport(Transport):
                 MemberSite(site, self.credentials, _PUBLIC),
                 bind=(self.settings.bind, self.port),
                 transports=["oscore", "udp6"],
-                multicast=list(self.settings.multicast_interfaces),
+                multicast=multicast_spec(self.settings.multicast_interfaces),
             )
         except OSError as exc:
             self.state = TransportState.CLOSED
@@ -192,7 +197,7 @@ class CoapTransport(Transport):
         self.state = TransportState.OPEN
         if self.on_open is not None:
             self.on_open(self.context, self.port)
-        self._spawn(self._discover_round())
+        self._spawn(self._discover())
 
     async def aclose(self) -> None:
         if self.state is TransportState.CLOSED:
@@ -237,8 +242,7 @@ class CoapTransport(Transport):
         request.remote = UndecidedRemote("coap", hostinfo(endpoint))
         request.opt.uri_path = FRAME[address.channel]
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                response = await context.request(request, handle_blockwise=False).response
+            response = await ask(context, request, timeout=self.settings.request_timeout_s)
         except (TimeoutError, aiocoap.error.NetworkError) as exc:
             self._vanished(address.device)
             raise TransportError(
@@ -267,8 +271,7 @@ class CoapTransport(Transport):
         if not reliable:
             request.opt.no_response = 26  # RFC 7967: a group hello wants no answers
         with contextlib.suppress(TimeoutError, aiocoap.error.Error, OSError):
-            async with asyncio.timeout(self.settings.hello_timeout_s):
-                await context.request(request, handle_blockwise=False).response
+            await ask(context, request, timeout=self.settings.hello_timeout_s)
 
     # -- receiving ------------------------------------------------------------------------------------
 
@@ -363,39 +366,77 @@ class CoapTransport(Transport):
         context = self._live()
         body = bytearray()
         number = 0
-        async with asyncio.timeout(self.settings.request_timeout_s):
-            while True:
-                request = Message(code=GET, transport_tuning=Tuning())
-                request.remote = UndecidedRemote("coap", hostinfo(endpoint))
-                request.opt.uri_path = path
-                request.opt.block2 = BlockOption.BlockwiseTuple(number, False, _BLOCK_EXP)
-                try:
-                    response = await context.request(request, handle_blockwise=False).response
-                except aiocoap.error.Error as exc:
-                    raise TransportError(f"{hostinfo(endpoint)}: {exc}") from None
-                if not response.code.is_successful():
-                    raise TransportError(f"{hostinfo(endpoint)} answered {response.code}")
-                block = response.opt.block2
-                if block is not None and block.block_number != number:
-                    raise TransportError(
-                        f"{hostinfo(endpoint)} sent block {block.block_number}, not {number}"
-                    )
-                body += response.payload
-                if len(body) > self.max_frame:
-                    raise TransportError(f"{hostinfo(endpoint)} sent more than {self.max_frame} bytes")
-                if block is None or not block.more:
-                    return bytes(body)
-                number += 1
+        end = time.monotonic() + self.settings.request_timeout_s
+        while True:
+            request = Message(code=GET, transport_tuning=Tuning())
+            request.remote = UndecidedRemote("coap", hostinfo(endpoint))
+            request.opt.uri_path = path
+            request.opt.block2 = BlockOption.BlockwiseTuple(number, False, _BLOCK_EXP)
+            try:
+                response = await ask(context, request, timeout=max(0.0, end - time.monotonic()))
+            except aiocoap.error.Error as exc:
+                raise TransportError(f"{hostinfo(endpoint)}: {exc}") from None
+            if not response.code.is_successful():
+                raise TransportError(f"{hostinfo(endpoint)} answered {response.code}")
+            block = response.opt.block2
+            if block is not None and block.block_number != number:
+                raise TransportError(f"{hostinfo(endpoint)} sent block {block.block_number}, not {number}")
+            body += response.payload
+            if len(body) > self.max_frame:
+                raise TransportError(f"{hostinfo(endpoint)} sent more than {self.max_frame} bytes")
+            if block is None or not block.more:
+                return bytes(body)
+            number += 1
 
-    async def _discover_round(self) -> None:
-        try:
-            found = await self.discover() if self.discover is not None else []
-            fetches = [self._heard(endpoint) for endpoint in dict.fromkeys([*self.settings.seeds, *found])]
-            # The first round is caught up once the adverts it fetched are in the inbox (`caught_up`
-            # then waits until they are read).
-            await asyncio.gather(*(f for f in fetches if f is not None), return_exceptions=True)
-        finally:
-            self._discovered.set()
+    async def _discover(self) -> None:
+        """Discovery rounds, for as long as the transport is open: seeds, a multicast probe on each
+        joined interface, the mDNS browser's candidates; each new address gets a presence fetch. The
+        first round's adverts are what `caught_up` waits for."""
+        async with contextlib.AsyncExitStack() as stack:
+            browser = await stack.enter_async_context(self._browser()) if self.settings.zeroconf else None
+            if browser is not None:
+                await stack.enter_async_context(self._service())
+            first = True
+            while self.state is TransportState.OPEN:
+                try:
+                    found = list(self.settings.seeds)
+                    probes = [
+                        probe(self.settings.peer_port, timeout=self.settings.probe_s, interface=iface)
+                        for iface in self.settings.multicast_interfaces
+                    ]
+                    for result in await asyncio.gather(*probes, return_exceptions=True):
+                        if isinstance(result, ProbeError):
+                            log.info("multicast discovery: %s", result)
+                        elif isinstance(result, list):
+                            found.extend(result)
+                    if browser is not None:
+                        found.extend(browser.candidates())
+                    fetches = [self._heard(e) for e in dict.fromkeys(found) if e != self._own()]
+                    await asyncio.gather(*(f for f in fetches if f is not None), return_exceptions=True)
+                finally:
+                    if first:
+                        self._discovered.set()
+                        first = False
+                if browser is not None:
+                    if await browser.changed(self.settings.rediscover_s):
+                        continue
+                else:
+                    await asyncio.sleep(self.settings.rediscover_s)
+
+    def _own(self) -> Endpoint | None:
+        return (self.settings.bind, self.port) if self.port is not None else None
+
+    def _browser(self) -> CoapBrowser:
+        return CoapBrowser(_tag(self.household), limit=self.settings.max_fetches * 8)
+
+    def _service(self) -> CoapService:
+        assert self.port is not None
+        return CoapService(
+            tag=_tag(self.device)[:12],
+            household_tag=_tag(self.household),
+            addresses=self.settings.advertise or [self.settings.bind],
+            port=self.port,
+        )
 
     # -- tasks ----------------------------------------------------------------------------------------
 

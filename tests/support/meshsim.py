@@ -74,6 +74,8 @@ class SimHousehold:
         self.connect: Connect = connect or (lambda household, device, name: self.sim.connector(device))
         self.devices: dict[str, Device] = {}
         self.certs: list[DeviceCertificate] = []
+        self._made: dict[str, tuple[Any, MeshSettings | None]] = {}
+        """How each device was made (its handler and settings), so `restart` makes it again."""
         self._stack = contextlib.AsyncExitStack()
 
     def device(
@@ -102,22 +104,36 @@ class SimHousehold:
             may_correct=may_correct,
         )
         self.certs.append(cert)
-        dev: Device
-        parts = build_member(
-            self._keys(ident, cert, name),
-            self.connect(self.root.household_id, ident.device_id, name),
-            presence=lambda: presence_of(dev),
-            handler=handler if serves else None,
-            settings=settings or MeshSettings(presence_interval_s=0.05, coalesce_ms=0),
-        )
         offered = (
             offers
             if offers is not None
             else [Offer(task=t, pack="test@fp32", rate=100.0, first_ms=1.0) for t in serves or []]
         )
-        dev = Device(name, ident, cert, parts.node, parts.endpoint, offered)
+        self._made[name] = (handler if serves else None, settings)
+        return self._build(name, ident, cert, offered)
+
+    def _build(
+        self, name: str, ident: DeviceIdentity, cert: DeviceCertificate, offers: list[Offer]
+    ) -> Device:
+        handler, settings = self._made[name]
+        dev: Device
+        parts = build_member(
+            self._keys(ident, cert, name),
+            self.connect(self.root.household_id, ident.device_id, name),
+            presence=lambda: presence_of(dev),
+            handler=handler,
+            settings=settings or MeshSettings(presence_interval_s=0.05, coalesce_ms=0),
+        )
+        dev = Device(name, ident, cert, parts.node, parts.endpoint, offers)
         self.devices[name] = dev
         return dev
+
+    def restart(self, dev: Device) -> Device:
+        """``dev``'s next run (close its endpoint first): the same keys and state, a new session, and
+        what it served before. Start it with `start`."""
+        again = self._build(dev.name, dev.identity, dev.certificate, dev.offers)
+        again.interval_s = dev.interval_s
+        return again
 
     def keys_of(self, dev: Device) -> MemberKeys:
         """``dev``'s keys and state directory, as its next start would load them."""

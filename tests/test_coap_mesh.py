@@ -11,7 +11,7 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from edge_agent.mesh.interfaces import Connector
+from edge_agent.mesh.interfaces import Channel, Connector
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import Chunk
 from edge_agent.mesh.settings import CoapSettings, MeshSettings
@@ -130,3 +130,36 @@ async def test_a_mixed_household_the_hub_bridges_coap_only_and_mqtt_only_members
         assert hub.endpoint.path_to(fridge.id) == "coap" and hub.endpoint.path_to(car.id) == "broker"
         # The fridge and the car never hear of each other: no transport in common.
         assert fridge.endpoint.peers.get(car.id) is None and car.endpoint.peers.get(fridge.id) is None
+
+
+def test_a_datagram_to_a_closed_port_does_not_stop_the_reader_under_uvloop() -> None:
+    """The agent runs on uvloop: an ICMP "port unreachable" must not end the socket's reading (with
+    aiocoap's error queue on, libuv stops polling the socket after the first one)."""
+    import aiocoap
+    import uvloop
+    from aiocoap import GET, Message
+
+    from edge_agent.errors import TransportError
+    from edge_agent.mesh.interfaces import Address
+    from edge_agent.mesh.protocol import CoapContact
+    from edge_agent.mesh.transports.coap.asking import ask
+    from edge_agent.mesh.transports.coap.book import AddressBook
+    from edge_agent.mesh.transports.coap.transport import CoapTransport
+
+    async def scenario() -> str:
+        settings = CoapSettings(bind="127.0.0.1", port=_free_udp_port(), request_timeout_s=0.5)
+        book = AddressBook()
+        book.learn("d" * 32, CoapContact(hosts=["127.0.0.1"], port=_free_udp_port()))  # nobody there
+        async with CoapTransport(
+            settings, household="h" * 16, device="e" * 32, book=book, max_frame=1 << 16
+        ) as t:
+            with contextlib.suppress(TransportError):
+                await t.send(Address("h" * 16, "d" * 32, Channel.REQUESTS), b"x" * 64)
+            client = await aiocoap.Context.create_client_context()
+            try:
+                request = Message(code=GET, uri=f"coap://127.0.0.1:{settings.port}/hearth/presence")
+                return str((await ask(client, request, timeout=2.0)).code)
+            finally:
+                await client.shutdown()
+
+    assert uvloop.run(scenario()) == "4.04 Not Found"  # answered: still reading

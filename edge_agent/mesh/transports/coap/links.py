@@ -205,7 +205,7 @@ class CoapLinks(Connector):
         request.remote = OSCOREAddress(context_of(current), UndecidedRemote("coap", hostinfo(endpoint)))
         request.opt.uri_path = MESSAGE[channel]
         try:
-            response = await ask(context, request, timeout=self.settings.request_timeout_s)
+            response = await ask(context, request, timeout=self.settings.request_timeout_s, blockwise=True)
         except oscore.NotAProtectedMessage as exc:
             # The peer no longer holds that session (it restarted, or the keys expired there): the next
             # send makes a new one.

@@ -35,6 +35,7 @@ from aiocoap import GET, POST, Message, resource
 from aiocoap.credentials import CredentialsMap
 from aiocoap.message import UndecidedRemote
 from aiocoap.optiontypes import BlockOption
+from aiocoap.util import socknumbers
 
 from edge_agent.errors import TransportError
 from edge_agent.mesh.envelope import MIN_FRAME
@@ -180,6 +181,11 @@ class CoapTransport(Transport):
         # aiocoap sets SO_REUSEPORT unless told not to: two agents on one port would then split the
         # datagrams between them, where a clear "address in use" is wanted.
         os.environ["AIOCOAP_REUSE_PORT"] = "0"
+        # aiocoap reads ICMP errors from the socket's error queue (IP_RECVERR). Under uvloop the first
+        # such error (a datagram to a port nobody listens on) stops the socket's reader for good:
+        # libuv reports the pending error as a failed poll. So the queue stays off, on every loop
+        # alike, and a silent peer is found by timeouts, as a lost one is anyway.
+        socknumbers.HAS_RECVERR = False
         self.port = self.settings.port or _free_port(self.settings.bind)
         try:
             self.context = await aiocoap.Context.create_server_context(

@@ -19,8 +19,9 @@ prints it as one line instead of a traceback::
     ├── IdentityError          local keys missing, unreadable or stored with unsafe permissions
     ├── NetworkError           the network failed us; no peer is to blame
     │   ├── TransportError         the link to the broker is down or never came up
-    │   │   └── LinkDownError          our own link dropped mid-request: wait for it, then resume
-    │   │       └── PathDownError          the direct link it used broke: resume through the broker now
+    │   │   ├── LinkDownError          our own link dropped mid-request: wait for it, then resume
+    │   │   │   └── PathDownError          the direct link it used broke: resume through the broker now
+    │   │   └── PeerUnreachableError   (CoAP, no broker) that one peer did not answer: fail over
     │   ├── PeerOfflineError       the device asked for is not connected to the household now
     │   │   └── SessionError           no forward-secret session: the handshake got no answer in time
     │   ├── DirectLinkError        a direct device-to-device link failed (fall back to the broker)
@@ -146,6 +147,12 @@ class LinkDownError(TransportError):
 class PathDownError(LinkDownError):
     """The direct link a request travelled on broke or went silent mid-answer; the broker path is still
     up, so the request resumes there at once, on the same peer."""
+
+
+class PeerUnreachableError(TransportError):
+    """A transport that reaches each peer itself (CoAP, no broker) got no answer from that one peer: our
+    own link is fine, the peer is out of reach (fail over to another; its other transports may still
+    carry this frame)."""
 
 
 class PeerOfflineError(NetworkError):

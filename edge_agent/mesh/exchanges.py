@@ -22,6 +22,7 @@ from edge_agent.errors import (
     PathDownError,
     PeerLostError,
     PeerRefusedError,
+    PeerUnreachableError,
     RecipientNotMemberError,
     SessionError,
     TransportError,
@@ -286,6 +287,8 @@ class Exchanges:
                 stream.path = await self.send(peer.device_id, Channel.REQUESTS, request, session=peer.session)
             except (RecipientNotMemberError, SessionError) as exc:
                 raise PeerLostError(str(exc)) from None
+            except PeerUnreachableError as exc:  # that peer is out of reach, not our link: fail over
+                raise PeerLostError(f"could not send to {peer.name}: {exc}") from None
             except TransportError as exc:
                 raise LinkDownError(f"could not send to {peer.name}: {exc}") from exc
             sent = True

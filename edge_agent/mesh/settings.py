@@ -116,6 +116,9 @@ class CoapSettings(BaseModel):
     request_timeout_s: float = Field(default=5.0, gt=0, le=120)
     """A frame, message or fetch not answered within this has failed (the next path is tried)."""
     hello_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    """A hello's answer, or a member's presence the transport waits for, within this."""
+    fetch_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """A presence fetch (all its blocks) within this."""
     max_inbox: int = Field(default=256, ge=8, le=65536)
     """Frames and adverts received and not read yet; past it a frame is answered 5.03."""
     max_fetches: int = Field(default=8, ge=1, le=256)

@@ -8,7 +8,10 @@ name is resolved), not multicast, unspecified or broadcast, on an unprivileged p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import time
 from collections import OrderedDict
 
 from edge_agent.mesh.protocol import CoapContact
@@ -58,6 +61,7 @@ class AddressBook:
         self.max_devices = max_devices
         self.min_port = min_port
         self._endpoints: OrderedDict[str, list[Endpoint]] = OrderedDict()
+        self._learnt = asyncio.Event()
 
     def learn(self, device_id: str, contact: CoapContact | None) -> None:
         """What ``device_id``'s verified advert says (None: it does not answer CoAP, or no longer)."""
@@ -69,6 +73,17 @@ class AddressBook:
         self._endpoints.move_to_end(device_id)
         while len(self._endpoints) > self.max_devices:
             self._endpoints.popitem(last=False)
+        self._learnt.set()
+        self._learnt = asyncio.Event()
+
+    async def wait_for(self, device_id: str, timeout: float) -> Endpoint | None:
+        """Where ``device_id`` answers, waiting up to ``timeout`` for a verified advert to say so."""
+        end = time.monotonic() + timeout
+        while (found := self.endpoint(device_id)) is None and (left := end - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._learnt.wait()
+        return found
 
     def forget(self, device_id: str) -> None:
         self._endpoints.pop(device_id, None)

@@ -214,7 +214,7 @@ class CoapLinks(Connector):
         except (TimeoutError, aiocoap.error.Error, OSError) as exc:
             self.give_up_on(device_id)
             raise DirectLinkError(
-                f"{cert.name} at {hostinfo(endpoint)} did not answer ({exc or 'timeout'})"
+                f"{cert.name} at {hostinfo(endpoint)} did not answer ({str(exc) or 'timeout'})"
             ) from None
         if not response.code.is_successful():
             raise DirectLinkError(f"{cert.name} refused a message: {response.code}")

@@ -96,10 +96,10 @@ class HelloResource(resource.Resource):  # type: ignore[misc]
 
 
 class FrameResource(resource.Resource):  # type: ignore[misc]
-    """Hands one unprotected frame for ``channel`` to ``received``; it returns False when the inbox is
-    full (answered 5.03: the sender's retry or fallback takes it)."""
+    """Hands one unprotected frame for ``channel`` (and where it came from) to ``received``; it returns
+    False when the inbox is full (answered 5.03: the sender's retry or fallback takes it)."""
 
-    def __init__(self, channel: Channel, received: Callable[[Channel, bytes], bool]) -> None:
+    def __init__(self, channel: Channel, received: Callable[[Channel, bytes, Endpoint | None], bool]) -> None:
         super().__init__()
         self.channel = channel
         self.received = received
@@ -110,6 +110,6 @@ class FrameResource(resource.Resource):  # type: ignore[misc]
     async def render_post(self, request: Message) -> Message:
         if request.opt.block1 is not None or len(request.payload) > MAX_PLAIN_FRAME:
             raise error.RequestEntityTooLarge(f"an unprotected frame is at most {MAX_PLAIN_FRAME} bytes")
-        if not self.received(self.channel, bytes(request.payload)):
+        if not self.received(self.channel, bytes(request.payload), source_of(request.remote)):
             raise error.ServiceUnavailable("inbox full")
         return Message(code=CHANGED)

@@ -37,7 +37,7 @@ from aiocoap.message import UndecidedRemote
 from aiocoap.optiontypes import BlockOption
 from aiocoap.util import socknumbers
 
-from edge_agent.errors import TransportError
+from edge_agent.errors import MalformedMessageError, PeerUnreachableError, TransportError
 from edge_agent.mesh.envelope import MIN_FRAME
 from edge_agent.mesh.interfaces import (
     Address,
@@ -49,6 +49,7 @@ from edge_agent.mesh.interfaces import (
     TransportState,
     Vanished,
 )
+from edge_agent.mesh.sessions.wire import KIND_HANDSHAKE, HandshakeFrame, kind_of
 from edge_agent.mesh.settings import CoapSettings
 from edge_agent.mesh.transports.coap.asking import ask
 from edge_agent.mesh.transports.coap.book import AddressBook, Endpoint, hostinfo
@@ -96,6 +97,16 @@ def _mend_pipe_logs(context: aiocoap.Context) -> None:
     for holder in (context, *context.request_interfaces):
         if isinstance(getattr(holder, "log", None), logging.Logger):
             holder.log = _PipeLog(holder.log, {})
+
+
+def _handshake_sender(frame: bytes) -> str | None:
+    """Who a session handshake frame claims to come from (None: not one); a claim, checked by the node."""
+    if kind_of(frame) != KIND_HANDSHAKE:
+        return None
+    try:
+        return HandshakeFrame.parse(frame).sender
+    except MalformedMessageError:
+        return None
 
 
 def _tag(name: str) -> str:
@@ -237,7 +248,10 @@ class CoapTransport(Transport):
         context = self._live()
         endpoint = self.book.endpoint(address.device)
         if endpoint is None:
-            raise TransportError(f"{address.device[:8]} announces no CoAP contact")
+            # Its presence may be on its way (fetched after its hello or its first frame): wait briefly.
+            endpoint = await self.book.wait_for(address.device, self.settings.hello_timeout_s)
+        if endpoint is None:
+            raise PeerUnreachableError(f"{address.device[:8]} announces no CoAP contact")
         if address.channel not in FRAME:
             raise TransportError(f"no CoAP inbox for the {address.channel.value} channel")
         if len(frame) > MAX_PLAIN_FRAME:
@@ -251,8 +265,8 @@ class CoapTransport(Transport):
             response = await ask(context, request, timeout=self.settings.request_timeout_s)
         except (TimeoutError, aiocoap.error.NetworkError) as exc:
             self._vanished(address.device)
-            raise TransportError(
-                f"{address.device[:8]} at {hostinfo(endpoint)} did not answer ({exc or 'timeout'})"
+            raise PeerUnreachableError(
+                f"{address.device[:8]} at {hostinfo(endpoint)} did not answer ({str(exc) or 'timeout'})"
             ) from None
         if not response.code.is_successful():
             raise TransportError(
@@ -319,9 +333,26 @@ class CoapTransport(Transport):
             return False
         return True
 
-    def _frame(self, channel: Channel, frame: bytes) -> bool:
+    def _frame(self, channel: Channel, frame: bytes, source: Endpoint | None) -> bool:
         # Not a byte of it is parsed here: the node verifies it (v1 envelope or v2 session frame).
-        return self._put(Received(Address(self.household, self.device, channel), frame))
+        item = Received(Address(self.household, self.device, channel), frame)
+        if source is not None and (asker := _handshake_sender(frame)) is not None and asker not in self.book:
+            # A handshake from a member not heard of yet (its hello may still be on the way): the reader
+            # answers it before it reads on, so that member's presence goes in first, fetched now from
+            # where the frame came from (bounded as for a hello), or the answer would have nowhere to go.
+            fetch = self._heard(source)
+            if fetch is not None:
+                if self._inbox.full():
+                    self.dropped["InboxFull"] += 1
+                    return False
+                self._spawn(self._after(fetch, item))
+                return True
+        return self._put(item)
+
+    async def _after(self, fetch: asyncio.Task[None], item: Incoming) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(fetch)
+        self._put(item)
 
     def _vanished(self, device: str) -> None:
         self._put(Vanished(device))
@@ -363,8 +394,9 @@ class CoapTransport(Transport):
         if len(frame) < MIN_FRAME:
             self.dropped["ShortFrame"] += 1
             return
-        # The board it claims (the sender id in the envelope's header); the node checks it is so.
-        self._put(Announcement(frame[4:20].hex(), frame))
+        # The board it claims (the sender id in the envelope's header); the node checks it is so. A
+        # fetched board is what MQTT calls retained: fetched again unchanged, it is no replay attack.
+        self._put(Announcement(frame[4:20].hex(), frame, retained=True))
 
     async def fetch(self, endpoint: Endpoint, path: tuple[str, ...]) -> bytes:
         """GET ``path`` from ``endpoint`` block by block, stopping past ``max_frame`` bytes (aiocoap's own
@@ -372,7 +404,7 @@ class CoapTransport(Transport):
         context = self._live()
         body = bytearray()
         number = 0
-        end = time.monotonic() + self.settings.request_timeout_s
+        end = time.monotonic() + self.settings.fetch_timeout_s
         while True:
             request = Message(code=GET, transport_tuning=Tuning())
             request.remote = UndecidedRemote("coap", hostinfo(endpoint))

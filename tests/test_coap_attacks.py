@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiocoap
 from aiocoap import POST, Message
+from aiocoap.message import UndecidedRemote
+from aiocoap.transports.oscore import OSCOREAddress
 
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Channel
-from edge_agent.mesh.protocol import Chunk, CoapContact, Request
+from edge_agent.mesh.protocol import Chunk, CoapContact, Ping, Request, encode
 from edge_agent.mesh.sessions.credentials import RunCredential
 from edge_agent.mesh.sessions.handshake import Initiator
-from edge_agent.mesh.sessions.wire import HandshakeFrame
+from edge_agent.mesh.sessions.wire import HandshakeFrame, pack_time
+from edge_agent.mesh.transports.coap.asking import ask
+from edge_agent.mesh.transports.coap.links import context_of
 from edge_agent.mesh.transports.coap.resources import FRAME, MESSAGE
 from tests.support.meshsim import Device, SimHousehold, until, words_handler
 from tests.support.udp_tap import UdpTap, tapped
@@ -233,3 +238,44 @@ async def test_replay_is_refused_after_the_hub_restarts(tmp_path: Path) -> None:
             assert (answer.code, answer.payload) == (aiocoap.UNAUTHORIZED, b"Security context not found")
         assert served.started == started
         assert await _words(car, restarted) == [*WORDS, ""]
+
+
+async def _protected(home: SimHousehold, fridge: Device, hub: Device, port: int, payload: bytes) -> Message:
+    """``payload`` as the fridge's own OSCORE session with the hub protects it, to its message inbox,
+    past every check the fridge's sending side makes (a member's own code, modified)."""
+    assert fridge.node.sessions is not None
+    session = fridge.node.sessions.current(hub.id, hub.node.session)
+    assert session is not None
+    request = Message(code=POST, payload=payload)
+    request.remote = OSCOREAddress(context_of(session), UndecidedRemote("coap", f"127.0.0.1:{port}"))
+    request.opt.uri_path = MESSAGE[Channel.REQUESTS]
+    links = home.lab.links["fridge"]  # type: ignore[attr-defined]
+    return await ask(links.context, request, timeout=10.0, blockwise=True)
+
+
+async def test_a_stale_message_under_live_keys_is_refused(tmp_path: Path) -> None:
+    """OSCORE's window stops a replay, not a delay: the sender's clock inside the protection does, as
+    the envelope's timestamp does on the broker path."""
+    async with attacked(tmp_path) as (home, hub, fridge, _, tap, served):
+        assert await _words(fridge, hub) == [*WORDS, ""]
+        before = await _state(hub, served)
+        refused = hub.node.dropped["ReplayError"]
+        ping = encode(Ping(nonce=1, reply_session=fridge.node.session))
+        stale = pack_time(int(time.time() * 1000) - 600_000) + ping
+        answer = await _protected(home, fridge, hub, tap.port, stale)
+        assert (answer.code, answer.payload) == (aiocoap.BAD_REQUEST, b"stale")
+        assert hub.node.dropped["ReplayError"] == refused + 1
+        assert await _state(hub, served) == before
+        assert await _words(fridge, hub) == [*WORDS, ""]
+
+
+async def test_a_member_cannot_make_the_hub_assemble_more_than_a_frame(tmp_path: Path) -> None:
+    async with attacked(tmp_path) as (home, hub, fridge, _, tap, served):
+        assert await _words(fridge, hub) == [*WORDS, ""]
+        before = await _state(hub, served)
+        limit = hub.node.limits.max_frame_bytes + 8
+        answer = await _protected(home, fridge, hub, tap.port, b"x" * (limit + 1))
+        assert answer.code == aiocoap.REQUEST_ENTITY_TOO_LARGE
+        assert answer.payload == f"a message is at most {limit} bytes".encode()
+        assert await _state(hub, served) == before
+        assert await _words(fridge, hub) == [*WORDS, ""]

@@ -115,8 +115,9 @@ DEMO_PACKS := smollm2-135m-instruct@int4 all-minilm-l6-v2 bergamot-tiny11-en-pt 
 demo-packs: install  ## Build the packs the demo uses (a subset of `make packs`)
 	$(BIN)/hearth models build $(DEMO_PACKS)
 
-run: demo-packs  ## Build the demo's packs if needed, then run a hub + fridge-panel mesh: the fridge's chat is served by the hub
-	$(BIN)/hearth demo
+TRANSPORT ?= mqtt
+run: demo-packs  ## Build the demo's packs if needed, then run a hub + fridge-panel mesh: the fridge's chat is served by the hub (TRANSPORT=coap: no broker)
+	$(BIN)/hearth demo --transport $(TRANSPORT)
 
 # Debian packages the tests use: a real Mosquitto broker (tests start their own, on free loopback ports),
 # iproute2 + nftables for the two-host tests (network namespaces, packet loss), openssl for TLS certs,

@@ -38,6 +38,21 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ("[demo]\nembed = ['one']\n", {}, r"{path}: demo.embed: List should have at least 2 items"),
         ("[engines\n", {}, r"{path}: invalid TOML"),
         (
+            "[mesh.coap]\npeers = ['hub.lan:5683']\n",
+            {},
+            r"{path}: mesh.coap.peers: 'hub.lan:5683' is not host:port with an IP literal",
+        ),
+        (
+            "[mesh]\ntransports = ['coap', 'coap']\n",
+            {},
+            r"{path}: mesh.transports: each transport once",
+        ),
+        (
+            "[mesh]\ntransports = ['udp']\n",
+            {},
+            r"{path}: mesh.transports\[0\]: Input should be 'mqtt' or 'coap'",
+        ),
+        (
             "",
             {"HEARTH_ENGINES__THREADS": "zero"},
             r"HEARTH_ENGINES__THREADS \(environment\): engines.threads: Input should be a valid integer",
@@ -78,3 +93,19 @@ def test_cli_reports_invalid_config_with_exit_code_2(tmp_path: Path, hearth_env:
         in proc.stderr.replace("\n", "")
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_coap_peers_and_settings_from_config(tmp_path: Path) -> None:
+    from edge_agent.connect import coap_settings
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        "[mesh]\ntransports = ['coap']\n[mesh.coap]\nbind = '127.0.0.1'\nport = 6000\n"
+        "peers = ['127.0.0.1:6001', '[fd00::2]:5683']\nmulticast = true\n"
+    )
+    mesh = load_config(path, environ={}).mesh
+    assert mesh.coap.seeds() == [("127.0.0.1", 6001), ("fd00::2", 5683)]
+    agent, one_shot = coap_settings(mesh), coap_settings(mesh, one_shot=True)
+    assert (agent.port, one_shot.port) == (6000, 0)  # a one-shot command leaves the agent its port
+    assert agent.advertise == ["127.0.0.1"]  # bound to one address: that one is announced
+    assert agent.multicast_interfaces == []  # not bound to every interface: no group traffic comes

@@ -17,7 +17,7 @@ from edge_agent.mesh.protocol import Chunk
 from edge_agent.mesh.settings import CoapSettings, MeshSettings
 from edge_agent.mesh.transports.coap.links import CoapLinks
 from edge_agent.mesh.transports.multi import MultiConnector
-from tests.support.meshsim import Device, SimHousehold, household
+from tests.support.meshsim import Device, SimHousehold, household, until
 
 NAMES = ("hub", "fridge", "car")
 
@@ -130,6 +130,14 @@ async def test_a_mixed_household_the_hub_bridges_coap_only_and_mqtt_only_members
         assert hub.endpoint.path_to(fridge.id) == "coap" and hub.endpoint.path_to(car.id) == "broker"
         # The fridge and the car never hear of each other: no transport in common.
         assert fridge.endpoint.peers.get(car.id) is None and car.endpoint.peers.get(fridge.id) is None
+
+        # The hub's broker connection drops: its CoAP side carries on, and MQTT comes back by itself.
+        link = home.sim.links[hub.id]
+        home.sim.sever(hub.id)
+        assert [c.text async for c in _stream(fridge, hub, ["still", "here"])] == ["still", "here", ""]
+        assert await until(lambda: home.sim.links.get(hub.id) not in (None, link))
+        assert hub.endpoint.link_up  # one transport of two never took the whole link down
+        assert [c.text async for c in _stream(car, hub, ["back"])] == ["back", ""]
 
 
 def test_a_datagram_to_a_closed_port_does_not_stop_the_reader_under_uvloop() -> None:

@@ -54,6 +54,8 @@ class MultiTransport(Transport):
         self.state = TransportState.UNOPENED
         self._queue: asyncio.Queue[Incoming | TransportError] = asyncio.Queue(1024)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._announced: bytes | None = None
+        """The latest announcement, made again on a part that comes back."""
 
     def _up(self) -> list[Transport]:
         return [p.transport for p in self.parts if p.transport is not None]
@@ -106,6 +108,8 @@ class MultiTransport(Transport):
             with contextlib.suppress(TransportError):
                 await self._open(part)
                 log.info("the %s transport is back", part.name)
+                if self._announced is not None and part.transport is not None:
+                    await part.transport.announce(self._announced)  # its members see us again now
                 return
             delay = min(_RETRY_MAX_S, delay * 2)
 
@@ -123,6 +127,7 @@ class MultiTransport(Transport):
         raise last or TransportError("no transport is up")
 
     async def announce(self, frame: bytes) -> None:
+        self._announced = frame
         up = self._up()
         results = await asyncio.gather(*(t.announce(frame) for t in up), return_exceptions=True)
         if up and all(isinstance(r, TransportError) for r in results):

@@ -118,7 +118,7 @@ def member_state(home: SimHousehold, tmp: Path, name: str) -> Path:
 def mesh_service(home: SimHousehold, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> MeshService:
     """The product's MeshService for that state, its connector the simulator's (a one-shot member)."""
     monkeypatch.setattr(
-        service_module, "member_connector", lambda *_, device, **__: home.sim.connector(device)
+        service_module, "household_connector", lambda *_, device, **__: home.sim.connector(device)
     )
     plan = Plan(profile_id="hub", budget_mb=0)
     cfg = config("fridge", 1883, "hub")

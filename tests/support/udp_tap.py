@@ -42,12 +42,19 @@ class UdpTap:
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     _upstreams: dict[Addr, asyncio.DatagramTransport] = field(default_factory=dict)
+    _making: dict[Addr, asyncio.Future[asyncio.DatagramTransport]] = field(default_factory=dict)
     _front: asyncio.DatagramTransport | None = None
 
     async def _upstream(self, client: Addr) -> asyncio.DatagramTransport:
-        known = self._upstreams.get(client)
-        if known is not None:
-            return known
+        """The tap's socket towards the target for ``client``: made once (datagrams that arrive while
+        it is being made wait for that one), so every datagram of a client leaves from one port, in
+        order."""
+        making = self._making.get(client)
+        if making is None:
+            making = self._making[client] = asyncio.ensure_future(self._connect(client))
+        return await asyncio.shield(making)
+
+    async def _connect(self, client: Addr) -> asyncio.DatagramTransport:
         tap = self
 
         class Back(asyncio.DatagramProtocol):
@@ -87,6 +94,10 @@ async def tapped(target: Addr) -> AsyncIterator[UdpTap]:
     class Front(asyncio.DatagramProtocol):
         def datagram_received(self, data: bytes, addr: Addr) -> None:
             tap.seen.append(Seen(True, data))
+            upstream = tap._upstreams.get(addr)
+            if upstream is not None:  # in order, at once
+                upstream.sendto(data)
+                return
 
             async def forward() -> None:
                 (await tap._upstream(addr)).sendto(data)
@@ -106,3 +117,6 @@ async def tapped(target: Addr) -> AsyncIterator[UdpTap]:
             transport.close()
         for task in pending:
             task.cancel()
+        for making in tap._making.values():
+            making.cancel()
+        await asyncio.gather(*pending, *tap._making.values(), return_exceptions=True)

@@ -279,3 +279,27 @@ async def test_a_member_cannot_make_the_hub_assemble_more_than_a_frame(tmp_path:
         assert answer.payload == f"a message is at most {limit} bytes".encode()
         assert await _state(hub, served) == before
         assert await _words(fridge, hub) == [*WORDS, ""]
+
+
+async def test_a_member_cannot_keep_many_long_messages_half_sent(tmp_path: Path) -> None:
+    async with attacked(tmp_path) as (home, hub, fridge, _, tap, served):
+        assert await _words(fridge, hub) == [*WORDS, ""]
+        before = await _state(hub, served)
+        assert fridge.node.sessions is not None
+        session = fridge.node.sessions.current(hub.id, hub.node.session)
+        assert session is not None
+        links = home.lab.links["fridge"]  # type: ignore[attr-defined]
+        answers = []
+        for n in range(9):  # the first block of nine long messages, none ever finished
+            request = Message(code=POST, payload=b"x" * 1024)
+            request.remote = OSCOREAddress(
+                context_of(session), UndecidedRemote("coap", f"127.0.0.1:{tap.port}")
+            )
+            request.opt.uri_path = MESSAGE[Channel.REQUESTS]
+            request.opt.request_tag = (bytes([n]),)
+            request.opt.block1 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(0, True, 6)
+            answers.append(await ask(links.context, request, timeout=2.0))
+        assert [a.code for a in answers] == [aiocoap.CONTINUE] * 8 + [aiocoap.SERVICE_UNAVAILABLE]
+        assert answers[-1].payload == b"at most 8 long messages at once"
+        assert await _state(hub, served) == before
+        assert await _words(fridge, hub) == [*WORDS, ""]  # short messages still pass

@@ -6,6 +6,7 @@ multicast; discovery by multicast and zeroconf is tested across network namespac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -171,3 +172,22 @@ def test_a_datagram_to_a_closed_port_does_not_stop_the_reader_under_uvloop() -> 
                 await client.shutdown()
 
     assert uvloop.run(scenario()) == "4.04 Not Found"  # answered: still reading
+
+
+async def test_long_messages_at_once_to_one_peer_each_arrive_whole(tmp_path: Path) -> None:
+    """Requests over one block go block-wise; two at once to the same hub are assembled apart (a
+    Request-Tag each), not mixed into one."""
+    async with coap_household(tmp_path) as (home, _):
+        hub = home.device("hub", serves=["generate"], settings=_settings())
+        fridge = home.device("fridge", settings=_settings())
+        for dev in (hub, fridge):
+            dev.interval_s = 1.0
+        await home.start(hub, fridge)
+        words = [["a" * 1500, "b" * 900], ["c" * 2500]]
+
+        async def answer(ws: list[str]) -> list[str]:
+            return [c.text async for c in _stream(fridge, hub, ws)]
+
+        first, second = await asyncio.gather(*(answer(ws) for ws in words))
+        assert (first, second) == ([*words[0], ""], [*words[1], ""])
+        assert fridge.endpoint.path_to(hub.id) == "coap"

@@ -21,6 +21,7 @@ after it.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,12 @@ __all__ = ["CoapLinks", "SessionContexts", "context_of"]
 
 log = logging.getLogger(__name__)
 
+_BLOCK = 1024
+"""Payload bytes in one block (SZX 6): a longer message goes block-wise."""
+_MAX_ASSEMBLIES = 8
+"""Long messages one session may have under assembly here at once."""
+_ASSEMBLY_S = 30.0
+"""A long message with no block for this long no longer counts against its session."""
 _TIME = 8
 """Bytes of the sender's clock (ms) before each message: freshness, as in the envelope."""
 
@@ -102,11 +109,16 @@ class _MessageResource(resource.Resource):  # type: ignore[misc]
 
     async def render_to_pipe(self, pipe: Any) -> None:
         # Block-wise bodies are assembled before `render_post` sees them (only for a peer that holds
-        # session keys: each block passed OSCORE): past the frame limit, the next block is refused.
-        block1 = pipe.request.opt.block1
-        limit = self.links.node.limits.max_frame_bytes + _TIME
-        if block1 is not None and block1.start + len(pipe.request.payload) > limit:
-            raise error.RequestEntityTooLarge(f"a message is at most {limit} bytes")
+        # session keys: each block passed OSCORE): past the frame limit, the next block is refused,
+        # and a peer has at most `_MAX_ASSEMBLIES` under way (one per Request-Tag).
+        request = pipe.request
+        block1 = request.opt.block1
+        if block1 is not None:
+            limit = self.links.node.limits.max_frame_bytes + _TIME
+            if block1.start + len(request.payload) > limit:
+                raise error.RequestEntityTooLarge(f"a message is at most {limit} bytes")
+            if not self.links.assembling(request, last=not block1.more):
+                raise error.ServiceUnavailable(f"at most {_MAX_ASSEMBLIES} long messages at once")
         await super().render_to_pipe(pipe)
 
     async def render_post(self, request: Message) -> Message:
@@ -135,6 +147,8 @@ class CoapLinks(Connector):
         self.credentials = CredentialsMap()
         self.credentials[":hearth-sessions"] = SessionContexts(self.sessions, self._refused)
         self._backoff: dict[str, float] = {}
+        self._assemblies: dict[tuple[int, tuple[bytes, ...]], float] = {}
+        """Long messages being assembled: (session context, Request-Tag) -> last block's time."""
 
     # -- Connector ------------------------------------------------------------------------------------
 
@@ -213,6 +227,11 @@ class CoapLinks(Connector):
         )
         request.remote = OSCOREAddress(context_of(current), UndecidedRemote("coap", hostinfo(endpoint)))
         request.opt.uri_path = MESSAGE[channel]
+        if len(request.payload) > _BLOCK:
+            # Block-wise: the peer assembles blocks by everything but the block option, so two long
+            # messages at once to one peer would be mixed into one; a Request-Tag (RFC 9175) per
+            # message keeps them apart (inside OSCORE, like the path).
+            request.opt.request_tag = (secrets.token_bytes(4),)
         try:
             response = await ask(context, request, timeout=self.settings.request_timeout_s, blockwise=True)
         except oscore.NotAProtectedMessage as exc:
@@ -256,6 +275,25 @@ class CoapLinks(Connector):
         if events is None:
             raise error.ServiceUnavailable("not taking messages now")
         events.message(cert.device_id, channel, payload[_TIME:])
+
+    def assembling(self, request: Message, *, last: bool) -> bool:
+        """Count a block of a long message from the request's session; False when that session has
+        `_MAX_ASSEMBLIES` others under way (each is held until its last block or `_ASSEMBLY_S`)."""
+        remote = request.remote
+        context = remote.security_context if isinstance(remote, OSCOREAddress) else None
+        key = (id(context), tuple(request.opt.request_tag))
+        now = time.monotonic()
+        if len(self._assemblies) > 4 * _MAX_ASSEMBLIES:
+            self._assemblies = {k: t for k, t in self._assemblies.items() if now - t < _ASSEMBLY_S}
+        if key not in self._assemblies:
+            live = sum(1 for (c, _), t in self._assemblies.items() if c == key[0] and now - t < _ASSEMBLY_S)
+            if live >= _MAX_ASSEMBLIES:
+                return False
+        if last:
+            self._assemblies.pop(key, None)
+        else:
+            self._assemblies[key] = now
+        return True
 
     def _refused(self, exc: PeerError) -> None:
         self.node.dropped[type(exc).__name__] += 1

@@ -114,6 +114,7 @@ def asr(
 
 @app.command()
 def mesh(
+    ctx: typer.Context,
     as_json: JsonOpt = False,
     runs: Annotated[
         int, typer.Option(min=1, max=100_000, help="Round trips per payload size and stack.")
@@ -129,9 +130,29 @@ def mesh(
         ),
     ] = 60,
     out: OutOpt = Path("benchmarks/results"),
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="mqtt: the broker path and direct links, then streams and failover; coap: OSCORE vs plain "
+            "aiocoap, Hearth over CoAP vs over MQTT and raw paho (benchmarks/mesh_coap.py; --runs defaults "
+            "to 100 there, no streams or failover trials).",
+        ),
+    ] = "mqtt",
 ) -> None:
     """Mesh round trips on the broker path (forward-secret sessions) and on direct links, against raw paho
     through the same Mosquitto and a raw TLS 1.3 echo; then streams and failover."""
+    if transport not in ("mqtt", "coap"):
+        raise typer.BadParameter(
+            f"unknown transport '{transport}' (choose mqtt or coap)", param_hint="--transport"
+        )
+    if transport == "coap":
+        from benchmarks.mesh_coap import Plan, run_mesh_coap_bench
+
+        source = ctx.get_parameter_source("runs")
+        given = source is not None and source.name != "DEFAULT"  # typer vendors click: by name
+        result, md = run_mesh_coap_bench(qos=qos, out_dir=out, plan=Plan(runs=runs) if given else None)
+        _emit(result, as_json, md)
+        return
     from benchmarks.mesh import run_mesh_bench
     from edge_agent.errors import PackNotFoundError
     from edge_agent.models.store import PackStore

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -97,6 +98,32 @@ def _mend_pipe_logs(context: aiocoap.Context) -> None:
     for holder in (context, *context.request_interfaces):
         if isinstance(getattr(holder, "log", None), logging.Logger):
             holder.log = _PipeLog(holder.log, {})
+
+
+_NOT_SENT = frozenset({errno.EPERM, errno.ENOBUFS, errno.EAGAIN, errno.ENOMEM})
+"""Errors of a send that only say this one datagram did not leave (a local firewall dropped it, a queue
+was full), nothing about the peer."""
+
+
+def _sends_may_fail(context: aiocoap.Context) -> None:
+    """aiocoap 0.4.17 takes any error of a send as news about the remote: every exchange with that peer
+    fails at once (a firewall dropping one datagram in three, `netlab.set_loss`, failed a whole answer).
+    A datagram that did not leave this host is a lost datagram like any other: retransmission (and the
+    request timeout) deals with it. Errors that are about the way (no route, link down) still fail
+    the peer's exchanges at once."""
+    for holder in context.request_interfaces:
+        messages: Any = getattr(getattr(holder, "token_interface", None), "message_interface", None)
+        received = getattr(messages, "error_received", None)
+        if messages is None or received is None:
+            continue
+
+        def error_received(exc: Exception, received: Callable[[Exception], None] = received) -> None:
+            if isinstance(exc, OSError) and exc.errno in _NOT_SENT:
+                log.debug("a CoAP datagram was not sent (%s); it counts as lost", exc)
+                return
+            received(exc)
+
+        messages.error_received = error_received
 
 
 def _handshake_sender(frame: bytes) -> str | None:
@@ -211,6 +238,7 @@ class CoapTransport(Transport):
                 f"cannot serve CoAP on {hostinfo((self.settings.bind, self.port))}: {exc}"
             ) from exc
         _mend_pipe_logs(self.context)
+        _sends_may_fail(self.context)
         self.state = TransportState.OPEN
         if self.on_open is not None:
             self.on_open(self.context, self.port)

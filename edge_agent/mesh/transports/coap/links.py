@@ -50,9 +50,10 @@ from edge_agent.mesh.settings import CoapSettings
 from edge_agent.mesh.transports.coap.asking import ask
 from edge_agent.mesh.transports.coap.book import AddressBook, hostinfo
 from edge_agent.mesh.transports.coap.oscore import MemoryContext
+from edge_agent.mesh.transports.coap.quirks import Tuning
 from edge_agent.mesh.transports.coap.resources import MESSAGE
 from edge_agent.mesh.transports.coap.site import member_of
-from edge_agent.mesh.transports.coap.transport import CoapTransport, Tuning
+from edge_agent.mesh.transports.coap.transport import CoapTransport
 
 __all__ = ["CoapLinks", "SessionContexts", "context_of"]
 
@@ -163,6 +164,7 @@ class CoapLinks(Connector):
             routes=[(MESSAGE[channel], _MessageResource(self, channel)) for channel in MESSAGE],
             credentials=self.credentials,
             on_open=self._opened,
+            unreachable=lambda device_id: self._backoff.get(device_id, 0.0) > time.monotonic(),
         )
 
     def _opened(self, context: aiocoap.Context | None, port: int | None) -> None:

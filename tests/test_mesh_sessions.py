@@ -275,7 +275,7 @@ async def test_replayed_tampered_and_unknown_frames_are_refused_and_change_nothi
         await hub.next()
         (address, frame), = _frames(home, KIND_DATA, hub.id)  # fmt: skip
         (session,) = hub.sessions.sessions_with(fridge.id)
-        window = hub.sessions.window(session.index)
+        window = hub.sessions.table.window(session.index)
         (on_fridge,) = fridge.sessions.sessions_with(hub.id)
         fresh = fridge.sessions.seal_on(on_fridge, address, b"sealed, never delivered")  # counter 2
         cases: list[tuple[bytes, type[Exception], str]] = [
@@ -293,7 +293,7 @@ async def test_replayed_tampered_and_unknown_frames_are_refused_and_change_nothi
                 hub.sessions.open(bad, address)
             _inject(home, address, bad)
             await _refused(hub, before, error)
-            assert hub.sessions.window(session.index) == window
+            assert hub.sessions.table.window(session.index) == window
         # Sealed for the request inbox, moved to the response inbox: the inbox is authenticated.
         with pytest.raises(ForgedMessageError, match="failed authenticated decryption"):
             hub.sessions.open(fresh, address.replace("/req/", "/resp/"))

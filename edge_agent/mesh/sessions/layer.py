@@ -126,9 +126,8 @@ class Sessions:
         return self.seal_on(await self.ready(cert, peer_run), inbox, payload, now_ms)
 
     async def ready(self, cert: DeviceCertificate, peer_run: str) -> Session:
-        """The session to send on with that run of the member: the current one, or a new one when there
-        is none or it is due for a rekey (the old one serves if the rekey fails). Raises SessionError,
-        TransportError."""
+        """The session to send on with that run of the member, made first if there is none or it is due
+        for a rekey (the old one serves if that fails). Raises SessionError, TransportError."""
         session = self.table.current(cert.device_id, peer_run)
         if session is None or self.table.worn(session):
             try:
@@ -391,10 +390,6 @@ class Sessions:
     def sessions_with(self, device_id: str) -> list[Session]:
         """Diagnostics and tests."""
         return self.table.with_peer(device_id)
-
-    def window(self, index: int) -> tuple[int, int] | None:
-        """The counter window of our session ``index`` (diagnostics and tests)."""
-        return self.table.window(index)
 
     def initiating(self) -> list[int]:
         """Our indices of the handshakes this device started and waits on (diagnostics and tests)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -227,6 +228,13 @@ class Hearth(AgentFacade):
 
         facts = DeviceFacts.of(service.state, service.membership, service.certificate)
         settings = UpdateSettings.of(self.config.updates, self.config.mesh.host_port)
+        if "mqtt" not in self.config.mesh.transports and settings.direct_address is None:
+            # No broker to find our own address by: direct links listen where CoAP is announced.
+            contact = service.coap_contact()
+            if contact is None:
+                settings = dataclasses.replace(settings, direct=False)
+            else:
+                settings = dataclasses.replace(settings, direct_address=contact.hosts[0])
         self._updater = updater = Updater(
             service.endpoint, self.store, device=facts, plan=self.plan, settings=settings,
             serves=service.serve, busy=service.inference_busy, retire=self.agent.models.retire,

@@ -101,9 +101,8 @@ def write_config(
         "embedded_broker = false", f'state_dir = "{state}"',
         *([f'broker = "{broker}"'] if broker else []), "",
         "[mesh.coap]", "multicast = true", "zeroconf = false", "",
-        # Direct TLS links listen where the broker is reached from: with no broker, on 127.0.0.1,
-        # which every peer would then try on its own loopback. Off where there is no broker.
-        "[updates]", f"direct = {str('mqtt' in transports).lower()}", "",
+        # Direct TLS links on (the default): with no broker they listen where CoAP is announced.
+        "[updates]", "direct = true", "",
         "[routing]", *(f"{k} = {v!r}".replace("'", '"') for k, v in (routing or {}).items()), "",
     ]  # fmt: skip
     path.write_text("\n".join(lines))

@@ -118,7 +118,7 @@ class CoapSettings(BaseModel):
     hello_timeout_s: float = Field(default=1.0, gt=0, le=60)
     """A hello's answer, or a member's presence the transport waits for, within this."""
     fetch_timeout_s: float = Field(default=2.0, gt=0, le=60)
-    """A presence fetch (all its blocks) within this."""
+    """Each block of a presence fetch within this (a lost one is resent meanwhile)."""
     max_inbox: int = Field(default=256, ge=8, le=65536)
     """Frames and adverts received and not read yet; past it a frame is answered 5.03."""
     max_fetches: int = Field(default=8, ge=1, le=256)
@@ -127,13 +127,6 @@ class CoapSettings(BaseModel):
     """Hellos from one address within this of its last fetch are ignored."""
     max_devices: int = Field(default=1024, ge=1, le=65536)
     """Members whose CoAP address is remembered."""
-
-    def hello_groups(self) -> list[tuple[str, int]]:
-        """Where an announcement's group hello goes (All-CoAP-Nodes, when multicast is on)."""
-        return [(ALL_COAP_NODES_V4, self.peer_port)] if self.multicast_interfaces else []
-
-
-ALL_COAP_NODES_V4 = "224.0.1.187"
 
 
 class MeshLimits(BaseModel):

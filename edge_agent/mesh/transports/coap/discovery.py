@@ -54,7 +54,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from aiocoap import GET, NON, Code, Message
+from aiocoap import GET, NON, POST, Code, Message
 from aiocoap.numbers.contentformat import ContentFormat
 from aiocoap.resource import Resource, Site, WKCResource
 from aiocoap.util.linkformat import parse as parse_linkformat
@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 ALL_COAP_NODES_V4 = "224.0.1.187"
 ALL_COAP_NODES_V6 = "ff02::fd"
 PRESENCE_PATH = ("hearth", "presence")
+HELLO_PATH = ("hearth", "hello")
+"""Where a device says it has a new board (`resources.HELLO`)."""
 """Where a Hearth endpoint serves its signed presence advert."""
 RESOURCE_TYPE = "hearth.presence"
 """The presence resource's ``rt`` in ``/.well-known/core``, and the probe's filter."""
@@ -170,6 +172,24 @@ async def probe(
     found = list(collector.found)
     log.debug("probe of %s: %d responders, %d datagrams ignored", where, len(found), collector.ignored)
     return found
+
+
+def group_hello(port: int, own_port: int, *, interface: str, ipv6: bool = False) -> None:
+    """Say hello to All-CoAP-Nodes on ``port`` out of ``interface`` (one NON ``POST /hearth/hello``
+    carrying ``own_port``, where this device's board is, since the hello leaves from another socket).
+    aiocoap would send a group request only along the default route, or not at all without one.
+    Raises ProbeError."""
+    request = Message(code=POST, uri_path=HELLO_PATH, payload=own_port.to_bytes(2, "big"))
+    request.mtype, request.mid, request.token = NON, secrets.randbits(16), b""
+    request.opt.no_response = 26  # RFC 7967: no answers wanted
+    destination = ipaddress.ip_address(ALL_COAP_NODES_V6 if ipv6 else ALL_COAP_NODES_V4)
+    sock, sockaddr = _socket(destination, port, interface)
+    try:
+        sock.sendto(request.encode(), sockaddr)
+    except OSError as exc:
+        raise _failed(f"cannot send a hello to {destination} port {port} on {interface}", exc) from exc
+    finally:
+        sock.close()
 
 
 def _failed(what: str, exc: OSError) -> ProbeError:

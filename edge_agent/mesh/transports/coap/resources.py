@@ -91,6 +91,8 @@ class HelloResource(resource.Resource):  # type: ignore[misc]
     async def render_post(self, request: Message) -> Message:
         source = source_of(request.remote)
         if source is not None:
+            if len(request.payload) == 2:  # a group hello names the port its board is on
+                source = (source[0], int.from_bytes(request.payload, "big"))
             self.heard(source)
         return Message(code=CHANGED)
 

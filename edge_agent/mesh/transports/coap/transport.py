@@ -47,7 +47,7 @@ from edge_agent.mesh.settings import CoapSettings
 from edge_agent.mesh.transports.coap.asking import ask
 from edge_agent.mesh.transports.coap.board import BoardFetches
 from edge_agent.mesh.transports.coap.book import AddressBook, Endpoint, hostinfo
-from edge_agent.mesh.transports.coap.discovery import multicast_spec
+from edge_agent.mesh.transports.coap.discovery import ProbeError, group_hello, multicast_spec
 from edge_agent.mesh.transports.coap.finding import discovery_rounds
 from edge_agent.mesh.transports.coap.quirks import Tuning, free_port, server_context
 from edge_agent.mesh.transports.coap.resources import (
@@ -237,16 +237,19 @@ class CoapTransport(Transport):
         context = self._live()
         self._presence.frame = frame
         for endpoint in self.book.all():
-            self._spawn(self._hello(context, endpoint, reliable=True))
-        for group in self.settings.hello_groups():
-            self._spawn(self._hello(context, group, reliable=False))
+            self._spawn(self._hello(context, endpoint))
+        for interface in self.settings.multicast_interfaces:
+            try:
+                group_hello(
+                    self.settings.peer_port, self.port or self.settings.peer_port, interface=interface
+                )
+            except ProbeError as exc:
+                log.debug("no group hello: %s", exc)
 
-    async def _hello(self, context: aiocoap.Context, endpoint: Endpoint, *, reliable: bool) -> None:
-        request = Message(code=POST, transport_tuning=Tuning() if reliable else aiocoap.numbers.Unreliable())
+    async def _hello(self, context: aiocoap.Context, endpoint: Endpoint) -> None:
+        request = Message(code=POST, transport_tuning=Tuning())
         request.remote = UndecidedRemote("coap", hostinfo(endpoint))
         request.opt.uri_path = HELLO
-        if not reliable:
-            request.opt.no_response = 26  # RFC 7967: a group hello wants no answers
         with contextlib.suppress(TimeoutError, aiocoap.error.Error, OSError):
             await ask(context, request, timeout=self.settings.hello_timeout_s)
 

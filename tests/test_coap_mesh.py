@@ -12,6 +12,8 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from edge_agent.mesh.interfaces import Channel, Connector
 from edge_agent.mesh.node import MeshNode
 from edge_agent.mesh.protocol import Chunk
@@ -191,3 +193,34 @@ async def test_long_messages_at_once_to_one_peer_each_arrive_whole(tmp_path: Pat
         first, second = await asyncio.gather(*(answer(ws) for ws in words))
         assert (first, second) == ([*words[0], ""], [*words[1], ""])
         assert fridge.endpoint.path_to(hub.id) == "coap"
+
+
+async def test_a_reply_ready_at_once_rides_in_the_response_to_its_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pong (or a request's acceptance) is ready a few loop turns after its request: it goes back in
+    that request's CoAP response, not as an exchange of its own."""
+    import edge_agent.mesh.transports.coap.links as links_module
+
+    async with coap_household(tmp_path) as (home, lab):
+        hub = home.device("hub", serves=["generate"], settings=_settings())
+        fridge = home.device("fridge", settings=_settings())
+        for dev in (hub, fridge):
+            dev.interval_s = 1.0
+        await home.start(hub, fridge)
+        peer = fridge.endpoint.peers.get(hub.id)
+        assert peer is not None and await fridge.endpoint.ping(peer) is not None  # the session is made
+        asked: list[str] = []
+        ask = links_module.ask
+
+        async def counting(context: object, message: object, **kwargs: object) -> object:
+            asked.append("hub" if context is lab.links["hub"].context else "fridge")
+            return await ask(context, message, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(links_module, "ask", counting)
+        assert await fridge.endpoint.ping(peer) is not None
+        assert asked == ["fridge"]  # one exchange: the ping, its pong in the answer
+        asked.clear()
+        chunks = [c.text async for c in _stream(fridge, hub, ["one", "two"])]
+        assert chunks == ["one", "two", ""]
+        assert asked.count("fridge") == 1  # the request (its acceptance came back in the answer)

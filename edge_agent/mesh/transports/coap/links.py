@@ -20,6 +20,7 @@ after it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -65,6 +66,10 @@ _MAX_ASSEMBLIES = 8
 """Long messages one session may have under assembly here at once."""
 _ASSEMBLY_S = 30.0
 """A long message with no block for this long no longer counts against its session."""
+_REPLY_BYTES = 900
+"""Replies one response carries at most (with OSCORE's overhead, one block)."""
+_REPLY_TURNS = 6
+"""Loop turns a request's response waits for replies to it (an acceptance or a pong takes 3-4)."""
 _TIME = 8
 """Bytes of the sender's clock (ms) before each message: freshness, as in the envelope."""
 
@@ -74,7 +79,7 @@ def context_of(session: Session) -> MemoryContext:
     copied: its sequence number and replay window are that session's alone)."""
     context = session.coap
     if not isinstance(context, MemoryContext):
-        context = session.coap = MemoryContext(session.oscore, session.peer)
+        context = session.coap = MemoryContext(session.oscore, session.peer, session.peer_run)
     return context
 
 
@@ -102,6 +107,40 @@ class SessionContexts:
         return context_of(session)
 
 
+class Replies:
+    """Replies to one request, packed into its response (each a 2-byte length, then the message), at
+    most one block of them: a request's round trip carries its acceptance or pong, and the response
+    never goes block-wise."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def take(self, stamped: bytes) -> bool:
+        if self.size + 2 + len(stamped) > _REPLY_BYTES:
+            return False
+        self.parts.append(stamped)
+        self.size += 2 + len(stamped)
+        return True
+
+    def packed(self) -> bytes:
+        return b"".join(len(p).to_bytes(2, "big") + p for p in self.parts)
+
+    @staticmethod
+    def unpacked(packed: bytes, limit: int) -> list[bytes]:
+        """The parts of ``packed`` (what does not parse is dropped: it came under the session's keys,
+        so only a bug makes it so)."""
+        parts: list[bytes] = []
+        at = 0
+        while at + 2 <= len(packed) and len(parts) < 64:
+            size = int.from_bytes(packed[at : at + 2], "big")
+            if size > limit or at + 2 + size > len(packed):
+                break
+            parts.append(packed[at + 2 : at + 2 + size])
+            at += 2 + size
+        return parts
+
+
 class _MessageResource(resource.Resource):  # type: ignore[misc]
     def __init__(self, links: CoapLinks, channel: Channel) -> None:
         super().__init__()
@@ -123,8 +162,10 @@ class _MessageResource(resource.Resource):  # type: ignore[misc]
         await super().render_to_pipe(pipe)
 
     async def render_post(self, request: Message) -> Message:
-        self.links.received(request, self.channel)
-        return Message(code=CHANGED)
+        sender = self.links.received(request, self.channel)
+        if self.channel is not Channel.REQUESTS:
+            return Message(code=CHANGED)
+        return Message(code=CHANGED, payload=await self.links.replies_to(sender))
 
 
 class CoapLinks(Connector):
@@ -148,6 +189,8 @@ class CoapLinks(Connector):
         self.credentials = CredentialsMap()
         self.credentials[":hearth-sessions"] = SessionContexts(self.sessions, self._refused)
         self._backoff: dict[str, float] = {}
+        self._replies: dict[tuple[str, str], Replies] = {}
+        """(device, run) -> the replies to its request being handled now (`replies_to`)."""
         self._assemblies: dict[tuple[int, tuple[bytes, ...]], float] = {}
         """Long messages being assembled: (session context, Request-Tag) -> last block's time."""
 
@@ -220,13 +263,15 @@ class CoapLinks(Connector):
         if len(payload) + _TIME > self.node.limits.max_frame_bytes:
             raise DirectLinkError(f"a {len(payload)}-byte message is over the frame limit")
         cert = self.node.recipient(device_id)
+        stamped = pack_time(int(time.time() * 1000)) + payload
+        replies = self._replies.get((device_id, session)) if channel is Channel.RESPONSES else None
+        if replies is not None and replies.take(stamped):
+            return  # it leaves in the response to that run's request
         try:
             current = await self.sessions.ready(cert, session)
         except (SessionError, TransportError) as exc:
             raise DirectLinkError(f"no session with {cert.name}: {exc}") from None
-        request = Message(
-            code=POST, payload=pack_time(int(time.time() * 1000)) + payload, transport_tuning=Tuning()
-        )
+        request = Message(code=POST, payload=stamped, transport_tuning=Tuning())
         request.remote = OSCOREAddress(context_of(current), UndecidedRemote("coap", hostinfo(endpoint)))
         request.opt.uri_path = MESSAGE[channel]
         if len(request.payload) > _BLOCK:
@@ -248,13 +293,16 @@ class CoapLinks(Connector):
             ) from None
         if not response.code.is_successful():
             raise DirectLinkError(f"{cert.name} refused a message: {response.code}")
+        if response.payload:
+            self._delivered(device_id, bytes(response.payload))
 
     # -- receiving ------------------------------------------------------------------------------------
 
-    def received(self, request: Message, channel: Channel) -> None:
-        """One OSCORE-protected message: checked, then handed to the message layer. Raises aiocoap's
-        renderable errors (the peer gets 4.xx/5.03; nothing here changes)."""
+    def received(self, request: Message, channel: Channel) -> tuple[str, str]:
+        """One OSCORE-protected message: checked, then handed to the message layer; returns its sender
+        (device, run). Raises aiocoap's renderable errors (the peer gets 4.xx/5.03; nothing changes)."""
         cert = member_of(request, self.node.membership)  # 4.01 / 4.03
+        context = request.remote.security_context
         payload = bytes(request.payload)
         if len(payload) < _TIME or len(payload) > self.node.limits.max_frame_bytes:
             raise error.BadRequest("not a Hearth message")
@@ -277,6 +325,28 @@ class CoapLinks(Connector):
         if events is None:
             raise error.ServiceUnavailable("not taking messages now")
         events.message(cert.device_id, channel, payload[_TIME:])
+        return cert.device_id, context.run
+
+    async def replies_to(self, sender: tuple[str, str]) -> bytes:
+        """The replies the message layer sends ``sender`` within a few loop turns of its request (an
+        acceptance, a pong: ready in three or four), carried in the request's own response instead of
+        an exchange each (`Replies`)."""
+        if sender in self._replies:  # another request from that run is collecting already
+            return b""
+        replies = self._replies[sender] = Replies()
+        try:
+            for _ in range(_REPLY_TURNS):
+                await asyncio.sleep(0)
+        finally:
+            del self._replies[sender]
+        return replies.packed()
+
+    def _delivered(self, device_id: str, packed: bytes) -> None:
+        """The replies a response to our request carried: each handed on as if it came on its own."""
+        events = self.events
+        for part in Replies.unpacked(packed, self.node.limits.max_frame_bytes):
+            if events is not None and len(part) >= _TIME:
+                events.message(device_id, Channel.RESPONSES, part[_TIME:])
 
     def assembling(self, request: Message, *, last: bool) -> bool:
         """Count a block of a long message from the request's session; False when that session has

@@ -32,7 +32,7 @@ class MemoryContext(oscore.CanProtect, oscore.CanUnprotect, oscore.SecurityConte
     """No Echo recovery (RFC 8613 B.1.2): the window never outlives the keys. aiocoap reads the
     attribute when it finds a replay, so it must exist."""
 
-    def __init__(self, material: OscoreMaterial, peer: str) -> None:
+    def __init__(self, material: OscoreMaterial, peer: str, run: str = "") -> None:
         alg = oscore.algorithms[ALGORITHM]
         longest = alg.iv_bytes - 6
         if max(len(material.sender_id), len(material.recipient_id)) > longest:
@@ -49,6 +49,8 @@ class MemoryContext(oscore.CanProtect, oscore.CanUnprotect, oscore.SecurityConte
         self.recipient_replay_window = oscore.ReplayWindow(REPLAY_WINDOW, lambda: None)
         self.recipient_replay_window.initialize_empty()
         self.peer = peer
+        self.run = run
+        """The peer's run the session is with (a reply goes back to that run only)."""
         # aiocoap's base class has one class-level list: each context needs its own.
         self.authenticated_claims = [f"member:{peer}"]
 

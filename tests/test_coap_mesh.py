@@ -200,7 +200,7 @@ async def test_a_reply_ready_at_once_rides_in_the_response_to_its_request(
 ) -> None:
     """A pong (or a request's acceptance) is ready a few loop turns after its request: it goes back in
     that request's CoAP response, not as an exchange of its own."""
-    import edge_agent.mesh.transports.coap.links as links_module
+    from edge_agent.mesh.transports.coap.asking import ask
 
     async with coap_household(tmp_path) as (home, lab):
         hub = home.device("hub", serves=["generate"], settings=_settings())
@@ -211,13 +211,12 @@ async def test_a_reply_ready_at_once_rides_in_the_response_to_its_request(
         peer = fridge.endpoint.peers.get(hub.id)
         assert peer is not None and await fridge.endpoint.ping(peer) is not None  # the session is made
         asked: list[str] = []
-        ask = links_module.ask
 
         async def counting(context: object, message: object, **kwargs: object) -> object:
             asked.append("hub" if context is lab.links["hub"].context else "fridge")
             return await ask(context, message, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(links_module, "ask", counting)
+        monkeypatch.setattr("edge_agent.mesh.transports.coap.links.ask", counting)
         assert await fridge.endpoint.ping(peer) is not None
         assert asked == ["fridge"]  # one exchange: the ping, its pong in the answer
         asked.clear()

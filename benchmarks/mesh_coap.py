@@ -25,8 +25,7 @@ stacks take turns of `BLOCK` round trips in an order that rotates every round, a
 Latency: one request in flight, p50/p99 (`DEFAULT_RUNS`, a fifth of them at 64 KB). Throughput: up to
 `WINDOW` requests in flight from one requester (`COAP_RATE_REQUESTS`, `MQTT_RATE_REQUESTS`), requests/s;
 for the two aiocoap stacks also with non-confirmable requests (aiocoap sends one confirmable message at a
-time to a peer, NSTART = 1: a backlog, not a window); Hearth over CoAP one at a time past one block
-(`HEARTH_BLOCKWISE_ONE_AT_A_TIME`).
+time to a peer, NSTART = 1: a backlog, not a window).
 Bytes on the wire per request (request and response, every datagram or segment of both): for the CoAP
 stacks the UDP payloads (the CoAP messages) counted at the requester's socket, which every datagram of
 the exchange crosses; for the MQTT stacks the TCP payloads (MQTT packets) of both hops, counted by a
@@ -109,11 +108,6 @@ WARMUP = 3
 """Uncounted round trips per stack before the first counted round (and the session's handshake)."""
 ONE_BLOCK = 1024
 """aiocoap's block size (SZX 6): a longer message goes block-wise."""
-HEARTH_BLOCKWISE_ONE_AT_A_TIME = True
-"""Hearth over CoAP's req/s with one message in flight when it goes block-wise: ``links.send_message``
-sets no Request-Tag (RFC 9175), so two concurrent block-wise messages to one peer land in one Block1
-assembly there and both fail (5.00, "refused a message"). Concurrency gains a CoAP peer little anyway
-(aiocoap sends one confirmable message at a time to it); False once the links tag their messages."""
 OSCORE_ALLOWANCE = 1.5
 """The issue's bound: OSCORE p50 at most 1.5x plain CoAP's."""
 GOALS = {"oscore_p50_vs_plain": 1.0, "coap_p50_vs_raw": 1.0}
@@ -550,10 +544,9 @@ async def _sequential_rate(requester: AsyncRequester, payload: bytes, n: int) ->
 
 
 def in_flight(name: str, size: int) -> int:
-    """Requests in flight for a stack's req/s: WINDOW, but one for Hearth over CoAP when a message
-    goes block-wise (`HEARTH_BLOCKWISE_ONE_AT_A_TIME`)."""
-    hearth_coap = name in ("hearth_coap", "hearth_coap_envelope")
-    return 1 if hearth_coap and HEARTH_BLOCKWISE_ONE_AT_A_TIME and size + 8 > ONE_BLOCK else WINDOW
+    """Requests in flight for a stack's req/s (long Hearth messages each carry a Request-Tag, so they
+    are assembled apart at the peer)."""
+    return WINDOW
 
 
 async def _size(
@@ -725,9 +718,7 @@ def markdown(result: dict[str, Any]) -> str:
             "(16 B a round trip that design would not send). " + overhead_line,
             "",
             "In flight for req/s: aiocoap sends one confirmable message at a time to a peer (NSTART = 1), "
-            "the others wait in its backlog; NON: the aiocoap stacks' requests non-confirmable (no backlog). "
-            "Hearth over CoAP with one message in flight past one block: its messages carry no Request-Tag, "
-            "so concurrent block-wise ones to one peer collide in one Block1 assembly (5.00).",
+            "the others wait in its backlog; NON: the aiocoap stacks' requests non-confirmable (no backlog).",
             "",
             "| ratio (> 1: Hearth ahead) | measured | goal | met |",
             "|---|---|---|---|",

@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.mesh.interfaces import Channel, Connector
 from edge_agent.mesh.node import MeshNode
-from edge_agent.mesh.protocol import Chunk
+from edge_agent.mesh.protocol import Chunk, Pong, encode
 from edge_agent.mesh.settings import CoapSettings, MeshSettings
 from edge_agent.mesh.transports.coap.links import CoapLinks
 from edge_agent.mesh.transports.multi import MultiConnector
@@ -177,9 +177,9 @@ def test_a_datagram_to_a_closed_port_does_not_stop_the_reader_under_uvloop() -> 
 
 
 async def test_long_messages_at_once_to_one_peer_each_arrive_whole(tmp_path: Path) -> None:
-    """Requests over one block go block-wise; two at once to the same hub are assembled apart (a
-    Request-Tag each), not mixed into one."""
-    async with coap_household(tmp_path) as (home, _):
+    """Requests over one block go block-wise; several at once to the same hub are assembled apart (a
+    Request-Tag each), not mixed into one, and never more at once than the hub holds."""
+    async with coap_household(tmp_path) as (home, lab):
         hub = home.device("hub", serves=["generate"], settings=_settings())
         fridge = home.device("fridge", settings=_settings())
         for dev in (hub, fridge):
@@ -192,6 +192,14 @@ async def test_long_messages_at_once_to_one_peer_each_arrive_whole(tmp_path: Pat
 
         first, second = await asyncio.gather(*(answer(ws) for ws in words))
         assert (first, second) == ([*words[0], ""], [*words[1], ""])
+        # Twelve long messages at once: more than the hub assembles for one session (8), so the fridge
+        # paces them and every one arrives (each a pong sent to a request inbox: judged and dropped).
+        pongs = [encode(Pong(nonce=n), 2048) for n in range(12)]
+        links, before = lab.links["fridge"], hub.node.dropped["WrongChannel"]
+        await asyncio.gather(
+            *(links.send_message(hub.id, None, Channel.REQUESTS, p, session=hub.node.session) for p in pongs)
+        )
+        assert hub.node.dropped["WrongChannel"] == before + 12
         assert fridge.endpoint.path_to(hub.id) == "coap"
 
 

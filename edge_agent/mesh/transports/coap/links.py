@@ -21,10 +21,12 @@ after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiocoap
@@ -189,6 +191,9 @@ class CoapLinks(Connector):
         self.credentials = CredentialsMap()
         self.credentials[":hearth-sessions"] = SessionContexts(self.sessions, self._refused)
         self._backoff: dict[str, float] = {}
+        self._long: dict[str, asyncio.Semaphore] = {}
+        """Per member with long messages on their way to it, how many more may leave at once."""
+        self._long_busy: Counter[str] = Counter()
         self._replies: dict[tuple[str, str], Replies] = {}
         """(device, run) -> the replies to its request being handled now (`replies_to`)."""
         self._assemblies: dict[tuple[int, tuple[bytes, ...]], float] = {}
@@ -274,23 +279,28 @@ class CoapLinks(Connector):
         request = Message(code=POST, payload=stamped, transport_tuning=Tuning())
         request.remote = OSCOREAddress(context_of(current), UndecidedRemote("coap", hostinfo(endpoint)))
         request.opt.uri_path = MESSAGE[channel]
-        if len(request.payload) > _BLOCK:
+        long = len(request.payload) > _BLOCK
+        if long:
             # Block-wise: the peer assembles blocks by everything but the block option, so two long
             # messages at once to one peer would be mixed into one; a Request-Tag (RFC 9175) per
-            # message keeps them apart (inside OSCORE, like the path).
+            # message keeps them apart (inside OSCORE, like the path). The peer holds at most
+            # `_MAX_ASSEMBLIES` of them per session: no more leave at once.
             request.opt.request_tag = (secrets.token_bytes(4),)
-        try:
-            response = await ask(context, request, timeout=self.settings.request_timeout_s, blockwise=True)
-        except oscore.NotAProtectedMessage as exc:
-            # The peer no longer holds that session (it restarted, or the keys expired there): the next
-            # send makes a new one.
-            self.sessions.table.forget(current)
-            raise DirectLinkError(f"{cert.name} refused the session: {exc.plain_message.code}") from None
-        except (TimeoutError, aiocoap.error.Error, OSError) as exc:
-            self.give_up_on(device_id)
-            raise DirectLinkError(
-                f"{cert.name} at {hostinfo(endpoint)} did not answer ({str(exc) or 'timeout'})"
-            ) from None
+        async with self._long_slot(device_id) if long else contextlib.nullcontext():
+            try:
+                response = await ask(
+                    context, request, timeout=self.settings.request_timeout_s, blockwise=True
+                )
+            except oscore.NotAProtectedMessage as exc:
+                # The peer no longer holds that session (it restarted, or the keys expired there): the
+                # next send makes a new one.
+                self.sessions.table.forget(current)
+                raise DirectLinkError(f"{cert.name} refused the session: {exc.plain_message.code}") from None
+            except (TimeoutError, aiocoap.error.Error, OSError) as exc:
+                self.give_up_on(device_id)
+                raise DirectLinkError(
+                    f"{cert.name} at {hostinfo(endpoint)} did not answer ({str(exc) or 'timeout'})"
+                ) from None
         if not response.code.is_successful():
             raise DirectLinkError(f"{cert.name} refused a message: {response.code}")
         if response.payload:
@@ -347,6 +357,20 @@ class CoapLinks(Connector):
         for part in Replies.unpacked(packed, self.node.limits.max_frame_bytes):
             if events is not None and len(part) >= _TIME:
                 events.message(device_id, Channel.RESPONSES, part[_TIME:])
+
+    @contextlib.asynccontextmanager
+    async def _long_slot(self, device_id: str) -> AsyncIterator[None]:
+        """One of the `_MAX_ASSEMBLIES` long messages that may be on their way to a member at once."""
+        slots = self._long.setdefault(device_id, asyncio.Semaphore(_MAX_ASSEMBLIES))
+        self._long_busy[device_id] += 1
+        try:
+            async with slots:
+                yield
+        finally:
+            self._long_busy[device_id] -= 1
+            if self._long_busy[device_id] <= 0:  # nothing long on its way to it: forget its slots
+                del self._long_busy[device_id]
+                self._long.pop(device_id, None)
 
     def assembling(self, request: Message, *, last: bool) -> bool:
         """Count a block of a long message from the request's session; False when that session has

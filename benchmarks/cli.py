@@ -169,6 +169,7 @@ def mesh(
 
 @app.command()
 def transfer(
+    ctx: typer.Context,
     as_json: JsonOpt = False,
     runs: Annotated[int, typer.Option(min=1, max=1000, help="Interleaved runs of every case (medians).")] = 3,
     cap: Annotated[
@@ -179,6 +180,14 @@ def transfer(
         "smollm2-135m-instruct@int4"
     ),
     out: OutOpt = Path("benchmarks/results"),
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="mqtt: swarm and one seeder over direct TLS links and through Mosquitto; coap: the same "
+            "over CoAP alone (OSCORE, block-wise; no broker, no direct links) to transfer_coap.json/.md, "
+            "--pack defaulting to silero-vad@fp32 and --runs to 2 there.",
+        ),
+    ] = "mqtt",
 ) -> None:
     """A model update to four peers in network namespaces with capped uplinks: swarm vs one seeder vs
     raw TCP, direct links vs through the broker (needs root, nftables and Mosquitto)."""
@@ -186,9 +195,23 @@ def transfer(
     from edge_agent.errors import HearthError
     from edge_agent.models.store import PackStore
 
+    if transport not in ("mqtt", "coap"):
+        raise typer.BadParameter(
+            f"unknown transport '{transport}' (choose mqtt or coap)", param_hint="--transport"
+        )
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name != "DEFAULT"  # typer vendors click: by name
+
     try:
-        result, md = run_transfer_bench(runs=runs, cap_mb=cap, pack_id=pack, store=PackStore(),
-                                        out_dir=out, quiet=as_json)  # fmt: skip
+        if transport == "coap":
+            result, md = run_transfer_bench(runs=runs if given("runs") else None, cap_mb=cap,
+                                            pack_id=pack if given("pack") else None, store=PackStore(),
+                                            out_dir=out, quiet=as_json, transport="coap")  # fmt: skip
+        else:
+            result, md = run_transfer_bench(runs=runs, cap_mb=cap, pack_id=pack, store=PackStore(),
+                                            out_dir=out, quiet=as_json)  # fmt: skip
     except RuntimeError as exc:  # no namespaces, no Mosquitto, a device that did not finish
         raise HearthError(str(exc)) from None
     _emit(result, as_json, md)

@@ -11,12 +11,27 @@ Same run, interleaved, medians over ``runs``:
 Goals (``ratios``): swarm at least 2x faster than the single seeder; per-peer throughput at least half
 of raw TCP's. Verification cost (BLAKE3 per chunk, on arrival) is measured separately and reported
 as a share of the swarm time.
+
+``transport="coap"`` (`run_transfer_bench`): the same household and capped links with no broker at all:
+each device runs the CoAP transport alone (`CoapLinks`, its own IP, port 5683, the others' as seeds;
+no direct TLS links), so every chunk request and chunk is an OSCORE-protected POST, block-wise in
+1 KiB blocks, one confirmable exchange in flight per peer (NSTART=1). Cases: swarm over CoAP, one
+seeder over CoAP (one peer after another), raw TCP as before; plus where the time goes (CPU seconds
+of both ends per block, blocks per second, and a plain asyncio UDP lockstep of 1 KiB datagrams between
+the same two namespaces: the floor of any lockstep without CoAP or OSCORE). A device that gives up is
+recorded (``failures``), not an error. The swarm ratio takes one seeder's time as four times its median
+fetch. Raw TCP there is the link's sustained rate (timed past nft's token bucket, which lets a second's
+worth through at line rate after a pause: more than a small pack). Results go to
+``transfer_coap.{json,md}``.
+
+``HEARTH_TRANSFER_LOGS=DIR`` keeps each device's log (Hearth's INFO lines) in ``DIR/<device>.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,6 +46,7 @@ from typing import Any
 from benchmarks.common import machine, write_report
 from benchmarks.rigs import netlab
 from benchmarks.rigs.meshkit import provision
+from edge_agent.mesh.settings import CoapSettings
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.models.pack import MANIFEST_NAME
 from edge_agent.models.store import PackStore
@@ -41,6 +57,21 @@ from edge_agent.sync.trust import TrustedUpdates
 PEERS = {"fridge": "fridge-panel", "car": "car-headunit", "phone": "phone", "laptop": "laptop"}
 DEFAULT_PACK = "smollm2-135m-instruct@int4"
 BROKER_PORT = 1883
+COAP_PORT = 5683
+COAP_DEFAULT_PACK = "silero-vad@fp32"
+"""The pack the CoAP run moves unless told otherwise: the smallest real one (2.3 MB). CoAP moves ~0.4 MB/s
+per peer here (the 90 MB LLM pack would take ~4 min per peer, ~30 min a run), and a run should take
+minutes."""
+COAP_DEFAULT_RUNS = 2
+UDP_TRIPS = 3000
+BLOCK = 1024
+CHUNK_SIZE = 256 << 10
+RAW_WARM_BYTES = 16_000_000
+"""The raw TCP baseline of the CoAP run times the link after this many bytes: after a pause, nft's limit
+lets a second's worth of its rate (plus the burst) through at line rate, more than a small pack."""
+RAW_MIN_BYTES = 2 * RAW_WARM_BYTES
+SETTLE_S = 180.0
+"""After a CoAP phase, how long every device may take to hear every other one again before the run stops."""
 
 
 class Node:
@@ -73,11 +104,20 @@ class Node:
 
 
 @contextlib.contextmanager
-def _node(host: netlab.Host, home: Path, broker: netlab.Host, name: str) -> Iterator[Node]:
-    args = [sys.executable, "-m", "benchmarks.transfer_node", "--home", str(home),
-            "--broker", f"{broker.ip}:{BROKER_PORT}", "--host", host.ip]  # fmt: skip
-    proc = subprocess.Popen(host.cmd(*args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+def _node(host: netlab.Host, home: Path, broker: netlab.Host | None, name: str,
+          seeds: list[netlab.Host] | None = None) -> Iterator[Node]:  # fmt: skip
+    """A transfer node on ``host``: through the broker's Mosquitto, or (``broker`` None) over CoAP alone
+    with the ``seeds`` hosts' CoAP endpoints to learn its peers from."""
+    args = [sys.executable, "-m", "benchmarks.transfer_node", "--home", str(home), "--host", host.ip]
+    if broker is not None:
+        args += ["--broker", f"{broker.ip}:{BROKER_PORT}"]
+    else:
+        args += ["--transport", "coap", "--coap-port", str(COAP_PORT),
+                 "--seeds", ",".join(f"{s.ip}:{COAP_PORT}" for s in seeds or [])]  # fmt: skip
+    logs = os.environ.get("HEARTH_TRANSFER_LOGS")  # a directory: each device's log there (INFO)
+    with open(Path(logs) / f"{name}.log", "w") if logs else contextlib.nullcontext(subprocess.DEVNULL) as err:
+        proc = subprocess.Popen(host.cmd(*args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                text=True)  # fmt: skip
     try:
         yield Node(proc, name)
     finally:
@@ -102,7 +142,7 @@ def _publish(tmp: Path, hub_home: Path, pack_path: Path, files: list[str], pack_
     manifest = build_manifest(
         pack_path, files, household_id=root.household_id, name=pack_id.partition("@")[0], pack_id=pack_id,
         task="generate", sequence=2, device_classes=["appliance", "vehicle", "phone", "laptop"],
-        issued_at=now, expires_at=now + timedelta(days=1), chunk_size=256 << 10,
+        issued_at=now, expires_at=now + timedelta(days=1), chunk_size=CHUNK_SIZE,
     )  # fmt: skip
     key, _ = updates.signing_key()
     (tmp / "key-set.dsse").write_bytes(sign_key_set(key_set, root.key))
@@ -143,10 +183,27 @@ def _forget(nodes: list[Node], content_id: str) -> None:
 
 
 def run_transfer_bench(
-    *, runs: int, cap_mb: float, pack_id: str, store: PackStore, out_dir: Path, quiet: bool = False
+    *,
+    runs: int | None,
+    cap_mb: float,
+    pack_id: str | None,
+    store: PackStore,
+    out_dir: Path,
+    quiet: bool = False,
+    transport: str = "mqtt",
 ) -> tuple[dict[str, Any], str]:
+    """The transfer benchmark over ``transport`` ("mqtt": the broker and direct TLS links; "coap": CoAP
+    alone). ``runs`` and ``pack_id`` None: that transport's defaults."""
     if (why := netlab.available()) is not None:
         raise RuntimeError(f"the transfer benchmark needs network namespaces: {why}")
+    if transport == "coap":
+        return run_transfer_coap(runs=COAP_DEFAULT_RUNS if runs is None else runs, cap_mb=cap_mb,
+                                 pack_id=pack_id or COAP_DEFAULT_PACK, store=store, out_dir=out_dir,
+                                 quiet=quiet)  # fmt: skip
+    if transport != "mqtt":
+        raise ValueError(f"unknown transport {transport!r} (mqtt or coap)")
+    runs = 3 if runs is None else runs
+    pack_id = pack_id or DEFAULT_PACK
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         raise RuntimeError("the transfer benchmark needs Mosquitto (make system-deps)")
     pack = store.get(pack_id)
@@ -309,3 +366,292 @@ def _plot(path: Path, r: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- over CoAP ------------------------------------------------------------------------------------------
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any], key: str) -> float:
+    return float(after[key]) - float(before[key])
+
+
+def _coap(reply: dict[str, Any], key: str) -> int:
+    """A CoAP counter's change (`transfer_node.CountingLinks`) over one fetch."""
+    return int(reply["after"]["coap"][key]) - int(reply["before"]["coap"][key])
+
+
+def _settle(
+    nodes: dict[str, Node], timeout: float, after: str, waits: dict[str, float] | None = None
+) -> None:
+    """Until every device hears every other one and knows where it answers CoAP (a phase's traffic may
+    have left some adverts late; how long that took goes in ``waits``); raises RuntimeError naming who
+    missed whom after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        views = {name: n.call(op="peers") for name, n in nodes.items()}
+        if all(min(v["peers"], v["coap"]) >= len(nodes) - 1 for v in views.values()):
+            if waits is not None:
+                waits[after] = round(time.monotonic() - start, 1)
+            return
+        if time.monotonic() - start > timeout:
+            missing = {name: [m for m, n in nodes.items() if m != name and n.device not in v["heard"]]
+                       for name, v in views.items()}  # fmt: skip
+            missing = {name: names for name, names in missing.items() if names}
+            raise RuntimeError(f"after {after}, the devices did not all hear each other over CoAP within "
+                               f"{timeout:g} s; not heard: {missing}")  # fmt: skip
+        time.sleep(0.2)
+
+
+def _fetch_or_fail(nodes: list[Node], failures: list[dict[str, Any]], case: str, run: int,
+                   **cmd: Any) -> list[dict[str, Any]] | None:  # fmt: skip
+    """`_fetch_all`, where a device that gives up is a result (recorded in ``failures``), not an error."""
+    for n in nodes:
+        n.send(op="fetch", **cmd)
+    replies = [n.read() for n in nodes]
+    failed = [(n, r) for n, r in zip(nodes, replies, strict=True) if r["state"] != "done"]
+    for n, r in failed:
+        failures.append({"case": case, "run": run + 1, "device": n.name, "reason": r["reason"]})
+    return None if failed else replies
+
+
+def run_transfer_coap(
+    *, runs: int, cap_mb: float, pack_id: str, store: PackStore, out_dir: Path, quiet: bool = False
+) -> tuple[dict[str, Any], str]:
+    """The transfer over CoAP alone (no broker, no direct TLS links): one seeder, swarm, raw TCP."""
+    pack = store.get(pack_id)
+    files = [MANIFEST_NAME, *(f.path for f in pack.manifest.files)]
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    samples: dict[str, list[float]] = {k: [] for k in (
+        "single_coap_s", "swarm_coap_s", "raw_tcp_s", "per_peer_coap_mbps", "raw_tcp_mbps")}  # fmt: skip
+    # Where one seeder's time goes, per fetch: both ends' CPU seconds, the datagrams the fetcher took.
+    single: dict[str, list[float]] = {k: [] for k in (
+        "seconds", "hub_cpu_s", "peer_cpu_s", "peer_rx_packets", "peer_tx_packets", "message_bytes",
+        "failed_sends", "max_loop_lag_ms")}  # fmt: skip
+    swarm: dict[str, list[float]] = {k: [] for k in (
+        "cores_busy", "message_bytes", "failed_sends", "max_loop_lag_ms")}  # fmt: skip
+    failures: list[dict[str, Any]] = []
+    waits: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="hearth-transfer-coap-") as tmp_name:
+        tmp = Path(tmp_name)
+        homes = {name: tmp / name for name in ["hub", *PEERS]}
+        provision(homes["hub"], homes["hub"], "hub", "hub")
+        for name, profile in PEERS.items():
+            provision(homes["hub"], homes[name], name, profile)
+        key_set, envelope = _publish(tmp, homes["hub"], pack.path, files, pack_id)
+        verify_s, verify_mbps = _verify_cost(pack.path, envelope)
+        size = sum((pack.path / f).stat().st_size for f in files)
+        with netlab.lan(["hub", *PEERS]) as hosts, contextlib.ExitStack() as stack:
+            netlab.cap_uplinks(hosts, cap_mb)
+            nodes = {n: stack.enter_context(_node(hosts[n], homes[n], None, n,
+                                                  [h for m, h in hosts.items() if m != n])) for n in homes}  # fmt: skip
+            hub, peers = nodes["hub"], [nodes[n] for n in PEERS]
+            held = hub.call(op="hold", pack=str(pack.path), envelope=str(envelope), key_set=str(key_set))
+            content_id = held["content_id"]
+            _settle(nodes, 60, "start")
+            repeat = -(-RAW_MIN_BYTES // size)  # the pack's bytes again and again, past the bucket
+            raw_port = hub.call(op="raw_serve", pack=str(pack.path), files=files, repeat=repeat)["port"]
+            udp_port = hub.call(op="udp_echo")["port"]
+            say(f"UDP lockstep: {UDP_TRIPS} datagrams of {BLOCK} bytes, {peers[0].name} -> hub")
+            udp = peers[0].call(op="udp_lockstep", host=hosts["hub"].ip, port=udp_port, trips=UDP_TRIPS,
+                                size=BLOCK)  # fmt: skip
+            for run in range(runs):
+                say(f"run {run + 1}/{runs}: one seeder over CoAP, one peer after another")
+                total: float | None = 0.0
+                for peer in peers:
+                    hub_before = hub.call(op="stats")
+                    replies = _fetch_or_fail([peer], failures, "single", run, direct=False, only=[hub.device])
+                    hub_after = hub.call(op="stats")
+                    if replies is None:
+                        total = None
+                        continue
+                    [r] = replies
+                    if sum(r["received"].values()) != size or _coap(r, "bytes") < size:
+                        raise RuntimeError(f"{peer.name} received {r['received']}, "
+                                           f"{_coap(r, 'bytes')} bytes over CoAP")  # fmt: skip
+                    seconds = r["end"] - r["start"]
+                    total = None if total is None else total + seconds
+                    samples["per_peer_coap_mbps"].append(size / seconds / 1e6)
+                    single["seconds"].append(seconds)
+                    single["hub_cpu_s"].append(_delta(hub_before, hub_after, "cpu_s"))
+                    single["peer_cpu_s"].append(_delta(r["before"], r["after"], "cpu_s"))
+                    single["peer_rx_packets"].append(_delta(r["before"], r["after"], "rx_packets"))
+                    single["peer_tx_packets"].append(_delta(r["before"], r["after"], "tx_packets"))
+                    single["message_bytes"].append(_coap(r, "bytes"))
+                    single["failed_sends"].append(_coap({"before": hub_before, "after": hub_after}, "failed"))
+                    single["max_loop_lag_ms"].append(
+                        max(hub_after["max_loop_lag_ms"], r["after"]["max_loop_lag_ms"])
+                    )
+                if total is not None:
+                    samples["single_coap_s"].append(total)
+                _forget(peers, content_id)
+                _settle(nodes, SETTLE_S, f"one seeder (run {run + 1})", waits)
+                say(f"run {run + 1}/{runs}: swarm over CoAP")
+                before = [n.call(op="stats") for n in nodes.values()]
+                replies = _fetch_or_fail(peers, failures, "swarm", run, direct=False)
+                after = [n.call(op="stats") for n in nodes.values()]
+                pairs = [{"before": b, "after": a} for b, a in zip(before, after, strict=True)]
+                if replies is not None:
+                    took = max(r["end"] for r in replies) - min(r["start"] for r in replies)
+                    samples["swarm_coap_s"].append(took)
+                    swarm["cores_busy"].append(sum(_delta(b, a, "cpu_s") for b, a in zip(before, after, strict=True))
+                                               / took)  # fmt: skip
+                    swarm["message_bytes"].append(sum(_coap(r, "bytes") for r in replies) / len(replies))
+                swarm["failed_sends"].append(sum(_coap(p, "failed") for p in pairs))
+                swarm["max_loop_lag_ms"].append(max(a["max_loop_lag_ms"] for a in after))
+                _forget(peers, content_id)
+                _settle(nodes, SETTLE_S, f"the swarm (run {run + 1})", waits)
+                say(f"run {run + 1}/{runs}: raw TCP, one peer after another (sustained rate)")
+                total = 0.0
+                for peer in peers:
+                    r = peer.call(
+                        op="raw_fetch", host=hosts["hub"].ip, port=raw_port, warm_bytes=RAW_WARM_BYTES
+                    )
+                    assert r["bytes"] == size * repeat, r
+                    mbps = (r["bytes"] - r["warm_bytes"]) / (r["end"] - r["warm"]) / 1e6
+                    total += size / mbps / 1e6  # the pack's time at that rate
+                    samples["raw_tcp_mbps"].append(mbps)
+                samples["raw_tcp_s"].append(total)
+            for n in nodes.values():
+                n.send(op="quit")
+    result = _result_coap(
+        pack_id, size, cap_mb, runs, samples, single, swarm, failures, udp, verify_s, verify_mbps
+    )
+    result["heard_again_after_s"] = waits
+    md = _markdown_coap(result)
+    write_report(out_dir, "transfer_coap", result, md)
+    return result, md
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _result_coap(
+    pack_id: str, size: int, cap_mb: float, runs: int, samples: dict[str, list[float]],
+    single: dict[str, list[float]], swarm: dict[str, list[float]], failures: list[dict[str, Any]],
+    udp: dict[str, Any], verify_s: float, verify_mbps: float,
+) -> dict[str, Any]:  # fmt: skip
+    def r(x: float | None, digits: int = 3) -> float | None:
+        return None if x is None else round(x, digits)
+
+    med = {k: _median(v) for k, v in samples.items()}
+    per = {k: _median(v) for k, v in single.items()}
+    udp_ms = 1000 * udp["seconds"] / udp["trips"]
+    costs: dict[str, Any] = {}
+    block_ms = None
+    if per["seconds"] and per["peer_rx_packets"]:
+        blocks = per["peer_rx_packets"]  # the holder POSTs each chunk to the fetcher: a block a datagram
+        block_ms = 1000 * per["seconds"] / blocks
+        hub_cpu, peer_cpu = per["hub_cpu_s"] or 0.0, per["peer_cpu_s"] or 0.0
+        costs = {
+            "blocks_per_s": r(blocks / per["seconds"], 1),
+            "ms_per_block": r(block_ms),
+            "holder_cpu_ms_per_block": r(1000 * hub_cpu / blocks),
+            "fetcher_cpu_ms_per_block": r(1000 * peer_cpu / blocks),
+            "cores_busy": r((hub_cpu + peer_cpu) / per["seconds"], 2),
+            "datagrams_in": int(blocks),
+            "datagrams_out": int(per["peer_tx_packets"] or 0),
+            "message_bytes": int(per["message_bytes"] or 0),
+            "message_bytes_vs_pack": r((per["message_bytes"] or 0) / size),
+            "failed_sends": int(sum(single["failed_sends"])),
+            "slowest_fetch_s": r(max(single["seconds"]), 1),
+            "max_loop_lag_ms": r(max(single["max_loop_lag_ms"]), 1),
+        }
+    message_bytes = _median(swarm["message_bytes"])
+    swarm_costs = {
+        "cores_busy": r(_median(swarm["cores_busy"]), 2),
+        "message_bytes_per_peer_vs_one_seeder": r(message_bytes / per["message_bytes"], 2)
+        if message_bytes and per["message_bytes"] else None,
+        "failed_sends": [int(x) for x in swarm["failed_sends"]],
+        "max_loop_lag_ms": [r(x, 1) for x in swarm["max_loop_lag_ms"]],
+    }  # fmt: skip
+    # One seeder serving all four: the median fetch four times over (with two or three runs, a median of
+    # the runs' totals would be their mean, and one fetch that stalls would make the swarm look good).
+    single_s = len(PEERS) * per["seconds"] if per["seconds"] else None
+    swarm_s = med["swarm_coap_s"]
+    coap_mbps, raw_mbps = med["per_peer_coap_mbps"], med["raw_tcp_mbps"]
+    return {
+        "benchmark": "transfer",
+        "transport": "coap",
+        "machine": machine(),
+        "pack": pack_id,
+        "pack_mb": round(size / 1e6, 1),
+        "peers": len(PEERS),
+        "uplink_cap_mb_s": cap_mb,
+        "runs": runs,
+        "coap": {
+            "block_bytes": BLOCK,
+            "nstart": 1,
+            "chunk_kib": CHUNK_SIZE >> 10,
+            "request_timeout_s": CoapSettings().request_timeout_s,
+        },
+        "medians": {k: r(v) for k, v in med.items()} | {"single_coap_typical_s": r(single_s)},
+        "samples": {k: [round(x, 3) for x in v] for k, v in samples.items()},
+        "failures": failures,
+        "one_seeder": costs,
+        "swarm": swarm_costs,
+        "udp_lockstep": {
+            "datagram_bytes": BLOCK,
+            "ms_per_round_trip": r(udp_ms),
+            "mb_per_s": r(BLOCK / udp_ms / 1000, 2),
+        },
+        "verification": {
+            "seconds": r(verify_s),
+            "mb_per_s": r(verify_mbps, 1),
+            "share_of_swarm_time": r(verify_s / swarm_s, 4) if swarm_s else None,
+        },
+        "ratios": {
+            "swarm_vs_single_seeder": r(single_s / swarm_s, 2) if single_s and swarm_s else None,
+            "coap_per_peer_vs_raw": r(coap_mbps / raw_mbps, 3) if coap_mbps and raw_mbps else None,
+            "coap_block_vs_udp_lockstep": r(block_ms / udp_ms, 1) if block_ms else None,
+        },
+        "goals": {"swarm_vs_single_seeder": 2.0, "coap_per_peer_vs_raw": 0.5},
+    }
+
+
+def _markdown_coap(r: dict[str, Any]) -> str:
+    m, ratios, c, s, u = r["medians"], r["ratios"], r["one_seeder"], r["swarm"], r["udp_lockstep"]
+
+    def num(x: float | None, fmt: str) -> str:
+        return "—" if x is None else format(x, fmt)
+
+    lines = [
+        f"### Model update transfer over CoAP (no broker): {r['pack']} ({r['pack_mb']} MB) to {r['peers']} "
+        f"peers, {r['uplink_cap_mb_s']:g} MB/s uplinks (nft), median of {r['runs']}",
+        "",
+        "| how | all four peers | per peer |",
+        "|---|---|---|",
+        f"| one seeder over CoAP, one after another | {num(m['single_coap_typical_s'], '.1f')} s "
+        f"(runs: {', '.join(f'{x:.1f}' for x in r['samples']['single_coap_s']) or '—'}) | "
+        f"{num(m['per_peer_coap_mbps'], '.2f')} MB/s |",
+        f"| swarm over CoAP | **{num(m['swarm_coap_s'], '.1f')} s** | |",
+        f"| raw TCP copy, one after another (sustained rate) | {m['raw_tcp_s']:.1f} s | "
+        f"{m['raw_tcp_mbps']:.1f} MB/s |",
+        "",
+        f"- per-peer throughput over CoAP vs raw TCP: **{num(ratios['coap_per_peer_vs_raw'], '.3f')}** "
+        "(goal ≥ 0.5)",
+        f"- swarm vs one seeder: **{num(ratios['swarm_vs_single_seeder'], '.2f')}x** (goal ≥ 2x); the swarm "
+        f"kept {num(s['cores_busy'], '.2f')} of {r['machine']['cores']} cores busy, "
+        f"{sum(s['failed_sends'])} CoAP sends failed (timed out or refused), each peer took "
+        f"{num(s['message_bytes_per_peer_vs_one_seeder'], '.2f')}x the message bytes one seeder sends it",
+    ]
+    if c:
+        lines += [
+            f"- one seeder, per peer: {c['datagrams_in']:,} blocks ({c['blocks_per_s']:.0f}/s, "
+            f"{c['ms_per_block']:.3f} ms each) for {c['message_bytes'] / 1e6:.1f} MB of mesh messages "
+            f"({c['message_bytes_vs_pack']:.2f}x the pack: base64 chunks padded to a power of two); CPU per "
+            f"block: holder {c['holder_cpu_ms_per_block']:.3f} ms, fetcher {c['fetcher_cpu_ms_per_block']:.3f} "
+            f"ms ({c['cores_busy']:.2f} cores busy); slowest fetch {c['slowest_fetch_s']:.1f} s, "
+            f"{c['failed_sends']} chunk messages timed out or refused",
+            f"- a plain asyncio UDP lockstep of {u['datagram_bytes']}-byte datagrams between the same "
+            f"namespaces: {u['ms_per_round_trip']:.3f} ms a round trip ({u['mb_per_s']:.1f} MB/s); a CoAP block "
+            f"takes {ratios['coap_block_vs_udp_lockstep']:.1f}x that",
+        ]
+    lines += [f"- {f['case']} run {f['run']}: {f['device']} gave up ({f['reason']})" for f in r["failures"]]
+    lines += [f"- after {phase}, every device heard every other one again only after {wait:.0f} s"
+              for phase, wait in r.get("heard_again_after_s", {}).items() if wait >= 5]  # fmt: skip
+    return "\n".join(lines)

@@ -1,11 +1,11 @@
-"""What every mesh transport provides (MQTT now, CoAP next, an in-memory simulator for tests).
+"""What every mesh transport provides (MQTT, CoAP, an in-memory simulator for tests).
 
 A transport moves opaque frames (sealed envelopes) between devices of one household and reports two
 kinds of liveness news, because each transport learns them its own way: *announcements* (a device's
-signed presence or signed departure notice: MQTT retained adverts and last will; CoAP later multicast
-or zeroconf) and *vanish hints* (the transport believes a device is gone but has nothing signed to show
-for it: an emptied retained topic). Security lives above: the node opens and verifies every frame, and
-a hint is only a reason to check, never a fact.
+signed presence or signed departure notice: MQTT retained adverts and last will; CoAP boards fetched
+after hellos, multicast or zeroconf) and *vanish hints* (the transport believes a device is gone but has
+nothing signed to show for it: an emptied retained topic, a silent CoAP peer). Security lives above:
+the node opens and verifies every frame, and a hint is only a reason to check, never a fact.
 
 A transport is one connection: enter it to connect, ``aclose`` (or exit) to leave cleanly. A
 `Connector` makes a new one per (re)connection, carrying the signed departure notice the transport
@@ -219,10 +219,9 @@ class BulkPath(Protocol):
     order of preference and is the one place that chooses and falls back. What comes back is
     unverified: the caller checks it against what was signed, whichever path it took.
 
-    Requests and streams have their own sibling, `MessagePath`, implemented by the same links. Issue 24
-    (CoAP) is one more implementation of both: `fetch` a block-wise GET (RFC 7959, Block2) of
-    ``/<resource>/<index>`` with ``max_length`` as the size bound, `reaches` whether the peer announces
-    a CoAP contact, its limits in their own settings value, as `DirectLimits` does.
+    Requests and streams have their own sibling, `MessagePath`, implemented by the same links. CoAP
+    has no bulk path of its own: the broker path's chunk messages take its OSCORE message path
+    (block-wise) when the holder answers CoAP.
     """
 
     @property

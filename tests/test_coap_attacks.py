@@ -29,6 +29,7 @@ from edge_agent.mesh.sessions.wire import HandshakeFrame, pack_time
 from edge_agent.mesh.transports.coap.asking import ask
 from edge_agent.mesh.transports.coap.links import context_of
 from edge_agent.mesh.transports.coap.resources import FRAME, MESSAGE
+from tests.support.aiocoap_oscore import MemoryContext
 from tests.support.meshsim import Device, SimHousehold, until, words_handler
 from tests.support.udp_tap import UdpTap, tapped
 from tests.test_coap_mesh import _settings, _stream, coap_household
@@ -240,29 +241,44 @@ async def test_replay_is_refused_after_the_hub_restarts(tmp_path: Path) -> None:
         assert await _words(car, restarted) == [*WORDS, ""]
 
 
-async def _protected(home: SimHousehold, fridge: Device, hub: Device, port: int, payload: bytes) -> Message:
-    """``payload`` as the fridge's own OSCORE session with the hub protects it, to its message inbox,
-    past every check the fridge's sending side makes (a member's own code, modified)."""
+@contextlib.asynccontextmanager
+async def _as_fridge(fridge: Device, hub: Device) -> AsyncIterator[tuple[aiocoap.Context, MemoryContext]]:
+    """An aiocoap client holding the fridge's own OSCORE keys with the hub (a member's own keys in
+    other code, modified), its sequence numbers taken from the fridge's lane and handed back after."""
     assert fridge.node.sessions is not None
     session = fridge.node.sessions.current(hub.id, hub.node.session)
     assert session is not None
-    request = Message(code=POST, payload=payload)
-    request.remote = OSCOREAddress(context_of(session), UndecidedRemote("coap", f"127.0.0.1:{port}"))
-    request.opt.uri_path = MESSAGE[Channel.REQUESTS]
-    links = home.lab.links["fridge"]  # type: ignore[attr-defined]
-    return await ask(links.context, request, timeout=10.0, blockwise=True)
+    lane_context = context_of(session)
+    twin = MemoryContext(session.oscore, session.peer, session.peer_run)
+    twin.sender_sequence_number = lane_context.sequence
+    client = await aiocoap.Context.create_client_context(transports=["oscore", "udp6"])
+    try:
+        yield client, twin
+    finally:
+        lane_context.sequence = twin.sender_sequence_number
+        await client.shutdown()
+
+
+async def _protected(fridge: Device, hub: Device, port: int, payload: bytes) -> Message:
+    """``payload`` as the fridge's own OSCORE session with the hub protects it, to its message inbox,
+    past every check the fridge's sending side makes."""
+    async with _as_fridge(fridge, hub) as (client, twin):
+        request = Message(code=POST, payload=payload)
+        request.remote = OSCOREAddress(twin, UndecidedRemote("coap", f"127.0.0.1:{port}"))
+        request.opt.uri_path = MESSAGE[Channel.REQUESTS]
+        return await ask(client, request, timeout=10.0, blockwise=True)
 
 
 async def test_a_stale_message_under_live_keys_is_refused(tmp_path: Path) -> None:
     """OSCORE's window stops a replay, not a delay: the sender's clock inside the protection does, as
     the envelope's timestamp does on the broker path."""
-    async with attacked(tmp_path) as (home, hub, fridge, _, tap, served):
+    async with attacked(tmp_path) as (_home, hub, fridge, _, tap, served):
         assert await _words(fridge, hub) == [*WORDS, ""]
         before = await _state(hub, served)
         refused = hub.node.dropped["ReplayError"]
         ping = encode(Ping(nonce=1, reply_session=fridge.node.session))
         stale = pack_time(int(time.time() * 1000) - 600_000) + ping
-        answer = await _protected(home, fridge, hub, tap.port, stale)
+        answer = await _protected(fridge, hub, tap.port, stale)
         assert (answer.code, answer.payload) == (aiocoap.BAD_REQUEST, b"stale")
         assert hub.node.dropped["ReplayError"] == refused + 1
         assert await _state(hub, served) == before
@@ -270,11 +286,11 @@ async def test_a_stale_message_under_live_keys_is_refused(tmp_path: Path) -> Non
 
 
 async def test_a_member_cannot_make_the_hub_assemble_more_than_a_frame(tmp_path: Path) -> None:
-    async with attacked(tmp_path) as (home, hub, fridge, _, tap, served):
+    async with attacked(tmp_path) as (_home, hub, fridge, _, tap, served):
         assert await _words(fridge, hub) == [*WORDS, ""]
         before = await _state(hub, served)
         limit = hub.node.limits.max_frame_bytes + 8
-        answer = await _protected(home, fridge, hub, tap.port, b"x" * (limit + 1))
+        answer = await _protected(fridge, hub, tap.port, b"x" * (limit + 1))
         assert answer.code == aiocoap.REQUEST_ENTITY_TOO_LARGE
         assert answer.payload == f"a message is at most {limit} bytes".encode()
         assert await _state(hub, served) == before
@@ -282,23 +298,18 @@ async def test_a_member_cannot_make_the_hub_assemble_more_than_a_frame(tmp_path:
 
 
 async def test_a_member_cannot_keep_many_long_messages_half_sent(tmp_path: Path) -> None:
-    async with attacked(tmp_path) as (home, hub, fridge, _, tap, served):
+    async with attacked(tmp_path) as (_home, hub, fridge, _, tap, served):
         assert await _words(fridge, hub) == [*WORDS, ""]
         before = await _state(hub, served)
-        assert fridge.node.sessions is not None
-        session = fridge.node.sessions.current(hub.id, hub.node.session)
-        assert session is not None
-        links = home.lab.links["fridge"]  # type: ignore[attr-defined]
         answers = []
-        for n in range(9):  # the first block of nine long messages, none ever finished
-            request = Message(code=POST, payload=b"x" * 1024)
-            request.remote = OSCOREAddress(
-                context_of(session), UndecidedRemote("coap", f"127.0.0.1:{tap.port}")
-            )
-            request.opt.uri_path = MESSAGE[Channel.REQUESTS]
-            request.opt.request_tag = (bytes([n]),)
-            request.opt.block1 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(0, True, 6)
-            answers.append(await ask(links.context, request, timeout=2.0))
+        async with _as_fridge(fridge, hub) as (client, twin):
+            for n in range(9):  # the first block of nine long messages, none ever finished
+                request = Message(code=POST, payload=b"x" * 1024)
+                request.remote = OSCOREAddress(twin, UndecidedRemote("coap", f"127.0.0.1:{tap.port}"))
+                request.opt.uri_path = MESSAGE[Channel.REQUESTS]
+                request.opt.request_tag = (bytes([n]),)
+                request.opt.block1 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(0, True, 6)
+                answers.append(await ask(client, request, timeout=2.0))
         assert [a.code for a in answers] == [aiocoap.CONTINUE] * 8 + [aiocoap.SERVICE_UNAVAILABLE]
         assert answers[-1].payload == b"at most 8 long messages at once"
         assert await _state(hub, served) == before

@@ -11,6 +11,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,8 +209,6 @@ async def test_a_reply_ready_at_once_rides_in_the_response_to_its_request(
 ) -> None:
     """A pong (or a request's acceptance) is ready a few loop turns after its request: it goes back in
     that request's CoAP response, not as an exchange of its own."""
-    from edge_agent.mesh.transports.coap.asking import ask
-
     async with coap_household(tmp_path) as (home, lab):
         hub = home.device("hub", serves=["generate"], settings=_settings())
         fridge = home.device("fridge", settings=_settings())
@@ -220,11 +219,14 @@ async def test_a_reply_ready_at_once_rides_in_the_response_to_its_request(
         assert peer is not None and await fridge.endpoint.ping(peer) is not None  # the session is made
         asked: list[str] = []
 
-        async def counting(context: object, message: object, **kwargs: object) -> object:
-            asked.append("hub" if context is lab.links["hub"].context else "fridge")
-            return await ask(context, message, **kwargs)  # type: ignore[arg-type]
+        for name in ("hub", "fridge"):
+            lane = lab.links[name].lane
 
-        monkeypatch.setattr("edge_agent.mesh.transports.coap.links.ask", counting)
+            async def counting(*args: Any, _name: str = name, _post: Any = lane.post, **kwargs: Any) -> Any:
+                asked.append(_name)
+                return await _post(*args, **kwargs)
+
+            monkeypatch.setattr(lane, "post", counting)
         assert await fridge.endpoint.ping(peer) is not None
         assert asked == ["fridge"]  # one exchange: the ping, its pong in the answer
         asked.clear()

@@ -241,7 +241,7 @@ class FirstServerCut:
         self.hosts = hosts
         self.switch = netlab.switch_of(hosts)
         ip = hosts[requester].ip
-        oscore = [self._oscore_post(tkl) for tkl in (1, 2, 3)]
+        oscore = [self._oscore_post(8)]
         stages = [
             f"ip saddr @cut ip daddr {ip} counter drop",
             f"ip saddr {ip} ip daddr @cut counter drop",
@@ -265,7 +265,7 @@ class FirstServerCut:
     def _oscore_post(tkl: int) -> str:
         """A confirmable CoAP POST (RFC 7252 header: version 1, type CON, token length ``tkl``, code
         0.02) whose first option is OSCORE (delta 9): a Hearth message, not a hello or a sealed frame.
-        aiocoap's tokens are 1 to 3 bytes long here (a counter with its leading zeros stripped)."""
+        The message lane's tokens are 8 bytes long."""
         option_bits = 64 + 8 * (4 + tkl)  # the UDP header, CoAP's 4 bytes, the token
         return f"meta l4proto udp @th,64,8 {0x40 | tkl:#x} @th,72,8 0x2 @th,{option_bits},4 0x9"
 

@@ -11,7 +11,8 @@
 - it takes any error of a send as news about the remote and fails every exchange with that peer: a
   datagram the kernel refused to send (a local firewall, a full queue) is a lost datagram, which
   retransmission deals with;
-- it says nothing of the port a server bound to port 0 got: `free_port` picks one first.
+- it says nothing of the port a server bound to port 0 got: `free_port` picks one first;
+- its UDP interface is where the message lane (`lane`) sits: `udp_interface` finds it.
 
 `asking.ask` is the other workaround (never cancel aiocoap's response future).
 """
@@ -29,7 +30,7 @@ import aiocoap
 from aiocoap import interfaces
 from aiocoap.util import socknumbers
 
-__all__ = ["Tuning", "free_port", "server_context"]
+__all__ = ["Tuning", "free_port", "server_context", "udp_interface"]
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +71,29 @@ def free_port(bind: str) -> int:
 async def server_context(
     site: interfaces.Resource, bind: tuple[str, int], multicast: list[Any]
 ) -> aiocoap.Context:
-    """A server context on ``bind`` (OSCORE and UDP), its quirks mended; raises OSError."""
+    """A server context on ``bind`` (UDP; OSCORE is the lane's), its quirks mended; raises OSError."""
     os.environ["AIOCOAP_REUSE_PORT"] = "0"
     socknumbers.HAS_RECVERR = False
     server_log = logging.getLogger("coap-server")
     if _no_recverr_warning not in server_log.filters:
         server_log.addFilter(_no_recverr_warning)
     context = await aiocoap.Context.create_server_context(
-        site, bind=bind, transports=["oscore", "udp6"], multicast=multicast
+        site, bind=bind, transports=["udp6"], multicast=multicast
     )
     for holder in (context, *context.request_interfaces):
         if isinstance(getattr(holder, "log", None), logging.Logger):
             holder.log = _PipeLog(holder.log, {})
     _sends_may_fail(context)
     return context
+
+
+def udp_interface(context: aiocoap.Context) -> Any:
+    """The UDP endpoint (``MessageInterfaceUDP6``) under ``context``'s token and message managers."""
+    for holder in context.request_interfaces:
+        interface = getattr(getattr(holder, "token_interface", None), "message_interface", None)
+        if interface is not None and hasattr(interface, "datagram_msg_received"):
+            return interface
+    raise RuntimeError("aiocoap's context has no UDP interface")
 
 
 def _sends_may_fail(context: aiocoap.Context) -> None:

@@ -23,13 +23,12 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import aiocoap
 from aiocoap import POST, Message, resource
-from aiocoap.credentials import CredentialsMap
 from aiocoap.message import UndecidedRemote
 
 from edge_agent.errors import MalformedMessageError, PeerUnreachableError, TransportError
@@ -59,7 +58,7 @@ from edge_agent.mesh.transports.coap.resources import (
     HelloResource,
     PresenceResource,
 )
-from edge_agent.mesh.transports.coap.site import MemberSite, Route
+from edge_agent.mesh.transports.coap.site import PublicSite, Route
 
 __all__ = ["CoapTransport"]
 
@@ -102,8 +101,6 @@ class CoapTransport(Transport):
         device: str,
         book: AddressBook,
         max_frame: int,
-        routes: Iterable[tuple[tuple[str, ...], resource.Resource]] = (),
-        credentials: CredentialsMap | None = None,
         on_open: Callable[[aiocoap.Context | None, int | None], None] | None = None,
         unreachable: Callable[[str], bool] = lambda device_id: False,
     ) -> None:
@@ -112,8 +109,6 @@ class CoapTransport(Transport):
         self.device = device
         self.book = book
         self.max_frame = max_frame
-        self.routes = list(routes)
-        self.credentials = credentials if credentials is not None else CredentialsMap()
         self.on_open = on_open
         self.unreachable = unreachable
         """Whether the message path just gave up on a member (its stream went silent): frames to it
@@ -139,15 +134,13 @@ class CoapTransport(Transport):
         site.add_resource(HELLO, HelloResource(self._hello_from))
         for channel, route in FRAME.items():
             site.add_resource(route, FrameResource(channel, self._frame))
-        for path, res in self.routes:
-            site.add_resource(path, res)
         site.add_resource(
             (".well-known", "core"), resource.WKCResource(site.get_resources_as_linkheader, impl_info=None)
         )
         self.port = self.settings.port or free_port(self.settings.bind)
         try:
             self.context = await server_context(
-                MemberSite(site, self.credentials, _PUBLIC),
+                PublicSite(site, _PUBLIC),
                 (self.settings.bind, self.port),
                 multicast_spec(self.settings.multicast_interfaces),
             )
@@ -156,9 +149,14 @@ class CoapTransport(Transport):
             raise TransportError(
                 f"cannot serve CoAP on {hostinfo((self.settings.bind, self.port))}: {exc}"
             ) from exc
-        self.state = TransportState.OPEN
         if self.on_open is not None:
-            self.on_open(self.context, self.port)
+            try:
+                self.on_open(self.context, self.port)
+            except Exception:
+                await self.context.shutdown()
+                self.context, self.state = None, TransportState.CLOSED
+                raise
+        self.state = TransportState.OPEN
         self._spawn(
             discovery_rounds(
                 self.settings,

@@ -1,13 +1,9 @@
-"""OSCORE security contexts made from a finished Hearth session handshake, held in memory only.
+"""aiocoap's own OSCORE, keyed by a Hearth session: the independent implementation the tests check the
+message lane's (`edge_agent.mesh.transports.coap.protection`) against, and what they attack the lane
+with (a member's keys in a client aiocoap drives).
 
-aiocoap's own contexts are either files (``FilesystemSecurityContext``: sequence numbers written to disk,
-blocking I/O on the loop, and a copied directory reuses nonces) or come from its own EDHOC code, which
-takes static keys from files and has no place for Hearth's signed statements. Hearth's keys live for one
-run (`sessions`): a context here lives as long as the session it came from, its replay window and
-sequence number in memory, so a restart makes new keys instead of reusing a nonce.
-
-The keys come from `sessions.oscore_keys` (RFC 9528 Appendix A.1); the algorithm is AES-CCM-16-64-128,
-the one EDHOC's cipher suite 2 names.
+aiocoap's own contexts are files or come from its EDHOC code; this one is made from the session's
+`OscoreMaterial` and kept in memory.
 """
 
 from __future__ import annotations
@@ -23,10 +19,7 @@ REPLAY_WINDOW = 32
 
 
 class MemoryContext(oscore.CanProtect, oscore.CanUnprotect, oscore.SecurityContextUtils):  # type: ignore[misc]
-    """One OSCORE context with one member's run, for aiocoap's client credentials or server map.
-
-    ``peer`` is who the handshake proved; a resource must still check that device is a member *now*
-    (aiocoap authorises nothing: `authenticated_claims` only says who holds the keys)."""
+    """One OSCORE context with one member's run, for aiocoap's client credentials or server map."""
 
     echo_recovery = None
     """No Echo recovery (RFC 8613 B.1.2): the window never outlives the keys. aiocoap reads the

@@ -2,6 +2,7 @@
 
     python -m benchmarks.mesh_coap_echo plain
     python -m benchmarks.mesh_coap_echo oscore          < one JSON line: the OSCORE keys and the peer
+    python -m benchmarks.mesh_coap_echo lane --peer-port PORT   < the same line
     python -m benchmarks.mesh_coap_echo hearth --home HOME --peer ID --peer-port PORT [--envelope]
 
 Prints ``ready PORT`` once it answers on 127.0.0.1:PORT (UDP), then echoes every request until it is
@@ -11,6 +12,8 @@ terminated (the benchmark stops it by PID).
   both ways, as aiocoap does it by default);
 - oscore: the same resource behind aiocoap's OSCORE site wrapper, with the in-memory context
   (`MemoryContext`) of the responder's end of one real Hearth session handshake;
+- lane: Hearth's own OSCORE, its message lane (`coap.lane`) with the same keys, answering the bytes it
+  got (in the answer, or POSTed back to the requester's lane when one datagram does not carry them);
 - hearth: a Hearth device on its CoAP transport (`CoapLinks` + `CoapTransport`): a message on the
   requests channel (OSCORE, keyed by the session handshake the requester starts) is sent back on the
   responses channel with ``send_message``, each reply its own task, as the direct-link echo does;
@@ -46,8 +49,8 @@ async def coap_echo(oscore_keys: dict[str, Any] | None) -> None:
     from aiocoap.credentials import CredentialsMap
     from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
+    from benchmarks.rigs.aiocoap_oscore import MemoryContext
     from edge_agent.mesh.sessions.oscore_keys import OscoreMaterial
-    from edge_agent.mesh.transports.coap.oscore import MemoryContext
 
     class Echo(resource.Resource):  # type: ignore[misc]
         async def render_post(self, request: Message) -> Message:
@@ -70,6 +73,42 @@ async def coap_echo(oscore_keys: dict[str, Any] | None) -> None:
         await asyncio.Event().wait()
     finally:
         await context.shutdown()
+
+
+async def lane_echo(oscore_keys: dict[str, Any], peer_port: int) -> None:
+    """Hearth's OSCORE on its message lane, answering the bytes it got: in the answer when one datagram
+    carries them, else POSTed back to the requester's lane (the lane answers with no Block2)."""
+    from aiocoap import resource
+
+    from edge_agent.mesh.sessions.oscore_keys import OscoreMaterial
+    from edge_agent.mesh.transports.coap.lane import MessageLane
+    from edge_agent.mesh.transports.coap.protection import OscoreContext
+    from edge_agent.mesh.transports.coap.quirks import server_context, udp_interface
+
+    material = OscoreMaterial(*(bytes.fromhex(oscore_keys[k]) for k in ("secret", "salt", "sid", "rid")))
+    context = OscoreContext(material, oscore_keys["peer"])
+    requester = ("::ffff:127.0.0.1", peer_port, 0, 0)
+    later: set[asyncio.Task[bytes]] = set()
+
+    def echo(ctx: OscoreContext, path: tuple[bytes, ...], body: bytes) -> bytes:
+        if len(body) <= budget:
+            return body
+        task = asyncio.create_task(lane.post(requester, ctx, path, body, budget=budget, timeout=30.0))
+        later.add(task)
+        task.add_done_callback(later.discard)
+        return b""
+
+    lane = MessageLane(keys=lambda kid: context, handle=echo, max_body=1 << 20)
+    budget = lane.budget("127.0.0.1")
+    port = _free_udp_port()
+    server = await server_context(resource.Site(), ("127.0.0.1", port), [])
+    lane.attach(udp_interface(server))
+    print(f"ready {port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        lane.detach()
+        await server.shutdown()
 
 
 async def hearth_echo(home: Path, peer: str, peer_port: int, envelope: bool) -> None:
@@ -138,10 +177,12 @@ async def hearth_echo(home: Path, peer: str, peer_port: int, envelope: bool) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("stack", choices=["plain", "oscore", "hearth"])
+    parser.add_argument("stack", choices=["plain", "oscore", "lane", "hearth"])
     parser.add_argument("--home", type=Path, help="hearth: the answering device's household state")
     parser.add_argument("--peer", help="hearth: the requester's device id")
-    parser.add_argument("--peer-port", type=int, help="hearth: the UDP port the requester answers CoAP on")
+    parser.add_argument(
+        "--peer-port", type=int, help="hearth, lane: the UDP port the requester answers CoAP on"
+    )
     parser.add_argument("--envelope", action="store_true", help="hearth: a v2-sealed frame inside OSCORE")
     args = parser.parse_args()
     os.environ["AIOCOAP_REUSE_PORT"] = "0"  # a port taken twice fails, rather than sharing datagrams
@@ -154,6 +195,10 @@ def main() -> None:
         if args.home is None or args.peer is None or args.peer_port is None:
             parser.error("hearth needs --home, --peer and --peer-port")
         aio.run(hearth_echo(args.home, args.peer, args.peer_port, args.envelope))
+    elif args.stack == "lane":
+        if args.peer_port is None:
+            parser.error("lane needs --peer-port")
+        aio.run(lane_echo(json.loads(sys.stdin.readline()), args.peer_port))
     elif args.stack == "oscore":
         aio.run(coap_echo(json.loads(sys.stdin.readline())))
     else:

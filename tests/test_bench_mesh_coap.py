@@ -31,7 +31,7 @@ def test_the_coap_mesh_bench_runs_every_stack_and_reports_its_shape(tmp_path: Pa
             assert set(figures) == {"p50_ms", "p99_ms", "requests_per_s", "in_flight"}
             assert 0 < figures["p50_ms"] <= figures["p99_ms"]
             assert figures["requests_per_s"] > 0
-        assert set(result["non_confirmable_rps"][size]) == {"coap_plain", "coap_oscore"}
+        assert set(result["non_confirmable_rps"][size]) == {"coap_plain", "aiocoap_oscore"}
         wire = result["bytes_per_request"][size]
         assert set(wire) == set(STACKS)
         for name in STACKS:
@@ -39,7 +39,7 @@ def test_the_coap_mesh_bench_runs_every_stack_and_reports_its_shape(tmp_path: Pa
         for name in COAP_STACKS:
             assert wire[name]["sent"] + wire[name]["received"] == wire[name]["wire_bytes"]
     names = ("oscore_p50_vs_plain", "coap_p50_vs_raw", "coap_rps_vs_raw", "oscore_only_vs_envelope_p50",
-             "coap_p50_vs_mqtt", "coap_bytes_vs_mqtt")  # fmt: skip
+             "coap_p50_vs_mqtt", "coap_bytes_vs_mqtt", "aiocoap_oscore_p50_vs_plain")  # fmt: skip
     assert set(result["ratios"]) == {f"{name}_{size}B" for name in names for size in SIZES}
     for value in result["ratios"].values():
         assert isinstance(value, float) and value > 0 and math.isfinite(value)

@@ -20,6 +20,7 @@ from aiocoap import POST, Message
 from aiocoap.message import UndecidedRemote
 from aiocoap.transports.oscore import OSCOREAddress
 
+from benchmarks.rigs.aiocoap_oscore import MemoryContext
 from edge_agent.mesh.identity import DeviceIdentity
 from edge_agent.mesh.interfaces import Channel
 from edge_agent.mesh.protocol import Chunk, CoapContact, Ping, Request, encode
@@ -29,7 +30,6 @@ from edge_agent.mesh.sessions.wire import HandshakeFrame, pack_time
 from edge_agent.mesh.transports.coap.asking import ask
 from edge_agent.mesh.transports.coap.links import context_of
 from edge_agent.mesh.transports.coap.resources import FRAME, MESSAGE
-from tests.support.aiocoap_oscore import MemoryContext
 from tests.support.meshsim import Device, SimHousehold, until, words_handler
 from tests.support.udp_tap import UdpTap, tapped
 from tests.test_coap_mesh import _settings, _stream, coap_household

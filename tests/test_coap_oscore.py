@@ -20,6 +20,7 @@ from aiocoap import GET, POST, Message, resource
 from aiocoap.credentials import CredentialsMap
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
+from benchmarks.rigs.aiocoap_oscore import MemoryContext
 from edge_agent.errors import NotAMemberError
 from edge_agent.mesh.household import Membership
 from edge_agent.mesh.sessions.credentials import RunCredential, verify_statement
@@ -31,7 +32,6 @@ from edge_agent.mesh.transports.coap.lane import LaneRefused, MessageLane, Refus
 from edge_agent.mesh.transports.coap.protection import OscoreContext, ProtectionError, parse_option
 from edge_agent.mesh.transports.coap.quirks import server_context, udp_interface
 from edge_agent.mesh.transports.coap.site import PublicSite
-from tests.support.aiocoap_oscore import MemoryContext
 from tests.support.meshsim import Device, SimHousehold, household
 
 FRIDGE_INDEX, HUB_INDEX = 0x01020304, 0x0A0B0C0D

@@ -36,7 +36,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ from edge_agent.mesh.transports.coap.protection import (
 )
 from edge_agent.mesh.transports.coap.wire import ACK, CON, NON, RST, Code, Datagram, WireError
 
-__all__ = ["Handler", "LaneRefused", "MessageLane", "Refused", "Sockaddr"]
+__all__ = ["Handler", "LaneRefused", "MessageLane", "Refused", "Sockaddr", "Traffic", "path_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ _MAX_RETRANSMIT = 4
 datagram must be resent well within the mesh's stall timeout."""
 _DEDUP_S = 0.5 * (2**_MAX_RETRANSMIT - 1) * _ACK_RANDOM + 5.0
 """How long an answer is kept for a retransmitted request: MAX_TRANSMIT_SPAN and a margin."""
-_DEDUP_MAX = 4096
+_DEDUP_MAX = 16384
+"""At most this many remembered answers (~30 bytes each for a block's 2.31): enough for a retransmission
+to find its answer at 10,000 datagrams a second; past it the oldest go, and a late retransmission is
+refused as a replay, which the sender takes as a lost message, not a lost session."""
 _WINDOW = 8
 _WINDOW_BYTES = 64 * 1024
 """Blocks of one long message in flight at once: at most 8 (RFC 9177's MAX_PAYLOADS is 10), and at most
@@ -106,6 +109,16 @@ class LaneRefused(Exception):
 Handler = Callable[[OscoreContext, tuple[bytes, ...], bytes], "bytes | Awaitable[bytes]"]
 """What a complete, opened message is handed to: (its context, its Uri-Path, its body) -> the answer's
 payload, now or later; raises `Refused`."""
+
+
+@dataclass(slots=True)
+class Traffic:
+    """The lane's datagrams and their bytes (UDP payloads), each way."""
+
+    sent: int = 0
+    sent_bytes: int = 0
+    received: int = 0
+    received_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -190,6 +203,10 @@ class MessageLane:
         self._assemblies: dict[tuple[int, bytes], _Assembly] = {}
         self._handling: set[asyncio.Task[None]] = set()
         self._budgets: dict[str, int] = {}
+        self.traffic = Traffic()
+        self._long: dict[Sockaddr, tuple[asyncio.Semaphore, list[int]]] = {}
+        """Per address with long messages on their way to it: the slots left, and how many hold or
+        wait for one (its peer assembles at most `_MAX_ASSEMBLIES` per session)."""
 
     # -- the socket -----------------------------------------------------------------------------------
 
@@ -228,6 +245,8 @@ class MessageLane:
         sock = self._sock
         if sock is None:
             return
+        self.traffic.sent += 1
+        self.traffic.sent_bytes += len(data)
         try:
             sock.sendto(data, address)
         except OSError as exc:  # a full queue, a local firewall: a lost datagram, resent if it matters
@@ -240,6 +259,13 @@ class MessageLane:
             message = wire.decode(data)
         except WireError:
             return False
+        taken = self._take(message, data, address)
+        if taken:
+            self.traffic.received += 1
+            self.traffic.received_bytes += len(data)
+        return taken
+
+    def _take(self, message: Datagram, data: bytes, address: Sockaddr) -> bool:
         if message.is_request:
             option = wire.first(message.options, wire.OSCORE)
             if option is None:
@@ -250,7 +276,7 @@ class MessageLane:
         if exchange is None and message.mtype in (ACK, RST) and not message.code:
             token = self._by_mid.get(message.mid)
             exchange = self._exchanges.get(token) if token is not None else None
-            if exchange is None or exchange.mid != message.mid:
+            if exchange is None or exchange.mid != message.mid or exchange.address != address:
                 return False
             if message.mtype == RST:
                 if not exchange.future.done():
@@ -259,7 +285,7 @@ class MessageLane:
                 exchange.timer.cancel()
                 exchange.timer = None
             return True
-        if exchange is None or message.mtype not in _INDEFINITE_RESPONSES:
+        if exchange is None or message.mtype not in _INDEFINITE_RESPONSES or exchange.address != address:
             return False
         if message.mtype == CON:
             self._send(wire.encode(Datagram(ACK, Code.EMPTY, message.mid)), address)
@@ -299,10 +325,25 @@ class MessageLane:
         if len(body) <= budget:
             code, _, payload = await self._ask(address, context, options, body, deadline)
         else:
-            code, payload = await self._post_blocks(address, context, options, body, budget, deadline)
+            async with self._long_slot(address):
+                deadline = asyncio.get_running_loop().time() + timeout  # from its first block
+                code, payload = await self._post_blocks(address, context, options, body, budget, deadline)
         if code != Code.CHANGED:
             raise LaneRefused(code, payload.decode(errors="replace"), protected=True)
         return payload
+
+    @contextlib.asynccontextmanager
+    async def _long_slot(self, address: Sockaddr) -> AsyncIterator[None]:
+        """One of the `_MAX_ASSEMBLIES` long messages that may be on their way to ``address`` at once."""
+        slots, users = self._long.setdefault(address, (asyncio.Semaphore(_MAX_ASSEMBLIES), [0]))
+        users[0] += 1
+        try:
+            async with slots:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:  # nothing long on its way there: forget its slots
+                del self._long[address]
 
     async def _post_blocks(
         self,

@@ -22,13 +22,11 @@ sessions, so nothing captured before it opens after it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import socket
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import aiocoap
@@ -61,8 +59,6 @@ __all__ = ["CoapLinks", "context_of"]
 
 log = logging.getLogger(__name__)
 
-_MAX_LONG = 8
-"""Long (block-wise) messages on their way to one member at once: what its lane assembles per session."""
 _REPLY_BYTES = 900
 """Replies one answer carries at most (with OSCORE's overhead, well within one datagram)."""
 _REPLY_TURNS = 6
@@ -149,9 +145,6 @@ class CoapLinks(Connector):
             refused=lambda reason: log.info("refused a CoAP message: %s", reason),
         )
         self._backoff: dict[str, float] = {}
-        self._long: dict[str, asyncio.Semaphore] = {}
-        """Per member with long messages on their way to it, how many more may leave at once."""
-        self._long_busy: Counter[str] = Counter()
         self._replies: dict[tuple[str, str], Replies] = {}
         """(device, run) -> the replies to its request being handled now (`_collect`)."""
 
@@ -236,28 +229,26 @@ class CoapLinks(Connector):
             raise DirectLinkError(f"no session with {cert.name}: {exc}") from None
         budget = self.lane.budget(endpoint[0])
         path = tuple(part.encode() for part in MESSAGE[channel])
-        long = len(stamped) > budget
-        async with self._long_slot(device_id) if long else contextlib.nullcontext():
-            try:
-                answer = await self.lane.post(
-                    _sockaddr(endpoint),
-                    context_of(current),
-                    path,
-                    stamped,
-                    budget=budget,
-                    timeout=self.settings.request_timeout_s,
-                )
-            except LaneRefused as exc:
-                if not exc.protected and exc.code == Code.UNAUTHORIZED:
-                    # The peer no longer holds that session (it restarted, or the keys expired there):
-                    # the next send makes a new one.
-                    self.sessions.table.forget(current)
-                raise DirectLinkError(f"{cert.name} refused a message: {exc}") from None
-            except (TimeoutError, ConnectionError, OSError, ProtectionError) as exc:
-                self.give_up_on(device_id)
-                raise DirectLinkError(
-                    f"{cert.name} at {hostinfo(endpoint)} did not answer ({str(exc) or 'timeout'})"
-                ) from None
+        try:
+            answer = await self.lane.post(
+                _sockaddr(endpoint),
+                context_of(current),
+                path,
+                stamped,
+                budget=budget,
+                timeout=self.settings.request_timeout_s,
+            )
+        except LaneRefused as exc:
+            if not exc.protected and exc.diagnostic == "Security context not found":
+                # The peer no longer holds that session (it restarted, or the keys expired there): the
+                # next send makes a new one.
+                self.sessions.table.forget(current)
+            raise DirectLinkError(f"{cert.name} refused a message: {exc}") from None
+        except (TimeoutError, ConnectionError, OSError, ProtectionError) as exc:
+            self.give_up_on(device_id)
+            raise DirectLinkError(
+                f"{cert.name} at {hostinfo(endpoint)} did not answer ({str(exc) or 'timeout'})"
+            ) from None
         if answer:
             self._delivered(device_id, answer)
 
@@ -339,20 +330,6 @@ class CoapLinks(Connector):
         for part in Replies.unpacked(packed, self.node.limits.max_frame_bytes):
             if events is not None and len(part) >= _TIME:
                 events.message(device_id, Channel.RESPONSES, part[_TIME:])
-
-    @contextlib.asynccontextmanager
-    async def _long_slot(self, device_id: str) -> AsyncIterator[None]:
-        """One of the `_MAX_LONG` long messages that may be on their way to a member at once."""
-        slots = self._long.setdefault(device_id, asyncio.Semaphore(_MAX_LONG))
-        self._long_busy[device_id] += 1
-        try:
-            async with slots:
-                yield
-        finally:
-            self._long_busy[device_id] -= 1
-            if self._long_busy[device_id] <= 0:  # nothing long on its way to it: forget its slots
-                del self._long_busy[device_id]
-                self._long.pop(device_id, None)
 
     def _refused(self, exc: PeerError) -> None:
         self.node.dropped[type(exc).__name__] += 1

@@ -1,6 +1,6 @@
 """aiocoap's own OSCORE, keyed by a Hearth session: the independent implementation the tests check the
-message lane's (`edge_agent.mesh.transports.coap.protection`) against, and what they attack the lane
-with (a member's keys in a client aiocoap drives).
+message lane's (`edge_agent.mesh.transports.coap.protection`) against, what they attack the lane with
+(a member's keys in a client aiocoap drives), and the benchmark's aiocoap + OSCORE stack.
 
 aiocoap's own contexts are files or come from its EDHOC code; this one is made from the session's
 `OscoreMaterial` and kept in memory.

@@ -12,9 +12,10 @@ The lane keeps CoAP on the wire and does only what these exchanges need:
 - **confirmable requests, piggybacked answers** (RFC 7252 §4): retransmission tuned for a home LAN
   (`_ACK_TIMEOUT`), deduplication of retransmitted requests by (address, message id), bounded;
 - **long messages block-wise** (Block1, RFC 7959) with a Request-Tag (RFC 9175) inside OSCORE, several
-  blocks in flight (as RFC 9177's Q-Block1 bursts, up to `_WINDOW`), the last one sent once the others
-  are acknowledged; a block is as large as the path carries unfragmented: 1024 bytes on a 1500-byte
-  LAN, multiples of 1024 (BERT's SZX 7, RFC 8323 §6) where the route's MTU is larger (loopback);
+  blocks in flight (as RFC 9177's Q-Block1 bursts, up to `_WINDOW`), the last one among them: the
+  receiver assembles by offset and answers the last block once every block is in; a block is as
+  large as the path carries unfragmented: 1024 bytes on a 1500-byte LAN, multiples of 1024 (BERT's
+  SZX 7, RFC 8323 §6) where the route's MTU is larger (loopback);
 - **answers within the server's rules**: an answer opens only under the context that protected the
   request (RFC 8613 §8.4); an error to a message that did not open goes back unprotected (4.01
   *Security context not found*, 4.01 *Replay detected*, 4.00 *Decryption failed*), any other answer
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import itertools
 import logging
 import random
 import secrets
@@ -75,6 +77,9 @@ _MAX_ASSEMBLIES = 8
 """Long messages one context may have under assembly at once."""
 _ASSEMBLY_S = 30.0
 """A long message with no block for this long is dropped."""
+_IDLE_S = 2.0
+"""A long message with no block for this long gives way to a new one from its session when that session
+has `_MAX_ASSEMBLIES` under way (its sender gave it up: a live one has blocks in flight)."""
 _MAX_HANDLING = 256
 """Complete messages whose handler is still running; past it, 5.03."""
 _OVERHEAD = 64
@@ -146,6 +151,18 @@ class _Assembly:
     parts: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
     at: float = 0.0
+    total: int | None = None
+    final: _Asked | None = None
+    """The last block's request, answered once every block is in (it may arrive before others)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A request being answered: the datagram, where it came from, what its answer is bound to."""
+
+    message: Datagram
+    address: Sockaddr
+    request: RequestId
 
 
 def _split(plaintext: bytes) -> tuple[int, list[tuple[int, bytes]], bytes]:
@@ -370,10 +387,11 @@ class MessageLane:
                 raise LaneRefused(code, payload.decode(errors="replace"), protected=True)
             return code, payload
 
-        async with asyncio.TaskGroup() as group:
+        async with asyncio.TaskGroup() as group:  # the last block too: the peer answers it when all are in
             for start in starts[:-1]:
                 group.create_task(block(start, True))
-        return await block(starts[-1], False)
+            last = group.create_task(block(starts[-1], False))
+        return last.result()
 
     async def _ask(
         self,
@@ -453,58 +471,65 @@ class MessageLane:
             self.refused(exc.diagnostic)
             self._answer(message, address, exc.code, exc.diagnostic.encode())
             return
+        asked = _Asked(message, address, request)
         try:
             code, options, payload = _split(plaintext)
             if code != Code.POST:
                 raise Refused(Code.BAD_REQUEST, "only POST")
-            body = self._body(context, options, payload, now)
-            if body is None:
-                block = wire.first(options, wire.BLOCK1) or b""
-                self._seal(message, address, context, request, Code.CONTINUE, [(wire.BLOCK1, block)])
-                return
+            block = wire.first(options, wire.BLOCK1)
+            if block is None:
+                if len(payload) > self.max_body:
+                    raise Refused(Code.TOO_LARGE, f"a message is at most {self.max_body} bytes")
+                whole: tuple[_Asked, bytes] | None = (asked, payload)
+            else:
+                whole = self._block(context, block, options, payload, asked, now)
+                if wire.block_of(block)[1]:  # a block before the last: 2.31, whatever else it completed
+                    self._seal(asked, context, Code.CONTINUE, [(wire.BLOCK1, block)])
+        except (WireError, Refused) as exc:
+            refusal = exc if isinstance(exc, Refused) else Refused(Code.BAD_REQUEST, "bad message")
+            self.refused(refusal.diagnostic)
+            self._seal(asked, context, refusal.code, [], refusal.diagnostic.encode())
+            return
+        if whole is not None:
+            path = tuple(value for number, value in options if number == wire.URI_PATH)
+            self._complete(whole[0], context, path, whole[1])
+
+    def _complete(self, asked: _Asked, context: OscoreContext, path: tuple[bytes, ...], body: bytes) -> None:
+        """A whole message: to the handler, its answer to ``asked`` (the request, or its last block)."""
+        try:
             if len(self._handling) >= _MAX_HANDLING:
                 raise Refused(Code.UNAVAILABLE, "busy")
-            path = tuple(value for number, value in options if number == wire.URI_PATH)
             answer = self.handle(context, path, body)
-        except WireError:
-            self.refused("a protected message that does not parse")
-            self._seal(message, address, context, request, Code.BAD_REQUEST, [], b"bad message")
-            return
         except Refused as exc:
             self.refused(exc.diagnostic)
-            self._seal(message, address, context, request, exc.code, [], exc.diagnostic.encode())
+            self._seal(asked, context, exc.code, [], exc.diagnostic.encode())
             return
         if isinstance(answer, bytes):
-            self._seal(message, address, context, request, Code.CHANGED, [], answer)
+            self._seal(asked, context, Code.CHANGED, [], answer)
         else:
-            task = asyncio.ensure_future(self._later(message, address, context, request, answer))
+            task = asyncio.ensure_future(self._later(asked, context, answer))
             self._handling.add(task)
             task.add_done_callback(self._handling.discard)
 
-    async def _later(
-        self,
-        message: Datagram,
-        address: Sockaddr,
-        context: OscoreContext,
-        request: RequestId,
-        answer: Awaitable[bytes],
-    ) -> None:
+    async def _later(self, asked: _Asked, context: OscoreContext, answer: Awaitable[bytes]) -> None:
         try:
             payload = await answer
         except Refused as exc:
-            self._seal(message, address, context, request, exc.code, [], exc.diagnostic.encode())
+            self._seal(asked, context, exc.code, [], exc.diagnostic.encode())
         else:
-            self._seal(message, address, context, request, Code.CHANGED, [], payload)
+            self._seal(asked, context, Code.CHANGED, [], payload)
 
-    def _body(
-        self, context: OscoreContext, options: list[tuple[int, bytes]], payload: bytes, now: float
-    ) -> bytes | None:
-        """The whole body, once its last block is in (None: more to come); raises Refused."""
-        block = wire.first(options, wire.BLOCK1)
-        if block is None:
-            if len(payload) > self.max_body:
-                raise Refused(Code.TOO_LARGE, f"a message is at most {self.max_body} bytes")
-            return payload
+    def _block(
+        self,
+        context: OscoreContext,
+        block: bytes,
+        options: list[tuple[int, bytes]],
+        payload: bytes,
+        asked: _Asked,
+        now: float,
+    ) -> tuple[_Asked, bytes] | None:
+        """Take one block; once every block is in, the last block's request and the whole body (None:
+        more to come). Blocks arrive in any order; raises Refused."""
         num, more, szx = wire.block_of(block)
         unit = 1024 if szx == 7 else 16 << szx
         start = num * unit
@@ -517,19 +542,27 @@ class MessageLane:
         assembly = self._assemblies.get(key)
         if assembly is None:
             self._prune(now)
-            if sum(1 for c, _ in self._assemblies if c == key[0]) >= _MAX_ASSEMBLIES:
-                raise Refused(Code.UNAVAILABLE, f"at most {_MAX_ASSEMBLIES} long messages at once")
+            mine = [(a.at, k) for k, a in self._assemblies.items() if k[0] == key[0]]
+            if len(mine) >= _MAX_ASSEMBLIES:
+                at, oldest = min(mine)
+                if now - at < _IDLE_S:
+                    raise Refused(Code.UNAVAILABLE, f"at most {_MAX_ASSEMBLIES} long messages at once")
+                del self._assemblies[oldest]
             assembly = self._assemblies[key] = _Assembly()
         assembly.at = now
+        if not more:
+            assembly.total, assembly.final = start + len(payload), asked
         if start not in assembly.parts:
             assembly.parts[start] = payload
             assembly.size += len(payload)
-        if more:
+        if assembly.total is None or assembly.final is None or assembly.size < assembly.total:
             return None
         del self._assemblies[key]
-        if assembly.size != start + len(payload):
-            raise Refused(Code.INCOMPLETE, "blocks are missing")
-        return b"".join(assembly.parts[at] for at in sorted(assembly.parts))
+        body = b"".join(assembly.parts[at] for at in sorted(assembly.parts))
+        offsets = itertools.accumulate((len(assembly.parts[at]) for at in sorted(assembly.parts)), initial=0)
+        if len(body) != assembly.total or list(offsets)[:-1] != sorted(assembly.parts):
+            raise Refused(Code.INCOMPLETE, "blocks overlap or are missing")
+        return assembly.final, body
 
     def _prune(self, now: float) -> None:
         stale = [k for k, a in self._assemblies.items() if now - a.at > _ASSEMBLY_S]
@@ -547,16 +580,14 @@ class MessageLane:
 
     def _seal(
         self,
-        message: Datagram,
-        address: Sockaddr,
+        asked: _Asked,
         context: OscoreContext,
-        request: RequestId,
         code: int,
         options: list[tuple[int, bytes]],
         payload: bytes = b"",
     ) -> None:
-        option, ciphertext = context.protect_response(request, _plaintext(code, options, payload))
-        self._answer(message, address, Code.CHANGED, ciphertext, [(wire.OSCORE, option)])
+        option, ciphertext = context.protect_response(asked.request, _plaintext(code, options, payload))
+        self._answer(asked.message, asked.address, Code.CHANGED, ciphertext, [(wire.OSCORE, option)])
 
     def _answer(
         self,

@@ -60,7 +60,8 @@ __all__ = ["CoapLinks", "context_of"]
 log = logging.getLogger(__name__)
 
 _REPLY_BYTES = 900
-"""Replies one answer carries at most (with OSCORE's overhead, well within one datagram)."""
+"""Replies one answer carries at most where the route's datagram size is not known (with OSCORE's
+overhead, well within IPv6's minimum MTU); else as much as one datagram back carries."""
 _REPLY_TURNS = 6
 """Loop turns a request's answer waits for replies to it (an acceptance or a pong takes 3-4)."""
 _TIME = 8
@@ -88,15 +89,17 @@ def _sockaddr(endpoint: Endpoint) -> Sockaddr:
 
 class Replies:
     """Replies to one request, packed into its answer (each a 2-byte length, then the message), at
-    most `_REPLY_BYTES` of them: a request's round trip carries its acceptance or pong."""
+    most one datagram of them (the answer never goes block-wise): a request's round trip carries its
+    acceptance or pong, or the whole answer to it when that is short."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = _REPLY_BYTES) -> None:
         self.parts: list[bytes] = []
         self.size = 0
+        self.limit = limit
         self.at = time.monotonic()
 
     def take(self, stamped: bytes) -> bool:
-        if self.size + 2 + len(stamped) > _REPLY_BYTES:
+        if self.size + 2 + len(stamped) > self.limit:
             return False
         self.parts.append(stamped)
         self.size += 2 + len(stamped)
@@ -279,7 +282,9 @@ class CoapLinks(Connector):
         collecting = self._replies.get(sender)
         if channel is not Channel.REQUESTS or (collecting and time.monotonic() - collecting.at < 1.0):
             return b""  # another request from that run is collecting already
-        replies = self._replies[sender] = Replies()
+        endpoint = self.book.endpoint(sender[0])
+        limit = self.lane.budget(endpoint[0]) - 16 if endpoint is not None else _REPLY_BYTES
+        replies = self._replies[sender] = Replies(limit)
         return self._collect(sender, replies)
 
     def received(self, context: OscoreContext, channel: Channel, payload: bytes) -> tuple[str, str]:

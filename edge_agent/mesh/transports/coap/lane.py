@@ -21,8 +21,9 @@ The lane keeps CoAP on the wire and does only what these exchanges need:
   *Security context not found*, 4.01 *Replay detected*, 4.00 *Decryption failed*), any other answer
   protected.
 
-Everything a peer can make it hold is bounded: deduplication entries (count and age), long messages under
-assembly (per context, bytes up to the caller's limit, age), handlers running at once.
+This module is the socket and the asking side; `lane_serving` answers. Everything a peer can make the
+lane hold is bounded: exchanges are its own, deduplication entries, assemblies and running handlers
+are bounded there.
 """
 
 from __future__ import annotations
@@ -31,72 +32,45 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import itertools
 import logging
 import random
 import secrets
 import socket
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.mesh.transports.coap import wire
-from edge_agent.mesh.transports.coap.protection import (
-    OscoreContext,
-    ProtectionError,
-    RequestId,
-    parse_option,
+from edge_agent.mesh.transports.coap.lane_serving import (
+    MAX_ASSEMBLIES,
+    Handler,
+    LaneServer,
+    Refused,
+    Sockaddr,
 )
+from edge_agent.mesh.transports.coap.protection import OscoreContext, RequestId
 from edge_agent.mesh.transports.coap.wire import ACK, CON, NON, RST, Code, Datagram, WireError
 
 __all__ = ["Handler", "LaneRefused", "MessageLane", "Refused", "Sockaddr", "Traffic", "path_budget"]
 
 log = logging.getLogger(__name__)
 
-Sockaddr = tuple[Any, ...]
-"""An address of the endpoint's (IPv6, v4-mapped) socket."""
 
 _ACK_TIMEOUT = 0.5
 _ACK_RANDOM = 1.5
 _MAX_RETRANSMIT = 4
 """RFC 7252 §4.8's transmission parameters, with the first retry after ~0.5 s (not 2-3 s): a lost
 datagram must be resent well within the mesh's stall timeout."""
-_DEDUP_S = 0.5 * (2**_MAX_RETRANSMIT - 1) * _ACK_RANDOM + 5.0
-"""How long an answer is kept for a retransmitted request: MAX_TRANSMIT_SPAN and a margin."""
-_DEDUP_MAX = 16384
-"""At most this many remembered answers (~30 bytes each for a block's 2.31): enough for a retransmission
-to find its answer at 10,000 datagrams a second; past it the oldest go, and a late retransmission is
-refused as a replay, which the sender takes as a lost message, not a lost session."""
 _WINDOW = 8
 _WINDOW_BYTES = 64 * 1024
 """Blocks of one long message in flight at once: at most 8 (RFC 9177's MAX_PAYLOADS is 10), and at most
 64 KiB of them (what the receiving socket's buffer is sure to hold)."""
-_MAX_ASSEMBLIES = 8
-"""Long messages one context may have under assembly at once."""
-_ASSEMBLY_S = 30.0
-"""A long message with no block for this long is dropped."""
-_IDLE_S = 2.0
-"""A long message with no block for this long gives way to a new one from its session when that session
-has `_MAX_ASSEMBLIES` under way (its sender gave it up: a live one has blocks in flight)."""
-_MAX_HANDLING = 256
-"""Complete messages whose handler is still running; past it, 5.03."""
 _OVERHEAD = 64
 """Bytes a datagram needs besides a block: CoAP header, token, OSCORE option, inner options, tag."""
 _DATAGRAM_MAX = 65507
 """The largest UDP payload (IPv4)."""
 _RECEIVE_BUFFER = 1 << 20
 _INDEFINITE_RESPONSES = frozenset({ACK, CON, NON})
-
-
-class Refused(Exception):
-    """The serving side's refusal of a message that opened: answered protected with ``code``."""
-
-    def __init__(self, code: int, diagnostic: str) -> None:
-        super().__init__(f"{Code.text(code)} {diagnostic}")
-        self.code = code
-        self.diagnostic = diagnostic
 
 
 class LaneRefused(Exception):
@@ -109,11 +83,6 @@ class LaneRefused(Exception):
         self.protected = protected
         """Whether the refusal came under the session's keys (False: an OSCORE error, the context is
         unknown or the message did not open there)."""
-
-
-Handler = Callable[[OscoreContext, tuple[bytes, ...], bytes], "bytes | Awaitable[bytes]"]
-"""What a complete, opened message is handed to: (its context, its Uri-Path, its body) -> the answer's
-payload, now or later; raises `Refused`."""
 
 
 @dataclass(slots=True)
@@ -135,46 +104,6 @@ class _Exchange:
     interval: float
     sent: int = 1
     timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(slots=True)
-class _Seen:
-    """A request this lane answered (or is answering), kept for its retransmissions."""
-
-    fingerprint: int
-    at: float
-    answer: bytes | None = None
-
-
-@dataclass(slots=True)
-class _Assembly:
-    parts: dict[int, bytes] = field(default_factory=dict)
-    size: int = 0
-    at: float = 0.0
-    total: int | None = None
-    final: _Asked | None = None
-    """The last block's request, answered once every block is in (it may arrive before others)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Asked:
-    """A request being answered: the datagram, where it came from, what its answer is bound to."""
-
-    message: Datagram
-    address: Sockaddr
-    request: RequestId
-
-
-def _split(plaintext: bytes) -> tuple[int, list[tuple[int, bytes]], bytes]:
-    if not plaintext:
-        raise WireError("empty plaintext")
-    options, payload = wire.decode_options(plaintext, 1)
-    return plaintext[0], options, payload
-
-
-def _plaintext(code: int, options: list[tuple[int, bytes]], payload: bytes) -> bytes:
-    body = bytes([code]) + wire.encode_options(options)
-    return body + b"\xff" + payload if payload else body
 
 
 def path_budget(host: str) -> int:
@@ -204,26 +133,25 @@ class MessageLane:
         max_body: int,
         refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
-        self.keys = keys
-        """A request's key id -> its context; raises ProtectionError (4.01 *Security context not found*)."""
-        self.handle = handle
-        self.max_body = max_body
-        self.refused = refused
-        """Told the reason each time a message is refused (counted and logged by the caller)."""
         self._sock: socket.socket | None = None
         self._exchanges: dict[bytes, _Exchange] = {}
         self._by_mid: dict[int, bytes] = {}
         self._token_prefix = secrets.token_bytes(4)
         self._counter = 0
         self._mid = secrets.randbelow(1 << 16)
-        self._seen: OrderedDict[tuple[Sockaddr, int], _Seen] = OrderedDict()
-        self._assemblies: dict[tuple[int, bytes], _Assembly] = {}
-        self._handling: set[asyncio.Task[None]] = set()
+        self.server = LaneServer(
+            keys=keys,
+            handle=handle,
+            max_body=max_body,
+            refused=refused,
+            sendto=self._send,
+            next_mid=self._next_mid,
+        )
         self._budgets: dict[str, int] = {}
         self.traffic = Traffic()
         self._long: dict[Sockaddr, tuple[asyncio.Semaphore, list[int]]] = {}
         """Per address with long messages on their way to it: the slots left, and how many hold or
-        wait for one (its peer assembles at most `_MAX_ASSEMBLIES` per session)."""
+        wait for one (its peer assembles at most `MAX_ASSEMBLIES` per session)."""
 
     # -- the socket -----------------------------------------------------------------------------------
 
@@ -253,10 +181,7 @@ class MessageLane:
         for exchange in list(self._exchanges.values()):
             if not exchange.future.done():
                 exchange.future.set_exception(ConnectionError("the CoAP endpoint closed"))
-        for task in list(self._handling):
-            task.cancel()
-        self._assemblies.clear()
-        self._seen.clear()
+        self.server.clear()
 
     def _send(self, data: bytes, address: Sockaddr) -> None:
         sock = self._sock
@@ -287,7 +212,7 @@ class MessageLane:
             option = wire.first(message.options, wire.OSCORE)
             if option is None:
                 return False
-            self._serve(message, option, data, address)
+            self.server.serve(message, option, data, address)
             return True
         exchange = self._exchanges.get(message.token) if message.code else None
         if exchange is None and message.mtype in (ACK, RST) and not message.code:
@@ -351,8 +276,8 @@ class MessageLane:
 
     @contextlib.asynccontextmanager
     async def _long_slot(self, address: Sockaddr) -> AsyncIterator[None]:
-        """One of the `_MAX_ASSEMBLIES` long messages that may be on their way to ``address`` at once."""
-        slots, users = self._long.setdefault(address, (asyncio.Semaphore(_MAX_ASSEMBLIES), [0]))
+        """One of the `MAX_ASSEMBLIES` long messages that may be on their way to ``address`` at once."""
+        slots, users = self._long.setdefault(address, (asyncio.Semaphore(MAX_ASSEMBLIES), [0]))
         users[0] += 1
         try:
             async with slots:
@@ -401,10 +326,10 @@ class MessageLane:
         payload: bytes,
         deadline: float,
     ) -> tuple[int, list[tuple[int, bytes]], bytes]:
-        option, ciphertext, request = context.protect_request(_plaintext(Code.POST, options, payload))
+        option, ciphertext, request = context.protect_request(wire.plaintext(Code.POST, options, payload))
         self._counter = (self._counter + 1) & 0xFFFFFFFF
         token = self._token_prefix + self._counter.to_bytes(4, "big")
-        self._mid = mid = (self._mid + 1) & 0xFFFF
+        mid = self._next_mid()
         data = wire.encode(Datagram(CON, Code.POST, mid, token, [(wire.OSCORE, option)], ciphertext))
         loop = asyncio.get_running_loop()
         exchange = _Exchange(
@@ -424,6 +349,10 @@ class MessageLane:
             if self._by_mid.get(mid) == token:
                 del self._by_mid[mid]
         return self._opened(context, request, answer)
+
+    def _next_mid(self) -> int:
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
 
     def _resend(self, token: bytes) -> None:
         exchange = self._exchanges.get(token)
@@ -445,165 +374,8 @@ class MessageLane:
         if option is None:  # an OSCORE error (RFC 8613 §8.2): not under the keys
             raise LaneRefused(answer.code, answer.payload.decode(errors="replace"), protected=False)
         try:
-            return _split(context.unprotect_response(request, option, answer.payload))
+            return wire.split_plaintext(context.unprotect_response(request, option, answer.payload))
         except WireError:
             raise LaneRefused(Code.BAD_REQUEST, "an answer that does not parse", protected=True) from None
 
     # -- serving --------------------------------------------------------------------------------------
-
-    def _serve(self, message: Datagram, option: bytes, data: bytes, address: Sockaddr) -> None:
-        now = time.monotonic()
-        key = (address, message.mid)
-        if message.mtype == CON:
-            seen = self._seen.get(key)
-            if seen is not None and seen.fingerprint == hash(data) and now - seen.at < _DEDUP_S:
-                if seen.answer is not None:  # a retransmission: the same answer again
-                    self._send(seen.answer, address)
-                return
-            self._remember(key, _Seen(hash(data), now), now)
-        try:
-            piv, kid = parse_option(option)
-            if kid is None:
-                raise ProtectionError(Code.BAD_REQUEST, "Decryption failed")
-            context = self.keys(kid)
-            plaintext, request = context.unprotect_request(piv, message.payload)
-        except ProtectionError as exc:
-            self.refused(exc.diagnostic)
-            self._answer(message, address, exc.code, exc.diagnostic.encode())
-            return
-        asked = _Asked(message, address, request)
-        try:
-            code, options, payload = _split(plaintext)
-            if code != Code.POST:
-                raise Refused(Code.BAD_REQUEST, "only POST")
-            block = wire.first(options, wire.BLOCK1)
-            if block is None:
-                if len(payload) > self.max_body:
-                    raise Refused(Code.TOO_LARGE, f"a message is at most {self.max_body} bytes")
-                whole: tuple[_Asked, bytes] | None = (asked, payload)
-            else:
-                whole = self._block(context, block, options, payload, asked, now)
-                if wire.block_of(block)[1]:  # a block before the last: 2.31, whatever else it completed
-                    self._seal(asked, context, Code.CONTINUE, [(wire.BLOCK1, block)])
-        except (WireError, Refused) as exc:
-            refusal = exc if isinstance(exc, Refused) else Refused(Code.BAD_REQUEST, "bad message")
-            self.refused(refusal.diagnostic)
-            self._seal(asked, context, refusal.code, [], refusal.diagnostic.encode())
-            return
-        if whole is not None:
-            path = tuple(value for number, value in options if number == wire.URI_PATH)
-            self._complete(whole[0], context, path, whole[1])
-
-    def _complete(self, asked: _Asked, context: OscoreContext, path: tuple[bytes, ...], body: bytes) -> None:
-        """A whole message: to the handler, its answer to ``asked`` (the request, or its last block)."""
-        try:
-            if len(self._handling) >= _MAX_HANDLING:
-                raise Refused(Code.UNAVAILABLE, "busy")
-            answer = self.handle(context, path, body)
-        except Refused as exc:
-            self.refused(exc.diagnostic)
-            self._seal(asked, context, exc.code, [], exc.diagnostic.encode())
-            return
-        if isinstance(answer, bytes):
-            self._seal(asked, context, Code.CHANGED, [], answer)
-        else:
-            task = asyncio.ensure_future(self._later(asked, context, answer))
-            self._handling.add(task)
-            task.add_done_callback(self._handling.discard)
-
-    async def _later(self, asked: _Asked, context: OscoreContext, answer: Awaitable[bytes]) -> None:
-        try:
-            payload = await answer
-        except Refused as exc:
-            self._seal(asked, context, exc.code, [], exc.diagnostic.encode())
-        else:
-            self._seal(asked, context, Code.CHANGED, [], payload)
-
-    def _block(
-        self,
-        context: OscoreContext,
-        block: bytes,
-        options: list[tuple[int, bytes]],
-        payload: bytes,
-        asked: _Asked,
-        now: float,
-    ) -> tuple[_Asked, bytes] | None:
-        """Take one block; once every block is in, the last block's request and the whole body (None:
-        more to come). Blocks arrive in any order; raises Refused."""
-        num, more, szx = wire.block_of(block)
-        unit = 1024 if szx == 7 else 16 << szx
-        start = num * unit
-        key = (id(context), wire.first(options, wire.REQUEST_TAG) or b"")
-        if start + len(payload) > self.max_body:
-            self._assemblies.pop(key, None)
-            raise Refused(Code.TOO_LARGE, f"a message is at most {self.max_body} bytes")
-        if more and (not payload or len(payload) % unit or (szx < 7 and len(payload) != unit)):
-            raise Refused(Code.BAD_REQUEST, "a block of the wrong size")
-        assembly = self._assemblies.get(key)
-        if assembly is None:
-            self._prune(now)
-            mine = [(a.at, k) for k, a in self._assemblies.items() if k[0] == key[0]]
-            if len(mine) >= _MAX_ASSEMBLIES:
-                at, oldest = min(mine)
-                if now - at < _IDLE_S:
-                    raise Refused(Code.UNAVAILABLE, f"at most {_MAX_ASSEMBLIES} long messages at once")
-                del self._assemblies[oldest]
-            assembly = self._assemblies[key] = _Assembly()
-        assembly.at = now
-        if not more:
-            assembly.total, assembly.final = start + len(payload), asked
-        if start not in assembly.parts:
-            assembly.parts[start] = payload
-            assembly.size += len(payload)
-        if assembly.total is None or assembly.final is None or assembly.size < assembly.total:
-            return None
-        del self._assemblies[key]
-        body = b"".join(assembly.parts[at] for at in sorted(assembly.parts))
-        offsets = itertools.accumulate((len(assembly.parts[at]) for at in sorted(assembly.parts)), initial=0)
-        if len(body) != assembly.total or list(offsets)[:-1] != sorted(assembly.parts):
-            raise Refused(Code.INCOMPLETE, "blocks overlap or are missing")
-        return assembly.final, body
-
-    def _prune(self, now: float) -> None:
-        stale = [k for k, a in self._assemblies.items() if now - a.at > _ASSEMBLY_S]
-        for k in stale:
-            del self._assemblies[k]
-
-    def _remember(self, key: tuple[Sockaddr, int], seen: _Seen, now: float) -> None:
-        self._seen[key] = seen
-        self._seen.move_to_end(key)
-        while self._seen:
-            oldest = next(iter(self._seen.values()))
-            if len(self._seen) <= _DEDUP_MAX and now - oldest.at < _DEDUP_S:
-                break
-            self._seen.popitem(last=False)
-
-    def _seal(
-        self,
-        asked: _Asked,
-        context: OscoreContext,
-        code: int,
-        options: list[tuple[int, bytes]],
-        payload: bytes = b"",
-    ) -> None:
-        option, ciphertext = context.protect_response(asked.request, _plaintext(code, options, payload))
-        self._answer(asked.message, asked.address, Code.CHANGED, ciphertext, [(wire.OSCORE, option)])
-
-    def _answer(
-        self,
-        message: Datagram,
-        address: Sockaddr,
-        code: int,
-        payload: bytes,
-        options: list[tuple[int, bytes]] | None = None,
-    ) -> None:
-        if message.mtype == CON:
-            mtype, mid = ACK, message.mid
-        else:
-            mtype, self._mid = NON, (self._mid + 1) & 0xFFFF
-            mid = self._mid
-        data = wire.encode(Datagram(mtype, code, mid, message.token, options or [], payload))
-        seen = self._seen.get((address, message.mid)) if message.mtype == CON else None
-        if seen is not None:
-            seen.answer = data
-        self._send(data, address)

@@ -29,6 +29,8 @@ __all__ = [
     "encode",
     "encode_options",
     "first",
+    "plaintext",
+    "split_plaintext",
 ]
 
 CON, NON, ACK, RST = 0, 1, 2, 3
@@ -195,3 +197,17 @@ def block_of(value: bytes) -> tuple[int, bool, int]:
         raise WireError("a block option is at most 3 bytes")
     number = int.from_bytes(value, "big")
     return number >> 4, bool(number & 0x08), number & 0x07
+
+
+def plaintext(code: int, options: list[tuple[int, bytes]], payload: bytes) -> bytes:
+    """The inner message OSCORE protects (RFC 8613 §5.3): code, options, payload."""
+    body = bytes([code]) + encode_options(options)
+    return body + b"\xff" + payload if payload else body
+
+
+def split_plaintext(data: bytes) -> tuple[int, list[tuple[int, bytes]], bytes]:
+    """(code, options, payload) of an inner message; raises WireError."""
+    if not data:
+        raise WireError("empty plaintext")
+    options, payload = decode_options(data, 1)
+    return data[0], options, payload

@@ -36,7 +36,7 @@ import logging
 import random
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,9 +62,9 @@ _MAX_RETRANSMIT = 4
 """RFC 7252 §4.8's transmission parameters, with the first retry after ~0.5 s (not 2-3 s): a lost
 datagram must be resent well within the mesh's stall timeout."""
 _WINDOW = 8
-_WINDOW_BYTES = 64 * 1024
+_WINDOW_BYTES = 128 * 1024
 """Blocks of one long message in flight at once: at most 8 (RFC 9177's MAX_PAYLOADS is 10), and at most
-64 KiB of them (what the receiving socket's buffer is sure to hold)."""
+128 KiB of them (two of loopback's largest blocks; Linux's default receive buffer, 208 KiB, holds them)."""
 _OVERHEAD = 64
 """Bytes a datagram needs besides a block: CoAP header, token, OSCORE option, inner options, tag."""
 _DATAGRAM_MAX = 65507
@@ -132,6 +132,7 @@ class MessageLane:
         handle: Handler,
         max_body: int,
         refused: Callable[[str], None] = lambda reason: None,
+        settle: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._sock: socket.socket | None = None
         self._exchanges: dict[bytes, _Exchange] = {}
@@ -146,6 +147,7 @@ class MessageLane:
             refused=refused,
             sendto=self._send,
             next_mid=self._next_mid,
+            settle=settle,
         )
         self._budgets: dict[str, int] = {}
         self.traffic = Traffic()

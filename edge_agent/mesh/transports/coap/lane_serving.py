@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ _ASSEMBLY_S = 30.0
 _IDLE_S = 2.0
 """A long message with no block for this long gives way to a new one from its session when that session
 has `MAX_ASSEMBLIES` under way (its sender gave it up: a live one has blocks in flight)."""
+_UNKNOWN = "Security context not found"
 _MAX_HANDLING = 256
 """Complete messages whose handler is still running; past it, 5.03."""
 
@@ -108,6 +109,7 @@ class LaneServer:
         refused: Callable[[str], None],
         sendto: Callable[[bytes, Sockaddr], None],
         next_mid: Callable[[], int],
+        settle: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.keys = keys
         """A request's key id -> its context; raises ProtectionError (4.01 *Security context not found*)."""
@@ -116,6 +118,10 @@ class LaneServer:
         self.refused = refused
         self._sendto = sendto
         self._next_mid = next_mid
+        self.settle = settle
+        """Waits until the handshake frames received so far are read: a request under a key id not
+        known yet is judged again after it (the handshake's last message and the first request under
+        its keys travel different ways, and the request may come first)."""
         self._seen: OrderedDict[tuple[Sockaddr, int], _Seen] = OrderedDict()
         self._assemblies: dict[tuple[int, bytes], _Assembly] = {}
         self._handling: set[asyncio.Task[None]] = set()
@@ -138,6 +144,11 @@ class LaneServer:
                     self._sendto(seen.answer, address)
                 return
             self._remember(key, _Seen(hash(data), now), now)
+        self._open(message, option, address, now, settled=self.settle is None)
+
+    def _open(
+        self, message: Datagram, option: bytes, address: Sockaddr, now: float, *, settled: bool
+    ) -> None:
         try:
             piv, kid = parse_option(option)
             if kid is None:
@@ -145,6 +156,9 @@ class LaneServer:
             context = self.keys(kid)
             plaintext, request = context.unprotect_request(piv, message.payload)
         except ProtectionError as exc:
+            if not settled and exc.diagnostic == _UNKNOWN and len(self._handling) < _MAX_HANDLING:
+                self._spawn(self._after_settling(message, option, address))
+                return
             self.refused(exc.diagnostic)
             self._answer(message, address, exc.code, exc.diagnostic.encode())
             return
@@ -184,9 +198,17 @@ class LaneServer:
         if isinstance(answer, bytes):
             self._seal(asked, context, Code.CHANGED, [], answer)
         else:
-            task = asyncio.ensure_future(self._later(asked, context, answer))
-            self._handling.add(task)
-            task.add_done_callback(self._handling.discard)
+            self._spawn(self._later(asked, context, answer))
+
+    async def _after_settling(self, message: Datagram, option: bytes, address: Sockaddr) -> None:
+        assert self.settle is not None
+        await self.settle()
+        self._open(message, option, address, time.monotonic(), settled=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._handling.add(task)
+        task.add_done_callback(self._handling.discard)
 
     async def _later(self, asked: _Asked, context: OscoreContext, answer: Awaitable[bytes]) -> None:
         try:

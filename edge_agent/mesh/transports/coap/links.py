@@ -64,6 +64,8 @@ _REPLY_BYTES = 900
 overhead, well within IPv6's minimum MTU); else as much as one datagram back carries."""
 _REPLY_TURNS = 6
 """Loop turns a request's answer waits for replies to it (an acceptance or a pong takes 3-4)."""
+_SETTLE_S = 1.0
+"""How long a request under an unknown key id waits for the handshakes already received to be read."""
 _TIME = 8
 """Bytes of the sender's clock (ms) before each message: freshness, as in the envelope."""
 _PATHS = {tuple(part.encode() for part in path): channel for channel, path in MESSAGE.items()}
@@ -146,7 +148,9 @@ class CoapLinks(Connector):
             handle=self._handle,
             max_body=node.limits.max_frame_bytes + _TIME,
             refused=lambda reason: log.info("refused a CoAP message: %s", reason),
+            settle=self._frames_read,
         )
+        self._transport: CoapTransport | None = None
         self._backoff: dict[str, float] = {}
         self._replies: dict[tuple[str, str], Replies] = {}
         """(device, run) -> the replies to its request being handled now (`_collect`)."""
@@ -155,7 +159,7 @@ class CoapLinks(Connector):
 
     def connect(self, departure_notice: bytes | None) -> Transport:
         """A new CoAP transport (no departure notice: UDP has no last will, silence tells instead)."""
-        return CoapTransport(
+        transport = self._transport = CoapTransport(
             self.settings,
             household=self.node.household,
             device=self.node.device_id,
@@ -164,6 +168,12 @@ class CoapLinks(Connector):
             on_open=self._opened,
             unreachable=lambda device_id: self._backoff.get(device_id, 0.0) > time.monotonic(),
         )
+        return transport
+
+    async def _frames_read(self) -> bool:
+        """The lane's wait before it refuses a key id: the session handshakes received so far are read."""
+        transport = self._transport
+        return transport is not None and await transport.frames_read(_SETTLE_S)
 
     def _opened(self, context: aiocoap.Context | None, port: int | None) -> None:
         if context is None:

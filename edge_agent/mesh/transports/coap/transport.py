@@ -272,12 +272,17 @@ class CoapTransport(Transport):
                 await self._discovered.wait()
         except TimeoutError:
             return False
+        return await self.frames_read(max(0.0, end - time.monotonic()))
+
+    async def frames_read(self, timeout: float) -> bool:
+        """Whether the reader got past every frame received so far within ``timeout`` s (a session
+        handshake's last message among them: the message lane waits on it before it refuses a key id)."""
         if self.state is not TransportState.OPEN:
             return False
         reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            await self._inbox.put(_Barrier(reached))
-            async with asyncio.timeout(max(0.0, end - time.monotonic())):
+            async with asyncio.timeout(timeout):
+                await self._inbox.put(_Barrier(reached))
                 await reached
         except TimeoutError:
             return False

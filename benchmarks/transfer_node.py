@@ -31,8 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiocoap import Message
-
 from edge_agent.errors import DirectLinkError
 from edge_agent.mesh.assembly import MemberKeys, build_member
 from edge_agent.mesh.direct import DirectLinks
@@ -42,6 +40,7 @@ from edge_agent.mesh.protocol import DirectContact, Presence
 from edge_agent.mesh.settings import CoapSettings, MeshSettings
 from edge_agent.mesh.state import HouseholdState
 from edge_agent.mesh.transports.coap.links import CoapLinks
+from edge_agent.mesh.transports.coap.protection import OscoreContext
 from edge_agent.mesh.transports.mqtt import MqttConnector
 from edge_agent.sync.exchange import UpdateExchange
 from edge_agent.sync.store import UpdateStore
@@ -75,10 +74,10 @@ class CountingLinks(CoapLinks):
         self.taken["sent"] += 1
         self.taken["sent_bytes"] += len(payload)
 
-    def received(self, request: Message, channel: Channel) -> Any:
-        sender = super().received(request, channel)
+    def received(self, context: OscoreContext, channel: Channel, payload: bytes) -> tuple[str, str]:
+        sender = super().received(context, channel, payload)
         self.taken["messages"] += 1
-        self.taken["bytes"] += len(request.payload)
+        self.taken["bytes"] += len(payload)
         return sender
 
 

@@ -247,3 +247,23 @@ async def test_a_request_under_a_key_id_not_known_yet_is_judged_after_the_handsh
         await asyncio.sleep(0)
     assert wire.decode(served.sent[-1][0]).payload == b"Security context not found"
     assert served.bodies == [b"first"]
+
+
+def test_a_failing_handler_is_answered_and_the_lane_serves_on(caplog: pytest.LogCaptureFixture) -> None:
+    client, server_side = _pair()
+    served = Served(server_side)
+    handle = served.server.handle
+
+    def failing(context: OscoreContext, path: tuple[bytes, ...], body: bytes) -> bytes:
+        if body == b"bug":
+            raise RuntimeError("a bug in the handler")
+        return handle(context, path, body)  # type: ignore[return-value]
+
+    served.server.handle = failing
+    data, request = _request(client, b"bug")
+    served.offer(data)
+    assert _opened(client, request, served.sent[-1][0]) == (wire.Code.INTERNAL, b"internal error")
+    assert "the handler of a CoAP message failed" in caplog.text
+    data, request = _request(client, b"fine")
+    served.offer(data)
+    assert _opened(client, request, served.sent[-1][0]) == (wire.Code.CHANGED, b"got 4")

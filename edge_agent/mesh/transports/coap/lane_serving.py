@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,6 +32,8 @@ from edge_agent.mesh.transports.coap.protection import (
 from edge_agent.mesh.transports.coap.wire import ACK, CON, NON, Code, Datagram, WireError
 
 __all__ = ["MAX_ASSEMBLIES", "Handler", "LaneServer", "Refused", "Sockaddr"]
+
+log = logging.getLogger(__name__)
 
 Sockaddr = tuple[Any, ...]
 """An address of the endpoint's (IPv6, v4-mapped) socket."""
@@ -195,6 +198,10 @@ class LaneServer:
             self.refused(exc.diagnostic)
             self._seal(asked, context, exc.code, [], exc.diagnostic.encode())
             return
+        except Exception:  # a bug here, not the peer's doing: answered, logged, the lane goes on
+            log.exception("the handler of a CoAP message failed")
+            self._seal(asked, context, Code.INTERNAL, [], b"internal error")
+            return
         if isinstance(answer, bytes):
             self._seal(asked, context, Code.CHANGED, [], answer)
         else:
@@ -215,6 +222,9 @@ class LaneServer:
             payload = await answer
         except Refused as exc:
             self._seal(asked, context, exc.code, [], exc.diagnostic.encode())
+        except Exception:
+            log.exception("the handler of a CoAP message failed")
+            self._seal(asked, context, Code.INTERNAL, [], b"internal error")
         else:
             self._seal(asked, context, Code.CHANGED, [], payload)
 

@@ -57,6 +57,7 @@ class Code:
     NOT_FOUND = 0x84  # 4.04
     INCOMPLETE = 0x88  # 4.08
     TOO_LARGE = 0x8D  # 4.13
+    INTERNAL = 0xA0  # 5.00
     UNAVAILABLE = 0xA3  # 5.03
 
     @staticmethod

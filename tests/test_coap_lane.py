@@ -43,7 +43,7 @@ class Served:
             keys=self._keys,
             handle=self._handle,
             max_body=8 * 1024,
-            refused=self.refusals.append,
+            refused=lambda refusal: self.refusals.append(refusal.diagnostic),
             sendto=lambda data, address: self.sent.append((data, address)),
             next_mid=lambda: 0,
         )

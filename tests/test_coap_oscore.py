@@ -135,7 +135,9 @@ async def _lane_server(
     )
     port = _free_udp_port()
     server = await server_context(PublicSite(site, {(GET, (".well-known", "core"))}), ("127.0.0.1", port), [])
-    lane = MessageLane(keys=keys, handle=whoami, max_body=4096, refused=refusals.append)
+    lane = MessageLane(
+        keys=keys, handle=whoami, max_body=4096, refused=lambda r: refusals.append(r.diagnostic)
+    )
     lane.attach(udp_interface(server))
     try:
         yield f"coap://127.0.0.1:{port}", refusals

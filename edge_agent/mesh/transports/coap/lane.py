@@ -48,7 +48,7 @@ from edge_agent.mesh.transports.coap.lane_serving import (
     Refused,
     Sockaddr,
 )
-from edge_agent.mesh.transports.coap.protection import OscoreContext, RequestId
+from edge_agent.mesh.transports.coap.protection import OscoreContext, ProtectionError, RequestId
 from edge_agent.mesh.transports.coap.wire import ACK, CON, NON, RST, Code, Datagram, WireError
 
 __all__ = ["Handler", "LaneRefused", "MessageLane", "Refused", "Sockaddr", "Traffic", "path_budget"]
@@ -131,7 +131,7 @@ class MessageLane:
         keys: Callable[[bytes], OscoreContext],
         handle: Handler,
         max_body: int,
-        refused: Callable[[str], None] = lambda reason: None,
+        refused: Callable[[ProtectionError | Refused], None] = lambda refusal: None,
         settle: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._sock: socket.socket | None = None

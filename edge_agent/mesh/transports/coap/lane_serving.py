@@ -109,7 +109,7 @@ class LaneServer:
         keys: Callable[[bytes], OscoreContext],
         handle: Handler,
         max_body: int,
-        refused: Callable[[str], None],
+        refused: Callable[[ProtectionError | Refused], None],
         sendto: Callable[[bytes, Sockaddr], None],
         next_mid: Callable[[], int],
         settle: Callable[[], Awaitable[bool]] | None = None,
@@ -162,7 +162,7 @@ class LaneServer:
             if not settled and exc.diagnostic == _UNKNOWN and len(self._handling) < _MAX_HANDLING:
                 self._spawn(self._after_settling(message, option, address))
                 return
-            self.refused(exc.diagnostic)
+            self.refused(exc)
             self._answer(message, address, exc.code, exc.diagnostic.encode())
             return
         asked = _Asked(message, address, request)
@@ -181,7 +181,7 @@ class LaneServer:
                     self._seal(asked, context, Code.CONTINUE, [(wire.BLOCK1, block)])
         except (WireError, Refused) as exc:
             refusal = exc if isinstance(exc, Refused) else Refused(Code.BAD_REQUEST, "bad message")
-            self.refused(refusal.diagnostic)
+            self.refused(refusal)
             self._seal(asked, context, refusal.code, [], refusal.diagnostic.encode())
             return
         if whole is not None:
@@ -195,7 +195,7 @@ class LaneServer:
                 raise Refused(Code.UNAVAILABLE, "busy")
             answer = self.handle(context, path, body)
         except Refused as exc:
-            self.refused(exc.diagnostic)
+            self.refused(exc)
             self._seal(asked, context, exc.code, [], exc.diagnostic.encode())
             return
         except Exception:  # a bug here, not the peer's doing: answered, logged, the lane goes on

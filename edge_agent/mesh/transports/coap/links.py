@@ -71,6 +71,14 @@ _TIME = 8
 _PATHS = {tuple(part.encode() for part in path): channel for channel, path in MESSAGE.items()}
 
 
+class _NoSession(ProtectionError):
+    """A key id that is no session here (4.01 *Security context not found*), and why."""
+
+    def __init__(self, reason: PeerError | None) -> None:
+        super().__init__(Code.UNAUTHORIZED, "Security context not found")
+        self.reason = reason
+
+
 def context_of(session: Session) -> OscoreContext:
     """The OSCORE context of ``session``, made on first use and kept on it (one per session, never
     copied: its sequence number and replay window are that session's alone)."""
@@ -147,7 +155,7 @@ class CoapLinks(Connector):
             keys=self._context_for,
             handle=self._handle,
             max_body=node.limits.max_frame_bytes + _TIME,
-            refused=lambda reason: log.info("refused a CoAP message: %s", reason),
+            refused=self._lane_refused,
             settle=self._frames_read,
         )
         self._transport: CoapTransport | None = None
@@ -270,15 +278,20 @@ class CoapLinks(Connector):
     def _context_for(self, kid: bytes) -> OscoreContext:
         """The lane's key lookup: a request's key id is our session index, its context is found only
         while that session may still receive."""
-        unknown = ProtectionError(Code.UNAUTHORIZED, "Security context not found")
         if len(kid) != 4:
-            raise unknown
+            raise _NoSession(None)
         try:
             session, _ = self.sessions.receiving(int.from_bytes(kid, "big"))
         except PeerError as exc:
-            self._refused(exc)
-            raise unknown from None
+            raise _NoSession(exc) from None
         return context_of(session)
+
+    def _lane_refused(self, refusal: ProtectionError | Refused) -> None:
+        """A message the lane refused for good (a key id is judged after the handshakes are read)."""
+        if isinstance(refusal, _NoSession) and refusal.reason is not None:
+            self._refused(refusal.reason)
+        else:
+            log.info("refused a CoAP message: %s", refusal)
 
     def _handle(
         self, context: OscoreContext, path: tuple[bytes, ...], body: bytes

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HEARTH_HOME ?= $(CURDIR)/.hearth
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help release run test test-agent test-ha-all check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs demo-packs install install-dev install-bench system-deps lint typecheck bench clean lock relock
+.PHONY: help release run test test-agent test-agent-slow test-fast-and-ha test-ha-all check test-ha test-ha-bridge test-ha-e2e screenshots ha-venv packs demo-packs install install-dev install-bench system-deps lint typecheck bench clean lock relock
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -139,10 +139,20 @@ system-deps:  ## apt-get install what the tests need (mosquitto, iproute2, nftab
 PARALLEL := $(MAKE) --no-print-directory -j2 --output-sync=target
 test: system-deps install-dev  ## Install everything (system packages too), lint, type-check, test: what CI runs
 	$(PARALLEL) packs lint typecheck ha-venv $(BRIDGE_VENV)/.installed
-	$(PARALLEL) test-agent test-ha-all
+	$(PARALLEL) test-agent-slow test-fast-and-ha
 
 test-agent: install-dev packs  ## The agent's suite (everything in tests/ but what needs the compiled LLM peer)
 	$(BIN)/python -m pytest -m "not llama_cpp" --durations=15
+
+# `make test` splits the agent's suite in its two tiers so that both cores work to the end: the slow tier
+# (packs, brokers, agents, namespaces) in one lane; the fast, in-memory tier and then Home Assistant's
+# three in the other (the fast tier shares nothing with the slow one: no ports, processes or files).
+test-agent-slow: install-dev packs
+	$(BIN)/python -m pytest -m "slow and not llama_cpp" --durations=15
+
+test-fast-and-ha: install-dev packs
+	$(BIN)/python -m pytest -m "not slow and not llama_cpp" -q
+	$(MAKE) --no-print-directory test-ha-all
 
 test-ha-all: ha-venv install-dev packs system-deps $(BRIDGE_VENV)/.installed  ## Home Assistant's three, one after another
 	$(MAKE) --no-print-directory test-ha

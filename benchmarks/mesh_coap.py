@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,26 @@ def coap_echo_process(*args: str, stdin: str | None = None) -> Iterator[int]:
         yield int(words[0])
 
 
+async def windowed_rate(ask: Callable[[], Awaitable[None]], n: int) -> float:
+    """Requests per second of ``n`` calls of ``ask`` with up to WINDOW in flight, each its own task."""
+    window = asyncio.Semaphore(WINDOW)
+
+    async def one() -> None:
+        try:
+            await ask()
+        finally:
+            window.release()
+
+    tasks: list[asyncio.Task[None]] = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await window.acquire()
+        tasks.append(asyncio.create_task(one()))
+    async with asyncio.timeout(120):
+        await asyncio.gather(*tasks)
+    return n / (time.perf_counter() - t0)
+
+
 class UdpCount:
     """The UDP payloads (CoAP messages) an aiocoap context's sockets send and receive, counted while
     ``on``: with two endpoints on loopback, every datagram of an exchange crosses the requester's."""
@@ -286,22 +306,7 @@ class LaneRequester:
         return time.perf_counter() - t0
 
     async def rate(self, payload: bytes, n: int) -> float:
-        window = asyncio.Semaphore(WINDOW)
-
-        async def one() -> None:
-            try:
-                await self.ask(payload)
-            finally:
-                window.release()
-
-        tasks: list[asyncio.Task[None]] = []
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await window.acquire()
-            tasks.append(asyncio.create_task(one()))
-        async with asyncio.timeout(120):
-            await asyncio.gather(*tasks)
-        return n / (time.perf_counter() - t0)
+        return await windowed_rate(lambda: self.ask(payload), n)
 
 
 class CoapRequester:
@@ -343,22 +348,7 @@ class CoapRequester:
 
     async def rate(self, payload: bytes, n: int, non: bool = False) -> float:
         """``n`` requests with up to WINDOW in flight, each its own task (concurrent callers)."""
-        window = asyncio.Semaphore(WINDOW)
-
-        async def one() -> None:
-            try:
-                await self.ask(payload, non, tag=True)
-            finally:
-                window.release()
-
-        tasks: list[asyncio.Task[None]] = []
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await window.acquire()
-            tasks.append(asyncio.create_task(one()))
-        async with asyncio.timeout(120):
-            await asyncio.gather(*tasks)
-        return n / (time.perf_counter() - t0)
+        return await windowed_rate(lambda: self.ask(payload, non, tag=True), n)
 
 
 def oscore_pair(requester_home: Path, responder_home: Path) -> tuple[OscoreMaterial, str, dict[str, str]]:

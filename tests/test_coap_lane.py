@@ -39,14 +39,20 @@ class Served:
         self.sent: list[tuple[bytes, tuple[object, ...]]] = []
         self.refusals: list[str] = []
         self.mid = 0
+        self.answered = asyncio.Event()
+        """Set by each answer sent (cleared by whoever waits for the next one)."""
         self.server = LaneServer(
             keys=self._keys,
             handle=self._handle,
             max_body=8 * 1024,
             refused=lambda refusal: self.refusals.append(refusal.diagnostic),
-            sendto=lambda data, address: self.sent.append((data, address)),
+            sendto=self._sendto,
             next_mid=lambda: 0,
         )
+
+    def _sendto(self, data: bytes, address: tuple[object, ...]) -> None:
+        self.sent.append((data, address))
+        self.answered.set()
 
     def _keys(self, kid: bytes) -> OscoreContext:
         if kid != self.context.recipient_id:
@@ -204,7 +210,6 @@ async def test_two_lanes_on_loopback_move_long_messages_in_small_and_large_block
             assert answer == b"ok" and got[-1] == body
             assert client.traffic.sent - before == datagrams  # 1024-byte blocks, or the route's (SZX 7)
         assert client.budget("127.0.0.1") > 60_000  # loopback's MTU is 64 KiB
-        await asyncio.sleep(0)
     finally:
         for (lane, _), context in zip(lanes, contexts, strict=True):
             lane.detach()
@@ -235,16 +240,15 @@ async def test_a_request_under_a_key_id_not_known_yet_is_judged_after_the_handsh
     served.offer(data)  # its retransmission while it waits: nothing twice
     assert served.sent == [] and served.bodies == []
     inbox_read.set()
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(served.answered.wait(), 5.0)
+    served.answered.clear()
     assert served.bodies == [b"first"]
     assert [_opened(client, request, d) for d, _ in served.sent] == [(wire.Code.CHANGED, b"got 5")]
     stranger, _ = _pair()
     stranger.sender_id = b"\x09\x09\x09\x09"  # a key id no handshake makes: refused after the wait
     forged, _ = _request(stranger, b"hi")
     served.offer(forged, STRANGER)
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(served.answered.wait(), 5.0)
     assert wire.decode(served.sent[-1][0]).payload == b"Security context not found"
     assert served.bodies == [b"first"]
 

@@ -68,7 +68,8 @@ _SETTLE_S = 1.0
 """How long a request under an unknown key id waits for the handshakes already received to be read."""
 _TIME = 8
 """Bytes of the sender's clock (ms) before each message: freshness, as in the envelope."""
-_PATHS = {tuple(part.encode() for part in path): channel for channel, path in MESSAGE.items()}
+_PATH_OF = {channel: tuple(part.encode() for part in path) for channel, path in MESSAGE.items()}
+_PATHS = {path: channel for channel, path in _PATH_OF.items()}
 
 
 class _NoSession(ProtectionError):
@@ -249,12 +250,11 @@ class CoapLinks(Connector):
         except (SessionError, TransportError) as exc:
             raise DirectLinkError(f"no session with {cert.name}: {exc}") from None
         budget = self.lane.budget(endpoint[0])
-        path = tuple(part.encode() for part in MESSAGE[channel])
         try:
             answer = await self.lane.post(
                 _sockaddr(endpoint),
                 context_of(current),
-                path,
+                _PATH_OF[channel],
                 stamped,
                 budget=budget,
                 timeout=self.settings.request_timeout_s,

@@ -12,7 +12,9 @@
   datagram the kernel refused to send (a local firewall, a full queue) is a lost datagram, which
   retransmission deals with;
 - it says nothing of the port a server bound to port 0 got: `free_port` picks one first;
-- its UDP interface is where the message lane (`lane`) sits: `udp_interface` finds it.
+- its UDP interface is where the message lane (`lane`) sits: `udp_interface` finds it;
+- its shutdown leaves the timers that send an empty ACK for a request still being answered: one firing
+  after the socket closed raises inside the loop's callback; `shutdown` cancels them first.
 
 `asking.ask` is the other workaround (never cancel aiocoap's response future).
 """
@@ -30,7 +32,7 @@ import aiocoap
 from aiocoap import interfaces
 from aiocoap.util import socknumbers
 
-__all__ = ["Tuning", "free_port", "server_context", "udp_interface"]
+__all__ = ["Tuning", "free_port", "server_context", "shutdown", "udp_interface"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,16 @@ async def server_context(
             holder.log = _PipeLog(holder.log, {})
     _sends_may_fail(context)
     return context
+
+
+async def shutdown(context: aiocoap.Context) -> None:
+    """``context.shutdown()``, its pending empty-ACK timers cancelled first (see the module docstring)."""
+    for holder in context.request_interfaces:
+        waiting: Any = getattr(getattr(holder, "token_interface", None), "_piggyback_opportunities", {})
+        for _, timer in list(waiting.values()):
+            timer.cancel()
+        waiting.clear()
+    await context.shutdown()
 
 
 def udp_interface(context: aiocoap.Context) -> Any:

@@ -48,7 +48,7 @@ from edge_agent.mesh.transports.coap.board import BoardFetches
 from edge_agent.mesh.transports.coap.book import AddressBook, Endpoint, hostinfo
 from edge_agent.mesh.transports.coap.discovery import ProbeError, group_hello, multicast_spec
 from edge_agent.mesh.transports.coap.finding import discovery_rounds
-from edge_agent.mesh.transports.coap.quirks import Tuning, free_port, server_context
+from edge_agent.mesh.transports.coap.quirks import Tuning, free_port, server_context, shutdown
 from edge_agent.mesh.transports.coap.resources import (
     FRAME,
     HELLO,
@@ -153,7 +153,7 @@ class CoapTransport(Transport):
             try:
                 self.on_open(self.context, self.port)
             except Exception:
-                await self.context.shutdown()
+                await shutdown(self.context)
                 self.context, self.state = None, TransportState.CLOSED
                 raise
         self.state = TransportState.OPEN
@@ -182,7 +182,7 @@ class CoapTransport(Transport):
             self.on_open(None, None)
         context, self.context = self.context, None
         if context is not None:
-            await context.shutdown()
+            await shutdown(context)
         with contextlib.suppress(asyncio.QueueFull):
             self._inbox.put_nowait(None)
 

@@ -144,17 +144,15 @@ test: system-deps install-dev  ## Install everything (system packages too), lint
 test-agent: install-dev packs  ## The agent's suite (everything in tests/ but what needs the compiled LLM peer)
 	$(BIN)/python -m pytest -m "not llama_cpp" --durations=15
 
-# `make test` splits the agent's suite so that both cores work to the end: the slow tier (packs, brokers,
-# agents) in one lane; in the other the fast, in-memory tier, Home Assistant's three, then the tests in
-# network namespaces and the benchmarks' smoke tests (their own network stacks; free ports elsewhere).
-LATE_SLOW := $(wildcard tests/test_netns*.py tests/test_bench_*.py)
+# `make test` splits the agent's suite in its two tiers so that both cores work to the end: the slow tier
+# (packs, brokers, agents, namespaces) in one lane; the fast, in-memory tier and then Home Assistant's
+# three in the other (the fast tier shares nothing with the slow one: no ports, processes or files).
 test-agent-slow: install-dev packs
-	$(BIN)/python -m pytest -m "slow and not llama_cpp" $(addprefix --ignore=,$(LATE_SLOW)) --durations=15
+	$(BIN)/python -m pytest -m "slow and not llama_cpp" --durations=15
 
 test-fast-and-ha: install-dev packs
 	$(BIN)/python -m pytest -m "not slow and not llama_cpp" -q
 	$(MAKE) --no-print-directory test-ha-all
-	$(BIN)/python -m pytest -m "slow and not llama_cpp" -q $(LATE_SLOW)
 
 test-ha-all: ha-venv install-dev packs system-deps $(BRIDGE_VENV)/.installed  ## Home Assistant's three, one after another
 	$(MAKE) --no-print-directory test-ha
